@@ -1,0 +1,88 @@
+"""Pricing arithmetic: usage x dated price -> exact Decimal cost with its lines.
+
+A component whose price is unknown makes the total ``None`` (with a reason), never 0.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Mapping
+
+from truecost.pricing.catalog import PriceVersion
+from truecost.types import ZERO, CostLine, PricedCost, TokenUsage, to_decimal
+
+# Billing class -> the rate names that price it, first match wins.
+_TOKEN_RATES: dict[str, tuple[str, ...]] = {
+    "input": ("input",),
+    "cached_input": ("cached_input",),
+    "cache_write_5m": ("cache_write_5m", "cache_write"),
+    "cache_write_1h": ("cache_write_1h",),
+    "output": ("output",),
+    "reasoning": ("reasoning", "output"),
+}
+
+
+def _tier_rates(version: PriceVersion, prompt_tokens: int) -> tuple[Mapping[str, Decimal], str | None]:
+    """Long-context tiers switch the price of the WHOLE request, not just the excess."""
+    rates: dict[str, Decimal] = dict(version.rates)
+    label = None
+    for tier in version.tiers:
+        if prompt_tokens > tier.above_prompt_tokens:
+            rates.update(tier.rates)
+            label = f"long-context tier (> {tier.above_prompt_tokens:,} prompt tokens)"
+    return rates, label
+
+
+def price_tokens(version: PriceVersion | None, usage: TokenUsage, *, batch: bool = False,
+                 unknown_reason: str | None = None) -> PricedCost:
+    """Price a generation or embedding call."""
+    if version is None:
+        return PricedCost(cost=None, unknown_reason=unknown_reason or "no price in force")
+    rates, tier_note = _tier_rates(version, usage.prompt_total)
+    multiplier = Decimal(1)
+    if batch:
+        if version.batch_multiplier is None:
+            return PricedCost(cost=None, unknown_reason=f"{version.resource.name} has no batch price")
+        multiplier = version.batch_multiplier
+    total: Decimal | None = ZERO
+    lines: list[CostLine] = []
+    missing: list[str] = []
+    for cls, names in _TOKEN_RATES.items():
+        qty = getattr(usage, cls)
+        if qty == 0:
+            continue
+        name = next((n for n in names if n in rates), None)
+        if name is None:
+            missing.append(cls)
+            lines.append(CostLine(cls, Decimal(qty), "tokens", None, None, "no price for this token class"))
+            continue
+        unit = version.units.get(name) or version.units["input"]
+        unit_price = rates[name] * multiplier / unit.scale
+        cost = unit_price * qty
+        lines.append(CostLine(cls, Decimal(qty), "tokens", unit_price, cost, tier_note))
+        total = None if total is None else total + cost
+    if missing:
+        return PricedCost(cost=None, lines=lines,
+                          unknown_reason=f"{version.resource.name} has no price for {', '.join(missing)} tokens")
+    return PricedCost(cost=total, lines=lines)
+
+
+def price_quantity(version: PriceVersion | None, component: str, quantity: object, *,
+                   unknown_reason: str | None = None, free: Decimal = ZERO) -> PricedCost:
+    """Price ``quantity`` (in the component's base unit, e.g. GB or read units).
+
+    ``free`` is the part of the quantity covered by a free allowance.
+    """
+    qty = to_decimal(quantity)
+    if version is None:
+        return PricedCost(cost=None, unknown_reason=unknown_reason or "no price in force")
+    rate = version.rate(component)
+    unit = version.units.get(component)
+    if rate is None or unit is None:
+        return PricedCost(cost=None, unknown_reason=f"{version.resource.name} has no {component!r} price",
+                          lines=[CostLine(component, qty, "?", None, None)])
+    unit_price = rate / unit.scale
+    billable = max(qty - free, ZERO)
+    cost = unit_price * billable
+    note = f"{free} {unit.base} free allowance applied" if free > 0 else None
+    return PricedCost(cost=cost, lines=[CostLine(component, qty, unit.base, unit_price, cost, note)])
