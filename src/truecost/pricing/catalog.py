@@ -23,6 +23,7 @@ from truecost.types import Resource
 
 KINDS = ("chat", "embedding", "vector_db", "egress", "storage", "log_ingest", "compute", "cache_service")
 _UNIT_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*([KkMmBb]?)\s+)?(.+?)\s*$")
+_SNAPSHOT_RE = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
 _SCALE = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
 
 
@@ -249,13 +250,20 @@ class PriceCatalog:
             return entry
         if name in self._entries:
             return self._entries[name]
-        keys = [k for k in self._names.get(str(name).lower(), []) if kind is None or self._entries[k].resource.kind == kind]
+        keys = self._lookup(str(name), kind)
+        if not keys:
+            # A dated snapshot ('gpt-4o-mini-2024-07-18', 'claude-haiku-4-5-20251001') falls back to its family.
+            stripped = _SNAPSHOT_RE.sub("", str(name))
+            keys = self._lookup(stripped, kind) if stripped != str(name) else []
         if not keys:
             raise UnknownModelError(f"unknown model or resource {name!r}" + (f" (kind {kind})" if kind else "")
                                     + "; add it to a price file or check `truecost prices list`")
         if len(keys) > 1:
             raise UnknownModelError(f"{name!r} is ambiguous: {', '.join(sorted(keys))}; name it as provider/name")
         return self._entries[keys[0]]
+
+    def _lookup(self, name: str, kind: str | None) -> list[str]:
+        return [k for k in self._names.get(name.lower(), []) if kind is None or self._entries[k].resource.kind == kind]
 
     def price_for(self, name: str | Resource, at: datetime | None = None, kind: str | None = None) -> PriceVersion | None:
         """The version in force at ``at`` (default: now), or None when none is.

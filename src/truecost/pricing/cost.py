@@ -22,6 +22,11 @@ _TOKEN_RATES: dict[str, tuple[str, ...]] = {
 }
 
 
+def tidy(d: Decimal) -> Decimal:
+    """Drop trailing zeros without changing the value (0.0010000 -> 0.001)."""
+    return d.quantize(Decimal(1)) if d == d.to_integral_value() else d.normalize()
+
+
 def _tier_rates(version: PriceVersion, prompt_tokens: int) -> tuple[Mapping[str, Decimal], str | None]:
     """Long-context tiers switch the price of the WHOLE request, not just the excess."""
     rates: dict[str, Decimal] = dict(version.rates)
@@ -64,7 +69,7 @@ def price_tokens(version: PriceVersion | None, usage: TokenUsage, *, batch: bool
     if missing:
         return PricedCost(cost=None, lines=lines,
                           unknown_reason=f"{version.resource.name} has no price for {', '.join(missing)} tokens")
-    return PricedCost(cost=total, lines=lines)
+    return PricedCost(cost=tidy(total), lines=lines)
 
 
 def price_quantity(version: PriceVersion | None, component: str, quantity: object, *,
@@ -83,6 +88,6 @@ def price_quantity(version: PriceVersion | None, component: str, quantity: objec
                           lines=[CostLine(component, qty, "?", None, None)])
     unit_price = rate / unit.scale
     billable = max(qty - free, ZERO)
-    cost = unit_price * billable
+    cost = tidy(unit_price * billable)
     note = f"{free} {unit.base} free allowance applied" if free > 0 else None
     return PricedCost(cost=cost, lines=[CostLine(component, qty, unit.base, unit_price, cost, note)])

@@ -1,0 +1,55 @@
+"""CostEvent: one priced step of one request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from truecost.types import CURRENCY, EMPTY_ATTRIBUTION, Attribution
+
+STEP_KINDS = ("sanitize", "embed", "vector_search", "context_assembly", "generate", "validate", "log_storage",
+              "egress", "cache_lookup", "cache_write", "reserved_capacity", "other")
+OUTCOMES = ("ok", "error", "cache_hit", "routed")
+# Steps that are "generation" when the bill is split into generation vs everything else.
+GENERATION_STEPS = frozenset({"generate"})
+
+
+@dataclass(slots=True)
+class CostEvent:
+    """One priced step. ``cost`` is None when a price was unknown (``details['unknown_reason']``)."""
+
+    id: str
+    request_id: str | None
+    ts: datetime
+    step: str
+    provider: str | None = None
+    service: str | None = None  # model, instance type, storage tier, network path...
+    region: str | None = None
+    quantity: Decimal = Decimal(0)
+    unit: str = ""
+    unit_price: Decimal | None = None
+    cost: Decimal | None = None
+    currency: str = CURRENCY
+    attribution: Attribution = EMPTY_ATTRIBUTION
+    trace_id: str | None = None
+    span_id: str | None = None
+    parent_span_id: str | None = None
+    name: str | None = None
+    latency_ms: float | None = None
+    outcome: str = "ok"
+    avoided_cost: Decimal | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.step not in STEP_KINDS:
+            raise ValueError(f"unknown step kind {self.step!r}; one of {', '.join(STEP_KINDS)}")
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {self.outcome!r}; one of {', '.join(OUTCOMES)}")
+        if self.ts.tzinfo is None:
+            raise ValueError("CostEvent.ts must be timezone-aware")
+
+    @property
+    def unknown_price(self) -> bool:
+        return self.cost is None

@@ -1,0 +1,205 @@
+"""SQLite ledger store: WAL, append-only named migrations, exact Decimal money.
+
+Money is stored twice: the exact Decimal as text, and an integer count of 1e-10 USD
+(rounded half-even) that SQL can sum quickly and exactly. Totals are therefore exact to
+1e-10 USD per event; the per-event text keeps every digit.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+from typing import Sequence
+
+from truecost.errors import LedgerError
+from truecost.ledger.events import CostEvent
+from truecost.ledger.store import AggregateRow, LedgerFilter, check_group_by
+from truecost.types import ATTRIBUTION_FIELDS, Attribution
+
+SCALE = Decimal(10) ** 10
+_COLUMNS = ("id", "request_id", "ts_us", "step", "provider", "service", "region", "quantity", "unit",
+            "unit_price", "cost", "cost_e10", "currency", "cost_center", "team", "feature", "tenant",
+            "environment", "user_id", "tags", "trace_id", "span_id", "parent_span_id", "name", "latency_ms",
+            "outcome", "avoided", "avoided_e10", "details")
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("001_cost_events", """
+        CREATE TABLE cost_events (
+            id TEXT NOT NULL PRIMARY KEY, request_id TEXT, ts_us INTEGER NOT NULL, step TEXT NOT NULL,
+            provider TEXT, service TEXT, region TEXT, quantity TEXT NOT NULL, unit TEXT NOT NULL,
+            unit_price TEXT, cost TEXT, cost_e10 INTEGER, currency TEXT NOT NULL,
+            cost_center TEXT, team TEXT, feature TEXT, tenant TEXT, environment TEXT, user_id TEXT,
+            tags TEXT NOT NULL DEFAULT '{}', trace_id TEXT, span_id TEXT, parent_span_id TEXT, name TEXT,
+            latency_ms REAL, outcome TEXT NOT NULL, avoided TEXT, avoided_e10 INTEGER,
+            details TEXT NOT NULL DEFAULT '{}'
+        ) WITHOUT ROWID;
+    """),
+    ("002_indexes", """
+        CREATE INDEX ix_cost_events_request ON cost_events(request_id);
+        CREATE INDEX ix_cost_events_ts ON cost_events(ts_us);
+    """),
+]
+
+_BUCKETS = {
+    "hour": "strftime('%Y-%m-%dT%H:00', ts_us / 1000000, 'unixepoch')",
+    "day": "strftime('%Y-%m-%d', ts_us / 1000000, 'unixepoch')",
+    "month": "strftime('%Y-%m', ts_us / 1000000, 'unixepoch')",
+}
+
+
+def _e10(amount: Decimal | None) -> int | None:
+    return None if amount is None else int((amount * SCALE).to_integral_value(ROUND_HALF_EVEN))
+
+
+def _us(ts: datetime) -> int:
+    delta = ts - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _text(d: Decimal | None) -> str | None:
+    return None if d is None else str(d)
+
+
+def _row(e: CostEvent) -> tuple:
+    a = e.attribution
+    return (e.id, e.request_id, _us(e.ts), e.step, e.provider, e.service, e.region, str(e.quantity), e.unit,
+            _text(e.unit_price), _text(e.cost), _e10(e.cost), e.currency, a.cost_center, a.team, a.feature,
+            a.tenant, a.environment, a.user, json.dumps(dict(a.tags)) if a.tags else "{}", e.trace_id,
+            e.span_id, e.parent_span_id, e.name, e.latency_ms, e.outcome, _text(e.avoided_cost),
+            _e10(e.avoided_cost), json.dumps(e.details, default=str) if e.details else "{}")
+
+
+def _event(r: sqlite3.Row) -> CostEvent:
+    return CostEvent(
+        id=r["id"], request_id=r["request_id"],
+        ts=datetime.fromtimestamp(r["ts_us"] / 1_000_000, tz=timezone.utc).replace(microsecond=r["ts_us"] % 1_000_000),
+        step=r["step"], provider=r["provider"], service=r["service"], region=r["region"],
+        quantity=Decimal(r["quantity"]), unit=r["unit"],
+        unit_price=Decimal(r["unit_price"]) if r["unit_price"] is not None else None,
+        cost=Decimal(r["cost"]) if r["cost"] is not None else None, currency=r["currency"],
+        attribution=Attribution(cost_center=r["cost_center"], team=r["team"], feature=r["feature"],
+                                tenant=r["tenant"], environment=r["environment"], user=r["user_id"],
+                                tags=tuple(json.loads(r["tags"]).items())),
+        trace_id=r["trace_id"], span_id=r["span_id"], parent_span_id=r["parent_span_id"], name=r["name"],
+        latency_ms=r["latency_ms"], outcome=r["outcome"],
+        avoided_cost=Decimal(r["avoided"]) if r["avoided"] is not None else None, details=json.loads(r["details"]),
+    )
+
+
+def _where(f: LedgerFilter) -> tuple[str, list]:
+    clauses, params = [], []
+    if f.request_id is not None:
+        clauses.append("request_id = ?"); params.append(f.request_id)
+    if f.since is not None:
+        clauses.append("ts_us >= ?"); params.append(_us(f.since))
+    if f.until is not None:
+        clauses.append("ts_us < ?"); params.append(_us(f.until))
+    if f.steps:
+        clauses.append(f"step IN ({','.join('?' * len(f.steps))})"); params.extend(f.steps)
+    if f.service is not None:
+        clauses.append("service = ?"); params.append(f.service)
+    if f.outcome is not None:
+        clauses.append("outcome = ?"); params.append(f.outcome)
+    for field_name, value in f.attribution:
+        if field_name not in ATTRIBUTION_FIELDS:
+            raise ValueError(f"cannot filter on {field_name!r}")
+        clauses.append(f"{'user_id' if field_name == 'user' else field_name} = ?"); params.append(value)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+class SQLiteLedgerStore:
+    """The embedded default store. Safe to share between threads; readers in other processes see WAL commits."""
+
+    def __init__(self, path: str | Path, timeout: float = 5.0) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False, isolation_level=None)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"cannot open ledger {self.path}: {exc}") from None
+        self._lock = threading.Lock()
+        self._insert = f"INSERT INTO cost_events ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
+
+    def _migrate(self) -> None:
+        c = self._conn
+        c.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        done = {r[0] for r in c.execute("SELECT name FROM _migrations")}
+        for name, sql in MIGRATIONS:
+            if name in done:
+                continue
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in filter(str.strip, sql.split(";")):
+                    c.execute(stmt)
+                c.execute("INSERT INTO _migrations VALUES (?, ?)", (name, datetime.now(timezone.utc).isoformat()))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+    def migrations(self) -> list[str]:
+        return [r[0] for r in self._conn.execute("SELECT name FROM _migrations ORDER BY name")]
+
+    def append(self, events: Sequence[CostEvent]) -> None:
+        if not events:
+            return
+        rows = [_row(e) for e in events]
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany(self._insert, rows)
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise LedgerError(f"ledger {self.path}: could not append {len(rows)} events ({exc}); "
+                                  "nothing from this batch was stored") from None
+
+    def query(self, filter: LedgerFilter = LedgerFilter(), limit: int | None = None) -> list[CostEvent]:
+        where, params = _where(filter)
+        sql = f"SELECT * FROM cost_events{where} ORDER BY ts_us, id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        return [_event(r) for r in rows]
+
+    def aggregate(self, group_by: Sequence[str], filter: LedgerFilter = LedgerFilter()) -> list[AggregateRow]:
+        check_group_by(group_by)
+        cols = [_BUCKETS.get(g, "user_id" if g == "user" else g) for g in group_by]
+        where, params = _where(filter)
+        select = ", ".join(cols + ["SUM(cost_e10)", "SUM(avoided_e10)", "COUNT(*)", "SUM(cost_e10 IS NULL)",
+                                   "COUNT(DISTINCT request_id)"])
+        sql = f"SELECT {select} FROM cost_events{where}"
+        if cols:
+            sql += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(cols)))
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        out = []
+        n = len(cols)
+        for r in rows:
+            if r[n + 2] == 0:
+                continue
+            row = AggregateRow(keys=tuple(r[:n]), cost=Decimal(r[n] or 0) / SCALE,
+                               avoided_cost=Decimal(r[n + 1] or 0) / SCALE, events=r[n + 2], unknown=r[n + 3],
+                               request_count=r[n + 4])
+            out.append(row)
+        return sorted(out, key=lambda x: -x.cost)
+
+    def count(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM cost_events").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+

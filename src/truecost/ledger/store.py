@@ -1,0 +1,140 @@
+"""The LedgerStore seam, its filter and aggregate types, and the in-memory store."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Iterable, Protocol, Sequence, runtime_checkable
+
+from truecost.ledger.events import CostEvent
+from truecost.types import ATTRIBUTION_FIELDS, ZERO
+
+# Fields an aggregate may group by. Time buckets: 'hour', 'day', 'month'.
+GROUP_FIELDS = ("step", "provider", "service", "region", "outcome", "unit", "request_id", "currency",
+                *ATTRIBUTION_FIELDS, "hour", "day", "month")
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerFilter:
+    request_id: str | None = None
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+    steps: tuple[str, ...] = ()
+    service: str | None = None
+    outcome: str | None = None
+    attribution: tuple[tuple[str, str], ...] = ()  # (field, value) pairs, all must match
+
+    def matches(self, e: CostEvent) -> bool:
+        if self.request_id is not None and e.request_id != self.request_id:
+            return False
+        if self.since is not None and e.ts < self.since:
+            return False
+        if self.until is not None and e.ts >= self.until:
+            return False
+        if self.steps and e.step not in self.steps:
+            return False
+        if self.service is not None and e.service != self.service:
+            return False
+        if self.outcome is not None and e.outcome != self.outcome:
+            return False
+        return all(getattr(e.attribution, f) == v for f, v in self.attribution)
+
+
+@dataclass(slots=True)
+class AggregateRow:
+    keys: tuple
+    cost: Decimal = ZERO  # sum of the known costs
+    avoided_cost: Decimal = ZERO
+    events: int = 0
+    unknown: int = 0  # events whose cost is None (not included in ``cost``)
+    request_count: int = 0  # distinct request ids
+
+
+def check_group_by(group_by: Sequence[str]) -> None:
+    bad = [g for g in group_by if g not in GROUP_FIELDS]
+    if bad:
+        raise ValueError(f"cannot group by {', '.join(bad)}; one of {', '.join(GROUP_FIELDS)}")
+
+
+def group_value(e: CostEvent, key: str) -> object:
+    if key == "hour":
+        return e.ts.strftime("%Y-%m-%dT%H:00")
+    if key == "day":
+        return e.ts.strftime("%Y-%m-%d")
+    if key == "month":
+        return e.ts.strftime("%Y-%m")
+    if key in ATTRIBUTION_FIELDS:
+        return getattr(e.attribution, key)
+    return getattr(e, key)
+
+
+@runtime_checkable
+class LedgerStore(Protocol):
+    def append(self, events: Sequence[CostEvent]) -> None:
+        """Store all events or none (raises LedgerError and stores nothing)."""
+
+    def query(self, filter: LedgerFilter = LedgerFilter(), limit: int | None = None) -> list[CostEvent]:
+        """Events matching the filter, oldest first."""
+
+    def aggregate(self, group_by: Sequence[str], filter: LedgerFilter = LedgerFilter()) -> list[AggregateRow]:
+        """Sums of cost and avoided cost, with event, unknown-price and request counts."""
+
+    def close(self) -> None: ...
+
+
+def aggregate_events(events: Iterable[CostEvent], group_by: Sequence[str]) -> list[AggregateRow]:
+    check_group_by(group_by)
+    rows: dict[tuple, AggregateRow] = {}
+    requests: dict[tuple, set] = {}
+    for e in events:
+        k = tuple(group_value(e, g) for g in group_by)
+        row = rows.get(k)
+        if row is None:
+            row = rows[k] = AggregateRow(keys=k)
+        row.events += 1
+        if e.cost is None:
+            row.unknown += 1
+        else:
+            row.cost += e.cost
+        if e.avoided_cost is not None:
+            row.avoided_cost += e.avoided_cost
+        if e.request_id is not None:
+            requests.setdefault(k, set()).add(e.request_id)
+    for k, ids in requests.items():
+        rows[k].request_count = len(ids)
+    return sorted(rows.values(), key=lambda r: -r.cost)
+
+
+class MemoryLedgerStore:
+    """A list behind a lock: the test double, and a real store for short-lived jobs."""
+
+    def __init__(self) -> None:
+        self._events: list[CostEvent] = []
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def append(self, events: Sequence[CostEvent]) -> None:
+        from truecost.errors import LedgerError
+
+        events = list(events)
+        with self._lock:
+            ids = [e.id for e in events]
+            dup = next((i for i in ids if i in self._ids), None) or (len(set(ids)) != len(ids) and "within batch")
+            if dup:
+                raise LedgerError(f"duplicate event id {dup}; nothing from this batch was stored")
+            self._events.extend(events)
+            self._ids.update(ids)
+
+    def query(self, filter: LedgerFilter = LedgerFilter(), limit: int | None = None) -> list[CostEvent]:
+        with self._lock:
+            out = [e for e in self._events if filter.matches(e)]
+        out.sort(key=lambda e: e.ts)
+        return out[:limit] if limit is not None else out
+
+    def aggregate(self, group_by: Sequence[str], filter: LedgerFilter = LedgerFilter()) -> list[AggregateRow]:
+        return aggregate_events(self.query(filter), group_by)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,184 @@
+"""BatchWriter: takes events off the hot path and appends them to a store in batches.
+
+Like OpenTelemetry's batch span processor: a bounded buffer, a background thread that
+flushes on size and on interval, and a final flush on close. A failing store never loses
+events: the batch is retried with backoff, and whatever is still unstored at close is
+spooled to a JSON Lines file that ``replay_spool`` appends later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Iterable
+
+from truecost.errors import LedgerError
+from truecost.ledger.events import CostEvent
+from truecost.ledger.serialize import event_from_dict, event_to_dict
+from truecost.ledger.store import LedgerStore
+
+
+class BatchWriter:
+    def __init__(self, store: LedgerStore, *, batch_size: int = 2_000, interval: float = 0.25,
+                 max_queue: int = 200_000, spool_path: str | Path | None = None, max_backoff: float = 5.0) -> None:
+        self.store = store
+        self.batch_size = batch_size
+        self.interval = interval
+        self.max_queue = max_queue
+        self.spool_path = Path(spool_path) if spool_path else None
+        self.max_backoff = max_backoff
+        self._buf: deque[CostEvent] = deque()
+        self._cond = threading.Condition()
+        self._submitted = 0
+        self._settled = 0  # written or spooled
+        self.written = 0
+        self.spooled = 0
+        self.failures = 0
+        self.lost = 0
+        self.last_error: str | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="truecost-ledger-writer", daemon=True)
+        self._thread.start()
+
+    # -- producer side (hot path) ------------------------------------------------------
+    def submit(self, event: CostEvent) -> None:
+        if self._stopping:
+            raise LedgerError("BatchWriter is closed")
+        buf = self._buf
+        if len(buf) >= self.max_queue:
+            with self._cond:  # backpressure, never a silent drop
+                self._cond.notify_all()
+                while len(buf) >= self.max_queue and not self._stopping:
+                    self._cond.wait(0.05)
+        buf.append(event)
+        self._submitted += 1
+        if len(buf) == self.batch_size:
+            with self._cond:
+                self._cond.notify_all()
+
+    def submit_many(self, events: Iterable[CostEvent]) -> None:
+        for e in events:
+            self.submit(e)
+
+    __call__ = submit
+
+    # -- control ----------------------------------------------------------------------
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until everything submitted so far is stored (or spooled). True on success."""
+        target = self._submitted
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._cond.notify_all()
+            while self._settled < target:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining or 0.05, 0.05))
+                self._cond.notify_all()
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Store what is buffered (one last attempt), spool what the store refuses, stop."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    @property
+    def pending(self) -> int:
+        return self._submitted - self._settled
+
+    # -- consumer side ----------------------------------------------------------------
+    def _take(self) -> list[CostEvent]:
+        buf, batch = self._buf, []
+        while buf and len(batch) < self.batch_size:
+            batch.append(buf.popleft())
+        return batch
+
+    def _run(self) -> None:
+        backoff = 0.0
+        retry: list[CostEvent] = []
+        while True:
+            with self._cond:
+                if not retry and len(self._buf) < self.batch_size and not self._stopping:
+                    self._cond.wait(self.interval if backoff == 0 else backoff)
+                stopping = self._stopping
+            batch = retry or self._take()
+            if not batch:
+                if stopping:
+                    return
+                continue
+            try:
+                self.store.append(batch)
+            except Exception as exc:  # the store failed: keep the batch, back off, retry
+                self.failures += 1
+                self.last_error = str(exc)
+                retry = batch
+                if stopping:
+                    self._spool(batch + self._take_all())
+                    retry = []
+                    continue
+                backoff = min(max(backoff * 2, 0.05), self.max_backoff)
+                continue
+            retry, backoff = [], 0.0
+            self.written += len(batch)
+            with self._cond:
+                self._settled += len(batch)
+                self._cond.notify_all()
+
+    def _take_all(self) -> list[CostEvent]:
+        out = []
+        while self._buf:
+            out.append(self._buf.popleft())
+        return out
+
+    def _spool(self, events: list[CostEvent]) -> None:
+        if not events:
+            return
+        if self.spool_path is None:
+            self.lost += len(events)
+            self.last_error = f"{self.last_error}; {len(events)} events NOT stored and no spool_path configured"
+            print(f"truecost: ledger writer: {self.last_error}", file=sys.stderr)
+            with self._cond:
+                self._settled += len(events)
+                self._cond.notify_all()
+            return
+        self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.spool_path, "a", encoding="utf-8") as fh:
+            for e in events:
+                fh.write(json.dumps(event_to_dict(e)) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.spooled += len(events)
+        with self._cond:
+            self._settled += len(events)
+            self._cond.notify_all()
+
+
+def replay_spool(path: str | Path, store: LedgerStore) -> int:
+    """Append a spool file's events to ``store`` (skipping ids already there) and remove it."""
+    p = Path(path)
+    if not p.exists():
+        return 0
+    events = [event_from_dict(json.loads(line)) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    stored = len(events)
+    try:
+        store.append(events)
+    except LedgerError:
+        # A previous replay may have stored part of the file before a crash: go one by one,
+        # skipping ids that are already there. Any other failure propagates from here.
+        stored = 0
+        for e in events:
+            try:
+                store.append([e])
+                stored += 1
+            except LedgerError as exc:
+                if "duplicate" not in str(exc).lower() and "unique" not in str(exc).lower():
+                    raise
+    p.unlink()
+    return stored

@@ -1,0 +1,131 @@
+"""The LedgerStore contract, run against every store."""
+
+import sqlite3
+import threading
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from truecost.errors import LedgerError
+from truecost.ledger import CostEvent, LedgerFilter, MemoryLedgerStore
+from truecost.ledger.sqlite import SQLiteLedgerStore
+from truecost.types import Attribution
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path):
+    s = MemoryLedgerStore() if request.param == "memory" else SQLiteLedgerStore(tmp_path / "ledger.db")
+    yield s
+    s.close()
+
+
+def ev(i, request_id="r1", step="generate", cost="0.001", minutes=0, **kw):
+    return CostEvent(id=f"e{i}", request_id=request_id, ts=T0 + timedelta(minutes=minutes), step=step,
+                     service=kw.pop("service", "gpt-6-luna"), quantity=Decimal(100), unit="tokens",
+                     cost=None if cost is None else Decimal(cost), **kw)
+
+
+def test_roundtrip_keeps_every_field_exactly(store):
+    e = CostEvent(id="x1", request_id="r9", ts=T0 + timedelta(microseconds=123456), step="egress",
+                  provider="aws", service="inter_region", region="us-east-1->eu-west-1",
+                  quantity=Decimal("0.000050000"), unit="GB", unit_price=Decimal("0.02"),
+                  cost=Decimal("0.0000000012345678901234"), attribution=Attribution(
+                      cost_center="cc-7", team="search", feature="rag", tenant="acme", environment="prod",
+                      user="u1", tags={"exp": "b", "région": "ü"}), trace_id="t", span_id="s", parent_span_id="p",
+                  name="to eu", latency_ms=1.5, outcome="ok", avoided_cost=Decimal("0.5"), details={"bytes": 50000})
+    store.append([e])
+    (got,) = store.query(LedgerFilter(request_id="r9"))
+    assert got == e
+
+
+def test_unknown_cost_is_kept_as_none_and_counted(store):
+    store.append([ev(1, cost=None), ev(2, cost="0.25")])
+    (row,) = store.aggregate([])
+    assert row.cost == Decimal("0.25") and row.unknown == 1 and row.events == 2
+    assert [e.cost for e in store.query()] == [None, Decimal("0.25")]
+
+
+def test_aggregate_by_step_and_attribution(store):
+    a, b = Attribution(cost_center="A"), Attribution(cost_center="B")
+    store.append([ev(1, step="generate", cost="0.3", attribution=a), ev(2, step="embed", cost="0.1", attribution=a),
+                  ev(3, request_id="r2", step="generate", cost="0.2", attribution=b)])
+    by = {r.keys: (r.cost, r.request_count) for r in store.aggregate(["cost_center", "step"])}
+    assert by == {("A", "generate"): (Decimal("0.3"), 1), ("A", "embed"): (Decimal("0.1"), 1),
+                  ("B", "generate"): (Decimal("0.2"), 1)}
+    (only_a,) = store.aggregate([], LedgerFilter(attribution=(("cost_center", "A"),)))
+    assert only_a.cost == Decimal("0.4") and only_a.request_count == 1
+
+
+def test_time_buckets_and_range_filter(store):
+    store.append([ev(1, minutes=0), ev(2, minutes=61), ev(3, minutes=62)])
+    hours = {r.keys[0]: r.events for r in store.aggregate(["hour"])}
+    assert hours == {"2026-11-01T12:00": 1, "2026-11-01T13:00": 2}
+    inside = store.query(LedgerFilter(since=T0 + timedelta(minutes=1), until=T0 + timedelta(minutes=62)))
+    assert [e.id for e in inside] == ["e2"]
+
+
+def test_sums_are_exact_decimal(store):
+    store.append([ev(i, cost="0.1") for i in range(10)])
+    (row,) = store.aggregate([])
+    assert row.cost == Decimal("1")  # 10 x 0.1 as floats would be 0.9999999999999999
+
+
+def test_duplicate_id_rejects_the_whole_batch(store):
+    store.append([ev(1)])
+    with pytest.raises(LedgerError):
+        store.append([ev(2), ev(1)])
+    assert [e.id for e in store.query()] == ["e1"]
+
+
+def test_concurrent_appends_lose_nothing(store):
+    def work(t):
+        store.append([ev(f"{t}-{i}", request_id=f"r{t}") for i in range(200)])
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    (row,) = store.aggregate([])
+    assert row.events == 800 and row.request_count == 4
+
+
+def test_empty_store_aggregates_to_nothing(store):
+    assert store.aggregate([]) == []
+    assert store.query() == []
+
+
+def test_bad_group_by_is_refused(store):
+    with pytest.raises(ValueError):
+        store.aggregate(["cost; DROP TABLE cost_events"])
+
+
+def test_sqlite_locked_file_gives_clear_error_and_no_partial_rows(tmp_path):
+    path = tmp_path / "ledger.db"
+    store = SQLiteLedgerStore(path, timeout=0.05)
+    store.append([ev(1)])
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(LedgerError, match="nothing from this batch was stored"):
+        store.append([ev(2), ev(3)])
+    other.execute("ROLLBACK")
+    other.close()
+    assert [e.id for e in store.query()] == ["e1"]
+    store.append([ev(2), ev(3)])
+    assert store.aggregate([])[0].events == 3
+
+
+def test_sqlite_migrations_are_named_and_applied_once(tmp_path):
+    s1 = SQLiteLedgerStore(tmp_path / "l.db")
+    s1.append([ev(1)])
+    s1.close()
+    s2 = SQLiteLedgerStore(tmp_path / "l.db")
+    assert s2.migrations() == ["001_cost_events", "002_indexes"]
+    assert s2.aggregate([])[0].events == 1
+
+
+def test_sqlite_not_a_database_is_a_clear_error(tmp_path):
+    p = tmp_path / "junk.db"
+    p.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(LedgerError, match="cannot open ledger"):
+        SQLiteLedgerStore(p)
