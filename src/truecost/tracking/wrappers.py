@@ -131,58 +131,54 @@ class _AsyncStream:
 
 
 def _instrument(create: Any, tracker: Tracker, kind: str, flavour: str) -> Any:
-    """Wrap one ``create`` method (sync or async) so that each call is a priced step."""
-    is_async = inspect.iscoroutinefunction(create)
+    """Wrap one ``create`` method so that each call is a priced step.
 
-    def prepare(kwargs: dict) -> tuple[dict, bool]:
-        hide = False
-        if kwargs.get("stream") and flavour == "openai" and kind == "generate":
-            opts = dict(kwargs.get("stream_options") or {})
-            if not opts.get("include_usage"):
-                opts["include_usage"] = True
-                hide = True
-            kwargs = {**kwargs, "stream_options": opts}
-        return kwargs, hide
-
-    def record(step: StepScope, model: str, resp: Any) -> Any:
+    Sync and async clients are told apart by what ``create`` returns (SDK methods are
+    wrapped in decorators that hide ``async def`` from ``inspect``).
+    """
+    def record(step: StepScope, model: str | None, resp: Any, hide: bool, stream: bool, is_async: bool) -> Any:
+        if stream:
+            rec = _StreamRecorder(step, model, flavour, hide)
+            return _AsyncStream(resp, rec) if is_async else _SyncStream(resp, rec)
         usage = getattr(resp, "usage", None)
         if usage is None:
             step.cost(None, service=model, reason="response carried no usage")
         else:
-            step.tokens(getattr(resp, "model", None) if model is None else model, usage, flavour=flavour)
+            step.tokens(model or getattr(resp, "model", None), usage, flavour=flavour)
         step.finish()
         return resp
 
-    if is_async:
-        async def acreate(*args: Any, **kwargs: Any) -> Any:
-            kwargs, hide = prepare(kwargs)
-            model = kwargs.get("model")
-            step = _open_step(tracker, kind, model)
-            try:
-                resp = await create(*args, **kwargs)
-            except BaseException as exc:
-                step.cost(None, service=model, reason=f"call failed: {type(exc).__name__}")
-                step.finish(exc)
-                raise
-            if kwargs.get("stream"):
-                return _AsyncStream(resp, _StreamRecorder(step, model, flavour, hide))
-            return record(step, model, resp)
-        return acreate
+    def failed(step: StepScope, model: str | None, exc: BaseException) -> None:
+        step.cost(None, service=model, reason=f"call failed: {type(exc).__name__}")
+        step.finish(exc)
 
-    def screate(*args: Any, **kwargs: Any) -> Any:
-        kwargs, hide = prepare(kwargs)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        hide = False
+        stream = bool(kwargs.get("stream"))
+        if stream and flavour == "openai" and kind == "generate":
+            opts = dict(kwargs.get("stream_options") or {})
+            if not opts.get("include_usage"):
+                opts["include_usage"] = hide = True
+            kwargs = {**kwargs, "stream_options": opts}
         model = kwargs.get("model")
         step = _open_step(tracker, kind, model)
         try:
             resp = create(*args, **kwargs)
         except BaseException as exc:
-            step.cost(None, service=model, reason=f"call failed: {type(exc).__name__}")
-            step.finish(exc)
+            failed(step, model, exc)
             raise
-        if kwargs.get("stream"):
-            return _SyncStream(resp, _StreamRecorder(step, model, flavour, hide))
-        return record(step, model, resp)
-    return screate
+        if not inspect.isawaitable(resp):
+            return record(step, model, resp, hide, stream, False)
+
+        async def finish_async() -> Any:
+            try:
+                result = await resp
+            except BaseException as exc:
+                failed(step, model, exc)
+                raise
+            return record(step, model, result, hide, stream, True)
+        return finish_async()
+    return call
 
 
 class _Proxy:
