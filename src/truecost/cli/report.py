@@ -1,0 +1,95 @@
+"""`truecost report`: where the money went, per request and per step."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from truecost.cli.render import aggregate_table, request_table, row_json, usd
+from truecost.ledger.events import GENERATION_STEPS
+from truecost.ledger.queries import request_breakdown, summary
+from truecost.ledger.serialize import event_to_dict
+from truecost.ledger.store import GROUP_FIELDS, LedgerFilter, LedgerStore
+
+DEFAULT_DB = ".truecost/ledger.db"
+
+
+def _when(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    d = datetime.fromisoformat(value)
+    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+
+
+def build_report(store: LedgerStore, filter: LedgerFilter, group_bys: list[list[str]]) -> dict:
+    s = summary(store, filter)
+    by_step = store.aggregate(["step"], filter)
+    per_request = [{"step": r.keys[0], "cost_usd": str(r.cost / s.requests) if s.requests else None}
+                   for r in by_step]
+    return {
+        "total_usd": str(s.total), "requests": s.requests, "events": s.events,
+        "cost_per_request_usd": str(s.cost_per_request) if s.cost_per_request is not None else None,
+        "generation_usd": str(s.generation), "generation_share": s.generation_share,
+        "avoided_usd": str(s.avoided), "unknown_price_events": s.unknown,
+        "per_request_by_step": per_request,
+        "totals": {",".join(g): [row_json(r, g) for r in store.aggregate(g, filter)] for g in group_bys},
+    }
+
+
+@click.command("report")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="ledger: a SQLite path or 'memory:'")
+@click.option("--request", "request_id", help="show one request's steps")
+@click.option("--by", "group_by", multiple=True, help=f"extra grouping, comma-separated from: {', '.join(GROUP_FIELDS)}")
+@click.option("--since", help="ISO date/time, inclusive")
+@click.option("--until", help="ISO date/time, exclusive")
+@click.option("--json", "as_json", is_flag=True)
+def report(db, request_id, group_by, since, until, as_json) -> None:
+    """Cost per request by step, and totals by step and cost center."""
+    from truecost.ledger import open_store
+
+    if db != "memory:" and not Path(db).exists():
+        raise click.ClickException(f"no ledger at {db}; run `truecost demo` or pass --db")
+    store = open_store(db)
+    try:
+        flt = LedgerFilter(since=_when(since), until=_when(until))
+        groups = [["step"], ["cost_center"]] + [g.split(",") for g in group_by]
+        for g in groups:
+            bad = [x for x in g if x not in GROUP_FIELDS]
+            if bad:
+                raise click.BadParameter(f"cannot group by {', '.join(bad)}", param_hint="--by")
+        data = build_report(store, flt, groups)
+        one = request_breakdown(store, request_id) if request_id else None
+        if request_id and not one.events:
+            raise click.ClickException(f"no events for request {request_id}")
+        if as_json:
+            if one:
+                data["request"] = {"request_id": request_id, "total_usd": str(one.total),
+                                   "events": [event_to_dict(e) for e in one.events]}
+            click.echo(json.dumps(data, indent=2, default=str))
+            return
+        _print(Console(), store, flt, data, groups, one)
+    finally:
+        store.close()
+
+
+def _print(console: Console, store, flt, data: dict, groups, one) -> None:
+    from decimal import Decimal
+
+    if one:
+        console.print(request_table(one.events, f"request {one.request_id}"))
+    console.print(f"[bold]{data['requests']:,} requests, {data['events']:,} events, total {usd(Decimal(data['total_usd']), 4)}"
+                  f"[/bold]; per request {usd(Decimal(data['cost_per_request_usd']), 6) if data['cost_per_request_usd'] else '-'}")
+    if data["generation_share"] is not None:
+        console.print(f"generation ({', '.join(sorted(GENERATION_STEPS))}) is "
+                      f"[bold]{data['generation_share'] * 100:.1f}%[/bold] of the known cost; "
+                      f"everything else {100 - data['generation_share'] * 100:.1f}%")
+    if data["unknown_price_events"]:
+        console.print(f"[red]{data['unknown_price_events']:,} events have an unknown price[/red] and are not in the totals")
+    if Decimal(data["avoided_usd"]):
+        console.print(f"avoided by cache and routing: {usd(Decimal(data['avoided_usd']), 4)}")
+    for g in groups:
+        console.print(aggregate_table(store.aggregate(g, flt), g, "totals by " + ", ".join(g)))

@@ -1,0 +1,1 @@
+"""The demo: a RAG support bot whose every step is priced (composition code, like cli)."""
