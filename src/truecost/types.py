@@ -98,6 +98,9 @@ ATTRIBUTION_FIELDS = ("cost_center", "team", "feature", "tenant", "environment",
 EMPTY_ATTRIBUTION = Attribution()
 
 
+TOKEN_CLASSES = ("input", "cached_input", "cache_write_5m", "cache_write_1h", "output", "reasoning")
+
+
 @dataclass(frozen=True, slots=True)
 class TokenUsage:
     """Tokens by billing class, after the provider's counting rules have been undone.
@@ -115,10 +118,12 @@ class TokenUsage:
     reasoning: int = 0
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise InvalidQuantityError(f"token count {f.name} must be a non-negative integer, got {v!r}")
+        for name in TOKEN_CLASSES:
+            v = getattr(self, name)
+            if v.__class__ is not int or v < 0:
+                if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+                    continue  # an int subclass (numpy ints are not; bools are refused)
+                raise InvalidQuantityError(f"token count {name} must be a non-negative integer, got {v!r}")
 
     @property
     def prompt_total(self) -> int:
@@ -130,7 +135,8 @@ class TokenUsage:
         return self.output + self.reasoning
 
     def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {"input": self.input, "cached_input": self.cached_input, "cache_write_5m": self.cache_write_5m,
+                "cache_write_1h": self.cache_write_1h, "output": self.output, "reasoning": self.reasoning}
 
     def __add__(self, other: "TokenUsage") -> "TokenUsage":
         return TokenUsage(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})

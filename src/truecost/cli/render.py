@@ -47,7 +47,7 @@ def aggregate_table(rows: Sequence[AggregateRow], columns: Sequence[str], title:
     total = sum((r.cost for r in rows), Decimal(0))
     for r in rows:
         t.add_row(*[str(k) if k is not None else "-" for k in r.keys], usd(r.cost, 6), share(r.cost, total),
-                  f"{r.events:,}", f"{r.request_count:,}", f"{r.unknown:,}" if r.unknown else "",
+                  f"{r.events:,}", f"{r.request_count:,}" if r.request_count is not None else "", f"{r.unknown:,}" if r.unknown else "",
                   usd(r.avoided_cost, 6) if r.avoided_cost else "")
     return t
 

@@ -13,7 +13,7 @@ from truecost.cli.render import aggregate_table, request_table, row_json, usd
 from truecost.ledger.events import GENERATION_STEPS
 from truecost.ledger.queries import request_breakdown, summary
 from truecost.ledger.serialize import event_to_dict
-from truecost.ledger.store import GROUP_FIELDS, LedgerFilter, LedgerStore
+from truecost.ledger.store import GROUP_FIELDS, LedgerFilter, LedgerStore, rollup
 
 DEFAULT_DB = ".truecost/ledger.db"
 
@@ -26,8 +26,12 @@ def _when(value: str | None) -> datetime | None:
 
 
 def build_report(store: LedgerStore, filter: LedgerFilter, group_bys: list[list[str]]) -> dict:
-    s = summary(store, filter)
-    by_step = store.aggregate(["step"], filter)
+    """Everything in one scan of the ledger: the finest grouping, rolled up in Python."""
+    dims = list(dict.fromkeys(d for g in group_bys for d in g))
+    fine = store.aggregate(dims, filter, count_requests=False)
+    tables = {",".join(g): rollup(fine, dims, g) for g in group_bys}
+    by_step = rollup(fine, dims, ["step"])
+    s = summary(store, filter, by_step=by_step)
     per_request = [{"step": r.keys[0], "cost_usd": str(r.cost / s.requests) if s.requests else None}
                    for r in by_step]
     return {
@@ -36,7 +40,8 @@ def build_report(store: LedgerStore, filter: LedgerFilter, group_bys: list[list[
         "generation_usd": str(s.generation), "generation_share": s.generation_share,
         "avoided_usd": str(s.avoided), "unknown_price_events": s.unknown,
         "per_request_by_step": per_request,
-        "totals": {",".join(g): [row_json(r, g) for r in store.aggregate(g, filter)] for g in group_bys},
+        "totals": {name: [row_json(r, name.split(",")) for r in rows] for name, rows in tables.items()},
+        "_tables": tables,
     }
 
 
@@ -62,6 +67,7 @@ def report(db, request_id, group_by, since, until, as_json) -> None:
             if bad:
                 raise click.BadParameter(f"cannot group by {', '.join(bad)}", param_hint="--by")
         data = build_report(store, flt, groups)
+        tables = data.pop("_tables")
         one = request_breakdown(store, request_id) if request_id else None
         if request_id and not one.events:
             raise click.ClickException(f"no events for request {request_id}")
@@ -71,12 +77,12 @@ def report(db, request_id, group_by, since, until, as_json) -> None:
                                    "events": [event_to_dict(e) for e in one.events]}
             click.echo(json.dumps(data, indent=2, default=str))
             return
-        _print(Console(), store, flt, data, groups, one)
+        _print(Console(), data, tables, one)
     finally:
         store.close()
 
 
-def _print(console: Console, store, flt, data: dict, groups, one) -> None:
+def _print(console: Console, data: dict, tables: dict, one) -> None:
     from decimal import Decimal
 
     if one:
@@ -91,5 +97,5 @@ def _print(console: Console, store, flt, data: dict, groups, one) -> None:
         console.print(f"[red]{data['unknown_price_events']:,} events have an unknown price[/red] and are not in the totals")
     if Decimal(data["avoided_usd"]):
         console.print(f"avoided by cache and routing: {usd(Decimal(data['avoided_usd']), 4)}")
-    for g in groups:
-        console.print(aggregate_table(store.aggregate(g, flt), g, "totals by " + ", ".join(g)))
+    for name, rows in tables.items():
+        console.print(aggregate_table(rows, name.split(","), "totals by " + name.replace(",", ", ")))

@@ -173,12 +173,13 @@ class SQLiteLedgerStore:
             rows = self._conn.execute(sql, params).fetchall()
         return [_event(r) for r in rows]
 
-    def aggregate(self, group_by: Sequence[str], filter: LedgerFilter = LedgerFilter()) -> list[AggregateRow]:
+    def aggregate(self, group_by: Sequence[str], filter: LedgerFilter = LedgerFilter(),
+                  count_requests: bool = True) -> list[AggregateRow]:
         check_group_by(group_by)
         cols = [_BUCKETS.get(g, "user_id" if g == "user" else g) for g in group_by]
         where, params = _where(filter)
-        select = ", ".join(cols + ["SUM(cost_e10)", "SUM(avoided_e10)", "COUNT(*)", "SUM(cost_e10 IS NULL)",
-                                   "COUNT(DISTINCT request_id)"])
+        requests = "COUNT(DISTINCT request_id)" if count_requests else "NULL"
+        select = ", ".join(cols + ["SUM(cost_e10)", "SUM(avoided_e10)", "COUNT(*)", "SUM(cost_e10 IS NULL)", requests])
         sql = f"SELECT {select} FROM cost_events{where}"
         if cols:
             sql += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(cols)))

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Mapping
 
 from truecost.pricing.catalog import PriceVersion
-from truecost.types import ZERO, CostLine, PricedCost, TokenUsage, to_decimal
+from truecost.types import TOKEN_CLASSES, ZERO, CostLine, PricedCost, TokenUsage, to_decimal
 
 # Billing class -> the rate names that price it, first match wins.
 _TOKEN_RATES: dict[str, tuple[str, ...]] = {
@@ -38,38 +38,54 @@ def _tier_rates(version: PriceVersion, prompt_tokens: int) -> tuple[Mapping[str,
     return rates, label
 
 
+_PER_TOKEN: dict[tuple, dict[str, tuple[str, Decimal] | None]] = {}
+
+
+def _per_token_rates(version: PriceVersion, prompt_tokens: int, batch: bool) -> tuple[dict, str | None]:
+    """Per-token price of each billing class (memoised: this is on every request's path)."""
+    rates, tier_note = _tier_rates(version, prompt_tokens)
+    key = (id(version), tier_note, batch)
+    table = _PER_TOKEN.get(key)
+    if table is None or table.get("__version__") is not version:
+        multiplier = version.batch_multiplier if batch else Decimal(1)
+        table = {"__version__": version}
+        for cls, names in _TOKEN_RATES.items():
+            name = next((n for n in names if n in rates), None)
+            unit = version.units.get(name) or version.units.get("input") if name else None
+            table[cls] = None if name is None else (name, rates[name] * multiplier / unit.scale)
+        if len(_PER_TOKEN) > 4096:
+            _PER_TOKEN.clear()
+        _PER_TOKEN[key] = table
+    return table, tier_note
+
+
 def price_tokens(version: PriceVersion | None, usage: TokenUsage, *, batch: bool = False,
                  unknown_reason: str | None = None) -> PricedCost:
     """Price a generation or embedding call."""
     if version is None:
         return PricedCost(cost=None, unknown_reason=unknown_reason or "no price in force")
-    rates, tier_note = _tier_rates(version, usage.prompt_total)
-    multiplier = Decimal(1)
-    if batch:
-        if version.batch_multiplier is None:
-            return PricedCost(cost=None, unknown_reason=f"{version.resource.name} has no batch price")
-        multiplier = version.batch_multiplier
-    total: Decimal | None = ZERO
+    if batch and version.batch_multiplier is None:
+        return PricedCost(cost=None, unknown_reason=f"{version.resource.name} has no batch price")
+    table, tier_note = _per_token_rates(version, usage.prompt_total, batch)
+    total = ZERO
     lines: list[CostLine] = []
     missing: list[str] = []
-    for cls, names in _TOKEN_RATES.items():
+    for cls in TOKEN_CLASSES:
         qty = getattr(usage, cls)
         if qty == 0:
             continue
-        name = next((n for n in names if n in rates), None)
-        if name is None:
+        priced = table[cls]
+        if priced is None:
             missing.append(cls)
             lines.append(CostLine(cls, Decimal(qty), "tokens", None, None, "no price for this token class"))
             continue
-        unit = version.units.get(name) or version.units["input"]
-        unit_price = rates[name] * multiplier / unit.scale
-        cost = unit_price * qty
-        lines.append(CostLine(cls, Decimal(qty), "tokens", unit_price, cost, tier_note))
-        total = None if total is None else total + cost
+        cost = priced[1] * qty
+        lines.append(CostLine(cls, Decimal(qty), "tokens", priced[1], cost, tier_note))
+        total += cost
     if missing:
         return PricedCost(cost=None, lines=lines,
                           unknown_reason=f"{version.resource.name} has no price for {', '.join(missing)} tokens")
-    return PricedCost(cost=tidy(total), lines=lines)
+    return PricedCost(cost=total, lines=lines)
 
 
 def price_quantity(version: PriceVersion | None, component: str, quantity: object, *,

@@ -144,10 +144,9 @@ class Tracker:
                 details["unknown_reason"] = c.priced.unknown_reason
             lines = c.priced.lines
             unit_price = lines[0].unit_price if len(lines) == 1 else None
-            if len(lines) > 1:
-                details["lines"] = [{"component": ln.component, "quantity": str(ln.quantity),
-                                     "unit_price": None if ln.unit_price is None else str(ln.unit_price),
-                                     "cost": None if ln.cost is None else str(ln.cost)} for ln in lines]
+            if len(lines) > 1:  # per-class prices; with details["tokens"] they give each line's cost
+                details["unit_prices"] = {ln.component: None if ln.unit_price is None else str(ln.unit_price)
+                                          for ln in lines}
             event = CostEvent(
                 id=new_id(), request_id=req.id, ts=ts, step=s.kind, name=s.name, provider=c.provider,
                 service=c.service, region=c.region, quantity=c.quantity, unit=c.unit, unit_price=unit_price,
