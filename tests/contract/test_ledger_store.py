@@ -129,3 +129,14 @@ def test_sqlite_not_a_database_is_a_clear_error(tmp_path):
     p.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(LedgerError, match="cannot open ledger"):
         SQLiteLedgerStore(p)
+
+
+def test_sqlite_full_file_gives_clear_error_and_keeps_what_was_stored(tmp_path):
+    store = SQLiteLedgerStore(tmp_path / "full.db")
+    store.append([ev(1)])
+    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count = {pages + 1}")  # the disk is now 'full'
+    big = [ev(f"big{i}", details={"blob": "x" * 2000}) for i in range(200)]
+    with pytest.raises(LedgerError, match="full"):
+        store.append(big)
+    assert [e.id for e in store.query()] == ["e1"]

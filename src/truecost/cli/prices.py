@@ -13,8 +13,14 @@ from truecost.errors import UnknownModelError
 from truecost.pricing.catalog import PriceCatalog
 
 
-def _catalog(files: tuple[str, ...]) -> PriceCatalog:
-    return PriceCatalog.load(*files)
+def _catalog(files: tuple[str, ...], litellm: tuple[str, ...] = ()) -> PriceCatalog:
+    catalog = PriceCatalog.load(*files)
+    for f in litellm:
+        from truecost.pricing.litellm_import import import_litellm_prices
+
+        entries, _skipped = import_litellm_prices(f)
+        catalog.add(entries)
+    return catalog
 
 
 def _at(value: str | None) -> datetime:
@@ -37,10 +43,12 @@ def prices() -> None:
 @click.option("--provider")
 @click.option("--at", "at_", help="date the prices must be in force (default: now)")
 @click.option("--prices-file", "files", multiple=True, type=click.Path(exists=True), help="user price file(s)")
+@click.option("--litellm-file", "litellm", multiple=True, type=click.Path(exists=True),
+              help="LiteLLM model_prices_and_context_window.json to layer on top (in force from today)")
 @click.option("--json", "as_json", is_flag=True)
-def list_prices(kind, provider, at_, files, as_json) -> None:
+def list_prices(kind, provider, at_, files, litellm, as_json) -> None:
     """Every priced resource with the rates in force."""
-    catalog, at = _catalog(files), _at(at_)
+    catalog, at = _catalog(files, litellm), _at(at_)
     rows = []
     for e in sorted(catalog.entries(kind, provider), key=lambda e: (e.resource.kind, e.resource.provider, e.resource.name)):
         v = catalog.price_for(e.resource, at)
