@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from truecost.cli.bench import bench
 from truecost.cli.prices import prices
 from truecost.cli.report import report
 from truecost.errors import TruecostError
@@ -19,6 +20,7 @@ def cli() -> None:
 
 cli.add_command(prices)
 cli.add_command(report)
+cli.add_command(bench)
 
 
 @cli.command("demo")

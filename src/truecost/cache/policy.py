@@ -1,0 +1,278 @@
+"""Decision policies: is the nearest cached answer correct for this request?
+
+* ``FixedThreshold``: hit when cosine similarity >= t (one documented scale: cosine in
+  [-1, 1]; GPTCache's "0.8" is cosine 0.6, RedisVL's distance 0.1 is cosine 0.9).
+* ``CalibratedThreshold``: the smallest t whose precision on labelled pairs meets a target.
+* ``OnlineErrorBounded``: learns, from the feedback a production cache really has, where
+  the threshold lies in each neighbourhood, and keeps the false-hit rate under a bound.
+
+The online policy, in short. Entries are grouped into *equivalence classes*: after a miss,
+the fresh answer is compared (an ``Equivalence`` check) with the stored answer of the
+nearest candidate classes, and the new entry joins the first class it matches. Each
+lookup is described by features of its neighbourhood (similarity to the nearest entry and
+to its class centroid, margins over the best other class, the class's share of the
+neighbours, how often that class's matches were verified correct, and the similarity
+relative to that class's typical correct match). A logistic model, refitted as
+verifications arrive, turns them into P(correct). The threshold on P is the lowest whose
+expected false hits over a window of recent lookups stay under ``target_error x safety``.
+A small share ``explore`` of would-be hits is served as misses and verified, so the model
+also sees the region it answers in; when those samples show more errors than predicted,
+the budget tightens. This is our own construction after the idea of vCache (Schroeder
+et al., ICLR 2026: per-neighbourhood thresholds learned online under an error bound).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class Candidate:
+    entry_id: int
+    similarity: float
+    class_id: int
+
+
+@dataclass(slots=True)
+class Decision:
+    hit: bool
+    entry_id: int | None
+    score: float  # similarity (threshold policies) or P(correct) (online policy)
+    reason: str
+    predicted_class: int | None = None
+    check_classes: list[tuple[int, int]] = field(default_factory=list)  # (class, representative entry) to verify
+    features: np.ndarray | None = None
+    explored: bool = False
+
+
+class Policy(Protocol):
+    name: str
+
+    def decide(self, vector: np.ndarray, candidates: Sequence[Candidate]) -> Decision: ...
+
+    def learn(self, decision: Decision, first_check_correct: bool | None) -> None: ...
+
+    def add_member(self, class_id: int, vector: np.ndarray) -> None: ...
+
+
+class _ClassBook:
+    """Class centroids (running sums) and sizes."""
+
+    def __init__(self) -> None:
+        self.sums: dict[int, np.ndarray] = {}
+        self.sizes: dict[int, int] = {}
+
+    def add(self, class_id: int, vector: np.ndarray) -> None:
+        if class_id in self.sums:
+            self.sums[class_id] += vector
+        else:
+            self.sums[class_id] = vector.astype(np.float32).copy()
+        self.sizes[class_id] = self.sizes.get(class_id, 0) + 1
+
+    def centroid_sims(self, classes: Sequence[int], vector: np.ndarray) -> np.ndarray:
+        mat = np.stack([self.sums[c] for c in classes])
+        mat /= np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-12)
+        return mat @ vector
+
+
+def _class_order(candidates: Sequence[Candidate]) -> list[tuple[int, int]]:
+    """Distinct classes of the candidates with their best entry, most similar first."""
+    seen: dict[int, int] = {}
+    for c in candidates:
+        seen.setdefault(c.class_id, c.entry_id)
+    return list(seen.items())
+
+
+class FixedThreshold:
+    def __init__(self, threshold: float, checks: int = 0) -> None:
+        if not -1.0 <= threshold <= 1.0:
+            raise ValueError("threshold is a cosine similarity in [-1, 1]")
+        self.threshold = threshold
+        self.checks = checks
+        self.name = f"fixed(cos>={threshold:.3f})"
+        self.classes = _ClassBook()
+
+    def decide(self, vector: np.ndarray, candidates: Sequence[Candidate]) -> Decision:
+        if not candidates:
+            return Decision(False, None, 0.0, "no candidates")
+        top = candidates[0]
+        if top.similarity >= self.threshold:
+            return Decision(True, top.entry_id, top.similarity, f"similarity {top.similarity:.3f} >= {self.threshold}",
+                            predicted_class=top.class_id)
+        return Decision(False, None, top.similarity, f"similarity {top.similarity:.3f} < {self.threshold}",
+                        predicted_class=top.class_id, check_classes=_class_order(candidates)[: self.checks])
+
+    def learn(self, decision: Decision, first_check_correct: bool | None) -> None:
+        pass
+
+    def add_member(self, class_id: int, vector: np.ndarray) -> None:
+        pass
+
+
+class CalibratedThreshold(FixedThreshold):
+    """A fixed threshold chosen offline from labelled pairs to meet a precision target."""
+
+    @classmethod
+    def from_pairs(cls, similarities: Sequence[float], same: Sequence[bool], target_error: float,
+                   min_accepted: int = 20) -> "CalibratedThreshold":
+        s = np.asarray(similarities, dtype=np.float64)
+        y = np.asarray(same, dtype=bool)
+        if len(s) == 0 or len(s) != len(y):
+            raise ValueError("need as many labels as similarities, and at least one pair")
+        if y.all() or not y.any():
+            raise ValueError("labelled pairs must contain both equivalent and non-equivalent pairs")
+        order = np.argsort(-s)
+        wrong = np.cumsum(~y[order])
+        accepted = np.arange(1, len(s) + 1)
+        ok = np.nonzero((wrong / accepted <= target_error) & (accepted >= min_accepted))[0]
+        threshold = float(s[order][ok.max()]) if len(ok) else 1.0
+        policy = cls(threshold)
+        policy.name = f"calibrated(cos>={threshold:.3f}, precision>={1 - target_error:.3f} on {len(s)} pairs)"
+        return policy
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+
+
+class _Logistic:
+    def __init__(self, dims: int, l2: float = 1e-2) -> None:
+        self.w = np.zeros(dims + 1)
+        self.l2 = l2
+
+    def fit(self, x: np.ndarray, y: np.ndarray, iters: int = 25) -> None:
+        xb = np.hstack([x, np.ones((len(x), 1))])
+        w = self.w.copy()
+        eye = self.l2 * np.eye(len(w))
+        for _ in range(iters):
+            p = _sigmoid(xb @ w)
+            grad = xb.T @ (p - y) + self.l2 * w
+            hess = (xb * (p * (1 - p))[:, None]).T @ xb + eye
+            step = np.linalg.solve(hess, grad)
+            w -= step
+            if np.abs(step).max() < 1e-6:
+                break
+        self.w = w
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return _sigmoid(np.atleast_2d(x) @ self.w[:-1] + self.w[-1])
+
+
+class OnlineErrorBounded:
+    """Learns per-neighbourhood thresholds online and keeps false hits / lookups <= target_error."""
+
+    n_features = 10
+
+    def __init__(self, target_error: float = 0.01, *, safety: float = 0.85, explore: float = 0.03,
+                 checks: int = 3, k: int = 10, window: int = 2000, refit_every: int = 25, min_observations: int = 50,
+                 floor: float = 0.85, seed: int = 0) -> None:
+        if not 0 < target_error < 1:
+            raise ValueError("target_error must be in (0, 1)")
+        self.target_error, self.safety, self.explore, self.checks, self.k = target_error, safety, explore, checks, k
+        self.window, self.refit_every, self.min_observations, self.floor = window, refit_every, min_observations, floor
+        self.name = f"online-error-bounded(target={target_error})"
+        self.classes = _ClassBook()
+        self._stats: dict[int, list[float]] = {}  # class -> [verified correct, verified total, sum of correct sims]
+        self._x: list[np.ndarray] = []
+        self._y: list[float] = []
+        self._recent: deque[np.ndarray] = deque(maxlen=window)
+        self._explored: list[tuple[float, bool]] = []
+        self._model: _Logistic | None = None
+        self.tau = 1.01
+        self._rng = random.Random(seed)
+
+    # -- features ---------------------------------------------------------------------
+    def _features(self, vector: np.ndarray, candidates: Sequence[Candidate]) -> tuple[np.ndarray, int, list]:
+        top = candidates[: self.k]
+        c1 = top[0].class_id
+        sims = np.array([c.similarity for c in top])
+        s1 = float(sims[0])
+        other = [c.similarity for c in top if c.class_id != c1]
+        s2 = other[0] if other else float(sims[-1]) - 0.05
+        support = sum(1 for c in top if c.class_id == c1)
+        weights = np.exp((sims - s1) / 0.02)
+        vote = float(sum(w for w, c in zip(weights, top) if c.class_id == c1) / weights.sum())
+        order = _class_order(top)
+        classes = [c for c, _ in order]
+        csims = self.classes.centroid_sims(classes, vector)
+        others = [s for c, s in zip(classes, csims) if c != c1]
+        cs1 = float(csims[classes.index(c1)])
+        cs2 = max(others) if others else cs1 - 0.1
+        ok, tot, sim_sum = self._stats.get(c1, (0.0, 0.0, 0.0))
+        rel = s1 - sim_sum / ok if ok else 0.0
+        x = np.array([s1, s1 - s2, support / self.k, vote, (ok + 1) / (tot + 2), math.log1p(tot), rel, cs1,
+                      cs1 - cs2, math.log1p(self.classes.sizes.get(c1, 1))])
+        by_centroid = [order[i] for i in np.argsort(-csims)]
+        checks = [order[0]] + [c for c in by_centroid if c[0] != c1]
+        return x, c1, checks[: self.checks]
+
+    # -- decisions ----------------------------------------------------------------------
+    def decide(self, vector: np.ndarray, candidates: Sequence[Candidate]) -> Decision:
+        if not candidates:
+            return Decision(False, None, 0.0, "no candidates")
+        x, c1, checks = self._features(vector, candidates)
+        self._recent.append(x)
+        p = float(self._model.predict(x)[0]) if self._model is not None else 0.0
+        best = next(c.entry_id for c in candidates if c.class_id == c1)
+        if p >= self.tau:
+            if self._rng.random() >= self.explore:
+                return Decision(True, best, p, f"P(correct) {p:.3f} >= {self.tau:.3f}", c1, [], x)
+            return Decision(False, None, p, "exploration: a would-be hit served as a miss and verified", c1,
+                            checks, x, explored=True)
+        reason = "learning (no model yet)" if self._model is None else f"P(correct) {p:.3f} < {self.tau:.3f}"
+        return Decision(False, None, p, reason, c1, checks, x)
+
+    def learn(self, decision: Decision, first_check_correct: bool | None) -> None:
+        if decision.features is None or first_check_correct is None:
+            return
+        x, c1 = decision.features, decision.predicted_class
+        self._x.append(x)
+        self._y.append(1.0 if first_check_correct else 0.0)
+        st = self._stats.setdefault(c1, [0.0, 0.0, 0.0])
+        st[1] += 1
+        if first_check_correct:
+            st[0] += 1
+            st[2] += float(x[0])
+        if decision.explored:
+            self._explored.append((decision.score, first_check_correct))
+        n = len(self._y)
+        if n >= self.min_observations and n % self.refit_every == 0 and 0 < sum(self._y) < n:
+            self._refit()
+
+    def _refit(self) -> None:
+        model = _Logistic(self.n_features)
+        model.fit(np.array(self._x), np.array(self._y))
+        self._model = model
+        budget = self.target_error * self.safety
+        if self._explored:  # observed vs predicted errors among verified would-be hits
+            expected = sum(1 - p for p, _ in self._explored)
+            observed = sum(1 for _, ok in self._explored if not ok)
+            budget = self.target_error * min(1.0, self.safety / max((observed + 2) / (expected + 2), 0.5))
+        p = np.sort(model.predict(np.array(self._recent)))[::-1]
+        expected_rate = np.cumsum(1 - p) / len(p)
+        ok = np.nonzero((expected_rate <= budget) & (p >= self.floor))[0]
+        self.tau = float(p[ok.max()]) if len(ok) else 1.01
+
+    def add_member(self, class_id: int, vector: np.ndarray) -> None:
+        self.classes.add(class_id, vector)
+
+    def state(self) -> dict:
+        return {"tau": self.tau, "observations": len(self._y), "explored": len(self._explored),
+                "explored_errors": sum(1 for _, ok in self._explored if not ok), "classes": len(self.classes.sizes)}
+
+
+POLICIES = ("online", "fixed", "calibrated")
+
+
+def make_policy(name: str, target_error: float, threshold: float | None = None, seed: int = 0) -> Policy:
+    if name == "online":
+        return OnlineErrorBounded(target_error, seed=seed)
+    if name == "fixed":
+        return FixedThreshold(0.9 if threshold is None else threshold)
+    raise ValueError(f"unknown policy {name!r}; one of online, fixed (calibrated needs labelled pairs)")

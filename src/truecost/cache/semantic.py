@@ -1,0 +1,266 @@
+"""The cache: exact tier, then semantic tier (Embedder -> VectorIndex -> Policy -> EntryStore).
+
+    cache = SemanticCache(embedder, index, entries, policy, equivalence)
+    result = cache.lookup(body, tenant="acme")          # hit or miss, with timings
+    if not result.hit:
+        answer = call_the_model(body)
+        cache.store(result, answer, status=200, usage=..., doc_ids=("kb-17",))
+
+Only complete, successful answers are stored. Every entry records the knowledge-base
+version and the documents that produced it, so ``invalidate(doc_ids=...)`` and
+``set_kb_version`` drop exactly the affected entries.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from truecost.cache.entries import CacheEntry, EntryStore
+from truecost.cache.equivalence import Equivalence, answer_text
+from truecost.cache.index import VectorIndex
+from truecost.cache.policy import Candidate, Decision, Policy
+from truecost.cache.request import CacheKey, NotCacheable, cache_key, cacheable_response
+
+
+@dataclass(slots=True)
+class LookupResult:
+    status: str  # "hit_exact", "hit_semantic", "miss", "bypass"
+    key: CacheKey | None
+    entry: CacheEntry | None = None
+    similarity: float | None = None
+    decision: Decision | None = None
+    vector: np.ndarray | None = None
+    embed_ms: float = 0.0
+    search_ms: float = 0.0
+    decide_ms: float = 0.0
+    reason: str | None = None
+    candidates: list[Candidate] = field(default_factory=list)
+
+    @property
+    def hit(self) -> bool:
+        return self.status.startswith("hit")
+
+
+@dataclass
+class CacheLimits:
+    max_entries: int | None = None
+    max_bytes: int | None = None
+    ttl_seconds: float | None = None
+
+
+class SemanticCache:
+    def __init__(self, embedder, index: VectorIndex, entries: EntryStore, policy: Policy,
+                 equivalence: Equivalence | None = None, limits: CacheLimits | None = None, k: int = 10,
+                 kb_version: str | None = None, clock=time.time) -> None:
+        self.embedder, self.index, self.entries, self.policy = embedder, index, entries, policy
+        self.equivalence = equivalence
+        self.limits = limits or CacheLimits()
+        self.k, self.kb_version, self.clock = k, kb_version, clock
+        self._exact: dict[str, int] = {}
+        self._lru: OrderedDict[int, int] = OrderedDict()  # entry id -> bytes, least recently used first
+        self._by_doc: dict[str, set[int]] = {}
+        self._by_scope: dict[str, set[int]] = {}
+        self._bytes = 0
+        self._ids = itertools.count(1)
+        self._next_class = itertools.count(1)
+        self._lock = threading.RLock()
+        self.verifications = 0
+        self.stats = {"hit_exact": 0, "hit_semantic": 0, "miss": 0, "bypass": 0, "stored": 0, "refused": 0}
+
+    # -- lookup -------------------------------------------------------------------------
+    def lookup(self, body: Mapping[str, Any], tenant: str | None = None) -> LookupResult:
+        try:
+            key = cache_key(body, tenant)
+        except NotCacheable as exc:
+            self.stats["bypass"] += 1
+            return LookupResult("bypass", None, reason=str(exc))
+        now = self.clock()
+        with self._lock:
+            eid = self._exact.get(key.fingerprint)
+            entry = self._live(eid, now) if eid is not None else None
+            if entry is not None:
+                return self._hit("hit_exact", key, entry, 1.0, None, now)
+        if key.text is None:
+            self.stats["miss"] += 1
+            return LookupResult("miss", key, reason=key.reason)
+        t0 = time.perf_counter()
+        vector = self.embedder.embed_batch([key.text])[0]
+        t1 = time.perf_counter()
+        if not np.isfinite(vector).all() or not np.any(vector):
+            self.stats["miss"] += 1
+            return LookupResult("miss", key, reason="embedder returned an invalid vector", embed_ms=(t1 - t0) * 1e3)
+        with self._lock:
+            found = self.index.search(vector, self.k, key.scope)
+            t2 = time.perf_counter()
+            candidates = []
+            for entry_id, sim in found:
+                e = self._live(entry_id, now)
+                if e is not None and e.scope == key.scope:  # belt and braces: the index partitions already
+                    candidates.append(Candidate(entry_id, sim, e.class_id if e.class_id is not None else -entry_id))
+            decision = self.policy.decide(vector, candidates)
+            t3 = time.perf_counter()
+            timings = dict(embed_ms=(t1 - t0) * 1e3, search_ms=(t2 - t1) * 1e3, decide_ms=(t3 - t2) * 1e3)
+            if decision.hit:
+                entry = self.entries.get(decision.entry_id)
+                sim = next(c.similarity for c in candidates if c.entry_id == decision.entry_id)
+                result = self._hit("hit_semantic", key, entry, sim, decision, now)
+                result.vector, result.candidates = vector, candidates
+                for k, v in timings.items():
+                    setattr(result, k, v)
+                return result
+        self.stats["miss"] += 1
+        return LookupResult("miss", key, None, candidates[0].similarity if candidates else None, decision, vector,
+                            reason=decision.reason, candidates=candidates, **timings)
+
+    def _hit(self, status, key, entry, sim, decision, now) -> LookupResult:
+        entry.hits += 1
+        entry.last_hit_at = now
+        if entry.id in self._lru:
+            self._lru.move_to_end(entry.id)
+        self.stats[status] += 1
+        return LookupResult(status, key, entry, sim, decision)
+
+    def _live(self, entry_id: int, now: float) -> CacheEntry | None:
+        e = self.entries.get(entry_id)
+        if e is None:
+            return None
+        if (e.expires_at is not None and e.expires_at <= now) or (
+                self.kb_version is not None and e.kb_version is not None and e.kb_version != self.kb_version):
+            self._drop([entry_id])
+            return None
+        return e
+
+    # -- store --------------------------------------------------------------------------
+    def store(self, lookup: LookupResult, response: Mapping[str, Any], *, status: int = 200,
+              usage: Mapping[str, Any] | None = None, model: str | None = None, doc_ids: Sequence[str] = (),
+              ttl_seconds: float | None = None, verify_with=None) -> CacheEntry | None:
+        """Store a fresh answer after a miss. Returns the entry, or None with the refusal counted.
+
+        ``verify_with`` overrides the equivalence check for this call: a callable
+        (candidate entry) -> bool, used by benchmarks whose ground truth is a label.
+        """
+        if lookup.key is None or lookup.hit:
+            return None
+        refusal = cacheable_response(response, status)
+        if refusal is not None:
+            self.stats["refused"] += 1
+            return None
+        key = lookup.key
+        ttl = ttl_seconds if ttl_seconds is not None else self.limits.ttl_seconds
+        now = self.clock()
+        with self._lock:
+            class_id = self._classify(lookup, dict(response), verify_with)
+            entry = CacheEntry(id=next(self._ids), scope=key.scope, fingerprint=key.fingerprint, text=key.text or "",
+                               answer=dict(response), vector=lookup.vector, model=model or response.get("model"),
+                               usage=dict(usage or response.get("usage") or {}), kb_version=self.kb_version,
+                               doc_ids=tuple(doc_ids), class_id=class_id, created_at=now,
+                               expires_at=now + ttl if ttl else None)
+            self.entries.put(entry)
+            self._exact[key.fingerprint] = entry.id
+            if lookup.vector is not None:
+                self.index.upsert([entry.id], lookup.vector[None, :], key.scope)
+                self.policy.add_member(class_id, lookup.vector)
+            size = entry.nbytes
+            self._lru[entry.id] = size
+            self._bytes += size
+            for d in entry.doc_ids:
+                self._by_doc.setdefault(d, set()).add(entry.id)
+            self._by_scope.setdefault(key.scope, set()).add(entry.id)
+            self.stats["stored"] += 1
+            self._evict()
+        return entry
+
+    def _classify(self, lookup: LookupResult, response: dict, verify_with) -> int:
+        """Verify the fresh answer against candidate classes; learn from the first check."""
+        decision = lookup.decision
+        if decision is None or not decision.check_classes:
+            return next(self._next_class)
+        fresh = answer_text(response)
+        first_ok = None
+        for i, (class_id, rep_id) in enumerate(decision.check_classes):
+            rep = self.entries.get(rep_id)
+            if rep is None:
+                continue
+            self.verifications += 1
+            if verify_with is not None:
+                same = bool(verify_with(rep))
+            elif self.equivalence is not None:
+                same = self.equivalence.same(fresh, answer_text(rep.answer))
+            else:
+                break
+            if i == 0:
+                first_ok = same
+            if same:
+                self.policy.learn(decision, first_ok)
+                return class_id
+        self.policy.learn(decision, first_ok)
+        return next(self._next_class)
+
+    # -- invalidation and eviction ---------------------------------------------------------
+    def invalidate(self, doc_ids: Iterable[str]) -> int:
+        """Drop every entry produced from any of these knowledge-base documents."""
+        with self._lock:
+            ids = set().union(*(self._by_doc.get(d, set()) for d in doc_ids)) if doc_ids else set()
+            return self._drop(ids)
+
+    def set_kb_version(self, version: str) -> int:
+        """Switch the knowledge-base version: entries of other versions are dropped."""
+        with self._lock:
+            self.kb_version = version
+            stale = [i for i in list(self._lru) if (e := self.entries.get(i)) is not None
+                     and e.kb_version is not None and e.kb_version != version]
+            return self._drop(stale)
+
+    def purge(self, scope: str) -> int:
+        with self._lock:
+            return self._drop(set(self._by_scope.get(scope, set())))
+
+    def expire(self) -> int:
+        with self._lock:
+            gone = self.entries.expire(self.clock())
+            return self._drop(gone, already_deleted=True)
+
+    def _evict(self) -> None:
+        lim = self.limits
+        victims = []
+        over_n = (len(self._lru) - lim.max_entries) if lim.max_entries else 0
+        it = iter(self._lru.items())
+        bytes_left = self._bytes
+        for entry_id, size in it:
+            if over_n <= 0 and (lim.max_bytes is None or bytes_left <= lim.max_bytes):
+                break
+            victims.append(entry_id)
+            over_n -= 1
+            bytes_left -= size
+        if victims:
+            self._drop(victims)
+
+    def _drop(self, ids: Iterable[int], already_deleted: bool = False) -> int:
+        ids = list(ids)
+        if not ids:
+            return 0
+        for i in ids:
+            e = self.entries.get(i) if not already_deleted else None
+            if e is not None:
+                if self._exact.get(e.fingerprint) == i:
+                    del self._exact[e.fingerprint]
+                for d in e.doc_ids:
+                    self._by_doc.get(d, set()).discard(i)
+                self._by_scope.get(e.scope, set()).discard(i)
+            self._bytes -= self._lru.pop(i, 0)
+        if already_deleted:
+            self._exact = {fp: i for fp, i in self._exact.items() if i not in set(ids)}
+        self.index.delete(ids)
+        if not already_deleted:
+            self.entries.delete(ids)
+        return len(ids)
+
+    def __len__(self) -> int:
+        return len(self._lru)

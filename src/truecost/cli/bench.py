@@ -1,0 +1,97 @@
+"""`truecost bench cache|router`: the benchmark interfaces the issues are judged by."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+@click.group("bench")
+def bench() -> None:
+    """Benchmarks that print JSON."""
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+@bench.command("cache")
+@click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="intent-labelled JSON Lines (text, intent)")
+@click.option("--limit", type=int, default=None)
+@click.option("--seed", type=int, default=0)
+@click.option("--target-error", type=float, default=0.01, show_default=True)
+@click.option("--policy", default="online", show_default=True, help="online | fixed:<cosine>")
+@click.option("--embedder", "embedder_name", default="minilm", show_default=True, help="minilm | static")
+@click.option("--index", "index_name", default="exact", show_default=True, help="exact | hnsw")
+@click.option("--peers/--no-peers", default=True, show_default=True, help="run GPTCache side by side")
+@click.option("--json", "as_json", is_flag=True)
+def bench_cache(data, limit, seed, target_error, policy, embedder_name, index_name, peers, as_json) -> None:
+    """Hit rate at a bounded false-hit rate, against a hindsight-tuned fixed threshold and GPTCache."""
+    from truecost.cache.embedders import make_embedder
+    from truecost.cache.evaluation import correct, hindsight_fixed, load_intent_file, make_policy, run_policy
+    from truecost.cache.peers import gptcache_threshold_for_cosine, run_gptcache
+
+    console = Console(stderr=True)
+    queries = load_intent_file(data, limit, seed)
+    embedder = make_embedder(embedder_name)
+    started = time.perf_counter()
+    with _progress(console) as prog:
+        task = prog.add_task(f"{policy} policy", total=len(queries))
+        ours = run_policy(queries, embedder, make_policy(policy, target_error, seed), index_name,
+                          progress=lambda n: prog.update(task, completed=n))
+        task = prog.add_task("embedding for the baseline and peers", total=len(queries))
+        vectors = np.zeros((len(queries), embedder.dims), dtype=np.float32)
+        for start in range(0, len(queries), 256):
+            vectors[start:start + 256] = embedder.embed_batch([q.text for q in queries[start:start + 256]])
+            prog.update(task, completed=min(start + 256, len(queries)))
+    with console.status("sweeping fixed thresholds with hindsight..."):
+        baseline = hindsight_fixed(vectors, queries, target_error)
+    result = {"data": data, "seed": seed, "target_error": target_error, "embedder": embedder.model_id,
+              **{k: v for k, v in ours.items()},
+              "pretrained_on_other_data": False,
+              "baseline_fixed_hindsight": {**baseline["best"], "curve": baseline["curve"]},
+              "ratio_vs_baseline": ours["hit_rate"] / baseline["best"]["hit_rate"] if baseline["best"]["hit_rate"] else None,
+              "meets_error_bound": ours["false_hit_rate"] <= target_error}
+    if peers:
+        peer_rows = []
+        with console.status("GPTCache at its default threshold 0.8..."):
+            peer_rows.append({"setting": "default", **run_gptcache(queries, vectors, 0.8, lambda q, a: correct(q, a))})
+        best_cos = baseline["best"]["threshold"]
+        if best_cos is not None:
+            with console.status("GPTCache at the best fixed threshold..."):
+                peer_rows.append({"setting": "best fixed (hindsight)",
+                                  **run_gptcache(queries, vectors, gptcache_threshold_for_cosine(best_cos),
+                                                 lambda q, a: correct(q, a))})
+        result["peers"] = peer_rows
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        _print_cache(console, result)
+
+
+def _print_cache(console: Console, r: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"cache benchmark: {r['data']} ({r['queries']} queries, target false-hit rate {r['target_error']})")
+    for c in ("method", "hit rate", "false-hit rate", "lookup p50 ms", "lookup p99 ms"):
+        t.add_column(c)
+    t.add_row(r["policy"], f"{r['hit_rate']:.1%}", f"{r['false_hit_rate']:.2%}", f"{r['lookup_ms_p50']:.2f}",
+              f"{r['lookup_ms_p99']:.2f}")
+    b = r["baseline_fixed_hindsight"]
+    t.add_row(f"fixed cos>={b['threshold']} (hindsight)", f"{b['hit_rate']:.1%}", f"{b['false_hit_rate']:.2%}", "", "")
+    for p in r.get("peers", []):
+        if "error" in p:
+            t.add_row(p["peer"], p["error"], "", "", "")
+        else:
+            t.add_row(f"{p['peer']} {p['setting']} (t={p['threshold']:.3f})", f"{p['hit_rate']:.1%}",
+                      f"{p['false_hit_rate']:.2%}", f"{p['lookup_ms_p50_excluding_embedding']:.2f}+embed",
+                      f"{p['lookup_ms_p99_excluding_embedding']:.2f}+embed")
+    Console().print(t)

@@ -1,0 +1,37 @@
+"""The EntryStore contract, run against every store."""
+
+import numpy as np
+import pytest
+
+from truecost.cache.entries import CacheEntry, MemoryEntryStore, SQLiteEntryStore
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path):
+    return MemoryEntryStore() if request.param == "memory" else SQLiteEntryStore(tmp_path / "entries.db")
+
+
+def entry(i, **kw):
+    return CacheEntry(id=i, scope="s", fingerprint=f"fp{i}", text=f"q{i}",
+                      answer={"choices": [{"message": {"content": f"a{i}"}}]},
+                      vector=np.arange(4, dtype=np.float32) + i, **kw)
+
+
+def test_put_get_roundtrip(store):
+    e = entry(1, doc_ids=("kb-1", "kb-2"), kb_version="v3", usage={"prompt_tokens": 5}, class_id=7, expires_at=99.0)
+    store.put(e)
+    got = store.get(1)
+    assert got.answer == e.answer and got.doc_ids == ("kb-1", "kb-2") and got.kb_version == "v3"
+    assert got.class_id == 7 and got.usage == {"prompt_tokens": 5}
+    np.testing.assert_array_equal(got.vector, e.vector)
+    assert store.get(2) is None
+
+
+def test_delete_and_expire(store):
+    store.put(entry(1, expires_at=10.0))
+    store.put(entry(2, expires_at=20.0))
+    store.put(entry(3))
+    assert store.expire(15.0) == [1]
+    assert store.get(1) is None and store.get(2) is not None
+    assert store.delete([2, 42]) == 1
+    assert store.get(3) is not None

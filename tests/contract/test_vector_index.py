@@ -1,0 +1,89 @@
+"""The VectorIndex contract, run against every index."""
+
+import numpy as np
+import pytest
+
+from truecost.cache.index import CorruptIndexError, ExactIndex, HNSWIndex
+
+DIMS = 32
+
+
+def unit(rng, n):
+    v = rng.standard_normal((n, DIMS)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture(params=["exact", "hnsw"])
+def index(request):
+    if request.param == "hnsw":
+        pytest.importorskip("usearch")
+        return HNSWIndex(DIMS)
+    return ExactIndex(DIMS)
+
+
+def test_nearest_is_itself_with_similarity_one(index):
+    rng = np.random.default_rng(0)
+    v = unit(rng, 200)
+    index.upsert(list(range(200)), v, "s")
+    for i in (0, 57, 199):
+        (top_id, sim), *_ = index.search(v[i], 3, "s")
+        assert top_id == i and sim == pytest.approx(1.0, abs=1e-3)
+
+
+def test_results_are_ordered_cosine_similarities(index):
+    rng = np.random.default_rng(1)
+    v = unit(rng, 100)
+    index.upsert(list(range(100)), v, "s")
+    q = unit(rng, 1)[0]
+    got = index.search(q, 10, "s")
+    sims = [s for _, s in got]
+    assert sims == sorted(sims, reverse=True)
+    exact = sorted(((i, float(v[i] @ q)) for i in range(100)), key=lambda x: -x[1])[:10]
+    assert [i for i, _ in got][:5] == [i for i, _ in exact][:5]
+    np.testing.assert_allclose(sims, [s for _, s in exact], atol=2e-3)
+
+
+def test_scopes_are_hard_partitions(index):
+    rng = np.random.default_rng(2)
+    v = unit(rng, 10)
+    index.upsert([1, 2, 3], v[:3], "tenant-a")
+    index.upsert([4], v[0:1], "tenant-b")  # the very same vector in another scope
+    assert {i for i, _ in index.search(v[0], 10, "tenant-a")} == {1, 2, 3}
+    assert [i for i, _ in index.search(v[0], 10, "tenant-b")] == [4]
+    assert index.search(v[0], 10, "tenant-c") == []
+    assert index.count() == 4 and index.count("tenant-a") == 3
+
+
+def test_delete_and_upsert_replace(index):
+    rng = np.random.default_rng(3)
+    v = unit(rng, 5)
+    index.upsert([1, 2], v[:2], "s")
+    assert index.delete([1, 99]) == 1
+    assert [i for i, _ in index.search(v[0], 5, "s")] == [2]
+    index.upsert([2], v[3:4], "s")  # same id, new vector
+    (top, sim), = index.search(v[3], 5, "s")
+    assert top == 2 and sim == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("bad", [np.full(DIMS, np.nan), np.zeros(DIMS), np.ones(DIMS + 1)])
+def test_bad_vectors_are_refused(index, bad):
+    with pytest.raises(ValueError):
+        index.upsert([1], bad[None, :].astype(np.float32), "s")
+    assert index.count() == 0
+
+
+def test_hnsw_persists_and_refuses_a_damaged_file(tmp_path):
+    pytest.importorskip("usearch")
+    rng = np.random.default_rng(4)
+    v = unit(rng, 50)
+    ix = HNSWIndex(DIMS)
+    ix.upsert(list(range(50)), v, "s")
+    ix.save(tmp_path)
+    again = HNSWIndex.load(tmp_path)
+    assert again.count() == 50 and again.search(v[7], 1, "s")[0][0] == 7
+    f = next(tmp_path.glob("scope-*.usearch"))
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(CorruptIndexError):
+        HNSWIndex.load(tmp_path)
