@@ -38,7 +38,7 @@ def charge_egress(step: "StepScope", nbytes: int, src_region: str, dst_region: s
     path = egress_path(src_region, dst_region, src_zone, dst_zone)
     tracker = step.request.tracker
     resource = f"{provider}/{path}"
-    version, _reason, _p, _s = tracker._version(resource, "egress", step._wall_start)
+    version, _reason, _p, _s = tracker.price_version(resource, "egress", step._wall_start)
     free = ZERO
     if version is not None and version.free_per_month:
         month = step._wall_start.strftime("%Y-%m")
@@ -102,7 +102,7 @@ class CapacityPool:
         """Emit the events for the window [start, end) and forget its uses."""
         with self._lock:
             uses, self._uses = self._uses, []
-        version, reason, provider, service = self.tracker._version(self.resource, "compute", start)
+        version, reason, provider, service = self.tracker.price_version(self.resource, "compute", start)
         window_s = Decimal(str((end - start).total_seconds()))
         capacity_s = window_s * self.instances
         events = []

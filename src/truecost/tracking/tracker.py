@@ -67,7 +67,7 @@ class Tracker:
         return req.events[before:]
 
     # -- pricing helpers used by scopes ---------------------------------------------
-    def _version(self, name: str, kind: str | None, at) -> tuple[PriceVersion | None, str | None, str, str]:
+    def price_version(self, name: str, kind: str | None, at) -> tuple[PriceVersion | None, str | None, str, str]:
         key = (name, kind, at.date())
         hit = self._version_memo.get(key)
         if hit is None:
@@ -88,7 +88,7 @@ class Tracker:
                        provider: str | None) -> PricedCost:
         tokens = normalise(usage, flavour)
         name = f"{provider}/{model}" if provider else model
-        version, reason, prov, service = self._version(name, None, s._wall_start)
+        version, reason, prov, service = self.price_version(name, None, s._wall_start)
         priced = price_tokens(version, tokens, batch=batch, unknown_reason=reason)
         details = {"tokens": tokens.as_dict(), "flavour": flavour}
         if batch:
@@ -100,7 +100,7 @@ class Tracker:
     def _charge_quantity(self, s: StepScope, resource: str, component: str, quantity: Any, *, kind: str | None,
                          region: str | None, free: Decimal) -> PricedCost:
         qty = to_decimal(quantity)
-        version, reason, prov, service = self._version(resource, kind, s._wall_start)
+        version, reason, prov, service = self.price_version(resource, kind, s._wall_start)
         priced = price_quantity(version, component, qty, unknown_reason=reason, free=free)
         unit = version.units[component].base if version and component in version.units else component
         s._charges.append(_Charge(prov, service, region, qty, unit, priced, {"component": component}))
@@ -112,14 +112,14 @@ class Tracker:
         priced = PricedCost(cost=cost, unknown_reason=None if cost is not None else (reason or "cost not given"))
         s._charges.append(_Charge(None, service, None, to_decimal(quantity), unit, priced, {}))
 
-    def _compute_charge(self, s: StepScope, latency_ms: float) -> None:
+    def charge_compute(self, s: StepScope, latency_ms: float) -> None:
         """A step that recorded no usage is priced as local compute time, if configured."""
         seconds = Decimal(repr(round(latency_ms / 1000.0, 9)))
         if self.compute is None:
             priced = PricedCost(cost=None, unknown_reason="no usage recorded and no compute resource configured")
             s._charges.append(_Charge(None, None, None, seconds, "vCPU-seconds", priced, {}))
             return
-        version, reason, prov, service = self._version(self.compute, "compute", s._wall_start)
+        version, reason, prov, service = self.price_version(self.compute, "compute", s._wall_start)
         if version is None:
             s._charges.append(_Charge(prov, service, None, seconds, "vCPU-seconds",
                                       PricedCost(cost=None, unknown_reason=reason), {}))
@@ -132,7 +132,7 @@ class Tracker:
     # -- emitting -------------------------------------------------------------------
     def _finish_step(self, s: StepScope, latency_ms: float | None) -> None:
         if not s._charges:
-            self._compute_charge(s, latency_ms or 0.0)
+            self.charge_compute(s, latency_ms or 0.0)
         req = s.request
         ts = s._wall_start
         n = len(s._charges)

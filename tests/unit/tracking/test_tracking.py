@@ -151,3 +151,21 @@ def test_unknown_step_kind_is_refused(env):
     tracker, _ = env
     with pytest.raises(ValueError, match="unknown step kind"):
         tracker.request().step("gpu_magic")
+
+
+def test_cache_lookup_records_lookup_cost_and_avoided_cost(env):
+    from truecost.tracking.cache_accounting import record_cache_lookup
+
+    tracker, store = env
+    tracker.compute = "aws/m7i.large"
+    with tracker.request(tenant="acme") as req:
+        avoided = record_cache_lookup(req, hit=True, status="hit_semantic", embed_model="text-embedding-3-small",
+                                      embed_tokens=1000, embed_ms=5.0, search_ms=3600_000.0,
+                                      answer_model="gpt-6.2-sol",
+                                      answer_usage={"prompt_tokens": 1000, "completion_tokens": 200})
+    # avoided: 1000 x 2/1M + 200 x 10/1M = 0.004; embedding 1000 x 0.02/1M = 0.00002;
+    # search: one vCPU-hour of m7i.large (2 vCPU, $0.1008/h) = 0.0504
+    assert avoided == Decimal("0.004")
+    events = store.query()
+    assert [e.cost for e in events] == [Decimal("0.00002"), Decimal("0.0504")]
+    assert events[0].avoided_cost == Decimal("0.004") and events[0].outcome == "cache_hit"
