@@ -87,8 +87,8 @@ def part_a(texts, held_out, n):
 
 def part_b(texts, held_out, n, rng):
     emb = MiniLMEmbedder()
-    base = emb.embed_batch(texts[:10_000])
-    vecs = np.vstack([base, jitter(base, n - len(base), rng)])
+    base = emb.embed_batch(texts[: min(10_000, n)])
+    vecs = np.vstack([base, jitter(base, n - len(base), rng)]) if n > len(base) else base
     hnsw, exact = HNSWIndex(emb.dims), ExactIndex(emb.dims)
     hnsw.upsert(list(range(n)), vecs, "s")
     exact.upsert(list(range(n)), vecs, "s")

@@ -171,11 +171,14 @@ class OnlineErrorBounded:
 
     def __init__(self, target_error: float = 0.01, *, safety: float = 0.85, explore: float = 0.03,
                  checks: int = 3, k: int = 10, window: int = 2000, refit_every: int = 25, min_observations: int = 50,
-                 floor: float = 0.85, seed: int = 0) -> None:
+                 floor: float = 0.85, max_boost: float = 1.0, explore_min: float | None = None,
+                 seed: int = 0) -> None:
         if not 0 < target_error < 1:
             raise ValueError("target_error must be in (0, 1)")
         self.target_error, self.safety, self.explore, self.checks, self.k = target_error, safety, explore, checks, k
         self.window, self.refit_every, self.min_observations, self.floor = window, refit_every, min_observations, floor
+        self.max_boost = max_boost  # how far the budget may grow when verified hits err less than predicted
+        self.explore_min = explore if explore_min is None else explore_min
         self.name = f"online-error-bounded(target={target_error})"
         self.classes = _ClassBook()
         self._stats: dict[int, list[float]] = {}  # class -> [verified correct, verified total, sum of correct sims]
@@ -183,6 +186,7 @@ class OnlineErrorBounded:
         self._y: list[float] = []
         self._recent: deque[np.ndarray] = deque(maxlen=window)
         self._explored: list[tuple[float, bool]] = []
+        self._near: deque[tuple[float, bool]] = deque(maxlen=window)
         self._model: _Logistic | None = None
         self.tau = 1.01
         self._rng = random.Random(seed)
@@ -221,7 +225,9 @@ class OnlineErrorBounded:
         p = float(self._model.predict(x)[0]) if self._model is not None else 0.0
         best = next(c.entry_id for c in candidates if c.class_id == c1)
         if p >= self.tau:
-            if self._rng.random() >= self.explore:
+            # Exploration decays as verified would-be hits accumulate (~1/sqrt(n)), never below explore_min.
+            eps = max(self.explore_min, self.explore * min(1.0, math.sqrt(100.0 / (len(self._explored) + 1))))
+            if self._rng.random() >= eps:
                 return Decision(True, best, p, f"P(correct) {p:.3f} >= {self.tau:.3f}", c1, [], x)
             return Decision(False, None, p, "exploration: a would-be hit served as a miss and verified", c1,
                             checks, x, explored=True)
@@ -241,6 +247,8 @@ class OnlineErrorBounded:
             st[2] += float(x[0])
         if decision.explored:
             self._explored.append((decision.score, first_check_correct))
+        if decision.score >= self.floor:  # verified lookups near or above the threshold: calibration data
+            self._near.append((decision.score, first_check_correct))
         n = len(self._y)
         if n >= self.min_observations and n % self.refit_every == 0 and 0 < sum(self._y) < n:
             self._refit()
@@ -250,10 +258,10 @@ class OnlineErrorBounded:
         model.fit(np.array(self._x), np.array(self._y))
         self._model = model
         budget = self.target_error * self.safety
-        if self._explored:  # observed vs predicted errors among verified would-be hits
-            expected = sum(1 - p for p, _ in self._explored)
-            observed = sum(1 for _, ok in self._explored if not ok)
-            budget = self.target_error * min(1.0, self.safety / max((observed + 2) / (expected + 2), 0.5))
+        if self._near:  # observed vs predicted errors among verified lookups near and above the threshold
+            expected = sum(1 - p for p, _ in self._near)
+            observed = sum(1 for _, ok in self._near if not ok)
+            budget = self.target_error * min(self.max_boost, self.safety / max((observed + 2) / (expected + 2), 0.5))
         p = np.sort(model.predict(np.array(self._recent)))[::-1]
         expected_rate = np.cumsum(1 - p) / len(p)
         ok = np.nonzero((expected_rate <= budget) & (p >= self.floor))[0]
