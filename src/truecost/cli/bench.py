@@ -95,3 +95,38 @@ def _print_cache(console: Console, r: dict) -> None:
                       f"{p['false_hit_rate']:.2%}", f"{p['lookup_ms_p50_excluding_embedding']:.2f}+embed",
                       f"{p['lookup_ms_p99_excluding_embedding']:.2f}+embed")
     Console().print(t)
+
+
+@bench.command("router")
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="routing JSON Lines")
+@click.option("--weak", required=True, help="the cheap model (as named in the file)")
+@click.option("--strong", required=True, help="the strong model (as named in the file)")
+@click.option("--strategy", default="all", show_default=True, help="rules | trained | cascade | all")
+@click.option("--train-frac", type=float, default=0.5, show_default=True)
+@click.option("--seed", type=int, default=0)
+@click.option("--json", "as_json", is_flag=True)
+def bench_router(data, weak, strong, strategy, train_frac, seed, as_json) -> None:
+    """APGR, strong share and cost saving at 95% of strong quality, beside random and the oracle."""
+    from truecost.audit.routing_bench import run
+
+    if not 0.05 <= train_frac <= 0.95:
+        raise click.BadParameter("train-frac must be between 0.05 and 0.95")
+    console = Console(stderr=True)
+    with console.status("training and evaluating routers..."):
+        result = run(data, weak, strong, strategy, train_frac, seed)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"routing: {data} ({result['test']} test prompts; {weak} -> {strong})")
+    for c in ("strategy", "APGR", "strong share @95%", "cost saving @95%"):
+        t.add_column(c)
+    rows = [(k, v) for k, v in result["strategies"].items() if v.get("apgr") is not None]
+    rows += [("reference: logreg on static embeddings", result["reference_logreg_static_embeddings"]),
+             ("random", result["random"]), ("oracle", result["oracle"])]
+    for name, m in rows:
+        fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+        t.add_row(name + (" (best)" if name == result.get("best_strategy") else ""), fmt(m["apgr"]),
+                  fmt(m["strong_share_at_95"]), fmt(m["cost_saving_at_95"]))
+    Console().print(t)

@@ -9,6 +9,7 @@ import click
 from truecost.cli.bench import bench
 from truecost.cli.prices import prices
 from truecost.cli.report import report
+from truecost.cli.router import router
 from truecost.errors import TruecostError
 
 
@@ -21,6 +22,7 @@ def cli() -> None:
 cli.add_command(prices)
 cli.add_command(report)
 cli.add_command(bench)
+cli.add_command(router)
 
 
 @cli.command("demo")

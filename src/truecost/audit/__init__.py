@@ -1,0 +1,1 @@
+"""Explain the bill: feasibility and opportunity studies over real data."""

@@ -1,0 +1,105 @@
+"""`truecost router train|calibrate`."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import click
+import numpy as np
+
+
+@click.group("router")
+def router() -> None:
+    """Train and calibrate model routers on your own labelled traffic."""
+
+
+def _split(data, weak, strong, train_frac, seed):
+    from truecost.audit.routing_bench import attach_responses, load_rows
+
+    rows, skipped, _ = load_rows(data, weak, strong)
+    attach_responses(rows, Path(data), weak)
+    idx = list(range(len(rows)))
+    random.Random(seed).shuffle(idx)
+    cut = int(len(idx) * train_frac)
+    return [rows[i] for i in idx[:cut]], [rows[i] for i in idx[cut:]], skipped
+
+
+@router.command("train")
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.option("--weak", required=True)
+@click.option("--strong", required=True)
+@click.option("--kind", type=click.Choice(["trained", "cascade"]), default="trained", show_default=True)
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="artifact path (.npz)")
+def train(data, weak, strong, kind, out_path) -> None:
+    """Train a scorer on every labelled row of DATA and save it as a versioned artifact."""
+    from truecost.audit.routing_bench import _examples, _fit
+
+    rows, _test, skipped = _split(data, weak, strong, 1.0, 0)
+    categorical = tuple(sorted({k for r in rows for k in r.metadata
+                                if 2 <= len({str(x.metadata.get(k)) for x in rows}) <= 200}))
+    from truecost.cache.embedders import StaticEmbedder
+
+    model = _fit(kind, rows, StaticEmbedder() if kind == "trained" else None, categorical)
+    path = model.save(out_path if out_path.endswith(".npz") else out_path + ".npz", weak=weak, strong=strong,
+                      kind=kind, data=str(data))
+    click.echo(json.dumps({"artifact": str(path), "examples": len(_examples(rows)), "skipped_rows": skipped,
+                           "kind": kind, "categorical_features": list(categorical)}))
+
+
+@router.command("calibrate")
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.option("--weak", required=True)
+@click.option("--strong", required=True)
+@click.option("--kind", type=click.Choice(["rules", "trained", "cascade"]), default="trained", show_default=True)
+@click.option("--max-strong-share", type=float, help="target: at most this share of strong calls")
+@click.option("--min-quality", type=float, help="target: at least this fraction of the strong model's quality")
+@click.option("--max-cost-per-1k", type=float, help="target: at most this many USD per 1,000 requests")
+@click.option("--train-frac", type=float, default=0.5, show_default=True)
+@click.option("--seed", type=int, default=0)
+def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_per_1k, train_frac, seed) -> None:
+    """Pick the threshold meeting one target on the train part; report it on the held-out part, with the curve."""
+    from truecost.audit.routing_bench import _costs, _fit, _scores, cross_val_scores
+    from truecost.cache.embedders import StaticEmbedder
+    from truecost.pricing.catalog import PriceCatalog
+    from truecost.routing.calibrate import choose, tradeoff_curve
+
+    targets = [t for t in (max_strong_share, min_quality, max_cost_per_1k) if t is not None]
+    if len(targets) != 1:
+        raise click.UsageError("give exactly one of --max-strong-share, --min-quality, --max-cost-per-1k")
+    train, test, _ = _split(data, weak, strong, train_frac, seed)
+    categorical = tuple(sorted({k for r in train for k in r.metadata
+                                if 2 <= len({str(x.metadata.get(k)) for x in train}) <= 200}))
+    emb = StaticEmbedder() if kind == "trained" else None
+    catalog = PriceCatalog.bundled()
+    cascade = kind == "cascade"
+
+    def curve(rows, scores):
+        q_w, q_s = np.array([r.q_weak for r in rows]), np.array([r.q_strong for r in rows])
+        return tradeoff_curve(scores, q_w, q_s, _costs(catalog, weak, rows, "weak"),
+                              _costs(catalog, strong, rows, "strong"), cascade), q_s.mean()
+
+    curve_tr, qs_tr = curve(train, cross_val_scores(kind, train, emb, categorical, weak, strong))
+    kw = ({"max_strong_share": max_strong_share} if max_strong_share is not None else
+          {"min_quality": min_quality * qs_tr} if min_quality is not None else {"max_cost": max_cost_per_1k / 1000})
+    i = choose(curve_tr, **kw)
+    if i is None:
+        raise click.ClickException("no threshold meets that target on the training part")
+    threshold = float(curve_tr.thresholds[i])
+    model = _fit(kind, train, emb, categorical)
+    s_te = _scores(kind, model, test, weak, strong)
+    routed = s_te >= threshold
+    q_w, q_s = np.array([r.q_weak for r in test]), np.array([r.q_strong for r in test])
+    c_w, c_s = _costs(catalog, weak, test, "weak"), _costs(catalog, strong, test, "strong")
+    cost = (c_w + np.where(routed, c_s if cascade else c_s - c_w, 0.0)).mean()
+    curve_te, _ = curve(test, s_te)
+    step = max(1, len(curve_te.strong_share) // 20)
+    click.echo(json.dumps({
+        "kind": kind, "threshold": threshold, "target": {k: v for k, v in kw.items()},
+        "test": {"strong_share": float(routed.mean()),
+                 "quality_vs_strong": float(np.where(routed, q_s, q_w).mean() / q_s.mean()),
+                 "cost_per_1k_usd": float(cost * 1000)},
+        "curve_test": [{"strong_share": float(curve_te.strong_share[j]), "quality": float(curve_te.quality[j]),
+                        "cost_per_1k_usd": float(curve_te.cost[j] * 1000)} for j in range(0, len(curve_te.strong_share), step)],
+    }, indent=2))

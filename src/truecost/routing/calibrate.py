@@ -1,0 +1,59 @@
+"""Pick the threshold that meets one target on labelled traffic, and show the whole curve.
+
+Targets: a strong-call share <= X, quality >= Y x the strong model's, or cost <= $Z per
+1,000 requests. Scores are "higher means send to the strong model" (for a cascade:
+"higher means escalate").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Curve:
+    strong_share: np.ndarray  # at each point
+    quality: np.ndarray  # mean quality
+    cost: np.ndarray  # mean cost per request
+    thresholds: np.ndarray  # score threshold at each point (route strong if score >= threshold)
+
+
+def tradeoff_curve(scores: np.ndarray, q_weak: np.ndarray, q_strong: np.ndarray, c_weak: np.ndarray,
+                   c_strong: np.ndarray, cascade: bool = False) -> Curve:
+    """Send the top-k scores to the strong model, for k = 0..n. A cascade pays the weak call always."""
+    n = len(scores)
+    order = np.argsort(-scores, kind="stable")
+    gain_q = np.concatenate([[0.0], np.cumsum((q_strong - q_weak)[order])])
+    extra_c = np.cumsum((c_strong if cascade else c_strong - c_weak)[order])
+    cost = (c_weak.sum() + np.concatenate([[0.0], extra_c])) / n
+    thresholds = np.concatenate([[np.inf], scores[order]])
+    return Curve(np.arange(n + 1) / n, (q_weak.sum() + gain_q) / n, cost, thresholds)
+
+
+def apgr(curve: Curve, q_weak_mean: float, q_strong_mean: float) -> float:
+    """Area under the performance-gap-recovered curve over the strong share (RouteLLM's APGR)."""
+    span = q_strong_mean - q_weak_mean
+    if span == 0:
+        return float("nan")
+    return float(np.trapezoid((curve.quality - q_weak_mean) / span, curve.strong_share))
+
+
+def point_at_quality(curve: Curve, target_quality: float) -> int | None:
+    ok = np.nonzero(curve.quality >= target_quality - 1e-12)[0]
+    return int(ok[0]) if len(ok) else None
+
+
+def choose(curve: Curve, *, max_strong_share: float | None = None, min_quality: float | None = None,
+           max_cost: float | None = None) -> int | None:
+    """Index of the curve point meeting the target (cheapest or best, as the target implies)."""
+    if max_strong_share is not None:  # use the whole allowance: the last point within it
+        ok = np.nonzero(curve.strong_share <= max_strong_share + 1e-12)[0]
+        return int(ok[-1]) if len(ok) else None
+    if min_quality is not None:
+        return point_at_quality(curve, min_quality)
+    if max_cost is not None:
+        ok = np.nonzero(curve.cost <= max_cost + 1e-15)[0]
+        return int(ok[np.argmax(curve.quality[ok])]) if len(ok) else None
+    raise ValueError("give one target: max_strong_share, min_quality or max_cost")

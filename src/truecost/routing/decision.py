@@ -1,0 +1,32 @@
+"""The Router seam and its value types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    text: str
+    prompt_tokens: int | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)  # headers, attribution, dataset fields
+    budget_used: float | None = None  # share of the attribution's budget already spent, 0..1
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """Ordered candidates: the first serves, the rest are fallbacks in order."""
+
+    candidates: tuple[str, ...]
+    reason: str
+    score: float | None = None
+    strategy: str = ""
+
+    @property
+    def model(self) -> str:
+        return self.candidates[0]
+
+
+class Router(Protocol):
+    def route(self, request: RouteRequest) -> RouteDecision: ...

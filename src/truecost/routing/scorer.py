@@ -1,0 +1,147 @@
+"""Trained scorers: predict how much better the strong model would do than the weak one.
+
+A ``GapScorer`` is ridge regression on standardised features, trained on the quality gap
+(strong - weak) of labelled examples; a higher score means "send it to the strong model".
+Features: prompt text statistics, optional prompt embeddings (a fast static embedder, so
+that scoring stays under a millisecond), optional smoothed target encodings of categorical
+metadata (a benchmark subject, a product feature), and for cascades the weak answer's
+features. Artifacts are versioned ``.npz`` files with their feature spec.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from truecost.errors import TruecostError
+from truecost.routing.features import PROMPT_FEATURES, answer_matrix, prompt_matrix
+
+ARTIFACT_VERSION = 1
+
+
+class TrainingDataError(TruecostError, ValueError):
+    """The labelled examples cannot train a scorer (empty, degenerate labels, missing values)."""
+
+
+@dataclass
+class Example:
+    text: str
+    gap: float  # quality(strong) - quality(weak)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    weak_answer: str | None = None
+
+
+@dataclass
+class FeatureSpec:
+    embed: bool = True
+    categorical: tuple[str, ...] = ()
+    answer: bool = False
+    smoothing: float = 10.0
+
+
+class GapScorer:
+    def __init__(self, spec: FeatureSpec, embedder=None, l2: float = 10.0) -> None:
+        self.spec, self.embedder, self.l2 = spec, embedder, l2
+        self.mu = self.sd = self.w = None
+        self.encodings: dict[str, dict[str, float]] = {}
+        self.prior = 0.0
+        self.meta: dict[str, Any] = {}
+
+    # -- features -----------------------------------------------------------------------
+    def _matrix(self, examples: Sequence[Example]) -> np.ndarray:
+        texts = [e.text for e in examples]
+        parts = [prompt_matrix(texts)]
+        if self.spec.embed:
+            if self.embedder is None:
+                raise TrainingDataError("this scorer needs an embedder")
+            parts.append(self.embedder.embed_batch(texts).astype(np.float64))
+        for f in self.spec.categorical:
+            enc = self.encodings.get(f, {})
+            parts.append(np.array([[enc.get(str(e.metadata.get(f)), self.prior)] for e in examples]))
+        if self.spec.answer:
+            if any(e.weak_answer is None for e in examples):
+                raise TrainingDataError("the answer-aware scorer needs the weak model's answer for every example")
+            parts.append(answer_matrix(texts, [e.weak_answer for e in examples]))
+        return np.hstack(parts)
+
+    # -- training -----------------------------------------------------------------------
+    def fit(self, examples: Sequence[Example]) -> "GapScorer":
+        if len(examples) < 10:
+            raise TrainingDataError(f"need at least 10 labelled examples, got {len(examples)}")
+        y = np.array([e.gap for e in examples], dtype=np.float64)
+        if not np.isfinite(y).all():
+            raise TrainingDataError("quality gaps must be finite numbers")
+        if np.all(y == y[0]):
+            raise TrainingDataError(f"degenerate labels: every example has the same quality gap ({y[0]}); "
+                                    "nothing tells easy from hard requests")
+        self.prior = float(y.mean())
+        for f in self.spec.categorical:
+            sums: dict[str, float] = {}
+            counts: dict[str, int] = {}
+            for e, g in zip(examples, y):
+                k = str(e.metadata.get(f))
+                sums[k] = sums.get(k, 0.0) + g
+                counts[k] = counts.get(k, 0) + 1
+            a = self.spec.smoothing
+            self.encodings[f] = {k: (sums[k] + a * self.prior) / (counts[k] + a) for k in sums}
+        x = self._matrix(examples)
+        self.mu, self.sd = x.mean(0), x.std(0) + 1e-6
+        z = np.hstack([(x - self.mu) / self.sd, np.ones((len(x), 1))])
+        reg = self.l2 * np.eye(z.shape[1])
+        reg[-1, -1] = 0.0
+        self.w = np.linalg.solve(z.T @ z + reg, z.T @ y)
+        self.meta = {"trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "examples": len(examples),
+                     "mean_gap": self.prior}
+        return self
+
+    def score(self, examples: Sequence[Example]) -> np.ndarray:
+        if self.w is None:
+            raise TruecostError("scorer is not trained")
+        x = self._matrix(examples)
+        return np.hstack([(x - self.mu) / self.sd, np.ones((len(x), 1))]) @ self.w
+
+    # -- artifacts ----------------------------------------------------------------------
+    def save(self, path: str | Path, **extra: Any) -> Path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"version": ARTIFACT_VERSION, "spec": self.spec.__dict__ | {"categorical": list(self.spec.categorical)},
+                "l2": self.l2, "prior": self.prior, "encodings": self.encodings,
+                "embedder": getattr(self.embedder, "model_id", None), "prompt_features": list(PROMPT_FEATURES),
+                **self.meta, **extra}
+        np.savez(p, mu=self.mu, sd=self.sd, w=self.w, meta=np.array(json.dumps(meta)))
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path, embedder=None) -> "GapScorer":
+        try:
+            data = np.load(path, allow_pickle=False)
+            meta = json.loads(str(data["meta"]))
+        except (OSError, ValueError, KeyError) as exc:
+            raise TruecostError(f"{path}: not a truecost router artifact ({exc})") from None
+        if meta.get("version") != ARTIFACT_VERSION:
+            raise TruecostError(f"{path}: artifact version {meta.get('version')}, this truecost reads {ARTIFACT_VERSION}")
+        spec = FeatureSpec(**{**meta["spec"], "categorical": tuple(meta["spec"]["categorical"])})
+        self = cls(spec, embedder, meta["l2"])
+        self.mu, self.sd, self.w = data["mu"], data["sd"], data["w"]
+        self.prior, self.encodings, self.meta = meta["prior"], meta["encodings"], meta
+        return self
+
+
+class ScoredRouter:
+    """A scorer behind a threshold: score >= threshold -> strong first, else weak first."""
+
+    def __init__(self, scorer: GapScorer, weak: str, strong: str, threshold: float) -> None:
+        self.scorer, self.weak, self.strong, self.threshold = scorer, weak, strong, threshold
+
+    def route(self, request) -> "RouteDecision":
+        from truecost.routing.decision import RouteDecision
+
+        s = float(self.scorer.score([Example(request.text, 0.0, request.metadata)])[0])
+        if s >= self.threshold:
+            return RouteDecision((self.strong, self.weak), f"predicted gap {s:.3f} >= {self.threshold:.3f}", s, "trained")
+        return RouteDecision((self.weak, self.strong), f"predicted gap {s:.3f} < {self.threshold:.3f}", s, "trained")

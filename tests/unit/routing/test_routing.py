@@ -1,0 +1,124 @@
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from truecost.cli.main import cli
+from truecost.errors import UnknownModelError
+from truecost.routing.calibrate import apgr, choose, tradeoff_curve
+from truecost.routing.decision import RouteRequest
+from truecost.routing.features import ANSWER_FEATURES, answer_features
+from truecost.routing.rules import RulesRouter
+from truecost.routing.scorer import Example, FeatureSpec, GapScorer, ScoredRouter, TrainingDataError
+
+
+def test_answer_features_recompute_the_arithmetic():
+    q = "Janet has 16 eggs and eats 3. How many are left?"
+    good = answer_features(q, "16 - 3 = 13\nThe answer is 13")
+    bad = answer_features(q, "16 - 3 = 12\nThe answer is 12")
+    i = ANSWER_FEATURES.index
+    assert good[i("eq_good")] == 1 and good[i("eq_bad")] == 0 and good[i("final_marker")] == 1
+    assert bad[i("eq_bad")] == 1 and bad[i("eq_bad_share")] == 1.0
+    assert good[i("question_numbers_used")] == 1.0
+    assert answer_features(q, "__import__('os').system('x') = 1")[i("eq_good")] == 0  # nothing is executed
+
+
+def test_apgr_of_random_oracle_and_anti_oracle():
+    rng = np.random.default_rng(0)
+    qw = rng.integers(0, 2, 2000).astype(float)
+    qs = np.maximum(qw, rng.integers(0, 2, 2000)).astype(float)
+    c = np.ones(2000)
+    gap = qs - qw
+    span = (qw.mean(), qs.mean())
+    # the oracle recovers the whole gap linearly over the first mean(gap) share, then stays at 1
+    assert apgr(tradeoff_curve(gap, qw, qs, c, c * 10), *span) == pytest.approx(1 - gap.mean() / 2, abs=1e-3)
+    assert 0.45 < apgr(tradeoff_curve(rng.random(2000), qw, qs, c, c * 10), *span) < 0.55
+    assert apgr(tradeoff_curve(-gap, qw, qs, c, c * 10), *span) < 0.1
+
+
+def test_cascade_curve_pays_the_weak_call_always():
+    qw, qs = np.array([0.0, 1.0]), np.array([1.0, 1.0])
+    cw, cs = np.array([1.0, 1.0]), np.array([10.0, 10.0])
+    plain = tradeoff_curve(np.array([1.0, 0.0]), qw, qs, cw, cs)
+    cascade = tradeoff_curve(np.array([1.0, 0.0]), qw, qs, cw, cs, cascade=True)
+    assert plain.cost.tolist() == [1.0, 5.5, 10.0]
+    assert cascade.cost.tolist() == [1.0, 6.0, 11.0]
+    assert choose(plain, max_strong_share=0.5) == 1 and choose(plain, min_quality=1.0) == 1
+    assert choose(plain, max_cost=1.0) == 0
+
+
+def _synthetic(n, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        hard = rng.random() < 0.4
+        text = ("prove step by step " * 3 + "x" * 300) if hard else f"hi there {i}"
+        out.append(Example(text, 1.0 if hard and rng.random() < 0.9 else 0.0, {"topic": "math" if hard else "chat"}))
+    return out
+
+
+def test_scorer_learns_ranks_saves_and_loads(tmp_path):
+    train, test = _synthetic(300), _synthetic(200, seed=1)
+    scorer = GapScorer(FeatureSpec(embed=False, categorical=("topic",))).fit(train)
+    s = scorer.score(test)
+    gaps = np.array([e.gap for e in test])
+    assert s[gaps == 1].mean() > s[gaps == 0].mean() + 0.3
+    path = scorer.save(tmp_path / "r.npz", weak="w", strong="s")
+    again = GapScorer.load(path)
+    np.testing.assert_allclose(again.score(test), s)
+    router = ScoredRouter(again, "w", "s", threshold=0.5)
+    assert router.route(RouteRequest("hi there")).model == "w"
+    assert router.route(RouteRequest("prove step by step " * 3 + "x" * 300, metadata={"topic": "math"})).model == "s"
+
+
+@pytest.mark.parametrize("examples,match", [([], "at least 10"),
+                                             ([Example("a", 1.0)] * 20, "degenerate labels"),
+                                             ([Example("a", float("nan"))] * 20, "finite")])
+def test_scorer_refuses_bad_training_sets(examples, match):
+    with pytest.raises(TrainingDataError, match=match):
+        GapScorer(FeatureSpec(embed=False)).fit(examples)
+
+
+def test_rules_router_headers_budget_and_difficulty():
+    r = RulesRouter("small", "large")
+    assert r.route(RouteRequest("hello")).model == "small"
+    assert r.route(RouteRequest("```python\ndef f(x):\n    return x\n``` please debug and refactor")).model == "large"
+    assert r.route(RouteRequest("hello", metadata={"x-truecost-route": "strong"})).model == "large"
+    assert r.route(RouteRequest("```def f(): pass``` debug", budget_used=0.95)).model == "small"
+    assert r.route(RouteRequest("hello")).candidates == ("small", "large")
+
+
+def _write_routing_file(path, n=200, weak="gpt-3.5-turbo-1106", strong="gpt-4-1106-preview", seed=0):
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as fh:
+        for i in range(n):
+            hard = rng.random() < 0.5
+            prompt = ("Compute step by step: " + " + ".join(str(x) for x in rng.integers(0, 99, 12))) if hard \
+                else f"Say hello to person {i}"
+            fh.write(json.dumps({"prompt_id": str(i), "prompt": prompt, "prompt_tokens": len(prompt) // 4,
+                                 "category": "math" if hard else "chat", "quality_kind": "correct_0_1",
+                                 "models": {weak: {"quality": 0 if hard and rng.random() < 0.8 else 1, "output_tokens": 20},
+                                            strong: {"quality": 1, "output_tokens": 30}}}) + "\n")
+
+
+def test_bench_router_cli_end_to_end(tmp_path):
+    f = tmp_path / "r.jsonl"
+    _write_routing_file(f)
+    res = CliRunner().invoke(cli, ["bench", "router", "--data", str(f), "--weak", "gpt-3.5-turbo-1106", "--strong",
+                                   "gpt-4-1106-preview", "--json"], catch_exceptions=False)
+    d = json.loads(res.output)
+    assert d["test"] == 100 and d["strategies"]["cascade"]["available"] is False
+    assert d["strategies"]["trained"]["apgr"] > d["random"]["apgr"] + 0.2
+    assert d["oracle"]["apgr"] >= d["strategies"]["trained"]["apgr"]
+    assert 0 < d["cost_saving_at_95"] < 1 and d["best_strategy"] in ("rules", "trained")
+
+
+def test_bench_router_names_unknown_models(tmp_path):
+    f = tmp_path / "r.jsonl"
+    _write_routing_file(f, weak="our-private-llm")
+    with pytest.raises(UnknownModelError, match="our-private-llm"):
+        from truecost.audit.routing_bench import run
+        run(f, "our-private-llm", "gpt-4-1106-preview")
+    res = CliRunner().invoke(cli, ["bench", "router", "--data", str(f), "--weak", "nope", "--strong", "gpt-4-1106-preview"])
+    assert res.exit_code != 0 and "nope" in str(res.exception)
