@@ -75,7 +75,7 @@ def test_demo_runs_and_prices_every_step(tmp_path):
                                         "validate", "log_storage", "egress", "reserved_capacity"}
     assert 0 < data["generation_share"] < 1
     store = SQLiteLedgerStore(db)
-    assert str(sum(Decimal(v) for v in data["by_step_usd"].values())) == data["total_usd"]
+    assert sum(Decimal(v) for v in data["by_step_usd"].values()) == Decimal(data["total_usd"])
     assert store.aggregate([])[0].request_count == 12
     store.close()
 
