@@ -203,6 +203,39 @@ class SemanticCache:
         self.policy.learn(decision, first_ok)
         return next(self._next_class)
 
+    # -- restart ------------------------------------------------------------------------------
+    def rebuild(self) -> int:
+        """Rebuild the exact map, the vector index and the policy's classes from the entry store.
+
+        Use after a restart, or when a persisted index was refused as damaged: the entry
+        store keeps every entry's vector, so the index is reconstructed, never trusted blindly.
+        """
+        with self._lock:
+            entries = sorted(self.entries.all(), key=lambda e: e.id)
+            now = self.clock()
+            max_id = max_class = 0
+            for e in entries:
+                max_id = max(max_id, e.id)
+                max_class = max(max_class, e.class_id or 0)
+                if (e.expires_at is not None and e.expires_at <= now) or (
+                        self.kb_version is not None and e.kb_version is not None and e.kb_version != self.kb_version):
+                    self.entries.delete([e.id])
+                    continue
+                self._exact[e.fingerprint] = e.id
+                if e.vector is not None:
+                    self.index.upsert([e.id], e.vector[None, :], e.scope)
+                    if e.class_id is not None:
+                        self.policy.add_member(e.class_id, e.vector)
+                size = e.nbytes
+                self._lru[e.id] = size
+                self._bytes += size
+                for d in e.doc_ids:
+                    self._by_doc.setdefault(d, set()).add(e.id)
+                self._by_scope.setdefault(e.scope, set()).add(e.id)
+            self._ids = itertools.count(max_id + 1)
+            self._next_class = itertools.count(max_class + 1)
+            return len(self._lru)
+
     # -- invalidation and eviction ---------------------------------------------------------
     def invalidate(self, doc_ids: Iterable[str]) -> int:
         """Drop every entry produced from any of these knowledge-base documents."""

@@ -227,3 +227,23 @@ def test_concurrent_lookups_and_stores_lose_nothing():
     assert len(stored) > 100
     assert len(c) == len(stored) == c.index.count() == c.stats["stored"]
     assert all(c.lookup(body(text)).status == "hit_exact" for text in stored)
+
+
+def test_restart_rebuilds_the_index_from_the_entry_store(tmp_path):
+    from truecost.cache.entries import SQLiteEntryStore
+
+    store = SQLiteEntryStore(tmp_path / "entries.db")
+    c = SemanticCache(HashEmbedder(), ExactIndex(64), store, FixedThreshold(0.8), kb_version="v1")
+    c.store(c.lookup(body("what is the refund policy"), tenant="t1"), answer("30 days"), doc_ids=["kb-1"])
+    c.store(c.lookup(body("how do I change my pin"), tenant="t1"), answer("in the app"))
+    store.close()
+
+    reopened = SQLiteEntryStore(tmp_path / "entries.db")
+    fresh = SemanticCache(HashEmbedder(), ExactIndex(64), reopened, FixedThreshold(0.8), kb_version="v1")
+    assert fresh.rebuild() == 2
+    assert fresh.lookup(body("what is the refund policy"), tenant="t1").status == "hit_exact"
+    assert fresh.lookup(body("what is the refund policy please"), tenant="t1").status == "hit_semantic"
+    assert not fresh.lookup(body("what is the refund policy"), tenant="t2").hit
+    assert fresh.invalidate(["kb-1"]) == 1
+    e = fresh.store(fresh.lookup(body("new question here"), tenant="t1"), answer("new"))
+    assert e.id == 3  # ids continue after the stored ones
