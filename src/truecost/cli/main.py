@@ -37,6 +37,23 @@ def demo(queries, data, db, as_json) -> None:
     run_demo(queries=queries, data=data, db=db, as_json=as_json)
 
 
+@cli.command("serve")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True)
+def serve(config_path, host, port) -> None:
+    """Run the OpenAI-compatible gateway."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise click.ClickException("the gateway needs its extra: pip install 'truecost[gateway]'") from None
+    from truecost.gateway.app import build
+    from truecost.gateway.config import load_config
+
+    app = build(load_config(config_path))
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

@@ -1,0 +1,124 @@
+"""The ASGI app (Starlette): thin routes over the Pipeline. Built by ``create_app`` from a config."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from truecost.gateway.config import GatewayConfig
+from truecost.gateway.pipeline import GatewayError, Pipeline
+
+log = logging.getLogger("truecost.gateway")
+
+
+def _error(exc: GatewayError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise GatewayError(413, f"request body is larger than {limit:,} bytes", code="body_too_large")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise GatewayError(413, f"request body is larger than {limit:,} bytes", code="body_too_large")
+    try:
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise GatewayError(400, "request body is not valid UTF-8") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise GatewayError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def create_app(config: GatewayConfig, pipeline: Pipeline, on_shutdown=()) -> Starlette:
+    def authenticate(request: Request):
+        if not config.keys:
+            return None  # development mode: no keys configured, requests are unattributed
+        auth = request.headers.get("authorization", "")
+        presented = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+        key = config.key_for(presented)
+        if key is None:
+            raise GatewayError(401, "invalid API key", "authentication_error", "invalid_api_key")
+        if key.revoked:
+            raise GatewayError(401, f"API key {key.name!r} has been revoked", "authentication_error", "revoked_api_key")
+        return key
+
+    async def chat(request: Request) -> Response:
+        try:
+            key = authenticate(request)
+            body = await _read_json(request, config.max_body_bytes)
+            result = await pipeline.chat(body, key, request.headers)
+        except GatewayError as exc:
+            return _error(exc)
+        except Exception:  # a bug of ours: log it, answer in the OpenAI shape, never leak a traceback
+            log.exception("unhandled error in /v1/chat/completions")
+            return _error(GatewayError(500, "internal gateway error", "server_error"))
+        if result.stream is not None:
+            return StreamingResponse(result.stream, media_type="text/event-stream", headers=result.headers)
+        return JSONResponse(result.body, status_code=result.status, headers=result.headers)
+
+    async def models(request: Request) -> Response:
+        try:
+            authenticate(request)
+        except GatewayError as exc:
+            return _error(exc)
+        return JSONResponse({"object": "list", "data": [
+            {"id": alias, "object": "model", "created": 0, "owned_by": "truecost"} for alias in sorted(config.models)]})
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(pipeline.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        for fn in on_shutdown:
+            result = fn()
+            if hasattr(result, "__await__"):
+                await result
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
+                             Route("/v1/models", models, methods=["GET"]),
+                             Route("/healthz", healthz, methods=["GET"]),
+                             Route("/metrics", metrics, methods=["GET"])], lifespan=lifespan)
+
+
+def build(config: GatewayConfig):
+    """Composition root: catalog, ledger, tracker, upstream clients, pipeline, app."""
+    from pathlib import Path
+
+    from truecost.ledger import BatchWriter
+    from truecost.ledger.sqlite import SQLiteLedgerStore
+    from truecost.pricing.catalog import PriceCatalog
+    from truecost.tracking.tracker import Tracker
+    from truecost.upstream.openai_compat import OpenAICompatibleUpstream
+
+    store = SQLiteLedgerStore(config.ledger)
+    writer = BatchWriter(store, spool_path=Path(config.ledger).with_suffix(".spool.jsonl"))
+    tracker = Tracker(PriceCatalog.load(*config.prices_files), writer, compute=config.compute)
+    upstreams = {name: OpenAICompatibleUpstream(u.base_url, u.api_key(), timeout=u.timeout, max_retries=u.max_retries)
+                 for name, u in config.upstreams.items()}
+    pipeline = Pipeline(config, tracker, upstreams)
+
+    async def close_all():
+        for u in upstreams.values():
+            await u.aclose()
+        writer.close()
+        store.close()
+
+    app = create_app(config, pipeline, on_shutdown=[close_all])
+    app.state.pipeline, app.state.store, app.state.writer = pipeline, store, writer
+    return app

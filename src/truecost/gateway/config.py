@@ -1,0 +1,159 @@
+"""Gateway configuration: one YAML file, validated at start-up; secrets by environment-variable name."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from truecost.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    name: str
+    base_url: str
+    api_key_env: str | None = None
+    timeout: float = 60.0
+    max_retries: int = 2
+
+    def api_key(self) -> str | None:
+        if not self.api_key_env:
+            return None
+        value = os.environ.get(self.api_key_env)
+        if value is None:
+            raise ConfigError(f"upstream {self.name}: environment variable {self.api_key_env} is not set")
+        return value
+
+
+@dataclass(frozen=True)
+class Candidate:
+    upstream: str
+    model: str  # the catalog name used for pricing, and the model sent upstream unless upstream_model says otherwise
+    upstream_model: str | None = None
+
+    @property
+    def wire_model(self) -> str:
+        return self.upstream_model or self.model
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    name: str
+    key_sha256: str
+    cost_center: str | None = None
+    team: str | None = None
+    tenant: str | None = None
+    environment: str | None = None
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    field: str  # attribution field, e.g. cost_center
+    value: str
+    period: str  # day | month
+    limit_usd: Decimal
+    hard: bool = True
+
+
+@dataclass
+class GatewayConfig:
+    upstreams: dict[str, UpstreamConfig]
+    models: dict[str, list[Candidate]]
+    keys: list[KeyConfig] = field(default_factory=list)
+    budgets: list[BudgetConfig] = field(default_factory=list)
+    ledger: str = ".truecost/gateway.db"
+    compute: str | None = None
+    max_body_bytes: int = 1_000_000
+    prices_files: list[str] = field(default_factory=list)
+
+    def key_for(self, presented: str | None) -> KeyConfig | None:
+        if presented is None:
+            return None
+        digest = hashlib.sha256(presented.encode()).hexdigest()
+        return next((k for k in self.keys if k.key_sha256 == digest), None)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _need(d: dict, key: str, where: str) -> Any:
+    if key not in d or d[key] in (None, ""):
+        raise ConfigError(f"{where}: missing '{key}'")
+    return d[key]
+
+
+def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    ups = {}
+    for name, u in (doc.get("upstreams") or {}).items():
+        where = f"{source}: upstreams.{name}"
+        if not isinstance(u, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        if "api_key" in u:
+            raise ConfigError(f"{where}: put secrets in the environment and name the variable in api_key_env")
+        ups[name] = UpstreamConfig(name, str(_need(u, "base_url", where)), u.get("api_key_env"),
+                                   float(u.get("timeout", 60.0)), int(u.get("max_retries", 2)))
+    if not ups:
+        raise ConfigError(f"{source}: at least one upstream is needed")
+    models = {}
+    for alias, m in (doc.get("models") or {}).items():
+        where = f"{source}: models.{alias}"
+        cands = (m or {}).get("candidates") if isinstance(m, dict) else None
+        if not isinstance(cands, list) or not cands:
+            raise ConfigError(f"{where}: needs a non-empty 'candidates' list")
+        parsed = []
+        for i, c in enumerate(cands):
+            up = _need(c, "upstream", f"{where}.candidates[{i}]")
+            if up not in ups:
+                raise ConfigError(f"{where}.candidates[{i}]: unknown upstream {up!r}; known: {', '.join(ups)}")
+            parsed.append(Candidate(up, str(_need(c, "model", f"{where}.candidates[{i}]")), c.get("upstream_model")))
+        models[alias] = parsed
+    if not models:
+        raise ConfigError(f"{source}: at least one model alias is needed under 'models'")
+    keys = []
+    for i, k in enumerate(doc.get("keys") or []):
+        where = f"{source}: keys[{i}]"
+        if "key" in k:
+            raise ConfigError(f"{where}: store keys hashed (key_sha256), never in clear")
+        digest = str(_need(k, "key_sha256", where)).lower()
+        if len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
+            raise ConfigError(f"{where}: key_sha256 must be 64 hex characters")
+        keys.append(KeyConfig(str(k.get("name") or f"key-{i}"), digest, k.get("cost_center"), k.get("team"),
+                              k.get("tenant"), k.get("environment"), bool(k.get("revoked", False))))
+    budgets = []
+    for i, b in enumerate(doc.get("budgets") or []):
+        where = f"{source}: budgets[{i}]"
+        fld = next((f for f in ("cost_center", "team", "tenant", "feature") if f in b), None)
+        if fld is None:
+            raise ConfigError(f"{where}: name one of cost_center, team, tenant, feature")
+        if b.get("period", "month") not in ("day", "month"):
+            raise ConfigError(f"{where}: period must be day or month")
+        try:
+            limit = Decimal(str(_need(b, "limit_usd", where)))
+        except InvalidOperation:
+            raise ConfigError(f"{where}: limit_usd must be a number") from None
+        if limit <= 0:
+            raise ConfigError(f"{where}: limit_usd must be positive")
+        budgets.append(BudgetConfig(fld, str(b[fld]), b.get("period", "month"), limit, bool(b.get("hard", True))))
+    return GatewayConfig(ups, models, keys, budgets, str(doc.get("ledger", ".truecost/gateway.db")),
+                         doc.get("compute"), int(doc.get("max_body_bytes", 1_000_000)), list(doc.get("prices_files") or []))
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+    return parse_config(doc, str(p))

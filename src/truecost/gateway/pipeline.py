@@ -1,0 +1,212 @@
+"""The request path, as one function testable without HTTP.
+
+parse -> attribution -> budget -> route (alias candidates) -> call with fallbacks ->
+price every step -> ledger (batch writer, off the hot path) -> response headers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, AsyncIterator, Mapping
+
+from truecost.errors import UpstreamError
+from truecost.gateway.budgets import BudgetExceeded, BudgetGuard
+from truecost.gateway.config import GatewayConfig, KeyConfig
+from truecost.gateway.metrics import Metrics
+from truecost.pricing.cost import price_tokens
+from truecost.tracking.scope import RequestScope, StepScope
+from truecost.tracking.tracker import Tracker
+from truecost.types import Attribution, TokenUsage
+from truecost.upstream.errors import UpstreamHTTPError, UpstreamStreamCut
+
+
+class GatewayError(Exception):
+    """An error with an OpenAI-shaped body and an HTTP status."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type_, code
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": None}}
+
+
+@dataclass
+class Result:
+    body: dict | None = None
+    stream: AsyncIterator[bytes] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    status: int = 200
+
+
+def validate_chat(body: Any) -> None:
+    if not isinstance(body, dict):
+        raise GatewayError(400, "request body must be a JSON object")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise GatewayError(400, "'model' must be a non-empty string", code="invalid_model")
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise GatewayError(400, "'messages' must be a non-empty array")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise GatewayError(400, f"messages[{i}] must be an object with a 'role'")
+        if "content" in m and not isinstance(m["content"], (str, list, type(None))):
+            raise GatewayError(400, f"messages[{i}].content must be a string, an array of parts, or null")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise GatewayError(400, "'stream' must be a boolean")
+    mt = body.get("max_tokens")
+    if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int) or mt < 1):
+        raise GatewayError(400, "'max_tokens' must be a positive integer")
+
+
+def attribution_for(key: KeyConfig | None, headers: Mapping[str, str]) -> Attribution:
+    tags = {}
+    for part in (headers.get("x-truecost-tags") or "").split(","):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            tags[k.strip()] = v.strip()
+    base = Attribution(cost_center=key.cost_center if key else None, team=key.team if key else None,
+                       tenant=key.tenant if key else None, environment=key.environment if key else None)
+    return base.merged(cost_center=headers.get("x-truecost-cost-center"), feature=headers.get("x-truecost-feature"),
+                       tags=tags)
+
+
+class Pipeline:
+    def __init__(self, config: GatewayConfig, tracker: Tracker, upstreams: Mapping[str, Any],
+                 metrics: Metrics | None = None) -> None:
+        self.config, self.tracker, self.upstreams = config, tracker, upstreams
+        self.metrics = metrics or Metrics()
+        self.budgets = BudgetGuard(config.budgets)
+
+    def _estimate(self, model: str, body: dict) -> Decimal:
+        """A conservative cost estimate for budget admission: prompt chars / 3 in, max_tokens (or 1,024) out."""
+        chars = len(json.dumps(body.get("messages")))
+        usage = TokenUsage(input=chars // 3 + 1, output=int(body.get("max_tokens") or 1024))
+        version, reason, _p, _s = self.tracker.price_version(model, None, self.tracker.clock.now())
+        priced = price_tokens(version, usage, unknown_reason=reason)
+        return priced.cost if priced.cost is not None else Decimal(0)
+
+    async def chat(self, body: Any, key: KeyConfig | None, headers: Mapping[str, str]) -> Result:
+        t0 = time.perf_counter()
+        validate_chat(body)
+        candidates = self.config.models.get(body["model"])
+        if candidates is None:
+            raise GatewayError(404, f"unknown model {body['model']!r}; this gateway serves: "
+                                    f"{', '.join(sorted(self.config.models))}", code="model_not_found")
+        attribution = attribution_for(key, headers)
+        estimate = self._estimate(candidates[0].model, body)
+        try:
+            budget_keys = self.budgets.admit(attribution, estimate)
+        except BudgetExceeded as exc:
+            self.metrics.inc("truecost_budget_refusals_total", cost_center=attribution.cost_center or "")
+            raise GatewayError(429, str(exc), "budget_exceeded", "budget_exceeded") from None
+        req = self.tracker.request(headers.get("x-request-id"), attribution)
+        if body.get("stream"):
+            return Result(stream=self._stream(req, body, candidates, budget_keys, estimate, t0),
+                          headers={"x-request-id": req.id, "x-truecost-cache": "bypass"})
+        upstream_ms = 0.0
+        last_error: Exception | None = None
+        try:
+            for cand in candidates:
+                step = StepScope(req, "generate", cand.model).begin()
+                t_up = time.perf_counter()
+                try:
+                    resp = await self.upstreams[cand.upstream].complete({**body, "model": cand.wire_model})
+                except UpstreamError as exc:
+                    upstream_ms += (time.perf_counter() - t_up) * 1000
+                    step.cost(None, service=cand.model, reason=f"upstream error: {exc}")
+                    step.finish(exc)
+                    self.metrics.inc("truecost_upstream_errors_total", model=cand.model)
+                    last_error = exc
+                    continue
+                upstream_ms += (time.perf_counter() - t_up) * 1000
+                usage = resp.get("usage")
+                if usage:
+                    step.tokens(cand.model, usage)
+                else:
+                    step.cost(None, service=cand.model, reason="upstream response carried no usage")
+                step.annotate(upstream=cand.upstream, fallback=cand is not candidates[0])
+                step.finish()
+                cost = req.total if req.unknown == 0 else None
+                overhead = (time.perf_counter() - t0) * 1000 - upstream_ms
+                self._count(req, cand.model, attribution, overhead)
+                resp["model"] = resp.get("model") or cand.model
+                return Result(body=resp, headers={
+                    "x-request-id": req.id, "x-truecost-cache": "bypass", "x-truecost-model": cand.model,
+                    "x-truecost-cost-usd": str(cost) if cost is not None else "unknown",
+                    "x-truecost-overhead-ms": f"{overhead:.3f}"})
+            status = last_error.status if isinstance(last_error, UpstreamHTTPError) and last_error.status < 500 else 502
+            raise GatewayError(status, f"every candidate for {body['model']!r} failed; last error: {last_error}",
+                               "upstream_error", "upstream_failed", {"x-request-id": req.id})
+        finally:
+            self.budgets.settle(budget_keys, estimate, req.total if req.unknown == 0 else None)
+
+    def _count(self, req: RequestScope, model: str, attribution: Attribution, overhead: float) -> None:
+        m = self.metrics
+        m.inc("truecost_requests_total", model=model, cost_center=attribution.cost_center or "")
+        m.inc("truecost_cost_usd_total", float(req.total), model=model, cost_center=attribution.cost_center or "")
+        for e in req.events:
+            tokens = e.details.get("tokens")
+            if tokens:
+                m.inc("truecost_tokens_total", sum(tokens.values()), model=model)
+        m.observe_overhead(overhead)
+
+    async def _stream(self, req: RequestScope, body: dict, candidates, budget_keys, estimate, t0) -> AsyncIterator[bytes]:
+        """SSE bytes. Fallback only before the first chunk; a cut afterwards ends with an error event."""
+        sent_any = False
+        last_error: Exception | None = None
+        try:
+            for cand in candidates:
+                step = StepScope(req, "generate", cand.model).begin()
+                usage = None
+                chunks = 0
+                try:
+                    async for chunk in self.upstreams[cand.upstream].stream({**body, "model": cand.wire_model}):
+                        chunks += 1
+                        usage = chunk.get("usage") or usage
+                        if chunk.get("usage") and not chunk.get("choices") and not (
+                                body.get("stream_options") or {}).get("include_usage"):
+                            continue  # the caller did not ask for the usage chunk
+                        sent_any = True
+                        yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+                except UpstreamError as exc:
+                    last_error = exc
+                    self._charge_partial(step, cand.model, usage, chunks, exc)
+                    if sent_any or isinstance(exc, UpstreamStreamCut):
+                        err = GatewayError(502, f"upstream stream failed mid-way: {exc}", "upstream_error", "stream_cut")
+                        yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
+                        return
+                    continue
+                except BaseException as exc:  # client went away: the upstream stream is closed by the generator
+                    self._charge_partial(step, cand.model, usage, chunks, exc)
+                    raise
+                if usage:
+                    step.tokens(cand.model, usage)
+                else:
+                    step.cost(None, service=cand.model, reason="stream carried no usage")
+                step.annotate(streamed_chunks=chunks, upstream=cand.upstream)
+                step.finish()
+                self._count(req, cand.model, req.attribution, 0.0)
+                yield b"data: [DONE]\n\n"
+                return
+            err = GatewayError(502, f"every candidate for {body['model']!r} failed; last error: {last_error}",
+                               "upstream_error", "upstream_failed")
+            yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
+        finally:
+            self.budgets.settle(budget_keys, estimate, req.total if req.unknown == 0 else None)
+
+    def _charge_partial(self, step: StepScope, model: str, usage, chunks: int, exc: BaseException) -> None:
+        if usage:
+            step.tokens(model, usage)
+        elif chunks:
+            # Tokens were consumed but the usage chunk never came: one content chunk ~ one token.
+            step.tokens(model, TokenUsage(output=chunks))
+            step.annotate(usage_estimated_from_chunks=True)
+        else:
+            step.cost(None, service=model, reason=f"failed before any output: {type(exc).__name__}")
+        step.finish(exc if isinstance(exc, Exception) else RuntimeError("client disconnected"))

@@ -1,0 +1,161 @@
+"""The gateway over HTTP, driven by the official openai SDK, against a loopback mock upstream."""
+
+import json
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from tests.support.mock_upstream import ServerThread, make_app
+from truecost.gateway.app import build
+from truecost.gateway.config import hash_key, parse_config
+from truecost.ledger import LedgerFilter
+
+openai = pytest.importorskip("openai")
+KEY, REVOKED = "sk-test-team-a", "sk-old"
+
+
+@pytest.fixture
+def stack(tmp_path):
+    with ServerThread(make_app()) as upstream:
+        config = parse_config({
+            "ledger": str(tmp_path / "gw.db"),
+            "upstreams": {"mock": {"base_url": upstream.url + "/v1", "timeout": 1.0, "max_retries": 1}},
+            "models": {
+                "support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]},
+                "with-fallback": {"candidates": [{"upstream": "mock", "model": "gpt-6.2-sol", "upstream_model": "fail-500"},
+                                                 {"upstream": "mock", "model": "gpt-6-luna"}]},
+                "all-fail": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "fail-500"}]},
+                "cut": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "cut"}]},
+                "slow": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "slow"}]},
+            },
+            "keys": [{"name": "team-a", "key_sha256": hash_key(KEY), "cost_center": "cx", "tenant": "acme"},
+                     {"name": "old", "key_sha256": hash_key(REVOKED), "revoked": True},
+                     {"name": "budgeted", "key_sha256": hash_key("sk-budget"), "tenant": "budgeted"}],
+            "budgets": [{"tenant": "budgeted", "period": "day", "limit_usd": "0.0001"}],
+            "max_body_bytes": 50_000,
+        })
+        app = build(config)
+        with ServerThread(app) as gw:
+            yield gw, app
+
+
+def client(gw, key=KEY):
+    return openai.OpenAI(api_key=key, base_url=gw.url + "/v1", max_retries=0)
+
+
+def ledger_events(app, request_id):
+    app.state.writer.flush()
+    return app.state.store.query(LedgerFilter(request_id=request_id))
+
+
+def test_completion_is_priced_and_the_header_equals_the_ledger(stack):
+    gw, app = stack
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="support", messages=[{"role": "user", "content": "refund?"}], extra_headers={"x-truecost-feature": "faq"})
+    resp = raw.parse()
+    assert resp.choices[0].message.content.startswith("The refund")
+    h = raw.headers
+    assert h["x-truecost-model"] == "gpt-6-luna" and h["x-truecost-cache"] == "bypass"
+    # gpt-6-luna: 100 uncached x 0.10/1M + 20 cached x 0.01/1M + 30 out x 0.50/1M = 0.0000252
+    assert Decimal(h["x-truecost-cost-usd"]) == Decimal("0.0000252")
+    events = ledger_events(app, h["x-request-id"])
+    assert sum(e.cost for e in events) == Decimal(h["x-truecost-cost-usd"])
+    assert events[0].attribution.cost_center == "cx" and events[0].attribution.feature == "faq"
+    assert events[0].attribution.tenant == "acme"
+    assert float(h["x-truecost-overhead-ms"]) >= 0
+
+
+def test_streaming_through_the_sdk(stack):
+    gw, app = stack
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="support", messages=[{"role": "user", "content": "refund?"}], stream=True)
+    text = "".join(ch.choices[0].delta.content or "" for ch in raw.parse() if ch.choices)
+    assert text.strip().startswith("The refund reaches")
+    (e,) = ledger_events(app, raw.headers["x-request-id"])
+    assert e.cost == Decimal("0.0000252") and e.details["streamed_chunks"] > 5
+
+
+def test_fallback_to_the_next_candidate_is_recorded(stack):
+    gw, app = stack
+    raw = client(gw).chat.completions.with_raw_response.create(model="with-fallback",
+                                                               messages=[{"role": "user", "content": "x"}])
+    assert raw.headers["x-truecost-model"] == "gpt-6-luna"
+    events = ledger_events(app, raw.headers["x-request-id"])
+    assert [(e.service, e.outcome) for e in events] == [("gpt-6.2-sol", "error"), ("gpt-6-luna", "ok")]
+
+
+def test_all_candidates_failing_is_a_502_in_openai_shape(stack):
+    gw, _ = stack
+    with pytest.raises(openai.APIStatusError) as info:
+        client(gw).chat.completions.create(model="all-fail", messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 502 and info.value.body["code"] == "upstream_failed"
+
+
+def test_upstream_timeout_is_an_error_not_a_hang(stack):
+    gw, _ = stack
+    with pytest.raises(openai.APIStatusError) as info:
+        client(gw).chat.completions.create(model="slow", messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 502 and "timed out" in info.value.message
+
+
+def test_stream_cut_midway_ends_with_an_error_event_and_partial_cost(stack):
+    gw, app = stack
+    raw = client(gw).chat.completions.with_raw_response.create(model="cut", messages=[{"role": "user", "content": "x"}],
+                                                               stream=True)
+    with pytest.raises(openai.APIError):
+        for _ in raw.parse():
+            pass
+    (e,) = ledger_events(app, raw.headers["x-request-id"])
+    assert e.outcome == "error" and e.details.get("usage_estimated_from_chunks") and e.cost > 0
+
+
+@pytest.mark.parametrize("content,headers,status,code", [
+    (b"{not json", {}, 400, None),
+    (b'{"model": "support"}', {}, 400, None),
+    (b'{"model": "support", "messages": "hi"}', {}, 400, None),
+    (b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', {}, 404, "model_not_found"),
+    (b'{"model": "support", "messages": [{"role": "user", "content": "\xff\xfe"}]}', {}, 400, None),
+    (b'{"model": "support", "messages": [], "pad": "' + b"x" * 60_000 + b'"}', {}, 413, "body_too_large"),
+    (b'{"model": "support", "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}', {}, 400, None),
+])
+def test_bad_requests_get_clear_openai_shaped_errors(stack, content, headers, status, code):
+    gw, _ = stack
+    r = httpx.post(gw.url + "/v1/chat/completions", content=content,
+                   headers={"authorization": f"Bearer {KEY}", "content-type": "application/json", **headers})
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert err["message"] and (code is None or err["code"] == code)
+
+
+@pytest.mark.parametrize("key,code", [("sk-wrong", "invalid_api_key"), (REVOKED, "revoked_api_key")])
+def test_unknown_and_revoked_keys_are_refused(stack, key, code):
+    gw, _ = stack
+    with pytest.raises(openai.AuthenticationError) as info:
+        client(gw, key).chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}])
+    assert info.value.body["code"] == code
+
+
+def test_hard_budget_refuses_the_request_that_would_cross_it(stack):
+    gw, _ = stack
+    c = client(gw, "sk-budget")
+    msg = [{"role": "user", "content": "x"}]
+    # limit $0.0001; each request is estimated at ~$0.00005 (100 output tokens at $0.50/1M plus the
+    # prompt) and really costs $0.0000252: two fit, the third would cross the limit.
+    c.chat.completions.create(model="support", messages=msg, max_tokens=100)
+    c.chat.completions.create(model="support", messages=msg, max_tokens=100)
+    with pytest.raises(openai.RateLimitError) as info:
+        c.chat.completions.create(model="support", messages=msg, max_tokens=100)
+    assert info.value.body["code"] == "budget_exceeded" and "tenant=budgeted" in info.value.message
+    assert client(gw).chat.completions.create(model="support", messages=msg).choices  # other tenants unaffected
+
+
+def test_models_health_and_metrics(stack):
+    gw, _ = stack
+    ids = [m.id for m in client(gw).models.list()]
+    assert "support" in ids and "with-fallback" in ids
+    assert httpx.get(gw.url + "/healthz").json() == {"status": "ok"}
+    client(gw).chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}])
+    text = httpx.get(gw.url + "/metrics").text
+    assert 'truecost_requests_total{cost_center="cx",model="gpt-6-luna"}' in text
+    assert "truecost_overhead_ms_count" in text

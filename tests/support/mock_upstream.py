@@ -1,0 +1,100 @@
+"""A small, fast OpenAI-compatible upstream for tests and benchmarks (loopback only).
+
+The requested model name picks the behaviour: ``fail-500``, ``fail-429``, ``slow`` (sleeps
+``slow_seconds``), ``cut`` (streams two chunks then drops the connection), ``no-usage``;
+anything else answers normally after ``latency`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+USAGE = {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150,
+         "prompt_tokens_details": {"cached_tokens": 20}}
+TEXT = "The refund reaches your account in five to seven working days."
+
+
+def make_app(latency: float = 0.0, slow_seconds: float = 5.0) -> Starlette:
+    calls = {"n": 0}
+
+    async def chat(request: Request) -> Response:
+        body = json.loads(await request.body())
+        calls["n"] += 1
+        model = body.get("model", "")
+        if latency:
+            await asyncio.sleep(latency)
+        if model == "fail-500":
+            return JSONResponse({"error": {"message": "boom"}}, status_code=500)
+        if model == "fail-429":
+            return JSONResponse({"error": {"message": "slow down"}}, status_code=429, headers={"retry-after": "0"})
+        if model == "slow":
+            await asyncio.sleep(slow_seconds)
+        base = {"id": f"cmpl-{calls['n']}", "created": int(time.time()), "model": model}
+        if not body.get("stream"):
+            out = {**base, "object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": TEXT}, "finish_reason": "stop"}]}
+            if model != "no-usage":
+                out["usage"] = USAGE
+            return JSONResponse(out)
+
+        async def gen():
+            words = TEXT.split(" ")
+            for i, w in enumerate(words):
+                if model == "cut" and i == 2:
+                    raise RuntimeError("connection dropped")  # uvicorn closes the connection mid-body
+                chunk = {**base, "object": "chat.completion.chunk",
+                         "choices": [{"index": 0, "delta": {"content": w + " "}, "finish_reason": None}]}
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+            yield f"data: {json.dumps({**base, 'object': 'chat.completion.chunk', 'choices': [{'index': 0, 'delta': {}, 'finish_reason': 'stop'}]})}\n\n".encode()
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield f"data: {json.dumps({**base, 'object': 'chat.completion.chunk', 'choices': [], 'usage': USAGE})}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+        return StreamingResponse(gen(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    app.state.calls = calls
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """Run an ASGI app with uvicorn in a background thread on 127.0.0.1."""
+
+    def __init__(self, app, port: int | None = None) -> None:
+        import uvicorn
+
+        self.port = port or free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
+                                                    access_log=False, lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "ServerThread":
+        self.thread.start()
+        deadline = time.time() + 10
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
