@@ -159,3 +159,47 @@ def test_models_health_and_metrics(stack):
     text = httpx.get(gw.url + "/metrics").text
     assert 'truecost_requests_total{cost_center="cx",model="gpt-6-luna"}' in text
     assert "truecost_overhead_ms_count" in text
+
+
+@pytest.fixture
+def cached_stack(tmp_path):
+    with ServerThread(make_app()) as upstream:
+        config = parse_config({
+            "ledger": str(tmp_path / "gw.db"),
+            "upstreams": {"mock": {"base_url": upstream.url + "/v1", "timeout": 2.0, "max_retries": 0}},
+            "models": {"support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]},
+                       "all-fail": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "fail-500"}]}},
+            "cache": {"enabled": True, "embedder": "static", "policy": "fixed:0.97"},
+            "compute": "aws/c7i.xlarge",  # prices the lookup's CPU time
+        })
+        app = build(config)
+        with ServerThread(app) as gw:
+            yield gw, app, upstream
+
+
+def test_gateway_cache_hit_costs_only_the_lookup_and_records_the_avoided_cost(cached_stack):
+    gw, app, upstream = cached_stack
+    c = openai.OpenAI(api_key="none", base_url=gw.url + "/v1", max_retries=0)
+    msg = [{"role": "user", "content": "How long does a refund take?"}]
+    first = c.chat.completions.with_raw_response.create(model="support", messages=msg)
+    assert first.headers["x-truecost-cache"] == "miss"
+    second = c.chat.completions.with_raw_response.create(model="support", messages=msg)
+    assert second.headers["x-truecost-cache"] == "hit"
+    assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert Decimal(second.headers["x-truecost-avoided-usd"]) == Decimal("0.0000252")
+    assert Decimal(second.headers["x-truecost-cost-usd"]) < Decimal("0.0000252")
+    events = ledger_events(app, second.headers["x-request-id"])
+    assert [e.step for e in events] == ["cache_lookup"] and events[0].outcome == "cache_hit"
+    stream = c.chat.completions.create(model="support", messages=msg, stream=True)
+    assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == \
+        first.parse().choices[0].message.content
+    assert upstream.server.config.app.state.calls["n"] == 1  # one real call for three requests
+
+
+def test_gateway_never_caches_errors(cached_stack):
+    gw, _app, _ = cached_stack
+    c = openai.OpenAI(api_key="none", base_url=gw.url + "/v1", max_retries=0)
+    for _ in range(2):
+        with pytest.raises(openai.APIStatusError) as info:
+            c.chat.completions.create(model="all-fail", messages=[{"role": "user", "content": "x"}])
+        assert info.value.status_code == 502

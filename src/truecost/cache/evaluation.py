@@ -23,7 +23,7 @@ import numpy as np
 from truecost.cache.entries import MemoryEntryStore
 from truecost.cache.equivalence import NormalisedMatch
 from truecost.cache.index import ExactIndex, HNSWIndex
-from truecost.cache.policy import FixedThreshold, OnlineErrorBounded, Policy
+from truecost.cache.policy import Policy, make_policy  # noqa: F401 - make_policy is re-exported
 from truecost.cache.semantic import SemanticCache
 
 
@@ -118,11 +118,3 @@ def hindsight_fixed(vectors: np.ndarray, queries: list[Query], target_error: flo
     ok = [c for c in curve if c["false_hit_rate"] <= target_error]
     best = max(ok, key=lambda c: c["hit_rate"]) if ok else {"threshold": None, "hit_rate": 0.0, "false_hit_rate": 0.0}
     return {"best": best, "curve": curve}
-
-
-def make_policy(name: str, target_error: float, seed: int) -> Policy:
-    if name == "online":
-        return OnlineErrorBounded(target_error, seed=seed)
-    if name.startswith("fixed:"):
-        return FixedThreshold(float(name.split(":", 1)[1]))
-    raise ValueError(f"unknown policy {name!r}: 'online' or 'fixed:<cosine>'")

@@ -275,12 +275,13 @@ class OnlineErrorBounded:
                 "explored_errors": sum(1 for _, ok in self._explored if not ok), "classes": len(self.classes.sizes)}
 
 
-POLICIES = ("online", "fixed", "calibrated")
-
-
-def make_policy(name: str, target_error: float, threshold: float | None = None, seed: int = 0) -> Policy:
+def make_policy(name: str, target_error: float = 0.01, seed: int = 0) -> Policy:
+    """'online' or 'fixed:<cosine>' (calibrated thresholds are built from labelled pairs)."""
     if name == "online":
         return OnlineErrorBounded(target_error, seed=seed)
-    if name == "fixed":
-        return FixedThreshold(0.9 if threshold is None else threshold)
-    raise ValueError(f"unknown policy {name!r}; one of online, fixed (calibrated needs labelled pairs)")
+    if name.startswith("fixed:"):
+        try:
+            return FixedThreshold(float(name.split(":", 1)[1]))
+        except ValueError as exc:
+            raise ValueError(f"bad policy {name!r}: {exc}") from None
+    raise ValueError(f"unknown policy {name!r}: 'online' or 'fixed:<cosine>'")

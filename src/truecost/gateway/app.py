@@ -111,7 +111,7 @@ def build(config: GatewayConfig):
     tracker = Tracker(PriceCatalog.load(*config.prices_files), writer, compute=config.compute)
     upstreams = {name: OpenAICompatibleUpstream(u.base_url, u.api_key(), timeout=u.timeout, max_retries=u.max_retries)
                  for name, u in config.upstreams.items()}
-    pipeline = Pipeline(config, tracker, upstreams)
+    pipeline = Pipeline(config, tracker, upstreams, cache=_build_cache(config))
 
     async def close_all():
         for u in upstreams.values():
@@ -122,3 +122,20 @@ def build(config: GatewayConfig):
     app = create_app(config, pipeline, on_shutdown=[close_all])
     app.state.pipeline, app.state.store, app.state.writer = pipeline, store, writer
     return app
+
+
+def _build_cache(config: GatewayConfig):
+    c = config.cache
+    if not c.enabled:
+        return None
+    from truecost.cache.embedders import make_embedder
+    from truecost.cache.entries import MemoryEntryStore
+    from truecost.cache.equivalence import NormalisedMatch
+    from truecost.cache.index import ExactIndex, HNSWIndex
+    from truecost.cache.policy import make_policy
+    from truecost.cache.semantic import CacheLimits, SemanticCache
+
+    embedder = make_embedder(c.embedder)
+    index = HNSWIndex(embedder.dims) if c.index == "hnsw" else ExactIndex(embedder.dims)
+    return SemanticCache(embedder, index, MemoryEntryStore(), make_policy(c.policy, c.target_error, 0),
+                         NormalisedMatch(), CacheLimits(max_entries=c.max_entries, ttl_seconds=c.ttl_seconds))

@@ -62,6 +62,17 @@ class BudgetConfig:
     hard: bool = True
 
 
+@dataclass(frozen=True)
+class CacheConfig:
+    enabled: bool = False
+    embedder: str = "static"  # static | minilm
+    policy: str = "online"  # online | fixed:<cosine>
+    target_error: float = 0.01
+    ttl_seconds: float | None = None
+    max_entries: int | None = 100_000
+    index: str = "exact"  # exact | hnsw
+
+
 @dataclass
 class GatewayConfig:
     upstreams: dict[str, UpstreamConfig]
@@ -72,6 +83,7 @@ class GatewayConfig:
     compute: str | None = None
     max_body_bytes: int = 1_000_000
     prices_files: list[str] = field(default_factory=list)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def key_for(self, presented: str | None) -> KeyConfig | None:
         if presented is None:
@@ -144,8 +156,18 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
         if limit <= 0:
             raise ConfigError(f"{where}: limit_usd must be positive")
         budgets.append(BudgetConfig(fld, str(b[fld]), b.get("period", "month"), limit, bool(b.get("hard", True))))
+    c = doc.get("cache") or {}
+    if not isinstance(c, dict):
+        raise ConfigError(f"{source}: cache must be a mapping")
+    unknown = set(c) - set(CacheConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"{source}: cache: unknown settings {', '.join(sorted(unknown))}")
+    cache = CacheConfig(**c)
+    if cache.embedder not in ("static", "minilm") or cache.index not in ("exact", "hnsw"):
+        raise ConfigError(f"{source}: cache.embedder must be static or minilm, cache.index exact or hnsw")
     return GatewayConfig(ups, models, keys, budgets, str(doc.get("ledger", ".truecost/gateway.db")),
-                         doc.get("compute"), int(doc.get("max_body_bytes", 1_000_000)), list(doc.get("prices_files") or []))
+                         doc.get("compute"), int(doc.get("max_body_bytes", 1_000_000)), list(doc.get("prices_files") or []),
+                         cache)
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -6,6 +6,7 @@ price every step -> ledger (batch writer, off the hot path) -> response headers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -78,8 +79,8 @@ def attribution_for(key: KeyConfig | None, headers: Mapping[str, str]) -> Attrib
 
 class Pipeline:
     def __init__(self, config: GatewayConfig, tracker: Tracker, upstreams: Mapping[str, Any],
-                 metrics: Metrics | None = None) -> None:
-        self.config, self.tracker, self.upstreams = config, tracker, upstreams
+                 metrics: Metrics | None = None, cache=None) -> None:
+        self.config, self.tracker, self.upstreams, self.cache = config, tracker, upstreams, cache
         self.metrics = metrics or Metrics()
         self.budgets = BudgetGuard(config.budgets)
 
@@ -106,6 +107,13 @@ class Pipeline:
             self.metrics.inc("truecost_budget_refusals_total", cost_center=attribution.cost_center or "")
             raise GatewayError(429, str(exc), "budget_exceeded", "budget_exceeded") from None
         req = self.tracker.request(headers.get("x-request-id"), attribution)
+        lookup = None
+        if self.cache is not None and headers.get("x-truecost-cache", "").lower() != "bypass":
+            lookup = await asyncio.to_thread(self.cache.lookup, body, attribution.tenant)
+            hit = self._record_lookup(req, lookup)
+            if hit is not None:
+                self.budgets.settle(budget_keys, estimate, req.total if req.unknown == 0 else None)
+                return self._cached(req, body, hit, lookup, t0)
         if body.get("stream"):
             return Result(stream=self._stream(req, body, candidates, budget_keys, estimate, t0),
                           headers={"x-request-id": req.id, "x-truecost-cache": "bypass"})
@@ -132,12 +140,15 @@ class Pipeline:
                     step.cost(None, service=cand.model, reason="upstream response carried no usage")
                 step.annotate(upstream=cand.upstream, fallback=cand is not candidates[0])
                 step.finish()
+                if lookup is not None and lookup.key is not None:
+                    await asyncio.to_thread(self.cache.store, lookup, resp, usage=usage, model=cand.model)
                 cost = req.total if req.unknown == 0 else None
                 overhead = (time.perf_counter() - t0) * 1000 - upstream_ms
                 self._count(req, cand.model, attribution, overhead)
                 resp["model"] = resp.get("model") or cand.model
                 return Result(body=resp, headers={
-                    "x-request-id": req.id, "x-truecost-cache": "bypass", "x-truecost-model": cand.model,
+                    "x-request-id": req.id, "x-truecost-cache": "miss" if lookup is not None else "bypass",
+                    "x-truecost-model": cand.model,
                     "x-truecost-cost-usd": str(cost) if cost is not None else "unknown",
                     "x-truecost-overhead-ms": f"{overhead:.3f}"})
             status = last_error.status if isinstance(last_error, UpstreamHTTPError) and last_error.status < 500 else 502
@@ -145,6 +156,39 @@ class Pipeline:
                                "upstream_error", "upstream_failed", {"x-request-id": req.id})
         finally:
             self.budgets.settle(budget_keys, estimate, req.total if req.unknown == 0 else None)
+
+    def _record_lookup(self, req: RequestScope, lookup):
+        """Price the lookup; return the cached entry on a hit."""
+        from truecost.tracking.cache_accounting import record_cache_lookup
+
+        entry = lookup.entry if lookup.hit else None
+        record_cache_lookup(req, hit=lookup.hit, status=lookup.status, embed_model=None, embed_tokens=0,
+                            embed_ms=lookup.embed_ms, search_ms=lookup.search_ms + lookup.decide_ms,
+                            answer_model=entry.model if entry else None, answer_usage=entry.usage if entry else None,
+                            similarity=lookup.similarity)
+        self.metrics.inc("truecost_cache_lookups_total", status=lookup.status)
+        return entry
+
+    def _cached(self, req: RequestScope, body: dict, entry, lookup, t0: float) -> Result:
+        from truecost.cache.replay import replay_chunks
+
+        avoided = sum((e.avoided_cost for e in req.events if e.avoided_cost is not None), Decimal(0))
+        self.metrics.inc("truecost_cache_avoided_usd_total", float(avoided))
+        headers = {"x-request-id": req.id, "x-truecost-cache": "hit", "x-truecost-model": entry.model or "",
+                   "x-truecost-cost-usd": str(req.total) if req.unknown == 0 else "unknown",
+                   "x-truecost-avoided-usd": str(avoided),
+                   "x-truecost-overhead-ms": f"{(time.perf_counter() - t0) * 1000:.3f}"}
+        answer = {**entry.answer, "id": f"cached-{req.id}"}
+        if body.get("stream"):
+            include = bool((body.get("stream_options") or {}).get("include_usage"))
+
+            async def gen():
+                for chunk in replay_chunks(answer, include_usage=include):
+                    yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+                yield b"data: [DONE]\n\n"
+            return Result(stream=gen(), headers=headers)
+        answer["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        return Result(body=answer, headers=headers)
 
     def _count(self, req: RequestScope, model: str, attribution: Attribution, overhead: float) -> None:
         m = self.metrics

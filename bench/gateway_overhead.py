@@ -1,0 +1,178 @@
+"""Added latency and throughput: truecost's gateway beside the LiteLLM proxy, same mock, same load.
+
+Three processes per target (mock upstream with a fixed latency, the gateway, the load
+generator), all on 127.0.0.1. Added latency = through the gateway minus direct to the mock,
+at concurrency 1 and 64; max sustained RPS at 64; peak RSS of each gateway process.
+LiteLLM runs from .venv-litellm (bench/setup_litellm.sh), with a master key and its
+default spend tracking; truecost with its ledger on. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.support.mock_upstream import free_port  # noqa: E402
+
+PY = sys.executable
+MODEL = "gpt-4o-mini"  # priced by both truecost's catalog and LiteLLM's
+
+
+def start(cmd: list[str], env=None, log=None) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=log or subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT if log else subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_ready(url: str, timeout: float = 120.0, headers=None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0, headers=headers).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def stop(p: subprocess.Popen) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(p.pid, signal.SIGKILL)
+
+
+def peak_rss_mb(pid: int) -> float:
+    total = 0.0
+    for child in [pid] + [int(c) for c in subprocess.run(["pgrep", "-g", str(pid)], capture_output=True,
+                                                          text=True).stdout.split() if int(c) != pid]:
+        try:
+            for line in Path(f"/proc/{child}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return round(total, 1)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def load(url: str, key: str | None, model: str, concurrency: int, duration: float, requests: int | None = None) -> dict:
+    cmd = [PY, str(ROOT / "bench" / "loadgen.py"), "--url", url, "--model", model, "--concurrency", str(concurrency),
+           "--duration", str(duration)]
+    if key:
+        cmd += ["--key", key]
+    if requests:
+        cmd += ["--requests", str(requests)]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+
+def measure(name: str, url: str, key: str | None, direct: dict, args) -> dict:
+    load(url, key, MODEL, 4, 2.0)  # warm up connections and caches
+    c1 = load(url, key, MODEL, 1, args.duration)
+    c64 = load(url, key, MODEL, 64, args.duration)
+    return {"c1": c1, "c64": c64,
+            "added_p50_ms_c1": round(c1["p50_ms"] - direct["c1"]["p50_ms"], 3),
+            "added_p99_ms_c1": round(c1["p99_ms"] - direct["c1"]["p99_ms"], 3),
+            "added_p50_ms_c64": round(c64["p50_ms"] - direct["c64"]["p50_ms"], 3),
+            "added_p99_ms_c64": round(c64["p99_ms"] - direct["c64"]["p99_ms"], 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--latency-ms", type=float, default=20.0)
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--soak-requests", type=int, default=0, help="also check RSS stays flat over this many requests")
+    ap.add_argument("--no-litellm", action="store_true")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="truecost-gw-bench-"))
+    procs = []
+    mock_port, tc_port, ll_port = free_port(), free_port(), free_port()
+    mock_code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import uvicorn; "
+                 f"from tests.support.mock_upstream import make_app; "
+                 f"uvicorn.run(make_app(latency={args.latency_ms / 1000}), host='127.0.0.1', port={mock_port}, "
+                 f"log_level='error', access_log=False)")
+    procs.append(start([PY, "-c", mock_code]))
+    mock_url = f"http://127.0.0.1:{mock_port}/v1"
+    result: dict = {"benchmark": "gateway_overhead", "mock_latency_ms": args.latency_ms, "model": MODEL}
+    try:
+        wait_ready(f"http://127.0.0.1:{mock_port}/docs")
+        direct = {"c1": load(mock_url + "/chat/completions", None, MODEL, 1, args.duration),
+                  "c64": load(mock_url + "/chat/completions", None, MODEL, 64, args.duration)}
+        result["direct"] = direct
+        key = "sk-bench"
+        import hashlib
+
+        cfg = work / "truecost.yaml"
+        cfg.write_text(json.dumps({"ledger": str(work / "ledger.db"),
+                                   "upstreams": {"mock": {"base_url": mock_url, "timeout": 30}},
+                                   "models": {MODEL: {"candidates": [{"upstream": "mock", "model": MODEL}]}},
+                                   "keys": [{"name": "bench", "key_sha256": hashlib.sha256(key.encode()).hexdigest(),
+                                             "cost_center": "bench"}]}))
+        tc = start([str(Path(PY).parent / "truecost"), "serve", "--config", str(cfg), "--port", str(tc_port)])
+        procs.append(tc)
+        wait_ready(f"http://127.0.0.1:{tc_port}/healthz")
+        tc_url = f"http://127.0.0.1:{tc_port}/v1/chat/completions"
+        result["truecost"] = measure("truecost", tc_url, key, direct, args)
+        result["truecost"]["peak_rss_mb"] = peak_rss_mb(tc.pid)
+        if args.soak_requests:
+            load(tc_url, key, MODEL, 32, 3600, 10_000)
+            before = rss_mb(tc.pid)
+            soak = load(tc_url, key, MODEL, 32, 3600, args.soak_requests)
+            after = rss_mb(tc.pid)
+            result["truecost"]["soak"] = {"requests": soak["ok"] + soak["errors"], "errors": soak["errors"],
+                                          "rss_mb_after_10k": round(before, 1), "rss_mb_after_soak": round(after, 1),
+                                          "rss_growth": round(after / before - 1, 4), "flat_within_10pct": after <= before * 1.10}
+        stop(tc)
+        procs.remove(tc)
+        ll_bin = ROOT / ".venv-litellm" / "bin" / "litellm"
+        if args.no_litellm or not ll_bin.exists():
+            result["litellm"] = {"skipped": "run bench/setup_litellm.sh first" if not ll_bin.exists() else "--no-litellm"}
+        else:
+            ll_cfg = work / "litellm.yaml"
+            ll_cfg.write_text(json.dumps({"model_list": [{"model_name": MODEL, "litellm_params": {
+                "model": f"openai/{MODEL}", "api_base": mock_url, "api_key": "sk-mock"}}],
+                "general_settings": {"master_key": "sk-litellm-master"}}))
+            log = open(work / "litellm.log", "w")
+            ll = start([str(ll_bin), "--config", str(ll_cfg), "--port", str(ll_port), "--num_workers", "1"], log=log)
+            procs.append(ll)
+            wait_ready(f"http://127.0.0.1:{ll_port}/health/liveliness", timeout=180)
+            result["litellm"] = measure("litellm", f"http://127.0.0.1:{ll_port}/v1/chat/completions",
+                                        "sk-litellm-master", direct, args)
+            result["litellm"]["peak_rss_mb"] = peak_rss_mb(ll.pid)
+            result["litellm"]["version"] = subprocess.run([str(ll_bin), "--version"], capture_output=True,
+                                                          text=True).stdout.strip()[-40:]
+            t, lt = result["truecost"], result["litellm"]
+            result["ratios"] = {
+                "rps_c64_truecost_vs_litellm": round(t["c64"]["rps"] / lt["c64"]["rps"], 2),
+                "added_p99_c64_litellm_vs_truecost": round(lt["added_p99_ms_c64"] / max(t["added_p99_ms_c64"], 0.001), 2),
+                "added_p50_c1_litellm_vs_truecost": round(lt["added_p50_ms_c1"] / max(t["added_p50_ms_c1"], 0.001), 2)}
+        result["targets"] = {"added_p50_c1_ms<=1": result["truecost"]["added_p50_ms_c1"] <= 1.0}
+        if "ratios" in result:
+            result["targets"]["rps_c64>=5x_litellm"] = result["ratios"]["rps_c64_truecost_vs_litellm"] >= 5
+            result["targets"]["added_p99_c64<=litellm/5"] = result["ratios"]["added_p99_c64_litellm_vs_truecost"] >= 5
+    finally:
+        for p in procs:
+            stop(p)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
