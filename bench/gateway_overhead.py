@@ -1,7 +1,7 @@
 """Added latency and throughput: truecost's gateway beside the LiteLLM proxy, same mock, same load.
 
-Three processes per target (mock upstream with a fixed latency, the gateway, the load
-generator), all on 127.0.0.1. Added latency = through the gateway minus direct to the mock,
+Three processes per target (a raw-ASGI mock upstream with a fixed latency, the gateway, the
+load generator: wrk when installed, else bench/loadgen.py), all on 127.0.0.1. Added latency = through the gateway minus direct to the mock,
 at concurrency 1 and 64; max sustained RPS at 64; peak RSS of each gateway process.
 LiteLLM runs from .venv-litellm (bench/setup_litellm.sh), with a master key and its
 default spend tracking; truecost with its ledger on. Prints JSON.
@@ -74,7 +74,30 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _wrk(url: str, key: str | None, model: str, concurrency: int, duration: float) -> dict:
+    import re
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "How long does a refund take?"}]})
+    script.write_text(f"wrk.method = 'POST'\nwrk.body = [[{body}]]\nwrk.headers['Content-Type'] = 'application/json'\n"
+                      + (f"wrk.headers['Authorization'] = 'Bearer {key}'\n" if key else ""))
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(int(duration), 1)}s", "--latency", "-s", str(script),
+                          url], check=True, capture_output=True, text=True).stdout
+    unit = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+    def ms(label):
+        m = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out)
+        return round(float(m.group(1)) * unit[m.group(2)], 3)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50_ms": ms("50%"), "p99_ms": ms("99%"),
+            "errors": int(errors.group(1)) if errors else 0 + (sum(map(int, sock.groups())) if sock else 0),
+            "ok": int(re.search(r"(\d+) requests in", out).group(1)), "load_generator": "wrk"}
+
+
 def load(url: str, key: str | None, model: str, concurrency: int, duration: float, requests: int | None = None) -> dict:
+    import shutil
+    if shutil.which("wrk") and not requests:
+        return _wrk(url, key, model, concurrency, duration)
     cmd = [PY, str(ROOT / "bench" / "loadgen.py"), "--url", url, "--model", model, "--concurrency", str(concurrency),
            "--duration", str(duration)]
     if key:
@@ -105,15 +128,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="truecost-gw-bench-"))
     procs = []
     mock_port, tc_port, ll_port = free_port(), free_port(), free_port()
-    mock_code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import uvicorn; "
-                 f"from tests.support.mock_upstream import make_app; "
-                 f"uvicorn.run(make_app(latency={args.latency_ms / 1000}), host='127.0.0.1', port={mock_port}, "
-                 f"log_level='error', access_log=False)")
-    procs.append(start([PY, "-c", mock_code]))
+    procs.append(start([PY, str(ROOT / "tests" / "support" / "fast_mock.py"), str(mock_port), str(args.latency_ms)]))
     mock_url = f"http://127.0.0.1:{mock_port}/v1"
     result: dict = {"benchmark": "gateway_overhead", "mock_latency_ms": args.latency_ms, "model": MODEL}
     try:
-        wait_ready(f"http://127.0.0.1:{mock_port}/docs")
+        wait_ready(f"http://127.0.0.1:{mock_port}/")
         direct = {"c1": load(mock_url + "/chat/completions", None, MODEL, 1, args.duration),
                   "c64": load(mock_url + "/chat/completions", None, MODEL, 64, args.duration)}
         result["direct"] = direct
@@ -133,10 +152,12 @@ def main() -> None:
         result["truecost"] = measure("truecost", tc_url, key, direct, args)
         result["truecost"]["peak_rss_mb"] = peak_rss_mb(tc.pid)
         if args.soak_requests:
-            load(tc_url, key, MODEL, 32, 3600, 10_000)
+            rate = max(result["truecost"]["c64"]["rps"], 1.0)
+            warm = load(tc_url, key, MODEL, 64, max(10_000 / rate, 1))
             before = rss_mb(tc.pid)
-            soak = load(tc_url, key, MODEL, 32, 3600, args.soak_requests)
+            soak = load(tc_url, key, MODEL, 64, args.soak_requests / rate * 1.1)
             after = rss_mb(tc.pid)
+            soak["ok"] += warm["ok"]
             result["truecost"]["soak"] = {"requests": soak["ok"] + soak["errors"], "errors": soak["errors"],
                                           "rss_mb_after_10k": round(before, 1), "rss_mb_after_soak": round(after, 1),
                                           "rss_growth": round(after / before - 1, 4), "flat_within_10pct": after <= before * 1.10}

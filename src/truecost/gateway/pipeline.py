@@ -100,7 +100,7 @@ class Pipeline:
             raise GatewayError(404, f"unknown model {body['model']!r}; this gateway serves: "
                                     f"{', '.join(sorted(self.config.models))}", code="model_not_found")
         attribution = attribution_for(key, headers)
-        estimate = self._estimate(candidates[0].model, body)
+        estimate = self._estimate(candidates[0].model, body) if self.config.budgets else Decimal(0)
         try:
             budget_keys = self.budgets.admit(attribution, estimate)
         except BudgetExceeded as exc:
