@@ -49,7 +49,29 @@ class VectorIndex(Protocol):
     def count(self, scope: str | None = None) -> int: ...
 
 
-class ExactIndex:
+class _Partitioned:
+    """Shared bookkeeping: which scope holds each id, deletes under the lock."""
+
+    _where: dict[int, str]
+    _lock: threading.Lock
+
+    def _delete_locked(self, ids: Iterable[int]) -> int:
+        raise NotImplementedError
+
+    def delete(self, ids: Iterable[int]) -> int:
+        with self._lock:
+            return self._delete_locked(list(ids))
+
+    def count(self, scope: str | None = None) -> int:
+        if scope is None:
+            return len(self._where)
+        return self._scope_size(scope)
+
+    def _scope_size(self, scope: str) -> int:
+        raise NotImplementedError
+
+
+class ExactIndex(_Partitioned):
     """Brute-force cosine over a NumPy matrix per scope: exact, best for small caches."""
 
     def __init__(self, dims: int) -> None:
@@ -99,20 +121,14 @@ class ExactIndex:
             removed += 1
         return removed
 
-    def delete(self, ids: Iterable[int]) -> int:
-        with self._lock:
-            return self._delete_locked(list(ids))
-
-    def count(self, scope: str | None = None) -> int:
-        if scope is None:
-            return len(self._where)
+    def _scope_size(self, scope: str) -> int:
         return self._scopes.get(scope, (None, None, 0))[2]
 
     def memory_bytes(self) -> int:
         return sum(m.nbytes + k.nbytes for k, m, _ in self._scopes.values())
 
 
-class HNSWIndex:
+class HNSWIndex(_Partitioned):
     """Approximate nearest neighbours with usearch (HNSW), one graph per scope, persisted to disk.
 
     ``save(folder)`` writes one file per scope and a manifest with their SHA-256; ``load``
@@ -168,13 +184,7 @@ class HNSWIndex:
                 removed += 1
         return removed
 
-    def delete(self, ids: Iterable[int]) -> int:
-        with self._lock:
-            return self._delete_locked(list(ids))
-
-    def count(self, scope: str | None = None) -> int:
-        if scope is None:
-            return len(self._where)
+    def _scope_size(self, scope: str) -> int:
         index = self._scopes.get(scope)
         return 0 if index is None else len(index)
 
