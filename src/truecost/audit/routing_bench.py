@@ -236,24 +236,50 @@ def _latency(strategy: str, model, test: list[Row], weak: str, strong: str) -> f
     return float(np.percentile(times, 50))
 
 
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Scores as percentile ranks in [0, 1] (ties share a rank): comparable across models."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x))
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return (sums / counts)[inverse] / max(len(x) - 1, 1)
+
+
 def cross_val_scores(strategy: str, train: list[Row], embedder, categorical, weak, strong, folds: int = 5,
                      seed: int = 0) -> np.ndarray:
-    """Out-of-fold scores on the training rows: what the scorer will see on new traffic."""
+    """Out-of-fold scores on the training rows, as within-fold percentile ranks.
+
+    Each fold's model scores on its own scale; ranking within the fold makes the folds
+    comparable, so one curve over all training rows is honest.
+    """
     if strategy == "rules":
-        return _scores(strategy, None, train, weak, strong)
+        return _ranks(_scores(strategy, None, train, weak, strong))
     order = np.random.default_rng(seed).permutation(len(train))
     out = np.zeros(len(train))
     for k in range(folds):
         held = order[k::folds]
         fit_rows = [train[i] for i in np.setdiff1d(order, held)]
         model = _fit(strategy, fit_rows, embedder, categorical)
-        out[held] = _scores(strategy, model, [train[i] for i in held], weak, strong)
+        out[held] = _ranks(_scores(strategy, model, [train[i] for i in held], weak, strong))
     return out
+
+
+def route_top_share(scores: np.ndarray, share: float) -> np.ndarray:
+    """Send the top ``share`` of the traffic's scores to the strong model (exactly, ties broken by order).
+
+    In production the quantile comes from a window of recent requests' scores; here the
+    held-out prompts are that traffic (their scores only, never their labels).
+    """
+    k = int(round(share * len(scores)))
+    routed = np.zeros(len(scores), dtype=bool)
+    routed[np.argsort(-scores, kind="stable")[:k]] = True
+    return routed
 
 
 def _calibration_check(model, strategy, train, test, weak, strong, cw_tr, cs_tr, cw, cs, embedder=None,
                        categorical=()) -> dict:
-    """Thresholds picked on out-of-fold train scores for each kind of target; what the test half got."""
+    """For each kind of target: the strong share chosen on out-of-fold train scores; what the test half got."""
     cascade = strategy == "cascade"
     s_tr = cross_val_scores(strategy, train, embedder, categorical, weak, strong)
     s_te = _scores(strategy, model, test, weak, strong)
@@ -268,14 +294,14 @@ def _calibration_check(model, strategy, train, test, weak, strong, cw_tr, cs_tr,
         if i is None:
             checks.append({"target": label, "met_on_train": False})
             continue
-        threshold = curve_tr.thresholds[i]
-        routed = s_te >= threshold
+        share = float(curve_tr.strong_share[i])
+        routed = route_top_share(s_te, share)
         if "max_strong_share" in kw:
             achieved, target = float(routed.mean()), 0.30
         else:
             quality = np.where(routed, qs_te, qw_te).mean()
             achieved, target = float(quality / qs_te.mean()), 0.95
-        checks.append({"target": label, "threshold": float(threshold), "achieved_on_test": achieved,
+        checks.append({"target": label, "strong_share_chosen_on_train": share, "achieved_on_test": achieved,
                        "error_pp": round((achieved - target) * 100, 2)})
     return {"calibration": checks}
 

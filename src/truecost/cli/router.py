@@ -60,7 +60,7 @@ def train(data, weak, strong, kind, out_path) -> None:
 @click.option("--seed", type=int, default=0)
 def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_per_1k, train_frac, seed) -> None:
     """Pick the threshold meeting one target on the train part; report it on the held-out part, with the curve."""
-    from truecost.audit.routing_bench import _costs, _fit, _scores, cross_val_scores
+    from truecost.audit.routing_bench import _costs, _fit, _scores, cross_val_scores, route_top_share
     from truecost.cache.embedders import StaticEmbedder
     from truecost.pricing.catalog import PriceCatalog
     from truecost.routing.calibrate import choose, tradeoff_curve
@@ -86,17 +86,21 @@ def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_
     i = choose(curve_tr, **kw)
     if i is None:
         raise click.ClickException("no threshold meets that target on the training part")
-    threshold = float(curve_tr.thresholds[i])
-    model = _fit(kind, train, emb, categorical)
+    share = float(curve_tr.strong_share[i])
+    model = _fit(kind, train, emb, categorical) if kind != "rules" else None
     s_te = _scores(kind, model, test, weak, strong)
-    routed = s_te >= threshold
+    routed = route_top_share(s_te, share)
+    s_tr = _scores(kind, model, train, weak, strong)
+    threshold = float(np.quantile(s_tr, 1 - share)) if 0 < share < 1 else (float("inf") if share == 0 else float("-inf"))
     q_w, q_s = np.array([r.q_weak for r in test]), np.array([r.q_strong for r in test])
     c_w, c_s = _costs(catalog, weak, test, "weak"), _costs(catalog, strong, test, "strong")
     cost = (c_w + np.where(routed, c_s if cascade else c_s - c_w, 0.0)).mean()
     curve_te, _ = curve(test, s_te)
     step = max(1, len(curve_te.strong_share) // 20)
     click.echo(json.dumps({
-        "kind": kind, "threshold": threshold, "target": {k: v for k, v in kw.items()},
+        "kind": kind, "strong_share": share, "threshold_on_train_scores": threshold,
+        "how_to_route": "send the top strong_share of recent requests' scores to the strong model",
+        "target": {k: v for k, v in kw.items()},
         "test": {"strong_share": float(routed.mean()),
                  "quality_vs_strong": float(np.where(routed, q_s, q_w).mean() / q_s.mean()),
                  "cost_per_1k_usd": float(cost * 1000)},
