@@ -122,3 +122,27 @@ def test_bench_router_names_unknown_models(tmp_path):
         run(f, "our-private-llm", "gpt-4-1106-preview")
     res = CliRunner().invoke(cli, ["bench", "router", "--data", str(f), "--weak", "nope", "--strong", "gpt-4-1106-preview"])
     assert res.exit_code != 0 and "nope" in str(res.exception)
+
+
+def test_calibration_meets_targets_on_the_held_out_half(tmp_path):
+    from truecost.audit.routing_bench import run
+
+    f = tmp_path / "r.jsonl"
+    _write_routing_file(f, n=600, seed=3)
+    d = run(f, "gpt-3.5-turbo-1106", "gpt-4-1106-preview", "trained")
+    checks = {c["target"]: c for c in d["strategies"]["trained"]["calibration"]}
+    assert abs(checks["strong_share<=0.30"]["error_pp"]) <= 1.0
+    assert abs(checks["quality>=0.95*strong"]["error_pp"]) <= 3.0
+
+
+def test_router_calibrate_cli(tmp_path):
+    f = tmp_path / "r.jsonl"
+    _write_routing_file(f, n=400, seed=4)
+    res = CliRunner().invoke(cli, ["router", "calibrate", str(f), "--weak", "gpt-3.5-turbo-1106", "--strong",
+                                   "gpt-4-1106-preview", "--kind", "rules", "--max-strong-share", "0.25"],
+                             catch_exceptions=False)
+    d = json.loads(res.output)
+    assert abs(d["test"]["strong_share"] - 0.25) <= 0.01 and d["curve_test"]
+    bad = CliRunner().invoke(cli, ["router", "calibrate", str(f), "--weak", "gpt-3.5-turbo-1106", "--strong",
+                                   "gpt-4-1106-preview"])
+    assert bad.exit_code != 0 and "exactly one" in bad.output
