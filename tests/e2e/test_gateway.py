@@ -23,6 +23,9 @@ def stack(tmp_path):
             "upstreams": {"mock": {"base_url": upstream.url + "/v1", "timeout": 1.0, "max_retries": 1}},
             "models": {
                 "support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]},
+                "routed": {"candidates": [{"upstream": "mock", "model": "gpt-6.2-sol"}, {"upstream": "mock", "model": "gpt-6-luna"}],
+                           "route": {"strategy": "rules", "weak": "gpt-6-luna", "strong": "gpt-6.2-sol"}},
+                "embed": {"candidates": [{"upstream": "mock", "model": "text-embedding-3-small"}]},
                 "with-fallback": {"candidates": [{"upstream": "mock", "model": "gpt-6.2-sol", "upstream_model": "fail-500"},
                                                  {"upstream": "mock", "model": "gpt-6-luna"}]},
                 "all-fail": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "fail-500"}]},
@@ -203,3 +206,26 @@ def test_gateway_never_caches_errors(cached_stack):
         with pytest.raises(openai.APIStatusError) as info:
             c.chat.completions.create(model="all-fail", messages=[{"role": "user", "content": "x"}])
         assert info.value.status_code == 502
+
+
+def test_rules_router_serves_easy_requests_from_the_weak_model_and_records_the_saving(stack):
+    gw, app = stack
+    c = client(gw)
+    easy = c.chat.completions.with_raw_response.create(model="routed", messages=[{"role": "user", "content": "hi"}])
+    assert easy.headers["x-truecost-model"] == "gpt-6-luna"
+    (e,) = ledger_events(app, easy.headers["x-request-id"])
+    # same tokens on gpt-6.2-sol: 100 x 2/1M + 20 x 0.10/1M + 30 x 10/1M = 0.000502; on luna 0.0000252
+    assert e.outcome == "routed" and e.avoided_cost == Decimal("0.000502") - Decimal("0.0000252")
+    hard = c.chat.completions.with_raw_response.create(
+        model="routed", messages=[{"role": "user", "content": "```python\ndef f(x):\n    return x\n``` debug and refactor"}])
+    assert hard.headers["x-truecost-model"] == "gpt-6.2-sol"
+
+
+def test_embeddings_are_priced(stack):
+    gw, app = stack
+    raw = client(gw).embeddings.with_raw_response.create(model="embed", input=["a", "b"])
+    assert len(raw.parse().data) == 2
+    # 16 tokens x $0.02/1M
+    assert Decimal(raw.headers["x-truecost-cost-usd"]) == Decimal("0.00000032")
+    (e,) = ledger_events(app, raw.headers["x-request-id"])
+    assert e.step == "embed"

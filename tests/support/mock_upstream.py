@@ -60,7 +60,15 @@ def make_app(latency: float = 0.0, slow_seconds: float = 5.0) -> Starlette:
             yield b"data: [DONE]\n\n"
         return StreamingResponse(gen(), media_type="text/event-stream")
 
-    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    async def embeddings(request: Request) -> Response:
+        body = json.loads(await request.body())
+        items = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        return JSONResponse({"object": "list", "model": body["model"],
+                             "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(items))],
+                             "usage": {"prompt_tokens": 8 * len(items), "total_tokens": 8 * len(items)}})
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
+                            Route("/v1/embeddings", embeddings, methods=["POST"])])
     app.state.calls = calls
     return app
 

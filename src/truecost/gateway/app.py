@@ -68,6 +68,18 @@ def create_app(config: GatewayConfig, pipeline: Pipeline, on_shutdown=()) -> Sta
             return StreamingResponse(result.stream, media_type="text/event-stream", headers=result.headers)
         return JSONResponse(result.body, status_code=result.status, headers=result.headers)
 
+    async def embeddings(request: Request) -> Response:
+        try:
+            key = authenticate(request)
+            body = await _read_json(request, config.max_body_bytes)
+            result = await pipeline.embeddings(body, key, request.headers)
+        except GatewayError as exc:
+            return _error(exc)
+        except Exception:
+            log.exception("unhandled error in /v1/embeddings")
+            return _error(GatewayError(500, "internal gateway error", "server_error"))
+        return JSONResponse(result.body, headers=result.headers)
+
     async def models(request: Request) -> Response:
         try:
             authenticate(request)
@@ -91,6 +103,7 @@ def create_app(config: GatewayConfig, pipeline: Pipeline, on_shutdown=()) -> Sta
                 await result
 
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
+                             Route("/v1/embeddings", embeddings, methods=["POST"]),
                              Route("/v1/models", models, methods=["GET"]),
                              Route("/healthz", healthz, methods=["GET"]),
                              Route("/metrics", metrics, methods=["GET"])], lifespan=lifespan)
@@ -108,7 +121,12 @@ def build(config: GatewayConfig):
 
     store = SQLiteLedgerStore(config.ledger)
     writer = BatchWriter(store, spool_path=Path(config.ledger).with_suffix(".spool.jsonl"))
-    tracker = Tracker(PriceCatalog.load(*config.prices_files), writer, compute=config.compute)
+    tracer = None
+    if config.otel:  # spans go to whatever tracer provider the process configured (OTel SDK, exporters)
+        from opentelemetry import trace
+
+        tracer = trace.get_tracer("truecost.gateway")
+    tracker = Tracker(PriceCatalog.load(*config.prices_files), writer, compute=config.compute, otel_tracer=tracer)
     upstreams = {name: OpenAICompatibleUpstream(u.base_url, u.api_key(), timeout=u.timeout, max_retries=u.max_retries)
                  for name, u in config.upstreams.items()}
     pipeline = Pipeline(config, tracker, upstreams, cache=_build_cache(config))

@@ -43,6 +43,16 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class RouteConfig:
+    """Route an alias between a weak and a strong candidate (both must be among its candidates)."""
+
+    strategy: str  # rules
+    weak: str
+    strong: str
+    max_weak_tokens: int = 400
+
+
+@dataclass(frozen=True)
 class KeyConfig:
     name: str
     key_sha256: str
@@ -84,6 +94,8 @@ class GatewayConfig:
     max_body_bytes: int = 1_000_000
     prices_files: list[str] = field(default_factory=list)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    routes: dict[str, RouteConfig] = field(default_factory=dict)
+    otel: bool = False
 
     def key_for(self, presented: str | None) -> KeyConfig | None:
         if presented is None:
@@ -117,6 +129,7 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
     if not ups:
         raise ConfigError(f"{source}: at least one upstream is needed")
     models = {}
+    routes: dict[str, RouteConfig] = {}
     for alias, m in (doc.get("models") or {}).items():
         where = f"{source}: models.{alias}"
         cands = (m or {}).get("candidates") if isinstance(m, dict) else None
@@ -129,6 +142,15 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
                 raise ConfigError(f"{where}.candidates[{i}]: unknown upstream {up!r}; known: {', '.join(ups)}")
             parsed.append(Candidate(up, str(_need(c, "model", f"{where}.candidates[{i}]")), c.get("upstream_model")))
         models[alias] = parsed
+        r = m.get("route")
+        if r is not None:
+            if not isinstance(r, dict) or r.get("strategy") != "rules":
+                raise ConfigError(f"{where}.route: strategy must be 'rules' (trained routers: see `truecost router`)")
+            names = {c.model for c in parsed}
+            for side in ("weak", "strong"):
+                if r.get(side) not in names:
+                    raise ConfigError(f"{where}.route.{side}: {r.get(side)!r} is not one of the candidates {sorted(names)}")
+            routes[alias] = RouteConfig("rules", r["weak"], r["strong"], int(r.get("max_weak_tokens", 400)))
     if not models:
         raise ConfigError(f"{source}: at least one model alias is needed under 'models'")
     keys = []
@@ -167,7 +189,7 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
         raise ConfigError(f"{source}: cache.embedder must be static or minilm, cache.index exact or hnsw")
     return GatewayConfig(ups, models, keys, budgets, str(doc.get("ledger", ".truecost/gateway.db")),
                          doc.get("compute"), int(doc.get("max_body_bytes", 1_000_000)), list(doc.get("prices_files") or []),
-                         cache)
+                         cache, routes, bool(doc.get("otel", False)))
 
 
 def load_config(path: str | Path) -> GatewayConfig:

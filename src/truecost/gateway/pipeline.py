@@ -100,6 +100,7 @@ class Pipeline:
             raise GatewayError(404, f"unknown model {body['model']!r}; this gateway serves: "
                                     f"{', '.join(sorted(self.config.models))}", code="model_not_found")
         attribution = attribution_for(key, headers)
+        candidates, route = self._route(body, candidates, headers)
         estimate = self._estimate(candidates[0].model, body) if self.config.budgets else Decimal(0)
         try:
             budget_keys = self.budgets.admit(attribution, estimate)
@@ -139,6 +140,12 @@ class Pipeline:
                 else:
                     step.cost(None, service=cand.model, reason="upstream response carried no usage")
                 step.annotate(upstream=cand.upstream, fallback=cand is not candidates[0])
+                if route is not None:
+                    strong = self.config.routes[body["model"]].strong
+                    step.annotate(route_strategy=route.strategy, route_reason=route.reason, route_score=route.score)
+                    if cand.model != strong:  # served below the strong model: record what that saved
+                        step.avoided(self._downgrade_saving(usage, cand.model, strong))
+                        step.outcome = "routed"
                 step.finish()
                 if lookup is not None and lookup.key is not None:
                     await asyncio.to_thread(self.cache.store, lookup, resp, usage=usage, model=cand.model)
@@ -156,6 +163,70 @@ class Pipeline:
                                "upstream_error", "upstream_failed", {"x-request-id": req.id})
         finally:
             self.budgets.settle(budget_keys, estimate, req.total if req.unknown == 0 else None)
+
+    async def embeddings(self, body: Any, key: KeyConfig | None, headers: Mapping[str, str]) -> Result:
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise GatewayError(400, "'model' must be a non-empty string", code="invalid_model")
+        inp = body.get("input")
+        if not (isinstance(inp, str) or (isinstance(inp, list) and inp and all(isinstance(x, (str, int, list)) for x in inp))):
+            raise GatewayError(400, "'input' must be a string or a non-empty array")
+        candidates = self.config.models.get(body["model"])
+        if candidates is None:
+            raise GatewayError(404, f"unknown model {body['model']!r}", code="model_not_found")
+        req = self.tracker.request(headers.get("x-request-id"), attribution_for(key, headers))
+        last_error: Exception | None = None
+        for cand in candidates:
+            step = StepScope(req, "embed", cand.model).begin()
+            try:
+                resp = await self.upstreams[cand.upstream].embed({**body, "model": cand.wire_model})
+            except UpstreamError as exc:
+                step.cost(None, service=cand.model, reason=f"upstream error: {exc}")
+                step.finish(exc)
+                last_error = exc
+                continue
+            usage = resp.get("usage") or {}
+            if usage.get("prompt_tokens") is not None:
+                step.tokens(cand.model, {"prompt_tokens": usage["prompt_tokens"]})
+            else:
+                step.cost(None, service=cand.model, reason="upstream response carried no usage")
+            step.finish()
+            return Result(body=resp, headers={"x-request-id": req.id, "x-truecost-model": cand.model,
+                                              "x-truecost-cost-usd": str(req.total) if req.unknown == 0 else "unknown"})
+        raise GatewayError(502, f"every candidate for {body['model']!r} failed; last error: {last_error}",
+                           "upstream_error", "upstream_failed", {"x-request-id": req.id})
+
+    def _route(self, body: dict, candidates, headers):
+        """Reorder an alias's candidates by its router's decision (weak first or strong first)."""
+        cfg = self.config.routes.get(body["model"])
+        if cfg is None:
+            return candidates, None
+        from truecost.routing.decision import RouteRequest
+        from truecost.routing.rules import RulesRouter
+
+        text = next((m.get("content") for m in reversed(body["messages"])
+                     if m.get("role") == "user" and isinstance(m.get("content"), str)), "") or ""
+        decision = RulesRouter(cfg.weak, cfg.strong, cfg.max_weak_tokens).route(
+            RouteRequest(text, None, {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-truecost")}))
+        rank = {m: i for i, m in enumerate(decision.candidates)}
+        ordered = sorted(candidates, key=lambda c: rank.get(c.model, len(rank)))
+        self.metrics.inc("truecost_route_decisions_total", model=decision.model)
+        return ordered, decision
+
+    def _downgrade_saving(self, usage, served: str, strong: str) -> Decimal | None:
+        """What the same tokens would have cost on the strong model, minus what they cost on the one that served."""
+        if not usage:
+            return None
+        from truecost.pricing.usage import normalise
+
+        at = self.tracker.clock.now()
+        tokens = normalise(usage, "openai")
+        costs = []
+        for model in (strong, served):
+            version, reason, _p, _s = self.tracker.price_version(model, None, at)
+            costs.append(price_tokens(version, tokens, unknown_reason=reason).cost)
+        if None in costs:
+            return None
+        return max(costs[0] - costs[1], Decimal(0))
 
     def _record_lookup(self, req: RequestScope, lookup):
         """Price the lookup; return the cached entry on a hit."""
