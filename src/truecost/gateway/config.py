@@ -36,6 +36,7 @@ class Candidate:
     upstream: str
     model: str  # the catalog name used for pricing, and the model sent upstream unless upstream_model says otherwise
     upstream_model: str | None = None
+    self_hosted: bool = False  # price its wall-clock time on the gateway's compute resource, besides tokens
 
     @property
     def wire_model(self) -> str:
@@ -140,7 +141,8 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
             up = _need(c, "upstream", f"{where}.candidates[{i}]")
             if up not in ups:
                 raise ConfigError(f"{where}.candidates[{i}]: unknown upstream {up!r}; known: {', '.join(ups)}")
-            parsed.append(Candidate(up, str(_need(c, "model", f"{where}.candidates[{i}]")), c.get("upstream_model")))
+            parsed.append(Candidate(up, str(_need(c, "model", f"{where}.candidates[{i}]")), c.get("upstream_model"),
+                                    bool(c.get("self_hosted", False))))
         models[alias] = parsed
         r = m.get("route")
         if r is not None:

@@ -133,12 +133,15 @@ class Pipeline:
                     self.metrics.inc("truecost_upstream_errors_total", model=cand.model)
                     last_error = exc
                     continue
-                upstream_ms += (time.perf_counter() - t_up) * 1000
+                call_ms = (time.perf_counter() - t_up) * 1000
+                upstream_ms += call_ms
                 usage = resp.get("usage")
                 if usage:
                     step.tokens(cand.model, usage)
                 else:
                     step.cost(None, service=cand.model, reason="upstream response carried no usage")
+                if cand.self_hosted:
+                    self.tracker.charge_compute(step, call_ms)
                 step.annotate(upstream=cand.upstream, fallback=cand is not candidates[0])
                 if route is not None:
                     strong = self.config.routes[body["model"]].strong
@@ -278,6 +281,7 @@ class Pipeline:
         try:
             for cand in candidates:
                 step = StepScope(req, "generate", cand.model).begin()
+                t_up = time.perf_counter()
                 usage = None
                 chunks = 0
                 try:
@@ -302,8 +306,11 @@ class Pipeline:
                     raise
                 if usage:
                     step.tokens(cand.model, usage)
-                else:
-                    step.cost(None, service=cand.model, reason="stream carried no usage")
+                else:  # some servers (llama.cpp) send no usage in streams: estimate, and say so
+                    step.tokens(cand.model, TokenUsage(input=len(json.dumps(body["messages"])) // 4, output=chunks))
+                    step.annotate(usage_estimated_from_chunks=True)
+                if cand.self_hosted:
+                    self.tracker.charge_compute(step, (time.perf_counter() - t_up) * 1000)
                 step.annotate(streamed_chunks=chunks, upstream=cand.upstream)
                 step.finish()
                 self._count(req, cand.model, req.attribution, 0.0)

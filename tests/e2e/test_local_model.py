@@ -1,0 +1,85 @@
+"""The gateway in front of a real local LLM: SmolLM2-135M-Instruct served by llama.cpp."""
+
+import socket
+import subprocess
+import time
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from tests.support.mock_upstream import ServerThread
+from truecost.cli.local_model import server_command
+from truecost.gateway.app import build
+from truecost.gateway.config import parse_config
+from truecost.ledger import LedgerFilter
+
+openai = pytest.importorskip("openai")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def local_model():
+    port = _port()
+    proc = subprocess.Popen(server_command(port, n_ctx=1024, threads=2), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/models", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        raise RuntimeError("llama.cpp server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def gateway(local_model, tmp_path):
+    config = parse_config({
+        "ledger": str(tmp_path / "gw.db"), "compute": "aws/c7i.xlarge",
+        "upstreams": {"local": {"base_url": local_model, "timeout": 60}},
+        "models": {"smol": {"candidates": [{"upstream": "local", "model": "SmolLM2-135M-Instruct", "self_hosted": True}]}},
+    })
+    app = build(config)
+    with ServerThread(app) as gw:
+        yield gw, app
+
+
+def test_real_local_model_through_the_gateway_is_priced_as_compute(gateway):
+    gw, app = gateway
+    c = openai.OpenAI(api_key="none", base_url=gw.url + "/v1", max_retries=0)
+    raw = c.chat.completions.with_raw_response.create(
+        model="smol", messages=[{"role": "user", "content": "How do I get a refund?"}], max_tokens=24,
+        logprobs=True, top_logprobs=1)
+    resp = raw.parse()
+    assert resp.choices[0].message.content.strip()
+    assert resp.usage.completion_tokens > 0 and resp.choices[0].logprobs.content  # logprobs for the cascade
+    app.state.writer.flush()
+    tokens, compute = app.state.store.query(LedgerFilter(request_id=raw.headers["x-request-id"]))
+    assert tokens.service == "SmolLM2-135M-Instruct" and tokens.details["tokens"]["output"] == resp.usage.completion_tokens
+    assert tokens.cost == 0 and compute.service == "c7i.xlarge" and compute.cost > 0  # tokens free, CPU time not
+    assert Decimal(raw.headers["x-truecost-cost-usd"]) == compute.cost
+
+
+def test_real_local_model_streams_through_the_sdk(gateway):
+    gw, app = gateway
+    c = openai.OpenAI(api_key="none", base_url=gw.url + "/v1", max_retries=0)
+    raw = c.chat.completions.with_raw_response.create(
+        model="smol", messages=[{"role": "user", "content": "Say hello."}], max_tokens=12, stream=True)
+    text = "".join(ch.choices[0].delta.content or "" for ch in raw.parse() if ch.choices)
+    assert text.strip()
+    app.state.writer.flush()
+    tokens, compute = app.state.store.query(LedgerFilter(request_id=raw.headers["x-request-id"]))
+    assert tokens.details["usage_estimated_from_chunks"] and tokens.details["tokens"]["output"] > 0
+    assert compute.cost > 0
