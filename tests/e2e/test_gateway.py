@@ -1,6 +1,7 @@
 """The gateway over HTTP, driven by the official openai SDK, against a loopback mock upstream."""
 
 import json
+import time
 from decimal import Decimal
 
 import httpx
@@ -31,6 +32,7 @@ def stack(tmp_path):
                 "all-fail": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "fail-500"}]},
                 "cut": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "cut"}]},
                 "slow": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "slow"}]},
+                "drip": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "drip"}]},
             },
             "keys": [{"name": "team-a", "key_sha256": hash_key(KEY), "cost_center": "cx", "tenant": "acme"},
                      {"name": "old", "key_sha256": hash_key(REVOKED), "revoked": True},
@@ -229,3 +231,49 @@ def test_embeddings_are_priced(stack):
     assert Decimal(raw.headers["x-truecost-cost-usd"]) == Decimal("0.00000032")
     (e,) = ledger_events(app, raw.headers["x-request-id"])
     assert e.step == "embed"
+
+
+def _anthropic_client(gw, key=KEY):
+    anthropic = pytest.importorskip("anthropic")
+    return anthropic, anthropic.Anthropic(api_key=key, base_url=gw.url, max_retries=0)
+
+
+def test_anthropic_messages_json_and_stream(stack):
+    gw, app = stack
+    anthropic, c = _anthropic_client(gw)
+    msg = c.messages.create(model="support", max_tokens=50, system="Be brief.",
+                            messages=[{"role": "user", "content": "refund?"}])
+    assert msg.content[0].text.startswith("The refund") and msg.stop_reason == "end_turn"
+    assert msg.usage.input_tokens == 120 and msg.usage.output_tokens == 30
+    with c.messages.stream(model="support", max_tokens=50, messages=[{"role": "user", "content": "refund?"}]) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert text.strip().startswith("The refund") and final.usage.output_tokens == 30
+    with pytest.raises(anthropic.BadRequestError):
+        c.messages.create(model="support", max_tokens=5,
+                          messages=[{"role": "user", "content": [{"type": "image", "source": {}}]}])
+
+
+def test_anthropic_stream_cut_is_an_error_event(stack):
+    gw, _ = stack
+    anthropic, c = _anthropic_client(gw)
+    with pytest.raises(anthropic.APIError):
+        with c.messages.stream(model="cut", max_tokens=50, messages=[{"role": "user", "content": "x"}]) as s:
+            "".join(s.text_stream)
+
+
+def test_client_disconnect_mid_stream_records_the_partial_cost(stack):
+    gw, app = stack
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
+                      json={"model": "drip", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as r:
+        request_id = r.headers["x-request-id"]
+        lines = r.iter_lines()
+        got = [next(lines) for _ in range(3)]  # two chunks (and a blank separator), then hang up
+        assert got[0].startswith("data: ")
+    deadline = time.time() + 5
+    events = []
+    while time.time() < deadline and not events:
+        events = ledger_events(app, request_id)
+        time.sleep(0.1)
+    (e,) = events
+    assert e.outcome == "error" and e.details.get("usage_estimated_from_chunks") and 0 < e.cost

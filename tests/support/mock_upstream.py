@@ -1,7 +1,7 @@
 """A small, fast OpenAI-compatible upstream for tests and benchmarks (loopback only).
 
 The requested model name picks the behaviour: ``fail-500``, ``fail-429``, ``slow`` (sleeps
-``slow_seconds``), ``cut`` (streams two chunks then drops the connection), ``no-usage``;
+``slow_seconds``), ``cut`` (streams two chunks then drops the connection), ``drip`` (0.2 s per chunk), ``no-usage``;
 anything else answers normally after ``latency`` seconds.
 """
 
@@ -51,6 +51,8 @@ def make_app(latency: float = 0.0, slow_seconds: float = 5.0) -> Starlette:
             for i, w in enumerate(words):
                 if model == "cut" and i == 2:
                     raise RuntimeError("connection dropped")  # uvicorn closes the connection mid-body
+                if model == "drip":
+                    await asyncio.sleep(0.2)
                 chunk = {**base, "object": "chat.completion.chunk",
                          "choices": [{"index": 0, "delta": {"content": w + " "}, "finish_reason": None}]}
                 yield f"data: {json.dumps(chunk)}\n\n".encode()

@@ -42,11 +42,13 @@ async def _read_json(request: Request, limit: int) -> Any:
 
 
 def create_app(config: GatewayConfig, pipeline: Pipeline, on_shutdown=()) -> Starlette:
-    def authenticate(request: Request):
+    def authenticate(request: Request, anthropic: bool = False):
         if not config.keys:
             return None  # development mode: no keys configured, requests are unattributed
         auth = request.headers.get("authorization", "")
         presented = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+        if presented is None and anthropic:
+            presented = request.headers.get("x-api-key")
         key = config.key_for(presented)
         if key is None:
             raise GatewayError(401, "invalid API key", "authentication_error", "invalid_api_key")
@@ -80,6 +82,26 @@ def create_app(config: GatewayConfig, pipeline: Pipeline, on_shutdown=()) -> Sta
             return _error(GatewayError(500, "internal gateway error", "server_error"))
         return JSONResponse(result.body, headers=result.headers)
 
+    async def messages(request: Request) -> Response:
+        from truecost.gateway import anthropic_api
+
+        try:
+            key = authenticate(request, anthropic=True)
+            body = await _read_json(request, config.max_body_bytes)
+            result = await pipeline.chat(anthropic_api.to_openai(body), key, request.headers)
+        except GatewayError as exc:
+            return JSONResponse({"type": "error", "error": {"type": exc.type, "message": exc.message}},
+                                status_code=exc.status, headers=exc.headers)
+        except Exception:
+            log.exception("unhandled error in /v1/messages")
+            return JSONResponse({"type": "error", "error": {"type": "api_error", "message": "internal gateway error"}},
+                                status_code=500)
+        if result.stream is not None:
+            return StreamingResponse(anthropic_api.stream_from_openai(result.stream, body.get("model"),
+                                                                      result.headers.get("x-request-id", "")),
+                                     media_type="text/event-stream", headers=result.headers)
+        return JSONResponse(anthropic_api.from_openai(result.body, body.get("model")), headers=result.headers)
+
     async def models(request: Request) -> Response:
         try:
             authenticate(request)
@@ -104,6 +126,7 @@ def create_app(config: GatewayConfig, pipeline: Pipeline, on_shutdown=()) -> Sta
 
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
                              Route("/v1/embeddings", embeddings, methods=["POST"]),
+                             Route("/v1/messages", messages, methods=["POST"]),
                              Route("/v1/models", models, methods=["GET"]),
                              Route("/healthz", healthz, methods=["GET"]),
                              Route("/metrics", metrics, methods=["GET"])], lifespan=lifespan)
