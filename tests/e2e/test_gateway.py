@@ -277,3 +277,46 @@ def test_client_disconnect_mid_stream_records_the_partial_cost(stack):
         time.sleep(0.1)
     (e,) = events
     assert e.outcome == "error" and e.details.get("usage_estimated_from_chunks") and 0 < e.cost
+
+
+def test_429_is_retried_honouring_retry_after_then_passed_on(tmp_path):
+    with ServerThread(make_app()) as upstream:
+        config = parse_config({"ledger": str(tmp_path / "gw.db"),
+                               "upstreams": {"mock": {"base_url": upstream.url + "/v1", "max_retries": 2}},
+                               "models": {"busy": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna",
+                                                                   "upstream_model": "fail-429"}]}}})
+        with ServerThread(build(config)) as gw:
+            r = httpx.post(gw.url + "/v1/chat/completions",
+                           json={"model": "busy", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "upstream_failed"
+        assert upstream.server.config.app.state.calls["n"] == 3  # the first try and two retries
+
+
+def test_metrics_split_cost_by_step_and_model(stack):
+    gw, _ = stack
+    client(gw).chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}])
+    text = httpx.get(gw.url + "/metrics").text
+    assert 'truecost_cost_usd_total{cost_center="cx",model="gpt-6-luna",step="generate"}' in text
+
+
+def test_gateway_emits_opentelemetry_spans(tmp_path):
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = sdk.TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    with ServerThread(make_app()) as upstream:
+        config = parse_config({"ledger": str(tmp_path / "gw.db"), "otel": True,
+                               "upstreams": {"mock": {"base_url": upstream.url + "/v1"}},
+                               "models": {"support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]}}})
+        with ServerThread(build(config)) as gw:
+            httpx.post(gw.url + "/v1/chat/completions",
+                       json={"model": "support", "messages": [{"role": "user", "content": "x"}]})
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    gen = spans["truecost.step.generate"].attributes
+    assert gen["gen_ai.request.model"] == "gpt-6-luna" and gen["gen_ai.usage.output_tokens"] == 30
+    assert Decimal(gen["truecost.cost_usd"]) == Decimal("0.0000252")

@@ -267,8 +267,10 @@ class Pipeline:
     def _count(self, req: RequestScope, model: str, attribution: Attribution, overhead: float) -> None:
         m = self.metrics
         m.inc("truecost_requests_total", model=model, cost_center=attribution.cost_center or "")
-        m.inc("truecost_cost_usd_total", float(req.total), model=model, cost_center=attribution.cost_center or "")
         for e in req.events:
+            if e.cost is not None:
+                m.inc("truecost_cost_usd_total", float(e.cost), model=model, step=e.step,
+                      cost_center=attribution.cost_center or "")
             tokens = e.details.get("tokens")
             if tokens:
                 m.inc("truecost_tokens_total", sum(tokens.values()), model=model)
