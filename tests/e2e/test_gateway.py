@@ -320,3 +320,26 @@ def test_gateway_emits_opentelemetry_spans(tmp_path):
     gen = spans["truecost.step.generate"].attributes
     assert gen["gen_ai.request.model"] == "gpt-6-luna" and gen["gen_ai.usage.output_tokens"] == 30
     assert Decimal(gen["truecost.cost_usd"]) == Decimal("0.0000252")
+
+
+def test_anthropic_upstream_is_priced_with_anthropic_rules(tmp_path):
+    with ServerThread(make_app()) as upstream:
+        config = parse_config({"ledger": str(tmp_path / "gw.db"),
+                               "upstreams": {"claude": {"base_url": upstream.url + "/v1", "kind": "anthropic"}},
+                               "models": {"sonnet": {"candidates": [{"upstream": "claude", "model": "claude-sonnet-5.5"}]}}})
+        app = build(config)
+        with ServerThread(app) as gw:
+            c = openai.OpenAI(api_key="none", base_url=gw.url + "/v1", max_retries=0)
+            raw = c.chat.completions.with_raw_response.create(
+                model="sonnet", messages=[{"role": "system", "content": "brief"}, {"role": "user", "content": "x"}])
+            resp = raw.parse()
+            stream = c.chat.completions.with_raw_response.create(
+                model="sonnet", messages=[{"role": "user", "content": "x"}], stream=True)
+            text = "".join(ch.choices[0].delta.content or "" for ch in stream.parse() if ch.choices)
+            (e,) = ledger_events(app, stream.headers["x-request-id"])
+    assert resp.choices[0].message.content.startswith("The refund") and resp.usage.prompt_tokens == 26000
+    assert text.strip().startswith("The refund")
+    # the golden Anthropic case: input 1,000 + cache read 20,000 + 5m write 4,000 + 1h write 1,000 + output 800 = $0.026
+    assert Decimal(raw.headers["x-truecost-cost-usd"]) == Decimal("0.026")
+    assert "_truecost_usage" not in resp.model_dump()
+    assert e.cost == Decimal("0.026")

@@ -69,7 +69,37 @@ def make_app(latency: float = 0.0, slow_seconds: float = 5.0) -> Starlette:
                              "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(items))],
                              "usage": {"prompt_tokens": 8 * len(items), "total_tokens": 8 * len(items)}})
 
+    async def messages(request: Request) -> Response:
+        """Anthropic's Messages API, with cache reads and writes in the usage."""
+        body = json.loads(await request.body())
+        calls["n"] += 1
+        assert request.headers.get("anthropic-version")
+        usage = {"input_tokens": 1000, "output_tokens": 800, "cache_read_input_tokens": 20000,
+                 "cache_creation_input_tokens": 5000,
+                 "cache_creation": {"ephemeral_5m_input_tokens": 4000, "ephemeral_1h_input_tokens": 1000}}
+        msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": body["model"],
+               "content": [{"type": "text", "text": TEXT}], "stop_reason": "end_turn", "stop_sequence": None,
+               "usage": usage}
+        if not body.get("stream"):
+            return JSONResponse(msg)
+
+        async def gen():
+            start = {**msg, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+            events = [("message_start", {"type": "message_start", "message": start}),
+                      ("content_block_start", {"type": "content_block_start", "index": 0,
+                                               "content_block": {"type": "text", "text": ""}})]
+            events += [("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                "delta": {"type": "text_delta", "text": w + " "}}) for w in TEXT.split()]
+            events += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                       ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                          "usage": {"output_tokens": 800}}),
+                       ("message_stop", {"type": "message_stop"})]
+            for name, data in events:
+                yield f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+        return StreamingResponse(gen(), media_type="text/event-stream")
+
     app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
+                            Route("/v1/messages", messages, methods=["POST"]),
                             Route("/v1/embeddings", embeddings, methods=["POST"])])
     app.state.calls = calls
     return app

@@ -150,7 +150,10 @@ def build(config: GatewayConfig):
 
         tracer = trace.get_tracer("truecost.gateway")
     tracker = Tracker(PriceCatalog.load(*config.prices_files), writer, compute=config.compute, otel_tracer=tracer)
-    upstreams = {name: OpenAICompatibleUpstream(u.base_url, u.api_key(), timeout=u.timeout, max_retries=u.max_retries)
+    from truecost.upstream.anthropic import AnthropicUpstream
+
+    kinds = {"openai": OpenAICompatibleUpstream, "anthropic": AnthropicUpstream}
+    upstreams = {name: kinds[u.kind](u.base_url, u.api_key(), timeout=u.timeout, max_retries=u.max_retries)
                  for name, u in config.upstreams.items()}
     pipeline = Pipeline(config, tracker, upstreams, cache=_build_cache(config))
 

@@ -21,6 +21,7 @@ class UpstreamConfig:
     api_key_env: str | None = None
     timeout: float = 60.0
     max_retries: int = 2
+    kind: str = "openai"  # openai (any OpenAI-compatible endpoint) | anthropic
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -125,8 +126,11 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
             raise ConfigError(f"{where}: expected a mapping")
         if "api_key" in u:
             raise ConfigError(f"{where}: put secrets in the environment and name the variable in api_key_env")
+        kind = u.get("kind", "openai")
+        if kind not in ("openai", "anthropic"):
+            raise ConfigError(f"{where}: kind must be openai or anthropic")
         ups[name] = UpstreamConfig(name, str(_need(u, "base_url", where)), u.get("api_key_env"),
-                                   float(u.get("timeout", 60.0)), int(u.get("max_retries", 2)))
+                                   float(u.get("timeout", 60.0)), int(u.get("max_retries", 2)), kind)
     if not ups:
         raise ConfigError(f"{source}: at least one upstream is needed")
     models = {}

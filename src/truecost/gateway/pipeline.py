@@ -136,7 +136,10 @@ class Pipeline:
                 call_ms = (time.perf_counter() - t_up) * 1000
                 upstream_ms += call_ms
                 usage = resp.get("usage")
-                if usage:
+                native = resp.pop("_truecost_usage", None)  # the provider's own usage and counting rules
+                if native:
+                    step.tokens(cand.model, native["usage"], flavour=native["flavour"])
+                elif usage:
                     step.tokens(cand.model, usage)
                 else:
                     step.cost(None, service=cand.model, reason="upstream response carried no usage")
@@ -287,9 +290,11 @@ class Pipeline:
                 usage = None
                 chunks = 0
                 try:
+                    native = None
                     async for chunk in self.upstreams[cand.upstream].stream({**body, "model": cand.wire_model}):
                         chunks += 1
                         usage = chunk.get("usage") or usage
+                        native = chunk.pop("_truecost_usage", None) or native
                         if chunk.get("usage") and not chunk.get("choices") and not (
                                 body.get("stream_options") or {}).get("include_usage"):
                             continue  # the caller did not ask for the usage chunk
@@ -306,7 +311,9 @@ class Pipeline:
                 except BaseException as exc:  # client went away: the upstream stream is closed by the generator
                     self._charge_partial(step, cand.model, usage, chunks, exc)
                     raise
-                if usage:
+                if native:
+                    step.tokens(cand.model, native["usage"], flavour=native["flavour"])
+                elif usage:
                     step.tokens(cand.model, usage)
                 else:  # some servers (llama.cpp) send no usage in streams: estimate, and say so
                     step.tokens(cand.model, TokenUsage(input=len(json.dumps(body["messages"])) // 4, output=chunks))
