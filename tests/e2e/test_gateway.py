@@ -317,6 +317,7 @@ def test_gateway_emits_opentelemetry_spans(tmp_path):
             httpx.post(gw.url + "/v1/chat/completions",
                        json={"model": "support", "messages": [{"role": "user", "content": "x"}]})
     spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert spans["truecost.step.generate"].parent.span_id == spans["truecost.request"].context.span_id
     gen = spans["truecost.step.generate"].attributes
     assert gen["gen_ai.request.model"] == "gpt-6-luna" and gen["gen_ai.usage.output_tokens"] == 30
     assert Decimal(gen["truecost.cost_usd"]) == Decimal("0.0000252")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -22,6 +23,9 @@ from truecost.tracking.scope import RequestScope, StepScope
 from truecost.tracking.tracker import Tracker
 from truecost.types import Attribution, TokenUsage
 from truecost.upstream.errors import UpstreamHTTPError, UpstreamStreamCut
+
+
+log = logging.getLogger("truecost.gateway")
 
 
 class GatewayError(Exception):
@@ -107,13 +111,20 @@ class Pipeline:
         except BudgetExceeded as exc:
             self.metrics.inc("truecost_budget_refusals_total", cost_center=attribution.cost_center or "")
             raise GatewayError(429, str(exc), "budget_exceeded", "budget_exceeded") from None
+        if self.budgets.alerts:  # soft budgets passed: visible in metrics and the log, never silent
+            for alert in self.budgets.alerts:
+                log.warning("truecost: %s", alert)
+                self.metrics.inc("truecost_budget_alerts_total")
+            self.budgets.alerts.clear()
         req = self.tracker.request(headers.get("x-request-id"), attribution)
+        self.tracker.open_request(req)
         lookup = None
         if self.cache is not None and headers.get("x-truecost-cache", "").lower() != "bypass":
             lookup = await asyncio.to_thread(self.cache.lookup, body, attribution.tenant)
             hit = self._record_lookup(req, lookup)
             if hit is not None:
                 self.budgets.settle(budget_keys, estimate, req.total if req.unknown == 0 else None)
+                self.tracker.close_request(req, None)
                 return self._cached(req, body, hit, lookup, t0)
         if body.get("stream"):
             return Result(stream=self._stream(req, body, candidates, budget_keys, estimate, t0),
@@ -169,6 +180,7 @@ class Pipeline:
                                "upstream_error", "upstream_failed", {"x-request-id": req.id})
         finally:
             self.budgets.settle(budget_keys, estimate, req.total if req.unknown == 0 else None)
+            self.tracker.close_request(req, None)
 
     async def embeddings(self, body: Any, key: KeyConfig | None, headers: Mapping[str, str]) -> Result:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
@@ -330,6 +342,7 @@ class Pipeline:
             yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
         finally:
             self.budgets.settle(budget_keys, estimate, req.total if req.unknown == 0 else None)
+            self.tracker.close_request(req, None)
 
     def _charge_partial(self, step: StepScope, model: str, usage, chunks: int, exc: BaseException) -> None:
         if usage:

@@ -160,6 +160,13 @@ class Tracker:
         self._otel_end_step(s, latency_ms)
 
     # -- OpenTelemetry (optional; spans mirror scopes) ------------------------------
+    def open_request(self, req: RequestScope) -> None:
+        """Start the request's span for a request not used as a ``with`` block (servers, streams)."""
+        self._otel_start_request(req)
+
+    def close_request(self, req: RequestScope, exc: BaseException | None = None) -> None:
+        self._otel_end_request(req, exc)
+
     def _otel_start_request(self, req: RequestScope) -> None:
         if self.otel_tracer is not None:
             from truecost.tracking.otel import start_request_span
