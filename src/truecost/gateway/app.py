@@ -56,31 +56,26 @@ def create_app(config: GatewayConfig, pipeline: Pipeline, on_shutdown=()) -> Sta
             raise GatewayError(401, f"API key {key.name!r} has been revoked", "authentication_error", "revoked_api_key")
         return key
 
-    async def chat(request: Request) -> Response:
+    async def run(request: Request, handler) -> Response:
+        """Authenticate, read the body, run one pipeline entry point; OpenAI-shaped errors only."""
         try:
             key = authenticate(request)
             body = await _read_json(request, config.max_body_bytes)
-            result = await pipeline.chat(body, key, request.headers)
+            result = await handler(body, key, request.headers)
         except GatewayError as exc:
             return _error(exc)
         except Exception:  # a bug of ours: log it, answer in the OpenAI shape, never leak a traceback
-            log.exception("unhandled error in /v1/chat/completions")
+            log.exception("unhandled error in %s", request.url.path)
             return _error(GatewayError(500, "internal gateway error", "server_error"))
         if result.stream is not None:
             return StreamingResponse(result.stream, media_type="text/event-stream", headers=result.headers)
         return JSONResponse(result.body, status_code=result.status, headers=result.headers)
 
+    async def chat(request: Request) -> Response:
+        return await run(request, pipeline.chat)
+
     async def embeddings(request: Request) -> Response:
-        try:
-            key = authenticate(request)
-            body = await _read_json(request, config.max_body_bytes)
-            result = await pipeline.embeddings(body, key, request.headers)
-        except GatewayError as exc:
-            return _error(exc)
-        except Exception:
-            log.exception("unhandled error in /v1/embeddings")
-            return _error(GatewayError(500, "internal gateway error", "server_error"))
-        return JSONResponse(result.body, headers=result.headers)
+        return await run(request, pipeline.embeddings)
 
     async def messages(request: Request) -> Response:
         from truecost.gateway import anthropic_api
