@@ -16,6 +16,10 @@ openai = pytest.importorskip("openai")
 KEY, REVOKED = "sk-test-team-a", "sk-old"
 
 
+def _mock_state(stack):
+    return stack[2].server.config.app.state.calls
+
+
 @pytest.fixture
 def stack(tmp_path):
     with ServerThread(make_app()) as upstream:
@@ -42,7 +46,7 @@ def stack(tmp_path):
         })
         app = build(config)
         with ServerThread(app) as gw:
-            yield gw, app
+            yield gw, app, upstream
 
 
 def client(gw, key=KEY):
@@ -55,7 +59,7 @@ def ledger_events(app, request_id):
 
 
 def test_completion_is_priced_and_the_header_equals_the_ledger(stack):
-    gw, app = stack
+    gw, app, _ = stack
     raw = client(gw).chat.completions.with_raw_response.create(
         model="support", messages=[{"role": "user", "content": "refund?"}], extra_headers={"x-truecost-feature": "faq"})
     resp = raw.parse()
@@ -72,7 +76,7 @@ def test_completion_is_priced_and_the_header_equals_the_ledger(stack):
 
 
 def test_streaming_through_the_sdk(stack):
-    gw, app = stack
+    gw, app, _ = stack
     raw = client(gw).chat.completions.with_raw_response.create(
         model="support", messages=[{"role": "user", "content": "refund?"}], stream=True)
     text = "".join(ch.choices[0].delta.content or "" for ch in raw.parse() if ch.choices)
@@ -82,7 +86,7 @@ def test_streaming_through_the_sdk(stack):
 
 
 def test_fallback_to_the_next_candidate_is_recorded(stack):
-    gw, app = stack
+    gw, app, _ = stack
     raw = client(gw).chat.completions.with_raw_response.create(model="with-fallback",
                                                                messages=[{"role": "user", "content": "x"}])
     assert raw.headers["x-truecost-model"] == "gpt-6-luna"
@@ -91,21 +95,21 @@ def test_fallback_to_the_next_candidate_is_recorded(stack):
 
 
 def test_all_candidates_failing_is_a_502_in_openai_shape(stack):
-    gw, _ = stack
+    gw, _, _ = stack
     with pytest.raises(openai.APIStatusError) as info:
         client(gw).chat.completions.create(model="all-fail", messages=[{"role": "user", "content": "x"}])
     assert info.value.status_code == 502 and info.value.body["code"] == "upstream_failed"
 
 
 def test_upstream_timeout_is_an_error_not_a_hang(stack):
-    gw, _ = stack
+    gw, _, _ = stack
     with pytest.raises(openai.APIStatusError) as info:
         client(gw).chat.completions.create(model="slow", messages=[{"role": "user", "content": "x"}])
     assert info.value.status_code == 502 and "timed out" in info.value.message
 
 
 def test_stream_cut_midway_ends_with_an_error_event_and_partial_cost(stack):
-    gw, app = stack
+    gw, app, _ = stack
     raw = client(gw).chat.completions.with_raw_response.create(model="cut", messages=[{"role": "user", "content": "x"}],
                                                                stream=True)
     with pytest.raises(openai.APIError):
@@ -125,7 +129,7 @@ def test_stream_cut_midway_ends_with_an_error_event_and_partial_cost(stack):
     (b'{"model": "support", "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}', {}, 400, None),
 ])
 def test_bad_requests_get_clear_openai_shaped_errors(stack, content, headers, status, code):
-    gw, _ = stack
+    gw, _, _ = stack
     r = httpx.post(gw.url + "/v1/chat/completions", content=content,
                    headers={"authorization": f"Bearer {KEY}", "content-type": "application/json", **headers})
     assert r.status_code == status
@@ -135,14 +139,14 @@ def test_bad_requests_get_clear_openai_shaped_errors(stack, content, headers, st
 
 @pytest.mark.parametrize("key,code", [("sk-wrong", "invalid_api_key"), (REVOKED, "revoked_api_key")])
 def test_unknown_and_revoked_keys_are_refused(stack, key, code):
-    gw, _ = stack
+    gw, _, _ = stack
     with pytest.raises(openai.AuthenticationError) as info:
         client(gw, key).chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}])
     assert info.value.body["code"] == code
 
 
 def test_hard_budget_refuses_the_request_that_would_cross_it(stack):
-    gw, _ = stack
+    gw, _, _ = stack
     c = client(gw, "sk-budget")
     msg = [{"role": "user", "content": "x"}]
     # limit $0.0001; each request is estimated at ~$0.00005 (100 output tokens at $0.50/1M plus the
@@ -156,7 +160,7 @@ def test_hard_budget_refuses_the_request_that_would_cross_it(stack):
 
 
 def test_models_health_and_metrics(stack):
-    gw, _ = stack
+    gw, _, _ = stack
     ids = [m.id for m in client(gw).models.list()]
     assert "support" in ids and "with-fallback" in ids
     assert httpx.get(gw.url + "/healthz").json() == {"status": "ok"}
@@ -211,7 +215,7 @@ def test_gateway_never_caches_errors(cached_stack):
 
 
 def test_rules_router_serves_easy_requests_from_the_weak_model_and_records_the_saving(stack):
-    gw, app = stack
+    gw, app, _ = stack
     c = client(gw)
     easy = c.chat.completions.with_raw_response.create(model="routed", messages=[{"role": "user", "content": "hi"}])
     assert easy.headers["x-truecost-model"] == "gpt-6-luna"
@@ -224,7 +228,7 @@ def test_rules_router_serves_easy_requests_from_the_weak_model_and_records_the_s
 
 
 def test_embeddings_are_priced(stack):
-    gw, app = stack
+    gw, app, _ = stack
     raw = client(gw).embeddings.with_raw_response.create(model="embed", input=["a", "b"])
     assert len(raw.parse().data) == 2
     # 16 tokens x $0.02/1M
@@ -239,7 +243,7 @@ def _anthropic_client(gw, key=KEY):
 
 
 def test_anthropic_messages_json_and_stream(stack):
-    gw, app = stack
+    gw, app, _ = stack
     anthropic, c = _anthropic_client(gw)
     msg = c.messages.create(model="support", max_tokens=50, system="Be brief.",
                             messages=[{"role": "user", "content": "refund?"}])
@@ -255,7 +259,7 @@ def test_anthropic_messages_json_and_stream(stack):
 
 
 def test_anthropic_stream_cut_is_an_error_event(stack):
-    gw, _ = stack
+    gw, _, _ = stack
     anthropic, c = _anthropic_client(gw)
     with pytest.raises(anthropic.APIError):
         with c.messages.stream(model="cut", max_tokens=50, messages=[{"role": "user", "content": "x"}]) as s:
@@ -263,7 +267,7 @@ def test_anthropic_stream_cut_is_an_error_event(stack):
 
 
 def test_client_disconnect_mid_stream_records_the_partial_cost(stack):
-    gw, app = stack
+    gw, app, _ = stack
     with httpx.stream("POST", gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
                       json={"model": "drip", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as r:
         request_id = r.headers["x-request-id"]
@@ -277,6 +281,11 @@ def test_client_disconnect_mid_stream_records_the_partial_cost(stack):
         time.sleep(0.1)
     (e,) = events
     assert e.outcome == "error" and e.details.get("usage_estimated_from_chunks") and 0 < e.cost
+    # the upstream call was cancelled, not left running
+    deadline = time.time() + 5
+    while time.time() < deadline and not _mock_state(stack).get("cancelled"):
+        time.sleep(0.05)
+    assert _mock_state(stack).get("cancelled") == 1
 
 
 def test_429_is_retried_honouring_retry_after_then_passed_on(tmp_path):
@@ -293,7 +302,7 @@ def test_429_is_retried_honouring_retry_after_then_passed_on(tmp_path):
 
 
 def test_metrics_split_cost_by_step_and_model(stack):
-    gw, _ = stack
+    gw, _, _ = stack
     client(gw).chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}])
     text = httpx.get(gw.url + "/metrics").text
     assert 'truecost_cost_usd_total{cost_center="cx",model="gpt-6-luna",step="generate"}' in text

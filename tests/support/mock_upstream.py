@@ -47,6 +47,14 @@ def make_app(latency: float = 0.0, slow_seconds: float = 5.0) -> Starlette:
             return JSONResponse(out)
 
         async def gen():
+            try:
+                async for part in _gen():
+                    yield part
+            except BaseException:  # the gateway hung up on us mid-stream
+                calls["cancelled"] = calls.get("cancelled", 0) + 1
+                raise
+
+        async def _gen():
             words = TEXT.split(" ")
             for i, w in enumerate(words):
                 if model == "cut" and i == 2:

@@ -301,9 +301,10 @@ class Pipeline:
                 t_up = time.perf_counter()
                 usage = None
                 chunks = 0
+                upstream_stream = self.upstreams[cand.upstream].stream({**body, "model": cand.wire_model})
                 try:
                     native = None
-                    async for chunk in self.upstreams[cand.upstream].stream({**body, "model": cand.wire_model}):
+                    async for chunk in upstream_stream:
                         chunks += 1
                         usage = chunk.get("usage") or usage
                         native = chunk.pop("_truecost_usage", None) or native
@@ -320,9 +321,11 @@ class Pipeline:
                         yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
                         return
                     continue
-                except BaseException as exc:  # client went away: the upstream stream is closed by the generator
+                except BaseException as exc:  # the client went away: charge what was consumed
                     self._charge_partial(step, cand.model, usage, chunks, exc)
                     raise
+                finally:
+                    await upstream_stream.aclose()  # closes the upstream response: the upstream call is cancelled
                 if native:
                     step.tokens(cand.model, native["usage"], flavour=native["flavour"])
                 elif usage:
