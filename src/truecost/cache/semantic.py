@@ -289,7 +289,8 @@ class SemanticCache:
                 self._by_scope.get(e.scope, set()).discard(i)
             self._bytes -= self._lru.pop(i, 0)
         if already_deleted:
-            self._exact = {fp: i for fp, i in self._exact.items() if i not in set(ids)}
+            gone = set(ids)
+            self._exact = {fp: i for fp, i in self._exact.items() if i not in gone}
         self.index.delete(ids)
         if not already_deleted:
             self.entries.delete(ids)
