@@ -10,6 +10,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from truecost.errors import TruecostError
+
 
 @click.group("bench")
 def bench() -> None:
@@ -39,8 +41,12 @@ def bench_cache(data, limit, seed, target_error, policy, embedder_name, index_na
     from truecost.cache.peers import gptcache_threshold_for_cosine, run_gptcache
 
     console = Console(stderr=True)
-    queries = load_intent_file(data, limit, seed)
-    embedder = make_embedder(embedder_name)
+    try:
+        queries = load_intent_file(data, limit, seed)
+        embedder = make_embedder(embedder_name)
+        make_policy(policy, target_error, seed)
+    except (ValueError, TruecostError) as exc:
+        raise click.ClickException(str(exc)) from None
     started = time.perf_counter()
     with _progress(console) as prog:
         task = prog.add_task(f"{policy} policy", total=len(queries))
@@ -113,7 +119,10 @@ def bench_router(data, weak, strong, strategy, train_frac, seed, as_json) -> Non
         raise click.BadParameter("train-frac must be between 0.05 and 0.95")
     console = Console(stderr=True)
     with console.status("training and evaluating routers..."):
-        result = run(data, weak, strong, strategy, train_frac, seed)
+        try:
+            result = run(data, weak, strong, strategy, train_frac, seed)
+        except (ValueError, TruecostError) as exc:
+            raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
