@@ -146,3 +146,20 @@ def test_router_calibrate_cli(tmp_path):
     bad = CliRunner().invoke(cli, ["router", "calibrate", str(f), "--weak", "gpt-3.5-turbo-1106", "--strong",
                                    "gpt-4-1106-preview"])
     assert bad.exit_code != 0 and "exactly one" in bad.output
+
+
+def test_logprob_cascade_accepts_confident_answers_and_calibrates():
+    from truecost.routing.cascade import LogprobCascade, mean_logprob
+
+    confident = {"choices": [{"logprobs": {"content": [{"token": "a", "logprob": -0.1}, {"token": "b", "logprob": -0.3}]}}]}
+    unsure = {"choices": [{"logprobs": {"content": [{"token": "a", "logprob": -2.5}]}}]}
+    assert mean_logprob(confident) == pytest.approx(-0.2) and mean_logprob({"choices": [{}]}) is None
+    c = LogprobCascade(threshold=-1.0)
+    assert c.accept(confident)[0] and not c.accept(unsure)[0] and not c.accept({"choices": [{}]})[0]
+    rng = np.random.default_rng(0)
+    lp = rng.normal(-1, 0.5, 1000)
+    good = rng.random(1000) < 1 / (1 + np.exp(-(lp + 1) * 4))
+    by_share = LogprobCascade.calibrate(lp, good, max_escalation=0.3)
+    assert abs(np.mean(lp < by_share.threshold) - 0.3) < 0.01
+    precise = LogprobCascade.calibrate(lp, good, min_accepted_precision=0.9)
+    assert good[lp >= precise.threshold].mean() >= 0.9
