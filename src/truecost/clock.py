@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable, Protocol
 
 
@@ -26,8 +25,6 @@ class FixedClock:
         self._tick = tick
 
     def now(self) -> datetime:
-        from datetime import timedelta
-
         current = self._at
         self._at = current + timedelta(seconds=self._tick)
         return current
@@ -51,11 +48,3 @@ def reset_id_source_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=reset_id_source_after_fork)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def monotonic_ms() -> float:
-    return time.perf_counter() * 1000.0

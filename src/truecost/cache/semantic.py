@@ -127,12 +127,30 @@ class SemanticCache:
         self.stats[status] += 1
         return LookupResult(status, key, entry, sim, decision)
 
+    def _stale(self, e: CacheEntry, now: float) -> bool:
+        """Expired, or produced from another knowledge-base version."""
+        return (e.expires_at is not None and e.expires_at <= now) or (
+            self.kb_version is not None and e.kb_version is not None and e.kb_version != self.kb_version)
+
+    def _register(self, e: CacheEntry) -> None:
+        """Make a stored entry findable: exact map, vector index, policy classes, LRU, doc and scope maps."""
+        self._exact[e.fingerprint] = e.id
+        if e.vector is not None:
+            self.index.upsert([e.id], e.vector[None, :], e.scope)
+            if e.class_id is not None:
+                self.policy.add_member(e.class_id, e.vector)
+        size = e.nbytes
+        self._lru[e.id] = size
+        self._bytes += size
+        for d in e.doc_ids:
+            self._by_doc.setdefault(d, set()).add(e.id)
+        self._by_scope.setdefault(e.scope, set()).add(e.id)
+
     def _live(self, entry_id: int, now: float) -> CacheEntry | None:
         e = self.entries.get(entry_id)
         if e is None:
             return None
-        if (e.expires_at is not None and e.expires_at <= now) or (
-                self.kb_version is not None and e.kb_version is not None and e.kb_version != self.kb_version):
+        if self._stale(e, now):
             self._drop([entry_id])
             return None
         return e
@@ -163,16 +181,7 @@ class SemanticCache:
                                doc_ids=tuple(doc_ids), class_id=class_id, created_at=now,
                                expires_at=now + ttl if ttl else None)
             self.entries.put(entry)
-            self._exact[key.fingerprint] = entry.id
-            if lookup.vector is not None:
-                self.index.upsert([entry.id], lookup.vector[None, :], key.scope)
-                self.policy.add_member(class_id, lookup.vector)
-            size = entry.nbytes
-            self._lru[entry.id] = size
-            self._bytes += size
-            for d in entry.doc_ids:
-                self._by_doc.setdefault(d, set()).add(entry.id)
-            self._by_scope.setdefault(key.scope, set()).add(entry.id)
+            self._register(entry)
             self.stats["stored"] += 1
             self._evict()
         return entry
@@ -217,21 +226,10 @@ class SemanticCache:
             for e in entries:
                 max_id = max(max_id, e.id)
                 max_class = max(max_class, e.class_id or 0)
-                if (e.expires_at is not None and e.expires_at <= now) or (
-                        self.kb_version is not None and e.kb_version is not None and e.kb_version != self.kb_version):
+                if self._stale(e, now):
                     self.entries.delete([e.id])
                     continue
-                self._exact[e.fingerprint] = e.id
-                if e.vector is not None:
-                    self.index.upsert([e.id], e.vector[None, :], e.scope)
-                    if e.class_id is not None:
-                        self.policy.add_member(e.class_id, e.vector)
-                size = e.nbytes
-                self._lru[e.id] = size
-                self._bytes += size
-                for d in e.doc_ids:
-                    self._by_doc.setdefault(d, set()).add(e.id)
-                self._by_scope.setdefault(e.scope, set()).add(e.id)
+                self._register(e)
             self._ids = itertools.count(max_id + 1)
             self._next_class = itertools.count(max_class + 1)
             return len(self._lru)

@@ -2,7 +2,7 @@
 
 Works on plain values so that tracking does not depend on the cache room: the caller
 passes the lookup's embedding tokens and timings, and on a hit the stored answer's model
-and usage. Net savings = avoided - lookup costs, summed from the ledger.
+and usage. Net savings = avoided - lookup costs, both summed from the ledger.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any, Mapping
 
 from truecost.tracking.scope import RequestScope
-from truecost.types import ZERO, TokenUsage
+from truecost.types import TokenUsage
 
 
 def record_cache_lookup(req: RequestScope, *, hit: bool, status: str, embed_model: str | None, embed_tokens: int,
@@ -39,7 +39,3 @@ def record_cache_lookup(req: RequestScope, *, hit: bool, status: str, embed_mode
             s.avoided(avoided)
             s.outcome = "cache_hit"
     return avoided
-
-
-def net_savings(avoided: Decimal, lookup_costs: Decimal) -> Decimal:
-    return (avoided or ZERO) - (lookup_costs or ZERO)

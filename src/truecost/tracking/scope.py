@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextvars
 import time
-from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -171,14 +170,6 @@ class RequestScope:
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
         self.__exit__(exc_type, exc, tb)
-
-
-def step_start_time(step: StepScope) -> datetime:
-    return step._wall_start
-
-
-def ended_at(start: datetime, latency_ms: float) -> datetime:
-    return start + timedelta(milliseconds=latency_ms)
 
 
 __all__ = ["RequestScope", "StepScope", "current_request", "current_step", "TokenUsage"]

@@ -12,7 +12,7 @@ from truecost.ledger.events import CostEvent
 from truecost.pricing.catalog import PriceCatalog, PriceVersion
 from truecost.pricing.cost import price_quantity, price_tokens, tidy
 from truecost.pricing.usage import normalise
-from truecost.tracking.scope import RequestScope, StepScope, _Charge, current_request, step_start_time
+from truecost.tracking.scope import RequestScope, StepScope, _Charge, current_request
 from truecost.types import EMPTY_ATTRIBUTION, ZERO, Attribution, PricedCost, to_decimal
 
 Sink = Callable[[CostEvent], None]
@@ -200,4 +200,4 @@ class Tracker:
         return free
 
 
-__all__ = ["Tracker", "step_start_time"]
+__all__ = ["Tracker"]
