@@ -85,3 +85,10 @@ def test_the_example_runs():
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "generation share" in out.stdout and "unknown prices: 0" in out.stdout
+
+
+def test_report_rejects_a_bad_date_clearly(tmp_path):
+    db = tmp_path / "l.db"
+    SQLiteLedgerStore(db).close()
+    r = CliRunner().invoke(cli, ["report", "--db", str(db), "--since", "yesterday"])
+    assert r.exit_code == 2 and "--since" in r.output and "ISO date" in r.output

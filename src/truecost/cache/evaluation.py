@@ -23,7 +23,7 @@ import numpy as np
 from truecost.cache.entries import MemoryEntryStore
 from truecost.cache.equivalence import NormalisedMatch
 from truecost.cache.index import ExactIndex, HNSWIndex
-from truecost.cache.policy import Policy, make_policy  # noqa: F401 - make_policy is re-exported
+from truecost.cache.policy import Policy
 from truecost.cache.semantic import SemanticCache
 
 

@@ -37,7 +37,8 @@ def _progress(console: Console) -> Progress:
 def bench_cache(data, limit, seed, target_error, policy, embedder_name, index_name, peers, as_json) -> None:
     """Hit rate at a bounded false-hit rate, against a hindsight-tuned fixed threshold and GPTCache."""
     from truecost.cache.embedders import make_embedder
-    from truecost.cache.evaluation import correct, hindsight_fixed, load_intent_file, make_policy, run_policy
+    from truecost.cache.evaluation import correct, hindsight_fixed, load_intent_file, run_policy
+    from truecost.cache.policy import make_policy
     from truecost.cache.peers import gptcache_threshold_for_cosine, run_gptcache
 
     console = Console(stderr=True)

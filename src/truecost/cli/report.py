@@ -18,10 +18,14 @@ from truecost.ledger.store import GROUP_FIELDS, LedgerFilter, LedgerStore, rollu
 DEFAULT_DB = ".truecost/ledger.db"
 
 
-def _when(value: str | None) -> datetime | None:
+def _when(value: str | None, option: str) -> datetime | None:
     if not value:
         return None
-    d = datetime.fromisoformat(value)
+    try:
+        d = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO date or time like 2026-11-01 or 2026-11-01T12:00",
+                                 param_hint=option) from None
     return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
 
 
@@ -60,7 +64,7 @@ def report(db, request_id, group_by, since, until, as_json) -> None:
         raise click.ClickException(f"no ledger at {db}; run `truecost demo` or pass --db")
     store = open_store(db)
     try:
-        flt = LedgerFilter(since=_when(since), until=_when(until))
+        flt = LedgerFilter(since=_when(since, "--since"), until=_when(until, "--until"))
         groups = [["step"], ["cost_center"]] + [g.split(",") for g in group_by]
         for g in groups:
             bad = [x for x in g if x not in GROUP_FIELDS]
