@@ -19,6 +19,8 @@ from truecost.gateway.budgets import BudgetExceeded, BudgetGuard
 from truecost.gateway.config import GatewayConfig, KeyConfig
 from truecost.gateway.metrics import Metrics
 from truecost.pricing.cost import price_tokens
+from truecost.routing.decision import RouteRequest
+from truecost.routing.rules import RulesRouter
 from truecost.tracking.scope import RequestScope, StepScope
 from truecost.tracking.tracker import Tracker
 from truecost.types import Attribution, TokenUsage
@@ -87,6 +89,7 @@ class Pipeline:
         self.config, self.tracker, self.upstreams, self.cache = config, tracker, upstreams, cache
         self.metrics = metrics or Metrics()
         self.budgets = BudgetGuard(config.budgets)
+        self.routers = {alias: RulesRouter(r.weak, r.strong, r.max_weak_tokens) for alias, r in config.routes.items()}
 
     def _estimate(self, model: str, body: dict) -> Decimal:
         """A conservative cost estimate for budget admission: prompt chars / 3 in, max_tokens (or 1,024) out."""
@@ -215,15 +218,12 @@ class Pipeline:
 
     def _route(self, body: dict, candidates, headers):
         """Reorder an alias's candidates by its router's decision (weak first or strong first)."""
-        cfg = self.config.routes.get(body["model"])
-        if cfg is None:
+        router = self.routers.get(body["model"])
+        if router is None:
             return candidates, None
-        from truecost.routing.decision import RouteRequest
-        from truecost.routing.rules import RulesRouter
-
         text = next((m.get("content") for m in reversed(body["messages"])
                      if m.get("role") == "user" and isinstance(m.get("content"), str)), "") or ""
-        decision = RulesRouter(cfg.weak, cfg.strong, cfg.max_weak_tokens).route(
+        decision = router.route(
             RouteRequest(text, None, {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-truecost")}))
         rank = {m: i for i, m in enumerate(decision.candidates)}
         ordered = sorted(candidates, key=lambda c: rank.get(c.model, len(rank)))
