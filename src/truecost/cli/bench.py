@@ -8,19 +8,14 @@ import time
 import click
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from truecost.cli.render import progress_bar as _progress
 from truecost.errors import TruecostError
 
 
 @click.group("bench")
 def bench() -> None:
     """Benchmarks that print JSON."""
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
 
 
 @bench.command("cache")

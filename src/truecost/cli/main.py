@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from truecost.cli.audit import audit, export, reconcile_cmd, whatif
 from truecost.cli.bench import bench
 from truecost.cli.local_model import local_model
 from truecost.cli.prices import prices
@@ -25,6 +26,10 @@ cli.add_command(report)
 cli.add_command(bench)
 cli.add_command(router)
 cli.add_command(local_model)
+cli.add_command(audit)
+cli.add_command(whatif)
+cli.add_command(reconcile_cmd)
+cli.add_command(export)
 
 
 @cli.command("demo")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Sequence
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from truecost.ledger.events import CostEvent
@@ -55,3 +57,8 @@ def aggregate_table(rows: Sequence[AggregateRow], columns: Sequence[str], title:
 def row_json(r: AggregateRow, columns: Sequence[str]) -> dict:
     return {**dict(zip(columns, r.keys)), "cost_usd": str(r.cost), "avoided_usd": str(r.avoided_cost),
             "events": r.events, "requests": r.request_count, "unknown_price_events": r.unknown}
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)

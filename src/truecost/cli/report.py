@@ -18,7 +18,7 @@ from truecost.ledger.store import GROUP_FIELDS, LedgerFilter, LedgerStore, rollu
 DEFAULT_DB = ".truecost/ledger.db"
 
 
-def _when(value: str | None, option: str) -> datetime | None:
+def parse_time(value: str | None, option: str) -> datetime | None:
     if not value:
         return None
     try:
@@ -64,7 +64,7 @@ def report(db, request_id, group_by, since, until, as_json) -> None:
         raise click.ClickException(f"no ledger at {db}; run `truecost demo` or pass --db")
     store = open_store(db)
     try:
-        flt = LedgerFilter(since=_when(since, "--since"), until=_when(until, "--until"))
+        flt = LedgerFilter(since=parse_time(since, "--since"), until=parse_time(until, "--until"))
         groups = [["step"], ["cost_center"]] + [g.split(",") for g in group_by]
         for g in groups:
             bad = [x for x in g if x not in GROUP_FIELDS]
