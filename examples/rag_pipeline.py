@@ -26,7 +26,7 @@ from truecost.ledger.queries import summary
 from truecost.ledger.sqlite import SQLiteLedgerStore
 from truecost.pricing import PriceCatalog
 from truecost.tracking import Tracker
-from truecost.types import Attribution
+from truecost.types import Attribution, TokenUsage
 
 
 def main(n: int = 20) -> None:
@@ -39,7 +39,18 @@ def main(n: int = 20) -> None:
     source = find_banking77()
     rows = load_queries(source, n)
     intents = sorted({r["intent"] for r in load_queries(source, 10**9)})
-    pipeline = RagPipeline(tracker, MiniLMEmbedder(), intents, workdir, config)
+    embedder = MiniLMEmbedder()
+
+    def generate(system: str, question: str, req):
+        """Your model call goes here. This one writes a template answer (no model runs) and
+        prices the tokens it would have used at the generation model's list price."""
+        with req.step("generate", config.generation_model) as s:
+            answer = f"[template answer, no model] See the article in the context about: {question}"
+            n_in, n_out = embedder.count_tokens([system + "\n" + question, answer])
+            s.tokens(config.generation_model, TokenUsage(input=n_in, output=n_out))
+        return answer, {}
+
+    pipeline = RagPipeline(tracker, embedder, intents, workdir, generate, config)
     who = Attribution(cost_center="cx-support", team="support-bot", feature="rag-answer", environment="example")
     requests = [pipeline.answer(r["text"], who.merged(tenant=f"tenant-{i % 2}"))[0] for i, r in enumerate(rows)]
     pipeline.settle_capacity(len(rows))

@@ -66,18 +66,29 @@ def test_report_without_a_ledger_says_so(tmp_path):
     assert r.exit_code != 0 and "no ledger" in r.output
 
 
-def test_demo_runs_and_prices_every_step(tmp_path):
+def test_demo_without_local_model_runs_both_passes_and_labels_the_replay(tmp_path):
     db = tmp_path / "demo.db"
-    r = run("demo", "--queries", "12", "--db", str(db), "--json")
-    data = json.loads(r.output)
-    assert data["queries"] == 12 and data["unknown_price_events"] == 0
-    assert set(data["by_step_usd"]) == {"sanitize", "embed", "vector_search", "context_assembly", "generate",
-                                        "validate", "log_storage", "egress", "reserved_capacity"}
-    assert 0 < data["generation_share"] < 1
+    r = CliRunner().invoke(cli, ["demo", "--queries", "24", "--db", str(db), "--no-local-model", "--json"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output[r.output.index("{"):])
+    assert "REPLAY" in data["upstream"] and data["queries"] == 24
+    off, on = data["off"], data["on"]
+    assert off["requests"] == on["requests"] == 24 and off["errors"] == on["errors"] == 0
+    assert off["cache_hits"] == 0 and off["served_by"] == {"gpt-6.2-sol": 24}  # cache and router off
+    assert sum(on["served_by"].values()) == 24 - on["cache_hits"] + on["cache_hits"]
+    assert "SmolLM2-135M-Instruct" in on["served_by"]  # the router sent short questions to the small model
+    steps = set(off["by_step_per_request_usd"])
+    assert {"sanitize", "embed", "vector_search", "context_assembly", "generate", "validate", "log_storage",
+            "egress", "reserved_capacity"} <= steps
+    assert off["unknown_events"] == 0 and on["unknown_events"] == 0
+    assert Decimal(on["cost_per_request_usd"]) < Decimal(off["cost_per_request_usd"])
     store = SQLiteLedgerStore(db)
-    assert sum(Decimal(v) for v in data["by_step_usd"].values()) == Decimal(data["total_usd"])
-    assert store.aggregate([])[0].request_count == 12
+    by_feature = {r.keys[0]: r for r in store.aggregate(["feature"])}
+    assert by_feature["support-bot/baseline"].request_count == 24
+    assert by_feature["support-bot/baseline"].cost == Decimal(off["total_usd"])
     store.close()
+    assert Path(data["report"]).exists()
 
 
 def test_the_example_runs():

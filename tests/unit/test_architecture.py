@@ -15,7 +15,7 @@ ALLOWED = {
     "cache": set(),
     "routing": set(),
     "upstream": set(),
-    "gateway": {"pricing", "ledger", "tracking", "cache", "routing", "upstream"},
+    "gateway": {"pricing", "ledger", "tracking", "cache", "routing", "upstream", "audit", "dashboard"},
     "audit": {"ledger", "pricing", "cache", "routing"},
     "dashboard": {"audit"},
     "demo": {"pricing", "ledger", "tracking", "cache", "routing", "upstream", "gateway", "audit"},

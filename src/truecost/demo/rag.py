@@ -7,9 +7,9 @@ disk, and the response's trip between two regions. Each step is priced from the 
 
 * embedding, PII scrub, context assembly: local CPU time on the configured instance;
 * vector search: Pinecone serverless read units (what the managed service would bill);
-* generation and validation: token usage at the configured models' list prices. Until the
-  gateway brings a local LLM, generation is an in-process extractive responder that
-  writes real text; its token counts come from a real tokenizer (MiniLM's WordPiece);
+* generation: a real call through the truecost gateway (cache, router, pricing), which
+  records its own steps under the same request id (``x-request-id``);
+* validation: the tokens a validation call would use, at the validation model's price;
 * audit log: bytes x S3 price x retention x replicas, plus CloudWatch ingest;
 * egress: bytes x the inter-region price; reserved capacity: warm instances at 3x load.
 """
@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -75,20 +75,8 @@ class PipelineConfig:
                           "and never repeat personal data.")
 
 
-class ExtractiveResponder:
-    """An in-process stand-in for an LLM: composes a real answer from the retrieved article."""
-
-    name = "in-process extractive responder"
-
-    def __init__(self, count_tokens) -> None:
-        self.count_tokens = count_tokens
-
-    def complete(self, prompt: str, article: str, question: str) -> tuple[str, TokenUsage]:
-        title = article.split(".", 1)[0]
-        answer = (f"Thanks for reaching out about \"{question.strip()}\". Our article \"{title}\" explains it: "
-                  f"{article.split('.', 1)[1].strip()} If this does not help, reply here and an agent will follow up.")
-        prompt_tokens, answer_tokens = self.count_tokens([prompt, answer])
-        return answer, TokenUsage(input=prompt_tokens, output=answer_tokens)
+# generate(system, question, request) -> (answer, response headers); the gateway prices the call
+GenerateFn = Callable[[str, str, RequestScope], tuple[str, dict]]
 
 
 @dataclass
@@ -97,12 +85,12 @@ class RagPipeline:
     embedder: Embedder
     intents: list[str]
     workdir: Path
+    generate: GenerateFn
     config: PipelineConfig = field(default_factory=PipelineConfig)
 
     def __post_init__(self) -> None:
         self.articles = [article_for(i) for i in self.intents]
         self.kb = self.embedder.embed_batch(self.articles)
-        self.llm = ExtractiveResponder(self.embedder.count_tokens)
         self.audit_path = self.workdir / "audit.jsonl"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pool = CapacityPool(self.tracker, self.config.capacity_resource, self.config.capacity_instances,
@@ -122,13 +110,13 @@ class RagPipeline:
                 top = np.argsort(-(self.kb @ vec))[:cfg.top_k]
                 s.quantity(cfg.vector_db, "read_unit", cfg.read_units_per_query)
             with req.step("context_assembly") as s:
-                context = "\n".join(self.articles[i] for i in top)
-                prompt = f"{cfg.system_prompt}\n\nArticles:\n{context}\n\nCustomer: {clean}\nAnswer:"
-            with req.step("generate", cfg.generation_model) as s:
-                answer, usage = self.llm.complete(prompt, self.articles[top[0]], clean)
-                s.tokens(cfg.generation_model, usage)
-                s.annotate(responder=self.llm.name)
-            self.pool.use(req, usage.output / cfg.generation_tokens_per_second)
+                article = self.articles[top[0]]
+                system = f"{cfg.system_prompt}\n\nArticle: {article}"
+                prompt = f"{system}\n{clean}"
+            t0 = time.perf_counter()
+            answer, headers = self.generate(system, clean, req)  # priced by the gateway, same request id
+            if headers.get("x-truecost-cache") != "hit":
+                self.pool.use(req, time.perf_counter() - t0)  # the local model's warm capacity was busy
             with req.step("validate", cfg.validation_model) as s:
                 check = f"Does this answer leak personal data or contradict the article? Answer yes/no.\n{answer}"
                 ok = scrub(answer)[1] == 0
@@ -136,7 +124,7 @@ class RagPipeline:
                 s.tokens(cfg.validation_model, TokenUsage(input=n_in, output=1))
                 s.annotate(passed=ok)
             with req.step("log_storage", "audit log") as s:
-                line = json.dumps({"request_id": req.id, "question": clean, "context": context, "answer": answer,
+                line = json.dumps({"request_id": req.id, "question": clean, "context": article, "answer": answer,
                                    "attribution": attribution.as_dict(), "ts": time.time()}) + "\n"
                 with open(self.audit_path, "a", encoding="utf-8") as fh:
                     fh.write(line)
@@ -144,7 +132,7 @@ class RagPipeline:
                               replicas=cfg.log_replicas, ingest=cfg.log_ingest)
             with req.step("egress", "model region -> app region") as s:
                 s.egress(len(prompt.encode()) + len(answer.encode()), cfg.model_region, cfg.app_region)
-        return req, answer, self.intents[top[0]]
+        return req, answer, self.intents[top[0]], headers
 
     def settle_capacity(self, n_requests: int):
         """Charge warm capacity for the traffic window these requests represent."""

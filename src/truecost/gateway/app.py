@@ -159,6 +159,11 @@ def build(config: GatewayConfig):
         store.close()
 
     app = create_app(config, pipeline, on_shutdown=[close_all])
+    from truecost.audit.overview import Budget
+    from truecost.dashboard.app import create_dashboard
+
+    budgets = [Budget(b.field, b.value, b.period, b.limit_usd) for b in config.budgets]
+    app.mount("/ui", create_dashboard(store, budgets, title="truecost gateway"))
     app.state.pipeline, app.state.store, app.state.writer = pipeline, store, writer
     return app
 

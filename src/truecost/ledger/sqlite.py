@@ -42,7 +42,35 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX ix_cost_events_request ON cost_events(request_id);
         CREATE INDEX ix_cost_events_ts ON cost_events(ts_us);
     """),
+    # Hourly pre-aggregates, updated by append() in the inserting transaction (a batch is
+    # all or nothing, so its rollup is exact): dashboards and reports over large ledgers read
+    # these instead of scanning every event. NULL keys are stored as '' (a primary key cannot
+    # hold NULL) and read back as NULL.
+    ("003_hourly_rollup", """
+        CREATE TABLE rollup_hourly (
+            hour INTEGER NOT NULL, cost_center TEXT NOT NULL, feature TEXT NOT NULL, tenant TEXT NOT NULL,
+            step TEXT NOT NULL, service TEXT NOT NULL, outcome TEXT NOT NULL,
+            cost_e10 INTEGER NOT NULL DEFAULT 0, avoided_e10 INTEGER NOT NULL DEFAULT 0,
+            events INTEGER NOT NULL DEFAULT 0, unknown INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (hour, cost_center, feature, tenant, step, service, outcome)
+        ) WITHOUT ROWID;
+        INSERT INTO rollup_hourly SELECT ts_us / 3600000000, IFNULL(cost_center, ''), IFNULL(feature, ''),
+            IFNULL(tenant, ''), step, IFNULL(service, ''), outcome, IFNULL(SUM(cost_e10), 0),
+            IFNULL(SUM(avoided_e10), 0), COUNT(*), SUM(cost_e10 IS NULL)
+            FROM cost_events GROUP BY 1, 2, 3, 4, 5, 6, 7;
+        CREATE INDEX ix_cost_events_request_cost ON cost_events(request_id, cost_e10);
+    """),
 ]
+ROLLUP_KEYS = frozenset({"cost_center", "feature", "tenant", "step", "service", "outcome", "hour", "day", "month"})
+_ROLLUP_BUCKETS = {
+    "hour": "strftime('%Y-%m-%dT%H:00', hour * 3600, 'unixepoch')",
+    "day": "strftime('%Y-%m-%d', hour * 3600, 'unixepoch')",
+    "month": "strftime('%Y-%m', hour * 3600, 'unixepoch')",
+}
+HOUR_US = 3_600_000_000
+_UPSERT_ROLLUP = """INSERT INTO rollup_hourly VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT DO UPDATE SET cost_e10 = cost_e10 + excluded.cost_e10, avoided_e10 = avoided_e10 + excluded.avoided_e10,
+    events = events + excluded.events, unknown = unknown + excluded.unknown"""
 
 _BUCKETS = {
     "hour": "strftime('%Y-%m-%dT%H:00', ts_us / 1000000, 'unixepoch')",
@@ -53,6 +81,20 @@ _BUCKETS = {
 
 def _e10(amount: Decimal | None) -> int | None:
     return None if amount is None else int((amount * SCALE).to_integral_value(ROUND_HALF_EVEN))
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements; a trigger body's inner ';' does not end its statement."""
+    out, buf = [], ""
+    for piece in script.split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n;"):
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip(" \n;"):
+        out.append(buf.strip())
+    return out
 
 
 def _us(ts: datetime) -> int:
@@ -111,6 +153,15 @@ def _where(f: LedgerFilter) -> tuple[str, list]:
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
+def _rollup_answers(group_by: Sequence[str], f: LedgerFilter, count_requests: bool) -> bool:
+    """Can the hourly rollup answer this exactly? (No request counts, hour-aligned bounds, rolled-up keys.)"""
+    if count_requests or f.request_id is not None or not set(group_by) <= ROLLUP_KEYS:
+        return False
+    if any(name not in ("cost_center", "feature", "tenant") for name, _ in f.attribution):
+        return False
+    return all(t is None or _us(t) % HOUR_US == 0 for t in (f.since, f.until))
+
+
 class SQLiteLedgerStore:
     """The embedded default store. Safe to share between threads; readers in other processes see WAL commits."""
 
@@ -138,7 +189,7 @@ class SQLiteLedgerStore:
                 continue
             c.execute("BEGIN IMMEDIATE")
             try:
-                for stmt in filter(str.strip, sql.split(";")):
+                for stmt in _statements(sql):
                     c.execute(stmt)
                 c.execute("INSERT INTO _migrations VALUES (?, ?)", (name, datetime.now(timezone.utc).isoformat()))
                 c.execute("COMMIT")
@@ -153,10 +204,21 @@ class SQLiteLedgerStore:
         if not events:
             return
         rows = [_row(e) for e in events]
+        rollup: dict[tuple, list[int]] = {}
+        for r in rows:  # column positions as in _COLUMNS
+            key = (r[2] // HOUR_US, r[13] or "", r[15] or "", r[16] or "", r[3], r[5] or "", r[25])
+            acc = rollup.get(key)
+            if acc is None:
+                acc = rollup[key] = [0, 0, 0, 0]
+            acc[0] += r[11] or 0
+            acc[1] += r[27] or 0
+            acc[2] += 1
+            acc[3] += r[11] is None
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.executemany(self._insert, rows)
+                self._conn.executemany(_UPSERT_ROLLUP, [(*k, *v) for k, v in rollup.items()])
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._conn.in_transaction:
@@ -176,6 +238,8 @@ class SQLiteLedgerStore:
     def aggregate(self, group_by: Sequence[str], filter: LedgerFilter = LedgerFilter(),
                   count_requests: bool = True) -> list[AggregateRow]:
         check_group_by(group_by)
+        if _rollup_answers(group_by, filter, count_requests):
+            return self._aggregate_rollup(group_by, filter)
         cols = [_BUCKETS.get(g, "user_id" if g == "user" else g) for g in group_by]
         where, params = _where(filter)
         requests = "COUNT(DISTINCT request_id)" if count_requests else "NULL"
@@ -195,6 +259,43 @@ class SQLiteLedgerStore:
                                request_count=r[n + 4])
             out.append(row)
         return sorted(out, key=lambda x: -x.cost)
+
+    def _aggregate_rollup(self, group_by: Sequence[str], f: LedgerFilter) -> list[AggregateRow]:
+        cols = [_ROLLUP_BUCKETS.get(g, f"NULLIF({g}, '')") for g in group_by]
+        clauses, params = [], []
+        if f.since is not None:
+            clauses.append("hour >= ?"); params.append(_us(f.since) // HOUR_US)
+        if f.until is not None:
+            clauses.append("hour < ?"); params.append(_us(f.until) // HOUR_US)
+        if f.steps:
+            clauses.append(f"step IN ({','.join('?' * len(f.steps))})"); params.extend(f.steps)
+        for column, value in (("service", f.service), ("outcome", f.outcome), *f.attribution):
+            if value is not None:
+                clauses.append(f"{column} = ?"); params.append(value)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        select = ", ".join(cols + ["SUM(cost_e10)", "SUM(avoided_e10)", "SUM(events)", "SUM(unknown)"])
+        sql = f"SELECT {select} FROM rollup_hourly{where}"
+        if cols:
+            sql += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(cols)))
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        n = len(cols)
+        out = [AggregateRow(keys=tuple(r[:n]), cost=Decimal(r[n] or 0) / SCALE, avoided_cost=Decimal(r[n + 1] or 0) / SCALE,
+                            events=r[n + 2], unknown=r[n + 3], request_count=None) for r in rows if r[n + 2]]
+        return sorted(out, key=lambda x: -x.cost)
+
+    def request_stats(self, filter: LedgerFilter = LedgerFilter(), top: int = 10) -> tuple[list[AggregateRow], int]:
+        """The ``top`` most expensive requests and the number of requests with an unknown price."""
+        where, params = _where(filter)
+        extra = " AND " if where else " WHERE "
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT request_id, SUM(cost_e10) s, SUM(avoided_e10), COUNT(*), SUM(cost_e10 IS NULL) FROM cost_events"
+                f"{where}{extra}request_id IS NOT NULL GROUP BY request_id ORDER BY s DESC LIMIT {int(top)}", params).fetchall()
+            unknown = self._conn.execute(f"SELECT COUNT(DISTINCT request_id) FROM cost_events{where}{extra}cost_e10 IS NULL",
+                                         params).fetchone()[0]
+        return [AggregateRow(keys=(r[0],), cost=Decimal(r[1] or 0) / SCALE, avoided_cost=Decimal(r[2] or 0) / SCALE,
+                             events=r[3], unknown=r[4], request_count=1) for r in rows], unknown
 
     def count(self) -> int:
         with self._lock:

@@ -1,0 +1,138 @@
+"""The numbers behind the dashboard: one scan of the ledger, rolled up in memory.
+
+``overview`` answers the overview page with two aggregate queries (one grouped by
+bucket x cost center x feature x step x service x outcome, one for the distinct request
+count) and a third for the most expensive requests, so it stays fast on large ledgers.
+``request_detail`` is one request's waterfall.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Sequence
+
+from truecost.ledger.events import GENERATION_STEPS
+from truecost.ledger.store import AggregateRow, LedgerFilter, LedgerStore
+
+ZERO = Decimal(0)
+FILTER_FIELDS = ("cost_center", "feature", "tenant")
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    field: str
+    value: str
+    period: str  # day | month
+    limit_usd: Decimal
+
+
+def make_filter(since: datetime | None = None, until: datetime | None = None, model: str | None = None,
+                **attribution: str | None) -> LedgerFilter:
+    pairs = tuple((k, v) for k, v in attribution.items() if v and k in FILTER_FIELDS)
+    return LedgerFilter(since=since, until=until, service=model or None, attribution=pairs)
+
+
+def _bucket(flt: LedgerFilter, store: LedgerStore) -> str:
+    rows = store.aggregate(["day"], flt, count_requests=False)
+    return "hour" if len(rows) <= 3 else "day"
+
+
+def _sum(rows: Sequence[AggregateRow], pred) -> Decimal:
+    return sum((r.cost for r in rows if pred(r)), ZERO)
+
+
+def period_start(period: str, now: datetime) -> datetime:
+    day = now.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day if period == "day" else day.replace(day=1)
+
+
+def request_stats(store: LedgerStore, flt: LedgerFilter, top: int) -> tuple[list[AggregateRow], int]:
+    """Most expensive requests and how many requests have an unknown price (a store may answer it natively)."""
+    native = getattr(store, "request_stats", None)
+    if native is not None:
+        return native(flt, top)
+    per_request = [r for r in store.aggregate(["request_id"], flt, count_requests=False) if r.keys[0] is not None]
+    return sorted(per_request, key=lambda r: -r.cost)[:top], sum(1 for r in per_request if r.unknown)
+
+
+def overview(store: LedgerStore, flt: LedgerFilter = LedgerFilter(), budgets: Sequence[Budget] = (),
+             now: datetime | None = None, top: int = 10) -> dict[str, Any]:
+    bucket = _bucket(flt, store)
+    keys = [bucket, "cost_center", "feature", "step", "service", "outcome"]
+    rows = store.aggregate(keys, flt, count_requests=False)
+    head = store.aggregate([], flt)
+    h = head[0] if head else AggregateRow(keys=(), request_count=0)
+    total = h.cost
+
+    def by(i: int) -> list[dict]:
+        acc: dict[Any, Decimal] = {}
+        for r in rows:
+            acc[r.keys[i]] = acc.get(r.keys[i], ZERO) + r.cost
+        return [{"key": k if k is not None else "-", "cost_usd": v} for k, v in sorted(acc.items(), key=lambda kv: -kv[1])]
+
+    series: dict[str, dict[str, Decimal]] = {}
+    for r in rows:
+        series.setdefault(r.keys[1] or "-", {})
+        series[r.keys[1] or "-"][r.keys[0]] = series[r.keys[1] or "-"].get(r.keys[0], ZERO) + r.cost
+    buckets = sorted({r.keys[0] for r in rows})
+    lookups = [r for r in rows if r.keys[3] == "cache_lookup"]
+    n_lookups = sum(r.events for r in lookups)
+    n_hits = sum(r.events for r in lookups if r.keys[5] == "cache_hit")
+    cache_avoided = sum((r.avoided_cost for r in lookups), ZERO)
+    lookup_cost = _sum(lookups, lambda r: True)
+    gens = [r for r in rows if r.keys[3] in GENERATION_STEPS]
+    mix: dict[str, int] = {}
+    for r in gens:
+        mix[r.keys[4] or "-"] = mix.get(r.keys[4] or "-", 0) + r.events
+    route_avoided = sum((r.avoided_cost for r in gens if r.keys[5] == "routed"), ZERO)
+    expensive, unknown_requests = request_stats(store, flt, top)
+    now = now or datetime.now(timezone.utc)
+    budget_rows = []
+    for b in budgets:
+        spent = _sum(store.aggregate([], LedgerFilter(since=period_start(b.period, now), attribution=((b.field, b.value),)),
+                                     count_requests=False), lambda r: True)
+        budget_rows.append({"budget": f"{b.field}={b.value}", "period": b.period, "limit_usd": b.limit_usd,
+                            "spent_usd": spent, "used": float(spent / b.limit_usd) if b.limit_usd else None})
+    gen_cost = _sum(gens, lambda r: True)
+    return {
+        "total_usd": total, "requests": h.request_count, "events": h.events, "unknown_events": h.unknown,
+        "unknown_requests": unknown_requests, "cost_per_request_usd": total / h.request_count if h.request_count else None,
+        "generation_share": float(gen_cost / total) if total else None, "bucket": bucket,
+        "spend_over_time": {"buckets": buckets, "series": {k: [v.get(b, ZERO) for b in buckets] for k, v in series.items()}},
+        "by_cost_center": by(1), "by_feature": by(2), "by_step": by(3),
+        "cache": {"lookups": n_lookups, "hits": n_hits, "hit_rate": n_hits / n_lookups if n_lookups else None,
+                  "avoided_usd": cache_avoided, "lookup_cost_usd": lookup_cost, "net_savings_usd": cache_avoided - lookup_cost},
+        "routing": {"mix": dict(sorted(mix.items(), key=lambda kv: -kv[1])), "avoided_usd": route_avoided},
+        "budgets": budget_rows,
+        "expensive_requests": [{"request_id": r.keys[0], "cost_usd": r.cost, "events": r.events} for r in expensive],
+    }
+
+
+def request_detail(store: LedgerStore, request_id: str) -> dict[str, Any] | None:
+    events = sorted(store.query(LedgerFilter(request_id=request_id)), key=lambda e: e.ts)
+    if not events:
+        return None
+    total = sum((e.cost for e in events if e.cost is not None), ZERO)
+    steps = []
+    for e in events:
+        d = e.details
+        steps.append({"step": e.step, "name": e.name, "service": e.service, "provider": e.provider,
+                      "quantity": e.quantity, "unit": e.unit, "unit_price": e.unit_price, "cost_usd": e.cost,
+                      "latency_ms": e.latency_ms, "outcome": e.outcome, "avoided_usd": e.avoided_cost,
+                      "unknown_reason": d.get("unknown_reason"), "cache": d.get("cache"), "similarity": d.get("similarity"),
+                      "route_reason": d.get("route_reason"), "tokens": d.get("tokens")})
+    served = next((s["service"] for s in steps if s["step"] in GENERATION_STEPS), None)
+    cache = next((s for s in steps if s["step"] == "cache_lookup"), None)
+    route = next((s["route_reason"] for s in steps if s["route_reason"]), None)
+    return {"request_id": request_id, "ts": events[0].ts.isoformat(), "attribution": events[0].attribution.as_dict(),
+            "total_usd": total, "unknown": sum(1 for e in events if e.cost is None), "steps": steps,
+            "served_by": served or (cache["service"] if cache and cache["outcome"] == "cache_hit" else None),
+            "cache": None if cache is None else {"status": cache["cache"], "outcome": cache["outcome"],
+                                                 "similarity": cache["similarity"], "avoided_usd": cache["avoided_usd"]},
+            "route": route, "latency_ms": sum(e.latency_ms or 0 for e in events)}
+
+
+def window(days: int | None, now: datetime | None = None) -> datetime | None:
+    return None if not days else (now or datetime.now(timezone.utc)) - timedelta(days=days)
