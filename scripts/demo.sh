@@ -1,7 +1,18 @@
 #!/usr/bin/env bash
-# The main job: set up, then run `truecost demo` on embedded defaults.
+# The main job: set up, then run `truecost demo` on embedded defaults (SQLite ledger, in-process
+# index, local models). The first run compiles llama.cpp for the local model (about 6-8 minutes
+# on 2 cores, once); `scripts/demo.sh --no-local-model` skips it and uses the labelled replay upstream.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh embed
+EXTRAS="embed,gateway,local"
+for arg in "$@"; do
+  if [ "$arg" = "--no-local-model" ]; then EXTRAS="embed,gateway"; fi
+done
+if [[ "$EXTRAS" == *local* ]] && ! .venv/bin/python -c "import llama_cpp" >/dev/null 2>&1; then
+  echo "== setting up: compiling llama.cpp for the local model (about 6-8 minutes on 2 cores, first run only)"
+else
+  echo "== setting up (.venv, extras: $EXTRAS)"
+fi
+bash scripts/setup.sh "$EXTRAS"
 export HF_HUB_OFFLINE=1
 exec .venv/bin/truecost demo "$@"

@@ -103,3 +103,55 @@ def test_report_rejects_a_bad_date_clearly(tmp_path):
     SQLiteLedgerStore(db).close()
     r = CliRunner().invoke(cli, ["report", "--db", str(db), "--since", "yesterday"])
     assert r.exit_code == 2 and "--since" in r.output and "ISO date" in r.output
+
+
+def test_audit_commands_turn_bad_input_into_clear_errors(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    r = CliRunner().invoke(cli, ["audit", "cache", str(empty), "--out", str(tmp_path)])
+    assert r.exit_code == 1 and "no queries found" in r.output and "Traceback" not in r.output
+    csv_file = tmp_path / "q.csv"
+    csv_file.write_text("question\nhello\n")
+    r = CliRunner().invoke(cli, ["audit", "cache", str(csv_file), "--out", str(tmp_path)])
+    assert r.exit_code == 1 and "no column 'text'" in r.output
+    r = CliRunner().invoke(cli, ["audit", "cache", str(csv_file), "--threshold", "1.5"])
+    assert r.exit_code == 2 and "--threshold" in r.output
+    bill = tmp_path / "bill.csv"
+    bill.write_text("Cost,Service\n1,x\n")
+    db = tmp_path / "l.db"
+    SQLiteLedgerStore(db).close()
+    r = CliRunner().invoke(cli, ["reconcile", str(bill), "--db", str(db)])
+    assert r.exit_code == 1 and "missing column(s) ChargePeriodStart" in r.output
+    r = CliRunner().invoke(cli, ["audit", "costs", str(db), "--out", str(tmp_path)])
+    assert r.exit_code == 1 and "no cost events" in r.output
+
+
+def test_audit_cache_reads_queries_from_a_ledger(tmp_path):
+    db = tmp_path / "l.db"
+    store = SQLiteLedgerStore(db)
+    t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    store.append([CostEvent(id=f"e{i}", request_id=f"r{i}", ts=t0, step="sanitize", cost=Decimal(0),
+                            details={"query": q}) for i, q in enumerate(["refund please", "refund please", "hi"])])
+    store.close()
+    r = CliRunner().invoke(cli, ["audit", "cache", str(db), "--out", str(tmp_path), "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output[r.output.index("{"):])
+    assert data["queries"] == 3 and data["thresholds"][0]["hit_rate"] == 1 / 3  # the exact repeat
+
+
+def test_export_focus_writes_every_cost(tmp_path):
+    db = tmp_path / "l.db"
+    store = SQLiteLedgerStore(db)
+    t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    store.append([CostEvent(id=f"e{i}", request_id="r", ts=t0, step="egress", service="aws/inter_region",
+                            quantity=Decimal("0.5"), unit="GB", cost=Decimal("0.01"),
+                            attribution=Attribution(cost_center="cc")) for i in range(3)])
+    store.close()
+    out = tmp_path / "focus.csv"
+    r = CliRunner().invoke(cli, ["export", "focus", "--db", str(db), "--out", str(out)], catch_exceptions=False)
+    assert r.exit_code == 0 and "wrote 1 FOCUS rows" in r.output
+    import csv
+
+    rows = list(csv.DictReader(open(out)))
+    assert rows[0]["BilledCost"] == "0.03" and rows[0]["ConsumedQuantity"] == "1.5"
+    assert json.loads(rows[0]["Tags"]) == {"cost_center": "cc"}

@@ -139,18 +139,22 @@ def _from_csv(p: Path, text_field: str, label_field: str | None, id_field: str, 
 
 
 def _from_ledger(p: Path, stats: ReadStats) -> Iterator[QueryRow]:
-    """Prompts recorded in a ledger's generation events (``details['prompt']``, when capture was enabled)."""
+    """Queries recorded in a ledger: a step's ``details['query']`` (the PII-scrubbed question, when the
+    application records it, as the demo's sanitize step does) or ``details['prompt']``."""
     import sqlite3
 
     con = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
     try:
-        cur = con.execute("select request_id, details from cost_events where step = 'generate'")
+        cur = con.execute("SELECT request_id, details FROM cost_events WHERE details LIKE '%\"query\"%' "
+                          "OR details LIKE '%\"prompt\"%' ORDER BY ts_us")
     except sqlite3.DatabaseError as exc:
         raise AuditInputError(f"{p}: not a truecost ledger ({exc})") from None
+    seen: set[str] = set()
     for request_id, details in cur:
-        prompt = (json.loads(details or "{}") or {}).get("prompt")
-        if prompt is None:
-            stats.skipped["no_prompt_recorded"] += 1
+        d = json.loads(details or "{}") or {}
+        text = d.get("query") or d.get("prompt")
+        if not isinstance(text, str) or request_id in seen:
             continue
-        yield QueryRow(str(request_id), str(prompt))
+        seen.add(request_id)
+        yield QueryRow(str(request_id), text)
     con.close()

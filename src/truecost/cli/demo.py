@@ -19,19 +19,20 @@ from truecost.tracking import Tracker
 
 
 def run_demo(queries: int, data: str | None, db: str, as_json: bool, local_model: bool = True,
-             serve: bool = False, port: int = 8765, report_dir: str = ".truecost/reports") -> dict:
+             serve: bool = False, port: int = 8765, report_dir: str = ".truecost/reports", seed: int = 0) -> dict:
     import httpx
 
     from truecost.audit.costs import run_cost_audit, write_costs_report
     from truecost.cache.embedders import MiniLMEmbedder
     from truecost.demo.live import BASELINE, OPTIMISED, PassStats, make_generate, replay_pass, start_stack
-    from truecost.demo.rag import PipelineConfig, RagPipeline, find_banking77, load_queries
+    from truecost.demo.rag import PipelineConfig, RagPipeline, customer_stream, find_banking77, load_queries
 
     console = Console(stderr=as_json, width=None if Console().is_terminal else 130)
     started = time.perf_counter()
     source = Path(data) if data else find_banking77()
-    rows = load_queries(source, queries)
-    intents = sorted({r["intent"] for r in load_queries(source, 10**9)})
+    everything = load_queries(source, 10**9)
+    rows = customer_stream(everything, queries, seed)
+    intents = sorted({r["intent"] for r in everything})
     db_path = Path(db)
     db_path.parent.mkdir(parents=True, exist_ok=True)
     for stale in (db_path, db_path.with_suffix(".spool.jsonl")):

@@ -102,7 +102,7 @@ class RagPipeline:
         with self.tracker.request(attribution=attribution) as req:
             with req.step("sanitize", "regex PII scrub") as s:
                 clean, found = scrub(question)
-                s.annotate(pii_found=found)
+                s.annotate(pii_found=found, query=clean)  # scrubbed: what `truecost audit cache LEDGER` reads
             with req.step("embed", "all-MiniLM-L6-v2 (local)") as s:
                 vec = self.embedder.embed_batch([clean])[0]
                 s.annotate(tokens=self.embedder.count_tokens([clean])[0])
@@ -161,6 +161,22 @@ def load_queries(path: Path | None, limit: int) -> list[dict]:
         if len(rows) >= limit:
             break
     return rows
+
+
+def customer_stream(rows: list[dict], n: int, seed: int = 0, zipf: float = 1.0) -> list[dict]:
+    """A day of support traffic: intents are heavy-tailed (a few questions dominate, Zipf with
+    exponent ``zipf`` over a seeded order of the intents), each query a random real utterance of
+    its intent. Seeded, so a run is repeatable."""
+    import random
+
+    rnd = random.Random(seed)
+    by_intent: dict[str, list[dict]] = {}
+    for r in rows:
+        by_intent.setdefault(r["intent"], []).append(r)
+    intents = sorted(by_intent)
+    rnd.shuffle(intents)
+    weights = [1.0 / (rank + 1) ** zipf for rank in range(len(intents))]
+    return [rnd.choice(by_intent[i]) for i in rnd.choices(intents, weights=weights, k=n)]
 
 
 def find_banking77() -> Path | None:

@@ -174,12 +174,14 @@ def _build_cache(config: GatewayConfig):
         return None
     from truecost.cache.embedders import make_embedder
     from truecost.cache.entries import MemoryEntryStore
-    from truecost.cache.equivalence import NormalisedMatch
+    from truecost.cache.equivalence import EmbeddingMatch, NormalisedMatch
     from truecost.cache.index import ExactIndex, HNSWIndex
     from truecost.cache.policy import make_policy
     from truecost.cache.semantic import CacheLimits, SemanticCache
 
     embedder = make_embedder(c.embedder)
     index = HNSWIndex(embedder.dims) if c.index == "hnsw" else ExactIndex(embedder.dims)
+    kind, _, arg = c.equivalence.partition(":")
+    same = EmbeddingMatch(embedder, float(arg) if arg else 0.92) if kind == "embedding" else NormalisedMatch()
     return SemanticCache(embedder, index, MemoryEntryStore(), make_policy(c.policy, c.target_error, 0),
-                         NormalisedMatch(), CacheLimits(max_entries=c.max_entries, ttl_seconds=c.ttl_seconds))
+                         same, CacheLimits(max_entries=c.max_entries, ttl_seconds=c.ttl_seconds))

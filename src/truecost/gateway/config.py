@@ -83,6 +83,9 @@ class CacheConfig:
     ttl_seconds: float | None = None
     max_entries: int | None = 100_000
     index: str = "exact"  # exact | hnsw
+    # how the online policy checks a fresh answer against its neighbour's: normalised (exact text after
+    # normalising) | embedding[:cosine] (the cache's embedder on both answers; default cosine 0.92)
+    equivalence: str = "normalised"
 
 
 @dataclass
@@ -193,6 +196,13 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
     cache = CacheConfig(**c)
     if cache.embedder not in ("static", "minilm") or cache.index not in ("exact", "hnsw"):
         raise ConfigError(f"{source}: cache.embedder must be static or minilm, cache.index exact or hnsw")
+    kind, _, arg = cache.equivalence.partition(":")
+    try:
+        ok = kind == "normalised" and not arg or kind == "embedding" and (not arg or 0 < float(arg) < 1)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{source}: cache.equivalence must be normalised or embedding[:cosine], got {cache.equivalence!r}")
     return GatewayConfig(ups, models, keys, budgets, str(doc.get("ledger", ".truecost/gateway.db")),
                          doc.get("compute"), int(doc.get("max_body_bytes", 1_000_000)), list(doc.get("prices_files") or []),
                          cache, routes, bool(doc.get("otel", False)))
