@@ -17,7 +17,8 @@ from truecost.ledger.sqlite import SQLiteLedgerStore
 from truecost.types import Attribution
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
+SAMPLE = ROOT / "src" / "truecost" / "demo" / "banking77_sample.jsonl"  # bundled: no ../shared needed
+FOCUS_BILL = ROOT / "tests" / "data" / "focus_per_token_ai_model_api.csv"
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +53,12 @@ def reports(tmp_path_factory):
     db = out / "ledger.db"
     _ledger(db)
     runs = [
-        ["audit", "cache", str(DATA / "banking77" / "banking77.jsonl"), "--label-field", "intent", "--limit", "1500",
-         "--threshold", "0.85", "--threshold", "0.9", "--embedder", "static"],
-        ["audit", "routing", str(DATA / "routellm" / "gsm8k.jsonl"), "--weak", "Mixtral-8x7B-Instruct-v0.1",
-         "--strong", "gpt-4-1106-preview", "-n", "200"],
+        ["audit", "cache", str(SAMPLE), "--label-field", "intent", "--threshold", "0.85", "--threshold", "0.9",
+         "--embedder", "static"],
+        ["audit", "routing", str(SAMPLE), "-n", "200", "--label-with", "rules"],
         ["audit", "costs", str(db)],
         ["whatif", str(ROOT / "examples" / "whatif_support_bot.yaml")],
-        ["reconcile", str(DATA / "focus_examples" / "per_token_ai_model_api.csv"), "--db", str(db)],
+        ["reconcile", str(FOCUS_BILL), "--db", str(db)],
     ]
     for args in runs:
         r = CliRunner().invoke(cli, args + ["--out", str(out)], catch_exceptions=False)

@@ -104,7 +104,37 @@ def tenant_keys() -> dict[str, str]:
     return {t: f"sk-demo-{t}" for t in TENANTS}
 
 
-def gateway_config(upstream_url: str, ledger: str, wire_model: str, cache_embedder: str = "minilm") -> dict[str, Any]:
+def split_rows(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(calibration rows, traffic rows): BANKING77's train and test splits, or halves of a file without splits."""
+    train = [r for r in rows if r.get("split") == "train"]
+    test = [r for r in rows if r.get("split") == "test"]
+    if train and test:
+        return train, test
+    half = len(rows) // 2
+    return rows[:half], rows[half:]
+
+
+def calibrate_threshold(rows: list[dict], embed, target_error: float = 0.01, limit: int = 2000, seed: int = 0):
+    """A fixed cosine threshold calibrated offline on labelled pairs, the way a team would before launch.
+
+    Pairs are what a cache meets: each calibration query with its most similar earlier query;
+    equivalent iff the intents match. Returns the policy (its name says how it was made).
+    """
+    import random
+
+    from truecost.audit.cache_feasibility import nearest_earlier
+    from truecost.audit.sources import QueryRow
+    from truecost.cache.policy import CalibratedThreshold
+
+    sample = random.Random(seed).sample(rows, min(limit, len(rows)))
+    queries = [QueryRow(str(i), r["text"], r["intent"]) for i, r in enumerate(sample)]
+    nb = nearest_earlier(queries, embed)
+    pairs = [(float(nb.sim[i]), queries[i].label == queries[nb.index[i]].label) for i in range(len(queries)) if nb.index[i] >= 0]
+    return CalibratedThreshold.from_pairs([p[0] for p in pairs], [p[1] for p in pairs], target_error)
+
+
+def gateway_config(upstream_url: str, ledger: str, wire_model: str, cache_embedder: str = "minilm",
+                   cache_policy: str = "online") -> dict[str, Any]:
     keys = tenant_keys()
     return {
         "ledger": ledger, "compute": "aws/c7i.xlarge",
@@ -121,7 +151,7 @@ def gateway_config(upstream_url: str, ledger: str, wire_model: str, cache_embedd
                  for t, k in keys.items()],
         "budgets": [{"cost_center": "cx-support", "period": "month", "limit_usd": 50, "hard": False}],
         # generated answers never repeat word for word: the online policy compares them by embedding
-        "cache": {"enabled": True, "embedder": cache_embedder, "policy": "online", "target_error": 0.01,
+        "cache": {"enabled": True, "embedder": cache_embedder, "policy": cache_policy, "target_error": 0.01,
                   "equivalence": "embedding:0.9"},
     }
 
@@ -152,7 +182,9 @@ def make_generate(client, alias: str, bypass_cache: bool, feature: str) -> Calla
         headers = {"authorization": f"Bearer {keys[tenant]}", "x-request-id": req.id, "x-truecost-feature": feature}
         if bypass_cache:
             headers["x-truecost-cache"] = "bypass"
-        body = {"model": alias, "temperature": 0, "max_tokens": 48,
+        # one paragraph: an answer that ends at its stop sequence is complete and may be cached;
+        # one cut at max_tokens is truncated and never is
+        body = {"model": alias, "temperature": 0, "max_tokens": 64, "stop": ["\n\n"],
                 "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}]}
         resp = client.post("/v1/chat/completions", json=body, headers=headers)
         if resp.status_code != 200:
@@ -191,7 +223,8 @@ def replay_pass(pipeline, rows: list[dict], stats: PassStats, answers_by_text: d
     stats.seconds = time.perf_counter() - t0
 
 
-def start_stack(stack: ExitStack, local_model: bool, db: Path, count_tokens, cache_embedder: str = "minilm"):
+def start_stack(stack: ExitStack, local_model: bool, db: Path, count_tokens, cache_embedder: str = "minilm",
+                cache_policy: str = "online"):
     """Upstream + gateway; returns (gateway ServerThread, upstream label)."""
     from truecost.gateway.app import build
     from truecost.upstream.llama_local import MODEL_ALIAS
@@ -204,6 +237,6 @@ def start_stack(stack: ExitStack, local_model: bool, db: Path, count_tokens, cac
         replay = stack.enter_context(ServerThread(create_replay_app(count_tokens)))
         upstream_url, wire = replay.url + "/v1", REPLAY_MODEL
         label = "REPLAY upstream (no model runs; --no-local-model): answers are templates, tokens counted"
-    config = parse_config(gateway_config(upstream_url, str(db), wire, cache_embedder), "demo gateway")
+    config = parse_config(gateway_config(upstream_url, str(db), wire, cache_embedder, cache_policy), "demo gateway")
     gateway = stack.enter_context(ServerThread(build(config)))
     return gateway, label, config

@@ -16,7 +16,7 @@ from truecost.pricing.catalog import PriceCatalog
 from truecost.types import Attribution
 
 ROOT = Path(__file__).resolve().parents[3]
-FOCUS = ROOT.parent / "shared" / "data" / "focus_examples"
+FOCUS_BILL = ROOT / "tests" / "data" / "focus_per_token_ai_model_api.csv"
 T0 = datetime(2025, 5, 10, tzinfo=timezone.utc)
 
 
@@ -170,7 +170,7 @@ def test_lines_of_split_add_up_exactly():
 
 
 def test_reconcile_against_the_focus_example():
-    bill = read_bill(FOCUS / "per_token_ai_model_api.csv")  # May 2025: 8.4M in ($42), 2.1M out ($52.50)
+    bill = read_bill(FOCUS_BILL)  # May 2025: 8.4M in ($42), 2.1M out ($52.50)
     store = MemoryLedgerStore()
     store.append([solora_event(f"r{i}", 840_000, 200_000, T0.replace(day=1 + i)) for i in range(10)])
     r = reconcile(bill, store)
