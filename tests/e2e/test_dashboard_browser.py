@@ -30,7 +30,7 @@ def ledger(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(ledger):
     store = SQLiteLedgerStore(ledger)
-    app = Starlette(routes=[Mount("/ui", create_dashboard(store, title="truecost test"))])
+    app = Starlette(routes=[Mount("/ui", create_dashboard(store, title="truecost test", cache_target_error=0.01))])
     with ServerThread(app) as s:
         yield s, store
     store.close()
@@ -63,6 +63,13 @@ def test_overview_shows_the_ledger_totals(browser, server):
         hit_rate = figs["cache_hit_rate"][0]
         assert hit_rate == "" or 0 <= float(hit_rate) <= 1
         assert page.page.locator("svg.chart").count() >= 4
+        lookups = sum(r.events for r in store.aggregate(["step"], LedgerFilter(steps=("cache_lookup",)), count_requests=False))
+        assert float(figs["cache_false_hit_bound"][0]) == pytest.approx(0.01 * lookups)
+        page.page.select_option("select[name=by]", "step")
+        page.page.click("button[type=submit]")
+        page.page.wait_for_load_state("load")
+        series = page.page.eval_on_selector_all("svg[data-chart=lines] polyline", "els => els.map(e => e.dataset.series)")
+        assert "generate" in series and "cx-support" not in series
     finally:
         page.close()
 

@@ -58,7 +58,8 @@ def request_stats(store: LedgerStore, flt: LedgerFilter, top: int) -> tuple[list
 
 
 def overview(store: LedgerStore, flt: LedgerFilter = LedgerFilter(), budgets: Sequence[Budget] = (),
-             now: datetime | None = None, top: int = 10) -> dict[str, Any]:
+             now: datetime | None = None, top: int = 10, series_by: str = "cost_center",
+             cache_target_error: float | None = None) -> dict[str, Any]:
     bucket = _bucket(flt, store)
     keys = [bucket, "cost_center", "feature", "step", "service", "outcome"]
     rows = store.aggregate(keys, flt, count_requests=False)
@@ -72,10 +73,12 @@ def overview(store: LedgerStore, flt: LedgerFilter = LedgerFilter(), budgets: Se
             acc[r.keys[i]] = acc.get(r.keys[i], ZERO) + r.cost
         return [{"key": k if k is not None else "-", "cost_usd": v} for k, v in sorted(acc.items(), key=lambda kv: -kv[1])]
 
+    col = {"cost_center": 1, "feature": 2, "step": 3, "model": 4}.get(series_by, 1)
     series: dict[str, dict[str, Decimal]] = {}
     for r in rows:
-        series.setdefault(r.keys[1] or "-", {})
-        series[r.keys[1] or "-"][r.keys[0]] = series[r.keys[1] or "-"].get(r.keys[0], ZERO) + r.cost
+        name = r.keys[col] or "-"
+        series.setdefault(name, {})
+        series[name][r.keys[0]] = series[name].get(r.keys[0], ZERO) + r.cost
     buckets = sorted({r.keys[0] for r in rows})
     lookups = [r for r in rows if r.keys[3] == "cache_lookup"]
     n_lookups = sum(r.events for r in lookups)
@@ -100,10 +103,13 @@ def overview(store: LedgerStore, flt: LedgerFilter = LedgerFilter(), budgets: Se
         "total_usd": total, "requests": h.request_count, "events": h.events, "unknown_events": h.unknown,
         "unknown_requests": unknown_requests, "cost_per_request_usd": total / h.request_count if h.request_count else None,
         "generation_share": float(gen_cost / total) if total else None, "bucket": bucket,
-        "spend_over_time": {"buckets": buckets, "series": {k: [v.get(b, ZERO) for b in buckets] for k, v in series.items()}},
+        "spend_over_time": {"by": series_by, "buckets": buckets,
+                            "series": {k: [v.get(b, ZERO) for b in buckets] for k, v in series.items()}},
         "by_cost_center": by(1), "by_feature": by(2), "by_step": by(3),
         "cache": {"lookups": n_lookups, "hits": n_hits, "hit_rate": n_hits / n_lookups if n_lookups else None,
-                  "avoided_usd": cache_avoided, "lookup_cost_usd": lookup_cost, "net_savings_usd": cache_avoided - lookup_cost},
+                  "avoided_usd": cache_avoided, "lookup_cost_usd": lookup_cost, "net_savings_usd": cache_avoided - lookup_cost,
+                  # the policy bounds false hits per lookup; the estimate is that bound applied to the lookups
+                  "false_hit_bound": None if cache_target_error is None else cache_target_error * n_lookups},
         "routing": {"mix": dict(sorted(mix.items(), key=lambda kv: -kv[1])), "avoided_usd": route_avoided},
         "budgets": budget_rows,
         "expensive_requests": [{"request_id": r.keys[0], "cost_usd": r.cost, "events": r.events} for r in expensive],

@@ -221,6 +221,7 @@ def run_routing_audit(sample: Sequence[QueryRow], labels: dict[str, str], prices
     rows = [{"strategy": k, "cost_per_request_usd": v[0], "monthly_usd": (v[0] * monthly).quantize(Decimal("0.01")),
              "saving_vs_large": float(1 - v[0] / c_large) if c_large else None, "small_share": v[1],
              "misrouted_share": v[2]} for k, v in strategies.items()]
+    curve = rules_curve(sample, got, rules, c_small, c_large)
     worth = share > 0.5
     return {
         "kind": "routing_audit", "source": source, "label_source": label_source, "sampled": len(sample),
@@ -229,13 +230,35 @@ def run_routing_audit(sample: Sequence[QueryRow], labels: dict[str, str], prices
                                       "input_tokens": prices.input_tokens, "output_tokens": prices.output_tokens,
                                       "requests_per_day": prices.requests_per_day,
                                       "small_cost_per_request_usd": c_small, "large_cost_per_request_usd": c_large},
-        "strategies": rows,
+        "strategies": rows, "rules_curve": curve,
         "recommendation": {"level": "build" if worth else "skip",
                            "recommendation": ("a router is worth building: start with rules, then train a scorer on "
                                               "these labels" if worth else
                                               "most requests need the large model: a router would save little"),
                            "rule": f"{share:.1%} small-capable (95% CI {lo:.1%}-{hi:.1%}); rule: > 50% -> build a router"},
     }
+
+
+def rules_curve(sample: Sequence[QueryRow], labels: Sequence[str | None], rules: RulesRouter, c_small: Decimal,
+                c_large: Decimal, points: int = 21) -> list[dict]:
+    """Cost-quality curve of the rules router: sweep its difficulty threshold over the labelled sample.
+
+    Each point: the share served small, the share misrouted (large needed, small served) and
+    the blended cost per request. The router's default cut is 1.0.
+    """
+    rated = [(rules.score(RouteRequest(r.text)), lab) for r, lab in zip(sample, labels) if lab in ("small", "large")]
+    if not rated:
+        return []
+    scores = sorted(s for s, _ in rated)
+    cuts = sorted({scores[min(len(scores) - 1, int(q * (len(scores) - 1) / (points - 1)))] for q in range(points)} | {1.0})
+    out = []
+    for cut in [float("-inf"), *cuts, float("inf")]:
+        small = [(s < cut, lab) for s, lab in rated]
+        share = sum(x for x, _ in small) / len(small)
+        out.append({"cut": None if cut in (float("inf"), float("-inf")) else cut, "small_share": share,
+                    "misrouted_share": sum(1 for x, lab in small if x and lab == "large") / len(small),
+                    "cost_per_request_usd": Decimal(str(round(share, 6))) * c_small + (1 - Decimal(str(round(share, 6)))) * c_large})
+    return sorted(out, key=lambda p: p["small_share"])
 
 
 def render_routing_html(r: dict[str, Any]) -> str:
@@ -249,10 +272,12 @@ def render_routing_html(r: dict[str, Any]) -> str:
         Section("Blended cost by strategy", [
             charts.hbar([s["strategy"] for s in st], [float(s["monthly_usd"]) for s in st], "Monthly cost by routing strategy",
                         fmt=charts.usd),
-            charts.lines([s["small_share"] for s in sorted(st, key=lambda s: s["small_share"])],
-                         {"misrouted (large needed, small served)": [s["misrouted_share"] for s in sorted(st, key=lambda s: s["small_share"])]},
-                         "Cost-quality: misrouted share vs share served small", "share served by the small model",
-                         "misrouted share", fmt_x=charts.pct, fmt_y=charts.pct),
+            charts.lines([p["small_share"] for p in r["rules_curve"]],
+                         {"misrouted (large needed, small served)": [p["misrouted_share"] for p in r["rules_curve"]],
+                          "cost vs always large": [float(p["cost_per_request_usd"] / r["prices"]["large_cost_per_request_usd"])
+                                                   for p in r["rules_curve"]]},
+                         "Cost-quality curve of the rules router (threshold swept)", "share served by the small model",
+                         "share", fmt_x=charts.pct, fmt_y=charts.pct, y_max=1.0),
             table(["strategy", "cost / request", "per month", "saving", "small share", "misrouted"],
                   [[s["strategy"], f'${s["cost_per_request_usd"]:.6f}', charts.usd(float(s["monthly_usd"])),
                     charts.pct(s["saving_vs_large"]), charts.pct(s["small_share"]), charts.pct(s["misrouted_share"])]

@@ -37,8 +37,8 @@ def run_demo(queries: int, data: str | None, db: str, as_json: bool, local_model
     intents = sorted({r["intent"] for r in everything})
     db_path = Path(db)
     db_path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in (db_path, db_path.with_suffix(".spool.jsonl")):
-        stale.unlink(missing_ok=True)  # a demo run starts from an empty ledger
+    for stale in (db_path, db_path.with_suffix(".spool.jsonl"), db_path.parent / "demo-artifacts" / "audit.jsonl"):
+        stale.unlink(missing_ok=True)  # a demo run starts from an empty ledger and an empty audit log
     store = SQLiteLedgerStore(db_path)
     writer = BatchWriter(store, spool_path=db_path.with_suffix(".bot.spool.jsonl"))
     config = PipelineConfig()
@@ -54,7 +54,8 @@ def run_demo(queries: int, data: str | None, db: str, as_json: bool, local_model
             client = stack.enter_context(httpx.Client(base_url=gateway.url, timeout=180))
             pipeline = RagPipeline(tracker, embedder, intents, db_path.parent / "demo-artifacts",
                                    make_generate(client, BASELINE, True, BASELINE), config)
-        console.print(f"upstream: [bold]{upstream_label}[/bold]; gateway at {gateway.url}")
+        console.print(f"upstream: [bold]{'REPLAY upstream (--no-local-model)' if not local_model else upstream_label}[/bold]; "
+                      f"gateway at {gateway.url}")
         for stats, alias, bypass, judge in ((off, BASELINE, True, None), (on, OPTIMISED, False, {})):
             pipeline.generate = make_generate(client, alias, bypass, alias)
             with progress_bar(console) as prog:
@@ -63,7 +64,7 @@ def run_demo(queries: int, data: str | None, db: str, as_json: bool, local_model
         pipeline.settle_capacity(2 * len(rows))
         writer.close()
     # the gateway flushed its ledger writer on shutdown; everything is in the ledger now
-    result = _summarise(store, rows, off, on, upstream_label, source, db_path, started)
+    result = _summarise(store, rows, off, on, str(upstream_label), source, db_path, started)
     result["cache_policy"] = policy.name
     audit = run_cost_audit(store, source=str(db_path))
     _, html = write_costs_report(audit, report_dir)
@@ -142,6 +143,6 @@ def _serve_dashboard(store, port: int, console: Console) -> None:
 
     from truecost.dashboard.app import create_dashboard
 
-    app = Starlette(routes=[Route("/", lambda r: RedirectResponse("/ui/")), Mount("/ui", create_dashboard(store, title="truecost demo"))])
+    app = Starlette(routes=[Route("/", lambda r: RedirectResponse("/ui/")), Mount("/ui", create_dashboard(store, title="truecost demo", cache_target_error=0.01))])
     console.print(f"serving the dashboard at http://127.0.0.1:{port}/ui/ (Ctrl-C to stop)")
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

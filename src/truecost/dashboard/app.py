@@ -21,6 +21,7 @@ from truecost.audit.overview import Budget, LedgerStore, make_filter, overview, 
 
 
 FILTERS = ("since", "until", "cost_center", "feature", "tenant", "model")
+SERIES = ("cost_center", "feature", "step", "model")
 
 
 def _when(value: str | None) -> datetime | None:
@@ -42,6 +43,9 @@ def _nav(base: str, on: str) -> str:
 def _filter_form(base: str, params: dict[str, str]) -> str:
     fields = "".join(f'<label>{f.replace("_", " ")}<input name="{f}" value="{escape(params.get(f, ""))}" '
                      f'placeholder="{"2026-11-28" if f in ("since", "until") else "any"}"></label>' for f in FILTERS)
+    options = "".join(f'<option value="{o}"{" selected" if params.get("by") == o else ""}>{o.replace("_", " ")}</option>'
+                      for o in SERIES)
+    fields += f'<label>spend over time by<select name="by">{options}</select></label>'
     return (f'<form class="filters" method="get" action="{base}/">{fields}<button type="submit">apply</button>'
             f'<a href="{base}/">clear</a></form>')
 
@@ -53,13 +57,14 @@ def render_overview(base: str, data: dict[str, Any], params: dict[str, str], tit
             Figure("cost_per_request_usd", "cost per request", data["cost_per_request_usd"], _usd),
             Figure("generation_share", "generation share", data["generation_share"], charts.pct),
             Figure("cache_hit_rate", "cache hit rate", c["hit_rate"], charts.pct),
+            Figure("cache_false_hit_bound", "false hits (policy bound)", c["false_hit_bound"], lambda v: f"≤ {v:,.1f}"),
             Figure("cache_net_savings_usd", "cache net savings", c["net_savings_usd"], _usd),
             Figure("routing_avoided_usd", "routing savings", r["avoided_usd"], _usd),
             Figure("unknown_requests", "requests with unknown prices", data["unknown_requests"])]
     sot = data["spend_over_time"]
     labels = list(range(len(sot["buckets"])))
     over_time = charts.lines(labels, {k: [float(x) for x in v] for k, v in list(sot["series"].items())[:6]},
-                             f"Spend per {data['bucket']} by cost center", f"{data['bucket']} "
+                             f"Spend per {data['bucket']} by {sot['by'].replace('_', ' ')}", f"{data['bucket']} "
                              f"({sot['buckets'][0] if sot['buckets'] else ''} → {sot['buckets'][-1] if sot['buckets'] else ''})",
                              "USD", fmt_x=lambda v: sot["buckets"][int(v)][-5:] if sot["buckets"] else "", fmt_y=charts.usd) \
         if sot["buckets"] else "<p class='note'>no spend in this period</p>"
@@ -114,14 +119,18 @@ def render_request(base: str, d: dict[str, Any], title: str) -> str:
     return page(title, f"one request, {d['ts']}", sections, nav=_nav(base, "requests"))
 
 
-def create_dashboard(store: LedgerStore, budgets: Sequence[Budget] = (), title: str = "truecost", base: str = "/ui"):
+def create_dashboard(store: LedgerStore, budgets: Sequence[Budget] = (), title: str = "truecost", base: str = "/ui",
+                     cache_target_error: float | None = None):
     """A Starlette app (mount it at ``base``) reading ``store``; nothing here writes."""
     from starlette.applications import Starlette
     from starlette.responses import HTMLResponse, RedirectResponse
     from starlette.routing import Route
 
     def params_of(request) -> dict[str, str]:
-        return {f: request.query_params.get(f, "").strip() for f in FILTERS}
+        params = {f: request.query_params.get(f, "").strip() for f in FILTERS}
+        by = request.query_params.get("by", "cost_center")
+        params["by"] = by if by in SERIES else "cost_center"
+        return params
 
     async def home(request):
         params = params_of(request)
@@ -130,7 +139,7 @@ def create_dashboard(store: LedgerStore, budgets: Sequence[Budget] = (), title: 
                               cost_center=params["cost_center"], feature=params["feature"], tenant=params["tenant"])
         except ValueError as exc:
             return HTMLResponse(page(title, "bad filter", [Section("Bad filter", [f"<p>{escape(str(exc))}</p>"])]), status_code=400)
-        data = await asyncio.to_thread(overview, store, flt, budgets)
+        data = await asyncio.to_thread(overview, store, flt, budgets, None, 10, params["by"], cache_target_error)
         return HTMLResponse(render_overview(base, data, params, title))
 
     async def one(request):

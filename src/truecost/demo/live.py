@@ -223,6 +223,17 @@ def replay_pass(pipeline, rows: list[dict], stats: PassStats, answers_by_text: d
     stats.seconds = time.perf_counter() - t0
 
 
+class ReplayLabel:
+    """How the replay upstream answered, for every line of output that names the upstream."""
+
+    def __init__(self, counter) -> None:
+        self.counter = counter
+
+    def __str__(self) -> str:
+        return (f"REPLAY upstream (--no-local-model; no model runs): {self.counter.recorded} answers recorded from "
+                f"SmolLM2-135M-Instruct, {self.counter.template} from a template; tokens counted with a real tokenizer")
+
+
 def start_stack(stack: ExitStack, local_model: bool, db: Path, count_tokens, cache_embedder: str = "minilm",
                 cache_policy: str = "online"):
     """Upstream + gateway; returns (gateway ServerThread, upstream label)."""
@@ -232,11 +243,12 @@ def start_stack(stack: ExitStack, local_model: bool, db: Path, count_tokens, cac
     if local_model:
         upstream_url, wire, label = stack.enter_context(local_llama()), MODEL_ALIAS, "SmolLM2-135M-Instruct via llama.cpp (local)"
     else:
-        from truecost.demo.replay import REPLAY_MODEL, create_replay_app
+        from truecost.demo.replay import REPLAY_MODEL, ReplayCounter, create_replay_app
 
-        replay = stack.enter_context(ServerThread(create_replay_app(count_tokens)))
+        counter = ReplayCounter()
+        replay = stack.enter_context(ServerThread(create_replay_app(count_tokens, counter)))
         upstream_url, wire = replay.url + "/v1", REPLAY_MODEL
-        label = "REPLAY upstream (no model runs; --no-local-model): answers are templates, tokens counted"
+        label = ReplayLabel(counter)
     config = parse_config(gateway_config(upstream_url, str(db), wire, cache_embedder, cache_policy), "demo gateway")
     gateway = stack.enter_context(ServerThread(build(config)))
     return gateway, label, config

@@ -163,7 +163,8 @@ def build(config: GatewayConfig):
     from truecost.dashboard.app import create_dashboard
 
     budgets = [Budget(b.field, b.value, b.period, b.limit_usd) for b in config.budgets]
-    app.mount("/ui", create_dashboard(store, budgets, title="truecost gateway"))
+    app.mount("/ui", create_dashboard(store, budgets, title="truecost gateway",
+                                      cache_target_error=config.cache.target_error if config.cache.enabled else None))
     app.state.pipeline, app.state.store, app.state.writer = pipeline, store, writer
     return app
 

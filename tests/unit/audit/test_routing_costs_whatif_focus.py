@@ -204,3 +204,16 @@ def test_focus_export_round_trips_through_reconcile(tmp_path):
     store.append(events)
     r = reconcile(read_bill(path), store)
     assert {x["status"] for x in r["rows"]} == {"matched"} and r["matched_share"] == 1.0
+
+
+def test_rules_curve_spans_always_large_to_always_small():
+    texts = ["hi", "what is my balance", "please analyze and derive step by step the optimal tax strategy " * 3,
+             "def f(x): return x", "card lost", "compute the integral of x^2 step by step"]
+    sample = [QueryRow(str(i), t) for i, t in enumerate(texts)]
+    labels = ["small", "small", "large", "large", "small", "large"]
+    r = ra.run_routing_audit(sample, dict(zip(map(str, range(6)), labels)), ra.Prices("gpt-4o-mini", "gpt-4o", 100, 100, 1), "t")
+    curve = r["rules_curve"]
+    assert curve[0]["small_share"] == 0 and curve[-1]["small_share"] == 1
+    assert curve[-1]["misrouted_share"] == 0.5  # everything small: the three large-needed ones are misrouted
+    assert [p["small_share"] for p in curve] == sorted(p["small_share"] for p in curve)
+    assert curve[0]["cost_per_request_usd"] == r["prices"]["large_cost_per_request_usd"]
