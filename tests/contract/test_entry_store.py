@@ -6,8 +6,18 @@ import pytest
 from truecost.cache.entries import CacheEntry, MemoryEntryStore, SQLiteEntryStore
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
 def store(request, tmp_path):
+    from tests.support.servers import fresh_name
+
+    if request.param == "postgres":
+        from truecost.cache.pgvector import PgEntryStore
+
+        return PgEntryStore(request.getfixturevalue("postgres_server").uri, prefix=fresh_name("e"))
+    if request.param == "redis":
+        from truecost.cache.redis_store import RedisEntryStore
+
+        return RedisEntryStore(request.getfixturevalue("redis_server").url, prefix=fresh_name("e"))
     return MemoryEntryStore() if request.param == "memory" else SQLiteEntryStore(tmp_path / "entries.db")
 
 

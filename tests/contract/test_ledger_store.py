@@ -15,9 +15,17 @@ from truecost.types import Attribution
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request, tmp_path):
-    s = MemoryLedgerStore() if request.param == "memory" else SQLiteLedgerStore(tmp_path / "ledger.db")
+    if request.param == "memory":
+        s = MemoryLedgerStore()
+    elif request.param == "sqlite":
+        s = SQLiteLedgerStore(tmp_path / "ledger.db")
+    else:
+        from tests.support.servers import fresh_name
+        from truecost.ledger.postgres import PostgresLedgerStore
+
+        s = PostgresLedgerStore(request.getfixturevalue("postgres_server").uri, schema=fresh_name())
     yield s
     s.close()
 
@@ -203,3 +211,50 @@ def test_sqlite_request_stats(tmp_path):
     top, unknown = s.request_stats(top=2)
     assert [r.keys[0] for r in top] == ["r2", "r1"] and top[1].unknown == 1 and unknown == 1
     s.close()
+
+
+def test_postgres_outage_spools_durably_and_replays_none_lost_none_doubled(postgres_server, tmp_path):
+    import time as _time
+
+    from tests.support.servers import fresh_name
+    from truecost.ledger import BatchWriter
+    from truecost.ledger.postgres import PostgresLedgerStore
+
+    store = PostgresLedgerStore(postgres_server.uri, schema=fresh_name())
+    spool = tmp_path / "spool.jsonl"
+    writer = BatchWriter(store, batch_size=50, interval=0.02, spool_path=spool, max_backoff=0.2)
+    try:
+        writer.submit_many([ev(f"a{i}", request_id=f"ra{i}") for i in range(200)])
+        assert writer.flush(10)
+        postgres_server.stop()  # the outage
+        with pytest.raises(LedgerError, match="server went away|cannot connect"):
+            store.append([ev("probe")])
+        writer.submit_many([ev(f"b{i}", request_id=f"rb{i}") for i in range(300)])
+        assert writer.flush(10)
+        assert writer.spooled >= 300 and spool.exists()  # durable on disk while the store is down
+        postgres_server.start()
+        writer.submit_many([ev(f"c{i}", request_id=f"rc{i}") for i in range(100)])
+        deadline = _time.time() + 20
+        while (spool.exists() or writer.pending) and _time.time() < deadline:
+            _time.sleep(0.05)
+        assert not spool.exists()
+    finally:
+        writer.close()
+    ids = [e.id for e in store.query()]
+    assert len(ids) == len(set(ids)) == 600  # none lost, none doubled
+    assert writer.replayed >= 300
+    store.close()
+
+
+def test_postgres_migrations_are_named_and_applied_once(postgres_server):
+    from tests.support.servers import fresh_name
+    from truecost.ledger.postgres import PostgresLedgerStore
+
+    schema = fresh_name()
+    s1 = PostgresLedgerStore(postgres_server.uri, schema=schema)
+    s1.append([ev(1)])
+    s1.close()
+    s2 = PostgresLedgerStore(postgres_server.uri, schema=schema)
+    assert s2.migrations() == ["001_cost_events", "002_indexes"]
+    assert s2.aggregate([])[0].events == 1
+    s2.close()

@@ -13,11 +13,20 @@ def unit(rng, n):
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-@pytest.fixture(params=["exact", "hnsw"])
+@pytest.fixture(params=["exact", "hnsw", "pgvector", "redis"])
 def index(request):
+    from tests.support.servers import fresh_name
+
     if request.param == "hnsw":
-        pytest.importorskip("usearch")
         return HNSWIndex(DIMS)
+    if request.param == "pgvector":
+        from truecost.cache.pgvector import PgVectorIndex
+
+        return PgVectorIndex(request.getfixturevalue("postgres_server").uri, DIMS, prefix=fresh_name("c"))
+    if request.param == "redis":
+        from truecost.cache.redis_store import RedisVectorIndex
+
+        return RedisVectorIndex(request.getfixturevalue("redis_server").url, DIMS, prefix=fresh_name("c"))
     return ExactIndex(DIMS)
 
 
@@ -73,7 +82,6 @@ def test_bad_vectors_are_refused(index, bad):
 
 
 def test_hnsw_persists_and_refuses_a_damaged_file(tmp_path):
-    pytest.importorskip("usearch")
     rng = np.random.default_rng(4)
     v = unit(rng, 50)
     ix = HNSWIndex(DIMS)

@@ -19,6 +19,7 @@ ALLOWED = {
     "audit": {"ledger", "pricing", "cache", "routing"},
     "dashboard": {"audit"},
     "demo": {"pricing", "ledger", "tracking", "cache", "routing", "upstream", "gateway", "audit"},
+    "servers": set(),
     "cli": None,  # may import anything
 }
 

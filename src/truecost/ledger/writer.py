@@ -40,6 +40,8 @@ class BatchWriter:
         self.spooled = 0
         self.failures = 0
         self.lost = 0
+        self.replayed = 0  # spooled events appended after the store came back
+        self._spool_pending = bool(self.spool_path and self.spool_path.exists())
         self.last_error: str | None = None
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="truecost-ledger-writer", daemon=True)
@@ -103,6 +105,8 @@ class BatchWriter:
     def _run(self) -> None:
         backoff = 0.0
         retry: list[CostEvent] = []
+        if self._spool_pending:  # a spool left by a crash or an outage: replay it first
+            self._replay()
         while True:
             with self._cond:
                 if not retry and len(self._buf) < self.batch_size and not self._stopping:
@@ -115,14 +119,18 @@ class BatchWriter:
                 continue
             try:
                 self.store.append(batch)
-            except Exception as exc:  # the store failed: keep the batch, back off, retry
+            except Exception as exc:  # the store failed: make the batch durable (spool) or keep it, back off
                 self.failures += 1
                 self.last_error = str(exc)
-                retry = batch
                 if stopping:
                     self._spool(batch + self._take_all())
                     retry = []
                     continue
+                if self.spool_path is not None:
+                    self._spool(batch)  # on disk now; replayed once the store answers again
+                    retry = []
+                else:
+                    retry = batch
                 backoff = min(max(backoff * 2, 0.05), self.max_backoff)
                 continue
             retry, backoff = [], 0.0
@@ -130,6 +138,16 @@ class BatchWriter:
             with self._cond:
                 self._settled += len(batch)
                 self._cond.notify_all()
+            if self._spool_pending:
+                self._replay()
+
+    def _replay(self) -> None:
+        """The store answers again: append what was spooled during the outage (duplicates skipped)."""
+        try:
+            self.replayed += replay_spool(self.spool_path, self.store)
+            self._spool_pending = False
+        except Exception as exc:  # still failing: the spool stays on disk, tried again after the next success
+            self.last_error = str(exc)
 
     def _take_all(self) -> list[CostEvent]:
         out = []
@@ -149,6 +167,7 @@ class BatchWriter:
                 self._cond.notify_all()
             return
         self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+        self._spool_pending = True
         with open(self.spool_path, "a", encoding="utf-8") as fh:
             for e in events:
                 fh.write(json.dumps(event_to_dict(e)) + "\n")

@@ -1,0 +1,182 @@
+"""PostgreSQL backends of the cache seams: a pgvector HNSW VectorIndex and an EntryStore.
+
+Shared by every gateway replica that points at the same database. The scope is a hard
+partition here too: every search carries ``WHERE scope = ...`` (pgvector's iterative index
+scan keeps filtered results complete), so a scope never sees another's entries, whatever
+the similarity.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import asdict
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from truecost.cache.entries import CacheEntry
+from truecost.cache.index import check_vectors
+from truecost.errors import TruecostError
+
+_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+
+
+class CacheBackendError(TruecostError):
+    """The shared cache store is unreachable or misconfigured (the cache then misses; requests go on)."""
+
+
+def _literal(v: np.ndarray) -> str:
+    return "[" + ",".join(f"{x:.7g}" for x in v.tolist()) + "]"
+
+
+class _PgBase:
+    def __init__(self, uri: str, prefix: str, schema: str = "public") -> None:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise CacheBackendError("the PostgreSQL cache needs psycopg: pip install 'psycopg[binary]'") from None
+        for name in (prefix, schema):
+            if not _NAME.match(name):
+                raise CacheBackendError(f"invalid name {name!r} (lowercase letters, digits, underscores)")
+        self.uri, self.prefix, self.schema = uri, prefix, schema
+        self._lock = threading.Lock()
+        self._conn = None
+
+    def _connection(self):
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = psycopg.connect(self.uri, autocommit=True, connect_timeout=5)
+                self._conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                self._conn.execute(f'SET search_path TO "{self.schema}", public')
+            except psycopg.Error as exc:
+                self._conn = None
+                raise CacheBackendError(f"cannot reach the cache database ({exc})") from None
+        return self._conn
+
+    def _run(self, fn):
+        import psycopg
+
+        with self._lock:
+            conn = self._connection()
+            try:
+                return fn(conn)
+            except psycopg.OperationalError as exc:
+                conn.close()
+                self._conn = None
+                raise CacheBackendError(f"the cache database went away ({exc})") from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class PgVectorIndex(_PgBase):
+    """HNSW over ``vector_cosine_ops``; similarity = 1 - cosine distance."""
+
+    def __init__(self, uri: str, dims: int, prefix: str = "truecost_cache", schema: str = "public",
+                 m: int = 16, ef_construction: int = 64, ef_search: int = 100) -> None:
+        super().__init__(uri, prefix, schema)
+        self.dims, self.ef_search = dims, ef_search
+        t = f"{prefix}_vectors"
+
+        def setup(c):
+            c.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            c.execute(f"CREATE TABLE IF NOT EXISTS {t} (id BIGINT PRIMARY KEY, scope TEXT NOT NULL, "
+                      f"embedding vector({int(dims)}) NOT NULL)")
+            c.execute(f"CREATE INDEX IF NOT EXISTS {t}_hnsw ON {t} USING hnsw (embedding vector_cosine_ops) "
+                      f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)})")
+            c.execute(f"CREATE INDEX IF NOT EXISTS {t}_scope ON {t} (scope)")
+            c.execute(f"SET hnsw.ef_search = {int(ef_search)}")
+            c.execute("SET hnsw.iterative_scan = strict_order")  # filtered searches stay complete and ordered
+        self._table = t
+        self._run(setup)
+
+    def _connection(self):
+        fresh = self._conn is None or self._conn.closed
+        conn = super()._connection()
+        if fresh and getattr(self, "_table", None):
+            conn.execute(f"SET hnsw.ef_search = {int(self.ef_search)}")
+            conn.execute("SET hnsw.iterative_scan = strict_order")
+        return conn
+
+    def upsert(self, ids: Sequence[int], vectors: np.ndarray, scope: str) -> None:
+        v = check_vectors(vectors, self.dims)
+        if len(ids) != len(v):
+            raise ValueError("as many ids as vectors")
+        rows = [(int(i), scope, _literal(x)) for i, x in zip(ids, v)]
+
+        def go(c):
+            with c.transaction(), c.cursor() as cur:
+                cur.executemany(f"INSERT INTO {self._table} (id, scope, embedding) VALUES (%s, %s, %s::vector) "
+                                f"ON CONFLICT (id) DO UPDATE SET scope = EXCLUDED.scope, embedding = EXCLUDED.embedding", rows)
+        self._run(go)
+
+    def search(self, vector: np.ndarray, k: int, scope: str) -> list[tuple[int, float]]:
+        q = _literal(check_vectors(vector, self.dims)[0])
+        rows = self._run(lambda c: c.execute(
+            f"SELECT id, 1 - (embedding <=> %s::vector) FROM {self._table} WHERE scope = %s "
+            f"ORDER BY embedding <=> %s::vector LIMIT %s", (q, scope, q, int(k))).fetchall())
+        return [(int(i), float(s)) for i, s in rows]
+
+    def delete(self, ids: Iterable[int]) -> int:
+        ids = [int(i) for i in ids]
+        return self._run(lambda c: c.execute(f"DELETE FROM {self._table} WHERE id = ANY(%s)", (ids,)).rowcount)
+
+    def count(self, scope: str | None = None) -> int:
+        if scope is None:
+            return self._run(lambda c: c.execute(f"SELECT COUNT(*) FROM {self._table}").fetchone()[0])
+        return self._run(lambda c: c.execute(f"SELECT COUNT(*) FROM {self._table} WHERE scope = %s", (scope,)).fetchone()[0])
+
+
+class PgEntryStore(_PgBase):
+    """Cache entries in PostgreSQL; vectors kept so an index can be rebuilt from here."""
+
+    def __init__(self, uri: str, prefix: str = "truecost_cache", schema: str = "public") -> None:
+        super().__init__(uri, prefix, schema)
+        self._table = t = f"{prefix}_entries"
+        self._run(lambda c: (c.execute(f"CREATE TABLE IF NOT EXISTS {t} (id BIGINT PRIMARY KEY, scope TEXT NOT NULL, "
+                                       f"fingerprint TEXT NOT NULL, body JSONB NOT NULL, vector BYTEA, expires_at DOUBLE PRECISION)"),
+                             c.execute(f"CREATE INDEX IF NOT EXISTS {t}_fp ON {t} (fingerprint)"),
+                             c.execute(f"CREATE INDEX IF NOT EXISTS {t}_exp ON {t} (expires_at) WHERE expires_at IS NOT NULL")))
+
+    def get(self, entry_id: int) -> CacheEntry | None:
+        row = self._run(lambda c: c.execute(f"SELECT body, vector FROM {self._table} WHERE id = %s", (int(entry_id),)).fetchone())
+        return None if row is None else _entry(row[0], row[1])
+
+    def put(self, entry: CacheEntry) -> None:
+        d = asdict(entry)
+        vec = d.pop("vector")
+        blob = None if vec is None else np.asarray(vec, dtype=np.float32).tobytes()
+        self._run(lambda c: c.execute(
+            f"INSERT INTO {self._table} VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+            f"scope = EXCLUDED.scope, fingerprint = EXCLUDED.fingerprint, body = EXCLUDED.body, vector = EXCLUDED.vector, "
+            f"expires_at = EXCLUDED.expires_at", (entry.id, entry.scope, entry.fingerprint, json.dumps(d, default=str), blob,
+                                                  entry.expires_at)))
+
+    def delete(self, entry_ids: Iterable[int]) -> int:
+        ids = [int(i) for i in entry_ids]
+        return self._run(lambda c: c.execute(f"DELETE FROM {self._table} WHERE id = ANY(%s)", (ids,)).rowcount)
+
+    def expire(self, now: float) -> list[int]:
+        return sorted(r[0] for r in self._run(lambda c: c.execute(
+            f"DELETE FROM {self._table} WHERE expires_at IS NOT NULL AND expires_at <= %s RETURNING id", (now,)).fetchall()))
+
+    def all(self) -> list[CacheEntry]:
+        return [_entry(b, v) for b, v in self._run(lambda c: c.execute(
+            f"SELECT body, vector FROM {self._table} ORDER BY id").fetchall())]
+
+    def __len__(self) -> int:
+        return self._run(lambda c: c.execute(f"SELECT COUNT(*) FROM {self._table}").fetchone()[0])
+
+
+def _entry(body, vector) -> CacheEntry:
+    d = body if isinstance(body, dict) else json.loads(body)
+    d["doc_ids"] = tuple(d.get("doc_ids") or ())
+    d["vector"] = np.frombuffer(bytes(vector), dtype=np.float32).copy() if vector is not None else None
+    return CacheEntry(**d)

@@ -1,0 +1,83 @@
+"""Tenant isolation on every cache backend: adversarial near-duplicates from two tenants,
+through a policy that would hit on anything in its own scope, never cross; and a tenant
+cannot plant an entry another tenant will be served."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support.servers import fresh_name
+from tests.unit.cache.test_semantic_cache import HashEmbedder, answer, body
+from truecost.cache.entries import MemoryEntryStore, SQLiteEntryStore
+from truecost.cache.equivalence import NormalisedMatch
+from truecost.cache.index import ExactIndex, HNSWIndex
+from truecost.cache.policy import FixedThreshold
+from truecost.cache.semantic import SemanticCache
+from truecost.gateway.pipeline import attribution_for
+
+BACKENDS = ["memory", "sqlite+hnsw", "postgres+pgvector", "redis"]
+
+
+@pytest.fixture(params=BACKENDS)
+def make_cache(request, tmp_path):
+    def build():
+        name = fresh_name("iso")
+        if request.param == "memory":
+            index, entries = ExactIndex(64), MemoryEntryStore()
+        elif request.param == "sqlite+hnsw":
+            index, entries = HNSWIndex(64), SQLiteEntryStore(tmp_path / f"{name}.db")
+        elif request.param == "postgres+pgvector":
+            from truecost.cache.pgvector import PgEntryStore, PgVectorIndex
+
+            uri = request.getfixturevalue("postgres_server").uri
+            index, entries = PgVectorIndex(uri, 64, prefix=name), PgEntryStore(uri, prefix=name)
+        else:
+            from truecost.cache.redis_store import RedisEntryStore, RedisVectorIndex
+
+            url = request.getfixturevalue("redis_server").url
+            index, entries = RedisVectorIndex(url, 64, prefix=name), RedisEntryStore(url, prefix=name)
+        return SemanticCache(HashEmbedder(), index, entries, FixedThreshold(-1.0), NormalisedMatch())
+    return build
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.tuples(st.sampled_from(["t1", "t2"]), st.text(min_size=1, max_size=24)), min_size=5, max_size=80))
+def test_property_no_cross_tenant_hits(make_cache, ops):
+    c = make_cache()
+    owner = {}
+    for tenant, text in ops:
+        r = c.lookup(body(f"cancel my {text}"), tenant=tenant)
+        if r.hit:
+            assert owner[r.entry.id] == tenant
+        else:
+            e = c.store(r, answer(f"{tenant}: {text}"))
+            if e is not None:
+                owner[e.id] = tenant
+
+
+def test_two_thousand_near_duplicates_never_cross(make_cache):
+    c = make_cache()
+    rng = np.random.default_rng(11)
+    words = ["cancel", "my", "order", "subscription", "refund", "card", "account", "please", "now", "the"]
+    hits = crossings = 0
+    for i in range(2000):
+        tenant = "a" if i % 2 else "b"
+        r = c.lookup(body(" ".join(rng.choice(words, size=4))), tenant=tenant)
+        if r.hit:
+            hits += 1
+            crossings += not r.entry.answer["choices"][0]["message"]["content"].startswith(tenant + ":")
+        else:
+            c.store(r, answer(f"{tenant}: x"))
+    assert hits > 500 and crossings == 0  # the cache does hit, and only within a tenant
+
+
+def test_a_tenant_cannot_plant_an_answer_for_another(make_cache):
+    c = make_cache()
+    # tenant "mallory" asks exactly what the victim will ask, and stores a poisoned answer
+    c.store(c.lookup(body("what is the support phone number"), tenant="mallory"), answer("call +1 555 SCAM"))
+    got = c.lookup(body("what is the support phone number"), tenant="victim")
+    assert not got.hit
+    # and the tenant is never taken from what the client sends: headers cannot claim another tenant
+    a = attribution_for(None, {"x-truecost-tenant": "victim", "x-truecost-tags": "tenant=victim"})
+    assert a.tenant is None
