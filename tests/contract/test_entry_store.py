@@ -45,3 +45,11 @@ def test_delete_and_expire(store):
     assert store.get(1) is None and store.get(2) is not None
     assert store.delete([2, 42]) == 1
     assert store.get(3) is not None
+
+
+def test_text_with_nul_and_odd_unicode_round_trips(store):
+    e = CacheEntry(id=9, scope="s", fingerprint="fp9", text="nul\x00 and \ud7ff \U0001f600",
+                   answer={"choices": [{"message": {"content": "a\x00b"}}]})
+    store.put(e)
+    got = store.get(9)
+    assert got.text == e.text and got.answer == e.answer

@@ -141,7 +141,7 @@ class PgEntryStore(_PgBase):
         super().__init__(uri, prefix, schema)
         self._table = t = f"{prefix}_entries"
         self._run(lambda c: (c.execute(f"CREATE TABLE IF NOT EXISTS {t} (id BIGINT PRIMARY KEY, scope TEXT NOT NULL, "
-                                       f"fingerprint TEXT NOT NULL, body JSONB NOT NULL, vector BYTEA, expires_at DOUBLE PRECISION)"),
+                                       f"fingerprint TEXT NOT NULL, body BYTEA NOT NULL, vector BYTEA, expires_at DOUBLE PRECISION)"),
                              c.execute(f"CREATE INDEX IF NOT EXISTS {t}_fp ON {t} (fingerprint)"),
                              c.execute(f"CREATE INDEX IF NOT EXISTS {t}_exp ON {t} (expires_at) WHERE expires_at IS NOT NULL")))
 
@@ -156,7 +156,8 @@ class PgEntryStore(_PgBase):
         self._run(lambda c: c.execute(
             f"INSERT INTO {self._table} VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
             f"scope = EXCLUDED.scope, fingerprint = EXCLUDED.fingerprint, body = EXCLUDED.body, vector = EXCLUDED.vector, "
-            f"expires_at = EXCLUDED.expires_at", (entry.id, entry.scope, entry.fingerprint, json.dumps(d, default=str), blob,
+            f"expires_at = EXCLUDED.expires_at", (entry.id, entry.scope, entry.fingerprint,
+                                                  json.dumps(d, default=str).encode(), blob,
                                                   entry.expires_at)))
 
     def delete(self, entry_ids: Iterable[int]) -> int:
@@ -176,7 +177,7 @@ class PgEntryStore(_PgBase):
 
 
 def _entry(body, vector) -> CacheEntry:
-    d = body if isinstance(body, dict) else json.loads(body)
+    d = json.loads(bytes(body))  # BYTEA: PostgreSQL text and JSONB cannot hold a NUL character, prompts can
     d["doc_ids"] = tuple(d.get("doc_ids") or ())
     d["vector"] = np.frombuffer(bytes(vector), dtype=np.float32).copy() if vector is not None else None
     return CacheEntry(**d)

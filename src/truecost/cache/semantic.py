@@ -13,7 +13,7 @@ version and the documents that produced it, so ``invalidate(doc_ids=...)`` and
 
 from __future__ import annotations
 
-import itertools
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -68,8 +68,9 @@ class SemanticCache:
         self._by_doc: dict[str, set[int]] = {}
         self._by_scope: dict[str, set[int]] = {}
         self._bytes = 0
-        self._ids = itertools.count(1)
-        self._next_class = itertools.count(1)
+        # random 62-bit ids: several gateway replicas share one index and entry store without collisions
+        self._ids = _random_ids()
+        self._next_class = _random_ids()
         self._lock = threading.RLock()
         self.verifications = 0
         self.stats = {"hit_exact": 0, "hit_semantic": 0, "miss": 0, "bypass": 0, "stored": 0, "refused": 0}
@@ -222,16 +223,11 @@ class SemanticCache:
         with self._lock:
             entries = sorted(self.entries.all(), key=lambda e: e.id)
             now = self.clock()
-            max_id = max_class = 0
             for e in entries:
-                max_id = max(max_id, e.id)
-                max_class = max(max_class, e.class_id or 0)
                 if self._stale(e, now):
                     self.entries.delete([e.id])
                     continue
                 self._register(e)
-            self._ids = itertools.count(max_id + 1)
-            self._next_class = itertools.count(max_class + 1)
             return len(self._lru)
 
     # -- invalidation and eviction ---------------------------------------------------------
@@ -296,3 +292,8 @@ class SemanticCache:
 
     def __len__(self) -> int:
         return len(self._lru)
+
+
+def _random_ids():
+    while True:
+        yield secrets.randbits(62) + 1
