@@ -69,6 +69,16 @@ class _PgBase:
                 self._conn = None
                 raise CacheBackendError(f"the cache database went away ({exc})") from None
 
+    def _setup(self, fn) -> None:
+        """DDL under an advisory lock: replicas starting together would otherwise race on CREATE ... IF NOT EXISTS."""
+        def locked(c):
+            c.execute("SELECT pg_advisory_lock(hashtext('truecost-cache-setup'))")
+            try:
+                fn(c)
+            finally:
+                c.execute("SELECT pg_advisory_unlock(hashtext('truecost-cache-setup'))")
+        self._run(locked)
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
@@ -95,7 +105,7 @@ class PgVectorIndex(_PgBase):
             c.execute(f"SET hnsw.ef_search = {int(ef_search)}")
             c.execute("SET hnsw.iterative_scan = strict_order")  # filtered searches stay complete and ordered
         self._table = t
-        self._run(setup)
+        self._setup(setup)
 
     def _connection(self):
         fresh = self._conn is None or self._conn.closed
@@ -140,7 +150,7 @@ class PgEntryStore(_PgBase):
     def __init__(self, uri: str, prefix: str = "truecost_cache", schema: str = "public") -> None:
         super().__init__(uri, prefix, schema)
         self._table = t = f"{prefix}_entries"
-        self._run(lambda c: (c.execute(f"CREATE TABLE IF NOT EXISTS {t} (id BIGINT PRIMARY KEY, scope TEXT NOT NULL, "
+        self._setup(lambda c: (c.execute(f"CREATE TABLE IF NOT EXISTS {t} (id BIGINT PRIMARY KEY, scope TEXT NOT NULL, "
                                        f"fingerprint TEXT NOT NULL, body BYTEA NOT NULL, vector BYTEA, expires_at DOUBLE PRECISION)"),
                              c.execute(f"CREATE INDEX IF NOT EXISTS {t}_fp ON {t} (fingerprint)"),
                              c.execute(f"CREATE INDEX IF NOT EXISTS {t}_exp ON {t} (expires_at) WHERE expires_at IS NOT NULL")))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from typing import Any
 
 from starlette.applications import Starlette
@@ -137,8 +138,15 @@ def build(config: GatewayConfig):
     from truecost.tracking.tracker import Tracker
     from truecost.upstream.openai_compat import OpenAICompatibleUpstream
 
-    store = SQLiteLedgerStore(config.ledger)
-    writer = BatchWriter(store, spool_path=Path(config.ledger).with_suffix(".spool.jsonl"))
+    if config.ledger.startswith(("postgresql://", "postgres://")):
+        from truecost.ledger.postgres import PostgresLedgerStore
+
+        store = PostgresLedgerStore(config.ledger, schema=config.ledger_schema)
+        spool = Path(config.spool or f".truecost/gateway-{os.getpid()}.spool.jsonl")
+    else:
+        store = SQLiteLedgerStore(config.ledger)
+        spool = Path(config.spool) if config.spool else Path(config.ledger).with_suffix(".spool.jsonl")
+    writer = BatchWriter(store, spool_path=spool)
     tracer = None
     if config.otel:  # spans go to whatever tracer provider the process configured (OTel SDK, exporters)
         from opentelemetry import trace
@@ -181,8 +189,18 @@ def _build_cache(config: GatewayConfig):
     from truecost.cache.semantic import CacheLimits, SemanticCache
 
     embedder = make_embedder(c.embedder)
-    index = HNSWIndex(embedder.dims) if c.index == "hnsw" else ExactIndex(embedder.dims)
+    if c.backend == "postgres":
+        from truecost.cache.pgvector import PgEntryStore, PgVectorIndex
+
+        index, entries = PgVectorIndex(c.url, embedder.dims, prefix=c.prefix), PgEntryStore(c.url, prefix=c.prefix)
+    elif c.backend == "redis":
+        from truecost.cache.redis_store import RedisEntryStore, RedisVectorIndex
+
+        index, entries = RedisVectorIndex(c.url, embedder.dims, prefix=c.prefix), RedisEntryStore(c.url, prefix=c.prefix)
+    else:
+        index = HNSWIndex(embedder.dims) if c.index == "hnsw" else ExactIndex(embedder.dims)
+        entries = MemoryEntryStore()
     kind, _, arg = c.equivalence.partition(":")
     same = EmbeddingMatch(embedder, float(arg) if arg else 0.92) if kind == "embedding" else NormalisedMatch()
-    return SemanticCache(embedder, index, MemoryEntryStore(), make_policy(c.policy, c.target_error, 0),
+    return SemanticCache(embedder, index, entries, make_policy(c.policy, c.target_error, 0),
                          same, CacheLimits(max_entries=c.max_entries, ttl_seconds=c.ttl_seconds))

@@ -86,6 +86,11 @@ class CacheConfig:
     # how the online policy checks a fresh answer against its neighbour's: normalised (exact text after
     # normalising) | embedding[:cosine] (the cache's embedder on both answers; default cosine 0.92)
     equivalence: str = "normalised"
+    # where entries and vectors live: memory (per process) | postgres (pgvector) | redis (RediSearch);
+    # postgres and redis are shared by every replica pointing at the same url and prefix
+    backend: str = "memory"
+    url: str | None = None
+    prefix: str = "truecost_cache"
 
 
 @dataclass
@@ -94,7 +99,9 @@ class GatewayConfig:
     models: dict[str, list[Candidate]]
     keys: list[KeyConfig] = field(default_factory=list)
     budgets: list[BudgetConfig] = field(default_factory=list)
-    ledger: str = ".truecost/gateway.db"
+    ledger: str = ".truecost/gateway.db"  # a SQLite path, or postgresql://... shared by replicas
+    ledger_schema: str | None = None  # PostgreSQL ledger only: the schema to keep the tables in
+    spool: str | None = None  # this replica's durable spool (default: beside a SQLite ledger, else .truecost/)
     compute: str | None = None
     max_body_bytes: int = 1_000_000
     prices_files: list[str] = field(default_factory=list)
@@ -196,6 +203,10 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
     cache = CacheConfig(**c)
     if cache.embedder not in ("static", "minilm") or cache.index not in ("exact", "hnsw"):
         raise ConfigError(f"{source}: cache.embedder must be static or minilm, cache.index exact or hnsw")
+    if cache.backend not in ("memory", "postgres", "redis"):
+        raise ConfigError(f"{source}: cache.backend must be memory, postgres or redis")
+    if cache.backend != "memory" and not cache.url:
+        raise ConfigError(f"{source}: cache.backend {cache.backend} needs cache.url")
     kind, _, arg = cache.equivalence.partition(":")
     try:
         ok = kind == "normalised" and not arg or kind == "embedding" and (not arg or 0 < float(arg) < 1)
@@ -204,8 +215,8 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
     if not ok:
         raise ConfigError(f"{source}: cache.equivalence must be normalised or embedding[:cosine], got {cache.equivalence!r}")
     return GatewayConfig(ups, models, keys, budgets, str(doc.get("ledger", ".truecost/gateway.db")),
-                         doc.get("compute"), int(doc.get("max_body_bytes", 1_000_000)), list(doc.get("prices_files") or []),
-                         cache, routes, bool(doc.get("otel", False)))
+                         doc.get("ledger_schema"), doc.get("spool"), doc.get("compute"), int(doc.get("max_body_bytes", 1_000_000)),
+                         list(doc.get("prices_files") or []), cache, routes, bool(doc.get("otel", False)))
 
 
 def load_config(path: str | Path) -> GatewayConfig:

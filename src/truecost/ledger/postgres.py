@@ -89,12 +89,12 @@ def _where(f: LedgerFilter) -> tuple[str, list]:
 
 
 class PostgresLedgerStore:
-    def __init__(self, uri: str, schema: str = "public", connect_timeout: float = 5.0) -> None:
+    def __init__(self, uri: str, schema: str | None = None, connect_timeout: float = 5.0) -> None:
         try:
             import psycopg  # noqa: F401
         except ImportError:
             raise LedgerError("the PostgreSQL ledger needs psycopg: pip install 'psycopg[binary]'") from None
-        if not _SCHEMA.match(schema):
+        if schema is not None and not _SCHEMA.match(schema):
             raise LedgerError(f"invalid schema name {schema!r}")
         self.uri, self.schema, self.connect_timeout = uri, schema, connect_timeout
         self._lock = threading.Lock()
@@ -110,15 +110,16 @@ class PostgresLedgerStore:
         if self._conn is None or self._conn.closed:
             try:
                 self._conn = psycopg.connect(self.uri, connect_timeout=self.connect_timeout, autocommit=True)
-                self._conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                self._conn.execute(f'SET search_path TO "{self.schema}"')
+                if self.schema is not None:  # else the connection's own search_path (public, or the URI's options)
+                    self._conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                    self._conn.execute(f'SET search_path TO "{self.schema}"')
             except psycopg.Error as exc:
                 self._conn = None
                 raise LedgerError(f"ledger {self._where_am_i()}: cannot connect ({exc})") from None
         return self._conn
 
     def _where_am_i(self) -> str:
-        return f"postgres schema {self.schema}"
+        return f"postgres schema {self.schema or '(default)'}"
 
     def _run(self, fn):
         """Run ``fn(conn)`` under the lock; a broken connection is dropped and the error made clear."""
@@ -137,7 +138,7 @@ class PostgresLedgerStore:
 
     def _migrate(self) -> None:
         c = self._conn
-        c.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"truecost-migrate-{self.schema}",))
+        c.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"truecost-migrate-{self.schema}",))  # replicas start together
         try:
             c.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")
             done = {r[0] for r in c.execute("SELECT name FROM _migrations")}

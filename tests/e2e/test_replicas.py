@@ -1,0 +1,97 @@
+"""Three gateway processes over one PostgreSQL (ledger + pgvector cache): what one caches the
+others hit, and the shared ledger holds exactly what the clients were told they spent."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal, localcontext
+
+import httpx
+import pytest
+import yaml
+
+from tests.support.mock_upstream import ServerThread, free_port, make_app
+from tests.support.servers import fresh_name
+from truecost.gateway.config import hash_key
+from truecost.ledger.postgres import PostgresLedgerStore
+
+KEY = "sk-replica-test"
+
+
+@pytest.fixture
+def replicas(postgres_server, tmp_path):
+    schema = fresh_name("gw")
+    uri = postgres_server.uri
+    with ServerThread(make_app()) as upstream:
+        config = {
+            "ledger": uri, "ledger_schema": schema,
+            "compute": "aws/c7i.xlarge",
+            "upstreams": {"mock": {"base_url": upstream.url + "/v1", "timeout": 5}},
+            "models": {"support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]}},
+            "keys": [{"name": "a", "key_sha256": hash_key(KEY), "tenant": "acme", "cost_center": "cx"}],
+            "cache": {"enabled": True, "embedder": "minilm", "policy": "fixed:0.9", "backend": "postgres",
+                      "url": uri, "prefix": fresh_name("rc")},
+        }
+        procs, urls = [], []
+        for i in range(3):
+            cfg = tmp_path / f"replica{i}.yaml"
+            cfg.write_text(yaml.safe_dump({**config, "spool": str(tmp_path / f"spool{i}.jsonl")}))
+            port = free_port()
+            procs.append(subprocess.Popen([sys.executable, "-m", "truecost.cli.main", "serve", "--config", str(cfg),
+                                           "--port", str(port)], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                                          stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"replica{i}.log", "wb")))
+            urls.append(f"http://127.0.0.1:{port}")
+        try:
+            for url, proc in zip(urls, procs):
+                deadline = time.time() + 60
+                while True:
+                    assert proc.poll() is None, (tmp_path / "replica0.log").read_text()[-2000:]
+                    try:
+                        if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    assert time.time() < deadline, "replica did not start"
+                    time.sleep(0.2)
+            yield urls, procs, schema, uri
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+def ask(url, text):
+    r = httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"}, timeout=30,
+                   json={"model": "support", "messages": [{"role": "user", "content": text}]})
+    assert r.status_code == 200, r.text
+    return r
+
+
+def test_three_replicas_share_the_cache_and_the_ledger(replicas):
+    urls, procs, schema, uri = replicas
+    first = ask(urls[0], "what is the refund policy for damaged items")
+    assert first.headers["x-truecost-cache"] == "miss"
+    again = ask(urls[1], "what is the refund policy for damaged items")
+    assert again.headers["x-truecost-cache"] == "hit"  # cached through replica 1, served by replica 2
+    assert again.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
+    told = [Decimal(first.headers["x-truecost-cost-usd"]), Decimal(again.headers["x-truecost-cost-usd"])]
+    for i in range(24):
+        r = ask(urls[i % 3], f"question number {i} about card {i * 7} fees")
+        told.append(Decimal(r.headers["x-truecost-cost-usd"]))
+    for p in procs:  # graceful stop: each replica flushes its ledger writer
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        p.wait(30)
+    store = PostgresLedgerStore(uri, schema=schema)
+    (row,) = store.aggregate([])
+    assert row.request_count == 26 and row.unknown == 0
+    with localcontext(prec=60):  # PostgreSQL sums NUMERIC exactly; add the headers as exactly
+        assert row.cost == sum(told)  # the ledger total is what the clients were told, to the last digit
+    store.close()
