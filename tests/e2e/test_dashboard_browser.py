@@ -6,11 +6,10 @@ from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner
-from playwright.sync_api import sync_playwright
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from tests.support.browser import Page, launch, shown_number
+from tests.support.browser import Page, browser_fixture, shown_number
 from tests.support.mock_upstream import ServerThread
 from truecost.cli.main import cli
 from truecost.dashboard.app import create_dashboard
@@ -36,12 +35,7 @@ def server(ledger):
     store.close()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
+browser = pytest.fixture(scope="module")(browser_fixture)
 
 
 def _total(store, flt=LedgerFilter()):

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from playwright.sync_api import sync_playwright
 
-from tests.support.browser import Page, launch, shown_number
+from tests.support.browser import Page, browser_fixture, shown_number
 from truecost.cli.main import cli
 from truecost.ledger.events import CostEvent
 from truecost.ledger.sqlite import SQLiteLedgerStore
@@ -21,12 +20,7 @@ SAMPLE = ROOT / "src" / "truecost" / "demo" / "banking77_sample.jsonl"  # bundle
 FOCUS_BILL = ROOT / "tests" / "data" / "focus_per_token_ai_model_api.csv"
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
+browser = pytest.fixture(scope="module")(browser_fixture)
 
 
 def _ledger(path: Path) -> None:

@@ -57,3 +57,13 @@ def shown_number(text: str) -> float:
     assert m, f"no number in {text!r}"
     value = float(m.group(0))
     return value / 100 if "%" in text else value
+
+
+def browser_fixture():
+    """A module-scoped pytest fixture body: one Chromium for all tests of a module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
