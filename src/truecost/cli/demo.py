@@ -121,7 +121,7 @@ def _print(console: Console, r: dict) -> None:
     t.add_row("[bold]per request", usd(off["cost_per_request_usd"], 8), usd(on["cost_per_request_usd"], 8))
     t.add_row("generation share", f"{(off['generation_share'] or 0):.1%}", f"{(on['generation_share'] or 0):.1%}")
     console.print(t)
-    console.print(f"upstream: {r['upstream']}\nnote: {r['strong_tier_note']}")
+    console.print(f"queries from: {r['data']}\nupstream: {r['upstream']}\nnote: {r['strong_tier_note']}")
     console.print(f"cache policy: {r['cache_policy']} (BANKING77 train split; the replay draws from the test split)")
     console.print(f"cache (on): hit rate [bold]{on['cache_hit_rate']:.1%}[/bold], false hits {on['false_hits']} "
                   f"({on['false_hit_rate']:.2%} of queries, judged by the known intents); net savings "
