@@ -15,6 +15,7 @@ import yaml
 from tests.support.mock_upstream import ServerThread, free_port, make_app
 from tests.support.servers import fresh_name
 from truecost.gateway.config import hash_key
+from truecost.ledger import LedgerFilter
 from truecost.ledger.postgres import PostgresLedgerStore
 
 KEY = "sk-replica-test"
@@ -36,26 +37,11 @@ def replicas(postgres_server, tmp_path):
         }
         procs, urls = [], []
         for i in range(3):
-            cfg = tmp_path / f"replica{i}.yaml"
-            cfg.write_text(yaml.safe_dump({**config, "spool": str(tmp_path / f"spool{i}.jsonl")}))
-            port = free_port()
-            procs.append(subprocess.Popen([sys.executable, "-m", "truecost.cli.main", "serve", "--config", str(cfg),
-                                           "--port", str(port)], env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                                          stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"replica{i}.log", "wb")))
-            urls.append(f"http://127.0.0.1:{port}")
+            proc, url = start_replica(config, tmp_path, i)
+            procs.append(proc)
+            urls.append(url)
         try:
-            for url, proc in zip(urls, procs):
-                deadline = time.time() + 60
-                while True:
-                    assert proc.poll() is None, (tmp_path / "replica0.log").read_text()[-2000:]
-                    try:
-                        if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    assert time.time() < deadline, "replica did not start"
-                    time.sleep(0.2)
-            yield urls, procs, schema, uri
+            yield urls, procs, schema, uri, config, tmp_path
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -67,6 +53,26 @@ def replicas(postgres_server, tmp_path):
                     p.kill()
 
 
+def start_replica(config, tmp_path, i, port=None):
+    cfg = tmp_path / f"replica{i}.yaml"
+    cfg.write_text(yaml.safe_dump({**config, "spool": str(tmp_path / f"spool{i}.jsonl")}))
+    port = port or free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "truecost.cli.main", "serve", "--config", str(cfg), "--port", str(port)],
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / f"replica{i}.log", "ab"))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        assert proc.poll() is None, (tmp_path / f"replica{i}.log").read_text()[-2000:]
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        assert time.time() < deadline, "replica did not start"
+        time.sleep(0.2)
+
+
 def ask(url, text):
     r = httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"}, timeout=30,
                    json={"model": "support", "messages": [{"role": "user", "content": text}]})
@@ -75,7 +81,7 @@ def ask(url, text):
 
 
 def test_three_replicas_share_the_cache_and_the_ledger(replicas):
-    urls, procs, schema, uri = replicas
+    urls, procs, schema, uri, _, _ = replicas
     first = ask(urls[0], "what is the refund policy for damaged items")
     assert first.headers["x-truecost-cache"] == "miss"
     again = ask(urls[1], "what is the refund policy for damaged items")
@@ -94,4 +100,41 @@ def test_three_replicas_share_the_cache_and_the_ledger(replicas):
     assert row.request_count == 26 and row.unknown == 0
     with localcontext(prec=60):  # PostgreSQL sums NUMERIC exactly; add the headers as exactly
         assert row.cost == sum(told)  # the ledger total is what the clients were told, to the last digit
+    store.close()
+
+
+def test_kill_9_under_load_loses_no_answered_request(replicas):
+    urls, procs, schema, uri, config, tmp_path = replicas
+    import concurrent.futures
+
+    told: dict[str, Decimal] = {}
+
+    def one(i):
+        r = ask(urls[0], f"load question {i} about transfer {i * 13}")
+        return r.headers["x-request-id"], Decimal(r.headers["x-truecost-cost-usd"])
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(one, i) for i in range(120)]
+        time.sleep(0.8)
+        procs[0].send_signal(signal.SIGKILL)  # mid-load: some requests answered, some cut off
+        for f in futures:
+            try:
+                rid, cost = f.result()
+                told[rid] = cost
+            except (httpx.HTTPError, AssertionError):
+                pass  # never answered: the client got no cost, nothing to account for
+    procs[0].wait()
+    assert told, "no request was answered before the kill"
+    # the replica comes back on the same folder and replays its write-ahead log
+    proc, url = start_replica(config, tmp_path, 0)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    store = PostgresLedgerStore(uri, schema=schema)
+    for rid, cost in told.items():
+        events = store.query(LedgerFilter(request_id=rid))
+        assert events, f"answered request {rid} is missing from the ledger"
+        with localcontext(prec=60):
+            assert sum(e.cost for e in events) == cost
+    ids = [e.id for e in store.query()]
+    assert len(ids) == len(set(ids))
     store.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from typing import Any
 
 from starlette.applications import Starlette
@@ -142,11 +141,13 @@ def build(config: GatewayConfig):
         from truecost.ledger.postgres import PostgresLedgerStore
 
         store = PostgresLedgerStore(config.ledger, schema=config.ledger_schema)
-        spool = Path(config.spool or f".truecost/gateway-{os.getpid()}.spool.jsonl")
+        spool = Path(config.spool or ".truecost/gateway.spool.jsonl")  # one per replica: set `spool:` in each
     else:
         store = SQLiteLedgerStore(config.ledger)
         spool = Path(config.spool) if config.spool else Path(config.ledger).with_suffix(".spool.jsonl")
-    writer = BatchWriter(store, spool_path=spool)
+    # the write-ahead log beside the spool: a replica killed with -9 loses no event it answered for,
+    # and replays the log when it starts again on the same folder
+    writer = BatchWriter(store, spool_path=spool, wal_dir=spool.with_suffix(".wal"))
     tracer = None
     if config.otel:  # spans go to whatever tracer provider the process configured (OTel SDK, exporters)
         from opentelemetry import trace

@@ -21,11 +21,13 @@ from truecost.errors import LedgerError
 from truecost.ledger.events import CostEvent
 from truecost.ledger.serialize import event_from_dict, event_to_dict
 from truecost.ledger.store import LedgerStore
+from truecost.ledger.wal import WriteAheadLog
 
 
 class BatchWriter:
     def __init__(self, store: LedgerStore, *, batch_size: int = 2_000, interval: float = 0.25,
-                 max_queue: int = 200_000, spool_path: str | Path | None = None, max_backoff: float = 5.0) -> None:
+                 max_queue: int = 200_000, spool_path: str | Path | None = None, max_backoff: float = 5.0,
+                 wal_dir: str | Path | None = None) -> None:
         self.store = store
         self.batch_size = batch_size
         self.interval = interval
@@ -44,6 +46,8 @@ class BatchWriter:
         self._spool_pending = bool(self.spool_path and self.spool_path.exists())
         self.last_error: str | None = None
         self._stopping = False
+        self._wal = WriteAheadLog(wal_dir) if wal_dir else None
+        self._submit_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="truecost-ledger-writer", daemon=True)
         self._thread.start()
 
@@ -57,8 +61,14 @@ class BatchWriter:
                 self._cond.notify_all()
                 while len(buf) >= self.max_queue and not self._stopping:
                     self._cond.wait(0.05)
-        buf.append(event)
-        self._submitted += 1
+        if self._wal is not None:
+            with self._submit_lock:  # the log's order is the queue's order
+                self._wal.append(event)
+                buf.append(event)
+                self._submitted += 1
+        else:
+            buf.append(event)
+            self._submitted += 1
         if len(buf) == self.batch_size:
             with self._cond:
                 self._cond.notify_all()
@@ -90,6 +100,8 @@ class BatchWriter:
             self._stopping = True
             self._cond.notify_all()
         self._thread.join(timeout)
+        if self._wal is not None:
+            self._wal.close(delete=self._settled >= self._submitted)
 
     @property
     def pending(self) -> int:
@@ -105,8 +117,8 @@ class BatchWriter:
     def _run(self) -> None:
         backoff = 0.0
         retry: list[CostEvent] = []
-        if self._spool_pending:  # a spool left by a crash or an outage: replay it first
-            self._replay()
+        if self._spool_pending or (self._wal is not None and self._wal.leftovers()):
+            self._replay()  # a spool or a write-ahead log left by a crash or an outage: replay it first
         while True:
             with self._cond:
                 if not retry and len(self._buf) < self.batch_size and not self._stopping:
@@ -138,15 +150,22 @@ class BatchWriter:
             with self._cond:
                 self._settled += len(batch)
                 self._cond.notify_all()
-            if self._spool_pending:
+            if self._wal is not None:
+                self._wal.settled(self._settled)
+            if self._spool_pending or (self._wal is not None and self._wal.leftovers()):
                 self._replay()
 
     def _replay(self) -> None:
-        """The store answers again: append what was spooled during the outage (duplicates skipped)."""
+        """The store answers: append what was spooled or logged but not stored (duplicates skipped)."""
         try:
-            self.replayed += replay_spool(self.spool_path, self.store)
-            self._spool_pending = False
-        except Exception as exc:  # still failing: the spool stays on disk, tried again after the next success
+            if self._wal is not None:
+                for path in self._wal.leftovers():
+                    self.replayed += replay_spool(path, self.store)
+                    self._wal.replayed(path)
+            if self._spool_pending:
+                self.replayed += replay_spool(self.spool_path, self.store)
+                self._spool_pending = False
+        except Exception as exc:  # still failing: the files stay on disk, tried again after the next success
             self.last_error = str(exc)
 
     def _take_all(self) -> list[CostEvent]:
@@ -184,7 +203,15 @@ def replay_spool(path: str | Path, store: LedgerStore) -> int:
     p = Path(path)
     if not p.exists():
         return 0
-    events = [event_from_dict(json.loads(line)) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in p.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    events = []
+    for n, line in enumerate(lines):
+        try:
+            events.append(event_from_dict(json.loads(line)))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            if n != len(lines) - 1:
+                raise LedgerError(f"{p}: line {n + 1} is not an event; the file is kept for inspection") from None
+            # the last line of a file whose writer was killed mid-write: that event was never acknowledged
     stored = len(events)
     try:
         store.append(events)
