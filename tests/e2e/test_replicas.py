@@ -138,3 +138,51 @@ def test_kill_9_under_load_loses_no_answered_request(replicas):
     ids = [e.id for e in store.query()]
     assert len(ids) == len(set(ids))
     store.close()
+
+
+def test_a_budget_holds_across_replicas(replicas):
+    import concurrent.futures
+
+    urls, procs, schema, uri, config, tmp_path = replicas
+    for p in procs:  # this test runs its own three replicas, with a budget
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)
+    budget_schema = fresh_name("bud")
+    limit = Decimal("0.0002")
+    cfg = {**config, "ledger_schema": budget_schema,
+           "budgets": [{"tenant": "acme", "period": "day", "limit_usd": str(limit), "hard": True}]}
+    started = [start_replica(cfg, tmp_path, 10 + i) for i in range(3)]
+    try:
+        def one(i):
+            r = httpx.post(started[i % 3][1] + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
+                           timeout=30, json={"model": "support", "max_tokens": 40, "temperature": 0.3 + i / 1000,
+                                             "messages": [{"role": "user", "content": f"budget question {i}"}]})
+            return r.status_code, r.headers.get("x-truecost-cost-usd")
+
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(one, range(60)))
+        after = [one(100 + i)[0] for i in range(3)]  # once the burst settled, every replica refuses
+        assert after == [429, 429, 429]
+    finally:
+        for proc, _ in started:
+            proc.send_signal(signal.SIGTERM)
+        for proc, _ in started:
+            proc.wait(30)
+    admitted = [Decimal(c) for s, c in results if s == 200]
+    refused = [s for s, _ in results if s == 429]
+    assert admitted and refused and len(admitted) + len(refused) == 60
+    store = PostgresLedgerStore(uri, schema=budget_schema)
+    (row,) = store.aggregate([], LedgerFilter(attribution=(("tenant", "acme"),)))
+    # admission counts spent + in-flight estimates; a request costing more than its estimate can overshoot,
+    # but never by more than what the requests in flight at once (12 clients) cost beyond their estimates
+    import json as _json
+
+    from truecost.pricing import PriceCatalog, price_tokens
+    from truecost.types import TokenUsage
+
+    chars = len(_json.dumps([{"role": "user", "content": "budget question 10"}]))
+    estimate = price_tokens(PriceCatalog.bundled().price_for("gpt-6-luna"), TokenUsage(input=chars // 3 + 1, output=40)).cost
+    assert limit / 2 < row.cost <= limit + 12 * max(a - estimate for a in admitted)
+    with localcontext(prec=60):
+        assert row.cost == sum(admitted)
+    store.close()

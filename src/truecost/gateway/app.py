@@ -160,6 +160,10 @@ def build(config: GatewayConfig):
     upstreams = {name: kinds[u.kind](u.base_url, u.api_key(), timeout=u.timeout, max_retries=u.max_retries)
                  for name, u in config.upstreams.items()}
     pipeline = Pipeline(config, tracker, upstreams, cache=_build_cache(config))
+    if config.budgets and config.ledger.startswith(("postgresql://", "postgres://")):
+        from truecost.gateway.budgets import PostgresBudgetGuard
+
+        pipeline.budgets = PostgresBudgetGuard(config.budgets, config.ledger, config.ledger_schema)  # one budget, all replicas
 
     async def close_all():
         for u in upstreams.values():

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any, AsyncIterator, Mapping
 
 from truecost.errors import UpstreamError
-from truecost.gateway.budgets import BudgetExceeded, BudgetGuard
+from truecost.gateway.budgets import BudgetExceeded, BudgetGuard, BudgetUnavailable
 from truecost.gateway.config import GatewayConfig, KeyConfig
 from truecost.gateway.metrics import Metrics
 from truecost.pricing.cost import price_tokens
@@ -114,6 +114,8 @@ class Pipeline:
         except BudgetExceeded as exc:
             self.metrics.inc("truecost_budget_refusals_total", cost_center=attribution.cost_center or "")
             raise GatewayError(429, str(exc), "budget_exceeded", "budget_exceeded") from None
+        except BudgetUnavailable as exc:  # cannot check the budget: refuse rather than overspend
+            raise GatewayError(503, f"{exc}; retry later", "service_unavailable", "budget_store_unavailable") from None
         if self.budgets.alerts:  # soft budgets passed: visible in metrics and the log, never silent
             for alert in self.budgets.alerts:
                 log.warning("truecost: %s", alert)
