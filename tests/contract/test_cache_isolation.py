@@ -81,3 +81,33 @@ def test_a_tenant_cannot_plant_an_answer_for_another(make_cache):
     # and the tenant is never taken from what the client sends: headers cannot claim another tenant
     a = attribution_for(None, {"x-truecost-tenant": "victim", "x-truecost-tags": "tenant=victim"})
     assert a.tenant is None
+
+
+@pytest.mark.parametrize("backend", ["postgres+pgvector", "redis"])
+def test_invalidation_and_kb_version_reach_every_replica(backend, request):
+    """Two SemanticCache objects over one shared store stand for two replicas."""
+    from truecost.cache import semantic
+
+    name = fresh_name("inv")
+    if backend == "postgres+pgvector":
+        from truecost.cache.pgvector import PgEntryStore, PgVectorIndex
+
+        uri = request.getfixturevalue("postgres_server").uri
+        parts = lambda: (PgVectorIndex(uri, 64, prefix=name), PgEntryStore(uri, prefix=name))  # noqa: E731
+    else:
+        from truecost.cache.redis_store import RedisEntryStore, RedisVectorIndex
+
+        url = request.getfixturevalue("redis_server").url
+        parts = lambda: (RedisVectorIndex(url, 64, prefix=name), RedisEntryStore(url, prefix=name))  # noqa: E731
+    clock = [1000.0]
+    a, b = (SemanticCache(HashEmbedder(), *parts(), FixedThreshold(0.8), NormalisedMatch(), kb_version="v1",
+                          clock=lambda: clock[0]) for _ in range(2))
+    a.store(a.lookup(body("what is the refund policy"), tenant="t"), answer("30 days"), doc_ids=["kb-refunds"])
+    a.store(a.lookup(body("how do I change my pin"), tenant="t"), answer("in the app"), doc_ids=["kb-pin"])
+    assert b.lookup(body("what is the refund policy"), tenant="t").hit  # stored by a, served by b
+    assert b.invalidate(["kb-refunds"]) == 1  # b never stored it, yet drops it for everyone
+    assert not a.lookup(body("what is the refund policy"), tenant="t").hit
+    assert a.lookup(body("how do I change my pin"), tenant="t").hit
+    b.set_kb_version("v2")
+    clock[0] += semantic.KB_VERSION_REFRESH_S  # within the stated bound, a sees the new version
+    assert not a.lookup(body("how do I change my pin"), tenant="t").hit

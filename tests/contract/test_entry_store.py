@@ -53,3 +53,31 @@ def test_text_with_nul_and_odd_unicode_round_trips(store):
     store.put(e)
     got = store.get(9)
     assert got.text == e.text and got.answer == e.answer
+
+
+@pytest.fixture(params=["postgres", "redis"])
+def shared_store(request):
+    from tests.support.servers import fresh_name
+
+    if request.param == "postgres":
+        from truecost.cache.pgvector import PgEntryStore
+
+        return PgEntryStore(request.getfixturevalue("postgres_server").uri, prefix=fresh_name("e"))
+    from truecost.cache.redis_store import RedisEntryStore
+
+    return RedisEntryStore(request.getfixturevalue("redis_server").url, prefix=fresh_name("e"))
+
+
+def test_shared_stores_find_entries_by_document_and_keep_metadata(shared_store):
+    shared_store.put(entry(1, doc_ids=("kb-1",)))
+    shared_store.put(entry(2, doc_ids=("kb-1", "kb-2")))
+    shared_store.put(entry(3, doc_ids=("kb-3",)))
+    assert sorted(shared_store.ids_for_docs(["kb-1"])) == [1, 2]
+    assert sorted(shared_store.ids_for_docs(["kb-2", "kb-3"])) == [2, 3]
+    assert shared_store.ids_for_docs([]) == []
+    shared_store.delete([2])
+    assert shared_store.ids_for_docs(["kb-2"]) == []
+    assert shared_store.get_meta("kb_version") is None
+    shared_store.set_meta("kb_version", "v2")
+    shared_store.set_meta("kb_version", "v3")
+    assert shared_store.get_meta("kb_version") == "v3"

@@ -19,6 +19,7 @@ from truecost.ledger import LedgerFilter
 from truecost.ledger.postgres import PostgresLedgerStore
 
 KEY = "sk-replica-test"
+ADMIN = "sk-admin-test"
 
 
 @pytest.fixture
@@ -32,6 +33,7 @@ def replicas(postgres_server, tmp_path):
             "upstreams": {"mock": {"base_url": upstream.url + "/v1", "timeout": 5}},
             "models": {"support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]}},
             "keys": [{"name": "a", "key_sha256": hash_key(KEY), "tenant": "acme", "cost_center": "cx"}],
+            "admin_key_sha256": hash_key(ADMIN),
             "cache": {"enabled": True, "embedder": "minilm", "policy": "fixed:0.9", "backend": "postgres",
                       "url": uri, "prefix": fresh_name("rc")},
         }
@@ -73,8 +75,9 @@ def start_replica(config, tmp_path, i, port=None):
         time.sleep(0.2)
 
 
-def ask(url, text):
-    r = httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"}, timeout=30,
+def ask(url, text, docs=None):
+    headers = {"authorization": f"Bearer {KEY}", **({"x-truecost-doc-ids": docs} if docs else {})}
+    r = httpx.post(url + "/v1/chat/completions", headers=headers, timeout=30,
                    json={"model": "support", "messages": [{"role": "user", "content": text}]})
     assert r.status_code == 200, r.text
     return r
@@ -88,6 +91,28 @@ def test_three_replicas_share_the_cache_and_the_ledger(replicas):
     assert again.headers["x-truecost-cache"] == "hit"  # cached through replica 1, served by replica 2
     assert again.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
     told = [Decimal(first.headers["x-truecost-cost-usd"]), Decimal(again.headers["x-truecost-cost-usd"])]
+    # an answer built from a knowledge-base document, invalidated through replica 3, is gone everywhere
+    for r in (ask(urls[0], "how long does a refund take", docs="kb-refunds"),
+              ask(urls[1], "how long does a refund take")):
+        told.append(Decimal(r.headers["x-truecost-cost-usd"]))
+    assert r.headers["x-truecost-cache"] == "hit"
+    bad = httpx.post(urls[2] + "/admin/cache/invalidate", json={"doc_ids": ["kb-refunds"]},
+                     headers={"authorization": f"Bearer {KEY}"})
+    assert bad.status_code == 401  # a tenant key is not an admin key
+    inv = httpx.post(urls[2] + "/admin/cache/invalidate", json={"doc_ids": ["kb-refunds"]},
+                     headers={"authorization": f"Bearer {ADMIN}"})
+    assert inv.status_code == 200 and inv.json()["invalidated"] == 1
+    r = ask(urls[1], "how long does a refund take")  # replica 2 served it from the cache before; now it cannot
+    told.append(Decimal(r.headers["x-truecost-cost-usd"]))
+    assert r.headers["x-truecost-cache"] == "miss"
+    # a knowledge-base version bump through replica 3 reaches the others within the stated bound (1 s)
+    inv = httpx.post(urls[2] + "/admin/cache/invalidate", json={"kb_version": "2026-11-28"},
+                     headers={"authorization": f"Bearer {ADMIN}"})
+    assert inv.status_code == 200
+    time.sleep(1.1)
+    r = ask(urls[1], "what is the refund policy for damaged items")
+    told.append(Decimal(r.headers["x-truecost-cost-usd"]))
+    assert r.headers["x-truecost-cache"] == "miss"
     for i in range(24):
         r = ask(urls[i % 3], f"question number {i} about card {i * 7} fees")
         told.append(Decimal(r.headers["x-truecost-cost-usd"]))
@@ -97,7 +122,7 @@ def test_three_replicas_share_the_cache_and_the_ledger(replicas):
         p.wait(30)
     store = PostgresLedgerStore(uri, schema=schema)
     (row,) = store.aggregate([])
-    assert row.request_count == 26 and row.unknown == 0
+    assert row.request_count == 26 + 4 and row.unknown == 0
     with localcontext(prec=60):  # PostgreSQL sums NUMERIC exactly; add the headers as exactly
         assert row.cost == sum(told)  # the ledger total is what the clients were told, to the last digit
     store.close()

@@ -150,10 +150,14 @@ class PgEntryStore(_PgBase):
     def __init__(self, uri: str, prefix: str = "truecost_cache", schema: str = "public") -> None:
         super().__init__(uri, prefix, schema)
         self._table = t = f"{prefix}_entries"
+        self._meta = f"{prefix}_meta"
         self._setup(lambda c: (c.execute(f"CREATE TABLE IF NOT EXISTS {t} (id BIGINT PRIMARY KEY, scope TEXT NOT NULL, "
-                                       f"fingerprint TEXT NOT NULL, body BYTEA NOT NULL, vector BYTEA, expires_at DOUBLE PRECISION)"),
-                             c.execute(f"CREATE INDEX IF NOT EXISTS {t}_fp ON {t} (fingerprint)"),
-                             c.execute(f"CREATE INDEX IF NOT EXISTS {t}_exp ON {t} (expires_at) WHERE expires_at IS NOT NULL")))
+                                         f"fingerprint TEXT NOT NULL, body BYTEA NOT NULL, vector BYTEA, expires_at DOUBLE PRECISION, "
+                                         f"doc_ids TEXT[] NOT NULL DEFAULT '{{}}')"),
+                               c.execute(f"CREATE INDEX IF NOT EXISTS {t}_fp ON {t} (fingerprint)"),
+                               c.execute(f"CREATE INDEX IF NOT EXISTS {t}_exp ON {t} (expires_at) WHERE expires_at IS NOT NULL"),
+                               c.execute(f"CREATE INDEX IF NOT EXISTS {t}_docs ON {t} USING gin (doc_ids)"),
+                               c.execute(f"CREATE TABLE IF NOT EXISTS {self._meta} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")))
 
     def get(self, entry_id: int) -> CacheEntry | None:
         row = self._run(lambda c: c.execute(f"SELECT body, vector FROM {self._table} WHERE id = %s", (int(entry_id),)).fetchone())
@@ -164,11 +168,25 @@ class PgEntryStore(_PgBase):
         vec = d.pop("vector")
         blob = None if vec is None else np.asarray(vec, dtype=np.float32).tobytes()
         self._run(lambda c: c.execute(
-            f"INSERT INTO {self._table} VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+            f"INSERT INTO {self._table} VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
             f"scope = EXCLUDED.scope, fingerprint = EXCLUDED.fingerprint, body = EXCLUDED.body, vector = EXCLUDED.vector, "
-            f"expires_at = EXCLUDED.expires_at", (entry.id, entry.scope, entry.fingerprint,
-                                                  json.dumps(d, default=str).encode(), blob,
-                                                  entry.expires_at)))
+            f"expires_at = EXCLUDED.expires_at, doc_ids = EXCLUDED.doc_ids",
+            (entry.id, entry.scope, entry.fingerprint, json.dumps(d, default=str).encode(), blob, entry.expires_at,
+             list(entry.doc_ids))))
+
+    def ids_for_docs(self, doc_ids: Iterable[str]) -> list[int]:
+        """Every entry (from any replica) produced from one of these documents."""
+        docs = list(doc_ids)
+        return [r[0] for r in self._run(lambda c: c.execute(
+            f"SELECT id FROM {self._table} WHERE doc_ids && %s", (docs,)).fetchall())] if docs else []
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._run(lambda c: c.execute(f"SELECT value FROM {self._meta} WHERE key = %s", (key,)).fetchone())
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._run(lambda c: c.execute(f"INSERT INTO {self._meta} VALUES (%s, %s) ON CONFLICT (key) DO UPDATE "
+                                      f"SET value = EXCLUDED.value", (key, value)))
 
     def delete(self, entry_ids: Iterable[int]) -> int:
         ids = [int(i) for i in entry_ids]

@@ -135,6 +135,8 @@ class RedisEntryStore:
         pipe.hset(self._key(entry.id), mapping={"body": json.dumps(d, default=str),
                                                 "vector": b"" if vec is None else np.asarray(vec, dtype=np.float32).tobytes()})
         pipe.sadd(f"{self.prefix}:e:ids", int(entry.id))
+        for d in entry.doc_ids:
+            pipe.sadd(f"{self.prefix}:doc:{d}", int(entry.id))
         if entry.expires_at is not None:
             pipe.zadd(self._exp, {str(int(entry.id)): float(entry.expires_at)})
         else:
@@ -146,17 +148,41 @@ class RedisEntryStore:
         ids = [int(i) for i in entry_ids]
         if not ids:
             return 0
+        docs = {}
+        read = self.r.pipeline(transaction=False)
+        for i in ids:
+            read.hget(self._key(i), "body")
+        for i, body in zip(ids, read.execute()):
+            if body:
+                docs[i] = json.loads(body).get("doc_ids") or []
         pipe = self.r.pipeline(transaction=True)
+        for i, ds in docs.items():
+            for d in ds:
+                pipe.srem(f"{self.prefix}:doc:{d}", i)
         pipe.delete(*[self._key(i) for i in ids])
         pipe.srem(f"{self.prefix}:e:ids", *ids)
         pipe.zrem(self._exp, *[str(i) for i in ids])
-        return int(pipe.execute()[0])
+        return int(pipe.execute()[sum(len(ds) for ds in docs.values())])
 
     @_guard
     def expire(self, now: float) -> list[int]:
         due = sorted(int(x) for x in self.r.zrangebyscore(self._exp, "-inf", now))
         self.delete(due)
         return due
+
+    @_guard
+    def ids_for_docs(self, doc_ids: Iterable[str]) -> list[int]:
+        docs = [f"{self.prefix}:doc:{d}" for d in doc_ids]
+        return sorted(int(x) for x in self.r.sunion(docs)) if docs else []
+
+    @_guard
+    def get_meta(self, key: str) -> str | None:
+        v = self.r.hget(f"{self.prefix}:meta", key)
+        return None if v is None else v.decode()
+
+    @_guard
+    def set_meta(self, key: str, value: str) -> None:
+        self.r.hset(f"{self.prefix}:meta", key, value)
 
     @_guard
     def all(self) -> list[CacheEntry]:

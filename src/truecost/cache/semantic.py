@@ -72,6 +72,7 @@ class SemanticCache:
         self._ids = _random_ids()
         self._next_class = _random_ids()
         self._lock = threading.RLock()
+        self._kb_checked = float("-inf")
         self.verifications = 0
         self.stats = {"hit_exact": 0, "hit_semantic": 0, "miss": 0, "bypass": 0, "stored": 0, "refused": 0}
 
@@ -84,6 +85,7 @@ class SemanticCache:
             return LookupResult("bypass", None, reason=str(exc))
         now = self.clock()
         with self._lock:
+            self._refresh_kb_version(now)
             eid = self._exact.get(key.fingerprint)
             entry = self._live(eid, now) if eid is not None else None
             if entry is not None:
@@ -127,6 +129,16 @@ class SemanticCache:
             self._lru.move_to_end(entry.id)
         self.stats[status] += 1
         return LookupResult(status, key, entry, sim, decision)
+
+    def _refresh_kb_version(self, now: float) -> None:
+        """Pick up a version another replica set (shared stores only; at most once a KB_VERSION_REFRESH_S)."""
+        get = getattr(self.entries, "get_meta", None)
+        if get is None or now - self._kb_checked < KB_VERSION_REFRESH_S:
+            return
+        self._kb_checked = now
+        shared = get("kb_version")
+        if shared is not None:
+            self.kb_version = shared
 
     def _stale(self, e: CacheEntry, now: float) -> bool:
         """Expired, or produced from another knowledge-base version."""
@@ -232,15 +244,29 @@ class SemanticCache:
 
     # -- invalidation and eviction ---------------------------------------------------------
     def invalidate(self, doc_ids: Iterable[str]) -> int:
-        """Drop every entry produced from any of these knowledge-base documents."""
+        """Drop every entry produced from any of these knowledge-base documents.
+
+        With a shared entry store (``ids_for_docs``), that includes entries other replicas stored.
+        """
+        doc_ids = list(doc_ids)
         with self._lock:
             ids = set().union(*(self._by_doc.get(d, set()) for d in doc_ids)) if doc_ids else set()
+            shared = getattr(self.entries, "ids_for_docs", None)
+            if shared is not None and doc_ids:
+                ids |= set(shared(doc_ids))
             return self._drop(ids)
 
     def set_kb_version(self, version: str) -> int:
-        """Switch the knowledge-base version: entries of other versions are dropped."""
+        """Switch the knowledge-base version: entries of other versions are dropped.
+
+        With a shared entry store (``set_meta``), every replica sees the new version within
+        ``KB_VERSION_REFRESH_S`` and stops serving older entries from then on.
+        """
         with self._lock:
             self.kb_version = version
+            if hasattr(self.entries, "set_meta"):
+                self.entries.set_meta("kb_version", version)
+                self._kb_checked = self.clock()
             stale = [i for i in list(self._lru) if (e := self.entries.get(i)) is not None
                      and e.kb_version is not None and e.kb_version != version]
             return self._drop(stale)
@@ -292,6 +318,9 @@ class SemanticCache:
 
     def __len__(self) -> int:
         return len(self._lru)
+
+
+KB_VERSION_REFRESH_S = 1.0  # the bound on how stale another replica's view of the kb version can be
 
 
 def _random_ids():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -105,6 +106,31 @@ def create_app(config: GatewayConfig, pipeline: Pipeline, on_shutdown=()) -> Sta
         return JSONResponse({"object": "list", "data": [
             {"id": alias, "object": "model", "created": 0, "owned_by": "truecost"} for alias in sorted(config.models)]})
 
+    async def cache_invalidate(request: Request) -> Response:
+        """Admin: drop the cache entries of changed documents and/or switch the knowledge-base version."""
+        import hashlib
+
+        try:
+            auth = request.headers.get("authorization", "")
+            presented = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+            if config.admin_key_sha256 is None:
+                raise GatewayError(403, "the admin API is off: set admin_key_sha256 in the config", "permission_error")
+            if not presented or hashlib.sha256(presented.encode()).hexdigest() != config.admin_key_sha256:
+                raise GatewayError(401, "invalid admin key", "authentication_error", "invalid_admin_key")
+            if pipeline.cache is None:
+                raise GatewayError(409, "the cache is not enabled", code="cache_disabled")
+            body = await _read_json(request, config.max_body_bytes)
+            doc_ids, version = (body or {}).get("doc_ids") or [], (body or {}).get("kb_version")
+            if not isinstance(doc_ids, list) or not all(isinstance(d, str) and d for d in doc_ids) or (
+                    version is not None and not (isinstance(version, str) and version)) or not (doc_ids or version):
+                raise GatewayError(400, "send {\"doc_ids\": [\"...\"]} and/or {\"kb_version\": \"...\"}")
+        except GatewayError as exc:
+            return _error(exc)
+        dropped = await asyncio.to_thread(pipeline.cache.invalidate, doc_ids) if doc_ids else 0
+        if version is not None:
+            dropped += await asyncio.to_thread(pipeline.cache.set_kb_version, version)
+        return JSONResponse({"invalidated": dropped, "kb_version": pipeline.cache.kb_version})
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -124,6 +150,7 @@ def create_app(config: GatewayConfig, pipeline: Pipeline, on_shutdown=()) -> Sta
                              Route("/v1/messages", messages, methods=["POST"]),
                              Route("/v1/models", models, methods=["GET"]),
                              Route("/healthz", healthz, methods=["GET"]),
+                             Route("/admin/cache/invalidate", cache_invalidate, methods=["POST"]),
                              Route("/metrics", metrics, methods=["GET"])], lifespan=lifespan)
 
 
@@ -208,4 +235,4 @@ def _build_cache(config: GatewayConfig):
     kind, _, arg = c.equivalence.partition(":")
     same = EmbeddingMatch(embedder, float(arg) if arg else 0.92) if kind == "embedding" else NormalisedMatch()
     return SemanticCache(embedder, index, entries, make_policy(c.policy, c.target_error, 0),
-                         same, CacheLimits(max_entries=c.max_entries, ttl_seconds=c.ttl_seconds))
+                         same, CacheLimits(max_entries=c.max_entries, ttl_seconds=c.ttl_seconds), kb_version=c.kb_version)

@@ -89,6 +89,9 @@ class CacheConfig:
     # where entries and vectors live: memory (per process) | postgres (pgvector) | redis (RediSearch);
     # postgres and redis are shared by every replica pointing at the same url and prefix
     backend: str = "memory"
+    # the knowledge-base version new entries are stamped with; POST /admin/cache/invalidate {"kb_version": ...}
+    # switches it (for every replica when the backend is shared), and older entries are no longer served
+    kb_version: str = "v0"
     url: str | None = None
     prefix: str = "truecost_cache"
 
@@ -101,6 +104,7 @@ class GatewayConfig:
     budgets: list[BudgetConfig] = field(default_factory=list)
     ledger: str = ".truecost/gateway.db"  # a SQLite path, or postgresql://... shared by replicas
     ledger_schema: str | None = None  # PostgreSQL ledger only: the schema to keep the tables in
+    admin_key_sha256: str | None = None  # the admin API (/admin/...) answers only to this key; off when unset
     spool: str | None = None  # this replica's durable spool (default: beside a SQLite ledger, else .truecost/)
     compute: str | None = None
     max_body_bytes: int = 1_000_000
@@ -215,8 +219,20 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
     if not ok:
         raise ConfigError(f"{source}: cache.equivalence must be normalised or embedding[:cosine], got {cache.equivalence!r}")
     return GatewayConfig(ups, models, keys, budgets, str(doc.get("ledger", ".truecost/gateway.db")),
-                         doc.get("ledger_schema"), doc.get("spool"), doc.get("compute"), int(doc.get("max_body_bytes", 1_000_000)),
+                         doc.get("ledger_schema"), _admin_digest(doc, source), doc.get("spool"), doc.get("compute"), int(doc.get("max_body_bytes", 1_000_000)),
                          list(doc.get("prices_files") or []), cache, routes, bool(doc.get("otel", False)))
+
+
+def _admin_digest(doc: dict, source: str) -> str | None:
+    if "admin_key" in doc:
+        raise ConfigError(f"{source}: store the admin key hashed (admin_key_sha256), never in clear")
+    digest = doc.get("admin_key_sha256")
+    if digest is None:
+        return None
+    digest = str(digest).lower()
+    if len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
+        raise ConfigError(f"{source}: admin_key_sha256 must be 64 hex characters")
+    return digest
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -170,7 +170,8 @@ class Pipeline:
                         step.outcome = "routed"
                 step.finish()
                 if lookup is not None and lookup.key is not None:
-                    await asyncio.to_thread(self.cache.store, lookup, resp, usage=usage, model=cand.model)
+                    docs = [d.strip() for d in headers.get("x-truecost-doc-ids", "").split(",") if d.strip()]
+                    await asyncio.to_thread(self.cache.store, lookup, resp, usage=usage, model=cand.model, doc_ids=docs)
                 cost = req.total if req.unknown == 0 else None
                 overhead = (time.perf_counter() - t0) * 1000 - upstream_ms
                 self._count(req, cand.model, attribution, overhead)
