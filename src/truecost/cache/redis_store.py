@@ -41,7 +41,7 @@ def _guard(fn):
 
         try:
             return fn(*a, **kw)
-        except redis.ConnectionError as exc:
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise CacheBackendError(f"the cache Redis is unreachable ({exc})") from None
     return inner
 

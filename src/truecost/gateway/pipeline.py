@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, AsyncIterator, Mapping
 
-from truecost.errors import UpstreamError
+from truecost.errors import UpstreamError, TruecostError
 from truecost.gateway.budgets import BudgetExceeded, BudgetGuard, BudgetUnavailable
 from truecost.gateway.config import GatewayConfig, KeyConfig
 from truecost.gateway.metrics import Metrics
@@ -125,7 +125,13 @@ class Pipeline:
         self.tracker.open_request(req)
         lookup = None
         if self.cache is not None and headers.get("x-truecost-cache", "").lower() != "bypass":
-            lookup = await asyncio.to_thread(self.cache.lookup, body, attribution.tenant)
+            try:
+                lookup = await asyncio.to_thread(self.cache.lookup, body, attribution.tenant)
+            except TruecostError as exc:  # the cache's store is down: answer from upstream, say so in metrics
+                log.warning("truecost: cache lookup skipped: %s", exc)
+                self.metrics.inc("truecost_cache_errors_total", op="lookup")
+                lookup = None
+        if lookup is not None:
             hit = self._record_lookup(req, lookup)
             if hit is not None:
                 self.budgets.settle(budget_keys, estimate, req.total if req.unknown == 0 else None)
@@ -171,7 +177,11 @@ class Pipeline:
                 step.finish()
                 if lookup is not None and lookup.key is not None:
                     docs = [d.strip() for d in headers.get("x-truecost-doc-ids", "").split(",") if d.strip()]
-                    await asyncio.to_thread(self.cache.store, lookup, resp, usage=usage, model=cand.model, doc_ids=docs)
+                    try:
+                        await asyncio.to_thread(self.cache.store, lookup, resp, usage=usage, model=cand.model, doc_ids=docs)
+                    except TruecostError as exc:  # not stored this time; the answer still goes out
+                        log.warning("truecost: cache store skipped: %s", exc)
+                        self.metrics.inc("truecost_cache_errors_total", op="store")
                 cost = req.total if req.unknown == 0 else None
                 overhead = (time.perf_counter() - t0) * 1000 - upstream_ms
                 self._count(req, cand.model, attribution, overhead)
