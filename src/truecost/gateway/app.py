@@ -131,6 +131,11 @@ def create_app(config: GatewayConfig, pipeline: Pipeline, on_shutdown=()) -> Sta
             dropped += await asyncio.to_thread(pipeline.cache.set_kb_version, version)
         return JSONResponse({"invalidated": dropped, "kb_version": pipeline.cache.kb_version})
 
+    async def openapi(request: Request) -> Response:
+        from truecost.gateway.openapi import openapi_spec
+
+        return JSONResponse(openapi_spec())
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -151,6 +156,7 @@ def create_app(config: GatewayConfig, pipeline: Pipeline, on_shutdown=()) -> Sta
                              Route("/v1/models", models, methods=["GET"]),
                              Route("/healthz", healthz, methods=["GET"]),
                              Route("/admin/cache/invalidate", cache_invalidate, methods=["POST"]),
+                             Route("/openapi.json", openapi, methods=["GET"]),
                              Route("/metrics", metrics, methods=["GET"])], lifespan=lifespan)
 
 
