@@ -353,3 +353,70 @@ def test_anthropic_upstream_is_priced_with_anthropic_rules(tmp_path):
     assert Decimal(raw.headers["x-truecost-cost-usd"]) == Decimal("0.026")
     assert "_truecost_usage" not in resp.model_dump()
     assert e.cost == Decimal("0.026")
+
+
+class ResetServer:
+    """Accepts TCP connections and resets them at once (SO_LINGER 0): a peer that drops the line."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        import socket
+        import struct
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.recv(65536)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+
+def test_connection_reset_falls_back_to_the_next_candidate_and_is_recorded(tmp_path):
+    reset = ResetServer()
+    with ServerThread(make_app()) as upstream:
+        config = parse_config({
+            "ledger": str(tmp_path / "gw.db"),
+            "upstreams": {"flaky": {"base_url": f"http://127.0.0.1:{reset.port}/v1", "timeout": 2, "max_retries": 1},
+                          "mock": {"base_url": upstream.url + "/v1", "timeout": 2}},
+            "models": {"support": {"candidates": [{"upstream": "flaky", "model": "gpt-6.2-sol"},
+                                                  {"upstream": "mock", "model": "gpt-6-luna"}]}}})
+        app = build(config)
+        with ServerThread(app) as gw:
+            r = httpx.post(gw.url + "/v1/chat/completions", timeout=10,
+                           json={"model": "support", "messages": [{"role": "user", "content": "hello"}]})
+            assert r.status_code == 200 and r.headers["x-truecost-model"] == "gpt-6-luna"
+            assert reset.accepted >= 1
+            events = ledger_events(app, r.headers["x-request-id"])
+            failed = [e for e in events if e.outcome == "error"]
+            assert failed and failed[0].service == "gpt-6.2-sol" and failed[0].cost is None  # the reset is on record
+            # a failed attempt's cost is not known (never silently 0), so the request's total is reported as unknown
+            assert r.headers["x-truecost-cost-usd"] == "unknown"
+            assert [e.outcome for e in events if e.service == "gpt-6-luna"] == ["ok"]
+
+
+def test_slow_drip_stream_past_the_timeout_ends_with_an_error_event_and_partial_cost(stack):
+    """The upstream keeps dripping (0.2 s a chunk) past the 1 s timeout: the client gets the chunks so far,
+    then an explicit error (never a clean end), and the tokens already streamed are in the ledger."""
+    gw, app, _ = stack
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="drip", messages=[{"role": "user", "content": "x"}], stream=True, stream_options={"include_usage": True})
+    got = []
+    with pytest.raises(openai.APIError, match="timed out"):
+        for c in raw.parse():
+            got.append(c)
+    assert got  # some chunks arrived before the error
+    (e,) = ledger_events(app, raw.headers["x-request-id"])
+    assert e.outcome == "error" and e.details.get("usage_estimated_from_chunks") and e.cost > 0
