@@ -420,3 +420,30 @@ def test_slow_drip_stream_past_the_timeout_ends_with_an_error_event_and_partial_
     assert got  # some chunks arrived before the error
     (e,) = ledger_events(app, raw.headers["x-request-id"])
     assert e.outcome == "error" and e.details.get("usage_estimated_from_chunks") and e.cost > 0
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_prompts_reach_the_log_only_when_enabled_and_then_scrubbed(tmp_path, caplog, enabled):
+    import logging
+
+    with ServerThread(make_app()) as upstream:
+        config = parse_config({
+            "ledger": str(tmp_path / "gw.db"), "log_prompts": enabled,
+            "upstreams": {"mock": {"base_url": upstream.url + "/v1", "timeout": 2}},
+            "models": {"support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]}}})
+        with caplog.at_level(logging.DEBUG), ServerThread(build(config)) as gw:
+            r = httpx.post(gw.url + "/v1/chat/completions", timeout=10, json={"model": "support", "messages": [
+                {"role": "user", "content": "my email is jane.doe@example.com and card 4111 1111 1111 1111, secret-marker"}]})
+            assert r.status_code == 200
+    text = caplog.text
+    assert "jane.doe@example.com" not in text and "4111 1111" not in text  # never, whatever the setting
+    assert ("secret-marker" in text and "<email>" in text and "<card>" in text) == enabled
+
+
+def test_admin_api_is_off_without_an_admin_key_and_refuses_tenant_keys(stack):
+    gw, _, _ = stack
+    r = httpx.post(gw.url + "/admin/cache/invalidate", json={"doc_ids": ["x"]}, headers={"authorization": f"Bearer {KEY}"})
+    assert r.status_code == 403 and "admin API is off" in r.json()["error"]["message"]
+    with pytest.raises(Exception, match="hashed"):
+        parse_config({"upstreams": {"m": {"base_url": "http://x"}}, "admin_key": "sk-plain",
+                      "models": {"a": {"candidates": [{"upstream": "m", "model": "gpt-6-luna"}]}}})

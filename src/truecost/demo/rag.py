@@ -17,7 +17,6 @@ disk, and the response's trip between two regions. Each step is priced from the 
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -29,23 +28,8 @@ import numpy as np
 from truecost.cache.embedders import Embedder
 from truecost.tracking import RequestScope, Tracker
 from truecost.tracking.infra import CapacityPool
+from truecost.pii import scrub
 from truecost.types import Attribution, TokenUsage
-
-_PII = [
-    (re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b"), "<email>"),
-    (re.compile(r"\b(?:\d[ -]?){13,19}\b"), "<card>"),
-    (re.compile(r"\b[A-Z]{2}\d{2}[A-Z0-9]{11,30}\b"), "<iban>"),
-    (re.compile(r"(?:\+?\d{1,3}[ -]?)?(?:\(?\d{3}\)?[ -]?)\d{3}[ -]?\d{4}\b"), "<phone>"),
-]
-
-
-def scrub(text: str) -> tuple[str, int]:
-    found = 0
-    for pattern, token in _PII:
-        text, n = pattern.subn(token, text)
-        found += n
-    return text, found
-
 
 def article_for(intent: str) -> str:
     title = intent.replace("_", " ").replace("?", "").strip().capitalize()

@@ -105,6 +105,7 @@ class GatewayConfig:
     ledger: str = ".truecost/gateway.db"  # a SQLite path, or postgresql://... shared by replicas
     ledger_schema: str | None = None  # PostgreSQL ledger only: the schema to keep the tables in
     admin_key_sha256: str | None = None  # the admin API (/admin/...) answers only to this key; off when unset
+    log_prompts: bool = False  # prompts and answers never reach the log unless this is on, and then PII-scrubbed
     spool: str | None = None  # this replica's durable spool (default: beside a SQLite ledger, else .truecost/)
     compute: str | None = None
     max_body_bytes: int = 1_000_000
@@ -219,7 +220,8 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
     if not ok:
         raise ConfigError(f"{source}: cache.equivalence must be normalised or embedding[:cosine], got {cache.equivalence!r}")
     return GatewayConfig(ups, models, keys, budgets, str(doc.get("ledger", ".truecost/gateway.db")),
-                         doc.get("ledger_schema"), _admin_digest(doc, source), doc.get("spool"), doc.get("compute"), int(doc.get("max_body_bytes", 1_000_000)),
+                         doc.get("ledger_schema"), _admin_digest(doc, source), bool(doc.get("log_prompts", False)),
+                         doc.get("spool"), doc.get("compute"), int(doc.get("max_body_bytes", 1_000_000)),
                          list(doc.get("prices_files") or []), cache, routes, bool(doc.get("otel", False)))
 
 

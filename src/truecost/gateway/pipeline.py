@@ -186,6 +186,8 @@ class Pipeline:
                 overhead = (time.perf_counter() - t0) * 1000 - upstream_ms
                 self._count(req, cand.model, attribution, overhead)
                 resp["model"] = resp.get("model") or cand.model
+                if self.config.log_prompts:
+                    self._log_exchange(req.id, body, resp)
                 return Result(body=resp, headers={
                     "x-request-id": req.id, "x-truecost-cache": "miss" if lookup is not None else "bypass",
                     "x-truecost-model": cand.model,
@@ -270,6 +272,18 @@ class Pipeline:
                             similarity=lookup.similarity)
         self.metrics.inc("truecost_cache_lookups_total", status=lookup.status)
         return entry
+
+    @staticmethod
+    def _log_exchange(request_id: str, body: dict, resp: dict) -> None:
+        """Only with ``log_prompts: true``: the last user message and the answer, PII-scrubbed."""
+        from truecost.cache.equivalence import answer_text
+        from truecost.pii import scrub
+
+        user = next((m.get("content") for m in reversed(body.get("messages") or [])
+                     if isinstance(m, dict) and m.get("role") == "user"), "")
+        prompt = user if isinstance(user, str) else json.dumps(user)
+        log.info("truecost: request %s prompt=%r answer=%r", request_id, scrub(prompt[:2000])[0],
+                 scrub(answer_text(resp)[:2000])[0])
 
     def _cached(self, req: RequestScope, body: dict, entry, lookup, t0: float) -> Result:
         from truecost.cache.replay import replay_chunks
