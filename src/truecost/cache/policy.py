@@ -16,8 +16,11 @@ relative to that class's typical correct match). A logistic model, refitted as
 verifications arrive, turns them into P(correct). The threshold on P is the lowest whose
 expected false hits over a window of recent lookups stay under ``target_error x safety``.
 A small share ``explore`` of would-be hits is served as misses and verified, so the model
-also sees the region it answers in; when those samples show more errors than predicted,
-the budget tightens. This is our own construction after the idea of vCache (Schroeder
+also sees the region it answers in. Among the verified lookups near and above the
+threshold, observed errors are compared with predicted ones: an upper confidence bound on
+that ratio scales the budget (tighter when the model under-predicts errors or has seen few
+samples; at most ``max_boost`` x looser when many samples show it over-predicts).
+This is our own construction after the idea of vCache (Schroeder
 et al., ICLR 2026: per-neighbourhood thresholds learned online under an error bound).
 """
 
@@ -171,12 +174,13 @@ class OnlineErrorBounded:
 
     def __init__(self, target_error: float = 0.01, *, safety: float = 0.85, explore: float = 0.03,
                  checks: int = 3, k: int = 10, window: int = 2000, refit_every: int = 25, min_observations: int = 50,
-                 floor: float = 0.85, max_boost: float = 1.0, explore_min: float | None = None,
-                 seed: int = 0) -> None:
+                 floor: float = 0.85, max_boost: float = 1.5, explore_min: float | None = None,
+                 ucb_z: float = 0.5, seed: int = 0) -> None:
         if not 0 < target_error < 1:
             raise ValueError("target_error must be in (0, 1)")
         self.target_error, self.safety, self.explore, self.checks, self.k = target_error, safety, explore, checks, k
         self.window, self.refit_every, self.min_observations, self.floor = window, refit_every, min_observations, floor
+        self.ucb_z = ucb_z
         self.max_boost = max_boost  # how far the budget may grow when verified hits err less than predicted
         self.explore_min = explore if explore_min is None else explore_min
         self.name = f"online-error-bounded(target={target_error})"
@@ -261,7 +265,9 @@ class OnlineErrorBounded:
         if self._near:  # observed vs predicted errors among verified lookups near and above the threshold
             expected = sum(1 - p for p, _ in self._near)
             observed = sum(1 for _, ok in self._near if not ok)
-            budget = self.target_error * min(self.max_boost, self.safety / max((observed + 2) / (expected + 2), 0.5))
+            # an upper confidence bound on observed/predicted errors: few samples -> a tight budget
+            ratio = (observed + 1 + self.ucb_z * math.sqrt(observed + 1)) / (expected + 1)
+            budget = self.target_error * min(self.max_boost, self.safety / max(ratio, 0.5))
         p = np.sort(model.predict(np.array(self._recent)))[::-1]
         expected_rate = np.cumsum(1 - p) / len(p)
         ok = np.nonzero((expected_rate <= budget) & (p >= self.floor))[0]
