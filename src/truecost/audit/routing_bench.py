@@ -23,7 +23,7 @@ import numpy as np
 from truecost.errors import UnknownModelError
 from truecost.pricing.catalog import PriceCatalog
 from truecost.pricing.cost import price_tokens
-from truecost.routing.calibrate import Curve, apgr, choose, point_at_quality, tradeoff_curve
+from truecost.routing.calibrate import CALIBRATION_BLOCKS, Curve, apgr, choose, point_at_quality, tradeoff_curve
 from truecost.routing.decision import RouteRequest
 from truecost.routing.rules import RulesRouter
 from truecost.routing.scorer import Example, FeatureSpec, GapScorer, TrainingDataError
@@ -99,6 +99,19 @@ def attach_responses(rows: list[Row], data_path: Path, weak: str) -> str | None:
     return str(csv_path) if all(r.weak_answer is not None for r in rows) else None
 
 
+class _Memo:
+    """An embedder that remembers the vectors of one run (cross-validation re-embeds nothing)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.model_id, self._seen = inner, getattr(inner, "model_id", None), {}
+
+    def embed_batch(self, texts):
+        todo = [t for t in dict.fromkeys(texts) if t not in self._seen]
+        if todo:
+            self._seen.update(zip(todo, self.inner.embed_batch(todo)))
+        return np.array([self._seen[t] for t in texts])
+
+
 def _costs(catalog: PriceCatalog, model: str, rows: list[Row], which: str) -> np.ndarray:
     version = catalog.price_for(model, datetime.now(timezone.utc))
     if version is None:
@@ -171,12 +184,12 @@ def run(path: str | Path, weak: str, strong: str, strategy: str = "all", train_f
                          if any(m[k] is not None for m in random_runs) else None) for k in random_runs[0]}
     gap = qs - qw
     out["oracle"] = _metrics(tradeoff_curve(gap, qw, qs, cw, cs), qw.mean(), qs.mean(), strong_cost)
-    emb = embedder
-    if emb is None:
-        from truecost.cache.embedders import StaticEmbedder
+    from truecost.cache.embedders import StaticEmbedder
 
-        emb = StaticEmbedder()
-    out["reference_logreg_static_embeddings"] = _reference(train, test, emb, qw, qs, cw, cs, strong_cost)
+    static = StaticEmbedder()
+    emb = _Memo(embedder or static)
+    out["embedder"] = emb.model_id
+    out["reference_logreg_static_embeddings"] = _reference(train, test, static, qw, qs, cw, cs, strong_cost)
     for s in wanted:
         cascade = s == "cascade"
         if cascade and responses is None:
@@ -187,7 +200,7 @@ def run(path: str | Path, weak: str, strong: str, strategy: str = "all", train_f
         scores = _scores(s, model, test, weak, strong)
         curve = tradeoff_curve(scores, qw, qs, cw, cs, cascade=cascade)
         m = _metrics(curve, qw.mean(), qs.mean(), strong_cost)
-        m["latency_ms_p50"] = _latency(s, model, test, weak, strong)
+        m["latency_ms_p50"] = _latency(s, model, test, weak, strong, embedder or static)
         if model is not None:
             m.update(_calibration_check(model, s, train, test, weak, strong, c_weak_all[tr], c_strong_all[tr], cw, cs,
                                         emb, categorical))
@@ -198,11 +211,16 @@ def run(path: str | Path, weak: str, strong: str, strategy: str = "all", train_f
     if usable:
         # Chosen on the training half (out-of-fold APGR), never on the test half it is reported on.
         qw_tr, qs_tr = np.array([r.q_weak for r in train]), np.array([r.q_strong for r in train])
-        cv = {k: apgr(tradeoff_curve(cross_val_scores(k, train, emb, categorical, weak, strong), qw_tr, qs_tr,
-                                     c_weak_all[tr], c_strong_all[tr], k == "cascade"), qw_tr.mean(), qs_tr.mean())
-              for k in usable}
-        best = max(cv, key=cv.get)
-        out["best_strategy_selected_by"] = {"train_out_of_fold_apgr": cv}
+        oof = {k: cross_val_scores(k, train, emb, categorical, weak, strong) for k in usable}
+        cv = {k: apgr(tradeoff_curve(v, qw_tr, qs_tr, c_weak_all[tr], c_strong_all[tr], k == "cascade"),
+                      qw_tr.mean(), qs_tr.mean()) for k, v in oof.items()}
+        top = max(cv, key=cv.get)
+        se = _bootstrap_se(oof[top], qw_tr, qs_tr, top == "cascade", seed)
+        # The one-standard-error rule: the simplest strategy (rules, then trained, then the
+        # cascade that pays a weak call every time) within one bootstrap SE of the best.
+        best = next(k for k in STRATEGIES if k in cv and cv[k] >= cv[top] - se)
+        out["best_strategy_selected_by"] = {"train_out_of_fold_apgr": cv, "bootstrap_se_of_best": se,
+                                            "rule": "simplest strategy within one SE of the best"}
         out["best_strategy"] = best
         out["apgr"] = usable[best]["apgr"]
         out["strong_share_at_95"] = usable[best]["strong_share_at_95"]
@@ -210,6 +228,20 @@ def run(path: str | Path, weak: str, strong: str, strategy: str = "all", train_f
         out["beats_reference"] = out["apgr"] > out["reference_logreg_static_embeddings"]["apgr"]
     out["pricing"] = _pricing_check(rows, c_weak_all, c_strong_all, weak, strong)
     return out
+
+
+def _bootstrap_se(scores: np.ndarray, qw: np.ndarray, qs: np.ndarray, cascade: bool, seed: int,
+                  rounds: int = 200) -> float:
+    """Bootstrap standard error of an APGR measured on ``len(scores)`` labelled rows."""
+    rng = np.random.default_rng(seed)
+    ones = np.ones(len(scores))
+    values = []
+    for _ in range(rounds):
+        i = rng.integers(0, len(scores), len(scores))
+        if qs[i].mean() != qw[i].mean():
+            values.append(apgr(tradeoff_curve(scores[i], qw[i], qs[i], ones[i], ones[i], cascade), qw[i].mean(),
+                               qs[i].mean()))
+    return float(np.std(values)) if len(values) > 1 else float("inf")
 
 
 def _reference(train, test, emb, qw, qs, cw, cs, strong_cost) -> dict:
@@ -227,12 +259,20 @@ def _reference(train, test, emb, qw, qs, cw, cs, strong_cost) -> dict:
     return _metrics(tradeoff_curve(scores, qw, qs, cw, cs), qw.mean(), qs.mean(), strong_cost)
 
 
-def _latency(strategy: str, model, test: list[Row], weak: str, strong: str) -> float:
+def _latency(strategy: str, model, test: list[Row], weak: str, strong: str, embedder=None) -> float:
+    """Scorer p50 per request, embedding included (a fresh, unmemoised embedder)."""
+    memo = getattr(model, "embedder", None)
+    if memo is not None:
+        model.embedder = embedder
     times = []
-    for r in test[:200]:
-        t0 = time.perf_counter()
-        _scores(strategy, model, [r], weak, strong)
-        times.append((time.perf_counter() - t0) * 1e3)
+    try:
+        for r in test[:200]:
+            t0 = time.perf_counter()
+            _scores(strategy, model, [r], weak, strong)
+            times.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        if memo is not None:
+            model.embedder = memo
     return float(np.percentile(times, 50))
 
 
@@ -285,7 +325,7 @@ def _calibration_check(model, strategy, train, test, weak, strong, cw_tr, cs_tr,
     s_te = _scores(strategy, model, test, weak, strong)
     qw_tr, qs_tr = np.array([r.q_weak for r in train]), np.array([r.q_strong for r in train])
     qw_te, qs_te = np.array([r.q_weak for r in test]), np.array([r.q_strong for r in test])
-    curve_tr = tradeoff_curve(s_tr, qw_tr, qs_tr, cw_tr, cs_tr, cascade)
+    curve_tr = tradeoff_curve(s_tr, qw_tr, qs_tr, cw_tr, cs_tr, cascade, CALIBRATION_BLOCKS)
     curve_te = tradeoff_curve(s_te, qw_te, qs_te, cw, cs, cascade)
     checks = []
     for label, kw in (("strong_share<=0.30", {"max_strong_share": 0.30}),

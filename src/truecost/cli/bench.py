@@ -99,6 +99,14 @@ def _print_cache(console: Console, r: dict) -> None:
     Console().print(t)
 
 
+def _router_embedder(name: str):
+    from truecost.cache.embedders import MiniLMEmbedder, StaticEmbedder
+
+    if name not in ("static", "minilm"):
+        raise click.BadParameter(f"unknown embedder {name!r}; static or minilm", param_hint="--embedder")
+    return StaticEmbedder() if name == "static" else MiniLMEmbedder()
+
+
 @bench.command("router")
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="routing JSON Lines")
 @click.option("--weak", required=True, help="the cheap model (as named in the file)")
@@ -106,8 +114,10 @@ def _print_cache(console: Console, r: dict) -> None:
 @click.option("--strategy", default="all", show_default=True, help="rules | trained | cascade | all")
 @click.option("--train-frac", type=float, default=0.5, show_default=True)
 @click.option("--seed", type=int, default=0)
+@click.option("--embedder", "embedder_name", default="static", show_default=True,
+              help="static (sub-millisecond) | minilm (more accurate, ~10 ms per prompt)")
 @click.option("--json", "as_json", is_flag=True)
-def bench_router(data, weak, strong, strategy, train_frac, seed, as_json) -> None:
+def bench_router(data, weak, strong, strategy, train_frac, seed, embedder_name, as_json) -> None:
     """APGR, strong share and cost saving at 95% of strong quality, beside random and the oracle."""
     from truecost.audit.routing_bench import run
 
@@ -116,7 +126,7 @@ def bench_router(data, weak, strong, strategy, train_frac, seed, as_json) -> Non
     console = Console(stderr=True)
     with console.status("training and evaluating routers..."):
         try:
-            result = run(data, weak, strong, strategy, train_frac, seed)
+            result = run(data, weak, strong, strategy, train_frac, seed, embedder=_router_embedder(embedder_name))
         except (ValueError, TruecostError) as exc:
             raise click.ClickException(str(exc)) from None
     if as_json:

@@ -63,7 +63,7 @@ def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_
     from truecost.audit.routing_bench import _costs, _fit, _scores, cross_val_scores, route_top_share
     from truecost.cache.embedders import StaticEmbedder
     from truecost.pricing.catalog import PriceCatalog
-    from truecost.routing.calibrate import choose, tradeoff_curve
+    from truecost.routing.calibrate import CALIBRATION_BLOCKS, choose, tradeoff_curve
 
     targets = [t for t in (max_strong_share, min_quality, max_cost_per_1k) if t is not None]
     if len(targets) != 1:
@@ -75,12 +75,12 @@ def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_
     catalog = PriceCatalog.bundled()
     cascade = kind == "cascade"
 
-    def curve(rows, scores):
+    def curve(rows, scores, smooth=0):
         q_w, q_s = np.array([r.q_weak for r in rows]), np.array([r.q_strong for r in rows])
         return tradeoff_curve(scores, q_w, q_s, _costs(catalog, weak, rows, "weak"),
-                              _costs(catalog, strong, rows, "strong"), cascade), q_s.mean()
+                              _costs(catalog, strong, rows, "strong"), cascade, smooth), q_s.mean()
 
-    curve_tr, qs_tr = curve(train, cross_val_scores(kind, train, emb, categorical, weak, strong))
+    curve_tr, qs_tr = curve(train, cross_val_scores(kind, train, emb, categorical, weak, strong), CALIBRATION_BLOCKS)
     kw = ({"max_strong_share": max_strong_share} if max_strong_share is not None else
           {"min_quality": min_quality * qs_tr} if min_quality is not None else {"max_cost": max_cost_per_1k / 1000})
     i = choose(curve_tr, **kw)

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
+CALIBRATION_BLOCKS = 20  # the calibration curve is read at 5% steps of traffic, linear in between
+
+
 @dataclass
 class Curve:
     strong_share: np.ndarray  # at each point
@@ -20,13 +23,31 @@ class Curve:
     thresholds: np.ndarray  # score threshold at each point (route strong if score >= threshold)
 
 
+def _block_means(x: np.ndarray, blocks: int) -> np.ndarray:
+    """Each value replaced by the mean of its block (``blocks`` consecutive, near-equal runs)."""
+    out = np.empty_like(x, dtype=np.float64)
+    for part in np.array_split(np.arange(len(x)), min(blocks, len(x))):
+        out[part] = x[part].mean()
+    return out
+
+
 def tradeoff_curve(scores: np.ndarray, q_weak: np.ndarray, q_strong: np.ndarray, c_weak: np.ndarray,
-                   c_strong: np.ndarray, cascade: bool = False) -> Curve:
-    """Send the top-k scores to the strong model, for k = 0..n. A cascade pays the weak call always."""
+                   c_strong: np.ndarray, cascade: bool = False, smooth: int = 0) -> Curve:
+    """Send the top-k scores to the strong model, for k = 0..n. A cascade pays the weak call always.
+
+    ``smooth=B`` (for calibration): the per-request gains, in score order, are averaged over
+    B blocks of equal size. Inside a block the order of the scores carries little signal,
+    and the raw curve shows how lucky that order happened to be on this sample; a threshold
+    chosen on the lucky curve misses its target on new traffic.
+    """
     n = len(scores)
     order = np.argsort(-scores, kind="stable")
-    gain_q = np.concatenate([[0.0], np.cumsum((q_strong - q_weak)[order])])
-    extra_c = np.cumsum((c_strong if cascade else c_strong - c_weak)[order])
+    gains = (q_strong - q_weak)[order].astype(np.float64)
+    extra = (c_strong if cascade else c_strong - c_weak)[order].astype(np.float64)
+    if smooth:
+        gains, extra = _block_means(gains, smooth), _block_means(extra, smooth)
+    gain_q = np.concatenate([[0.0], np.cumsum(gains)])
+    extra_c = np.cumsum(extra)
     cost = (c_weak.sum() + np.concatenate([[0.0], extra_c])) / n
     thresholds = np.concatenate([[np.inf], scores[order]])
     return Curve(np.arange(n + 1) / n, (q_weak.sum() + gain_q) / n, cost, thresholds)
@@ -52,7 +73,14 @@ def choose(curve: Curve, *, max_strong_share: float | None = None, min_quality: 
         ok = np.nonzero(curve.strong_share <= max_strong_share + 1e-12)[0]
         return int(ok[-1]) if len(ok) else None
     if min_quality is not None:
-        return point_at_quality(curve, min_quality)
+        # Not the first point that touches the target: on a noisy calibration sample the
+        # curve wanders around the target before it settles, and its first touch is an
+        # optimistic draw. The point from which the curve stays at or above the target is
+        # what a threshold on new traffic can keep.
+        below = np.nonzero(curve.quality < min_quality - 1e-12)[0]
+        if not len(below):
+            return 0
+        return int(below[-1]) + 1 if below[-1] + 1 < len(curve.quality) else None
     if max_cost is not None:
         ok = np.nonzero(curve.cost <= max_cost + 1e-15)[0]
         return int(ok[np.argmax(curve.quality[ok])]) if len(ok) else None

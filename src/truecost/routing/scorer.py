@@ -21,7 +21,7 @@ import numpy as np
 from truecost.errors import TruecostError
 from truecost.routing.features import PROMPT_FEATURES, answer_matrix, prompt_matrix
 
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2  # 2: embeddings of the prompt's last ``embed_tail_chars`` characters
 
 
 class TrainingDataError(TruecostError, ValueError):
@@ -42,10 +42,37 @@ class FeatureSpec:
     categorical: tuple[str, ...] = ()
     answer: bool = False
     smoothing: float = 10.0
+    # The request's own question sits at the end of a prompt; a long shared preamble (a
+    # system prompt, few-shot examples) is the same for every request and only costs time.
+    embed_tail_chars: int | None = 1000
+
+
+L2_GRID = tuple(float(10 ** (k / 2)) for k in range(0, 12))  # 1 ... 316,228
+
+
+def loo_ridge_l2(z: np.ndarray, y: np.ndarray, grid: Sequence[float] = L2_GRID) -> tuple[float, dict[float, float]]:
+    """The ridge penalty with the lowest leave-one-out squared error, in closed form.
+
+    ``z`` is standardised, ``y`` centred. With z = U S V', the fit for penalty l is
+    U diag(s^2/(s^2+l)) U'y, the hat diagonal is sum_j U_ij^2 s_j^2/(s_j^2+l) (+1/n for the
+    intercept), and the leave-one-out residual is r_i / (1 - h_ii): one SVD prices every
+    penalty on the grid. Weak signal -> a large penalty (a cautious, nearly univariate
+    scorer); strong signal -> a small one.
+    """
+    u, s, _ = np.linalg.svd(z, full_matrices=False)
+    uy = u.T @ y
+    errors = {}
+    for l2 in grid:
+        shrink = s ** 2 / (s ** 2 + l2)
+        h = np.minimum((u ** 2) @ shrink + 1.0 / len(y), 1 - 1e-9)
+        errors[l2] = float(np.mean(((y - u @ (shrink * uy)) / (1 - h)) ** 2))
+    return min(errors, key=errors.get), errors
 
 
 class GapScorer:
-    def __init__(self, spec: FeatureSpec, embedder=None, l2: float = 10.0) -> None:
+    """Ridge regression on the quality gap; ``l2=None`` picks the penalty by leave-one-out error."""
+
+    def __init__(self, spec: FeatureSpec, embedder=None, l2: float | None = None) -> None:
         self.spec, self.embedder, self.l2 = spec, embedder, l2
         self.mu = self.sd = self.w = None
         self.encodings: dict[str, dict[str, float]] = {}
@@ -59,7 +86,8 @@ class GapScorer:
         if self.spec.embed:
             if self.embedder is None:
                 raise TrainingDataError("this scorer needs an embedder")
-            parts.append(self.embedder.embed_batch(texts).astype(np.float64))
+            tail = self.spec.embed_tail_chars
+            parts.append(self.embedder.embed_batch([t[-tail:] if tail else t for t in texts]).astype(np.float64))
         for f in self.spec.categorical:
             enc = self.encodings.get(f, {})
             parts.append(np.array([[enc.get(str(e.metadata.get(f)), self.prior)] for e in examples]))
@@ -91,12 +119,16 @@ class GapScorer:
             self.encodings[f] = {k: (sums[k] + a * self.prior) / (counts[k] + a) for k in sums}
         x = self._matrix(examples)
         self.mu, self.sd = x.mean(0), x.std(0) + 1e-6
-        z = np.hstack([(x - self.mu) / self.sd, np.ones((len(x), 1))])
+        standardised = (x - self.mu) / self.sd
+        loo = None
+        if self.l2 is None:
+            self.l2, loo = loo_ridge_l2(standardised, y - y.mean())
+        z = np.hstack([standardised, np.ones((len(x), 1))])
         reg = self.l2 * np.eye(z.shape[1])
         reg[-1, -1] = 0.0
         self.w = np.linalg.solve(z.T @ z + reg, z.T @ y)
         self.meta = {"trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "examples": len(examples),
-                     "mean_gap": self.prior}
+                     "mean_gap": self.prior, "l2": self.l2, "l2_chosen_by": "leave-one-out" if loo else "given"}
         return self
 
     def score(self, examples: Sequence[Example]) -> np.ndarray:
@@ -123,9 +155,10 @@ class GapScorer:
             meta = json.loads(str(data["meta"]))
         except (OSError, ValueError, KeyError) as exc:
             raise TruecostError(f"{path}: not a truecost router artifact ({exc})") from None
-        if meta.get("version") != ARTIFACT_VERSION:
-            raise TruecostError(f"{path}: artifact version {meta.get('version')}, this truecost reads {ARTIFACT_VERSION}")
-        spec = FeatureSpec(**{**meta["spec"], "categorical": tuple(meta["spec"]["categorical"])})
+        if meta.get("version") not in (1, ARTIFACT_VERSION):
+            raise TruecostError(f"{path}: artifact version {meta.get('version')}, this truecost reads 1 to {ARTIFACT_VERSION}")
+        spec_fields = {"embed_tail_chars": None, **meta["spec"]}  # version 1 embedded the whole prompt
+        spec = FeatureSpec(**{**spec_fields, "categorical": tuple(meta["spec"]["categorical"])})
         self = cls(spec, embedder, meta["l2"])
         self.mu, self.sd, self.w = data["mu"], data["sd"], data["w"]
         self.prior, self.encodings, self.meta = meta["prior"], meta["encodings"], meta
