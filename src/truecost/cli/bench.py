@@ -28,8 +28,11 @@ def bench() -> None:
 @click.option("--embedder", "embedder_name", default="minilm", show_default=True, help="minilm | static")
 @click.option("--index", "index_name", default="exact", show_default=True, help="exact | hnsw")
 @click.option("--peers/--no-peers", default=True, show_default=True, help="run GPTCache side by side")
+@click.option("--compare-embedders/--no-compare-embedders", default=True, show_default=True,
+              help="also run the protocol with the other embedder (hit rate and latency for every embedder)")
 @click.option("--json", "as_json", is_flag=True)
-def bench_cache(data, limit, seed, target_error, policy, embedder_name, index_name, peers, as_json) -> None:
+def bench_cache(data, limit, seed, target_error, policy, embedder_name, index_name, peers, compare_embedders,
+                as_json) -> None:
     """Hit rate at a bounded false-hit rate, against a hindsight-tuned fixed threshold and GPTCache."""
     from truecost.cache.embedders import make_embedder
     from truecost.cache.evaluation import correct, hindsight_fixed, load_intent_file, run_policy
@@ -61,6 +64,18 @@ def bench_cache(data, limit, seed, target_error, policy, embedder_name, index_na
               "baseline_fixed_hindsight": {**baseline["best"], "curve": baseline["curve"]},
               "ratio_vs_baseline": ours["hit_rate"] / baseline["best"]["hit_rate"] if baseline["best"]["hit_rate"] else None,
               "meets_error_bound": ours["false_hit_rate"] <= target_error}
+    if compare_embedders:
+        result["embedders"] = [_embedder_row(embedder.model_id, result)]
+        for other in (n for n in ("minilm", "static") if n != embedder_name):
+            with console.status(f"the same protocol with the {other} embedder..."):
+                alt = make_embedder(other)
+                row = run_policy(queries, alt, make_policy(policy, target_error, seed), index_name)
+                alt_vectors = np.concatenate([alt.embed_batch([q.text for q in queries[i:i + 256]])
+                                              for i in range(0, len(queries), 256)])
+                alt_base = hindsight_fixed(alt_vectors, queries, target_error)["best"]
+            result["embedders"].append(_embedder_row(alt.model_id, {
+                **row, "baseline_fixed_hindsight": alt_base,
+                "ratio_vs_baseline": row["hit_rate"] / alt_base["hit_rate"] if alt_base["hit_rate"] else None}))
     if peers:
         peer_rows = []
         with console.status("GPTCache at its default threshold 0.8..."):
@@ -79,6 +94,14 @@ def bench_cache(data, limit, seed, target_error, policy, embedder_name, index_na
         _print_cache(console, result)
 
 
+def _embedder_row(model_id: str, r: dict) -> dict:
+    b = r["baseline_fixed_hindsight"]
+    return {"embedder": model_id, "hit_rate": r["hit_rate"], "false_hit_rate": r["false_hit_rate"],
+            "lookup_ms_p50": r["lookup_ms_p50"], "lookup_ms_p99": r["lookup_ms_p99"],
+            "baseline_fixed_hindsight": {k: b[k] for k in ("threshold", "hit_rate", "false_hit_rate")},
+            "ratio_vs_baseline": r["ratio_vs_baseline"]}
+
+
 def _print_cache(console: Console, r: dict) -> None:
     from rich.table import Table
 
@@ -89,6 +112,10 @@ def _print_cache(console: Console, r: dict) -> None:
               f"{r['lookup_ms_p99']:.2f}")
     b = r["baseline_fixed_hindsight"]
     t.add_row(f"fixed cos>={b['threshold']} (hindsight)", f"{b['hit_rate']:.1%}", f"{b['false_hit_rate']:.2%}", "", "")
+    for e in r.get("embedders", [])[1:]:
+        t.add_row(f"{r['policy']} with {e['embedder']} ({e['ratio_vs_baseline'] or 0:.2f}x its fixed baseline)",
+                  f"{e['hit_rate']:.1%}", f"{e['false_hit_rate']:.2%}", f"{e['lookup_ms_p50']:.2f}",
+                  f"{e['lookup_ms_p99']:.2f}")
     for p in r.get("peers", []):
         if "error" in p:
             t.add_row(p["peer"], p["error"], "", "", "")

@@ -275,3 +275,8 @@ def test_bench_cache_cli_runs_and_reports_bad_input_clearly(tmp_path):
     assert d["queries"] == 60 and d["hits"] >= 30 and d["false_hits"] == 0  # the repeats hit the exact tier
     assert d["baseline_fixed_hindsight"]["curve"]
     assert 0 <= d["false_hit_rate"] <= 1 and d["embedder"].startswith("truecost/minilm")
+    # the other embedder runs the same protocol beside it (hit rate and latency for every embedder)
+    both = {e["embedder"]: e for e in d["embedders"]}
+    assert set(both) == {"truecost/minilm-l6-v2-static-256", "sentence-transformers/all-MiniLM-L6-v2"}
+    assert all(e["hit_rate"] >= 0.5 and e["lookup_ms_p50"] > 0 and e["baseline_fixed_hindsight"]["threshold"]
+               for e in both.values())
