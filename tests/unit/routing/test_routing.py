@@ -229,3 +229,24 @@ def test_artifact_round_trip_keeps_the_embedding_tail(tmp_path):
     assert back.spec.embed_tail_chars == 200 and back.meta["l2_chosen_by"] == "leave-one-out"
     assert np.allclose(back.score(train), s.score(train))
     assert np.corrcoef(s.score(train), [e.gap for e in train])[0, 1] > 0.8
+
+
+def test_cost_aware_order_puts_the_most_gain_per_dollar_first():
+    from truecost.audit.routing_bench import _gain_per_dollar
+
+    scores = np.array([0.4, 0.3, -0.2, 0.0, 0.1])
+    extra = np.array([4.0, 1.0, 1.0, 1.0, 0.1])  # dollars the strong call would add
+    order = np.argsort(-_gain_per_dollar(scores, extra), kind="stable").tolist()
+    assert order == [4, 1, 0, 3, 2]  # 1.0/$, 0.3/$, 0.1/$, then no expected gain, then a loss
+
+
+def test_bench_router_reports_both_orders_and_the_oracle(tmp_path):
+    from truecost.audit.routing_bench import run
+
+    f = tmp_path / "r.jsonl"
+    _write_routing_file(f, n=400, seed=5)
+    d = run(f, "gpt-3.5-turbo-1106", "gpt-4-1106-preview", "trained")
+    t = d["strategies"]["trained"]
+    assert t["cost_aware"]["cost_saving_at_95"] is not None and d["cost_saving_at_95"] == t["cost_aware"]["cost_saving_at_95"]
+    assert d["cost_saving_at_95_share_ranked"] == t["cost_saving_at_95"]
+    assert d["oracle"]["cost_aware"]["cost_saving_at_95"] >= t["cost_aware"]["cost_saving_at_95"]
