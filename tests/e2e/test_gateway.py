@@ -447,3 +447,64 @@ def test_admin_api_is_off_without_an_admin_key_and_refuses_tenant_keys(stack):
     with pytest.raises(Exception, match="hashed"):
         parse_config({"upstreams": {"m": {"base_url": "http://x"}}, "admin_key": "sk-plain",
                       "models": {"a": {"candidates": [{"upstream": "m", "model": "gpt-6-luna"}]}}})
+
+
+def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
+    import random
+
+    from click.testing import CliRunner
+
+    from truecost.cli.main import cli
+    from truecost.errors import ConfigError
+
+    rng = random.Random(7)
+    data = tmp_path / "labelled.jsonl"
+    with open(data, "w") as fh:
+        for i in range(400):
+            hard = i % 2 == 0
+            prompt = (f"Compute step by step: {' + '.join(str(rng.randint(0, 99)) for _ in range(10))}" if hard
+                      else f"Say hello to person {i}")
+            fh.write(json.dumps({"prompt": prompt, "prompt_tokens": len(prompt) // 4, "models": {
+                "gpt-3.5-turbo-1106": {"quality": 0 if hard and rng.random() < 0.8 else 1, "output_tokens": 20},
+                "gpt-4-1106-preview": {"quality": 1, "output_tokens": 30}}}) + "\n")
+    artifact = tmp_path / "router.npz"
+    res = CliRunner().invoke(cli, ["router", "calibrate", str(data), "--weak", "gpt-3.5-turbo-1106", "--strong",
+                                   "gpt-4-1106-preview", "--kind", "trained", "--max-strong-share", "0.5",
+                                   "--out", str(artifact)], catch_exceptions=False)
+    out = json.loads(res.output)
+    assert out["artifact"] == str(artifact) and 0.4 <= out["test"]["strong_share"] <= 0.5
+
+    def conf(route):
+        return parse_config({
+            "ledger": str(tmp_path / "gw.db"), "upstreams": {"mock": {"base_url": upstream.url + "/v1"}},
+            "models": {"routed": {"candidates": [{"upstream": "mock", "model": "gpt-6.2-sol"},
+                                                 {"upstream": "mock", "model": "gpt-6-luna"}],
+                                  "route": {"weak": "gpt-6-luna", "strong": "gpt-6.2-sol", **route}}},
+            "keys": [{"name": "team-a", "key_sha256": hash_key(KEY)}]})
+
+    with ServerThread(make_app()) as upstream:
+        with pytest.raises(ConfigError, match="needs its artifact"):
+            conf({"strategy": "trained", "artifact": str(tmp_path / "missing.npz")})
+        app = build(conf({"strategy": "trained", "artifact": str(artifact)}))
+        with ServerThread(app) as gw:
+            c = client(gw)
+            easy = c.chat.completions.with_raw_response.create(
+                model="routed", messages=[{"role": "user", "content": "Say hello to person 9001"}])
+            hard = c.chat.completions.with_raw_response.create(
+                model="routed", messages=[{"role": "user", "content": "Compute step by step: 12 + 85 + 3 + 44 + 9"}])
+            forced = c.chat.completions.with_raw_response.create(
+                model="routed", messages=[{"role": "user", "content": "Say hello to person 1"}],
+                extra_headers={"x-truecost-route": "strong"})
+            assert easy.headers["x-truecost-model"] == "gpt-6-luna"
+            assert hard.headers["x-truecost-model"] == "gpt-6.2-sol"
+            assert forced.headers["x-truecost-model"] == "gpt-6.2-sol"
+            (e,) = ledger_events(app, easy.headers["x-request-id"])
+            assert e.outcome == "routed" and e.avoided_cost > 0
+    # an answer-aware (cascade) artifact cannot route before the call: a clear error at startup
+    from truecost.routing.scorer import Example, FeatureSpec, GapScorer
+
+    cascade = GapScorer(FeatureSpec(embed=False, answer=True)).fit(
+        [Example(f"q{i}", float(i % 2), {}, f"the answer is {i}") for i in range(20)]).save(tmp_path / "cascade.npz")
+    with ServerThread(make_app()) as upstream:
+        with pytest.raises(ConfigError, match="needs the weak model's answer"):
+            build(conf({"strategy": "trained", "artifact": str(cascade), "threshold": 0.5}))

@@ -58,7 +58,10 @@ def train(data, weak, strong, kind, out_path) -> None:
 @click.option("--max-cost-per-1k", type=float, help="target: at most this many USD per 1,000 requests")
 @click.option("--train-frac", type=float, default=0.5, show_default=True)
 @click.option("--seed", type=int, default=0)
-def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_per_1k, train_frac, seed) -> None:
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="save the calibrated scorer (with its threshold) for the gateway's `strategy: trained`")
+def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_per_1k, train_frac, seed,
+              out_path) -> None:
     """Pick the threshold meeting one target on the train part; report it on the held-out part, with the curve."""
     from truecost.audit.routing_bench import _costs, _fit, _scores, cross_val_scores, route_top_share
     from truecost.cache.embedders import StaticEmbedder
@@ -97,8 +100,15 @@ def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_
     cost = (c_w + np.where(routed, c_s if cascade else c_s - c_w, 0.0)).mean()
     curve_te, _ = curve(test, s_te)
     step = max(1, len(curve_te.strong_share) // 20)
+    artifact = None
+    if out_path:
+        if model is None:
+            raise click.UsageError("--out saves a trained scorer; the rules router needs no artifact")
+        artifact = str(model.save(out_path if out_path.endswith(".npz") else out_path + ".npz", weak=weak,
+                                  strong=strong, kind=kind, data=str(data), threshold=threshold, strong_share=share,
+                                  target={k: v for k, v in kw.items()}))
     click.echo(json.dumps({
-        "kind": kind, "strong_share": share, "threshold_on_train_scores": threshold,
+        "kind": kind, "strong_share": share, "threshold_on_train_scores": threshold, "artifact": artifact,
         "how_to_route": "send the top strong_share of recent requests' scores to the strong model",
         "target": {k: v for k, v in kw.items()},
         "test": {"strong_share": float(routed.mean()),

@@ -48,10 +48,12 @@ class Candidate:
 class RouteConfig:
     """Route an alias between a weak and a strong candidate (both must be among its candidates)."""
 
-    strategy: str  # rules
+    strategy: str  # rules | trained
     weak: str
     strong: str
     max_weak_tokens: int = 400
+    artifact: str | None = None  # trained: a scorer saved by `truecost router calibrate --out` (or `router train`)
+    threshold: float | None = None  # trained: overrides the artifact's calibrated threshold
 
 
 @dataclass(frozen=True)
@@ -165,13 +167,22 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
         models[alias] = parsed
         r = m.get("route")
         if r is not None:
-            if not isinstance(r, dict) or r.get("strategy") != "rules":
-                raise ConfigError(f"{where}.route: strategy must be 'rules' (trained routers: see `truecost router`)")
+            if not isinstance(r, dict) or r.get("strategy") not in ("rules", "trained"):
+                raise ConfigError(f"{where}.route: strategy must be 'rules' or 'trained'")
             names = {c.model for c in parsed}
             for side in ("weak", "strong"):
                 if r.get(side) not in names:
                     raise ConfigError(f"{where}.route.{side}: {r.get(side)!r} is not one of the candidates {sorted(names)}")
-            routes[alias] = RouteConfig("rules", r["weak"], r["strong"], int(r.get("max_weak_tokens", 400)))
+            artifact, threshold = r.get("artifact"), r.get("threshold")
+            if r["strategy"] == "trained":
+                if not artifact or not Path(str(artifact)).is_file():
+                    raise ConfigError(f"{where}.route.artifact: a trained router needs its artifact file "
+                                      f"(`truecost router calibrate ... --out router.npz`); got {artifact!r}")
+                if threshold is not None and not isinstance(threshold, (int, float)):
+                    raise ConfigError(f"{where}.route.threshold: a number, got {threshold!r}")
+            routes[alias] = RouteConfig(r["strategy"], r["weak"], r["strong"], int(r.get("max_weak_tokens", 400)),
+                                        str(artifact) if artifact else None,
+                                        float(threshold) if threshold is not None else None)
     if not models:
         raise ConfigError(f"{source}: at least one model alias is needed under 'models'")
     keys = []

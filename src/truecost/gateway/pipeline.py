@@ -83,13 +83,51 @@ def attribution_for(key: KeyConfig | None, headers: Mapping[str, str]) -> Attrib
                        tags=tags)
 
 
+def load_router_artifact(path):
+    """A saved prompt scorer with the embedder it was trained with (answer-aware scorers need a weak answer
+    first, so they cannot decide before the call)."""
+    from truecost.routing.scorer import GapScorer
+
+    probe = GapScorer.load(path)
+    if probe.spec.answer:
+        raise TruecostError(f"{path}: an answer-aware (cascade) scorer needs the weak model's answer; "
+                            "route requests with a prompt scorer (`truecost router calibrate --kind trained`)")
+    embedder = None
+    if probe.spec.embed:
+        from truecost.cache.embedders import make_embedder
+
+        wanted = probe.meta.get("embedder") or ""
+        embedder = make_embedder("minilm" if "all-MiniLM" in wanted else "static")
+        if embedder.model_id != wanted:
+            raise TruecostError(f"{path}: trained with embedder {wanted!r}, which this install does not have")
+    return GapScorer.load(path, embedder)
+
+
+def _make_router(r):
+    """A rules router, or a trained prompt scorer behind its calibrated threshold (loaded at startup)."""
+    if r.strategy != "trained":
+        return RulesRouter(r.weak, r.strong, r.max_weak_tokens)
+    from truecost.errors import ConfigError
+    from truecost.routing.scorer import ScoredRouter
+
+    try:
+        scorer = load_router_artifact(r.artifact)
+    except TruecostError as exc:
+        raise ConfigError(str(exc)) from None
+    threshold = r.threshold if r.threshold is not None else scorer.meta.get("threshold")
+    if threshold is None:
+        raise ConfigError(f"{r.artifact}: no calibrated threshold in the artifact; set route.threshold or "
+                          "save it with `truecost router calibrate ... --out`")
+    return ScoredRouter(scorer, r.weak, r.strong, float(threshold))
+
+
 class Pipeline:
     def __init__(self, config: GatewayConfig, tracker: Tracker, upstreams: Mapping[str, Any],
                  metrics: Metrics | None = None, cache=None) -> None:
         self.config, self.tracker, self.upstreams, self.cache = config, tracker, upstreams, cache
         self.metrics = metrics or Metrics()
         self.budgets = BudgetGuard(config.budgets)
-        self.routers = {alias: RulesRouter(r.weak, r.strong, r.max_weak_tokens) for alias, r in config.routes.items()}
+        self.routers = {alias: _make_router(r) for alias, r in config.routes.items()}
 
     def _estimate(self, model: str, body: dict) -> Decimal:
         """A conservative cost estimate for budget admission: prompt chars / 3 in, max_tokens (or 1,024) out."""

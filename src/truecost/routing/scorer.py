@@ -168,12 +168,18 @@ class GapScorer:
 class ScoredRouter:
     """A scorer behind a threshold: score >= threshold -> strong first, else weak first."""
 
-    def __init__(self, scorer: GapScorer, weak: str, strong: str, threshold: float) -> None:
+    def __init__(self, scorer: GapScorer, weak: str, strong: str, threshold: float,
+                 force_header: str = "x-truecost-route") -> None:
         self.scorer, self.weak, self.strong, self.threshold = scorer, weak, strong, threshold
+        self.force_header = force_header
 
     def route(self, request) -> "RouteDecision":
         from truecost.routing.decision import RouteDecision
 
+        forced = str(request.metadata.get(self.force_header, "")).lower()
+        if forced in ("strong", "weak"):
+            first, other = (self.strong, self.weak) if forced == "strong" else (self.weak, self.strong)
+            return RouteDecision((first, other), f"forced by header {self.force_header}: {forced}", None, "trained")
         s = float(self.scorer.score([Example(request.text, 0.0, request.metadata)])[0])
         if s >= self.threshold:
             return RouteDecision((self.strong, self.weak), f"predicted gap {s:.3f} >= {self.threshold:.3f}", s, "trained")
