@@ -508,3 +508,49 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
     with ServerThread(make_app()) as upstream:
         with pytest.raises(ConfigError, match="needs the weak model's answer"):
             build(conf({"strategy": "trained", "artifact": str(cascade), "threshold": 0.5}))
+
+
+def test_logprob_cascade_accepts_confident_weak_answers_and_escalates_the_rest(tmp_path):
+    from truecost.errors import ConfigError
+
+    def conf(strong_wire="gpt-6.2-sol", **route):
+        return parse_config({
+            "ledger": str(tmp_path / "gw.db"), "upstreams": {"mock": {"base_url": upstream.url + "/v1", "max_retries": 0}},
+            "models": {"cascade": {"candidates": [{"upstream": "mock", "model": "gpt-6.2-sol", "upstream_model": strong_wire},
+                                                  {"upstream": "mock", "model": "gpt-6-luna"}],
+                                   "route": {"strategy": "cascade", "weak": "gpt-6-luna", "strong": "gpt-6.2-sol",
+                                             **route}}},
+            "keys": [{"name": "team-a", "key_sha256": hash_key(KEY)}]})
+
+    with ServerThread(make_app()) as upstream:
+        for bad in ({}, {"min_mean_logprob": 0.5}, {"min_mean_logprob": "high"}):
+            with pytest.raises(ConfigError, match="min_mean_logprob"):
+                conf(**bad)
+        app = build(conf(min_mean_logprob=-0.5))
+        with ServerThread(app) as gw:
+            c = client(gw)
+            easy = c.chat.completions.with_raw_response.create(
+                model="cascade", messages=[{"role": "user", "content": "refund?"}])
+            assert easy.headers["x-truecost-model"] == "gpt-6-luna"
+            assert easy.parse().choices[0].logprobs is None  # asked for by the cascade, not by the client
+            (e,) = ledger_events(app, easy.headers["x-request-id"])
+            assert e.outcome == "routed" and e.avoided_cost > 0 and e.details["route_strategy"] == "cascade"
+
+            hard = c.chat.completions.with_raw_response.create(
+                model="cascade", messages=[{"role": "user", "content": "a hard one"}])
+            assert hard.headers["x-truecost-model"] == "gpt-6.2-sol"
+            weak, strong = sorted(ledger_events(app, hard.headers["x-request-id"]), key=lambda ev: ev.service != "gpt-6-luna")
+            assert weak.outcome == "escalated" and weak.cost > 0  # the weak call is paid all the same
+            assert "escalate" in weak.details["route_reason"] and strong.service == "gpt-6.2-sol"
+            assert Decimal(hard.headers["x-truecost-cost-usd"]) == weak.cost + strong.cost
+
+            chunks = list(c.chat.completions.create(model="cascade", messages=[{"role": "user", "content": "a hard one"}],
+                                                    stream=True, stream_options={"include_usage": True}))
+            assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices).startswith("The refund")
+            assert chunks[-1].usage.completion_tokens == 30  # the tokens really spent, not a cache hit's zero
+    with ServerThread(make_app()) as upstream:  # the escalation fails: the weak answer beats an error
+        app = build(conf(strong_wire="fail-500", min_mean_logprob=-0.5))
+        with ServerThread(app) as gw:
+            r = client(gw).chat.completions.with_raw_response.create(
+                model="cascade", messages=[{"role": "user", "content": "a hard one"}])
+            assert r.headers["x-truecost-model"] == "gpt-6-luna" and r.parse().choices[0].message.content

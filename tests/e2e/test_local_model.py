@@ -83,3 +83,29 @@ def test_real_local_model_streams_through_the_sdk(gateway):
     tokens, compute = app.state.store.query(LedgerFilter(request_id=raw.headers["x-request-id"]))
     assert tokens.details["usage_estimated_from_chunks"] and tokens.details["tokens"]["output"] > 0
     assert compute.cost > 0
+
+
+@pytest.mark.parametrize("min_mean_logprob, served", [(-50.0, "SmolLM2-135M-Instruct"), (-1e-6, "gpt-6.2-sol")])
+def test_cascade_reads_the_real_local_models_logprobs(local_model, tmp_path, min_mean_logprob, served):
+    from tests.support.mock_upstream import make_app
+
+    with ServerThread(make_app()) as strong_upstream:
+        config = parse_config({
+            "ledger": str(tmp_path / "gw.db"), "compute": "aws/c7i.xlarge",
+            "upstreams": {"local": {"base_url": local_model, "timeout": 60}, "cloud": {"base_url": strong_upstream.url + "/v1"}},
+            "models": {"smart": {"candidates": [{"upstream": "cloud", "model": "gpt-6.2-sol"},
+                                                {"upstream": "local", "model": "SmolLM2-135M-Instruct", "self_hosted": True}],
+                                 "route": {"strategy": "cascade", "weak": "SmolLM2-135M-Instruct", "strong": "gpt-6.2-sol",
+                                           "min_mean_logprob": min_mean_logprob}}},
+        })
+        app = build(config)
+        with ServerThread(app) as gw:
+            c = openai.OpenAI(api_key="none", base_url=gw.url + "/v1", max_retries=0)
+            raw = c.chat.completions.with_raw_response.create(
+                model="smart", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=16)
+            assert raw.headers["x-truecost-model"] == served and raw.parse().choices[0].message.content.strip()
+            app.state.writer.flush()
+            events = app.state.store.query(LedgerFilter(request_id=raw.headers["x-request-id"]))
+            local = [e for e in events if e.service == "SmolLM2-135M-Instruct"]
+            assert local and local[0].details["route_score"] < 0  # a real mean token log-probability
+            assert local[0].outcome == ("routed" if served.startswith("Smol") else "escalated")

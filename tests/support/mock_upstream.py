@@ -42,6 +42,11 @@ def make_app(latency: float = 0.0, slow_seconds: float = 5.0) -> Starlette:
         if not body.get("stream"):
             out = {**base, "object": "chat.completion", "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": TEXT}, "finish_reason": "stop"}]}
+            if body.get("logprobs"):  # confident unless the question says it is hard
+                hard = "hard" in json.dumps(body.get("messages"))
+                out["choices"][0]["logprobs"] = {"content": [
+                    {"token": w, "logprob": -2.5 if hard else -0.05, "bytes": None, "top_logprobs": []}
+                    for w in TEXT.split(" ")]}
             if model != "no-usage":
                 out["usage"] = USAGE
             return JSONResponse(out)

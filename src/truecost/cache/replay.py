@@ -6,8 +6,11 @@ import time
 from typing import Any, Iterator, Mapping
 
 
-def replay_chunks(answer: Mapping[str, Any], chunk_chars: int = 24, include_usage: bool = False) -> Iterator[dict]:
-    """The stored answer as ``chat.completion.chunk`` dicts: role, content pieces, finish, (usage)."""
+def replay_chunks(answer: Mapping[str, Any], chunk_chars: int = 24, include_usage: bool = False,
+                  usage: Mapping[str, Any] | None = None) -> Iterator[dict]:
+    """The stored answer as ``chat.completion.chunk`` dicts: role, content pieces, finish, (usage).
+
+    ``usage``: the tokens really spent on this answer (a cascade's); a cache hit spent none."""
     base = {"id": answer.get("id", "cached"), "object": "chat.completion.chunk",
             "created": int(time.time()), "model": answer.get("model")}
     for idx, choice in enumerate(answer.get("choices") or []):
@@ -20,5 +23,5 @@ def replay_chunks(answer: Mapping[str, Any], chunk_chars: int = 24, include_usag
                                         "finish_reason": None}]}
         yield {**base, "choices": [{"index": idx, "delta": {}, "finish_reason": choice.get("finish_reason", "stop")}]}
     if include_usage:
-        # A cache hit consumed no model tokens.
-        yield {**base, "choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+        spent = dict(usage) if usage else {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        yield {**base, "choices": [], "usage": spent}

@@ -48,12 +48,13 @@ class Candidate:
 class RouteConfig:
     """Route an alias between a weak and a strong candidate (both must be among its candidates)."""
 
-    strategy: str  # rules | trained
+    strategy: str  # rules | trained | cascade
     weak: str
     strong: str
     max_weak_tokens: int = 400
     artifact: str | None = None  # trained: a scorer saved by `truecost router calibrate --out` (or `router train`)
     threshold: float | None = None  # trained: overrides the artifact's calibrated threshold
+    min_mean_logprob: float | None = None  # cascade: accept the weak answer at or above this mean token logprob
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,8 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
         models[alias] = parsed
         r = m.get("route")
         if r is not None:
-            if not isinstance(r, dict) or r.get("strategy") not in ("rules", "trained"):
-                raise ConfigError(f"{where}.route: strategy must be 'rules' or 'trained'")
+            if not isinstance(r, dict) or r.get("strategy") not in ("rules", "trained", "cascade"):
+                raise ConfigError(f"{where}.route: strategy must be 'rules', 'trained' or 'cascade'")
             names = {c.model for c in parsed}
             for side in ("weak", "strong"):
                 if r.get(side) not in names:
@@ -180,9 +181,15 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
                                       f"(`truecost router calibrate ... --out router.npz`); got {artifact!r}")
                 if threshold is not None and not isinstance(threshold, (int, float)):
                     raise ConfigError(f"{where}.route.threshold: a number, got {threshold!r}")
+            min_lp = r.get("min_mean_logprob")
+            if r["strategy"] == "cascade" and (isinstance(min_lp, bool) or not isinstance(min_lp, (int, float))
+                                               or min_lp > 0):
+                raise ConfigError(f"{where}.route.min_mean_logprob: a cascade needs a threshold <= 0 on the weak "
+                                  f"answer's mean token log-probability (e.g. -0.5); got {min_lp!r}")
             routes[alias] = RouteConfig(r["strategy"], r["weak"], r["strong"], int(r.get("max_weak_tokens", 400)),
                                         str(artifact) if artifact else None,
-                                        float(threshold) if threshold is not None else None)
+                                        float(threshold) if threshold is not None else None,
+                                        float(min_lp) if min_lp is not None else None)
     if not models:
         raise ConfigError(f"{source}: at least one model alias is needed under 'models'")
     keys = []

@@ -19,6 +19,7 @@ from truecost.gateway.budgets import BudgetExceeded, BudgetGuard, BudgetUnavaila
 from truecost.gateway.config import GatewayConfig, KeyConfig
 from truecost.gateway.metrics import Metrics
 from truecost.pricing.cost import price_tokens
+from truecost.routing.cascade import LogprobCascade, mean_logprob
 from truecost.routing.decision import RouteRequest
 from truecost.routing.rules import RulesRouter
 from truecost.tracking.scope import RequestScope, StepScope
@@ -127,7 +128,9 @@ class Pipeline:
         self.config, self.tracker, self.upstreams, self.cache = config, tracker, upstreams, cache
         self.metrics = metrics or Metrics()
         self.budgets = BudgetGuard(config.budgets)
-        self.routers = {alias: _make_router(r) for alias, r in config.routes.items()}
+        self.routers = {alias: _make_router(r) for alias, r in config.routes.items() if r.strategy != "cascade"}
+        self.cascades = {alias: LogprobCascade(r.min_mean_logprob) for alias, r in config.routes.items()
+                         if r.strategy == "cascade"}
 
     def _estimate(self, model: str, body: dict) -> Decimal:
         """A conservative cost estimate for budget admission: prompt chars / 3 in, max_tokens (or 1,024) out."""
@@ -146,6 +149,11 @@ class Pipeline:
                                     f"{', '.join(sorted(self.config.models))}", code="model_not_found")
         attribution = attribution_for(key, headers)
         candidates, route = self._route(body, candidates, headers)
+        cascade = self.cascades.get(body["model"])
+        if cascade is not None:  # the weak model answers first; the strong one only on low confidence
+            rc = self.config.routes[body["model"]]
+            rank = {rc.weak: 0, rc.strong: 1}
+            candidates = sorted(candidates, key=lambda c: rank.get(c.model, 2))
         estimate = self._estimate(candidates[0].model, body) if self.config.budgets else Decimal(0)
         try:
             budget_keys = self.budgets.admit(attribution, estimate)
@@ -175,17 +183,25 @@ class Pipeline:
                 self.budgets.settle(budget_keys, estimate, req.total if req.unknown == 0 else None)
                 self.tracker.close_request(req, None)
                 return self._cached(req, body, hit, lookup, t0)
-        if body.get("stream"):
+        if body.get("stream") and cascade is None:
             return Result(stream=self._stream(req, body, candidates, budget_keys, estimate, t0),
                           headers={"x-request-id": req.id, "x-truecost-cache": "bypass"})
         upstream_ms = 0.0
         last_error: Exception | None = None
+        escalated = None  # (candidate, answer, usage) of a weak answer the cascade declined
         try:
-            for cand in candidates:
+            for i, cand in enumerate(candidates):
                 step = StepScope(req, "generate", cand.model).begin()
                 t_up = time.perf_counter()
+                call = {**body, "model": cand.wire_model}
+                if cascade is not None:  # decide on a whole answer; a stream is replayed from it
+                    call.pop("stream_options", None)
+                    call["stream"] = False
+                    if cand.model == rc.weak:  # some servers (llama.cpp) send logprobs only with top_logprobs set
+                        call["logprobs"] = True
+                        call.setdefault("top_logprobs", 1)
                 try:
-                    resp = await self.upstreams[cand.upstream].complete({**body, "model": cand.wire_model})
+                    resp = await self.upstreams[cand.upstream].complete(call)
                 except UpstreamError as exc:
                     upstream_ms += (time.perf_counter() - t_up) * 1000
                     step.cost(None, service=cand.model, reason=f"upstream error: {exc}")
@@ -205,7 +221,21 @@ class Pipeline:
                     step.cost(None, service=cand.model, reason="upstream response carried no usage")
                 if cand.self_hosted:
                     self.tracker.charge_compute(step, call_ms)
-                step.annotate(upstream=cand.upstream, fallback=cand is not candidates[0])
+                step.annotate(upstream=cand.upstream, fallback=cand is not candidates[0] and escalated is None)
+                if (cascade is not None and cand.model == rc.weak
+                        and any(c.model == rc.strong for c in candidates[i + 1:])):
+                    accepted, why = cascade.accept(resp)
+                    step.annotate(route_strategy="cascade", route_reason=why, route_score=mean_logprob(resp))
+                    if not accepted:  # the weak call is paid all the same: it stays on the request
+                        step.outcome = "escalated"
+                        step.finish()
+                        self.metrics.inc("truecost_cascade_escalations_total", model=cand.model)
+                        escalated = (cand, resp, usage)
+                        continue
+                    step.avoided(self._downgrade_saving(usage, cand.model, rc.strong))
+                    step.outcome = "routed"
+                if cascade is not None and escalated is not None:
+                    step.annotate(route_strategy="cascade", route_reason="escalated from " + escalated[0].model)
                 if route is not None:
                     strong = self.config.routes[body["model"]].strong
                     step.annotate(route_strategy=route.strategy, route_reason=route.reason, route_score=route.score)
@@ -213,30 +243,53 @@ class Pipeline:
                         step.avoided(self._downgrade_saving(usage, cand.model, strong))
                         step.outcome = "routed"
                 step.finish()
-                if lookup is not None and lookup.key is not None:
-                    docs = [d.strip() for d in headers.get("x-truecost-doc-ids", "").split(",") if d.strip()]
-                    try:
-                        await asyncio.to_thread(self.cache.store, lookup, resp, usage=usage, model=cand.model, doc_ids=docs)
-                    except TruecostError as exc:  # not stored this time; the answer still goes out
-                        log.warning("truecost: cache store skipped: %s", exc)
-                        self.metrics.inc("truecost_cache_errors_total", op="store")
-                cost = req.total if req.unknown == 0 else None
-                overhead = (time.perf_counter() - t0) * 1000 - upstream_ms
-                self._count(req, cand.model, attribution, overhead)
-                resp["model"] = resp.get("model") or cand.model
-                if self.config.log_prompts:
-                    self._log_exchange(req.id, body, resp)
-                return Result(body=resp, headers={
-                    "x-request-id": req.id, "x-truecost-cache": "miss" if lookup is not None else "bypass",
-                    "x-truecost-model": cand.model,
-                    "x-truecost-cost-usd": str(cost) if cost is not None else "unknown",
-                    "x-truecost-overhead-ms": f"{overhead:.3f}"})
+                return await self._respond(req, body, lookup, headers, attribution, cand, resp, usage, t0, upstream_ms,
+                                           cascade is not None)
+            if escalated is not None:  # the escalation failed: the weak answer is better than none
+                cand, resp, usage = escalated
+                log.warning("truecost: cascade escalation for %r failed (%s); serving the weak answer",
+                            body["model"], last_error)
+                return await self._respond(req, body, lookup, headers, attribution, cand, resp, usage, t0, upstream_ms,
+                                           True)
             status = last_error.status if isinstance(last_error, UpstreamHTTPError) and last_error.status < 500 else 502
             raise GatewayError(status, f"every candidate for {body['model']!r} failed; last error: {last_error}",
                                "upstream_error", "upstream_failed", {"x-request-id": req.id})
         finally:
             self.budgets.settle(budget_keys, estimate, req.total if req.unknown == 0 else None)
             self.tracker.close_request(req, None)
+
+    async def _respond(self, req, body, lookup, headers, attribution, cand, resp, usage, t0, upstream_ms,
+                       whole_answer: bool) -> Result:
+        if lookup is not None and lookup.key is not None:
+            docs = [d.strip() for d in headers.get("x-truecost-doc-ids", "").split(",") if d.strip()]
+            try:
+                await asyncio.to_thread(self.cache.store, lookup, resp, usage=usage, model=cand.model, doc_ids=docs)
+            except TruecostError as exc:  # not stored this time; the answer still goes out
+                log.warning("truecost: cache store skipped: %s", exc)
+                self.metrics.inc("truecost_cache_errors_total", op="store")
+        cost = req.total if req.unknown == 0 else None
+        overhead = (time.perf_counter() - t0) * 1000 - upstream_ms
+        self._count(req, cand.model, attribution, overhead)
+        resp["model"] = resp.get("model") or cand.model
+        if whole_answer and not body.get("logprobs"):  # asked for by the cascade, not by the client
+            for choice in resp.get("choices") or []:
+                choice.pop("logprobs", None)
+        if self.config.log_prompts:
+            self._log_exchange(req.id, body, resp)
+        out_headers = {"x-request-id": req.id, "x-truecost-cache": "miss" if lookup is not None else "bypass",
+                       "x-truecost-model": cand.model, "x-truecost-cost-usd": str(cost) if cost is not None else "unknown",
+                       "x-truecost-overhead-ms": f"{overhead:.3f}"}
+        if body.get("stream"):  # a cascade decided on the whole answer: replay it as a stream
+            from truecost.cache.replay import replay_chunks
+
+            include = bool((body.get("stream_options") or {}).get("include_usage"))
+
+            async def gen():
+                for chunk in replay_chunks(resp, include_usage=include, usage=usage):
+                    yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+                yield b"data: [DONE]\n\n"
+            return Result(stream=gen(), headers=out_headers)
+        return Result(body=resp, headers=out_headers)
 
     async def embeddings(self, body: Any, key: KeyConfig | None, headers: Mapping[str, str]) -> Result:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):

@@ -11,7 +11,7 @@ from truecost.types import CURRENCY, EMPTY_ATTRIBUTION, Attribution
 
 STEP_KINDS = ("sanitize", "embed", "vector_search", "context_assembly", "generate", "validate", "log_storage",
               "egress", "cache_lookup", "cache_write", "reserved_capacity", "other")
-OUTCOMES = ("ok", "error", "cache_hit", "routed")
+OUTCOMES = ("ok", "error", "cache_hit", "routed", "escalated")  # escalated: a weak answer a cascade declined
 # Steps that are "generation" when the bill is split into generation vs everything else.
 GENERATION_STEPS = frozenset({"generate"})
 
