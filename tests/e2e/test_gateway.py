@@ -554,3 +554,38 @@ def test_logprob_cascade_accepts_confident_weak_answers_and_escalates_the_rest(t
             r = client(gw).chat.completions.with_raw_response.create(
                 model="cascade", messages=[{"role": "user", "content": "a hard one"}])
             assert r.headers["x-truecost-model"] == "gpt-6-luna" and r.parse().choices[0].message.content
+
+
+def test_a_shared_budget_store_is_called_off_the_event_loop(stack):
+    import asyncio
+
+    gw, app, _ = stack
+    calls = []
+
+    class SharedGuard:  # stands in for PostgresBudgetGuard: network I/O on every admit and settle
+        remote = True
+        alerts: list = []
+
+        def _where(self):
+            try:
+                asyncio.get_running_loop()
+                return "event loop"
+            except RuntimeError:
+                return "worker thread"
+
+        def admit(self, attribution, estimate):
+            calls.append(("admit", self._where()))
+            return [("tenant", "acme", "day")]
+
+        def settle(self, keys, estimate, actual):
+            calls.append(("settle", self._where()))
+
+    original = app.state.pipeline.budgets
+    app.state.pipeline.budgets = SharedGuard()
+    try:
+        client(gw).chat.completions.create(model="support", messages=[{"role": "user", "content": "refund?"}])
+        list(client(gw).chat.completions.create(model="support", messages=[{"role": "user", "content": "hi"}], stream=True))
+    finally:
+        app.state.pipeline.budgets = original
+    assert calls and {where for _op, where in calls} == {"worker thread"}
+    assert [op for op, _w in calls] == ["admit", "settle", "admit", "settle"]

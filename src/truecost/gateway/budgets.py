@@ -77,6 +77,8 @@ class PostgresBudgetGuard:
     a budget touch the database.
     """
 
+    remote = True  # network I/O: the gateway calls it from a worker thread
+
     def __init__(self, budgets: list[BudgetConfig], uri: str, schema: str | None = None) -> None:
         import psycopg
 

@@ -132,6 +132,13 @@ class Pipeline:
         self.cascades = {alias: LogprobCascade(r.min_mean_logprob) for alias, r in config.routes.items()
                          if r.strategy == "cascade"}
 
+    async def _budget_call(self, fn, *args):
+        """In-process budgets answer inline; a shared (PostgreSQL) guard does network I/O, so it runs in a
+        worker thread and a slow or unreachable database never stalls the event loop for other requests."""
+        if getattr(self.budgets, "remote", False):
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
+
     def _estimate(self, model: str, body: dict) -> Decimal:
         """A conservative cost estimate for budget admission: prompt chars / 3 in, max_tokens (or 1,024) out."""
         chars = len(json.dumps(body.get("messages")))
@@ -156,7 +163,7 @@ class Pipeline:
             candidates = sorted(candidates, key=lambda c: rank.get(c.model, 2))
         estimate = self._estimate(candidates[0].model, body) if self.config.budgets else Decimal(0)
         try:
-            budget_keys = self.budgets.admit(attribution, estimate)
+            budget_keys = await self._budget_call(self.budgets.admit, attribution, estimate)
         except BudgetExceeded as exc:
             self.metrics.inc("truecost_budget_refusals_total", cost_center=attribution.cost_center or "")
             raise GatewayError(429, str(exc), "budget_exceeded", "budget_exceeded") from None
@@ -180,7 +187,7 @@ class Pipeline:
         if lookup is not None:
             hit = self._record_lookup(req, lookup)
             if hit is not None:
-                self.budgets.settle(budget_keys, estimate, req.total if req.unknown == 0 else None)
+                await self._budget_call(self.budgets.settle, budget_keys, estimate, req.total if req.unknown == 0 else None)
                 self.tracker.close_request(req, None)
                 return self._cached(req, body, hit, lookup, t0)
         if body.get("stream") and cascade is None:
@@ -255,7 +262,7 @@ class Pipeline:
             raise GatewayError(status, f"every candidate for {body['model']!r} failed; last error: {last_error}",
                                "upstream_error", "upstream_failed", {"x-request-id": req.id})
         finally:
-            self.budgets.settle(budget_keys, estimate, req.total if req.unknown == 0 else None)
+            await self._budget_call(self.budgets.settle, budget_keys, estimate, req.total if req.unknown == 0 else None)
             self.tracker.close_request(req, None)
 
     async def _respond(self, req, body, lookup, headers, attribution, cand, resp, usage, t0, upstream_ms,
@@ -462,7 +469,7 @@ class Pipeline:
                                "upstream_error", "upstream_failed")
             yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
         finally:
-            self.budgets.settle(budget_keys, estimate, req.total if req.unknown == 0 else None)
+            await self._budget_call(self.budgets.settle, budget_keys, estimate, req.total if req.unknown == 0 else None)
             self.tracker.close_request(req, None)
 
     def _charge_partial(self, step: StepScope, model: str, usage, chunks: int, exc: BaseException) -> None:
