@@ -229,6 +229,13 @@ def run(path: str | Path, weak: str, strong: str, strategy: str = "all", train_f
         best = next(k for k in STRATEGIES if k in cv and cv[k] >= cv[top] - se)
         out["best_strategy_selected_by"] = {"train_out_of_fold_apgr": cv, "bootstrap_se_of_best": se,
                                             "rule": "simplest strategy within one SE of the best"}
+        # Random routing scores 0.5 in expectation: a best that cannot clear it by one SE out of
+        # fold has found no signal in these prompts, whatever the test half happens to show.
+        out["signal_out_of_fold"] = bool(cv[top] > 0.5 + se)
+        if not out["signal_out_of_fold"]:
+            out["warning"] = (f"no strategy beats random routing out of fold on the training half (best "
+                              f"{cv[top]:.3f}, SE {se:.3f}): these prompts do not tell weak-good from strong-needed; "
+                              "route by budget rules, or cascade on the weak answer where you can")
         out["best_strategy"] = best
         out["apgr"] = usable[best]["apgr"]
         out["strong_share_at_95"] = usable[best]["strong_share_at_95"]

@@ -172,3 +172,5 @@ def bench_router(data, weak, strong, strategy, train_frac, seed, embedder_name, 
         t.add_row(name + (" (best)" if name == result.get("best_strategy") else ""), fmt(m["apgr"]),
                   fmt(m["strong_share_at_95"]), fmt(m["cost_saving_at_95"]))
     Console().print(t)
+    if result.get("warning"):
+        Console().print(f"[yellow]warning:[/] {result['warning']}")

@@ -250,3 +250,21 @@ def test_bench_router_reports_both_orders_and_the_oracle(tmp_path):
     assert t["cost_aware"]["cost_saving_at_95"] is not None and d["cost_saving_at_95"] == t["cost_aware"]["cost_saving_at_95"]
     assert d["cost_saving_at_95_share_ranked"] == t["cost_saving_at_95"]
     assert d["oracle"]["cost_aware"]["cost_saving_at_95"] >= t["cost_aware"]["cost_saving_at_95"]
+
+
+def test_bench_router_warns_when_prompts_carry_no_signal(tmp_path):
+    from truecost.audit.routing_bench import run
+
+    rng = np.random.default_rng(11)
+    f = tmp_path / "noise.jsonl"
+    with open(f, "w") as fh:
+        for i in range(300):  # who needs the strong model is a coin flip, unrelated to the prompt
+            fh.write(json.dumps({"prompt": f"question number {i} about {rng.choice(['cats', 'tax', 'code'])}",
+                                 "prompt_tokens": 8, "models": {
+                                     "gpt-3.5-turbo-1106": {"quality": int(rng.random() < 0.6), "output_tokens": 10},
+                                     "gpt-4-1106-preview": {"quality": int(rng.random() < 0.9), "output_tokens": 10}}}) + "\n")
+    d = run(f, "gpt-3.5-turbo-1106", "gpt-4-1106-preview")
+    assert d["signal_out_of_fold"] is False and "no strategy beats random" in d["warning"]
+    g = tmp_path / "signal.jsonl"
+    _write_routing_file(g, n=300, seed=2)
+    assert run(g, "gpt-3.5-turbo-1106", "gpt-4-1106-preview")["signal_out_of_fold"] is True
