@@ -52,6 +52,22 @@ def test_results_are_ordered_cosine_similarities(index):
     np.testing.assert_allclose(sims, [s for _, s in exact], atol=2e-3)
 
 
+def test_a_selective_scope_still_finds_its_nearest_and_returns_k(index):
+    # 2% of the entries in the asked scope, the rest near the query in other scopes: a filtered
+    # graph search must walk past them (over-fetch) and still hand back exactly k, best first
+    rng = np.random.default_rng(5)
+    q = unit(rng, 1)[0]
+    crowd = q + 0.15 * rng.standard_normal((490, DIMS)).astype(np.float32)
+    crowd /= np.linalg.norm(crowd, axis=1, keepdims=True)
+    mine = unit(rng, 10)
+    mine[3] = q + 0.3 * mine[3]
+    mine /= np.linalg.norm(mine, axis=1, keepdims=True)
+    index.upsert(list(range(1000, 1490)), crowd, "others")
+    index.upsert(list(range(10)), mine, "mine")
+    got = index.search(q, 3, "mine")
+    assert len(got) == 3 and got[0][0] == 3 and all(i < 10 for i, _ in got)
+
+
 def test_scopes_are_hard_partitions(index):
     rng = np.random.default_rng(2)
     v = unit(rng, 10)

@@ -48,10 +48,11 @@ def _guard(fn):
 
 class RedisVectorIndex:
     def __init__(self, url: str, dims: int, prefix: str = "truecost", m: int = 16, ef_construction: int = 200,
-                 ef_runtime: int = 64) -> None:
+                 ef_runtime: int = 64, overfetch: int = 20) -> None:
         if not _PREFIX.match(prefix):
             raise CacheBackendError(f"invalid key prefix {prefix!r}")
         self.dims, self.prefix, self.ef_runtime = dims, prefix, ef_runtime
+        self.overfetch = overfetch  # KNN over more in-scope rows than asked: a selective scope filter costs recall
         self.r = _client(url)
         self.name = f"{prefix}:vidx"
         self._create(m, ef_construction)
@@ -81,8 +82,9 @@ class RedisVectorIndex:
     @_guard
     def search(self, vector: np.ndarray, k: int, scope: str) -> list[tuple[int, float]]:
         q = check_vectors(vector, self.dims)[0].astype(np.float32).tobytes()
+        fetch = max(int(k), self.overfetch)
         res = self.r.execute_command(
-            "FT.SEARCH", self.name, f"(@scope:{{{_tag(scope)}}})=>[KNN {int(k)} @vec $B EF_RUNTIME {self.ef_runtime} AS dist]",
+            "FT.SEARCH", self.name, f"(@scope:{{{_tag(scope)}}})=>[KNN {fetch} @vec $B EF_RUNTIME {max(self.ef_runtime, fetch)} AS dist]",
             "PARAMS", "2", "B", q, "SORTBY", "dist", "ASC", "RETURN", "1", "dist", "LIMIT", "0", str(int(k)), "DIALECT", "2")
         out = []
         for j in range(1, len(res), 2):
