@@ -90,12 +90,13 @@ class PgVectorIndex(_PgBase):
     """HNSW over ``vector_cosine_ops``; similarity = 1 - cosine distance."""
 
     def __init__(self, uri: str, dims: int, prefix: str = "truecost_cache", schema: str = "public",
-                 m: int = 16, ef_construction: int = 64, ef_search: int = 100, overfetch: int = 20) -> None:
+                 m: int = 16, ef_construction: int = 64, ef_search: int = 100, overfetch: int = 0) -> None:
         super().__init__(uri, prefix, schema)
         self.dims, self.ef_search = dims, ef_search
-        # A scope filter keeps only a few of the graph's nearest nodes. Asking the iterative scan
-        # for `overfetch` in-scope rows makes it walk far enough to meet the true nearest ones
-        # (recall@1 0.56 -> 1.0 at 200k entries in 50 scopes, bench/shared_cache_scale.py).
+        # A scope filter keeps only a few of the graph's nearest nodes; asking the iterative scan
+        # for `overfetch` in-scope rows makes it walk further. bench/shared_cache_scale.py (50
+        # scopes, k=5): at 200k entries recall@1 0.56 -> 0.97 for p50 5.5 -> 15.8 ms; at 1M no
+        # gain (0.34) for p50 6.3 -> 47.6 ms. Off by default; the cache asks for k=10 anyway.
         self.overfetch = overfetch
         t = f"{prefix}_vectors"
 

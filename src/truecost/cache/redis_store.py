@@ -52,7 +52,9 @@ class RedisVectorIndex:
         if not _PREFIX.match(prefix):
             raise CacheBackendError(f"invalid key prefix {prefix!r}")
         self.dims, self.prefix, self.ef_runtime = dims, prefix, ef_runtime
-        self.overfetch = overfetch  # KNN over more in-scope rows than asked: a selective scope filter costs recall
+        # KNN over more in-scope rows than asked: under a selective scope filter this buys recall
+        # (bench/shared_cache_scale.py, 1M entries in 50 scopes: recall@1 0.73 -> 1.0, p50 1.1 -> 15.5 ms).
+        self.overfetch = overfetch
         self.r = _client(url)
         self.name = f"{prefix}:vidx"
         self._create(m, ef_construction)
