@@ -513,9 +513,10 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
 def test_logprob_cascade_accepts_confident_weak_answers_and_escalates_the_rest(tmp_path):
     from truecost.errors import ConfigError
 
-    def conf(strong_wire="gpt-6.2-sol", **route):
+    def conf(strong_wire="gpt-6.2-sol", cache=None, **route):
         return parse_config({
             "ledger": str(tmp_path / "gw.db"), "upstreams": {"mock": {"base_url": upstream.url + "/v1", "max_retries": 0}},
+            **({"cache": cache} if cache else {}),
             "models": {"cascade": {"candidates": [{"upstream": "mock", "model": "gpt-6.2-sol", "upstream_model": strong_wire},
                                                   {"upstream": "mock", "model": "gpt-6-luna"}],
                                    "route": {"strategy": "cascade", "weak": "gpt-6-luna", "strong": "gpt-6.2-sol",
@@ -549,11 +550,18 @@ def test_logprob_cascade_accepts_confident_weak_answers_and_escalates_the_rest(t
             assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices).startswith("The refund")
             assert chunks[-1].usage.completion_tokens == 30  # the tokens really spent, not a cache hit's zero
     with ServerThread(make_app()) as upstream:  # the escalation fails: the weak answer beats an error
-        app = build(conf(strong_wire="fail-500", min_mean_logprob=-0.5))
+        app = build(conf(strong_wire="fail-500", min_mean_logprob=-0.5,
+                         cache={"enabled": True, "embedder": "static", "policy": "fixed:0.97"}))
         with ServerThread(app) as gw:
-            r = client(gw).chat.completions.with_raw_response.create(
-                model="cascade", messages=[{"role": "user", "content": "a hard one"}])
-            assert r.headers["x-truecost-model"] == "gpt-6-luna" and r.parse().choices[0].message.content
+            for _ in range(2):  # served, but never cached: the cascade declined it
+                r = client(gw).chat.completions.with_raw_response.create(
+                    model="cascade", messages=[{"role": "user", "content": "a hard one"}])
+                assert r.headers["x-truecost-model"] == "gpt-6-luna" and r.parse().choices[0].message.content
+                assert r.headers["x-truecost-cache"] == "miss"
+            for expected in ("miss", "hit"):  # an accepted weak answer is cached like any other
+                r = client(gw).chat.completions.with_raw_response.create(
+                    model="cascade", messages=[{"role": "user", "content": "refund?"}])
+                assert r.headers["x-truecost-cache"] == expected
 
 
 def test_a_shared_budget_store_is_called_off_the_event_loop(stack):

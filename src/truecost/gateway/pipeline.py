@@ -257,7 +257,7 @@ class Pipeline:
                 log.warning("truecost: cascade escalation for %r failed (%s); serving the weak answer",
                             body["model"], last_error)
                 return await self._respond(req, body, lookup, headers, attribution, cand, resp, usage, t0, upstream_ms,
-                                           True)
+                                           True, cacheable=False)  # a declined answer is never reused
             status = last_error.status if isinstance(last_error, UpstreamHTTPError) and last_error.status < 500 else 502
             raise GatewayError(status, f"every candidate for {body['model']!r} failed; last error: {last_error}",
                                "upstream_error", "upstream_failed", {"x-request-id": req.id})
@@ -266,8 +266,11 @@ class Pipeline:
             self.tracker.close_request(req, None)
 
     async def _respond(self, req, body, lookup, headers, attribution, cand, resp, usage, t0, upstream_ms,
-                       whole_answer: bool) -> Result:
-        if lookup is not None and lookup.key is not None:
+                       whole_answer: bool, cacheable: bool = True) -> Result:
+        if whole_answer and not body.get("logprobs"):  # asked for by the cascade, not by the client
+            for choice in resp.get("choices") or []:
+                choice.pop("logprobs", None)
+        if cacheable and lookup is not None and lookup.key is not None:
             docs = [d.strip() for d in headers.get("x-truecost-doc-ids", "").split(",") if d.strip()]
             try:
                 await asyncio.to_thread(self.cache.store, lookup, resp, usage=usage, model=cand.model, doc_ids=docs)
@@ -278,9 +281,6 @@ class Pipeline:
         overhead = (time.perf_counter() - t0) * 1000 - upstream_ms
         self._count(req, cand.model, attribution, overhead)
         resp["model"] = resp.get("model") or cand.model
-        if whole_answer and not body.get("logprobs"):  # asked for by the cascade, not by the client
-            for choice in resp.get("choices") or []:
-                choice.pop("logprobs", None)
         if self.config.log_prompts:
             self._log_exchange(req.id, body, resp)
         out_headers = {"x-request-id": req.id, "x-truecost-cache": "miss" if lookup is not None else "bypass",
