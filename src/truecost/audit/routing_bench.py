@@ -185,8 +185,8 @@ def run(path: str | Path, weak: str, strong: str, strategy: str = "all", train_f
     gap = qs - qw
     out["oracle"] = _metrics(tradeoff_curve(gap, qw, qs, cw, cs), qw.mean(), qs.mean(), strong_cost)
     extra = {c: _expected_extra_cost(catalog, weak, strong, train, test, c) for c in (False, True)}
-    out["oracle"]["cost_aware"] = _metrics(tradeoff_curve(_gain_per_dollar(gap, extra[False]), qw, qs, cw, cs), qw.mean(), qs.mean(),
-                                           strong_cost)
+    out["oracle"]["cost_aware"] = _metrics(tradeoff_curve(_gain_per_dollar(gap, extra[False]), qw, qs, cw, cs),
+                                           qw.mean(), qs.mean(), strong_cost)
     from truecost.cache.embedders import StaticEmbedder
 
     static = StaticEmbedder()
