@@ -485,6 +485,8 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
     with ServerThread(make_app()) as upstream:
         with pytest.raises(ConfigError, match="needs its artifact"):
             conf({"strategy": "trained", "artifact": str(tmp_path / "missing.npz")})
+        with pytest.raises(ConfigError, match="threshold: a number"):
+            conf({"strategy": "trained", "artifact": str(artifact), "threshold": True})
         app = build(conf({"strategy": "trained", "artifact": str(artifact)}))
         with ServerThread(app) as gw:
             c = client(gw)

@@ -179,7 +179,7 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
                 if not artifact or not Path(str(artifact)).is_file():
                     raise ConfigError(f"{where}.route.artifact: a trained router needs its artifact file "
                                       f"(`truecost router calibrate ... --out router.npz`); got {artifact!r}")
-                if threshold is not None and not isinstance(threshold, (int, float)):
+                if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
                     raise ConfigError(f"{where}.route.threshold: a number, got {threshold!r}")
             min_lp = r.get("min_mean_logprob")
             if r["strategy"] == "cascade" and (isinstance(min_lp, bool) or not isinstance(min_lp, (int, float))

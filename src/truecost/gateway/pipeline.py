@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, AsyncIterator, Mapping
 
-from truecost.errors import UpstreamError, TruecostError
+from truecost.errors import ConfigError, TruecostError, UpstreamError
 from truecost.gateway.budgets import BudgetExceeded, BudgetGuard, BudgetUnavailable
 from truecost.gateway.config import GatewayConfig, KeyConfig
 from truecost.gateway.metrics import Metrics
@@ -89,26 +89,24 @@ def load_router_artifact(path):
     first, so they cannot decide before the call)."""
     from truecost.routing.scorer import GapScorer
 
-    probe = GapScorer.load(path)
-    if probe.spec.answer:
+    scorer = GapScorer.load(path)
+    if scorer.spec.answer:
         raise TruecostError(f"{path}: an answer-aware (cascade) scorer needs the weak model's answer; "
                             "route requests with a prompt scorer (`truecost router calibrate --kind trained`)")
-    embedder = None
-    if probe.spec.embed:
+    if scorer.spec.embed:
         from truecost.cache.embedders import make_embedder
 
-        wanted = probe.meta.get("embedder") or ""
-        embedder = make_embedder("minilm" if "all-MiniLM" in wanted else "static")
-        if embedder.model_id != wanted:
+        wanted = scorer.meta.get("embedder") or ""
+        scorer.embedder = make_embedder("minilm" if "all-MiniLM" in wanted else "static")
+        if scorer.embedder.model_id != wanted:
             raise TruecostError(f"{path}: trained with embedder {wanted!r}, which this install does not have")
-    return GapScorer.load(path, embedder)
+    return scorer
 
 
 def _make_router(r):
     """A rules router, or a trained prompt scorer behind its calibrated threshold (loaded at startup)."""
     if r.strategy != "trained":
         return RulesRouter(r.weak, r.strong, r.max_weak_tokens)
-    from truecost.errors import ConfigError
     from truecost.routing.scorer import ScoredRouter
 
     try:

@@ -28,5 +28,14 @@ class RouteDecision:
         return self.candidates[0]
 
 
+def forced_decision(request: RouteRequest, header: str, weak: str, strong: str, strategy: str) -> RouteDecision | None:
+    """The decision a ``header: strong|weak`` asks for, or None when the request does not force one."""
+    forced = str(request.metadata.get(header, "")).lower()
+    if forced not in ("strong", "weak"):
+        return None
+    first, other = (strong, weak) if forced == "strong" else (weak, strong)
+    return RouteDecision((first, other), f"forced by header {header}: {forced}", None, strategy)
+
+
 class Router(Protocol):
     def route(self, request: RouteRequest) -> RouteDecision: ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from truecost.routing.decision import RouteDecision, RouteRequest
+from truecost.routing.decision import RouteDecision, RouteRequest, forced_decision
 from truecost.routing.features import prompt_features
 
 _CODE = re.compile(r"```|\bdef |\bclass |\bfunction\b|\bSELECT\b|\breturn\b|=>|#include")
@@ -32,11 +32,9 @@ class RulesRouter:
                 + min(f[2], 1.0))
 
     def route(self, request: RouteRequest) -> RouteDecision:
-        forced = str(request.metadata.get(self.force_header, "")).lower()
-        if forced in ("strong", "weak"):
-            first = self.strong if forced == "strong" else self.weak
-            return RouteDecision((first, self.weak if first == self.strong else self.strong),
-                                 f"forced by header {self.force_header}: {forced}", None, "rules")
+        forced = forced_decision(request, self.force_header, self.weak, self.strong, "rules")
+        if forced is not None:
+            return forced
         if request.budget_used is not None and request.budget_used >= self.budget_downgrade_at:
             return RouteDecision((self.weak, self.strong),
                                  f"budget {request.budget_used:.0%} used: downgraded", None, "rules")

@@ -74,6 +74,7 @@ class GapScorer:
 
     def __init__(self, spec: FeatureSpec, embedder=None, l2: float | None = None) -> None:
         self.spec, self.embedder, self.l2 = spec, embedder, l2
+        self._choose_l2 = l2 is None  # chosen again on every fit
         self.mu = self.sd = self.w = None
         self.encodings: dict[str, dict[str, float]] = {}
         self.prior = 0.0
@@ -120,15 +121,15 @@ class GapScorer:
         x = self._matrix(examples)
         self.mu, self.sd = x.mean(0), x.std(0) + 1e-6
         standardised = (x - self.mu) / self.sd
-        loo = None
-        if self.l2 is None:
-            self.l2, loo = loo_ridge_l2(standardised, y - y.mean())
+        if self._choose_l2:
+            self.l2, _errors = loo_ridge_l2(standardised, y - y.mean())
         z = np.hstack([standardised, np.ones((len(x), 1))])
         reg = self.l2 * np.eye(z.shape[1])
         reg[-1, -1] = 0.0
         self.w = np.linalg.solve(z.T @ z + reg, z.T @ y)
         self.meta = {"trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "examples": len(examples),
-                     "mean_gap": self.prior, "l2": self.l2, "l2_chosen_by": "leave-one-out" if loo else "given"}
+                     "mean_gap": self.prior, "l2": self.l2,
+                     "l2_chosen_by": "leave-one-out" if self._choose_l2 else "given"}
         return self
 
     def score(self, examples: Sequence[Example]) -> np.ndarray:
@@ -174,12 +175,11 @@ class ScoredRouter:
         self.force_header = force_header
 
     def route(self, request) -> "RouteDecision":
-        from truecost.routing.decision import RouteDecision
+        from truecost.routing.decision import RouteDecision, forced_decision
 
-        forced = str(request.metadata.get(self.force_header, "")).lower()
-        if forced in ("strong", "weak"):
-            first, other = (self.strong, self.weak) if forced == "strong" else (self.weak, self.strong)
-            return RouteDecision((first, other), f"forced by header {self.force_header}: {forced}", None, "trained")
+        forced = forced_decision(request, self.force_header, self.weak, self.strong, "trained")
+        if forced is not None:
+            return forced
         s = float(self.scorer.score([Example(request.text, 0.0, request.metadata)])[0])
         if s >= self.threshold:
             return RouteDecision((self.strong, self.weak), f"predicted gap {s:.3f} >= {self.threshold:.3f}", s, "trained")
