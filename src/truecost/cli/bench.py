@@ -34,7 +34,7 @@ def bench() -> None:
 def bench_cache(data, limit, seed, target_error, policy, embedder_name, index_name, peers, compare_embedders,
                 as_json) -> None:
     """Hit rate at a bounded false-hit rate, against a hindsight-tuned fixed threshold and GPTCache."""
-    from truecost.cache.embedders import make_embedder
+    from truecost.cache.embedders import EMBEDDERS, make_embedder
     from truecost.cache.evaluation import correct, hindsight_fixed, load_intent_file, run_policy
     from truecost.cache.policy import make_policy
     from truecost.cache.peers import gptcache_threshold_for_cosine, run_gptcache
@@ -52,10 +52,7 @@ def bench_cache(data, limit, seed, target_error, policy, embedder_name, index_na
         ours = run_policy(queries, embedder, make_policy(policy, target_error, seed), index_name,
                           progress=lambda n: prog.update(task, completed=n))
         task = prog.add_task("embedding for the baseline and peers", total=len(queries))
-        vectors = np.zeros((len(queries), embedder.dims), dtype=np.float32)
-        for start in range(0, len(queries), 256):
-            vectors[start:start + 256] = embedder.embed_batch([q.text for q in queries[start:start + 256]])
-            prog.update(task, completed=min(start + 256, len(queries)))
+        vectors = _embed_all(embedder, queries, lambda n: prog.update(task, completed=n))
     with console.status("sweeping fixed thresholds with hindsight..."):
         baseline = hindsight_fixed(vectors, queries, target_error)
     result = {"data": data, "seed": seed, "target_error": target_error, "embedder": embedder.model_id,
@@ -66,13 +63,11 @@ def bench_cache(data, limit, seed, target_error, policy, embedder_name, index_na
               "meets_error_bound": ours["false_hit_rate"] <= target_error}
     if compare_embedders:
         result["embedders"] = [_embedder_row(embedder.model_id, result)]
-        for other in (n for n in ("minilm", "static") if n != embedder_name):
+        for other in (n for n in EMBEDDERS if n != embedder_name):
             with console.status(f"the same protocol with the {other} embedder..."):
                 alt = make_embedder(other)
                 row = run_policy(queries, alt, make_policy(policy, target_error, seed), index_name)
-                alt_vectors = np.concatenate([alt.embed_batch([q.text for q in queries[i:i + 256]])
-                                              for i in range(0, len(queries), 256)])
-                alt_base = hindsight_fixed(alt_vectors, queries, target_error)["best"]
+                alt_base = hindsight_fixed(_embed_all(alt, queries), queries, target_error)["best"]
             result["embedders"].append(_embedder_row(alt.model_id, {
                 **row, "baseline_fixed_hindsight": alt_base,
                 "ratio_vs_baseline": row["hit_rate"] / alt_base["hit_rate"] if alt_base["hit_rate"] else None}))
@@ -92,6 +87,15 @@ def bench_cache(data, limit, seed, target_error, policy, embedder_name, index_na
         click.echo(json.dumps(result, indent=2))
     else:
         _print_cache(console, result)
+
+
+def _embed_all(embedder, queries, progress=None) -> np.ndarray:
+    vectors = np.zeros((len(queries), embedder.dims), dtype=np.float32)
+    for start in range(0, len(queries), 256):
+        vectors[start:start + 256] = embedder.embed_batch([q.text for q in queries[start:start + 256]])
+        if progress:
+            progress(min(start + 256, len(queries)))
+    return vectors
 
 
 def _embedder_row(model_id: str, r: dict) -> dict:
@@ -126,14 +130,6 @@ def _print_cache(console: Console, r: dict) -> None:
     Console().print(t)
 
 
-def _router_embedder(name: str):
-    from truecost.cache.embedders import MiniLMEmbedder, StaticEmbedder
-
-    if name not in ("static", "minilm"):
-        raise click.BadParameter(f"unknown embedder {name!r}; static or minilm", param_hint="--embedder")
-    return StaticEmbedder() if name == "static" else MiniLMEmbedder()
-
-
 @bench.command("router")
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="routing JSON Lines")
 @click.option("--weak", required=True, help="the cheap model (as named in the file)")
@@ -147,13 +143,18 @@ def _router_embedder(name: str):
 def bench_router(data, weak, strong, strategy, train_frac, seed, embedder_name, as_json) -> None:
     """APGR, strong share and cost saving at 95% of strong quality, beside random and the oracle."""
     from truecost.audit.routing_bench import run
+    from truecost.cache.embedders import make_embedder
 
     if not 0.05 <= train_frac <= 0.95:
         raise click.BadParameter("train-frac must be between 0.05 and 0.95")
+    try:
+        embedder = make_embedder(embedder_name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--embedder") from None
     console = Console(stderr=True)
     with console.status("training and evaluating routers..."):
         try:
-            result = run(data, weak, strong, strategy, train_frac, seed, embedder=_router_embedder(embedder_name))
+            result = run(data, weak, strong, strategy, train_frac, seed, embedder=embedder)
         except (ValueError, TruecostError) as exc:
             raise click.ClickException(str(exc)) from None
     if as_json:
