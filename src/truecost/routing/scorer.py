@@ -2,10 +2,12 @@
 
 A ``GapScorer`` is ridge regression on standardised features, trained on the quality gap
 (strong - weak) of labelled examples; a higher score means "send it to the strong model".
-Features: prompt text statistics, optional prompt embeddings (a fast static embedder, so
-that scoring stays under a millisecond), optional smoothed target encodings of categorical
-metadata (a benchmark subject, a product feature), and for cascades the weak answer's
-features. Artifacts are versioned ``.npz`` files with their feature spec.
+Features: prompt text statistics and multiple-choice structure, optional prompt embeddings
+(a fast static embedder, so that scoring stays under a millisecond), optional smoothed
+target encodings of categorical metadata (a benchmark subject, a product feature), and for
+cascades the weak answer's features. The ridge penalty, and with enough rows the embedding
+block's weight against the named features, are chosen by leave-one-out error. Artifacts
+are versioned ``.npz`` files with their feature spec.
 """
 
 from __future__ import annotations
@@ -19,9 +21,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from truecost.errors import TruecostError
-from truecost.routing.features import PROMPT_FEATURES, answer_matrix, prompt_matrix
+from truecost.routing.features import ANSWER_FEATURES, PROMPT_FEATURES, answer_matrix, prompt_matrix
 
-ARTIFACT_VERSION = 2  # 2: embeddings of the prompt's last ``embed_tail_chars`` characters
+ARTIFACT_VERSION = 3  # 2: embeddings of the prompt's last ``embed_tail_chars`` characters; 3: choice features
+BASE_PROMPT_FEATURES = PROMPT_FEATURES[:6]  # what version 1 and 2 artifacts were trained on
+
+# The embedding block's weight against the few named features: one shared ridge penalty lets
+# hundreds of embedding dimensions drown a handful of informative features (or the reverse).
+# Searched by leave-one-out only with enough rows for a second hyperparameter to be measured.
+EMBED_WEIGHTS = (0.1, 0.3, 1.0)
+MIN_ROWS_FOR_EMBED_WEIGHT = 200
 
 
 class TrainingDataError(TruecostError, ValueError):
@@ -51,6 +60,12 @@ L2_GRID = tuple(float(10 ** (k / 2)) for k in range(0, 12))  # 1 ... 316,228
 
 
 def loo_ridge_l2(z: np.ndarray, y: np.ndarray, grid: Sequence[float] = L2_GRID) -> tuple[float, dict[float, float]]:
+    """The ridge penalty with the lowest leave-one-out squared error, and every penalty's error."""
+    errors = {l2: float(e.mean()) for l2, e in _loo_squared_errors(z, y, grid).items()}
+    return min(errors, key=errors.get), errors
+
+
+def _loo_squared_errors(z: np.ndarray, y: np.ndarray, grid: Sequence[float]) -> dict[float, np.ndarray]:
     """The ridge penalty with the lowest leave-one-out squared error, in closed form.
 
     ``z`` is standardised, ``y`` centred. With z = U S V', the fit for penalty l is
@@ -65,8 +80,30 @@ def loo_ridge_l2(z: np.ndarray, y: np.ndarray, grid: Sequence[float] = L2_GRID) 
     for l2 in grid:
         shrink = s ** 2 / (s ** 2 + l2)
         h = np.minimum((u ** 2) @ shrink + 1.0 / len(y), 1 - 1e-9)
-        errors[l2] = float(np.mean(((y - u @ (shrink * uy)) / (1 - h)) ** 2))
-    return min(errors, key=errors.get), errors
+        errors[l2] = ((y - u @ (shrink * uy)) / (1 - h)) ** 2
+    return errors
+
+
+def choose_embed_weight(z: np.ndarray, y: np.ndarray, embed_cols: slice,
+                        weights: Sequence[float] = EMBED_WEIGHTS) -> tuple[float, float]:
+    """(weight, penalty): the embedding block's weight and the ridge penalty, by leave-one-out.
+
+    Equal weight (1.0) stays unless another weight's leave-one-out error is lower by more
+    than one standard error of the paired per-row difference: a second hyperparameter
+    chosen on a small sample mostly fits its noise.
+    """
+    per_weight = {}
+    for a in weights:
+        za = z.copy()
+        za[:, embed_cols] *= a
+        by_l2 = _loo_squared_errors(za, y, L2_GRID)
+        l2 = min(by_l2, key=lambda k: by_l2[k].mean())
+        per_weight[a] = (l2, by_l2[l2])
+    best = min(per_weight, key=lambda a: per_weight[a][1].mean())
+    diff = per_weight[1.0][1] - per_weight[best][1]
+    if best != 1.0 and diff.mean() > diff.std() / np.sqrt(len(diff)):
+        return best, per_weight[best][0]
+    return 1.0, per_weight[1.0][0]
 
 
 class GapScorer:
@@ -76,6 +113,8 @@ class GapScorer:
         self.spec, self.embedder, self.l2 = spec, embedder, l2
         self._choose_l2 = l2 is None  # chosen again on every fit
         self.mu = self.sd = self.w = None
+        self.prompt_features: tuple[str, ...] = PROMPT_FEATURES
+        self.embed_weight = 1.0
         self.encodings: dict[str, dict[str, float]] = {}
         self.prior = 0.0
         self.meta: dict[str, Any] = {}
@@ -83,7 +122,7 @@ class GapScorer:
     # -- features -----------------------------------------------------------------------
     def _matrix(self, examples: Sequence[Example]) -> np.ndarray:
         texts = [e.text for e in examples]
-        parts = [prompt_matrix(texts)]
+        parts = [prompt_matrix(texts, self.prompt_features)]
         if self.spec.embed:
             if self.embedder is None:
                 raise TrainingDataError("this scorer needs an embedder")
@@ -121,16 +160,29 @@ class GapScorer:
         x = self._matrix(examples)
         self.mu, self.sd = x.mean(0), x.std(0) + 1e-6
         standardised = (x - self.mu) / self.sd
+        self.embed_weight = 1.0
         if self._choose_l2:
-            self.l2, _errors = loo_ridge_l2(standardised, y - y.mean())
+            if self.spec.embed and len(y) >= MIN_ROWS_FOR_EMBED_WEIGHT:
+                cols = slice(len(self.prompt_features), len(self.prompt_features) + self.embedder_dims(x))
+                self.embed_weight, self.l2 = choose_embed_weight(standardised, y - y.mean(), cols)
+                # The weight lives in the scale: scoring (and a saved artifact) needs nothing new.
+                self.sd[cols] /= self.embed_weight
+                standardised[:, cols] *= self.embed_weight
+            else:
+                self.l2, _errors = loo_ridge_l2(standardised, y - y.mean())
         z = np.hstack([standardised, np.ones((len(x), 1))])
         reg = self.l2 * np.eye(z.shape[1])
         reg[-1, -1] = 0.0
         self.w = np.linalg.solve(z.T @ z + reg, z.T @ y)
         self.meta = {"trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "examples": len(examples),
-                     "mean_gap": self.prior, "l2": self.l2,
+                     "mean_gap": self.prior, "l2": self.l2, "embed_weight": self.embed_weight,
                      "l2_chosen_by": "leave-one-out" if self._choose_l2 else "given"}
         return self
+
+    def embedder_dims(self, x: np.ndarray) -> int:
+        """Columns of ``x`` that are embedding dimensions (after the prompt features)."""
+        return x.shape[1] - len(self.prompt_features) - len(self.spec.categorical) - (
+            len(ANSWER_FEATURES) if self.spec.answer else 0)
 
     def score(self, examples: Sequence[Example]) -> np.ndarray:
         if self.w is None:
@@ -144,7 +196,7 @@ class GapScorer:
         p.parent.mkdir(parents=True, exist_ok=True)
         meta = {"version": ARTIFACT_VERSION, "spec": self.spec.__dict__ | {"categorical": list(self.spec.categorical)},
                 "l2": self.l2, "prior": self.prior, "encodings": self.encodings,
-                "embedder": getattr(self.embedder, "model_id", None), "prompt_features": list(PROMPT_FEATURES),
+                "embedder": getattr(self.embedder, "model_id", None), "prompt_features": list(self.prompt_features),
                 **self.meta, **extra}
         np.savez(p, mu=self.mu, sd=self.sd, w=self.w, meta=np.array(json.dumps(meta)))
         return p
@@ -156,12 +208,18 @@ class GapScorer:
             meta = json.loads(str(data["meta"]))
         except (OSError, ValueError, KeyError) as exc:
             raise TruecostError(f"{path}: not a truecost router artifact ({exc})") from None
-        if meta.get("version") not in (1, ARTIFACT_VERSION):
+        if meta.get("version") not in (1, 2, ARTIFACT_VERSION):
             raise TruecostError(f"{path}: artifact version {meta.get('version')}, this truecost reads 1 to {ARTIFACT_VERSION}")
         spec_fields = {"embed_tail_chars": None, **meta["spec"]}  # version 1 embedded the whole prompt
         spec = FeatureSpec(**{**spec_fields, "categorical": tuple(meta["spec"]["categorical"])})
         self = cls(spec, embedder, meta["l2"])
         self.mu, self.sd, self.w = data["mu"], data["sd"], data["w"]
+        self.prompt_features = tuple(meta.get("prompt_features") or BASE_PROMPT_FEATURES)
+        unknown = sorted(set(self.prompt_features) - set(PROMPT_FEATURES))
+        if unknown:
+            raise TruecostError(f"{path}: trained on prompt features this truecost does not compute: "
+                                f"{', '.join(unknown)}")
+        self.embed_weight = float(meta.get("embed_weight", 1.0))
         self.prior, self.encodings, self.meta = meta["prior"], meta["encodings"], meta
         return self
 

@@ -268,3 +268,68 @@ def test_bench_router_warns_when_prompts_carry_no_signal(tmp_path):
     g = tmp_path / "signal.jsonl"
     _write_routing_file(g, n=300, seed=2)
     assert run(g, "gpt-3.5-turbo-1106", "gpt-4-1106-preview")["signal_out_of_fold"] is True
+
+
+def test_choice_features_read_the_last_item_only():
+    from truecost.routing.features import CHOICE_FEATURES, choice_features
+
+    shot = "Which is a fruit?\nA) apple\nB) car\nC) road\nD) wall\nAnswer:\nA"
+    item = ("Which of these is NOT a prime?\nA. 2\nB. 3\nC. 9\nD. all of the above\nAnswer:")
+    f = dict(zip(CHOICE_FEATURES, choice_features(shot + "\n\n" + item)))
+    assert f["options"] == 4 and f["negated_stem"] == 1.0 and f["all_of_the_above"] == 1.0
+    assert f["numeric_options"] == 0.75 and f["statements"] == 0.0
+    # the preamble's options say nothing about this request
+    assert choice_features(shot + "\n\n" + item) == choice_features(item)
+    plain = dict(zip(CHOICE_FEATURES, choice_features("Tell me a story about a dragon.")))
+    assert plain["options"] == 0 and plain["option_overlap"] == 0.0
+    two = dict(zip(CHOICE_FEATURES, choice_features("Statement 1 | x. Statement 2 | y.\nA. True, True\nB. True, False")))
+    assert two["statements"] == 1.0 and two["option_overlap"] == pytest.approx(1 / 3)
+
+
+def test_embedding_weight_is_lowered_only_when_leave_one_out_says_so():
+    from truecost.routing.scorer import choose_embed_weight
+
+    rng = np.random.default_rng(0)
+    n = 600
+    named = rng.standard_normal((n, 3))
+    noise_block = rng.standard_normal((n, 200))
+    y = named[:, 0] + rng.standard_normal(n) * 0.5
+    z = np.hstack([named, noise_block])
+    weight, _ = choose_embed_weight(z, y - y.mean(), slice(3, 203))
+    assert weight < 1.0  # 200 noise columns drown one useful feature at equal weight
+    # the signal spread thinly over the embedding block: equal weight stays
+    y2 = noise_block[:, :100].sum(1) * 0.2 + rng.standard_normal(n) * 0.5
+    weight2, _ = choose_embed_weight(z, y2 - y2.mean(), slice(3, 203))
+    assert weight2 == 1.0
+
+
+def test_scorer_records_its_embedding_weight_and_old_artifacts_still_load(tmp_path):
+    from truecost.cache.embedders import StaticEmbedder
+    from truecost.errors import TruecostError
+    from truecost.routing.scorer import BASE_PROMPT_FEATURES
+
+    emb = StaticEmbedder()
+    train = _synthetic(300)
+    s = GapScorer(FeatureSpec(embed=True), emb).fit(train)
+    assert s.meta["embed_weight"] in (0.1, 0.3, 1.0)
+    back = GapScorer.load(s.save(tmp_path / "new.npz"), emb)
+    np.testing.assert_allclose(back.score(train), s.score(train))
+    assert back.embed_weight == s.embed_weight
+    small = GapScorer(FeatureSpec(embed=True), emb).fit(train[:100])
+    assert small.embed_weight == 1.0  # too few rows to measure a second hyperparameter
+    # A version 2 artifact knew only the six base prompt features.
+    old = GapScorer(FeatureSpec(embed=False))
+    old.prompt_features = BASE_PROMPT_FEATURES
+    old.fit(train)
+    p = old.save(tmp_path / "v2.npz")
+    data = dict(np.load(p))
+    meta = json.loads(str(data["meta"]))
+    meta["version"] = 2
+    np.savez(tmp_path / "v2.npz", **{**data, "meta": np.array(json.dumps(meta))})
+    again = GapScorer.load(tmp_path / "v2.npz")
+    assert again.prompt_features == BASE_PROMPT_FEATURES
+    np.testing.assert_allclose(again.score(train), old.score(train))
+    meta["prompt_features"] = list(BASE_PROMPT_FEATURES) + ["sentiment"]
+    np.savez(tmp_path / "bad.npz", **{**data, "meta": np.array(json.dumps(meta))})
+    with pytest.raises(TruecostError, match="sentiment"):
+        GapScorer.load(tmp_path / "bad.npz")
