@@ -66,7 +66,7 @@ def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_
     from truecost.audit.routing_bench import _costs, _fit, _scores, cross_val_scores, route_top_share
     from truecost.cache.embedders import StaticEmbedder
     from truecost.pricing.catalog import PriceCatalog
-    from truecost.routing.calibrate import CALIBRATION_BLOCKS, choose, tradeoff_curve
+    from truecost.routing.calibrate import CALIBRATION_BLOCKS, choose, quality_range, tradeoff_curve
 
     targets = [t for t in (max_strong_share, min_quality, max_cost_per_1k) if t is not None]
     if len(targets) != 1:
@@ -83,13 +83,16 @@ def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_
         return tradeoff_curve(scores, q_w, q_s, _costs(catalog, weak, rows, "weak"),
                               _costs(catalog, strong, rows, "strong"), cascade, smooth), q_s.mean()
 
-    curve_tr, qs_tr = curve(train, cross_val_scores(kind, train, emb, categorical, weak, strong), CALIBRATION_BLOCKS)
+    oof = cross_val_scores(kind, train, emb, categorical, weak, strong)
+    curve_tr, qs_tr = curve(train, oof, CALIBRATION_BLOCKS)
     kw = ({"max_strong_share": max_strong_share} if max_strong_share is not None else
           {"min_quality": min_quality * qs_tr} if min_quality is not None else {"max_cost": max_cost_per_1k / 1000})
     i = choose(curve_tr, **kw)
     if i is None:
         raise click.ClickException("no threshold meets that target on the training part")
     share = float(curve_tr.strong_share[i])
+    spread = quality_range(oof, np.array([r.q_weak for r in train]), np.array([r.q_strong for r in train]), share,
+                           len(test))
     model = _fit(kind, train, emb, categorical) if kind != "rules" else None
     s_te = _scores(kind, model, test, weak, strong)
     routed = route_top_share(s_te, share)
@@ -111,6 +114,9 @@ def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_
         "kind": kind, "strong_share": share, "threshold_on_train_scores": threshold, "artifact": artifact,
         "how_to_route": "send the top strong_share of recent requests' scores to the strong model",
         "target": {k: v for k, v in kw.items()},
+        # Sampling alone moves a quality ratio this much on that many new requests.
+        "quality_vs_strong_expected_90pct": {"requests": len(test), "low": spread[0], "median": spread[1],
+                                             "high": spread[2]},
         "test": {"strong_share": float(routed.mean()),
                  "quality_vs_strong": float(np.where(routed, q_s, q_w).mean() / q_s.mean()),
                  "cost_per_1k_usd": float(cost * 1000)},

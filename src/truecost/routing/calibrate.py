@@ -85,3 +85,29 @@ def choose(curve: Curve, *, max_strong_share: float | None = None, min_quality: 
         ok = np.nonzero(curve.cost <= max_cost + 1e-15)[0]
         return int(ok[np.argmax(curve.quality[ok])]) if len(ok) else None
     raise ValueError("give one target: max_strong_share, min_quality or max_cost")
+
+
+def quality_range(scores: np.ndarray, q_weak: np.ndarray, q_strong: np.ndarray, share: float, n: int,
+                  rounds: int = 300, seed: int = 0) -> tuple[float, float, float]:
+    """5th, 50th and 95th percentile of quality / strong quality on ``n`` new requests.
+
+    The calibration sample is resampled ``rounds`` times at the size of the traffic the
+    threshold will meet; each time its top ``share`` of scores goes to the strong model.
+    How far a met target can land from its aim is mostly this sampling spread: a few hundred
+    requests cannot pin a quality ratio to a percentage point, whatever the router.
+    """
+    rng = np.random.default_rng(seed)
+    ratios = []
+    k = int(round(share * n))
+    for _ in range(rounds):
+        i = rng.integers(0, len(scores), n)
+        strong_mean = q_strong[i].mean()
+        if strong_mean == 0:
+            continue
+        routed = np.zeros(n, dtype=bool)
+        routed[np.argsort(-scores[i], kind="stable")[:k]] = True
+        ratios.append(np.where(routed, q_strong[i], q_weak[i]).mean() / strong_mean)
+    if not ratios:
+        return (float("nan"),) * 3
+    lo, mid, hi = np.percentile(ratios, [5, 50, 95])
+    return float(lo), float(mid), float(hi)

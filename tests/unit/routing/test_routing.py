@@ -150,6 +150,8 @@ def test_calibration_meets_targets_on_the_held_out_half(tmp_path):
     checks = {c["target"]: c for c in d["strategies"]["trained"]["calibration"]}
     assert abs(checks["strong_share<=0.30"]["error_pp"]) <= 1.0
     assert abs(checks["quality>=0.95*strong"]["error_pp"]) <= 3.0
+    lo, hi = checks["quality>=0.95*strong"]["expected_error_pp_90pct"]
+    assert lo < hi
 
 
 def test_router_calibrate_cli(tmp_path):
@@ -160,6 +162,8 @@ def test_router_calibrate_cli(tmp_path):
                              catch_exceptions=False)
     d = json.loads(res.output)
     assert abs(d["test"]["strong_share"] - 0.25) <= 0.01 and d["curve_test"]
+    band = d["quality_vs_strong_expected_90pct"]
+    assert band["requests"] == 200 and band["low"] <= band["median"] <= band["high"]
     bad = CliRunner().invoke(cli, ["router", "calibrate", str(f), "--weak", "gpt-3.5-turbo-1106", "--strong",
                                    "gpt-4-1106-preview"])
     assert bad.exit_code != 0 and "exactly one" in bad.output
@@ -333,3 +337,22 @@ def test_scorer_records_its_embedding_weight_and_old_artifacts_still_load(tmp_pa
     np.savez(tmp_path / "bad.npz", **{**data, "meta": np.array(json.dumps(meta))})
     with pytest.raises(TruecostError, match="sentiment"):
         GapScorer.load(tmp_path / "bad.npz")
+
+
+def test_quality_range_is_the_sampling_spread_and_narrows_with_traffic():
+    from truecost.routing.calibrate import quality_range
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    scores = rng.random(n)
+    qs = (rng.random(n) < 0.9).astype(float)
+    qw = np.where(scores > 0.7, 0.0, qs)  # the weak model fails on the top 30% of scores
+    truth = np.where(scores > 0.5, qs, qw).mean() / qs.mean()  # route the top half: every failure covered
+    small = quality_range(scores, qw, qs, 0.5, 100)
+    large = quality_range(scores, qw, qs, 0.5, 3000)
+    assert small[0] <= truth + 1e-9 and large[0] <= truth + 1e-9 and small[2] <= 1.0 + 1e-9
+    qw2 = np.where(scores > 0.3, 0.0, qs)  # now routing half leaves a fifth of the traffic failing
+    truth2 = np.where(scores > 0.5, qs, qw2).mean() / qs.mean()
+    small, large = quality_range(scores, qw2, qs, 0.5, 100), quality_range(scores, qw2, qs, 0.5, 3000)
+    assert small[0] < truth2 < small[2] and large[0] < truth2 < large[2]
+    assert (large[2] - large[0]) < (small[2] - small[0]) / 3
