@@ -502,6 +502,30 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
             assert forced.headers["x-truecost-model"] == "gpt-6.2-sol"
             (e,) = ledger_events(app, easy.headers["x-request-id"])
             assert e.outcome == "routed" and e.avoided_cost > 0
+        # A quality target ranks by predicted gain per extra dollar (priced at route time).
+        per_dollar = tmp_path / "per_dollar.npz"
+        res = CliRunner().invoke(cli, ["router", "calibrate", str(data), "--weak", "gpt-3.5-turbo-1106", "--strong",
+                                       "gpt-4-1106-preview", "--kind", "trained", "--min-quality", "0.95",
+                                       "--out", str(per_dollar)], catch_exceptions=False)
+        out = json.loads(res.output)
+        assert out["order"] == "gain-per-dollar" and out["test"]["quality_vs_strong"] >= 0.9
+        app = build(conf({"strategy": "trained", "artifact": str(per_dollar)}))
+        router = app.state.pipeline.routers["routed"]
+        assert router.extra_cost is not None
+        with ServerThread(app) as gw:
+            c = client(gw)
+            easy = c.chat.completions.with_raw_response.create(
+                model="routed", messages=[{"role": "user", "content": "Say hello to person 9001"}])
+            hard = c.chat.completions.with_raw_response.create(
+                model="routed", messages=[{"role": "user", "content": "Compute step by step: 12 + 85 + 3 + 44 + 9"}])
+            assert easy.headers["x-truecost-model"] == "gpt-6-luna"
+            assert hard.headers["x-truecost-model"] == "gpt-6.2-sol"
+        # a price that disappears after startup keeps the strong model, and says why
+        router.extra_cost = lambda request: None
+        from truecost.routing.decision import RouteRequest
+
+        d = router.route(RouteRequest("Say hello to person 9001"))
+        assert d.model == "gpt-6.2-sol" and "unknown" in d.reason
     # an answer-aware (cascade) artifact cannot route before the call: a clear error at startup
     from truecost.routing.scorer import Example, FeatureSpec, GapScorer
 

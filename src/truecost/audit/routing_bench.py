@@ -22,9 +22,9 @@ import numpy as np
 
 from truecost.errors import UnknownModelError
 from truecost.pricing.catalog import PriceCatalog
-from truecost.pricing.cost import price_tokens
-from truecost.routing.calibrate import (CALIBRATION_BLOCKS, Curve, apgr, choose, point_at_quality, quality_range,
-                                        tradeoff_curve)
+from truecost.pricing.cost import price_tokens, strong_call_premium
+from truecost.routing.calibrate import (CALIBRATION_BLOCKS, Curve, apgr, choose, gain_per_dollar, point_at_quality,
+                                        quality_range, tradeoff_curve)
 from truecost.routing.decision import RouteRequest
 from truecost.routing.rules import RulesRouter
 from truecost.routing.scorer import Example, FeatureSpec, GapScorer, TrainingDataError
@@ -186,7 +186,7 @@ def run(path: str | Path, weak: str, strong: str, strategy: str = "all", train_f
     gap = qs - qw
     out["oracle"] = _metrics(tradeoff_curve(gap, qw, qs, cw, cs), qw.mean(), qs.mean(), strong_cost)
     extra = {c: _expected_extra_cost(catalog, weak, strong, train, test, c) for c in (False, True)}
-    out["oracle"]["cost_aware"] = _metrics(tradeoff_curve(_gain_per_dollar(gap, extra[False]), qw, qs, cw, cs),
+    out["oracle"]["cost_aware"] = _metrics(tradeoff_curve(gain_per_dollar(gap, extra[False]), qw, qs, cw, cs),
                                            qw.mean(), qs.mean(), strong_cost)
     from truecost.cache.embedders import StaticEmbedder
 
@@ -206,7 +206,7 @@ def run(path: str | Path, weak: str, strong: str, strategy: str = "all", train_f
         m = _metrics(curve, qw.mean(), qs.mean(), strong_cost)
         # For a cost target: rank by predicted gain per expected extra dollar (the greedy
         # knapsack order), prices known before the call (prompt tokens, mean output lengths).
-        m["cost_aware"] = {**_metrics(tradeoff_curve(_gain_per_dollar(scores, extra[cascade]), qw, qs, cw, cs,
+        m["cost_aware"] = {**_metrics(tradeoff_curve(gain_per_dollar(scores, extra[cascade]), qw, qs, cw, cs,
                                                      cascade=cascade), qw.mean(), qs.mean(), strong_cost),
                            "ranking": "predicted quality gain / expected extra cost of the strong call"}
         m["latency_ms_p50"] = _latency(s, model, test, weak, strong, embedder or static)
@@ -253,20 +253,16 @@ def _expected_extra_cost(catalog: PriceCatalog, weak: str, strong: str, train: l
     its prompt tokens at both prices, output at the training set's mean output lengths."""
     when = datetime.now(timezone.utc)
     vw, vs = catalog.price_for(weak, when), catalog.price_for(strong, when)
-    ow, os_ = (int(round(np.mean([getattr(r, k) for r in train]))) for k in ("out_weak", "out_strong"))
-    out = []
-    for r in rows:
-        c = float(price_tokens(vs, TokenUsage(input=r.prompt_tokens, output=os_)).cost)
-        if not cascade:
-            c -= float(price_tokens(vw, TokenUsage(input=r.prompt_tokens, output=ow)).cost)
-        out.append(c)
-    return np.maximum(np.array(out), 1e-12)
+    for model, version in ((weak, vw), (strong, vs)):
+        if version is None:
+            raise UnknownModelError(f"no price in force for {model!r}")
+    ow, os_ = mean_output_tokens(train)
+    return np.array([float(strong_call_premium(vw, vs, r.prompt_tokens, ow, os_, cascade=cascade)) for r in rows])
 
 
-def _gain_per_dollar(scores: np.ndarray, extra_cost: np.ndarray) -> np.ndarray:
-    """Positive predicted gains per dollar first; the rest (no gain expected) after, in their order."""
-    s = np.asarray(scores, dtype=np.float64)
-    return np.where(s > 0, s / np.where(s > 0, extra_cost, 1.0), s)
+def mean_output_tokens(rows: list[Row]) -> tuple[int, int]:
+    """(weak, strong) mean output lengths of labelled rows: the expected output of a new request."""
+    return tuple(int(round(np.mean([getattr(r, k) for r in rows]))) for k in ("out_weak", "out_strong"))
 
 
 def _bootstrap_se(scores: np.ndarray, qw: np.ndarray, qs: np.ndarray, cascade: bool, seed: int,
@@ -326,21 +322,23 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def cross_val_scores(strategy: str, train: list[Row], embedder, categorical, weak, strong, folds: int = 5,
-                     seed: int = 0) -> np.ndarray:
+                     seed: int = 0, ranks: bool = True) -> np.ndarray:
     """Out-of-fold scores on the training rows, as within-fold percentile ranks.
 
     Each fold's model scores on its own scale; ranking within the fold makes the folds
-    comparable, so one curve over all training rows is honest.
+    comparable, so one curve over all training rows is honest. ``ranks=False`` keeps each
+    fold's predicted gaps, for an order that weighs them against dollars.
     """
+    rank = _ranks if ranks else np.asarray
     if strategy == "rules":
-        return _ranks(_scores(strategy, None, train, weak, strong))
+        return rank(_scores(strategy, None, train, weak, strong))
     order = np.random.default_rng(seed).permutation(len(train))
     out = np.zeros(len(train))
     for k in range(folds):
         held = order[k::folds]
         fit_rows = [train[i] for i in np.setdiff1d(order, held)]
         model = _fit(strategy, fit_rows, embedder, categorical)
-        out[held] = _ranks(_scores(strategy, model, [train[i] for i in held], weak, strong))
+        out[held] = rank(_scores(strategy, model, [train[i] for i in held], weak, strong))
     return out
 
 

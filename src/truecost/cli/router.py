@@ -60,13 +60,19 @@ def train(data, weak, strong, kind, out_path) -> None:
 @click.option("--seed", type=int, default=0)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="save the calibrated scorer (with its threshold) for the gateway's `strategy: trained`")
+@click.option("--order", type=click.Choice(["auto", "gap", "gain-per-dollar"]), default="auto", show_default=True,
+              help="rank requests by predicted quality gap, or by gap per expected extra dollar of the strong call "
+                   "(cheaper for the same quality); auto: gain-per-dollar for cost and quality targets, gap for a "
+                   "strong-share target")
 def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_per_1k, train_frac, seed,
-              out_path) -> None:
+              out_path, order) -> None:
     """Pick the threshold meeting one target on the train part; report it on the held-out part, with the curve."""
-    from truecost.audit.routing_bench import _costs, _fit, _scores, cross_val_scores, route_top_share
+    from truecost.audit.routing_bench import (_costs, _expected_extra_cost, _fit, _scores, cross_val_scores,
+                                              mean_output_tokens, route_top_share)
     from truecost.cache.embedders import StaticEmbedder
     from truecost.pricing.catalog import PriceCatalog
-    from truecost.routing.calibrate import CALIBRATION_BLOCKS, choose, quality_range, tradeoff_curve
+    from truecost.routing.calibrate import (CALIBRATION_BLOCKS, choose, gain_per_dollar, quality_range,
+                                            tradeoff_curve)
 
     targets = [t for t in (max_strong_share, min_quality, max_cost_per_1k) if t is not None]
     if len(targets) != 1:
@@ -83,7 +89,15 @@ def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_
         return tradeoff_curve(scores, q_w, q_s, _costs(catalog, weak, rows, "weak"),
                               _costs(catalog, strong, rows, "strong"), cascade, smooth), q_s.mean()
 
-    oof = cross_val_scores(kind, train, emb, categorical, weak, strong)
+    if order == "auto":
+        order = "gap" if max_strong_share is not None else "gain-per-dollar"
+    per_dollar = order == "gain-per-dollar"
+    if per_dollar:  # gains must stay gains (not within-fold ranks) to be divided by dollars
+        extra_tr = _expected_extra_cost(catalog, weak, strong, train, train, cascade)
+        extra_te = _expected_extra_cost(catalog, weak, strong, train, test, cascade)
+        oof = gain_per_dollar(cross_val_scores(kind, train, emb, categorical, weak, strong, ranks=False), extra_tr)
+    else:
+        oof = cross_val_scores(kind, train, emb, categorical, weak, strong)
     curve_tr, qs_tr = curve(train, oof, CALIBRATION_BLOCKS)
     kw = ({"max_strong_share": max_strong_share} if max_strong_share is not None else
           {"min_quality": min_quality * qs_tr} if min_quality is not None else {"max_cost": max_cost_per_1k / 1000})
@@ -95,8 +109,10 @@ def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_
                            len(test))
     model = _fit(kind, train, emb, categorical) if kind != "rules" else None
     s_te = _scores(kind, model, test, weak, strong)
-    routed = route_top_share(s_te, share)
     s_tr = _scores(kind, model, train, weak, strong)
+    if per_dollar:
+        s_te, s_tr = gain_per_dollar(s_te, extra_te), gain_per_dollar(s_tr, extra_tr)
+    routed = route_top_share(s_te, share)
     threshold = float(np.quantile(s_tr, 1 - share)) if 0 < share < 1 else (float("inf") if share == 0 else float("-inf"))
     q_w, q_s = np.array([r.q_weak for r in test]), np.array([r.q_strong for r in test])
     c_w, c_s = _costs(catalog, weak, test, "weak"), _costs(catalog, strong, test, "strong")
@@ -109,9 +125,11 @@ def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_
             raise click.UsageError("--out saves a trained scorer; the rules router needs no artifact")
         artifact = str(model.save(out_path if out_path.endswith(".npz") else out_path + ".npz", weak=weak,
                                   strong=strong, kind=kind, data=str(data), threshold=threshold, strong_share=share,
-                                  target={k: v for k, v in kw.items()}))
+                                  target={k: v for k, v in kw.items()},
+                                  order="gain_per_dollar" if per_dollar else "gap",
+                                  mean_output_tokens=dict(zip(("weak", "strong"), mean_output_tokens(train)))))
     click.echo(json.dumps({
-        "kind": kind, "strong_share": share, "threshold_on_train_scores": threshold, "artifact": artifact,
+        "kind": kind, "order": order, "strong_share": share, "threshold_on_train_scores": threshold, "artifact": artifact,
         "how_to_route": "send the top strong_share of recent requests' scores to the strong model",
         "target": {k: v for k, v in kw.items()},
         # Sampling alone moves a quality ratio this much on that many new requests.

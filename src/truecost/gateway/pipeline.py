@@ -18,7 +18,7 @@ from truecost.errors import ConfigError, TruecostError, UpstreamError
 from truecost.gateway.budgets import BudgetExceeded, BudgetGuard, BudgetUnavailable
 from truecost.gateway.config import GatewayConfig, KeyConfig
 from truecost.gateway.metrics import Metrics
-from truecost.pricing.cost import price_tokens
+from truecost.pricing.cost import price_tokens, strong_call_premium
 from truecost.routing.cascade import LogprobCascade, mean_logprob
 from truecost.routing.decision import RouteRequest
 from truecost.routing.rules import RulesRouter
@@ -103,7 +103,27 @@ def load_router_artifact(path):
     return scorer
 
 
-def _make_router(r):
+def _strong_premium(tracker: Tracker, r, meta: Mapping[str, Any]):
+    """request -> expected extra dollars of the strong call (prices in force now, the artifact's
+    mean output lengths); None when a price is missing, and the router then keeps the strong model."""
+    outputs = meta.get("mean_output_tokens") or {}
+    out_weak, out_strong = int(outputs.get("weak") or 1), int(outputs.get("strong") or 1)
+    for model in (r.weak, r.strong):
+        if tracker.price_version(model, None, tracker.clock.now())[0] is None:
+            raise ConfigError(f"{r.artifact}: ranks requests by gain per dollar, but {model!r} has no price in "
+                              "force; add it to the catalog or calibrate with --order gap")
+
+    def premium(request: RouteRequest) -> float | None:
+        at = tracker.clock.now()
+        weak, strong = (tracker.price_version(m, None, at)[0] for m in (r.weak, r.strong))
+        tokens = request.prompt_tokens or len(request.text) // 4 + 1
+        extra = strong_call_premium(weak, strong, tokens, out_weak, out_strong)
+        return None if extra is None else float(extra)
+
+    return premium
+
+
+def _make_router(r, tracker: Tracker):
     """A rules router, or a trained prompt scorer behind its calibrated threshold (loaded at startup)."""
     if r.strategy != "trained":
         return RulesRouter(r.weak, r.strong, r.max_weak_tokens)
@@ -117,7 +137,8 @@ def _make_router(r):
     if threshold is None:
         raise ConfigError(f"{r.artifact}: no calibrated threshold in the artifact; set route.threshold or "
                           "save it with `truecost router calibrate ... --out`")
-    return ScoredRouter(scorer, r.weak, r.strong, float(threshold))
+    extra_cost = _strong_premium(tracker, r, scorer.meta) if scorer.meta.get("order") == "gain_per_dollar" else None
+    return ScoredRouter(scorer, r.weak, r.strong, float(threshold), extra_cost=extra_cost)
 
 
 class Pipeline:
@@ -126,7 +147,7 @@ class Pipeline:
         self.config, self.tracker, self.upstreams, self.cache = config, tracker, upstreams, cache
         self.metrics = metrics or Metrics()
         self.budgets = BudgetGuard(config.budgets)
-        self.routers = {alias: _make_router(r) for alias, r in config.routes.items() if r.strategy != "cascade"}
+        self.routers = {alias: _make_router(r, tracker) for alias, r in config.routes.items() if r.strategy != "cascade"}
         self.cascades = {alias: LogprobCascade(r.min_mean_logprob) for alias, r in config.routes.items()
                          if r.strategy == "cascade"}
 
@@ -334,8 +355,9 @@ class Pipeline:
             return candidates, None
         text = next((m.get("content") for m in reversed(body["messages"])
                      if m.get("role") == "user" and isinstance(m.get("content"), str)), "") or ""
-        decision = router.route(
-            RouteRequest(text, None, {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-truecost")}))
+        prompt_chars = sum(len(m["content"]) for m in body["messages"] if isinstance(m.get("content"), str))
+        decision = router.route(RouteRequest(
+            text, prompt_chars // 4 + 1, {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-truecost")}))
         rank = {m: i for i, m in enumerate(decision.candidates)}
         ordered = sorted(candidates, key=lambda c: rank.get(c.model, len(rank)))
         self.metrics.inc("truecost_route_decisions_total", model=decision.model)

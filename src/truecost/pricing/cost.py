@@ -107,3 +107,18 @@ def price_quantity(version: PriceVersion | None, component: str, quantity: objec
     cost = tidy(unit_price * billable)
     note = f"{free} {unit.base} free allowance applied" if free > 0 else None
     return PricedCost(cost=cost, lines=[CostLine(component, qty, unit.base, unit_price, cost, note)])
+
+
+def strong_call_premium(weak: PriceVersion | None, strong: PriceVersion | None, prompt_tokens: int,
+                        weak_output_tokens: int, strong_output_tokens: int, *,
+                        cascade: bool = False) -> Decimal | None:
+    """What sending one request to the strong model is expected to add, known before any call.
+
+    The prompt at both prices plus expected output lengths; a cascade has already paid the
+    weak call, so its premium is the whole strong call. None when either price is unknown.
+    """
+    strong_cost = price_tokens(strong, TokenUsage(input=prompt_tokens, output=strong_output_tokens)).cost
+    if strong_cost is None or cascade:
+        return strong_cost
+    weak_cost = price_tokens(weak, TokenUsage(input=prompt_tokens, output=weak_output_tokens)).cost
+    return None if weak_cost is None else strong_cost - weak_cost

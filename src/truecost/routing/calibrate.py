@@ -111,3 +111,14 @@ def quality_range(scores: np.ndarray, q_weak: np.ndarray, q_strong: np.ndarray, 
         return (float("nan"),) * 3
     lo, mid, hi = np.percentile(ratios, [5, 50, 95])
     return float(lo), float(mid), float(hi)
+
+
+def gain_per_dollar(scores: np.ndarray, extra_cost: np.ndarray) -> np.ndarray:
+    """The greedy knapsack order for a cost target: predicted quality gain per expected extra dollar.
+
+    Positive predicted gains, divided by what the strong call is expected to add, come first;
+    requests with no predicted gain follow in their own order (their raw, non-positive scores).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    extra = np.maximum(np.asarray(extra_cost, dtype=np.float64), 1e-12)
+    return np.where(s > 0, s / np.where(s > 0, extra, 1.0), s)

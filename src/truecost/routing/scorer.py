@@ -16,7 +16,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -225,20 +225,35 @@ class GapScorer:
 
 
 class ScoredRouter:
-    """A scorer behind a threshold: score >= threshold -> strong first, else weak first."""
+    """A scorer behind a threshold: score >= threshold -> strong first, else weak first.
+
+    With ``extra_cost`` (request -> expected extra dollars of the strong call, from prices
+    and the prompt's length) the score is the predicted gain per extra dollar, the order a
+    cost target is calibrated in; its threshold must come from a calibration in that order.
+    """
 
     def __init__(self, scorer: GapScorer, weak: str, strong: str, threshold: float,
-                 force_header: str = "x-truecost-route") -> None:
+                 force_header: str = "x-truecost-route",
+                 extra_cost: Callable[[Any], float | None] | None = None) -> None:
         self.scorer, self.weak, self.strong, self.threshold = scorer, weak, strong, threshold
-        self.force_header = force_header
+        self.force_header, self.extra_cost = force_header, extra_cost
 
     def route(self, request) -> "RouteDecision":
+        from truecost.routing.calibrate import gain_per_dollar
         from truecost.routing.decision import RouteDecision, forced_decision
 
         forced = forced_decision(request, self.force_header, self.weak, self.strong, "trained")
         if forced is not None:
             return forced
         s = float(self.scorer.score([Example(request.text, 0.0, request.metadata)])[0])
+        what = f"predicted gap {s:.3f}"
+        if self.extra_cost is not None:
+            extra = self.extra_cost(request)
+            if extra is None:  # a price went missing: never save money blind
+                return RouteDecision((self.strong, self.weak), f"{what}; the strong call's extra cost is unknown "
+                                     "(no price in force), so the strong model keeps it", s, "trained")
+            s = float(gain_per_dollar(np.array([s]), np.array([extra]))[0])
+            what = f"{what}, per expected extra ${extra:.6f}: {s:.4g}"
         if s >= self.threshold:
-            return RouteDecision((self.strong, self.weak), f"predicted gap {s:.3f} >= {self.threshold:.3f}", s, "trained")
-        return RouteDecision((self.weak, self.strong), f"predicted gap {s:.3f} < {self.threshold:.3f}", s, "trained")
+            return RouteDecision((self.strong, self.weak), f"{what} >= {self.threshold:.4g}", s, "trained")
+        return RouteDecision((self.weak, self.strong), f"{what} < {self.threshold:.4g}", s, "trained")

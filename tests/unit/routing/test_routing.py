@@ -236,11 +236,11 @@ def test_artifact_round_trip_keeps_the_embedding_tail(tmp_path):
 
 
 def test_cost_aware_order_puts_the_most_gain_per_dollar_first():
-    from truecost.audit.routing_bench import _gain_per_dollar
+    from truecost.routing.calibrate import gain_per_dollar
 
     scores = np.array([0.4, 0.3, -0.2, 0.0, 0.1])
     extra = np.array([4.0, 1.0, 1.0, 1.0, 0.1])  # dollars the strong call would add
-    order = np.argsort(-_gain_per_dollar(scores, extra), kind="stable").tolist()
+    order = np.argsort(-gain_per_dollar(scores, extra), kind="stable").tolist()
     assert order == [4, 1, 0, 3, 2]  # 1.0/$, 0.3/$, 0.1/$, then no expected gain, then a loss
 
 
@@ -356,3 +356,17 @@ def test_quality_range_is_the_sampling_spread_and_narrows_with_traffic():
     small, large = quality_range(scores, qw2, qs, 0.5, 100), quality_range(scores, qw2, qs, 0.5, 3000)
     assert small[0] < truth2 < small[2] and large[0] < truth2 < large[2]
     assert (large[2] - large[0]) < (small[2] - small[0]) / 3
+
+
+def test_scored_router_ranks_by_gain_per_dollar_when_given_prices():
+    train = _synthetic(300)
+    scorer = GapScorer(FeatureSpec(embed=False, categorical=("topic",))).fit(train)
+    hard = "prove step by step " * 3 + "x" * 300
+    gap = float(scorer.score([Example(hard, 0.0, {"topic": "math"})])[0])
+    assert gap > 0
+    cheap = ScoredRouter(scorer, "w", "s", threshold=gap / 0.002, extra_cost=lambda r: 0.001)
+    dear = ScoredRouter(scorer, "w", "s", threshold=gap / 0.002, extra_cost=lambda r: 0.01)
+    request = RouteRequest(hard, metadata={"topic": "math"})
+    # the same predicted gain is worth the strong call when it costs little, not when it costs much
+    assert cheap.route(request).model == "s" and dear.route(request).model == "w"
+    assert "per expected extra $0.010000" in dear.route(request).reason
