@@ -91,7 +91,7 @@ def waterfall(labels: Sequence[str], values: Sequence[float], title: str, fmt: F
 
 def lines(x: Sequence[float], series: dict[str, Sequence[float | None]], title: str, x_label: str,
           y_label: str, fmt_x: Fmt = default_fmt, fmt_y: Fmt = default_fmt, width: int = 640,
-          y_max: float | None = None, marker: float | None = None) -> str:
+          y_max: float | None = None, marker: float | None = None, y_min: float = 0.0) -> str:
     """One or more lines over a shared x axis (hit rate vs threshold, quality vs strong share...)."""
     height, left, bottom, top_pad, right = 300, 60, 46, 40, 20
     xs = [float(v) for v in x]
@@ -101,13 +101,14 @@ def lines(x: Sequence[float], series: dict[str, Sequence[float | None]], title: 
     x0, x1 = min(xs), max(xs)
     y1 = y_max if y_max is not None else (max(ys) if ys else 1.0) or 1.0
     sx = (width - left - right) / ((x1 - x0) or 1.0)
-    sy = (height - bottom - top_pad) / y1
+    y0 = min(y_min, y1)
+    sy = (height - bottom - top_pad) / ((y1 - y0) or 1.0)
 
     def px(v: float) -> float:
         return left + (v - x0) * sx
 
     def py(v: float) -> float:
-        return height - bottom - v * sy
+        return height - bottom - (v - y0) * sy
 
     body = [f'<text x="4" y="16" font-weight="bold">{escape(title)}</text>',
             f'<line class="ax" x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}"/>',
@@ -116,7 +117,7 @@ def lines(x: Sequence[float], series: dict[str, Sequence[float | None]], title: 
             f'<text x="12" y="{(height - bottom + top_pad) / 2}" transform="rotate(-90 12 {(height - bottom + top_pad) / 2})" '
             f'text-anchor="middle">{escape(y_label)}</text>']
     for t in range(5):
-        yv = y1 * t / 4
+        yv = y0 + (y1 - y0) * t / 4
         body.append(f'<text x="{left - 4}" y="{_num(py(yv) + 4)}" text-anchor="end" class="muted">{escape(fmt_y(yv))}</text>')
         xv = x0 + (x1 - x0) * t / 4
         body.append(f'<text x="{_num(px(xv))}" y="{height - bottom + 14}" text-anchor="middle" class="muted">'
@@ -126,7 +127,7 @@ def lines(x: Sequence[float], series: dict[str, Sequence[float | None]], title: 
                     f'stroke="#bbb" stroke-dasharray="4 3"/>')
     for i, (name, s) in enumerate(series.items()):
         color = PALETTE[i % len(PALETTE)]
-        pts = [(px(a), py(min(b, y1))) for a, b in zip(xs, s) if b is not None and math.isfinite(b)]
+        pts = [(px(a), py(max(min(b, y1), y0))) for a, b in zip(xs, s) if b is not None and math.isfinite(b)]
         if pts:
             d = " ".join(f"{_num(a)},{_num(b)}" for a, b in pts)
             body.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{d}" data-series="{escape(name)}"/>')

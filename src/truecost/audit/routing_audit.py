@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from html import escape
 from typing import Any, Callable, Sequence
 
 from truecost.audit import charts
@@ -291,3 +292,59 @@ def write_routing_report(r: dict[str, Any], out_dir: str | Path) -> tuple[Path, 
     return write_report(out_dir, "routing_audit", r, render_routing_html(r))
 
 
+
+
+def _interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """Linear interpolation on increasing ``xs`` (clamped at the ends)."""
+    for i in range(1, len(xs)):
+        if x <= xs[i]:
+            span = xs[i] - xs[i - 1]
+            return ys[i] if span == 0 else ys[i - 1] + (ys[i] - ys[i - 1]) * (x - xs[i - 1]) / span
+    return ys[-1]
+
+
+def render_calibration_html(r: dict[str, Any]) -> str:
+    """`truecost router calibrate --report`: the chosen point on the cost-quality curve, and its spread."""
+    test, band = r["test"], r["quality_vs_strong_expected_90pct"]
+    figs = [Figure("strong_share", "strong-call share chosen", r["strong_share"], charts.pct),
+            Figure("quality_vs_strong", "quality vs strong (held out)", test["quality_vs_strong"], charts.pct),
+            Figure("cost_per_1k", "USD per 1,000 requests (held out)", test["cost_per_1k_usd"], lambda v: f"${v:.4f}"),
+            Figure("band_low", f"90% range low, {band['requests']} requests", band["low"], charts.pct),
+            Figure("band_high", "90% range high", band["high"], charts.pct)]
+    curve = r["curve_test"]
+    strong_q = r["strong_quality_test"]
+    shares = [p["strong_share"] for p in curve]
+    train_q = r["strong_quality_train"]
+    train = r["curve_train_out_of_fold"]
+    quality = {"held-out half": [p["quality"] / strong_q for p in curve],
+               "train, out of fold": [_interpolate([p["strong_share"] for p in train],
+                                                   [p["quality"] / train_q for p in train], s) for s in shares]}
+    floor = math.floor(min(v for series in quality.values() for v in series if v is not None) * 20) / 20
+    target = r["target"]
+    aim = (f"strong share <= {target['max_strong_share']:.0%}" if "max_strong_share" in target else
+           f"quality >= {target['min_quality'] / train_q:.0%} of strong" if "min_quality" in target else
+           f"cost <= ${target['max_cost'] * 1000:.4f} per 1,000")
+    headline = f"Target: {aim}; ranked by {r['order']}"
+    sections = [
+        Section("Chosen threshold", [f'<p class="rec">{escape(headline)}; '
+                                     f'threshold {r["threshold_on_train_scores"]:.6g} on the scorer\'s scale.</p>'
+                                     '<p class="note">The 90% range is what sampling alone does to the quality ratio on '
+                                     'that many new requests.</p>', figures(figs)]),
+        Section("Cost-quality curve", [
+            charts.lines(shares, quality, "Quality vs the strong model, by strong-call share",
+                         "share of requests sent to the strong model", "quality / strong", fmt_x=charts.pct,
+                         fmt_y=charts.pct, y_max=1.02, y_min=floor, marker=r["strong_share"]),
+            charts.lines([p["cost_per_1k_usd"] for p in curve], {"held-out half": quality["held-out half"]},
+                          "Quality vs cost (held-out half)", "USD per 1,000 requests", "quality / strong",
+                          fmt_x=lambda v: f"${v:.3f}", fmt_y=charts.pct, y_max=1.02, y_min=floor,
+                          marker=test["cost_per_1k_usd"]),
+            table(["strong share", "quality / strong", "USD per 1,000"],
+                  [[charts.pct(p["strong_share"]), charts.pct(p["quality"] / strong_q), f'${p["cost_per_1k_usd"]:.4f}']
+                   for p in curve], numeric=(0, 1, 2))]),
+    ]
+    return page("truecost · router calibration", f'{r["data"]} · {r["kind"]} · {r["weak"]} vs {r["strong"]}',
+                sections, data=r)
+
+
+def write_calibration_report(r: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    return write_report(out_dir, "router_calibration", r, render_calibration_html(r))

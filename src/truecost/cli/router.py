@@ -60,12 +60,14 @@ def train(data, weak, strong, kind, out_path) -> None:
 @click.option("--seed", type=int, default=0)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="save the calibrated scorer (with its threshold) for the gateway's `strategy: trained`")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="also write router_calibration.html (the curve, the chosen point, its spread) and .json here")
 @click.option("--order", type=click.Choice(["auto", "gap", "gain-per-dollar"]), default="auto", show_default=True,
               help="rank requests by predicted quality gap, or by gap per expected extra dollar of the strong call "
                    "(cheaper for the same quality); auto: gain-per-dollar for cost and quality targets, gap for a "
                    "strong-share target")
 def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_per_1k, train_frac, seed,
-              out_path, order) -> None:
+              out_path, order, report_dir) -> None:
     """Pick the threshold meeting one target on the train part; report it on the held-out part, with the curve."""
     from truecost.audit.routing_bench import (_costs, _expected_extra_cost, _fit, _scores, cross_val_scores,
                                               mean_output_tokens, route_top_share)
@@ -118,7 +120,6 @@ def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_
     c_w, c_s = _costs(catalog, weak, test, "weak"), _costs(catalog, strong, test, "strong")
     cost = (c_w + np.where(routed, c_s if cascade else c_s - c_w, 0.0)).mean()
     curve_te, _ = curve(test, s_te)
-    step = max(1, len(curve_te.strong_share) // 20)
     artifact = None
     if out_path:
         if model is None:
@@ -128,7 +129,8 @@ def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_
                                   target={k: v for k, v in kw.items()},
                                   order="gain_per_dollar" if per_dollar else "gap",
                                   mean_output_tokens=dict(zip(("weak", "strong"), mean_output_tokens(train)))))
-    click.echo(json.dumps({
+    result = {
+        "data": str(data), "weak": weak, "strong": strong,
         "kind": kind, "order": order, "strong_share": share, "threshold_on_train_scores": threshold, "artifact": artifact,
         "how_to_route": "send the top strong_share of recent requests' scores to the strong model",
         "target": {k: v for k, v in kw.items()},
@@ -138,6 +140,20 @@ def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_
         "test": {"strong_share": float(routed.mean()),
                  "quality_vs_strong": float(np.where(routed, q_s, q_w).mean() / q_s.mean()),
                  "cost_per_1k_usd": float(cost * 1000)},
-        "curve_test": [{"strong_share": float(curve_te.strong_share[j]), "quality": float(curve_te.quality[j]),
-                        "cost_per_1k_usd": float(curve_te.cost[j] * 1000)} for j in range(0, len(curve_te.strong_share), step)],
-    }, indent=2))
+        "strong_quality_test": float(q_s.mean()), "strong_quality_train": float(qs_tr),
+        "curve_test": _sampled(curve_te),
+        "curve_train_out_of_fold": _sampled(curve_tr),
+    }
+    if report_dir:
+        from truecost.audit.routing_audit import write_calibration_report
+
+        result["report"] = [str(p) for p in write_calibration_report(result, report_dir)]
+    click.echo(json.dumps(result, indent=2))
+
+
+def _sampled(curve, points: int = 20) -> list[dict]:
+    """The curve at ``points`` + 1 evenly spaced strong-call shares (0%, 5%, ... 100%)."""
+    n = len(curve.strong_share) - 1
+    idx = sorted({int(round(n * k / points)) for k in range(points + 1)})
+    return [{"strong_share": float(curve.strong_share[j]), "quality": float(curve.quality[j]),
+             "cost_per_1k_usd": float(curve.cost[j] * 1000)} for j in idx]

@@ -164,6 +164,15 @@ def test_router_calibrate_cli(tmp_path):
     assert abs(d["test"]["strong_share"] - 0.25) <= 0.01 and d["curve_test"]
     band = d["quality_vs_strong_expected_90pct"]
     assert band["requests"] == 200 and band["low"] <= band["median"] <= band["high"]
+    assert d["order"] == "gap"  # a strong-share target ranks by the predicted gap
+    res = CliRunner().invoke(cli, ["router", "calibrate", str(f), "--weak", "gpt-3.5-turbo-1106", "--strong",
+                                   "gpt-4-1106-preview", "--kind", "trained", "--min-quality", "0.95",
+                                   "--report", str(tmp_path / "rep")], catch_exceptions=False)
+    d = json.loads(res.output)
+    assert d["order"] == "gain-per-dollar" and len(d["curve_test"]) == 21
+    page = (tmp_path / "rep" / "router_calibration.html").read_text()
+    assert page.count("<svg") == 2 and "Cost-quality curve" in page and "quality &gt;= 95% of strong" in page
+    assert json.loads((tmp_path / "rep" / "router_calibration.json").read_text())["strong_share"] == d["strong_share"]
     bad = CliRunner().invoke(cli, ["router", "calibrate", str(f), "--weak", "gpt-3.5-turbo-1106", "--strong",
                                    "gpt-4-1106-preview"])
     assert bad.exit_code != 0 and "exactly one" in bad.output
