@@ -520,6 +520,11 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
                 model="routed", messages=[{"role": "user", "content": "Compute step by step: 12 + 85 + 3 + 44 + 9"}])
             assert easy.headers["x-truecost-model"] == "gpt-6-luna"
             assert hard.headers["x-truecost-model"] == "gpt-6.2-sol"
+            # the same question behind a long context costs far more on the strong model: not worth it
+            pricey = c.chat.completions.with_raw_response.create(
+                model="routed", messages=[{"role": "system", "content": "Background. " * 20000},
+                                          {"role": "user", "content": "Compute step by step: 12 + 85 + 3 + 44 + 9"}])
+            assert pricey.headers["x-truecost-model"] == "gpt-6-luna"
         # a price that disappears after startup keeps the strong model, and says why
         router.extra_cost = lambda request: None
         from truecost.routing.decision import RouteRequest

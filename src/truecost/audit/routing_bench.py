@@ -211,6 +211,7 @@ def run(path: str | Path, weak: str, strong: str, strategy: str = "all", train_f
                            "ranking": "predicted quality gain / expected extra cost of the strong call"}
         m["latency_ms_p50"] = _latency(s, model, test, weak, strong, embedder or static)
         if model is not None:
+            m["scorer"] = {"ridge_l2": model.l2, "embed_weight": model.embed_weight, "features": len(model.w) - 1}
             m.update(_calibration_check(model, s, train, test, weak, strong, c_weak_all[tr], c_strong_all[tr], cw, cs,
                                         emb, categorical))
         else:

@@ -116,7 +116,7 @@ def _strong_premium(tracker: Tracker, r, meta: Mapping[str, Any]):
     def premium(request: RouteRequest) -> float | None:
         at = tracker.clock.now()
         weak, strong = (tracker.price_version(m, None, at)[0] for m in (r.weak, r.strong))
-        tokens = request.prompt_tokens or len(request.text) // 4 + 1
+        tokens = request.context_tokens or request.prompt_tokens or len(request.text) // 4 + 1
         extra = strong_call_premium(weak, strong, tokens, out_weak, out_strong)
         return None if extra is None else float(extra)
 
@@ -357,7 +357,8 @@ class Pipeline:
                      if m.get("role") == "user" and isinstance(m.get("content"), str)), "") or ""
         prompt_chars = sum(len(m["content"]) for m in body["messages"] if isinstance(m.get("content"), str))
         decision = router.route(RouteRequest(
-            text, prompt_chars // 4 + 1, {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-truecost")}))
+            text, None, {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-truecost")},
+            context_tokens=prompt_chars // 4 + 1))
         rank = {m: i for i, m in enumerate(decision.candidates)}
         ordered = sorted(candidates, key=lambda c: rank.get(c.model, len(rank)))
         self.metrics.inc("truecost_route_decisions_total", model=decision.model)

@@ -12,6 +12,9 @@ class RouteRequest:
     prompt_tokens: int | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)  # headers, attribution, dataset fields
     budget_used: float | None = None  # share of the attribution's budget already spent, 0..1
+    # The whole prompt's tokens (system prompt, history, retrieved context) when ``text`` is only
+    # the last user message: what a call costs, not how hard the question is.
+    context_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
