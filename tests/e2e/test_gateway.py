@@ -624,6 +624,10 @@ def test_a_shared_budget_store_is_called_off_the_event_loop(stack):
     try:
         client(gw).chat.completions.create(model="support", messages=[{"role": "user", "content": "refund?"}])
         list(client(gw).chat.completions.create(model="support", messages=[{"role": "user", "content": "hi"}], stream=True))
+        # a stream settles after its last chunk has gone out: the client can see the end first
+        deadline = time.monotonic() + 5
+        while len(calls) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         app.state.pipeline.budgets = original
     assert calls and {where for _op, where in calls} == {"worker thread"}
