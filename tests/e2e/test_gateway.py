@@ -502,6 +502,24 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
             assert forced.headers["x-truecost-model"] == "gpt-6.2-sol"
             (e,) = ledger_events(app, easy.headers["x-request-id"])
             assert e.outcome == "routed" and e.avoided_cost > 0
+        # Holding the calibrated strong-call share instead of the threshold
+        with pytest.raises(ConfigError, match="route.hold"):
+            conf({"strategy": "trained", "artifact": str(artifact), "hold": "budget"})
+        with pytest.raises(ConfigError, match="share_window"):
+            conf({"strategy": "trained", "artifact": str(artifact), "hold": "share", "share_window": 3})
+        app = build(conf({"strategy": "trained", "artifact": str(artifact), "hold": "share", "share_window": 60}))
+        held = app.state.pipeline.routers["routed"]
+        assert held.hold is not None and held.hold.share == out["strong_share"] and held.hold.window == 60
+        with ServerThread(app) as gw:
+            c = client(gw)
+            served = [c.chat.completions.with_raw_response.create(
+                model="routed", messages=[{"role": "user", "content": f"Say hello to person {rng.randint(1000, 9999)}"}]
+            ).headers["x-truecost-model"] for _ in range(130)]
+        # every request is easy: the calibrated threshold (while the first window fills) sends none
+        # up; once 60 scores are seen, the held share sends about half of them
+        assert served[:60].count("gpt-6.2-sol") == 0
+        share = served[60:].count("gpt-6.2-sol") / 70
+        assert abs(share - out["strong_share"]) <= 0.2, (share, out["strong_share"])
         # A quality target ranks by predicted gain per extra dollar (priced at route time).
         per_dollar = tmp_path / "per_dollar.npz"
         res = CliRunner().invoke(cli, ["router", "calibrate", str(data), "--weak", "gpt-3.5-turbo-1106", "--strong",

@@ -55,6 +55,8 @@ class RouteConfig:
     artifact: str | None = None  # trained: a scorer saved by `truecost router calibrate --out` (or `router train`)
     threshold: float | None = None  # trained: overrides the artifact's calibrated threshold
     min_mean_logprob: float | None = None  # cascade: accept the weak answer at or above this mean token logprob
+    hold: str = "threshold"  # trained: keep the calibrated threshold, or hold the calibrated strong-call share
+    share_window: int = 1000  # hold: share -- the threshold is read from this many recent scores
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,12 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
                                       f"(`truecost router calibrate ... --out router.npz`); got {artifact!r}")
                 if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
                     raise ConfigError(f"{where}.route.threshold: a number, got {threshold!r}")
+            hold, window = r.get("hold", "threshold"), r.get("share_window", 1000)
+            if hold not in ("threshold", "share") or (hold == "share" and r["strategy"] != "trained"):
+                raise ConfigError(f"{where}.route.hold: 'threshold' (the calibrated score threshold) or 'share' (the "
+                                  f"calibrated strong-call share, trained routes only); got {hold!r}")
+            if isinstance(window, bool) or not isinstance(window, int) or window < 50:
+                raise ConfigError(f"{where}.route.share_window: a whole number of recent requests >= 50; got {window!r}")
             min_lp = r.get("min_mean_logprob")
             if r["strategy"] == "cascade" and (isinstance(min_lp, bool) or not isinstance(min_lp, (int, float))
                                                or min_lp > 0):
@@ -189,7 +197,7 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
             routes[alias] = RouteConfig(r["strategy"], r["weak"], r["strong"], int(r.get("max_weak_tokens", 400)),
                                         str(artifact) if artifact else None,
                                         float(threshold) if threshold is not None else None,
-                                        float(min_lp) if min_lp is not None else None)
+                                        float(min_lp) if min_lp is not None else None, hold, window)
     if not models:
         raise ConfigError(f"{source}: at least one model alias is needed under 'models'")
     keys = []

@@ -127,7 +127,7 @@ def _make_router(r, tracker: Tracker):
     """A rules router, or a trained prompt scorer behind its calibrated threshold (loaded at startup)."""
     if r.strategy != "trained":
         return RulesRouter(r.weak, r.strong, r.max_weak_tokens)
-    from truecost.routing.scorer import ScoredRouter
+    from truecost.routing.scorer import ScoredRouter, ShareHolder
 
     try:
         scorer = load_router_artifact(r.artifact)
@@ -138,7 +138,14 @@ def _make_router(r, tracker: Tracker):
         raise ConfigError(f"{r.artifact}: no calibrated threshold in the artifact; set route.threshold or "
                           "save it with `truecost router calibrate ... --out`")
     extra_cost = _strong_premium(tracker, r, scorer.meta) if scorer.meta.get("order") == "gain_per_dollar" else None
-    return ScoredRouter(scorer, r.weak, r.strong, float(threshold), extra_cost=extra_cost)
+    hold = None
+    if r.hold == "share":
+        share = scorer.meta.get("strong_share")
+        if share is None:
+            raise ConfigError(f"{r.artifact}: hold: share needs the calibrated strong-call share; save the artifact "
+                              "with `truecost router calibrate ... --out`")
+        hold = ShareHolder(float(share), float(threshold), window=r.share_window)
+    return ScoredRouter(scorer, r.weak, r.strong, float(threshold), extra_cost=extra_cost, hold=hold)
 
 
 class Pipeline:

@@ -12,8 +12,11 @@ are versioned ``.npz`` files with their feature spec.
 
 from __future__ import annotations
 
+import bisect
 import json
+import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -224,6 +227,52 @@ class GapScorer:
         return self
 
 
+class ShareHolder:
+    """Hold a strong-call share on live traffic instead of a fixed threshold.
+
+    A threshold calibrated on last month's traffic sends more requests to the strong model
+    when this month's are harder (quality holds, spend grows); holding the share keeps spend
+    where it was calibrated, and quality moves instead. The threshold is read from the last
+    ``window`` scores: the smallest score among the top ``share`` of them. Until ``warmup``
+    scores have been seen, the calibrated threshold stands in. Each gateway replica holds its
+    own window.
+    """
+
+    def __init__(self, share: float, fallback: float, window: int = 1000, warmup: int = 100) -> None:
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"a strong-call share is between 0 and 1, got {share}")
+        self.share, self.fallback, self.window, self.warmup = share, fallback, window, max(1, min(warmup, window))
+        self._recent: deque[float] = deque()
+        self._sorted: list[float] = []
+        self._random = random.Random(0)
+
+    def threshold(self) -> float:
+        n = len(self._sorted)
+        if n < self.warmup:
+            return self.fallback
+        k = int(round(self.share * n))
+        return float("inf") if k == 0 else self._sorted[n - k]
+
+    def strong(self, score: float) -> bool:
+        """Whether ``score`` goes to the strong model; scores tied at the threshold share out the
+        remaining room at random (a scorer with few features gives many requests one score)."""
+        threshold = self.threshold()
+        if score != threshold or len(self._sorted) < self.warmup:
+            return score >= threshold
+        n = len(self._sorted)
+        above = n - bisect.bisect_right(self._sorted, threshold)
+        tied = bisect.bisect_right(self._sorted, threshold) - bisect.bisect_left(self._sorted, threshold)
+        room = int(round(self.share * n)) - above
+        return self._random.random() < room / tied
+
+    def add(self, score: float) -> None:
+        self._recent.append(score)
+        bisect.insort(self._sorted, score)
+        if len(self._recent) > self.window:
+            old = self._recent.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, old)]
+
+
 class ScoredRouter:
     """A scorer behind a threshold: score >= threshold -> strong first, else weak first.
 
@@ -234,9 +283,9 @@ class ScoredRouter:
 
     def __init__(self, scorer: GapScorer, weak: str, strong: str, threshold: float,
                  force_header: str = "x-truecost-route",
-                 extra_cost: Callable[[Any], float | None] | None = None) -> None:
+                 extra_cost: Callable[[Any], float | None] | None = None, hold: ShareHolder | None = None) -> None:
         self.scorer, self.weak, self.strong, self.threshold = scorer, weak, strong, threshold
-        self.force_header, self.extra_cost = force_header, extra_cost
+        self.force_header, self.extra_cost, self.hold = force_header, extra_cost, hold
 
     def route(self, request) -> "RouteDecision":
         from truecost.routing.calibrate import gain_per_dollar
@@ -254,6 +303,11 @@ class ScoredRouter:
                                      "(no price in force), so the strong model keeps it", s, "trained")
             s = float(gain_per_dollar(np.array([s]), np.array([extra]))[0])
             what = f"{what}, per expected extra ${extra:.6f}: {s:.4g}"
-        if s >= self.threshold:
-            return RouteDecision((self.strong, self.weak), f"{what} >= {self.threshold:.4g}", s, "trained")
-        return RouteDecision((self.weak, self.strong), f"{what} < {self.threshold:.4g}", s, "trained")
+        threshold, strong = self.threshold, s >= self.threshold
+        if self.hold is not None:
+            threshold, strong = self.hold.threshold(), self.hold.strong(s)
+            self.hold.add(s)
+            what = f"{what} (threshold holding a {self.hold.share:.0%} strong share)"
+        if strong:
+            return RouteDecision((self.strong, self.weak), f"{what} >= {threshold:.4g}", s, "trained")
+        return RouteDecision((self.weak, self.strong), f"{what} < {threshold:.4g}", s, "trained")

@@ -379,3 +379,37 @@ def test_scored_router_ranks_by_gain_per_dollar_when_given_prices():
     # the same predicted gain is worth the strong call when it costs little, not when it costs much
     assert cheap.route(request).model == "s" and dear.route(request).model == "w"
     assert "per expected extra $0.010000" in dear.route(request).reason
+
+
+def test_share_holder_keeps_the_strong_share_when_traffic_drifts():
+    from truecost.routing.scorer import ShareHolder
+
+    rng = np.random.default_rng(5)
+    fixed_threshold = 0.7  # 30% of uniform(0, 1) scores
+    hold = ShareHolder(0.3, fixed_threshold, window=500, warmup=100)
+    assert hold.threshold() == fixed_threshold  # no traffic seen yet: the calibrated threshold
+    calm, harder = rng.random(2000), rng.random(2000) + 0.4  # then the traffic gets harder
+    routed_fixed, routed_held = [], []
+    for s in np.concatenate([calm, harder]):
+        routed_held.append(hold.strong(float(s)))
+        routed_fixed.append(s >= fixed_threshold)
+        hold.add(float(s))
+    late = slice(2600, None)  # a window after the shift
+    assert np.mean(routed_fixed[late]) > 0.65  # a fixed threshold follows the scores up
+    assert abs(np.mean(routed_held[late]) - 0.3) < 0.04
+    assert len(hold._sorted) == 500 and sorted(hold._recent) == hold._sorted
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        ShareHolder(1.5, 0.0)
+
+
+def test_scored_router_reads_a_held_threshold():
+    from truecost.routing.scorer import ShareHolder
+
+    train = _synthetic(300)
+    scorer = GapScorer(FeatureSpec(embed=False, categorical=("topic",))).fit(train)
+    hold = ShareHolder(0.5, fallback=1e9, window=50, warmup=10)
+    router = ScoredRouter(scorer, "w", "s", threshold=1e9, hold=hold)
+    decisions = [router.route(RouteRequest(e.text, metadata=e.metadata)).model for e in _synthetic(200, seed=2)]
+    assert decisions[:10] == ["w"] * 10  # warming up on the calibrated (here: unreachable) threshold
+    assert 0.4 < decisions[60:].count("s") / len(decisions[60:]) < 0.6  # many scores tie: shared out at random
+    assert "holding a 50% strong share" in router.route(RouteRequest("hi")).reason
