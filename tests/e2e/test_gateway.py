@@ -482,6 +482,12 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
                                   "route": {"weak": "gpt-6-luna", "strong": "gpt-6.2-sol", **route}}},
             "keys": [{"name": "team-a", "key_sha256": hash_key(KEY)}]})
 
+    easy_q, hard_q = "Say hello to person 9001", "Compute step by step: 12 + 85 + 3 + 44 + 9"
+
+    def ask(c, content, system=None, **kw):
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+        return c.chat.completions.with_raw_response.create(model="routed", messages=messages, **kw)
+
     with ServerThread(make_app()) as upstream:
         with pytest.raises(ConfigError, match="needs its artifact"):
             conf({"strategy": "trained", "artifact": str(tmp_path / "missing.npz")})
@@ -490,13 +496,8 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
         app = build(conf({"strategy": "trained", "artifact": str(artifact)}))
         with ServerThread(app) as gw:
             c = client(gw)
-            easy = c.chat.completions.with_raw_response.create(
-                model="routed", messages=[{"role": "user", "content": "Say hello to person 9001"}])
-            hard = c.chat.completions.with_raw_response.create(
-                model="routed", messages=[{"role": "user", "content": "Compute step by step: 12 + 85 + 3 + 44 + 9"}])
-            forced = c.chat.completions.with_raw_response.create(
-                model="routed", messages=[{"role": "user", "content": "Say hello to person 1"}],
-                extra_headers={"x-truecost-route": "strong"})
+            easy, hard = ask(c, easy_q), ask(c, hard_q)
+            forced = ask(c, "Say hello to person 1", extra_headers={"x-truecost-route": "strong"})
             assert easy.headers["x-truecost-model"] == "gpt-6-luna"
             assert hard.headers["x-truecost-model"] == "gpt-6.2-sol"
             assert forced.headers["x-truecost-model"] == "gpt-6.2-sol"
@@ -512,9 +513,8 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
         assert held.hold is not None and held.hold.share == out["strong_share"] and held.hold.window == 60
         with ServerThread(app) as gw:
             c = client(gw)
-            served = [c.chat.completions.with_raw_response.create(
-                model="routed", messages=[{"role": "user", "content": f"Say hello to person {rng.randint(1000, 9999)}"}]
-            ).headers["x-truecost-model"] for _ in range(130)]
+            served = [ask(c, f"Say hello to person {rng.randint(1000, 9999)}").headers["x-truecost-model"]
+                      for _ in range(130)]
         # every request is easy: the calibrated threshold (while the first window fills) sends none
         # up; once 60 scores are seen, the held share sends about half of them
         assert served[:60].count("gpt-6.2-sol") == 0
@@ -532,16 +532,10 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
         assert router.extra_cost is not None
         with ServerThread(app) as gw:
             c = client(gw)
-            easy = c.chat.completions.with_raw_response.create(
-                model="routed", messages=[{"role": "user", "content": "Say hello to person 9001"}])
-            hard = c.chat.completions.with_raw_response.create(
-                model="routed", messages=[{"role": "user", "content": "Compute step by step: 12 + 85 + 3 + 44 + 9"}])
-            assert easy.headers["x-truecost-model"] == "gpt-6-luna"
-            assert hard.headers["x-truecost-model"] == "gpt-6.2-sol"
+            assert ask(c, easy_q).headers["x-truecost-model"] == "gpt-6-luna"
+            assert ask(c, hard_q).headers["x-truecost-model"] == "gpt-6.2-sol"
             # the same question behind a long context costs far more on the strong model: not worth it
-            pricey = c.chat.completions.with_raw_response.create(
-                model="routed", messages=[{"role": "system", "content": "Background. " * 20000},
-                                          {"role": "user", "content": "Compute step by step: 12 + 85 + 3 + 44 + 9"}])
+            pricey = ask(c, hard_q, system="Background. " * 20000)
             assert pricey.headers["x-truecost-model"] == "gpt-6-luna"
         # a price that disappears after startup keeps the strong model, and says why
         router.extra_cost = lambda request: None
