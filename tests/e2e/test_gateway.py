@@ -537,6 +537,16 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
             # the same question behind a long context costs far more on the strong model: not worth it
             pricey = ask(c, hard_q, system="Background. " * 20000)
             assert pricey.headers["x-truecost-model"] == "gpt-6-luna"
+        # a model without a price cannot be ranked by gain per dollar: refused at startup, by name
+        unpriced = parse_config({
+            "ledger": str(tmp_path / "gw2.db"), "upstreams": {"mock": {"base_url": upstream.url + "/v1"}},
+            "models": {"routed": {"candidates": [{"upstream": "mock", "model": "gpt-6.2-sol"},
+                                                 {"upstream": "mock", "model": "house-model-7b"}],
+                                  "route": {"weak": "house-model-7b", "strong": "gpt-6.2-sol", "strategy": "trained",
+                                            "artifact": str(per_dollar)}}},
+            "keys": [{"name": "team-a", "key_sha256": hash_key(KEY)}]})
+        with pytest.raises(ConfigError, match="'house-model-7b' has no price in force"):
+            build(unpriced)
         # a price that disappears after startup keeps the strong model, and says why
         router.extra_cost = lambda request: None
         from truecost.routing.decision import RouteRequest

@@ -24,6 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from truecost.errors import TruecostError
+from truecost.routing.calibrate import gain_per_dollar
+from truecost.routing.decision import RouteDecision, forced_decision
 from truecost.routing.features import ANSWER_FEATURES, PROMPT_FEATURES, answer_matrix, prompt_matrix
 
 ARTIFACT_VERSION = 3  # 2: embeddings of the prompt's last ``embed_tail_chars`` characters; 3: choice features
@@ -69,7 +71,7 @@ def loo_ridge_l2(z: np.ndarray, y: np.ndarray, grid: Sequence[float] = L2_GRID) 
 
 
 def _loo_squared_errors(z: np.ndarray, y: np.ndarray, grid: Sequence[float]) -> dict[float, np.ndarray]:
-    """The ridge penalty with the lowest leave-one-out squared error, in closed form.
+    """Each row's leave-one-out squared error under each penalty on the grid, in closed form.
 
     ``z`` is standardised, ``y`` centred. With z = U S V', the fit for penalty l is
     U diag(s^2/(s^2+l)) U'y, the hat diagonal is sum_j U_ij^2 s_j^2/(s_j^2+l) (+1/n for the
@@ -166,7 +168,7 @@ class GapScorer:
         self.embed_weight = 1.0
         if self._choose_l2:
             if self.spec.embed and len(y) >= MIN_ROWS_FOR_EMBED_WEIGHT:
-                cols = slice(len(self.prompt_features), len(self.prompt_features) + self.embedder_dims(x))
+                cols = slice(len(self.prompt_features), len(self.prompt_features) + self._embed_dims(x))
                 self.embed_weight, self.l2 = choose_embed_weight(standardised, y - y.mean(), cols)
                 # The weight lives in the scale: scoring (and a saved artifact) needs nothing new.
                 self.sd[cols] /= self.embed_weight
@@ -182,7 +184,7 @@ class GapScorer:
                      "l2_chosen_by": "leave-one-out" if self._choose_l2 else "given"}
         return self
 
-    def embedder_dims(self, x: np.ndarray) -> int:
+    def _embed_dims(self, x: np.ndarray) -> int:
         """Columns of ``x`` that are embedding dimensions (after the prompt features)."""
         return x.shape[1] - len(self.prompt_features) - len(self.spec.categorical) - (
             len(ANSWER_FEATURES) if self.spec.answer else 0)
@@ -287,10 +289,7 @@ class ScoredRouter:
         self.scorer, self.weak, self.strong, self.threshold = scorer, weak, strong, threshold
         self.force_header, self.extra_cost, self.hold = force_header, extra_cost, hold
 
-    def route(self, request) -> "RouteDecision":
-        from truecost.routing.calibrate import gain_per_dollar
-        from truecost.routing.decision import RouteDecision, forced_decision
-
+    def route(self, request) -> RouteDecision:
         forced = forced_decision(request, self.force_header, self.weak, self.strong, "trained")
         if forced is not None:
             return forced
