@@ -3,8 +3,10 @@ side by side in one run, with the in-process usearch index as the reference.
 
 Loads N vectors (default 1,000,000; 256 dims, clustered like real queries, in 50 scopes), then
 times 1,000 searches through each backend's VectorIndex (the same call the cache makes) and
-reports p50/p99 and recall@1 against exact search, for the shared backends with and without
-over-fetching (asking the filtered scan for 20 in-scope rows and keeping k). Both servers are started from their wheels.
+reports p50/p99 and recall@1 against exact search: pgvector on 8 hash partitions by scope (the
+default for new tables) beside one table, each at several ef_search values; both shared backends
+with and without over-fetching (asking the filtered scan for 20 in-scope rows and keeping k).
+Both servers are started from their wheels.
 
     nice .venv/bin/python bench/shared_cache_scale.py [--n 1000000] [--dims 256]
 """
@@ -55,27 +57,25 @@ def measure(index, queries, q_scopes, truth) -> dict:
             "recall_at_1": hits / len(truth)}
 
 
-def load_pgvector(uri: str, v, scopes, dims: int) -> tuple[object, float]:
+def load_pgvector(uri: str, v, scopes, dims: int, partitions: int) -> tuple[object, float]:
+    """Bulk load the way a migration would: rows by COPY, then the HNSW graph built once."""
     import psycopg
 
     from truecost.cache.pgvector import PgVectorIndex
 
     t0 = time.perf_counter()
+    index = PgVectorIndex(uri, dims, prefix=f"bench_p{partitions}", partitions=partitions, build_hnsw=False)
     with psycopg.connect(uri, autocommit=True) as c:
-        c.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        c.execute(f"CREATE TABLE bench_vectors (id BIGINT PRIMARY KEY, scope TEXT NOT NULL, embedding vector({dims}) NOT NULL)")
-        with c.cursor().copy("COPY bench_vectors (id, scope, embedding) FROM STDIN") as cp:
+        with c.cursor().copy(f"COPY {index.table} (id, scope, embedding) FROM STDIN") as cp:
             for start in range(0, len(v), 20_000):
                 buf = io.StringIO()
                 for i in range(start, min(start + 20_000, len(v))):
                     buf.write(f"{i}\ts{scopes[i]}\t[{','.join(f'{x:.5f}' for x in v[i])}]\n")
                 cp.write(buf.getvalue())
-        c.execute("SET maintenance_work_mem = '2GB'")
-        c.execute("SET max_parallel_maintenance_workers = 2")
-        c.execute("CREATE INDEX bench_vectors_hnsw ON bench_vectors USING hnsw (embedding vector_cosine_ops) "
-                  "WITH (m = 16, ef_construction = 64)")  # the name PgVectorIndex uses: it will find it there
-        c.execute("CREATE INDEX bench_vectors_scope ON bench_vectors (scope)")
-    index = PgVectorIndex(uri, dims, prefix="bench")  # creates its HNSW index on the loaded table
+        c.execute("ANALYZE " + index.table)
+    index._run(lambda c: (c.execute("SET maintenance_work_mem = '2GB'"),
+                          c.execute("SET max_parallel_maintenance_workers = 2")))
+    index.create_hnsw()
     return index, time.perf_counter() - t0
 
 
@@ -123,13 +123,22 @@ def main() -> None:
 
             pg = EmbeddedPostgres(Path(tmp) / "pg")
             uri = pg.start()
-            index, load_s = load_pgvector(uri, v, scopes, args.dims)
-            index.overfetch = 20  # off by default for pgvector: measured here beside the default
-            out["pgvector"] = {"load_and_index_s": round(load_s, 1), "overfetch": index.overfetch,
-                               **measure(index, queries, q_scopes, truth)}
-            index.overfetch = 0  # side by side: ask the scan for k rows only (the default)
-            out["pgvector"]["without_overfetch"] = measure(index, queries, q_scopes, truth)
-            index.close()
+            out["pgvector"] = {}
+            # Side by side: hash partitions by scope (the default for new tables) and one table
+            # (what earlier versions created), each at the default ef_search and beside it.
+            for partitions in (8, 0):
+                index, load_s = load_pgvector(uri, v, scopes, args.dims, partitions)
+                row = {"load_and_index_s": round(load_s, 1), "ef_search": index.ef_search,
+                       **measure(index, queries, q_scopes, truth)}
+                default_ef = index.ef_search
+                for ef in (100, 200, 1000):
+                    index.set_ef_search(ef)
+                    row[f"ef_search_{ef}"] = measure(index, queries, q_scopes, truth)
+                index.set_ef_search(default_ef)
+                index.overfetch = 20
+                row["overfetch_20"] = measure(index, queries, q_scopes, truth)
+                out["pgvector"]["partitions_8" if partitions else "one_table"] = row
+                index.close()
             pg.stop()
         if "redis" in backends:
             from truecost.servers.redis_stack import RedisStack

@@ -90,6 +90,15 @@ def test_delete_and_upsert_replace(index):
     assert top == 2 and sim == pytest.approx(1.0, abs=1e-3)
 
 
+def test_an_id_upserted_into_another_scope_moves(index):
+    rng = np.random.default_rng(4)
+    v = unit(rng, 2)
+    index.upsert([7], v[:1], "a")
+    index.upsert([7], v[1:], "b")
+    assert index.search(v[0], 5, "a") == [] and [i for i, _ in index.search(v[1], 5, "b")] == [7]
+    assert index.count() == 1
+
+
 @pytest.mark.parametrize("bad", [np.full(DIMS, np.nan), np.zeros(DIMS), np.ones(DIMS + 1)])
 def test_bad_vectors_are_refused(index, bad):
     with pytest.raises(ValueError):
@@ -111,3 +120,34 @@ def test_hnsw_persists_and_refuses_a_damaged_file(tmp_path):
     f.write_bytes(bytes(data))
     with pytest.raises(CorruptIndexError):
         HNSWIndex.load(tmp_path)
+
+
+def test_pgvector_partitions_new_tables_keeps_old_ones_and_bulk_loads(postgres_server):
+    import psycopg
+
+    from tests.support.servers import fresh_name
+    from truecost.cache.pgvector import CacheBackendError, PgVectorIndex
+
+    rng = np.random.default_rng(6)
+    v = unit(rng, 300)
+    new = PgVectorIndex(postgres_server.uri, DIMS, prefix=fresh_name("c"))
+    assert new.partitioned
+    old_name = fresh_name("c")
+    old = PgVectorIndex(postgres_server.uri, DIMS, prefix=old_name, partitions=0)
+    assert not old.partitioned
+    old.upsert([1], v[:1], "s")
+    again = PgVectorIndex(postgres_server.uri, DIMS, prefix=old_name)  # a table made by an earlier version
+    assert not again.partitioned and [i for i, _ in again.search(v[0], 3, "s")] == [1]
+    # bulk load: rows first, the graph built once afterwards
+    bulk = PgVectorIndex(postgres_server.uri, DIMS, prefix=fresh_name("c"), build_hnsw=False)
+    with psycopg.connect(postgres_server.uri, autocommit=True) as c, c.cursor().copy(
+            f"COPY {bulk.table} (id, scope, embedding) FROM STDIN") as cp:
+        for i in range(300):
+            cp.write_row((i, f"s{i % 5}", "[" + ",".join(map(str, v[i])) + "]"))
+    bulk.create_hnsw()
+    with psycopg.connect(postgres_server.uri) as c:
+        indexes = {r[0] for r in c.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", (bulk.table,))}
+    assert f"{bulk.table}_hnsw" in indexes
+    assert bulk.count() == 300 and bulk.search(v[42], 1, "s2")[0][0] == 42
+    with pytest.raises(CacheBackendError, match="partitions"):
+        PgVectorIndex(postgres_server.uri, DIMS, prefix=fresh_name("c"), partitions=-1)
