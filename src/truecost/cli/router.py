@@ -127,7 +127,7 @@ def calibrate(data, weak, strong, kind, max_strong_share, min_quality, max_cost_
         artifact = str(model.save(out_path if out_path.endswith(".npz") else out_path + ".npz", weak=weak,
                                   strong=strong, kind=kind, data=str(data), threshold=threshold, strong_share=share,
                                   target={k: v for k, v in kw.items()},
-                                  order="gain_per_dollar" if per_dollar else "gap",
+                                  order=order,
                                   mean_output_tokens=dict(zip(("weak", "strong"), mean_output_tokens(train)))))
     result = {
         "data": str(data), "weak": weak, "strong": strong,

@@ -137,7 +137,7 @@ def _make_router(r, tracker: Tracker):
     if threshold is None:
         raise ConfigError(f"{r.artifact}: no calibrated threshold in the artifact; set route.threshold or "
                           "save it with `truecost router calibrate ... --out`")
-    extra_cost = _strong_premium(tracker, r, scorer.meta) if scorer.meta.get("order") == "gain_per_dollar" else None
+    extra_cost = _strong_premium(tracker, r, scorer.meta) if scorer.meta.get("order") == "gain-per-dollar" else None
     hold = None
     if r.hold == "share":
         share = scorer.meta.get("strong_share")
