@@ -15,9 +15,11 @@ import math
 import random
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from html import escape
+from pathlib import Path
 from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from truecost.audit import charts
 from truecost.audit.html import Figure, Section, figures, page, table, write_report
@@ -293,16 +295,6 @@ def write_routing_report(r: dict[str, Any], out_dir: str | Path) -> tuple[Path, 
 
 
 
-
-def _interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
-    """Linear interpolation on increasing ``xs`` (clamped at the ends)."""
-    for i in range(1, len(xs)):
-        if x <= xs[i]:
-            span = xs[i] - xs[i - 1]
-            return ys[i] if span == 0 else ys[i - 1] + (ys[i] - ys[i - 1]) * (x - xs[i - 1]) / span
-    return ys[-1]
-
-
 def render_calibration_html(r: dict[str, Any]) -> str:
     """`truecost router calibrate --report`: the chosen point on the cost-quality curve, and its spread."""
     test, band = r["test"], r["quality_vs_strong_expected_90pct"]
@@ -317,8 +309,8 @@ def render_calibration_html(r: dict[str, Any]) -> str:
     train_q = r["strong_quality_train"]
     train = r["curve_train_out_of_fold"]
     quality = {"held-out half": [p["quality"] / strong_q for p in curve],
-               "train, out of fold": [_interpolate([p["strong_share"] for p in train],
-                                                   [p["quality"] / train_q for p in train], s) for s in shares]}
+               "train, out of fold": np.interp(shares, [p["strong_share"] for p in train],
+                                               [p["quality"] / train_q for p in train]).tolist()}
     floor = math.floor(min(v for series in quality.values() for v in series if v is not None) * 20) / 20
     target = r["target"]
     aim = (f"strong share <= {target['max_strong_share']:.0%}" if "max_strong_share" in target else

@@ -129,8 +129,8 @@ class PgVectorIndex(_PgBase):
             if build_hnsw:
                 self._create_hnsw(c)
             c.execute(f"CREATE INDEX IF NOT EXISTS {t}_scope ON {t} (scope)")
-        self._table = t
         self._setup(setup)
+        self._ready = True  # reconnections are tuned from here on
         self._run(self._configure)  # the setup connection was opened before there was a table to tune
 
     def _create_hnsw(self, c) -> None:
@@ -153,7 +153,7 @@ class PgVectorIndex(_PgBase):
     def _connection(self):
         fresh = self._conn is None or self._conn.closed
         conn = super()._connection()
-        if fresh and getattr(self, "_table", None):
+        if fresh and getattr(self, "_ready", False):
             self._configure(conn)
         return conn
 
@@ -162,7 +162,7 @@ class PgVectorIndex(_PgBase):
         if len(ids) != len(v):
             raise ValueError("as many ids as vectors")
         rows = [(int(i), scope, _literal(x)) for i, x in zip(ids, v)]
-        t = self._table
+        t = self.table
 
         def go(c):
             with c.transaction(), c.cursor() as cur:
@@ -178,18 +178,18 @@ class PgVectorIndex(_PgBase):
     def search(self, vector: np.ndarray, k: int, scope: str) -> list[tuple[int, float]]:
         q = _literal(check_vectors(vector, self.dims)[0])
         rows = self._run(lambda c: c.execute(
-            f"SELECT id, 1 - (embedding <=> %s::vector) FROM {self._table} WHERE scope = %s "
+            f"SELECT id, 1 - (embedding <=> %s::vector) FROM {self.table} WHERE scope = %s "
             f"ORDER BY embedding <=> %s::vector LIMIT %s", (q, scope, q, max(int(k), self.overfetch))).fetchall())
         return [(int(i), float(s)) for i, s in rows[: int(k)]]
 
     def delete(self, ids: Iterable[int]) -> int:
         ids = [int(i) for i in ids]
-        return self._run(lambda c: c.execute(f"DELETE FROM {self._table} WHERE id = ANY(%s)", (ids,)).rowcount)
+        return self._run(lambda c: c.execute(f"DELETE FROM {self.table} WHERE id = ANY(%s)", (ids,)).rowcount)
 
     def count(self, scope: str | None = None) -> int:
         if scope is None:
-            return self._run(lambda c: c.execute(f"SELECT COUNT(*) FROM {self._table}").fetchone()[0])
-        return self._run(lambda c: c.execute(f"SELECT COUNT(*) FROM {self._table} WHERE scope = %s", (scope,)).fetchone()[0])
+            return self._run(lambda c: c.execute(f"SELECT COUNT(*) FROM {self.table}").fetchone()[0])
+        return self._run(lambda c: c.execute(f"SELECT COUNT(*) FROM {self.table} WHERE scope = %s", (scope,)).fetchone()[0])
 
 
 class PgEntryStore(_PgBase):
