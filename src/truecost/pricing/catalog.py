@@ -1,248 +1,181 @@
-"""The price catalog: dated, structured prices loaded from data files.
+"""The price catalog: dated, structured prices in explicit layers.
 
-A price *entry* is one resource (a model, a network path, a storage tier, an instance
-type) with one or more *versions*, each in force from ``effective_from`` until the next
-version starts or its ``effective_to``. ``PriceCatalog.price_for(name, at)`` returns the
-version in force at ``at`` or ``None``; it never invents a price.
+Layers, lowest first (``model.LAYERS``):
+
+1. **genai-prices**: the model token prices bundled in Pydantic's ``genai-prices`` package (or a
+   newer snapshot of its data that ``truecost prices update`` saved, when the caller passes it);
+2. **truecost**: truecost's own data files (infrastructure, self-hosted and historical
+   evaluation models, models newer than the genai-prices release, documented corrections);
+3. **litellm**: a LiteLLM price JSON the user imports;
+4. **user**: the user's price files.
+
+A higher layer's version wins wherever it is in force and the lower layers fill the rest, so
+no layer drops another's history. ``PriceCatalog.price_for(name, at)`` returns the version in
+force at ``at`` or ``None``; it never invents a price. Nothing is read or fetched at import.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timezone
-from decimal import Decimal
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Callable, Iterable
 
 import yaml
 
-from truecost.errors import PriceFileError, UnknownModelError
+from truecost.errors import UnknownModelError
+from truecost.pricing.model import (  # noqa: F401  (re-exported: the public names of this module)
+    KINDS, LAYERS, UNDATED, PriceEntry, PriceVersion, Tier, Unit, Variant, as_utc, layer_rank, merge_versions)
+from truecost.pricing.names import candidates, canon
+from truecost.pricing.pricefile import load_price_file, parse_price_document  # noqa: F401
 from truecost.types import Resource
 
-KINDS = ("chat", "embedding", "vector_db", "egress", "storage", "log_ingest", "compute", "cache_service")
-_UNIT_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*([KkMmBb]?)\s+)?(.+?)\s*$")
-_SNAPSHOT_RE = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
-_SCALE = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
+
+def _merge_key(r: Resource) -> tuple[str, str, str]:
+    return r.kind, r.provider.lower(), canon(r.name)
 
 
-@dataclass(frozen=True, slots=True)
-class Unit:
-    """A billing unit such as '1M tokens' (scale 1,000,000 of 'tokens') or 'GB'."""
-
-    label: str
-    scale: int
-    base: str
-
-    @classmethod
-    def parse(cls, text: str) -> "Unit":
-        m = _UNIT_RE.match(str(text))
-        if not m:
-            raise ValueError(f"cannot read unit {text!r}")
-        number, suffix, base = m.groups()
-        scale = Decimal(number or 1) * _SCALE[(suffix or "").lower()]
-        if scale != int(scale) or scale <= 0:
-            raise ValueError(f"unit scale must be a positive whole number in {text!r}")
-        return cls(label=str(text).strip(), scale=int(scale), base=base)
+def bundled_documents() -> tuple[list[PriceEntry], dict]:
+    """truecost's own data files, and its table of model release dates (for undated prices)."""
+    entries: list[PriceEntry] = []
+    releases: dict = {}
+    folder = resources.files("truecost.pricing") / "data"
+    for item in sorted(folder.iterdir(), key=lambda x: x.name):
+        if not item.name.endswith(".yaml"):
+            continue
+        doc = yaml.safe_load(item.read_text(encoding="utf-8"))
+        if isinstance(doc, dict) and "releases" in doc:
+            releases = doc
+            continue
+        if isinstance(doc, dict) and "rules" in doc:
+            continue  # read by bundled_rules()
+        entries.extend(parse_price_document(doc, f"truecost/pricing/data/{item.name}", origin="truecost"))
+    return entries, releases
 
 
-@dataclass(frozen=True, slots=True)
-class Tier:
-    above_prompt_tokens: int
-    rates: Mapping[str, Decimal]
+def bundled_rules() -> list[dict]:
+    """Provider-wide variants (data/rules.yaml), validated."""
+    from decimal import Decimal
+
+    doc = yaml.safe_load((resources.files("truecost.pricing") / "data" / "rules.yaml").read_text(encoding="utf-8"))
+    rules = []
+    for r in doc.get("rules") or []:
+        if not (r.get("provider") and r.get("models") and r.get("when") and r.get("multiplier") and r.get("source")):
+            raise ValueError(f"truecost/pricing/data/rules.yaml: incomplete rule {r}")
+        rules.append({**r, "multiplier": Decimal(str(r["multiplier"])), "when": {str(k): str(v) for k, v in r["when"].items()}})
+    return rules
 
 
-@dataclass(frozen=True, slots=True)
-class PriceVersion:
-    """One dated price of one resource. Rates are USD per ``units[component]``."""
-
-    resource: Resource
-    effective_from: datetime
-    effective_to: datetime | None
-    source: str
-    rates: Mapping[str, Decimal]
-    units: Mapping[str, Unit]
-    tiers: tuple[Tier, ...] = ()
-    batch_multiplier: Decimal | None = None
-    free_per_month: Decimal | None = None
-    attributes: Mapping[str, Any] = field(default_factory=dict)
-    origin: str = "bundled"
-
-    def rate(self, component: str) -> Decimal | None:
-        return self.rates.get(component)
-
-    def unit(self, component: str) -> Unit:
-        return self.units[component]
-
-    def in_force(self, at: datetime) -> bool:
-        return self.effective_from <= at and (self.effective_to is None or at < self.effective_to)
+def _rule_variant(version: PriceVersion, rule: dict) -> Variant:
+    """A rule's multiplier on every class, or only on the classes it names (their tiers too)."""
+    classes, m = rule.get("classes"), rule["multiplier"]
+    if not classes:
+        return Variant(when=rule["when"], multiplier=m, source=rule["source"])
+    rates = {c: version.rates[c] * m for c in classes if c in version.rates}
+    tiers = tuple(Tier(t.above_prompt_tokens, {c: t.rates[c] * m for c in classes if c in t.rates})
+                  for t in version.tiers if any(c in t.rates for c in classes))
+    return Variant(when=rule["when"], rates=rates, tiers=tiers, source=rule["source"])
 
 
-@dataclass(slots=True)
-class PriceEntry:
-    resource: Resource
-    aliases: tuple[str, ...]
-    versions: list[PriceVersion]
+def apply_rules(entry: PriceEntry, rules: list[dict]) -> PriceEntry:
+    """The entry with each matching rule's variant added to the versions that do not list it."""
+    import fnmatch
+    from dataclasses import replace
 
-
-def _as_datetime(value: Any, path: str, entry: str, what: str) -> datetime:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
-    if isinstance(value, str):
-        try:
-            return _as_datetime(datetime.fromisoformat(value), path, entry, what)
-        except ValueError:
-            pass
-    raise PriceFileError(path, entry, f"{what} must be a date like 2026-01-31, got {value!r}")
-
-
-def _as_amount(value: Any, path: str, entry: str, what: str) -> Decimal:
-    if isinstance(value, bool) or value is None:
-        raise PriceFileError(path, entry, f"{what} must be a number, got {value!r}")
-    try:
-        amount = Decimal(str(value).strip())
-    except Exception:
-        raise PriceFileError(path, entry, f"{what} must be a number, got {value!r}") from None
-    if not amount.is_finite() or amount < 0:
-        raise PriceFileError(path, entry, f"{what} must be a finite, non-negative number, got {value!r}")
-    return amount
-
-
-def _as_rates(raw: Any, path: str, entry: str) -> dict[str, Decimal]:
-    if not isinstance(raw, Mapping) or not raw:
-        raise PriceFileError(path, entry, "rates must be a non-empty mapping of component to price")
-    return {str(k): _as_amount(v, path, entry, f"rate {k}") for k, v in raw.items()}
-
-
-def parse_price_document(doc: Any, path: str, origin: str = "bundled") -> list[PriceEntry]:
-    """Validate one price file's parsed YAML; every problem names the file and entry."""
-    if not isinstance(doc, Mapping) or not isinstance(doc.get("entries"), list):
-        raise PriceFileError(path, None, "expected a mapping with an 'entries' list")
-    entries = []
-    for i, raw in enumerate(doc["entries"]):
-        label = raw.get("name") if isinstance(raw, Mapping) else None
-        name = str(label or f"#{i + 1}")
-        if not isinstance(raw, Mapping) or not label:
-            raise PriceFileError(path, name, "each entry needs a 'name'")
-        kind = raw.get("kind", doc.get("kind"))
-        provider = raw.get("provider", doc.get("provider"))
-        if kind not in KINDS:
-            raise PriceFileError(path, name, f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        if not provider or provider == "mixed":
-            raise PriceFileError(path, name, "entry needs a provider")
-        resource = Resource(kind=kind, provider=str(provider), name=str(label))
-        default_unit = raw.get("unit", doc.get("unit"))
-        unit_map = dict(raw.get("units") or {})
-        raw_versions = raw.get("versions")
-        if not isinstance(raw_versions, list) or not raw_versions:
-            raise PriceFileError(path, name, "needs a non-empty 'versions' list")
-        versions = []
-        for v in raw_versions:
-            if not isinstance(v, Mapping):
-                raise PriceFileError(path, name, "each version must be a mapping")
-            if not str(v.get("source") or "").strip():
-                raise PriceFileError(path, name, "every version needs a 'source'")
-            if "effective_from" not in v:
-                raise PriceFileError(path, name, "every version needs 'effective_from'")
-            rates = _as_rates(v.get("rates"), path, name)
-            units = {}
-            for comp in rates:
-                text = unit_map.get(comp, default_unit)
-                if not text:
-                    raise PriceFileError(path, name, f"no unit for rate {comp!r}")
-                try:
-                    units[comp] = Unit.parse(text)
-                except ValueError as exc:
-                    raise PriceFileError(path, name, str(exc)) from None
-            tiers = []
-            for t in v.get("tiers") or []:
-                threshold = t.get("above_prompt_tokens") if isinstance(t, Mapping) else None
-                if not isinstance(threshold, int) or threshold <= 0:
-                    raise PriceFileError(path, name, "a tier needs a positive integer 'above_prompt_tokens'")
-                tiers.append(Tier(threshold, _as_rates(t.get("rates"), path, name)))
-            start = _as_datetime(v["effective_from"], path, name, "effective_from")
-            end = _as_datetime(v["effective_to"], path, name, "effective_to") if v.get("effective_to") else None
-            if end is not None and end <= start:
-                raise PriceFileError(path, name, "effective_to must be after effective_from")
-            bm = v.get("batch_multiplier")
-            fpm = v.get("free_per_month")
-            versions.append(PriceVersion(
-                resource=resource, effective_from=start, effective_to=end, source=str(v["source"]).strip(),
-                rates=rates, units=units, tiers=tuple(sorted(tiers, key=lambda t: t.above_prompt_tokens)),
-                batch_multiplier=_as_amount(bm, path, name, "batch_multiplier") if bm is not None else None,
-                free_per_month=_as_amount(fpm, path, name, "free_per_month") if fpm is not None else None,
-                attributes=dict(raw.get("attributes") or {}), origin=origin,
-            ))
-        versions.sort(key=lambda x: x.effective_from)
-        for i, (a, b) in enumerate(zip(versions, versions[1:])):
-            if a.effective_to is None:  # an open version ends where the next begins
-                versions[i] = a = replace(a, effective_to=b.effective_from)
-            if a.effective_to > b.effective_from:
-                raise PriceFileError(path, name, "versions overlap in time")
-        entries.append(PriceEntry(resource, tuple(str(x) for x in raw.get("aliases") or ()), versions))
-    return entries
-
-
-def load_price_file(path: str | Path, origin: str = "user") -> list[PriceEntry]:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PriceFileError(str(p), None, f"cannot read: {exc}") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PriceFileError(str(p), None, f"not valid YAML: {exc}") from None
-    return parse_price_document(doc, str(p), origin)
+    versions = entry.versions
+    for r in rules:
+        if entry.resource.provider != r["provider"] or \
+                not any(fnmatch.fnmatchcase(entry.resource.name, g) for g in r["models"]):
+            continue
+        versions = [x if any(dict(y.when) == r["when"] for y in x.variants)
+                    else replace(x, variants=(*x.variants, _rule_variant(x, r))) for x in versions]
+    if versions is entry.versions:
+        return entry
+    return PriceEntry(entry.resource, entry.aliases, versions, entry.matcher)
 
 
 class PriceCatalog:
-    """All prices, bundled and user-supplied; later layers override earlier ones."""
+    """All prices, layered; later layers override earlier ones where they are in force."""
 
-    def __init__(self, entries: Iterable[PriceEntry] = ()) -> None:
+    def __init__(self, entries: Iterable[PriceEntry] = (), *, homes: Iterable[tuple[str, Callable[[str], bool]]] = (),
+                 notes: Iterable[str] = ()) -> None:
         self._entries: dict[str, PriceEntry] = {}
+        self._by_merge: dict[tuple[str, str, str], str] = {}
         self._names: dict[str, list[str]] = {}
-        self._memo: dict[tuple[str, datetime | None], PriceVersion | None] = {}
+        self._matched: list[str] = []
+        self._resolve_memo: dict[tuple[str, str | None], str | UnknownModelError] = {}
+        # (provider, claims-this-model-name) in the source's order: who serves a bare name
+        self.homes: list[tuple[str, Callable[[str], bool]]] = list(homes)
+        self.notes: list[str] = list(notes)  # what the layers could not map, which snapshot is in use...
+        self.fallbacks: dict[str, list[str]] = {}  # reseller -> providers whose models it serves
+        self.genai_label: str | None = None
         self.add(entries)
 
+    # -- building ------------------------------------------------------------------------
     @classmethod
-    def bundled(cls) -> "PriceCatalog":
-        entries: list[PriceEntry] = []
-        folder = resources.files("truecost.pricing") / "data"
-        for item in sorted(folder.iterdir(), key=lambda x: x.name):
-            if item.name.endswith(".yaml"):
-                doc = yaml.safe_load(item.read_text(encoding="utf-8"))
-                entries.extend(parse_price_document(doc, f"truecost/pricing/data/{item.name}"))
-        return cls(entries)
+    def bundled(cls, *, genai: bool = True, genai_snapshot: str | Path | None = None) -> "PriceCatalog":
+        """genai-prices' data (bundled, or the given snapshot file), then truecost's own files."""
+        own, releases = bundled_documents()
+        catalog = cls()
+        if genai:
+            from truecost.pricing.genai_layer import load_genai_layer
+
+            layer = load_genai_layer(releases, snapshot=genai_snapshot)
+            catalog.homes = layer.homes
+            catalog.fallbacks = layer.fallbacks
+            catalog.genai_label = layer.label
+            catalog.notes.extend(layer.notes)
+            catalog.add(layer.entries)
+        catalog.add(own)
+        rules = bundled_rules()
+        for key, e in list(catalog._entries.items()):
+            catalog._entries[key] = apply_rules(e, rules)
+        return catalog
 
     @classmethod
-    def load(cls, *override_files: str | Path) -> "PriceCatalog":
+    def load(cls, *override_files: str | Path, genai_snapshot: str | Path | None = None) -> "PriceCatalog":
         """The bundled catalog with the user's files layered on top, in order."""
-        catalog = cls.bundled()
+        catalog = cls.bundled(genai_snapshot=genai_snapshot)
         for f in override_files:
-            catalog.add(load_price_file(f))
+            catalog.add(load_price_file(f, origin="user"))
         return catalog
 
     def add(self, entries: Iterable[PriceEntry]) -> None:
-        """Add entries; one with the key of an existing entry replaces it (an override)."""
+        """Layer entries over what is there: for the same resource, history is merged by time."""
         for e in entries:
+            mk = _merge_key(e.resource)
+            old_key = self._by_merge.get(mk)
+            if old_key is not None:
+                old = self._entries[old_key]
+                lower, upper = old.versions, e.versions
+                if max(map(layer_rank, (v.origin for v in upper)), default=0) < \
+                        max(map(layer_rank, (v.origin for v in lower)), default=0):
+                    lower, upper = upper, lower  # a lower layer added late still sits beneath
+                names = (*old.aliases, *e.aliases, e.resource.name)
+                e = PriceEntry(old.resource, tuple(n for n in dict.fromkeys(names) if n != old.resource.name),
+                               merge_versions(lower, upper), old.matcher or e.matcher)
             key = e.resource.key
             self._entries[key] = e
+            self._by_merge[mk] = key
             for n in (e.resource.name, *e.aliases, f"{e.resource.provider}/{e.resource.name}"):
-                keys = self._names.setdefault(n.lower(), [])
+                keys = self._names.setdefault(canon(n), [])
                 if key not in keys:
                     keys.append(key)
-        self._memo.clear()
+            if e.matcher is not None and key not in self._matched:
+                self._matched.append(key)
+        self._resolve_memo.clear()
 
     def entries(self, kind: str | None = None, provider: str | None = None) -> list[PriceEntry]:
         return [e for e in self._entries.values()
                 if (kind is None or e.resource.kind == kind) and (provider is None or e.resource.provider == provider)]
 
+    # -- finding ---------------------------------------------------------------------------
     def resolve(self, name: str | Resource, kind: str | None = None) -> PriceEntry:
-        """Find one entry by resource, key, 'provider/name', name or alias."""
+        """Find one entry by resource, key, wire name, 'provider/name', name or alias.
+
+        An ambiguous name raises UnknownModelError listing the candidates; nothing is picked
+        silently.
+        """
         if isinstance(name, Resource):
             entry = self._entries.get(name.key)
             if entry is None:
@@ -250,29 +183,75 @@ class PriceCatalog:
             return entry
         if name in self._entries:
             return self._entries[name]
-        keys = self._lookup(str(name), kind)
-        if not keys:
-            # A dated snapshot ('gpt-4o-mini-2024-07-18', 'claude-haiku-4-5-20251001') falls back to its family.
-            stripped = _SNAPSHOT_RE.sub("", str(name))
-            keys = self._lookup(stripped, kind) if stripped != str(name) else []
-        if not keys:
-            raise UnknownModelError(f"unknown model or resource {name!r}" + (f" (kind {kind})" if kind else "")
-                                    + "; add it to a price file or check `truecost prices list`")
-        if len(keys) > 1:
-            raise UnknownModelError(f"{name!r} is ambiguous: {', '.join(sorted(keys))}; name it as provider/name")
-        return self._entries[keys[0]]
+        memo_key = (str(name), kind)
+        hit = self._resolve_memo.get(memo_key)
+        if hit is None:
+            try:
+                hit = self._resolve(str(name), kind)
+            except UnknownModelError as exc:
+                hit = exc
+            if len(self._resolve_memo) > 20_000:
+                self._resolve_memo.clear()
+            self._resolve_memo[memo_key] = hit
+        if isinstance(hit, UnknownModelError):
+            raise UnknownModelError(str(hit))
+        return self._entries[hit]
 
-    def _lookup(self, name: str, kind: str | None) -> list[str]:
-        return [k for k in self._names.get(name.lower(), []) if kind is None or self._entries[k].resource.kind == kind]
+    def _resolve(self, name: str, kind: str | None) -> str:
+        for hint, n in candidates(name):
+            keys = self._lookup(n, kind, hint)
+            if len(keys) > 1:
+                keys = self._prefer_home(n, keys)
+            if len(keys) == 1:
+                return keys[0]
+            if len(keys) > 1:
+                raise UnknownModelError(f"{name!r} is ambiguous: {', '.join(sorted(keys))}; name it as provider/name")
+        raise UnknownModelError(f"unknown model or resource {name!r}" + (f" (kind {kind})" if kind else "")
+                                + "; add it to a price file or check `truecost prices list`")
 
+    def _lookup(self, name: str, kind: str | None, hint: str | None) -> list[str]:
+        def ok(k: str) -> bool:
+            return kind is None or self._entries[k].resource.kind == kind
+
+        exact = [k for k in self._names.get(canon(name), []) if ok(k)]
+        low = name.strip().lower()
+        matched = [k for k in self._matched if k not in exact and ok(k) and self._entries[k].matcher(low)]
+        known = {e.resource.provider.lower() for e in self._entries.values()}
+        providers = [hint, *self.fallbacks.get(hint, [])] if hint in known else [None]
+        for p in providers:  # the hinted provider, then the providers it resells
+            for keys in (exact, matched):
+                if p is not None:
+                    keys = [k for k in keys if self._entries[k].resource.provider.lower() == p]
+                if keys:
+                    return keys
+        return []
+
+    def _prefer_home(self, name: str, keys: list[str]) -> list[str]:
+        """Several providers sell this name: the one whose own name space claims it wins."""
+        providers = {self._entries[k].resource.provider for k in keys}
+        low = name.strip().lower()
+        for provider, claims in self.homes:
+            if provider in providers and claims(low):
+                keys = [k for k in keys if self._entries[k].resource.provider == provider]
+                break
+        if len(keys) > 1:  # the maker over its resellers (Azure resells OpenAI's models)
+            providers = {self._entries[k].resource.provider for k in keys}
+            makers = {p for p in providers if any(p in self.fallbacks.get(q, ()) for q in providers - {p})}
+            if len(makers) == 1:
+                keys = [k for k in keys if self._entries[k].resource.provider in makers]
+        if len(keys) > 1:  # truecost's own or the user's entry of that name over the source data's
+            own = [k for k in keys if any(v.origin != "genai-prices" for v in self._entries[k].versions)]
+            if len(own) == 1:
+                return own
+        return keys
+
+    # -- pricing ---------------------------------------------------------------------------
     def price_for(self, name: str | Resource, at: datetime | None = None, kind: str | None = None) -> PriceVersion | None:
         """The version in force at ``at`` (default: now), or None when none is.
 
         Raises UnknownModelError when the resource itself is unknown.
         """
-        at = at or datetime.now(timezone.utc)
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=timezone.utc)
+        at = as_utc(at)
         entry = self.resolve(name, kind)
         for v in reversed(entry.versions):
             if v.in_force(at):
@@ -287,5 +266,5 @@ class PriceCatalog:
             return None, str(exc)
         if version is None:
             label = name.key if isinstance(name, Resource) else name
-            return None, f"no price for {label} in force at {(at or datetime.now(timezone.utc)).date()}"
+            return None, f"no price for {label} in force at {as_utc(at).date()}"
         return version, None

@@ -27,15 +27,21 @@ def record_cache_lookup(req: RequestScope, *, hit: bool, status: str, embed_mode
         req.tracker.charge_compute(s, local_ms)
         s.annotate(cache=status, similarity=similarity, embed_ms=round(embed_ms, 3), search_ms=round(search_ms, 3))
         avoided = None
+        if hit:
+            s.outcome = "cache_hit"
         if hit and answer_model and answer_usage is not None:
             version, reason, _p, _s = req.tracker.price_version(answer_model, None, s._wall_start)
+            from truecost.errors import InvalidQuantityError
             from truecost.pricing.cost import price_tokens
             from truecost.pricing.usage import normalise
 
-            priced = price_tokens(version, normalise(answer_usage, flavour), unknown_reason=reason)
+            try:
+                priced = price_tokens(version, normalise(answer_usage, flavour), unknown_reason=reason)
+            except InvalidQuantityError as exc:  # the stored answer's usage is missing or malformed: avoided unknown
+                s.annotate(avoided_unknown_reason=f"stored usage unusable: {exc}")
+                return None
             avoided = priced.cost
             if avoided is None:
                 s.annotate(avoided_unknown_reason=priced.unknown_reason)
             s.avoided(avoided)
-            s.outcome = "cache_hit"
     return avoided

@@ -11,7 +11,7 @@ from truecost.errors import UnknownModelError
 from truecost.ledger.events import CostEvent
 from truecost.pricing.catalog import PriceCatalog, PriceVersion
 from truecost.pricing.cost import price_quantity, price_tokens, tidy
-from truecost.pricing.usage import normalise
+from truecost.pricing.usage import MissingUsageError, normalise_call
 from truecost.tracking.scope import RequestScope, StepScope, _Charge, current_request
 from truecost.types import EMPTY_ATTRIBUTION, ZERO, Attribution, PricedCost, to_decimal
 
@@ -86,13 +86,21 @@ class Tracker:
 
     def _charge_tokens(self, s: StepScope, model: str, usage: Any, *, flavour: str, batch: bool,
                        provider: str | None) -> PricedCost:
-        tokens = normalise(usage, flavour)
         name = f"{provider}/{model}" if provider else model
         version, reason, prov, service = self.price_version(name, None, s._wall_start)
-        priced = price_tokens(version, tokens, batch=batch, unknown_reason=reason)
-        details = {"tokens": tokens.as_dict(), "flavour": flavour}
+        try:
+            call = normalise_call(usage, flavour)
+        except MissingUsageError as exc:  # missing usage is an unknown cost, never zero
+            priced = PricedCost(cost=None, unknown_reason=f"{model}: {exc}")
+            s._charges.append(_Charge(prov, service, None, Decimal(0), "tokens", priced, {"flavour": flavour}))
+            return priced
+        priced = price_tokens(version, call, batch=batch, unknown_reason=reason)
+        tokens = call.tokens
+        details = {"tokens": call.as_dict(), "flavour": flavour}
         if batch:
             details["batch"] = True
+        if call.attributes:
+            details["price_attributes"] = dict(call.attributes)
         s._charges.append(_Charge(prov, service, None, Decimal(tokens.prompt_total + tokens.completion_total),
                                   "tokens", priced, details))
         return priced

@@ -144,7 +144,10 @@ def _instrument(create: Any, tracker: Tracker, kind: str, flavour: str) -> Any:
         if usage is None:
             step.cost(None, service=model, reason="response carried no usage")
         else:
-            step.tokens(model or getattr(resp, "model", None), usage, flavour=flavour)
+            from truecost.pricing.usage import normalise_call  # the response says which service tier served it
+
+            step.tokens(model or getattr(resp, "model", None), normalise_call(usage, flavour, response=resp),
+                        flavour=flavour)
         step.finish()
         return resp
 

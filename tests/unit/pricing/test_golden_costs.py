@@ -102,9 +102,11 @@ def test_dated_price_switch_for_gemini_flash(catalog):
 
 
 def test_batch_multiplier_halves_the_price(catalog):
-    # gpt-6-luna batch x0.5: 1,000,000 in x 0.05/1M = 0.05; 1,000,000 out x 0.25/1M = 0.25 -> 0.30
-    usage = from_openai({"prompt_tokens": 1_000_000, "completion_tokens": 1_000_000})
-    assert cost(catalog, "gpt-6-luna", usage, batch=True).cost == Decimal("0.30")
+    # gpt-6-luna batch (half of $0.10 / $0.50): 200,000 in x 0.05/1M = 0.01; 200,000 out x 0.25/1M = 0.05
+    # -> 0.06. (This test used 1M prompt tokens before gpt-6-luna had its > 272K tier; such a
+    # prompt is long-context: 1M x 0.10/1M + 1M x 0.375/1M = 0.475, pinned in test_usage_rules.)
+    usage = from_openai({"prompt_tokens": 200_000, "completion_tokens": 200_000})
+    assert cost(catalog, "gpt-6-luna", usage, batch=True).cost == Decimal("0.06")
 
 
 def test_historical_routing_model_matches_routerbench_cost(catalog):
