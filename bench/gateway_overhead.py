@@ -1,7 +1,9 @@
 """Added latency and throughput: truecost's gateway beside the LiteLLM proxy, same mock, same load.
 
 Three processes per target (a raw-ASGI mock upstream with a fixed latency, the gateway, the
-load generator: wrk when installed, else bench/loadgen.py), all on 127.0.0.1. Added latency = through the gateway minus direct to the mock,
+load generator: wrk when installed, else bench/loadgen.py), all on 127.0.0.1. truecost runs
+twice in the same run: plain (a key, the ledger) and secured (key limits, a hard budget,
+admin API, dashboard login, /metrics token), to show what the production settings cost. Added latency = through the gateway minus direct to the mock,
 at concurrency 1 and 64; max sustained RPS at 64; peak RSS of each gateway process.
 LiteLLM runs from .venv-litellm (bench/setup_litellm.sh), with a master key and its
 default spend tracking; truecost with its ledger on. Prints JSON.
@@ -118,6 +120,37 @@ def measure(name: str, url: str, key: str | None, direct: dict, args) -> dict:
             "added_p99_ms_c64": round(c64["p99_ms"] - direct["c64"]["p99_ms"], 3)}
 
 
+def write_config(work: Path, profile: str, mock_url: str, key: str) -> Path:
+    """``truecost``: a key and the ledger. ``truecost_secured``: the same, plus what production turns on -- a key
+    with model, rate and token limits and an expiry, a hard budget on its cost center, the admin API, the
+    dashboard login and a bearer token on /metrics (limits far above the load, so nothing is refused)."""
+    import hashlib
+
+    digest = lambda s: hashlib.sha256(s.encode()).hexdigest()  # noqa: E731
+    k = {"name": "bench", "key_sha256": digest(key), "cost_center": "bench", "tenant": "bench"}
+    doc = {"ledger": str(work / f"{profile}.db"), "upstreams": {"mock": {"base_url": mock_url, "timeout": 30}},
+           "models": {MODEL: {"candidates": [{"upstream": "mock", "model": MODEL}]}}, "keys": [k]}
+    if profile == "truecost_secured":
+        k.update(models=[MODEL], rpm=10_000_000, tpm=10_000_000_000, expires_at="2099-01-01T00:00:00Z", scopes=["read"])
+        doc.update(budgets=[{"cost_center": "bench", "period": "day", "limit_usd": "1000000", "hard": True}],
+                   admin_key_sha256=digest("sk-bench-admin"), metrics_token_sha256=digest("bench-metrics"))
+    cfg = work / f"{profile}.yaml"
+    cfg.write_text(json.dumps(doc))
+    return cfg
+
+
+def soak(tc, tc_url: str, key: str, measured: dict, args) -> dict:
+    rate = max(measured["c64"]["rps"], 1.0)
+    warm = load(tc_url, key, MODEL, 64, max(10_000 / rate, 1))
+    before = rss_mb(tc.pid)
+    out = load(tc_url, key, MODEL, 64, args.soak_requests / rate * 1.1)
+    after = rss_mb(tc.pid)
+    out["ok"] += warm["ok"]
+    return {"requests": out["ok"] + out["errors"], "errors": out["errors"], "rss_mb_after_10k": round(before, 1),
+            "rss_mb_after_soak": round(after, 1), "rss_growth": round(after / before - 1, 4),
+            "flat_within_10pct": after <= before * 1.10}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--latency-ms", type=float, default=20.0)
@@ -137,32 +170,23 @@ def main() -> None:
                   "c64": load(mock_url + "/chat/completions", None, MODEL, 64, args.duration)}
         result["direct"] = direct
         key = "sk-bench"
-        import hashlib
-
-        cfg = work / "truecost.yaml"
-        cfg.write_text(json.dumps({"ledger": str(work / "ledger.db"),
-                                   "upstreams": {"mock": {"base_url": mock_url, "timeout": 30}},
-                                   "models": {MODEL: {"candidates": [{"upstream": "mock", "model": MODEL}]}},
-                                   "keys": [{"name": "bench", "key_sha256": hashlib.sha256(key.encode()).hexdigest(),
-                                             "cost_center": "bench"}]}))
-        tc = start([str(Path(PY).parent / "truecost"), "serve", "--config", str(cfg), "--port", str(tc_port)])
-        procs.append(tc)
-        wait_ready(f"http://127.0.0.1:{tc_port}/healthz")
-        tc_url = f"http://127.0.0.1:{tc_port}/v1/chat/completions"
-        result["truecost"] = measure("truecost", tc_url, key, direct, args)
-        result["truecost"]["peak_rss_mb"] = peak_rss_mb(tc.pid)
-        if args.soak_requests:
-            rate = max(result["truecost"]["c64"]["rps"], 1.0)
-            warm = load(tc_url, key, MODEL, 64, max(10_000 / rate, 1))
-            before = rss_mb(tc.pid)
-            soak = load(tc_url, key, MODEL, 64, args.soak_requests / rate * 1.1)
-            after = rss_mb(tc.pid)
-            soak["ok"] += warm["ok"]
-            result["truecost"]["soak"] = {"requests": soak["ok"] + soak["errors"], "errors": soak["errors"],
-                                          "rss_mb_after_10k": round(before, 1), "rss_mb_after_soak": round(after, 1),
-                                          "rss_growth": round(after / before - 1, 4), "flat_within_10pct": after <= before * 1.10}
-        stop(tc)
-        procs.remove(tc)
+        for profile in ("truecost", "truecost_secured"):  # side by side in one run: the same mock, the same load
+            tc = start([str(Path(PY).parent / "truecost"), "serve", "--config",
+                        str(write_config(work, profile, mock_url, key)), "--port", str(tc_port)])
+            procs.append(tc)
+            wait_ready(f"http://127.0.0.1:{tc_port}/healthz")
+            tc_url = f"http://127.0.0.1:{tc_port}/v1/chat/completions"
+            result[profile] = measure(profile, tc_url, key, direct, args)
+            result[profile]["peak_rss_mb"] = peak_rss_mb(tc.pid)
+            if args.soak_requests and profile == "truecost":
+                result[profile]["soak"] = soak(tc, tc_url, key, result[profile], args)
+            stop(tc)
+            procs.remove(tc)
+        plain, secured = result["truecost"], result["truecost_secured"]
+        result["secured_vs_plain"] = {
+            "added_p50_ms_c1": [plain["added_p50_ms_c1"], secured["added_p50_ms_c1"]],
+            "added_p50_c1_ratio": round(secured["added_p50_ms_c1"] / max(plain["added_p50_ms_c1"], 0.001), 3),
+            "rps_c64_ratio": round(secured["c64"]["rps"] / max(plain["c64"]["rps"], 0.001), 3)}
         ll_bin = ROOT / ".venv-litellm" / "bin" / "litellm"
         if args.no_litellm or not ll_bin.exists():
             result["litellm"] = {"skipped": "run bench/setup_litellm.sh first" if not ll_bin.exists() else "--no-litellm"}
@@ -185,9 +209,13 @@ def main() -> None:
                 "rps_c64_truecost_vs_litellm": round(t["c64"]["rps"] / lt["c64"]["rps"], 2),
                 "added_p99_c64_litellm_vs_truecost": round(lt["added_p99_ms_c64"] / max(t["added_p99_ms_c64"], 0.001), 2),
                 "added_p50_c1_litellm_vs_truecost": round(lt["added_p50_ms_c1"] / max(t["added_p50_ms_c1"], 0.001), 2)}
-        result["targets"] = {"added_p50_c1_ms<=1": result["truecost"]["added_p50_ms_c1"] <= 1.0}
+        result["targets"] = {"added_p50_c1_ms<=1": result["truecost"]["added_p50_ms_c1"] <= 1.0,
+                             "secured_added_p50_c1_within_15pct": result["secured_vs_plain"]["added_p50_c1_ratio"] <= 1.15}
         if "ratios" in result:
+            result["ratios"]["rps_c64_secured_vs_litellm"] = round(
+                result["truecost_secured"]["c64"]["rps"] / result["litellm"]["c64"]["rps"], 2)
             result["targets"]["rps_c64>=5x_litellm"] = result["ratios"]["rps_c64_truecost_vs_litellm"] >= 5
+            result["targets"]["secured_rps_c64>=10x_litellm"] = result["ratios"]["rps_c64_secured_vs_litellm"] >= 10
             result["targets"]["added_p99_c64<=litellm/5"] = result["ratios"]["added_p99_c64_litellm_vs_truecost"] >= 5
     finally:
         for p in procs:

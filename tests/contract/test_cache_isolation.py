@@ -1,6 +1,7 @@
 """Tenant isolation on every cache backend: adversarial near-duplicates from two tenants,
-through a policy that would hit on anything in its own scope, never cross; and a tenant
-cannot plant an entry another tenant will be served."""
+through a policy that would hit on anything in its own scope, never cross; answers made with
+parameters the cache has never heard of are never served to requests without them (the scope
+is deny by default); and a tenant cannot plant an entry another tenant will be served."""
 
 import numpy as np
 import pytest
@@ -8,12 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.servers import fresh_name
+from tests.unit.cache.test_cache_scope import FINDING_PARAMS, ops_strategy, run_isolation_ops
 from tests.unit.cache.test_semantic_cache import HashEmbedder, answer, body
 from truecost.cache.entries import MemoryEntryStore, SQLiteEntryStore
 from truecost.cache.equivalence import NormalisedMatch
 from truecost.cache.index import ExactIndex, HNSWIndex
 from truecost.cache.policy import FixedThreshold
 from truecost.cache.semantic import SemanticCache
+from truecost.gateway.config import KeyConfig
 from truecost.gateway.pipeline import attribution_for
 
 BACKENDS = ["memory", "sqlite+hnsw", "postgres+pgvector", "redis"]
@@ -56,6 +59,31 @@ def test_property_no_cross_tenant_hits(make_cache, ops):
                 owner[e.id] = tenant
 
 
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=ops_strategy(["acme", "key:support", "anonymous"], 40))
+def test_property_no_hits_across_unknown_parameters_or_partitions(make_cache, data):
+    """Random unknown parameters on the storing request and not on the looking-up one, and vice versa
+    (and with other values): zero hits across them, exact or semantic, on every backend."""
+    pool, ops = data
+    run_isolation_ops(make_cache(), pool, ops)
+
+
+def test_answers_made_with_other_parameters_are_never_served(make_cache):
+    """guided_choice, guided_regex, guided_json, functions, function_call, top_k, ... (issue 15's finding)."""
+    c = make_cache()
+    c.store(c.lookup(body("a plain question"), "acme"), answer("plain"))  # the plain scope is not empty
+    for name, value in FINDING_PARAMS.items():
+        c.store(c.lookup(body(f"question about {name}", **{name: value}), "acme"), answer(f"made with {name}"))
+    content = lambda r: r.entry.answer["choices"][0]["message"]["content"]  # noqa: E731
+    for name, value in FINDING_PARAMS.items():
+        for text in (f"question about {name}", f"a question about {name} please"):
+            r = c.lookup(body(text), "acme")  # the policy hits on anything in scope: only the plain answer may come
+            assert r.status == "hit_semantic" and content(r) == "plain", (name, r.status)
+        got = c.lookup(body(f"question about {name}", **{name: value}), "acme")
+        assert got.status == "hit_exact" and content(got) == f"made with {name}"
+        assert content(c.lookup(body(f"another question on {name}", **{name: value}), "acme")) == f"made with {name}"
+
+
 def test_two_thousand_near_duplicates_never_cross(make_cache):
     c = make_cache()
     rng = np.random.default_rng(11)
@@ -78,9 +106,14 @@ def test_a_tenant_cannot_plant_an_answer_for_another(make_cache):
     c.store(c.lookup(body("what is the support phone number"), tenant="mallory"), answer("call +1 555 SCAM"))
     got = c.lookup(body("what is the support phone number"), tenant="victim")
     assert not got.hit
-    # and the tenant is never taken from what the client sends: headers cannot claim another tenant
-    a = attribution_for(None, {"x-truecost-tenant": "victim", "x-truecost-tags": "tenant=victim"})
-    assert a.tenant is None
+    # and the tenant is never taken from what a keyed client sends: headers cannot claim another tenant
+    claim = {"x-truecost-tenant": "victim", "x-truecost-tags": "tenant=victim"}
+    assert attribution_for(KeyConfig("m", "0" * 64, tenant="mallory"), claim).tenant == "mallory"
+    assert attribution_for(KeyConfig("m2", "0" * 64), claim).tenant is None  # its cache scope is "key:m2"
+    # keys without a tenant each get a partition of their own
+    c.store(c.lookup(body("what is my balance"), "key:m2"), answer("poisoned"))
+    assert not c.lookup(body("what is my balance"), "key:other").hit
+    assert not c.lookup(body("what is my balance"), "anonymous").hit
 
 
 @pytest.mark.parametrize("backend", ["postgres+pgvector", "redis"])

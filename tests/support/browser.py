@@ -36,6 +36,18 @@ class Page:
         self.page.goto(url, wait_until="load")
         return self
 
+    def login(self, base_url: str, key: str, mount: str = "/ui"):
+        """Log in through the dashboard's form; returns the response to the form's POST."""
+        self.page.goto(f"{base_url}{mount}/login", wait_until="load")
+        self.page.fill("input[name=key]", key)
+        with self.page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/login")) as answer:
+            self.page.click("form.login button[type=submit]")
+        self.page.wait_for_load_state("load")
+        return answer.value
+
+    def session_cookies(self) -> list[dict]:
+        return self.page.context.cookies()
+
     def screenshot(self, name: str) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"{name}.png"
@@ -52,10 +64,10 @@ class Page:
 
 
 def shown_number(text: str) -> float:
-    """'$1,234.50' -> 1234.5; '12.5%' -> 0.125."""
-    m = re.search(r"-?[\d,]*\.?\d+(?:e-?\d+)?", text.replace(",", ""))
+    """'$1,234.50' -> 1234.5; '-$0.0000202' -> -2.02e-05; '12.5%' -> 0.125."""
+    m = re.search(r"(-?)\$?(\d*\.?\d+(?:e-?\d+)?)", text.replace(",", ""))
     assert m, f"no number in {text!r}"
-    value = float(m.group(0))
+    value = float(m.group(2)) * (-1 if m.group(1) else 1)
     return value / 100 if "%" in text else value
 
 

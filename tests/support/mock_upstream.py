@@ -1,7 +1,8 @@
 """A small, fast OpenAI-compatible upstream for tests and benchmarks (loopback only).
 
 The requested model name picks the behaviour: ``fail-500``, ``fail-429``, ``slow`` (sleeps
-``slow_seconds``), ``cut`` (streams two chunks then drops the connection), ``drip`` (0.2 s per chunk), ``no-usage``;
+``slow_seconds``), ``cut`` (streams two chunks then drops the connection), ``drip`` (0.2 s per chunk), ``no-usage``,
+``float-usage`` (token counts as floats), ``cached-over`` (cached_tokens > prompt_tokens);
 anything else answers normally after ``latency`` seconds.
 """
 
@@ -34,6 +35,9 @@ def make_app(latency: float = 0.0, slow_seconds: float = 5.0) -> Starlette:
             await asyncio.sleep(latency)
         if model == "fail-500":
             return JSONResponse({"error": {"message": "boom"}}, status_code=500)
+        if model == "fail-401":  # the gateway's own upstream key is wrong
+            return JSONResponse({"error": {"message": "Incorrect API key provided: sk-upstr***", "type": "invalid_request_error",
+                                           "code": "invalid_api_key"}}, status_code=401)
         if model == "fail-429":
             return JSONResponse({"error": {"message": "slow down"}}, status_code=429, headers={"retry-after": "0"})
         if model == "slow":
@@ -47,7 +51,11 @@ def make_app(latency: float = 0.0, slow_seconds: float = 5.0) -> Starlette:
                 out["choices"][0]["logprobs"] = {"content": [
                     {"token": w, "logprob": -2.5 if hard else -0.05, "bytes": None, "top_logprobs": []}
                     for w in TEXT.split(" ")]}
-            if model != "no-usage":
+            if model == "float-usage":
+                out["usage"] = {"prompt_tokens": 120.5, "completion_tokens": 30.0, "total_tokens": 150.5}
+            elif model == "cached-over":
+                out["usage"] = {**USAGE, "prompt_tokens_details": {"cached_tokens": 500}}
+            elif model != "no-usage":
                 out["usage"] = USAGE
             return JSONResponse(out)
 

@@ -7,8 +7,9 @@ Every chart is an ``<svg>`` string with a ``<title>`` and the plotted numbers on
 from __future__ import annotations
 
 import math
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from html import escape
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 PALETTE = ("#2f6db5", "#e0793a", "#3a9a5b", "#c2413b", "#7a5fb0", "#8c6d4f", "#d46fb1", "#6f7c8a", "#b5b52f", "#2fb5b0")
 Fmt = Callable[[float], str]
@@ -18,16 +19,49 @@ def _num(v: float) -> str:
     return f"{v:.2f}".rstrip("0").rstrip(".") if math.isfinite(v) else "0"
 
 
+def _decimal(v: Any) -> Decimal | None:
+    """A finite Decimal for a Decimal, int or float (floats by their shortest repr), else None."""
+    try:
+        d = v if isinstance(v, Decimal) else Decimal(v) if isinstance(v, int) else Decimal(repr(float(v)))
+    except (TypeError, ValueError, InvalidOperation):
+        return None
+    return d if d.is_finite() else None
+
+
+def significant(d: Decimal, digits: int, min_places: int = 0) -> str:
+    """``d`` (0 < |d| < 1) in fixed point with ``digits`` significant digits, never an exponent:
+    0.00002022 -> '0.0000202'. Trailing zeros go, down to ``min_places`` decimals."""
+    q = d.quantize(Decimal(1).scaleb(d.adjusted() - digits + 1), rounding=ROUND_HALF_EVEN)
+    text = format(q, "f")
+    if "." in text:
+        whole, frac = text.split(".")
+        frac = frac.rstrip("0").ljust(min_places, "0")
+        text = f"{whole}.{frac}" if frac else whole
+    return text
+
+
 def default_fmt(v: float) -> str:
-    if abs(v) >= 1000:
-        return f"{v:,.0f}"
-    if abs(v) >= 1:
-        return f"{v:,.2f}"
-    return f"{v:.4g}"
+    d = _decimal(v)
+    if d is None:
+        return "n/a"
+    if abs(d) >= 1000:
+        return f"{d:,.0f}"
+    if abs(d) >= 1:
+        return f"{d:,.2f}"
+    return "0" if d == 0 else significant(d, 4)
 
 
-def usd(v: float) -> str:
-    return f"${v:,.2f}" if abs(v) >= 1 else f"${v:.4g}"
+def usd(v: Any, digits: int = 3) -> str:
+    """Dollars for people: '$1,234.50', '$0.0412', '$0.0000202' (``digits`` significant digits below
+    a dollar), '-$0.50'; never scientific notation. Takes Decimal, int or float; None -> 'n/a'."""
+    d = _decimal(v) if v is not None else None
+    if d is None:
+        return "n/a"
+    sign, d = ("-" if d < 0 else ""), abs(d)
+    if d == 0:
+        return "$0.00"
+    text = f"{d:,.2f}" if d >= 1 else significant(d, digits, min_places=2)
+    return f"{sign}${text}"
 
 
 def pct(v: float) -> str:
@@ -103,9 +137,10 @@ def lines(x: Sequence[float], series: dict[str, Sequence[float | None]], title: 
     sx = (width - left - right) / ((x1 - x0) or 1.0)
     y0 = min(y_min, y1)
     sy = (height - bottom - top_pad) / ((y1 - y0) or 1.0)
+    single = x0 == x1  # one x (all the data in one bucket): centred, and drawn as points
 
     def px(v: float) -> float:
-        return left + (v - x0) * sx
+        return (left + width - right) / 2 if single else left + (v - x0) * sx
 
     def py(v: float) -> float:
         return height - bottom - (v - y0) * sy
@@ -119,6 +154,8 @@ def lines(x: Sequence[float], series: dict[str, Sequence[float | None]], title: 
     for t in range(5):
         yv = y0 + (y1 - y0) * t / 4
         body.append(f'<text x="{left - 4}" y="{_num(py(yv) + 4)}" text-anchor="end" class="muted">{escape(fmt_y(yv))}</text>')
+        if single and t:
+            continue
         xv = x0 + (x1 - x0) * t / 4
         body.append(f'<text x="{_num(px(xv))}" y="{height - bottom + 14}" text-anchor="middle" class="muted">'
                     f'{escape(fmt_x(xv))}</text>')
@@ -127,10 +164,15 @@ def lines(x: Sequence[float], series: dict[str, Sequence[float | None]], title: 
                     f'stroke="#bbb" stroke-dasharray="4 3"/>')
     for i, (name, s) in enumerate(series.items()):
         color = PALETTE[i % len(PALETTE)]
-        pts = [(px(a), py(max(min(b, y1), y0))) for a, b in zip(xs, s) if b is not None and math.isfinite(b)]
-        if pts:
+        vals = [(a, float(b)) for a, b in zip(xs, s) if b is not None and math.isfinite(b)]
+        pts = [(px(a), py(max(min(b, y1), y0))) for a, b in vals]
+        if len(pts) > 1:
             d = " ".join(f"{_num(a)},{_num(b)}" for a, b in pts)
             body.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{d}" data-series="{escape(name)}"/>')
+        elif pts:  # a line through one point draws nothing: a point, with its value
+            (a, b), (_, v) = pts[0], vals[0]
+            body.append(f'<circle cx="{_num(a)}" cy="{_num(b)}" r="5" fill="{color}" data-series="{escape(name)}" '
+                        f'data-value="{v!r}"><title>{escape(name)}: {escape(fmt_y(v))}</title></circle>')
         body.append(f'<rect x="{left + 10 + 150 * i}" y="24" width="10" height="10" fill="{color}"/>'
                     f'<text x="{left + 24 + 150 * i}" y="33">{escape(name)}</text>')
     return _svg(width, height, title, body, "lines")

@@ -31,6 +31,9 @@ svg.chart{max-width:100%;height:auto}
 nav a{color:#b9c2d0;margin-right:14px;text-decoration:none}nav a.on{color:#fff;font-weight:600}
 form.filters{display:flex;flex-wrap:wrap;gap:8px;align-items:end;margin:0 0 12px}
 form.filters label{font-size:12px;color:#5b6475;display:flex;flex-direction:column}
+form.filters input[readonly]{background:#eef0f3;color:#5b6475}
+nav form.who{float:right;margin:0;color:#b9c2d0;font-size:12px}nav form.who button{margin-left:8px}
+form.login{display:flex;gap:8px;align-items:end}form.login label{display:flex;flex-direction:column;font-size:12px;color:#5b6475}
 """
 
 

@@ -18,6 +18,11 @@ from truecost.ledger.store import AggregateRow, LedgerFilter, LedgerStore
 
 ZERO = Decimal(0)
 FILTER_FIELDS = ("cost_center", "feature", "tenant")
+# Units of time-priced resources. A self-hosted model's generate step carries a second charge,
+# the machine it ran on (tracking's charge_compute: service "c7i.xlarge", unit "vCPU-seconds");
+# that service is a resource, not a model served.
+COMPUTE_UNITS = frozenset({"vCPU-seconds", "instance-seconds"})
+NOT_SERVED = frozenset({"error", "escalated"})  # a failed call, a weak answer the cascade did not keep
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +62,30 @@ def request_stats(store: LedgerStore, flt: LedgerFilter, top: int) -> tuple[list
     return sorted(per_request, key=lambda r: -r.cost)[:top], sum(1 for r in per_request if r.unknown)
 
 
+def _is_compute(store: LedgerStore, flt: LedgerFilter, service: str) -> bool:
+    """Is ``service`` a time-priced resource on generation steps? One event tells: a name is either
+    a model or a machine (the rollups carry no unit, and a probe stays cheap on large ledgers)."""
+    probe = LedgerFilter(since=flt.since, until=flt.until, steps=tuple(GENERATION_STEPS), service=service,
+                         attribution=flt.attribution)
+    first = store.query(probe, limit=1)
+    return bool(first) and first[0].unit in COMPUTE_UNITS
+
+
+def served_mix(store: LedgerStore, flt: LedgerFilter, gens: Sequence[AggregateRow]) -> dict[str, int]:
+    """Generations by the model that served them: not the compute charge a self-hosted model's step
+    also carries, not failed calls, not answers a cascade escalated away from."""
+    counts: dict[str, int] = {}
+    for r in gens:
+        service = r.keys[4]
+        if service is None or r.keys[5] in NOT_SERVED:
+            continue
+        counts[service] = counts.get(service, 0) + r.events
+    if flt.service is None:  # a model filter already names a model
+        for service in [s for s in counts if _is_compute(store, flt, s)]:
+            del counts[service]
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def overview(store: LedgerStore, flt: LedgerFilter = LedgerFilter(), budgets: Sequence[Budget] = (),
              now: datetime | None = None, top: int = 10, series_by: str = "cost_center",
              cache_target_error: float | None = None) -> dict[str, Any]:
@@ -86,9 +115,7 @@ def overview(store: LedgerStore, flt: LedgerFilter = LedgerFilter(), budgets: Se
     cache_avoided = sum((r.avoided_cost for r in lookups), ZERO)
     lookup_cost = _sum(lookups, lambda r: True)
     gens = [r for r in rows if r.keys[3] in GENERATION_STEPS]
-    mix: dict[str, int] = {}
-    for r in gens:
-        mix[r.keys[4] or "-"] = mix.get(r.keys[4] or "-", 0) + r.events
+    mix = served_mix(store, flt, gens)
     route_avoided = sum((r.avoided_cost for r in gens if r.keys[5] == "routed"), ZERO)
     expensive, unknown_requests = request_stats(store, flt, top)
     now = now or datetime.now(timezone.utc)
@@ -110,14 +137,17 @@ def overview(store: LedgerStore, flt: LedgerFilter = LedgerFilter(), budgets: Se
                   "avoided_usd": cache_avoided, "lookup_cost_usd": lookup_cost, "net_savings_usd": cache_avoided - lookup_cost,
                   # the policy bounds false hits per lookup; the estimate is that bound applied to the lookups
                   "false_hit_bound": None if cache_target_error is None else cache_target_error * n_lookups},
-        "routing": {"mix": dict(sorted(mix.items(), key=lambda kv: -kv[1])), "avoided_usd": route_avoided},
+        "routing": {"mix": mix, "avoided_usd": route_avoided},
         "budgets": budget_rows,
         "expensive_requests": [{"request_id": r.keys[0], "cost_usd": r.cost, "events": r.events} for r in expensive],
     }
 
 
-def request_detail(store: LedgerStore, request_id: str) -> dict[str, Any] | None:
-    events = sorted(store.query(LedgerFilter(request_id=request_id)), key=lambda e: e.ts)
+def request_detail(store: LedgerStore, request_id: str,
+                   scope: tuple[tuple[str, str], ...] = ()) -> dict[str, Any] | None:
+    """One request's steps; with ``scope`` ((field, value) pairs) only its events inside that scope,
+    None when there are none (a request of another tenant is not found)."""
+    events = sorted(store.query(LedgerFilter(request_id=request_id, attribution=scope)), key=lambda e: e.ts)
     if not events:
         return None
     total = sum((e.cost for e in events if e.cost is not None), ZERO)
@@ -129,7 +159,8 @@ def request_detail(store: LedgerStore, request_id: str) -> dict[str, Any] | None
                       "latency_ms": e.latency_ms, "outcome": e.outcome, "avoided_usd": e.avoided_cost,
                       "unknown_reason": d.get("unknown_reason"), "cache": d.get("cache"), "similarity": d.get("similarity"),
                       "route_reason": d.get("route_reason"), "tokens": d.get("tokens")})
-    served = next((s["service"] for s in steps if s["step"] in GENERATION_STEPS), None)
+    served = next((s["service"] for s in reversed(steps) if s["step"] in GENERATION_STEPS and s["service"]
+                   and s["unit"] not in COMPUTE_UNITS and s["outcome"] not in NOT_SERVED), None)
     cache = next((s for s in steps if s["step"] == "cache_lookup"), None)
     route = next((s["route_reason"] for s in steps if s["route_reason"]), None)
     return {"request_id": request_id, "ts": events[0].ts.isoformat(), "attribution": events[0].attribution.as_dict(),

@@ -1,14 +1,20 @@
 """The cache: exact tier, then semantic tier (Embedder -> VectorIndex -> Policy -> EntryStore).
 
     cache = SemanticCache(embedder, index, entries, policy, equivalence)
-    result = cache.lookup(body, tenant="acme")          # hit or miss, with timings
+    result = cache.lookup(body, "acme")                 # hit or miss, with timings
     if not result.hit:
         answer = call_the_model(body)
         cache.store(result, answer, status=200, usage=..., doc_ids=("kb-17",))
 
-Only complete, successful answers are stored. Every entry records the knowledge-base
-version and the documents that produced it, so ``invalidate(doc_ids=...)`` and
-``set_kb_version`` drop exactly the affected entries.
+The second argument of ``lookup`` is the hard partition, an opaque string: the gateway
+passes the key's tenant, else ``key:<key name>``, else ``anonymous``. Entries never cross
+partitions, nor scopes (see ``truecost.cache.request``: every request field not known to
+leave the answer unchanged is part of the scope).
+
+Only complete, successful answers are stored, and never a refusal written as plain text
+(``truecost.cache.refusal``; ``refusal_patterns=None`` disables that check). Every entry
+records the knowledge-base version and the documents that produced it, so
+``invalidate(doc_ids=...)`` and ``set_kb_version`` drop exactly the affected entries.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from truecost.cache.entries import CacheEntry, EntryStore
 from truecost.cache.equivalence import Equivalence, answer_text
 from truecost.cache.index import VectorIndex
 from truecost.cache.policy import Candidate, Decision, Policy
+from truecost.cache.refusal import DEFAULT_PATTERNS, RefusalDetector
 from truecost.cache.request import CacheKey, NotCacheable, cache_key, cacheable_response
 
 
@@ -58,11 +65,17 @@ class CacheLimits:
 class SemanticCache:
     def __init__(self, embedder, index: VectorIndex, entries: EntryStore, policy: Policy,
                  equivalence: Equivalence | None = None, limits: CacheLimits | None = None, k: int = 10,
-                 kb_version: str | None = None, clock=time.time) -> None:
+                 kb_version: str | None = None, clock=time.time,
+                 refusal_patterns: Iterable[str] | RefusalDetector | None = DEFAULT_PATTERNS) -> None:
         self.embedder, self.index, self.entries, self.policy = embedder, index, entries, policy
         self.equivalence = equivalence
         self.limits = limits or CacheLimits()
         self.k, self.kb_version, self.clock = k, kb_version, clock
+        # refusals written as text are not stored; None (or an empty list) disables the check
+        if refusal_patterns is None or isinstance(refusal_patterns, RefusalDetector):
+            self.refusals = refusal_patterns
+        else:
+            self.refusals = RefusalDetector(refusal_patterns)
         self._exact: dict[str, int] = {}
         self._lru: OrderedDict[int, int] = OrderedDict()  # entry id -> bytes, least recently used first
         self._by_doc: dict[str, set[int]] = {}
@@ -74,12 +87,22 @@ class SemanticCache:
         self._lock = threading.RLock()
         self._kb_checked = float("-inf")
         self.verifications = 0
-        self.stats = {"hit_exact": 0, "hit_semantic": 0, "miss": 0, "bypass": 0, "stored": 0, "refused": 0}
+        # refused: answers not stored (any reason); refused_refusal: of those, refusals (field or plain text)
+        self.stats = {"hit_exact": 0, "hit_semantic": 0, "miss": 0, "bypass": 0, "stored": 0, "refused": 0,
+                      "refused_refusal": 0}
 
     # -- lookup -------------------------------------------------------------------------
-    def lookup(self, body: Mapping[str, Any], tenant: str | None = None) -> LookupResult:
+    def lookup(self, body: Mapping[str, Any], scope: str | None = None, *, tenant: str | None = None) -> LookupResult:
+        """Look ``body`` up within the partition ``scope`` (an opaque string compared exactly).
+
+        ``tenant=`` is the former name of ``scope``, kept for callers that pass it by keyword.
+        """
+        if tenant is not None:
+            if scope is not None and scope != tenant:
+                raise TypeError("lookup() got both scope and tenant; pass the partition once, as scope")
+            scope = tenant
         try:
-            key = cache_key(body, tenant)
+            key = cache_key(body, scope)
         except NotCacheable as exc:
             self.stats["bypass"] += 1
             return LookupResult("bypass", None, reason=str(exc))
@@ -179,9 +202,11 @@ class SemanticCache:
         """
         if lookup.key is None or lookup.hit:
             return None
-        refusal = cacheable_response(response, status)
+        refusal = cacheable_response(response, status, self.refusals)
         if refusal is not None:
             self.stats["refused"] += 1
+            if refusal.startswith("refusal"):
+                self.stats["refused_refusal"] += 1
             return None
         key = lookup.key
         ttl = ttl_seconds if ttl_seconds is not None else self.limits.ttl_seconds

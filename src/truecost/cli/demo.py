@@ -142,7 +142,10 @@ def _serve_dashboard(store, port: int, console: Console) -> None:
     from starlette.routing import Mount, Route
 
     from truecost.dashboard.app import create_dashboard
+    from truecost.dashboard.auth import StaticKeyAuth, key_sha256, one_time_key
 
-    app = Starlette(routes=[Route("/", lambda r: RedirectResponse("/ui/")), Mount("/ui", create_dashboard(store, title="truecost demo", cache_target_error=0.01))])
-    console.print(f"serving the dashboard at http://127.0.0.1:{port}/ui/ (Ctrl-C to stop)")
+    key = one_time_key()  # printed once; the dashboard keeps only its hash
+    dash = create_dashboard(store, title="truecost demo", cache_target_error=0.01, auth=StaticKeyAuth(key_sha256(key)))
+    app = Starlette(routes=[Route("/", lambda r: RedirectResponse("/ui/")), Mount("/ui", dash)])
+    console.print(f"serving the dashboard at http://127.0.0.1:{port}/ui/ (Ctrl-C to stop)\nlogin key: {key}", highlight=False)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

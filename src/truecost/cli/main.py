@@ -30,6 +30,8 @@ cli.add_command(audit)
 cli.add_command(whatif)
 cli.add_command(reconcile_cmd)
 cli.add_command(export)
+from truecost.cli.collect import collect  # noqa: E402  (issue #19: the OTLP receiver)
+cli.add_command(collect)
 
 
 @cli.command("demo")
@@ -65,17 +67,25 @@ def serve(config_path, host, port) -> None:
         raise click.ClickException("the gateway needs its extra: pip install 'truecost[gateway]'") from None
     from truecost.gateway.app import build
     from truecost.gateway.config import load_config
+    from truecost.gateway.server import serve as serve_app
 
-    app = build(load_config(config_path))
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    config = load_config(config_path)
+    app = build(config)
+    # header size limit and header read timeout at the HTTP protocol, before any of our code runs
+    serve_app(app, host, port, max_header_bytes=config.limits.max_header_bytes,
+              header_timeout=config.limits.header_timeout)
 
 
 @cli.command("dashboard")
 @click.option("--db", default=".truecost/demo.db", show_default=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True)
-def dashboard(db, host, port) -> None:
-    """Serve the read-only dashboard over a ledger at http://HOST:PORT/ui."""
+@click.option("--admin-key-env", metavar="VAR", help="log in with the key in this environment variable "
+              "(default: a random one-time key, printed once at start)")
+def dashboard(db, host, port, admin_key_env) -> None:
+    """Serve the read-only dashboard over a ledger at http://HOST:PORT/ui (behind a login)."""
+    import os
+
     try:
         import uvicorn
         from starlette.applications import Starlette
@@ -84,11 +94,21 @@ def dashboard(db, host, port) -> None:
     except ImportError:
         raise click.ClickException("the dashboard needs the gateway extra: pip install 'truecost[gateway]'") from None
     from truecost.dashboard.app import create_dashboard
+    from truecost.dashboard.auth import StaticKeyAuth, key_sha256, one_time_key
     from truecost.ledger.sqlite import SQLiteLedgerStore
 
+    if admin_key_env:
+        key = os.environ.get(admin_key_env, "").strip()
+        if not key:
+            raise click.ClickException(f"--admin-key-env {admin_key_env}: that environment variable is empty or unset")
+        shown = f"the key in ${admin_key_env}"
+    else:
+        key = shown = one_time_key()
+    auth = StaticKeyAuth(key_sha256(key))
+    del key
     app = Starlette(routes=[Route("/", lambda r: RedirectResponse("/ui/")),
-                            Mount("/ui", create_dashboard(SQLiteLedgerStore(db), title=f"truecost · {db}"))])
-    click.echo(f"dashboard: http://{host}:{port}/ui/  (ledger {db}; Ctrl-C to stop)")
+                            Mount("/ui", create_dashboard(SQLiteLedgerStore(db), title=f"truecost · {db}", auth=auth))])
+    click.echo(f"dashboard: http://{host}:{port}/ui/  (ledger {db}; Ctrl-C to stop)\nlogin key: {shown}")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 

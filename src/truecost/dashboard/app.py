@@ -4,6 +4,11 @@ Mounted by the gateway at ``/ui``, or served alone by ``truecost dashboard --db`
 Pages: ``/`` the overview (filters: since, until, cost center, feature, tenant, model) and
 ``/request/{id}`` one request. Every figure carries ``data-key``/``data-value`` with the
 raw number from the ledger, so tests compare the page with the ledger.
+
+Behind a login (``/login``, ``/logout``): a ``DashboardAuth`` turns a key into a principal, a
+server-side session remembers it (HttpOnly, SameSite=Strict cookie scoped to the mount path).
+A principal that is not an admin sees only its tenant's and cost center's data: those filters
+are forced on the server, and a request of anyone else is not found.
 """
 
 from __future__ import annotations
@@ -13,15 +18,24 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from html import escape
 from typing import Any, Sequence
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from truecost.audit import charts
 from truecost.audit.html import Figure, Section, figures, page, table
 from truecost.audit.overview import Budget, LedgerStore, make_filter, overview, request_detail
+from truecost.dashboard.auth import DashboardAuth, DenyAllAuth, Principal, SessionStore
 
 
 FILTERS = ("since", "until", "cost_center", "feature", "tenant", "model")
+SCOPED = ("tenant", "cost_center")  # forced for a principal that is not an admin
 SERIES = ("cost_center", "feature", "step", "model")
+COOKIE = "truecost_session"
+MAX_LOGIN_BODY = 8192
+HEADERS = {"cache-control": "no-store", "x-frame-options": "DENY", "x-content-type-options": "nosniff",
+           "referrer-policy": "no-referrer",
+           "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+                                      "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"}
+_usd = charts.usd
 
 
 def _when(value: str | None) -> datetime | None:
@@ -31,18 +45,20 @@ def _when(value: str | None) -> datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
-def _usd(v: Any) -> str:
-    return "n/a" if v is None else f"${float(v):,.6f}" if abs(float(v)) < 1 else f"${float(v):,.2f}"
-
-
-def _nav(base: str, on: str) -> str:
+def _nav(base: str, on: str, who: Principal | None = None) -> str:
+    out = ""
+    if who is not None:
+        scope = "all data" if who.admin else f"tenant {who.tenant}, cost center {who.cost_center}"
+        out = (f'<form class="who" method="post" action="{base}/logout"><span>{escape(who.name)} · {escape(scope)}</span>'
+               f'<button type="submit">log out</button></form>')
     return (f'<nav><a href="{base}/" class="{"on" if on == "overview" else ""}">overview</a>'
-            f'<a href="{base}/requests" class="{"on" if on == "requests" else ""}">requests</a></nav>')
+            f'<a href="{base}/requests" class="{"on" if on == "requests" else ""}">requests</a>{out}</nav>')
 
 
-def _filter_form(base: str, params: dict[str, str]) -> str:
+def _filter_form(base: str, params: dict[str, str], fixed: Sequence[str] = ()) -> str:
     fields = "".join(f'<label>{f.replace("_", " ")}<input name="{f}" value="{escape(params.get(f, ""))}" '
-                     f'placeholder="{"2026-11-28" if f in ("since", "until") else "any"}"></label>' for f in FILTERS)
+                     f'placeholder="{"2026-11-28" if f in ("since", "until") else "any"}"{" readonly" if f in fixed else ""}>'
+                     f'</label>' for f in FILTERS)
     options = "".join(f'<option value="{o}"{" selected" if params.get("by") == o else ""}>{o.replace("_", " ")}</option>'
                       for o in SERIES)
     fields += f'<label>spend over time by<select name="by">{options}</select></label>'
@@ -50,7 +66,22 @@ def _filter_form(base: str, params: dict[str, str]) -> str:
             f'<a href="{base}/">clear</a></form>')
 
 
-def render_overview(base: str, data: dict[str, Any], params: dict[str, str], title: str) -> str:
+def _over_time(data: dict[str, Any]) -> str:
+    sot = data["spend_over_time"]
+    buckets, by = sot["buckets"], sot["by"].replace("_", " ")
+    top = list(sot["series"].items())[:6]
+    if not buckets:
+        return "<p class='note'>no spend in this period</p>"
+    if len(buckets) == 1:  # a line needs two points: all the data sits in one bucket, so show its bars
+        return charts.hbar([k for k, _ in top], [float(v[0]) for _, v in top],
+                           f"Spend in the {data['bucket']} {buckets[0]} by {by}", fmt=charts.usd)
+    return charts.lines(list(range(len(buckets))), {k: [float(x) for x in v] for k, v in top},
+                        f"Spend per {data['bucket']} by {by}", f"{data['bucket']} ({buckets[0]} → {buckets[-1]})",
+                        "USD", fmt_x=lambda v: buckets[int(v)][-5:], fmt_y=charts.usd)
+
+
+def render_overview(base: str, data: dict[str, Any], params: dict[str, str], title: str,
+                    who: Principal | None = None) -> str:
     c, r = data["cache"], data["routing"]
     figs = [Figure("total_usd", "spend", data["total_usd"], _usd),
             Figure("requests", "requests", data["requests"], lambda v: f"{v:,}"),
@@ -61,18 +92,12 @@ def render_overview(base: str, data: dict[str, Any], params: dict[str, str], tit
             Figure("cache_net_savings_usd", "cache net savings", c["net_savings_usd"], _usd),
             Figure("routing_avoided_usd", "routing savings", r["avoided_usd"], _usd),
             Figure("unknown_requests", "requests with unknown prices", data["unknown_requests"])]
-    sot = data["spend_over_time"]
-    labels = list(range(len(sot["buckets"])))
-    over_time = charts.lines(labels, {k: [float(x) for x in v] for k, v in list(sot["series"].items())[:6]},
-                             f"Spend per {data['bucket']} by {sot['by'].replace('_', ' ')}", f"{data['bucket']} "
-                             f"({sot['buckets'][0] if sot['buckets'] else ''} → {sot['buckets'][-1] if sot['buckets'] else ''})",
-                             "USD", fmt_x=lambda v: sot["buckets"][int(v)][-5:] if sot["buckets"] else "", fmt_y=charts.usd) \
-        if sot["buckets"] else "<p class='note'>no spend in this period</p>"
+    over_time = f'<div id="spend-over-time">{_over_time(data)}</div>'
     bars = lambda rows, t: charts.hbar([x["key"] for x in rows[:12]], [float(x["cost_usd"]) for x in rows[:12]], t, fmt=charts.usd)
     mix = r["mix"]
     qs = urlencode({k: v for k, v in params.items() if v})
     sections = [
-        Section("Filters", [_filter_form(base, params)]),
+        Section("Filters", [_filter_form(base, params, () if who is None or who.admin else SCOPED)]),
         Section("Overview", [figures(figs), over_time]),
         Section("Where the money goes", [bars(data["by_step"], "Spend by step"), bars(data["by_cost_center"], "Spend by cost center"),
                                          bars(data["by_feature"], "Spend by feature")]),
@@ -81,22 +106,42 @@ def render_overview(base: str, data: dict[str, Any], params: dict[str, str], tit
                                   _usd(c["avoided_usd"]), _usd(c["lookup_cost_usd"]), _usd(c["net_savings_usd"])]], numeric=(0, 1, 2, 3, 4, 5)),
                           "<p class='note'>False hits are bounded by the cache policy's target error; "
                           "the demo measures them against known intents.</p>"]),
-        Section("Routing mix", [charts.hbar(list(mix), [float(v) for v in mix.values()], "Generations by model served")
+        Section("Routing mix", [charts.hbar(list(mix), [float(v) for v in mix.values()], "Generations by model served",
+                                             fmt=lambda v: f"{v:,.0f}")
                                 if mix else "<p class='note'>no generations</p>"]),
         Section("Budgets", [table(["budget", "period", "limit", "spent", "used"],
                                   [[b["budget"], b["period"], _usd(b["limit_usd"]), _usd(b["spent_usd"]),
                                     charts.pct(b["used"]) if b["used"] is not None else "n/a"] for b in data["budgets"]],
-                                  numeric=(2, 3, 4)) if data["budgets"] else "<p class='note'>no budgets configured</p>"]),
+                                  numeric=(2, 3, 4)) if data["budgets"] else "<p class='note'>no budgets configured</p>"
+                            if who is None or who.admin else "<p class='note'>budgets are shown to admins</p>"]),
         Section("Most expensive requests", [
             "<table><thead><tr><th>request</th><th class='n'>cost</th><th class='n'>steps</th></tr></thead><tbody>" + "".join(
                 f'<tr><td><a href="{base}/request/{escape(x["request_id"])}{"?" + qs if qs else ""}">{escape(x["request_id"])}</a></td>'
                 f'<td class="n">{_usd(x["cost_usd"])}</td><td class="n">{x["events"]}</td></tr>' for x in data["expensive_requests"])
             + "</tbody></table>"]),
     ]
-    return page(title, "spend, cache and routing from the ledger", sections, nav=_nav(base, "overview"))
+    return page(title, "spend, cache and routing from the ledger", sections, nav=_nav(base, "overview", who))
 
 
-def render_request(base: str, d: dict[str, Any], title: str) -> str:
+def _unit_price(v: Any) -> str:
+    if v is None:
+        return ""
+    d = Decimal(str(v))
+    if abs(d) < 1:
+        return charts.usd(d, digits=6)
+    return "$" + format(d.quantize(Decimal("0.000001")).normalize(), "f")
+
+
+def _quantity(v: Any) -> str:
+    d = Decimal(str(v))
+    if d == d.to_integral_value():
+        return f"{d:,.0f}"
+    if abs(d) >= 1:
+        return f"{d:,.4f}".rstrip("0").rstrip(".")
+    return charts.significant(d, 6)
+
+
+def render_request(base: str, d: dict[str, Any], title: str, who: Principal | None = None) -> str:
     steps = d["steps"]
     figs = [Figure("request_total_usd", "request total", d["total_usd"], _usd),
             Figure("served_by", "served by", d["served_by"] or "-"),
@@ -109,49 +154,124 @@ def render_request(base: str, d: dict[str, Any], title: str) -> str:
         Section(f"Request {d['request_id']}", [figures(figs), charts.waterfall(label, [float(s["cost_usd"] or 0) for s in steps],
                                                                                 "Cost waterfall by step", fmt=_usd)]),
         Section("Steps", [table(["step", "service", "quantity", "unit", "unit price", "cost", "ms", "outcome"],
-                                [[s["step"], s["service"] or "", f'{s["quantity"]:.6g}', s["unit"],
-                                  "" if s["unit_price"] is None else f'${s["unit_price"]:.10f}'.rstrip("0"),
+                                [[s["step"], s["service"] or "", _quantity(s["quantity"]), s["unit"],
+                                  _unit_price(s["unit_price"]),
                                   _usd(s["cost_usd"]) if s["cost_usd"] is not None else f'unknown: {s["unknown_reason"]}',
                                   "" if s["latency_ms"] is None else f'{s["latency_ms"]:.2f}', s["outcome"]] for s in steps],
                                 numeric=(2, 4, 5, 6))]),
         Section("Decisions", [table(["what", "decision"], decisions)]),
     ]
-    return page(title, f"one request, {d['ts']}", sections, nav=_nav(base, "requests"))
+    return page(title, f"one request, {d['ts']}", sections, nav=_nav(base, "requests", who))
+
+
+def render_login(base: str, title: str, failed: bool = False, configured: bool = True) -> str:
+    note = ("<p class='warn rec'>That key was not accepted.</p>" if failed else "") + (
+        "" if configured else "<p class='note'>No dashboard credentials are configured, so nobody can log in.</p>")
+    form = (f'<form class="login" method="post" action="{base}/login"><label>key<input type="password" name="key" '
+            f'autocomplete="current-password" autofocus required></label><button type="submit">log in</button></form>')
+    return page(title, "log in to see spend, cache and routing", [Section("Log in", [note, form])])
+
+
+async def _form_key(request) -> str | None:
+    """The ``key`` field of a small urlencoded form body; None when the body is too large."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_LOGIN_BODY:
+            return None
+    values = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8).get("key") or [""]
+    return values[0].strip()
 
 
 def create_dashboard(store: LedgerStore, budgets: Sequence[Budget] = (), title: str = "truecost", base: str = "/ui",
-                     cache_target_error: float | None = None):
-    """A Starlette app (mount it at ``base``) reading ``store``; nothing here writes."""
+                     cache_target_error: float | None = None, *, auth: DashboardAuth | None = None,
+                     sessions: SessionStore | None = None, insecure_open: bool = False):
+    """A Starlette app (mount it at ``base``) reading ``store``; nothing here writes to the ledger.
+
+    ``auth`` decides who logs in. Without one the dashboard fails closed (nobody can log in),
+    unless ``insecure_open=True``: then every page is open and shows everything (local tests only).
+    """
     from starlette.applications import Starlette
-    from starlette.responses import HTMLResponse, RedirectResponse
+    from starlette.responses import HTMLResponse, RedirectResponse, Response
     from starlette.routing import Route
 
-    def params_of(request) -> dict[str, str]:
+    open_mode = auth is None and insecure_open
+    login_auth: DashboardAuth = auth if auth is not None else DenyAllAuth()
+    sessions = sessions if sessions is not None else SessionStore()
+    everyone = Principal(name="open dashboard", admin=True)
+
+    def html(text: str, status: int = 200) -> Response:
+        return HTMLResponse(text, status_code=status, headers=HEADERS)
+
+    def redirect(to: str) -> Response:
+        return RedirectResponse(to, status_code=303, headers=HEADERS)
+
+    def guarded(handler):
+        async def endpoint(request):
+            who = everyone if open_mode else sessions.get(request.cookies.get(COOKIE))
+            if who is None:
+                return redirect(f"{base}/login")
+            return await handler(request, who)
+        return endpoint
+
+    def params_of(request, who: Principal) -> dict[str, str]:
         params = {f: request.query_params.get(f, "").strip() for f in FILTERS}
         by = request.query_params.get("by", "cost_center")
         params["by"] = by if by in SERIES else "cost_center"
+        params.update(who.scope)  # a scoped principal's tenant and cost center, whatever the query said
         return params
 
-    async def home(request):
-        params = params_of(request)
+    async def home(request, who: Principal):
+        params = params_of(request, who)
         try:
             flt = make_filter(_when(params["since"]), _when(params["until"]), params["model"],
                               cost_center=params["cost_center"], feature=params["feature"], tenant=params["tenant"])
         except ValueError as exc:
-            return HTMLResponse(page(title, "bad filter", [Section("Bad filter", [f"<p>{escape(str(exc))}</p>"])]), status_code=400)
-        data = await asyncio.to_thread(overview, store, flt, budgets, None, 10, params["by"], cache_target_error)
-        return HTMLResponse(render_overview(base, data, params, title))
+            return html(page(title, "bad filter", [Section("Bad filter", [f"<p>{escape(str(exc))}</p>"])],
+                             nav=_nav(base, "overview", who)), 400)
+        shown_budgets = budgets if who.admin else ()  # a budget's spend spans tenants
+        data = await asyncio.to_thread(overview, store, flt, shown_budgets, None, 10, params["by"], cache_target_error)
+        return html(render_overview(base, data, params, title, who))
 
-    async def one(request):
-        d = await asyncio.to_thread(request_detail, store, request.path_params["request_id"])
+    async def one(request, who: Principal):
+        rid = request.path_params["request_id"]
+        d = await asyncio.to_thread(request_detail, store, rid, who.scope)
         if d is None:
-            return HTMLResponse(page(title, "not found", [Section("Not found", [
-                f"<p>no request {escape(request.path_params['request_id'])} in the ledger</p>"])]), status_code=404)
-        return HTMLResponse(render_request(base, d, title))
+            return html(page(title, "not found", [Section("Not found", [f"<p>no request {escape(rid)} in the ledger</p>"])],
+                             nav=_nav(base, "requests", who)), 404)
+        return html(render_request(base, d, title, who))
 
-    async def requests_page(request):
-        return RedirectResponse(f"{base}/#expensive", status_code=307)
+    async def requests_page(request, who: Principal):
+        return RedirectResponse(f"{base}/#expensive", status_code=307, headers=HEADERS)
 
-    return Starlette(routes=[Route("/", home), Route("/requests", requests_page), Route("/request/{request_id}", one)])
+    async def missing(request, who: Principal):
+        return html(page(title, "not found", [Section("Not found", ["<p>no such page</p>"])], nav=_nav(base, "", who)), 404)
 
+    async def login(request):
+        configured = not isinstance(login_auth, DenyAllAuth)
+        if request.method == "GET":
+            if open_mode or sessions.get(request.cookies.get(COOKIE)) is not None:
+                return redirect(f"{base}/")
+            return html(render_login(base, title, configured=configured))
+        key = await _form_key(request)
+        if key is None:
+            return html(render_login(base, title, failed=True, configured=configured), 413)
+        who = await asyncio.to_thread(login_auth.login, key) if key else None
+        if who is None or not who.usable:  # a scoped principal without a tenant and cost center has no scope
+            return html(render_login(base, title, failed=True, configured=configured), 401)
+        sessions.revoke(request.cookies.get(COOKIE))
+        response = redirect(f"{base}/")
+        response.set_cookie(COOKIE, sessions.create(who), max_age=int(sessions.ttl), path=base, httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https")
+        return response
 
+    async def logout(request):
+        sessions.revoke(request.cookies.get(COOKIE))
+        response = redirect(f"{base}/login")
+        response.delete_cookie(COOKIE, path=base, httponly=True, samesite="strict",
+                               secure=request.url.scheme == "https")
+        return response
+
+    return Starlette(routes=[Route("/login", login, methods=["GET", "POST"]), Route("/logout", logout, methods=["POST"]),
+                             Route("/", guarded(home)), Route("/requests", guarded(requests_page)),
+                             Route("/request/{request_id}", guarded(one)), Route("/{rest:path}", guarded(missing))])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, AsyncIterator
 
-from truecost.gateway.pipeline import GatewayError
+from truecost.gateway.errors import GatewayError
 
 _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 

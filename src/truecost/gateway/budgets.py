@@ -1,19 +1,29 @@
-"""Budgets per attribution and period, exact at the boundary.
+"""Budgets per attribution and period, exact at the boundary, remembered across restarts.
 
 A request is admitted only if spent + the estimates of requests in flight stay under the
-limit; its estimate is released and its real cost added when it ends. So concurrent
-requests cannot overspend by more than the gap between estimates and real costs of what
-is in flight.
+limit; its estimate is released and its real cost added when it ends (exactly once: the
+pipeline settles by structure). So concurrent requests cannot overspend by more than the
+gap between estimates and real costs of what is in flight.
+
+Spend of the current period is read from the ledger the first time a budget is checked in
+that period (at start-up, and again when a new day or month begins), so a restart neither
+forgets nor double-counts: spent = the known costs of the matching ledger rows, plus the
+amount charged to the budget for rows whose cost is unknown (``budget_charge_usd``).
 """
 
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
+import uuid
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Iterable, Sequence
 
 from truecost.gateway.config import BudgetConfig
 from truecost.types import ZERO, Attribution
+
+# a request in flight longer than this (a replica killed mid-request) stops holding its estimate
+IN_FLIGHT_TTL = timedelta(minutes=15)
 
 
 class BudgetExceeded(Exception):
@@ -23,28 +33,88 @@ class BudgetExceeded(Exception):
         self.budget = budget
 
 
+class BudgetUnpriced(Exception):
+    """A model without a price cannot be held to a hard budget (unless the budget says ``unpriced: allow``)."""
+
+    def __init__(self, budget: BudgetConfig, model: str) -> None:
+        super().__init__(f"model {model!r} has no price in the catalog, and the hard budget for {budget.field}="
+                         f"{budget.value} cannot be enforced without one; add its price, or set unpriced: allow")
+        self.budget = budget
+
+
 def _period_key(period: str, now: datetime) -> str:
     return now.strftime("%Y-%m-%d" if period == "day" else "%Y-%m")
 
 
+def period_start(period: str, now: datetime) -> datetime:
+    now = now.astimezone(timezone.utc)
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day if period == "day" else day.replace(day=1)
+
+
+def matching(budgets: Sequence[BudgetConfig], attributions: Attribution | Iterable[Attribution],
+             now: datetime) -> list[tuple[BudgetConfig, tuple]]:
+    """Every budget any of the attributions falls under (the key's own and the billed one), once each."""
+    atts = [attributions] if isinstance(attributions, Attribution) else list(attributions)
+    return [(b, (b.field, b.value, _period_key(b.period, now))) for b in budgets
+            if any(getattr(a, b.field) == b.value for a in atts)]
+
+
+def check_unpriced(matched: list[tuple[BudgetConfig, tuple]], unpriced_model: str | None) -> None:
+    if unpriced_model is None:
+        return
+    for b, _key in matched:
+        if b.hard and b.unpriced != "allow":
+            raise BudgetUnpriced(b, unpriced_model)
+
+
+def ledger_spend(store, budget: BudgetConfig, now: datetime) -> Decimal:
+    """What the ledger already holds for this budget's current period (known costs + budget charges of unknowns)."""
+    from truecost.ledger.store import LedgerFilter
+
+    f = LedgerFilter(since=period_start(budget.period, now), attribution=((budget.field, budget.value),))
+    rows = store.aggregate([], f)
+    spent = sum((r.cost for r in rows), ZERO)
+    if any(r.unknown for r in rows):
+        for e in store.query(f):
+            if e.cost is None and e.details.get("budget_charge_usd") is not None:
+                spent += Decimal(str(e.details["budget_charge_usd"]))
+    return spent
+
+
 class BudgetGuard:
-    def __init__(self, budgets: list[BudgetConfig]) -> None:
+    """In-process budgets (one gateway process); spend survives restarts through the ledger store."""
+
+    remote = False
+
+    def __init__(self, budgets: list[BudgetConfig], store=None) -> None:
         self.budgets = budgets
+        self.store = store
         self._spent: dict[tuple, Decimal] = {}
         self._in_flight: dict[tuple, Decimal] = {}
         self._lock = threading.Lock()
         self.alerts: list[str] = []
 
-    def _matching(self, attribution: Attribution, now: datetime) -> list[tuple[BudgetConfig, tuple]]:
-        return [(b, (b.field, b.value, _period_key(b.period, now))) for b in self.budgets
-                if getattr(attribution, b.field) == b.value]
-
-    def admit(self, attribution: Attribution, estimate: Decimal, now: datetime | None = None) -> list[tuple]:
+    def prime(self, now: datetime | None = None) -> None:
+        """Load the current periods' spend from the ledger (at start-up, before the first request)."""
         now = now or datetime.now(timezone.utc)
         with self._lock:
-            matched = self._matching(attribution, now)
+            for b in self.budgets:
+                self._load(b, (b.field, b.value, _period_key(b.period, now)), now)
+
+    def _load(self, b: BudgetConfig, key: tuple, now: datetime) -> None:
+        if key not in self._spent:
+            self._spent[key] = ledger_spend(self.store, b, now) if self.store is not None else ZERO
+
+    def admit(self, attribution: Attribution | Iterable[Attribution], estimate: Decimal, now: datetime | None = None,
+              *, unpriced_model: str | None = None) -> list[tuple]:
+        now = now or datetime.now(timezone.utc)
+        with self._lock:
+            matched = matching(self.budgets, attribution, now)
+            check_unpriced(matched, unpriced_model)
             for b, key in matched:
-                committed = self._spent.get(key, ZERO) + self._in_flight.get(key, ZERO)
+                self._load(b, key, now)
+                committed = self._spent[key] + self._in_flight.get(key, ZERO)
                 if b.hard and committed + estimate > b.limit_usd:
                     raise BudgetExceeded(b, committed)
                 if not b.hard and committed + estimate > b.limit_usd:
@@ -64,6 +134,10 @@ class BudgetGuard:
         key = (field, value, _period_key(period, now or datetime.now(timezone.utc)))
         return self._spent.get(key, ZERO)
 
+    def in_flight(self, field: str, value: str, period: str, now: datetime | None = None) -> Decimal:
+        key = (field, value, _period_key(period, now or datetime.now(timezone.utc)))
+        return self._in_flight.get(key, ZERO)
+
 
 class BudgetUnavailable(Exception):
     """The shared budget store cannot be reached: budgeted requests are refused, never let through unchecked."""
@@ -73,16 +147,18 @@ class PostgresBudgetGuard:
     """The same rule as BudgetGuard, kept in PostgreSQL so every replica enforces one budget.
 
     Admission locks the budget rows (``SELECT ... FOR UPDATE``) in one transaction: across
-    replicas, spent + in-flight estimates never pass a hard limit. Only requests that match
-    a budget touch the database.
+    replicas, spent + in-flight estimates never pass a hard limit. Each admission holds its
+    estimate in a row of its own that expires (``IN_FLIGHT_TTL``), so a replica killed
+    mid-request does not hold budget for ever. A period's row is seeded from the ledger when
+    it is created. Only requests that match a budget touch the database.
     """
 
     remote = True  # network I/O: the gateway calls it from a worker thread
 
-    def __init__(self, budgets: list[BudgetConfig], uri: str, schema: str | None = None) -> None:
+    def __init__(self, budgets: list[BudgetConfig], uri: str, schema: str | None = None, store=None) -> None:
         import psycopg
 
-        self.budgets, self.uri, self.schema = budgets, uri, schema
+        self.budgets, self.uri, self.schema, self.store = budgets, uri, schema, store
         self.alerts: list[str] = []
         self._lock = threading.Lock()
         self._conn = None
@@ -93,6 +169,10 @@ class PostgresBudgetGuard:
                 c.execute("CREATE TABLE IF NOT EXISTS budget_usage (field TEXT NOT NULL, value TEXT NOT NULL, "
                           "period_key TEXT NOT NULL, spent NUMERIC NOT NULL DEFAULT 0, in_flight NUMERIC NOT NULL DEFAULT 0, "
                           "PRIMARY KEY (field, value, period_key))")
+                c.execute("CREATE TABLE IF NOT EXISTS budget_in_flight (id TEXT PRIMARY KEY, field TEXT NOT NULL, "
+                          "value TEXT NOT NULL, period_key TEXT NOT NULL, amount NUMERIC NOT NULL, "
+                          "expires_at TIMESTAMPTZ NOT NULL)")
+                c.execute("CREATE INDEX IF NOT EXISTS budget_in_flight_key ON budget_in_flight (field, value, period_key)")
             finally:
                 c.execute("SELECT pg_advisory_unlock(hashtext('truecost-budgets-setup'))")
         self._psycopg = psycopg
@@ -108,12 +188,11 @@ class PostgresBudgetGuard:
                     self._conn.execute(f'SET search_path TO "{self.schema}"')
             except psycopg.Error as exc:
                 self._conn = None
-                raise BudgetUnavailable(f"budget store unreachable ({exc})") from None
+                raise BudgetUnavailable(f"budget store unreachable ({type(exc).__name__})") from None
         return self._conn
 
-    def _matching(self, attribution: Attribution, now: datetime) -> list[tuple[BudgetConfig, tuple]]:
-        return [(b, (b.field, b.value, _period_key(b.period, now))) for b in self.budgets
-                if getattr(attribution, b.field) == b.value]
+    def prime(self, now: datetime | None = None) -> None:
+        """Nothing to load: the rows live in PostgreSQL (seeded from the ledger when a period's row is created)."""
 
     def _tx(self, fn):
         with self._lock:
@@ -124,27 +203,38 @@ class PostgresBudgetGuard:
             except self._psycopg.OperationalError as exc:
                 c.close()
                 self._conn = None
-                raise BudgetUnavailable(f"budget store went away ({exc})") from None
+                raise BudgetUnavailable(f"budget store went away ({type(exc).__name__})") from None
 
-    def admit(self, attribution: Attribution, estimate: Decimal, now: datetime | None = None) -> list[tuple]:
-        matched = self._matching(attribution, now or datetime.now(timezone.utc))
+    def admit(self, attribution: Attribution | Iterable[Attribution], estimate: Decimal, now: datetime | None = None,
+              *, unpriced_model: str | None = None) -> list[tuple]:
+        now = now or datetime.now(timezone.utc)
+        matched = matching(self.budgets, attribution, now)
+        check_unpriced(matched, unpriced_model)
         if not matched:
             return []
+        admission = uuid.uuid4().hex
 
         def go(c):
             for b, key in matched:
-                c.execute("INSERT INTO budget_usage (field, value, period_key) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", key)
-                spent, in_flight = c.execute("SELECT spent, in_flight FROM budget_usage WHERE field = %s AND value = %s "
-                                             "AND period_key = %s FOR UPDATE", key).fetchone()
+                created = c.execute("INSERT INTO budget_usage (field, value, period_key) VALUES (%s, %s, %s) "
+                                    "ON CONFLICT DO NOTHING RETURNING 1", key).fetchone()
+                if created and self.store is not None:  # a new period: what the ledger already holds counts
+                    c.execute("UPDATE budget_usage SET spent = %s WHERE field = %s AND value = %s AND period_key = %s",
+                              (ledger_spend(self.store, b, now), *key))
+                (spent,) = c.execute("SELECT spent FROM budget_usage WHERE field = %s AND value = %s "
+                                     "AND period_key = %s FOR UPDATE", key).fetchone()
+                (in_flight,) = c.execute("SELECT COALESCE(SUM(amount), 0) FROM budget_in_flight WHERE field = %s AND "
+                                         "value = %s AND period_key = %s AND expires_at > %s", (*key, now)).fetchone()
                 committed = spent + in_flight
                 if committed + estimate > b.limit_usd:
                     if b.hard:
                         raise BudgetExceeded(b, committed)
                     self.alerts.append(f"soft budget {b.field}={b.value} passed its ${b.limit_usd}")
-            for _b, key in matched:
-                c.execute("UPDATE budget_usage SET in_flight = in_flight + %s WHERE field = %s AND value = %s "
-                          "AND period_key = %s", (estimate, *key))
-            return [key for _b, key in matched]
+            for i, (_b, key) in enumerate(matched):
+                c.execute("INSERT INTO budget_in_flight (id, field, value, period_key, amount, expires_at) "
+                          "VALUES (%s, %s, %s, %s, %s, %s)", (f"{admission}-{i}", *key, estimate, now + IN_FLIGHT_TTL))
+            c.execute("DELETE FROM budget_in_flight WHERE expires_at < %s", (now - IN_FLIGHT_TTL,))
+            return [(*key, f"{admission}-{i}") for i, (_b, key) in enumerate(matched)]
         return self._tx(go)
 
     def settle(self, keys: list[tuple], estimate: Decimal, actual: Decimal | None) -> None:
@@ -153,9 +243,10 @@ class PostgresBudgetGuard:
         charge = actual if actual is not None else estimate  # an unknown cost is charged at its estimate
 
         def go(c):
-            for key in keys:
-                c.execute("UPDATE budget_usage SET in_flight = in_flight - %s, spent = spent + %s WHERE field = %s "
-                          "AND value = %s AND period_key = %s", (estimate, charge, *key))
+            for field, value, period_key, admission in keys:
+                c.execute("DELETE FROM budget_in_flight WHERE id = %s", (admission,))
+                c.execute("UPDATE budget_usage SET spent = spent + %s WHERE field = %s "
+                          "AND value = %s AND period_key = %s", (charge, field, value, period_key))
         self._tx(go)
 
     def spent(self, field: str, value: str, period: str, now: datetime | None = None) -> Decimal:
@@ -163,3 +254,10 @@ class PostgresBudgetGuard:
         row = self._tx(lambda c: c.execute("SELECT spent FROM budget_usage WHERE field = %s AND value = %s AND "
                                            "period_key = %s", key).fetchone())
         return row[0] if row else ZERO
+
+    def in_flight(self, field: str, value: str, period: str, now: datetime | None = None) -> Decimal:
+        now = now or datetime.now(timezone.utc)
+        key = (field, value, _period_key(period, now))
+        row = self._tx(lambda c: c.execute("SELECT COALESCE(SUM(amount), 0) FROM budget_in_flight WHERE field = %s AND "
+                                           "value = %s AND period_key = %s AND expires_at > %s", (*key, now)).fetchone())
+        return row[0]

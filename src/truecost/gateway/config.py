@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,11 @@ class UpstreamConfig:
     name: str
     base_url: str
     api_key_env: str | None = None
-    timeout: float = 60.0
+    first_byte_timeout: float = 60.0  # until the response starts (a whole non-streamed answer); `timeout:` in YAML
     max_retries: int = 2
     kind: str = "openai"  # openai (any OpenAI-compatible endpoint) | anthropic
+    connect_timeout: float = 5.0
+    idle_timeout: float = 30.0  # the longest gap between two chunks of a stream (never a cap on its total length)
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -59,6 +63,10 @@ class RouteConfig:
     share_window: int = 1000  # hold: share -- the threshold is read from this many recent scores
 
 
+ATTRIBUTION_HEADER_FIELDS = ("cost_center", "team", "tenant", "environment")
+KEY_SCOPES = ("read",)
+
+
 @dataclass(frozen=True)
 class KeyConfig:
     name: str
@@ -68,6 +76,16 @@ class KeyConfig:
     tenant: str | None = None
     environment: str | None = None
     revoked: bool = False
+    models: tuple[str, ...] | None = None  # the aliases this key may call; None = every alias
+    rpm: int | None = None  # requests per minute (per replica)
+    tpm: int | None = None  # tokens per minute, estimated at admission (per replica)
+    expires_at: datetime | None = None
+    # attribution fields a client header may set for this key (feature and tags are always allowed)
+    allow_attribution_headers: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()  # "read": may log in to the dashboard and see its own tenant and cost center
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
 
 @dataclass(frozen=True)
@@ -77,6 +95,7 @@ class BudgetConfig:
     period: str  # day | month
     limit_usd: Decimal
     hard: bool = True
+    unpriced: str = "refuse"  # refuse | allow: a model without a price under a hard budget
 
 
 @dataclass(frozen=True)
@@ -101,6 +120,17 @@ class CacheConfig:
     prefix: str = "truecost_cache"
 
 
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Edge limits: what a client may send before the gateway refuses it."""
+
+    max_body_bytes: int = 1_000_000
+    max_json_depth: int = 64
+    max_header_bytes: int = 16_384
+    header_timeout: float = 10.0
+    max_n: int = 16
+
+
 @dataclass
 class GatewayConfig:
     upstreams: dict[str, UpstreamConfig]
@@ -118,12 +148,19 @@ class GatewayConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     routes: dict[str, RouteConfig] = field(default_factory=dict)
     otel: bool = False
+    metrics_token_sha256: str | None = None  # /metrics answers only to this bearer token when set
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def key_for(self, presented: str | None) -> KeyConfig | None:
+        """The configured key whose hash matches, compared in constant time against every key."""
         if presented is None:
             return None
-        digest = hashlib.sha256(presented.encode()).hexdigest()
-        return next((k for k in self.keys if k.key_sha256 == digest), None)
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).hexdigest()
+        found = None
+        for k in self.keys:
+            if hmac.compare_digest(k.key_sha256, digest):
+                found = k
+        return found
 
 
 def hash_key(key: str) -> str:
@@ -136,9 +173,48 @@ def _need(d: dict, key: str, where: str) -> Any:
     return d[key]
 
 
+TOP_LEVEL = ("upstreams", "models", "keys", "budgets", "ledger", "ledger_schema", "admin_key_sha256", "log_prompts",
+             "spool", "compute", "max_body_bytes", "prices_files", "cache", "otel", "metrics_token_sha256", "limits")
+UPSTREAM_KEYS = ("base_url", "api_key_env", "kind", "timeout", "first_byte_timeout", "connect_timeout", "idle_timeout",
+                 "max_retries")
+KEY_KEYS = ("name", "key_sha256", "cost_center", "team", "tenant", "environment", "revoked", "models", "rpm", "tpm",
+            "expires_at", "allow_attribution_headers", "scopes")
+BUDGET_KEYS = ("cost_center", "team", "tenant", "feature", "period", "limit_usd", "hard", "unpriced")
+
+
+def _no_unknown(d: dict, known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(str(k) for k in set(d) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown settings {', '.join(unknown)}; known: {', '.join(known)}")
+
+
+def _positive(value: Any, where: str, kind: type = float) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (kind is int and value != int(value)):
+        raise ConfigError(f"{where}: a positive {'whole ' if kind is int else ''}number, got {value!r}")
+    return kind(value)
+
+
 def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
+    _no_unknown(doc, TOP_LEVEL, source)
+    ups = _parse_upstreams(doc, source)
+    models, routes = _parse_models(doc, source, ups)
+    keys = [_parse_key(k, i, f"{source}: keys[{i}]", models) for i, k in enumerate(doc.get("keys") or [])]
+    names = [k.name for k in keys]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: keys: names must be unique; repeated: "
+                          f"{', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    budgets = [_parse_budget(b, f"{source}: budgets[{i}]") for i, b in enumerate(doc.get("budgets") or [])]
+    limits = _parse_limits(doc, source)
+    return GatewayConfig(ups, models, keys, budgets, str(doc.get("ledger", ".truecost/gateway.db")),
+                         doc.get("ledger_schema"), _digest(doc, "admin_key", source), bool(doc.get("log_prompts", False)),
+                         doc.get("spool"), doc.get("compute"), limits.max_body_bytes,
+                         list(doc.get("prices_files") or []), _parse_cache(doc, source), routes, bool(doc.get("otel", False)),
+                         _digest(doc, "metrics_token", source), limits)
+
+
+def _parse_upstreams(doc: dict, source: str) -> dict[str, UpstreamConfig]:
     ups = {}
     for name, u in (doc.get("upstreams") or {}).items():
         where = f"{source}: upstreams.{name}"
@@ -146,13 +222,24 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
             raise ConfigError(f"{where}: expected a mapping")
         if "api_key" in u:
             raise ConfigError(f"{where}: put secrets in the environment and name the variable in api_key_env")
+        _no_unknown(u, UPSTREAM_KEYS, where)
         kind = u.get("kind", "openai")
         if kind not in ("openai", "anthropic"):
             raise ConfigError(f"{where}: kind must be openai or anthropic")
+        first_byte = u.get("first_byte_timeout", u.get("timeout", 60.0))
+        retries = u.get("max_retries", 2)
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
+            raise ConfigError(f"{where}.max_retries: a whole number from 0 to 10, got {retries!r}")
         ups[name] = UpstreamConfig(name, str(_need(u, "base_url", where)), u.get("api_key_env"),
-                                   float(u.get("timeout", 60.0)), int(u.get("max_retries", 2)), kind)
+                                   _positive(first_byte, f"{where}.first_byte_timeout"), retries, kind,
+                                   _positive(u.get("connect_timeout", 5.0), f"{where}.connect_timeout"),
+                                   _positive(u.get("idle_timeout", 30.0), f"{where}.idle_timeout"))
     if not ups:
         raise ConfigError(f"{source}: at least one upstream is needed")
+    return ups
+
+
+def _parse_models(doc: dict, source: str, ups: dict) -> tuple[dict[str, list[Candidate]], dict[str, RouteConfig]]:
     models = {}
     routes: dict[str, RouteConfig] = {}
     for alias, m in (doc.get("models") or {}).items():
@@ -200,31 +287,85 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
                                         float(min_lp) if min_lp is not None else None, hold, window)
     if not models:
         raise ConfigError(f"{source}: at least one model alias is needed under 'models'")
-    keys = []
-    for i, k in enumerate(doc.get("keys") or []):
-        where = f"{source}: keys[{i}]"
-        if "key" in k:
-            raise ConfigError(f"{where}: store keys hashed (key_sha256), never in clear")
-        digest = str(_need(k, "key_sha256", where)).lower()
-        if len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
-            raise ConfigError(f"{where}: key_sha256 must be 64 hex characters")
-        keys.append(KeyConfig(str(k.get("name") or f"key-{i}"), digest, k.get("cost_center"), k.get("team"),
-                              k.get("tenant"), k.get("environment"), bool(k.get("revoked", False))))
-    budgets = []
-    for i, b in enumerate(doc.get("budgets") or []):
-        where = f"{source}: budgets[{i}]"
-        fld = next((f for f in ("cost_center", "team", "tenant", "feature") if f in b), None)
-        if fld is None:
-            raise ConfigError(f"{where}: name one of cost_center, team, tenant, feature")
-        if b.get("period", "month") not in ("day", "month"):
-            raise ConfigError(f"{where}: period must be day or month")
+    return models, routes
+
+
+def _when(value: Any, where: str) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        t = value
+    else:
         try:
-            limit = Decimal(str(_need(b, "limit_usd", where)))
-        except InvalidOperation:
-            raise ConfigError(f"{where}: limit_usd must be a number") from None
-        if limit <= 0:
-            raise ConfigError(f"{where}: limit_usd must be positive")
-        budgets.append(BudgetConfig(fld, str(b[fld]), b.get("period", "month"), limit, bool(b.get("hard", True))))
+            t = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(f"{where}: an ISO 8601 time such as 2027-01-01T00:00:00Z, got {value!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _names(value: Any, where: str, allowed: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: a list of names, got {value!r}")
+    bad = [v for v in value if allowed is not None and v not in allowed]
+    if bad:
+        raise ConfigError(f"{where}: unknown {', '.join(bad)}; allowed: {', '.join(allowed or ())}")
+    return tuple(value)
+
+
+def _parse_key(k: Any, i: int, where: str, models: dict) -> KeyConfig:
+    if not isinstance(k, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    if "key" in k:
+        raise ConfigError(f"{where}: store keys hashed (key_sha256), never in clear")
+    _no_unknown(k, KEY_KEYS, where)
+    digest = str(_need(k, "key_sha256", where)).lower()
+    if len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
+        raise ConfigError(f"{where}: key_sha256 must be 64 hex characters")
+    allowed_models = None if k.get("models") is None else _names(k.get("models"), f"{where}.models", tuple(models))
+    rpm = None if k.get("rpm") is None else _positive(k["rpm"], f"{where}.rpm", int)
+    tpm = None if k.get("tpm") is None else _positive(k["tpm"], f"{where}.tpm", int)
+    return KeyConfig(str(k.get("name") or f"key-{i}"), digest, k.get("cost_center"), k.get("team"), k.get("tenant"),
+                     k.get("environment"), bool(k.get("revoked", False)), allowed_models, rpm, tpm,
+                     _when(k.get("expires_at"), f"{where}.expires_at"),
+                     _names(k.get("allow_attribution_headers"), f"{where}.allow_attribution_headers",
+                            ATTRIBUTION_HEADER_FIELDS),
+                     _names(k.get("scopes"), f"{where}.scopes", KEY_SCOPES))
+
+
+def _parse_budget(b: Any, where: str) -> BudgetConfig:
+    if not isinstance(b, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    _no_unknown(b, BUDGET_KEYS, where)
+    fld = next((f for f in ("cost_center", "team", "tenant", "feature") if f in b), None)
+    if fld is None:
+        raise ConfigError(f"{where}: name one of cost_center, team, tenant, feature")
+    if b.get("period", "month") not in ("day", "month"):
+        raise ConfigError(f"{where}: period must be day or month")
+    if b.get("unpriced", "refuse") not in ("refuse", "allow"):
+        raise ConfigError(f"{where}: unpriced must be refuse (a model without a price is refused) or allow")
+    try:
+        limit = Decimal(str(_need(b, "limit_usd", where)))
+    except InvalidOperation:
+        raise ConfigError(f"{where}: limit_usd must be a number") from None
+    if not limit.is_finite() or limit <= 0:
+        raise ConfigError(f"{where}: limit_usd must be positive")
+    return BudgetConfig(fld, str(b[fld]), b.get("period", "month"), limit, bool(b.get("hard", True)),
+                        b.get("unpriced", "refuse"))
+
+
+def _parse_limits(doc: dict, source: str) -> LimitsConfig:
+    raw = doc.get("limits") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: limits must be a mapping")
+    _no_unknown(raw, tuple(LimitsConfig.__dataclass_fields__), f"{source}: limits")
+    merged = {"max_body_bytes": doc.get("max_body_bytes", 1_000_000), **raw}
+    kinds = {"max_body_bytes": int, "max_json_depth": int, "max_header_bytes": int, "header_timeout": float, "max_n": int}
+    return LimitsConfig(**{k: _positive(v, f"{source}: limits.{k}", kinds[k]) for k, v in merged.items()})
+
+
+def _parse_cache(doc: dict, source: str) -> CacheConfig:
     c = doc.get("cache") or {}
     if not isinstance(c, dict):
         raise ConfigError(f"{source}: cache must be a mapping")
@@ -245,21 +386,18 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
         ok = False
     if not ok:
         raise ConfigError(f"{source}: cache.equivalence must be normalised or embedding[:cosine], got {cache.equivalence!r}")
-    return GatewayConfig(ups, models, keys, budgets, str(doc.get("ledger", ".truecost/gateway.db")),
-                         doc.get("ledger_schema"), _admin_digest(doc, source), bool(doc.get("log_prompts", False)),
-                         doc.get("spool"), doc.get("compute"), int(doc.get("max_body_bytes", 1_000_000)),
-                         list(doc.get("prices_files") or []), cache, routes, bool(doc.get("otel", False)))
+    return cache
 
 
-def _admin_digest(doc: dict, source: str) -> str | None:
-    if "admin_key" in doc:
-        raise ConfigError(f"{source}: store the admin key hashed (admin_key_sha256), never in clear")
-    digest = doc.get("admin_key_sha256")
+def _digest(doc: dict, name: str, source: str) -> str | None:
+    if name in doc:
+        raise ConfigError(f"{source}: store the {name.replace('_', ' ')} hashed ({name}_sha256), never in clear")
+    digest = doc.get(f"{name}_sha256")
     if digest is None:
         return None
     digest = str(digest).lower()
     if len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
-        raise ConfigError(f"{source}: admin_key_sha256 must be 64 hex characters")
+        raise ConfigError(f"{source}: {name}_sha256 must be 64 hex characters")
     return digest
 
 

@@ -1,8 +1,10 @@
-"""Talk to model APIs. Every failure surfaces as an UpstreamError subclass."""
+"""Talk to model APIs behind one Upstream protocol. Every failure surfaces as an UpstreamError subclass,
+its message redacted (``truecost.upstream.redact``)."""
 
-from truecost.upstream.errors import (UpstreamBadResponse, UpstreamConnectionError, UpstreamHTTPError,
-                                      UpstreamStreamCut, UpstreamTimeout)
+from truecost.upstream.base import Upstream
+from truecost.upstream.errors import (UpstreamAuthError, UpstreamBadResponse, UpstreamConnectionError,
+                                      UpstreamHTTPError, UpstreamStreamCut, UpstreamTimeout, UpstreamUnsupported)
 from truecost.upstream.openai_compat import OpenAICompatibleUpstream
 
-__all__ = ["OpenAICompatibleUpstream", "UpstreamHTTPError", "UpstreamTimeout", "UpstreamConnectionError",
-           "UpstreamBadResponse", "UpstreamStreamCut"]
+__all__ = ["Upstream", "OpenAICompatibleUpstream", "UpstreamHTTPError", "UpstreamAuthError", "UpstreamTimeout",
+           "UpstreamConnectionError", "UpstreamBadResponse", "UpstreamStreamCut", "UpstreamUnsupported"]

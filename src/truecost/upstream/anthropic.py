@@ -3,16 +3,18 @@
 The pipeline speaks OpenAI chat completions; this client translates both ways and hands
 the pipeline Anthropic's own usage (``_truecost_usage``), so pricing applies Anthropic's
 counting rules (cache reads and 5-minute / 1-hour cache writes priced apart).
+Anthropic has no embeddings API: ``supports_embeddings`` is False and ``embed`` raises UpstreamUnsupported.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterable
 
-from truecost.upstream.errors import UpstreamConnectionError, UpstreamHTTPError, UpstreamStreamCut, UpstreamTimeout
-from truecost.upstream.openai_compat import OpenAICompatibleUpstream, _aiohttp
+from truecost.errors import UpstreamError
+from truecost.upstream.errors import UpstreamBadResponse, UpstreamStreamCut, UpstreamUnsupported, in_band_error
+from truecost.upstream.http import HTTPTransport
+from truecost.upstream.openai_compat import timeouts
 
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
            "refusal": "content_filter"}
@@ -34,67 +36,126 @@ def to_anthropic(body: dict) -> dict:
     return out
 
 
+def _count(value: Any) -> Any:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
 def openai_usage(u: dict) -> dict:
-    cached = u.get("cache_read_input_tokens") or 0
-    prompt = (u.get("input_tokens") or 0) + cached + (u.get("cache_creation_input_tokens") or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": u.get("output_tokens") or 0,
-            "total_tokens": prompt + (u.get("output_tokens") or 0), "prompt_tokens_details": {"cached_tokens": cached}}
+    """Anthropic usage in OpenAI's shape (for the client); the raw usage goes to pricing untouched."""
+    cached = _count(u.get("cache_read_input_tokens"))
+    prompt = _count(u.get("input_tokens")) + cached + _count(u.get("cache_creation_input_tokens"))
+    output = _count(u.get("output_tokens"))
+    return {"prompt_tokens": prompt, "completion_tokens": output,
+            "total_tokens": prompt + output, "prompt_tokens_details": {"cached_tokens": cached}}
 
 
-class AnthropicUpstream(OpenAICompatibleUpstream):
+def _is_error(answer: dict) -> bool:
+    return answer.get("type") == "error" or ("error" in answer and not answer.get("content"))
+
+
+class AnthropicUpstream:
     flavour = "anthropic"
+    supports_embeddings = False
 
-    def __init__(self, base_url: str = "https://api.anthropic.com/v1", api_key: str | None = None,
-                 version: str = "2023-06-01", **kw: Any) -> None:
-        super().__init__(base_url, None, **kw)
-        self.headers = {"anthropic-version": version, **({"x-api-key": api_key} if api_key else {})}
+    def __init__(self, base_url: str = "https://api.anthropic.com/v1", api_key: str | None = None, *,
+                 version: str = "2023-06-01", connect_timeout: float = 5.0, first_byte_timeout: float = 60.0,
+                 idle_timeout: float = 30.0, max_retries: int = 2, backoff: float = 0.25, max_connections: int = 256,
+                 timeout: float | None = None) -> None:
+        headers = {"anthropic-version": version, **({"x-api-key": api_key} if api_key else {})}
+        self._http = HTTPTransport(base_url, headers, (api_key,),
+                                   timeouts(connect_timeout, first_byte_timeout, idle_timeout, timeout),
+                                   max_retries=max_retries, backoff=backoff, max_connections=max_connections)
+        self.base_url, self.max_retries = self._http.base_url, max_retries
+        self.timeouts = self._http.timeouts
+        self.timeout = self.timeouts.first_byte  # the legacy attribute
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
 
     async def complete(self, body: dict) -> dict:
-        resp = await self._post("/messages", to_anthropic(body))
-        text = "".join(b.get("text", "") for b in resp.get("content") or [] if b.get("type") == "text")
-        usage = resp.get("usage") or {}
+        resp = await self._http.post_json("/messages", to_anthropic(body))
+        if not isinstance(resp, dict):
+            raise UpstreamBadResponse("upstream answered JSON that is not an object")
+        if _is_error(resp):
+            raise in_band_error(resp, self._http.secrets)
+        blocks = resp.get("content") if isinstance(resp.get("content"), list) else []
+        text = "".join(str(b.get("text", "")) for b in blocks if isinstance(b, dict) and b.get("type") == "text")
+        usage = resp.get("usage") if isinstance(resp.get("usage"), dict) else {}
         return {"id": resp.get("id"), "object": "chat.completion", "model": resp.get("model"),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "finish_reason": _FINISH.get(resp.get("stop_reason"), "stop")}],
                 "usage": openai_usage(usage), "_truecost_usage": {"flavour": "anthropic", "usage": usage}}
 
-    async def stream(self, body: dict) -> AsyncIterator[dict]:
-        aiohttp = _aiohttp()
+    def stream(self, body: dict) -> AsyncIterator[dict]:
         payload = {**to_anthropic(body), "stream": True}
-        usage: dict = {}
-        chunks = 0
-        base = {"id": "anthropic-stream", "object": "chat.completion.chunk", "model": body["model"]}
+        model, secrets = body["model"], self._http.secrets
+        return self._http.stream("/messages", payload, lambda: _EventParser(model, secrets))
+
+    async def embed(self, body: dict) -> dict:
+        raise UpstreamUnsupported("the Anthropic API has no embeddings endpoint")
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+class _EventParser:
+    """Anthropic's server-sent events -> OpenAI chat completion chunks; ends at ``message_stop``."""
+
+    def __init__(self, model: str, secrets: tuple[str, ...]) -> None:
+        self.base = {"id": "anthropic-stream", "object": "chat.completion.chunk", "model": model}
+        self.secrets = secrets
+        self.chunks, self.done = 0, False
+        self.usage: dict = {}
+
+    @property
+    def cut_usage(self) -> dict | None:
+        return openai_usage(self.usage) if self.usage else None
+
+    def _cut(self, why: str) -> UpstreamError:
+        """A cut once chunks were handed out; before any, a bad response (the caller may try elsewhere)."""
+        if not self.chunks:
+            return UpstreamBadResponse(f"{why} before any chunk")
+        return UpstreamStreamCut(f"{why} after {self.chunks} chunks", self.chunks, self.cut_usage)
+
+    def feed(self, line: str) -> Iterable[dict]:
+        if not line.startswith("data:"):
+            return ()
         try:
-            async with self._sess().post(self.base_url + "/messages", json=payload) as resp:
-                if resp.status >= 400:
-                    raise UpstreamHTTPError(resp.status, await resp.text())
-                async for raw in resp.content:
-                    line = raw.decode("utf-8", errors="replace").strip()
-                    if not line.startswith("data:"):
-                        continue
-                    event = json.loads(line[5:].strip())
-                    kind = event.get("type")
-                    if kind == "message_start":
-                        usage.update(event["message"].get("usage") or {})
-                    elif kind == "content_block_delta" and event["delta"].get("type") == "text_delta":
-                        chunks += 1
-                        yield {**base, "choices": [{"index": 0, "delta": {"content": event["delta"]["text"]},
-                                                    "finish_reason": None}]}
-                    elif kind == "message_delta":
-                        usage.update(event.get("usage") or {})
-                        yield {**base, "choices": [{"index": 0, "delta": {},
-                                                    "finish_reason": _FINISH.get(event["delta"].get("stop_reason"), "stop")}]}
-                    elif kind == "error":
-                        raise UpstreamStreamCut(f"upstream error event: {event.get('error')}", chunks, openai_usage(usage))
-                    elif kind == "message_stop":
-                        yield {**base, "choices": [], "usage": openai_usage(usage),
-                               "_truecost_usage": {"flavour": "anthropic", "usage": usage}}
-                        return
-                raise UpstreamStreamCut(f"stream ended without message_stop after {chunks} chunks", chunks,
-                                        openai_usage(usage) if usage else None)
-        except asyncio.TimeoutError as exc:
-            raise (UpstreamTimeout(f"upstream timed out: {exc!r}") if not chunks else
-                   UpstreamStreamCut("stream timed out", chunks, None)) from None
-        except aiohttp.ClientError as exc:
-            raise (UpstreamConnectionError(f"upstream connection failed: {exc!r}") if not chunks else
-                   UpstreamStreamCut(f"stream cut: {exc!r}", chunks, None)) from None
+            event = json.loads(line[5:].strip())
+        except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            raise self._cut("malformed event")
+        kind = event.get("type")
+        if kind == "message_start":
+            message = event.get("message")
+            usage = message.get("usage") if isinstance(message, dict) else None
+            self.usage.update(usage if isinstance(usage, dict) else {})
+        elif kind == "content_block_delta":
+            delta = event.get("delta")
+            if isinstance(delta, dict) and delta.get("type") == "text_delta":
+                self.chunks += 1
+                return ({**self.base, "choices": [{"index": 0, "delta": {"content": str(delta.get("text", ""))},
+                                                   "finish_reason": None}]},)
+        elif kind == "message_delta":
+            usage = event.get("usage")
+            self.usage.update(usage if isinstance(usage, dict) else {})
+            delta = event.get("delta") if isinstance(event.get("delta"), dict) else {}
+            self.chunks += 1
+            return ({**self.base, "choices": [{"index": 0, "delta": {},
+                                               "finish_reason": _FINISH.get(delta.get("stop_reason"), "stop")}]},)
+        elif kind == "error":
+            err = in_band_error(event, self.secrets)
+            if not self.chunks:
+                raise err
+            raise self._cut("upstream sent an error event" + (f" ({err.error_type})" if err.error_type else ""))
+        elif kind == "message_stop":
+            self.done = True
+            self.chunks += 1
+            return ({**self.base, "choices": [], "usage": openai_usage(self.usage),
+                     "_truecost_usage": {"flavour": "anthropic", "usage": self.usage}},)
+        return ()
+
+    def end(self) -> None:
+        if not self.done:
+            raise self._cut("stream ended without message_stop")

@@ -6,119 +6,107 @@ bottleneck here (about 120 requests/s against ~600 with aiohttp on the same mach
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterable
 
-from truecost.errors import MissingExtraError
-from truecost.upstream.errors import (UpstreamBadResponse, UpstreamConnectionError, UpstreamHTTPError,
-                                      UpstreamStreamCut, UpstreamTimeout)
+from truecost.errors import UpstreamError
+from truecost.upstream.errors import UpstreamBadResponse, UpstreamStreamCut, in_band_error
+from truecost.upstream.http import HTTPTransport, Timeouts, aiohttp_module
+
+_aiohttp = aiohttp_module  # the old private name, kept for importers
 
 
-def _aiohttp():
-    try:
-        import aiohttp
-    except ImportError:
-        raise MissingExtraError("the gateway's upstream client", "pip install 'truecost[gateway]'") from None
-    return aiohttp
+def timeouts(connect_timeout: float, first_byte_timeout: float, idle_timeout: float,
+             timeout: float | None) -> Timeouts:
+    """``timeout`` is the legacy name of ``first_byte_timeout``."""
+    return Timeouts(connect_timeout, first_byte_timeout if timeout is None else timeout, idle_timeout)
 
 
 class OpenAICompatibleUpstream:
-    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 60.0, connect_timeout: float = 5.0,
-                 max_retries: int = 2, backoff: float = 0.25, max_connections: int = 256) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self.timeout, self.connect_timeout = timeout, connect_timeout
-        self.max_retries, self.backoff, self.max_connections = max_retries, backoff, max_connections
-        self._session = None
+    flavour = "openai"
+    supports_embeddings = True
 
-    def _sess(self):
-        aiohttp = _aiohttp()
-        if self._session is None or self._session.closed:  # created inside the running loop
-            self._session = aiohttp.ClientSession(
-                headers=self.headers, json_serialize=json.dumps,
-                connector=aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300),
-                timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=self.connect_timeout))
-        return self._session
+    def __init__(self, base_url: str, api_key: str | None = None, *, connect_timeout: float = 5.0,
+                 first_byte_timeout: float = 60.0, idle_timeout: float = 30.0, max_retries: int = 2,
+                 backoff: float = 0.25, max_connections: int = 256, timeout: float | None = None) -> None:
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = HTTPTransport(base_url, headers, (api_key,),
+                                   timeouts(connect_timeout, first_byte_timeout, idle_timeout, timeout),
+                                   max_retries=max_retries, backoff=backoff, max_connections=max_connections)
+        self.base_url, self.max_retries = self._http.base_url, max_retries
+        self.timeouts = self._http.timeouts
+        self.timeout = self.timeouts.first_byte  # the legacy attribute
 
-    async def _post(self, path: str, body: dict) -> dict:
-        aiohttp = _aiohttp()
-        attempt = 0
-        while True:
-            try:
-                async with self._sess().post(self.base_url + path, json=body) as resp:
-                    text = await resp.text()
-                    if resp.status >= 400:
-                        ra = resp.headers.get("retry-after")
-                        raise UpstreamHTTPError(resp.status, text,
-                                                float(ra) if ra and ra.replace(".", "", 1).isdigit() else None)
-                try:
-                    return json.loads(text)
-                except ValueError:
-                    raise UpstreamBadResponse(f"upstream returned non-JSON: {text[:200]}") from None
-            except asyncio.TimeoutError as exc:
-                err: Exception = UpstreamTimeout(f"upstream timed out after {self.timeout}s: {exc!r}")
-            except aiohttp.ClientError as exc:
-                err = UpstreamConnectionError(f"upstream connection failed: {exc!r}")
-            except UpstreamHTTPError as exc:
-                err = exc
-            if not getattr(err, "retryable", False) or attempt >= self.max_retries:
-                raise err
-            delay = getattr(err, "retry_after", None) or self.backoff * (2 ** attempt)
-            attempt += 1
-            await asyncio.sleep(min(delay, 10.0))
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    async def _answer(self, path: str, body: dict, required: str) -> dict:
+        resp = await self._http.post_json(path, body)
+        if not isinstance(resp, dict):
+            raise UpstreamBadResponse("upstream answered JSON that is not an object")
+        if "error" in resp and not resp.get(required):
+            raise in_band_error(resp, self._http.secrets)
+        return resp
 
     async def complete(self, body: dict) -> dict:
         """A non-streaming chat completion (retried on 429/5xx/timeouts: nothing was sent yet)."""
-        return await self._post("/chat/completions", {**body, "stream": False})
+        return await self._answer("/chat/completions", {**body, "stream": False}, "choices")
 
     async def embed(self, body: dict) -> dict:
-        return await self._post("/embeddings", body)
+        return await self._answer("/embeddings", body, "data")
 
-    async def stream(self, body: dict) -> AsyncIterator[dict]:
+    def stream(self, body: dict) -> AsyncIterator[dict]:
         """Stream chunks. Retries happen only before the first chunk; a cut afterwards raises UpstreamStreamCut."""
-        aiohttp = _aiohttp()
-        body = {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
-        attempt = 0
-        while True:
-            chunks = 0
-            usage = None
-            try:
-                async with self._sess().post(self.base_url + "/chat/completions", json=body) as resp:
-                    if resp.status >= 400:
-                        raise UpstreamHTTPError(resp.status, await resp.text())
-                    done = False
-                    async for raw in resp.content:
-                        line = raw.decode("utf-8", errors="replace").strip()
-                        if not line.startswith("data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == "[DONE]":
-                            done = True
-                            break
-                        try:
-                            chunk = json.loads(data)
-                        except ValueError:
-                            raise UpstreamStreamCut(f"malformed chunk after {chunks} chunks", chunks, usage) from None
-                        chunks += 1
-                        usage = chunk.get("usage") or usage
-                        yield chunk
-                    if not done:
-                        raise UpstreamStreamCut(f"stream ended without [DONE] after {chunks} chunks", chunks, usage)
-                    return
-            except asyncio.TimeoutError as exc:
-                err: Exception = (UpstreamTimeout(f"upstream timed out: {exc!r}") if chunks == 0 else
-                                  UpstreamStreamCut(f"stream timed out after {chunks} chunks", chunks, usage))
-            except aiohttp.ClientError as exc:
-                err = (UpstreamConnectionError(f"upstream connection failed: {exc!r}") if chunks == 0 else
-                       UpstreamStreamCut(f"stream cut after {chunks} chunks: {exc!r}", chunks, usage))
-            except UpstreamHTTPError as exc:
-                err = exc
-            if chunks or not getattr(err, "retryable", False) or attempt >= self.max_retries:
-                raise err
-            attempt += 1
-            await asyncio.sleep(self.backoff * (2 ** attempt))
+        options = body.get("stream_options")
+        body = {**body, "stream": True,
+                "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
+        secrets = self._http.secrets
+        return self._http.stream("/chat/completions", body, lambda: _ChunkParser(secrets))
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        await self._http.aclose()
+
+
+class _ChunkParser:
+    """Server-sent events of OpenAI chat completion chunks, ended by ``data: [DONE]``."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        self.secrets = secrets
+        self.chunks, self.done = 0, False
+        self.usage: Any = None
+
+    @property
+    def cut_usage(self) -> Any:
+        return self.usage
+
+    def feed(self, line: str) -> Iterable[dict]:
+        if not line.startswith("data:"):
+            return ()
+        data = line[5:].strip()
+        if data == "[DONE]":
+            self.done = True
+            return ()
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            raise self._cut("malformed chunk")
+        if "error" in chunk and not chunk.get("choices"):
+            err = in_band_error(chunk, self.secrets)
+            if not self.chunks:
+                raise err
+            raise self._cut("upstream sent an error" + (f" ({err.error_type})" if err.error_type else ""))
+        self.chunks += 1
+        self.usage = chunk.get("usage") or self.usage
+        return (chunk,)
+
+    def _cut(self, why: str) -> UpstreamError:
+        """A cut once chunks were handed out; before any, a bad response (the caller may try elsewhere)."""
+        if not self.chunks:
+            return UpstreamBadResponse(f"{why} before any chunk")
+        return UpstreamStreamCut(f"{why} after {self.chunks} chunks", self.chunks, self.usage)
+
+    def end(self) -> None:
+        if not self.done:
+            raise self._cut("stream ended without [DONE]")
