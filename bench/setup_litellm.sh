@@ -6,3 +6,8 @@ cd "$(dirname "$0")/.."
 .venv-litellm/bin/python -m pip install --quiet --upgrade pip
 .venv-litellm/bin/python -m pip install --quiet 'litellm[proxy]'
 .venv-litellm/bin/litellm --version || true
+# the load generator: at concurrency 64 the Python one saturates before either gateway does
+if ! command -v wrk >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = "0" ] || SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
+fi

@@ -109,9 +109,9 @@ def _text_of(content: Any) -> str | None:
     if isinstance(content, list):
         parts = []
         for part in content:
-            if not isinstance(part, Mapping) or part.get("type") != "text":
+            if not isinstance(part, Mapping) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 return None
-            parts.append(str(part.get("text", "")))
+            parts.append(part["text"])
         return "\n".join(parts)
     return None
 

@@ -328,6 +328,7 @@ def _build_cache(config: GatewayConfig):
     from truecost.cache.semantic import CacheLimits, SemanticCache
 
     embedder = make_embedder(c.embedder)
+    embedder.embed_batch(["warm-up"])  # load (or build, once per machine) at start-up, not in the first request
     if c.backend == "postgres":
         from truecost.cache.pgvector import PgEntryStore, PgVectorIndex
 
@@ -341,5 +342,7 @@ def _build_cache(config: GatewayConfig):
         entries = MemoryEntryStore()
     kind, _, arg = c.equivalence.partition(":")
     same = EmbeddingMatch(embedder, float(arg) if arg else 0.92) if kind == "embedding" else NormalisedMatch()
+    refusals = {} if c.refusal_patterns is None else {"refusal_patterns": c.refusal_patterns or None}
     return SemanticCache(embedder, index, entries, make_policy(c.policy, c.target_error, 0),
-                         same, CacheLimits(max_entries=c.max_entries, ttl_seconds=c.ttl_seconds), kb_version=c.kb_version)
+                         same, CacheLimits(max_entries=c.max_entries, ttl_seconds=c.ttl_seconds), kb_version=c.kb_version,
+                         **refusals)

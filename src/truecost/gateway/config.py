@@ -118,6 +118,9 @@ class CacheConfig:
     kb_version: str = "v0"
     url: str | None = None
     prefix: str = "truecost_cache"
+    # answers that open with one of these (regular expressions, case-insensitive) are never stored;
+    # None = the documented defaults of truecost.cache.refusal, [] = store refusals too
+    refusal_patterns: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,8 @@ def _need(d: dict, key: str, where: str) -> Any:
 
 
 TOP_LEVEL = ("upstreams", "models", "keys", "budgets", "ledger", "ledger_schema", "admin_key_sha256", "log_prompts",
-             "spool", "compute", "max_body_bytes", "prices_files", "cache", "otel", "metrics_token_sha256", "limits")
+             "spool", "compute", "max_body_bytes", "prices_files", "cache", "otel", "metrics_token_sha256", "limits",
+             "admin_key", "metrics_token")  # the last two only to say: store them hashed
 UPSTREAM_KEYS = ("base_url", "api_key_env", "kind", "timeout", "first_byte_timeout", "connect_timeout", "idle_timeout",
                  "max_retries")
 KEY_KEYS = ("name", "key_sha256", "cost_center", "team", "tenant", "environment", "revoked", "models", "rpm", "tpm",
@@ -372,6 +376,18 @@ def _parse_cache(doc: dict, source: str) -> CacheConfig:
     unknown = set(c) - set(CacheConfig.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"{source}: cache: unknown settings {', '.join(sorted(unknown))}")
+    patterns = c.get("refusal_patterns")
+    if patterns is not None:
+        import re
+
+        if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+            raise ConfigError(f"{source}: cache.refusal_patterns must be a list of regular expressions")
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ConfigError(f"{source}: cache.refusal_patterns: {p!r} is not a regular expression ({exc})") from None
+        c = {**c, "refusal_patterns": tuple(patterns)}
     cache = CacheConfig(**c)
     if cache.embedder not in ("static", "minilm") or cache.index not in ("exact", "hnsw"):
         raise ConfigError(f"{source}: cache.embedder must be static or minilm, cache.index exact or hnsw")

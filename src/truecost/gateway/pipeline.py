@@ -215,7 +215,8 @@ class Pipeline:
         client_id = headers.get("x-request-id")
         req = self.tracker.request(secrets.token_hex(16), attribution)  # unguessable; never the client's id
         self.tracker.open_request(req)
-        scope = attribution.tenant or (f"key:{key.name}" if key is not None else "anonymous")
+        scope = (f"tenant:{attribution.tenant}" if attribution.tenant else
+                 f"key:{key.name}" if key is not None else "anonymous")
         return Exchange(body, key, headers, attribution, req, admission, scope, t0,
                         client_id if client_id and _CLIENT_ID.fullmatch(client_id) else None)
 
