@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable, Protocol
 from urllib.parse import urlsplit
@@ -76,7 +77,7 @@ class HTTPTransport:
         self.headers, self.timeouts = dict(headers), timeouts
         try:  # credentials in the base URL are secrets too
             url = urlsplit(self.base_url)
-            extra = (url.password, url.username, url.query or None)
+            extra = (url.password, url.query or None)
         except ValueError:
             extra = ()
         self.secrets = tuple(s for s in (*secrets, *extra) if s)
@@ -158,8 +159,9 @@ class HTTPTransport:
         while True:
             state = parser()
             try:
-                async for chunk in self._stream_once(path, payload, state):
-                    yield chunk
+                async with aclosing(self._stream_once(path, payload, state)) as chunks:  # closed at once on hang-up
+                    async for chunk in chunks:
+                        yield chunk
                 return
             except UpstreamError as err:
                 if state.chunks or not getattr(err, "retryable", False) or attempt >= self.max_retries:
