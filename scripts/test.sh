@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 bash scripts/system_deps.sh
+bash scripts/setup_integrations.sh   # LiteLLM in its own venv, for the LiteLLM integration's tests
 export HF_HUB_OFFLINE=1
 exec .venv/bin/python -m pytest "$@"

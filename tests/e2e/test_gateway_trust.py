@@ -253,3 +253,20 @@ def test_every_admission_is_settled_after_failures_hang_ups_and_bad_bodies(upstr
         app.state.writer.flush()
         (row,) = app.state.store.aggregate([], LedgerFilter(attribution=(("cost_center", "cx"),)))
         assert app.state.pipeline.budgets.spent("cost_center", "cx", "day") == row.cost
+
+
+def test_otlp_spans_posted_to_the_gateway_are_priced_and_attributed_to_the_key(gw):
+    from tests.unit.integrations.spans import json_body, json_span
+
+    server, app = gw
+    genai = {"gen_ai.system": "openai", "gen_ai.request.model": "gpt-6-luna", "gen_ai.usage.input_tokens": 1000,
+             "gen_ai.usage.output_tokens": 100, "truecost.cost_center": "ops"}
+    body = json_body([json_span(genai, name="chat gpt-6-luna")])
+    ct = {"content-type": "application/json"}
+    assert httpx.post(server.url + "/v1/traces", content=body, headers=ct).status_code == 401  # keys are on
+    r = httpx.post(server.url + "/v1/traces", content=body, headers={**ct, "authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200
+    app.state.writer.flush()
+    rows = [e for e in app.state.store.query() if e.details.get("source") == "otlp"]
+    assert len(rows) == 1 and rows[0].cost > 0
+    assert rows[0].attribution.cost_center == "cx" and rows[0].attribution.tenant == "acme"  # pinned by the key

@@ -14,7 +14,9 @@
     otlp: {}                        # attribution keys and rules: see truecost.integrations.otlp_config
 
 Point an OpenTelemetry SDK or Collector's OTLP/HTTP exporter at http://HOST:PORT (the
-exporter appends /v1/traces).
+exporter appends /v1/traces). ``--workers N`` runs N receiver processes on the port, each with
+its own ledger writer and journal slot (decoding and pricing are CPU-bound Python: one process
+uses one core).
 """
 
 from __future__ import annotations
@@ -67,31 +69,77 @@ def read_config(path: str) -> dict[str, Any]:
             "otlp": parse_config(raw.get("otlp")), "base": base}
 
 
-def build_collector(cfg: dict[str, Any], key: str | None = None):
-    """(app, writer, store): the receiver app writing through a BatchWriter with a spool; the receiver
-    journals payloads until stored."""
-    from truecost.integrations.otlp_receiver import otlp_app
-    from truecost.ledger import BatchWriter, open_store
-    from truecost.pricing.catalog import PriceCatalog
-    from truecost.tracking.tracker import Tracker
+def _store_and_spool(cfg: dict[str, Any]):
+    from truecost.ledger import open_store
 
     ledger = cfg["ledger"]
     if ledger.startswith(("postgresql://", "postgres://")):
         from truecost.ledger.postgres import PostgresLedgerStore
 
-        store = PostgresLedgerStore(ledger, schema=cfg["ledger_schema"])
-        spool = Path(cfg["spool"] or cfg["base"] / ".truecost/collect.spool.jsonl")
-    else:
-        store = open_store(ledger)
-        default = Path(ledger).with_suffix(".collect.spool.jsonl") if ledger != "memory:" else \
-            cfg["base"] / "collect.spool.jsonl"
-        spool = Path(cfg["spool"]) if cfg["spool"] else default
+        return PostgresLedgerStore(ledger, schema=cfg["ledger_schema"]), \
+            Path(cfg["spool"] or cfg["base"] / ".truecost/collect.spool.jsonl")
+    default = Path(ledger).with_suffix(".collect.spool.jsonl") if ledger != "memory:" else \
+        cfg["base"] / "collect.spool.jsonl"
+    return open_store(ledger), Path(cfg["spool"]) if cfg["spool"] else default
+
+
+def _slot_spool(spool: Path, slot: str) -> Path:
+    return spool if slot == "slot-0" else spool.with_suffix(f".{slot}.jsonl")
+
+
+def claim_journal(folder: Path, workers: int) -> tuple[Path, list[Path], list[Any]]:
+    """(this process's journal folder, orphaned folders to replay, the locks to hold while running).
+
+    Each worker holds one of ``workers`` slots (a flock), so a restarted worker replays what its
+    predecessor left; slots numbered ``workers`` or more (from a run with more workers) are orphans,
+    adopted by whichever worker can lock them."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(workers):
+        fh = open(folder / f"slot-{i}.lock", "w")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            continue
+        orphans, locks = [], [fh]
+        for other in sorted(folder.glob("slot-*.lock")):
+            index = other.stem.split("-", 1)[1]
+            if index.isdigit() and int(index) >= workers:
+                ofh = open(other, "w")
+                try:
+                    fcntl.flock(ofh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    orphans.append(folder / f"slot-{index}")
+                    locks.append(ofh)
+                except BlockingIOError:
+                    ofh.close()
+        return folder / f"slot-{i}", orphans, locks
+    raise ConfigError(f"{folder}: every journal slot is taken (is another collector using this spool?)")
+
+
+def build_collector(cfg: dict[str, Any], key: str | None = None, workers: int = 1):
+    """(app, writer, store): the receiver app writing through a BatchWriter with a spool; the receiver
+    journals payloads until stored."""
+    from truecost.integrations.otlp_receiver import OTLPReceiver, otlp_app
+    from truecost.ledger import BatchWriter, replay_spool
+    from truecost.pricing.catalog import PriceCatalog
+    from truecost.tracking.tracker import Tracker
+
+    store, spool = _store_and_spool(cfg)
+    journal, orphans, locks = claim_journal(spool.with_suffix(".journal"), workers)
     # The receiver journals each payload until its events are stored (one write per payload, not per
     # event): kill -9 after answering an exporter loses nothing, and the next start replays it.
-    writer = BatchWriter(store, batch_size=5_000, spool_path=spool)
+    writer = BatchWriter(store, batch_size=5_000, spool_path=_slot_spool(spool, journal.name))
     tracker = Tracker(PriceCatalog.load(*cfg["prices_files"]), writer, compute=cfg["compute"])
     pin = cfg["pin"] if cfg["pin"] != Attribution() else None
     expected = f"Bearer {key}" if key else None
+    for folder in orphans:  # a previous run with more workers left these
+        adopted = OTLPReceiver(tracker, cfg["otlp"], journal_dir=folder)
+        if adopted.replay_journal():
+            writer.flush()
+            adopted.settle_journal()
+        replay_spool(_slot_spool(spool, folder.name), store)
 
     def authorize(request):
         if expected is not None and not hmac.compare_digest(
@@ -102,18 +150,29 @@ def build_collector(cfg: dict[str, Any], key: str | None = None):
     def close() -> None:
         writer.close()
         store.close()
+        for lock in locks:
+            lock.close()
 
-    app = otlp_app(tracker, cfg["otlp"], authorize=authorize, on_shutdown=(close,),
-                   journal_dir=spool.with_suffix(".journal"))
+    app = otlp_app(tracker, cfg["otlp"], authorize=authorize, on_shutdown=(close,), journal_dir=journal)
     return app, writer, store
+
+
+def worker_app():
+    """The app of one ``--workers`` process (uvicorn imports this; the parent passes the config path)."""
+    cfg = read_config(os.environ["TRUECOST_COLLECT_CONFIG"])
+    key = os.environ.get(cfg["ingest_key_env"], "").strip() if cfg["ingest_key_env"] else None
+    app, _writer, _store = build_collector(cfg, key or None, int(os.environ.get("TRUECOST_COLLECT_WORKERS", "1")))
+    return app
 
 
 @click.command("collect")
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--host", help="override listen's host")
 @click.option("--port", type=int, help="override listen's port")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="receiver processes sharing the port (each with its own writer and journal)")
 @click.option("--check", is_flag=True, help="validate the config, print what it says, and exit")
-def collect(config_path, host, port, check) -> None:
+def collect(config_path, host, port, workers, check) -> None:
     """Receive OpenTelemetry traces (OTLP/HTTP, protobuf or JSON) and price them into the ledger."""
     try:
         cfg = read_config(config_path)
@@ -137,9 +196,19 @@ def collect(config_path, host, port, check) -> None:
     except ImportError:
         raise click.ClickException("the receiver needs the gateway extra: "
                                    "pip install 'truecost[gateway,integrations]'") from None
-    from truecost.gateway.server import serve
-
-    app, _writer, _store = build_collector(cfg, key)
     click.echo(f"truecost collect: OTLP/HTTP on http://{cfg['host']}:{cfg['port']}/v1/traces -> "
-               f"{cfg['ledger'].split('@')[-1]} (Ctrl-C to stop)")
-    serve(app, cfg["host"], cfg["port"])
+               f"{cfg['ledger'].split('@')[-1]}, {workers} process(es) (Ctrl-C to stop)")
+    if workers == 1:
+        from truecost.gateway.server import serve
+
+        app, _writer, _store = build_collector(cfg, key)
+        serve(app, cfg["host"], cfg["port"])
+        return
+    import uvicorn
+
+    store, _spool = _store_and_spool(cfg)  # schema and migrations once, before the workers race for them
+    store.close()
+    os.environ["TRUECOST_COLLECT_CONFIG"] = str(Path(config_path).resolve())
+    os.environ["TRUECOST_COLLECT_WORKERS"] = str(workers)
+    uvicorn.run("truecost.cli.collect:worker_app", factory=True, host=cfg["host"], port=cfg["port"],
+                workers=workers, log_level="warning", access_log=False, server_header=False)

@@ -212,6 +212,18 @@ def create_app(config: GatewayConfig, pipeline: Pipeline, keys, on_shutdown=(), 
                 await result
 
     from truecost.gateway.admin import admin_routes
+    from truecost.integrations.otlp_receiver import otlp_routes
+
+    def authorize_ingest(request: Request):
+        """OTLP spans are attributed like requests: the key's fields are pinned, the spans may add the rest."""
+        from truecost.gateway.admission import own_attribution
+        from truecost.types import Attribution
+
+        try:
+            key = authenticate(request)
+        except GatewayError:
+            return None  # the route answers 401
+        return own_attribution(key) or Attribution()
 
     def on_admin(action: str, target: str | None, outcome: str) -> None:
         pipeline.metrics.inc("truecost_admin_actions_total", action=action, outcome=outcome.split(":")[0])
@@ -223,6 +235,8 @@ def create_app(config: GatewayConfig, pipeline: Pipeline, keys, on_shutdown=(), 
               Route("/healthz", healthz, methods=["GET"]),
               Route("/admin/cache/invalidate", cache_invalidate, methods=["POST"]),
               *admin_routes(keys, config.admin_key_sha256, on_action=on_admin, known_models=config.models),
+              *otlp_routes(pipeline.tracker, config.otlp, authorize=authorize_ingest,
+                           max_body_bytes=max(config.limits.max_body_bytes, 8_000_000)),
               Route("/openapi.json", openapi, methods=["GET"]),
               Route("/metrics", metrics, methods=["GET"])]
     if dashboard is not None:

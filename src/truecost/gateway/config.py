@@ -153,6 +153,7 @@ class GatewayConfig:
     otel: bool = False
     metrics_token_sha256: str | None = None  # /metrics answers only to this bearer token when set
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    otlp: Any = None  # POST /v1/traces: span-to-step rules and attribution keys (truecost.integrations.otlp_config)
 
     def key_for(self, presented: str | None) -> KeyConfig | None:
         """The configured key whose hash matches, compared in constant time against every key."""
@@ -178,7 +179,7 @@ def _need(d: dict, key: str, where: str) -> Any:
 
 TOP_LEVEL = ("upstreams", "models", "keys", "budgets", "ledger", "ledger_schema", "admin_key_sha256", "log_prompts",
              "spool", "compute", "max_body_bytes", "prices_files", "cache", "otel", "metrics_token_sha256", "limits",
-             "admin_key", "metrics_token")  # the last two only to say: store them hashed
+             "otlp", "admin_key", "metrics_token")  # the last two only to say: store them hashed
 UPSTREAM_KEYS = ("base_url", "api_key_env", "kind", "timeout", "first_byte_timeout", "connect_timeout", "idle_timeout",
                  "max_retries")
 KEY_KEYS = ("name", "key_sha256", "cost_center", "team", "tenant", "environment", "revoked", "models", "rpm", "tpm",
@@ -215,7 +216,17 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
                          doc.get("ledger_schema"), _digest(doc, "admin_key", source), bool(doc.get("log_prompts", False)),
                          doc.get("spool"), doc.get("compute"), limits.max_body_bytes,
                          list(doc.get("prices_files") or []), _parse_cache(doc, source), routes, bool(doc.get("otel", False)),
-                         _digest(doc, "metrics_token", source), limits)
+                         _digest(doc, "metrics_token", source), limits, _parse_otlp(doc, source))
+
+
+def _parse_otlp(doc: dict, source: str) -> Any:
+    from truecost.errors import TruecostError
+    from truecost.integrations.otlp_config import parse_config as parse_otlp
+
+    try:
+        return parse_otlp(doc.get("otlp"))
+    except TruecostError as exc:
+        raise ConfigError(f"{source}: otlp: {exc}") from None
 
 
 def _parse_upstreams(doc: dict, source: str) -> dict[str, UpstreamConfig]:

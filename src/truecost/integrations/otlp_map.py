@@ -366,3 +366,28 @@ class SpanMapper:
             attribution=attribution, trace_id=s.trace_id, span_id=s.span_id, parent_span_id=s.parent_span_id,
             latency_ms=(s.end_ns - s.start_ns) / 1e6, outcome="error" if s.status_code == 2 else "ok",
             details=details)
+
+
+def map_export_file(path: Any, tracker: Any, config: OTLPConfig | None = None) -> tuple[list[CostEvent], MapStats]:
+    """An OTLP/JSON export on disk (one document, or one per line as the Collector's file exporter
+    writes) -> events and what was done with each span: the receiver's mapping, offline (for
+    ``truecost audit costs``). Raises OTLPPayloadError naming the line and place of a malformed span."""
+    from pathlib import Path
+
+    from truecost.integrations.otlp_decode import OTLPPayloadError, decode_json
+
+    text = Path(path).read_bytes()
+    stripped = text.strip()
+    one = stripped.startswith(b"{") and b"\n{" not in stripped
+    docs = [stripped] if one else [line for line in text.splitlines() if line.strip()]
+    mapper, stats, events = SpanMapper(tracker, config), MapStats(), []
+    for n, doc in enumerate(docs, 1):
+        try:
+            spans = decode_json(doc)
+        except OTLPPayloadError as exc:
+            raise OTLPPayloadError(f"{path}: line {n}: {exc}" if not one else f"{path}: {exc}") from None
+        good = [s for s in spans if s.problem() is None]
+        stats.spans += len(spans)
+        stats.rejected += len(spans) - len(good)
+        events += mapper.map(good, None, stats)
+    return events, stats

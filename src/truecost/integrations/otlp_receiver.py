@@ -57,7 +57,7 @@ class PayloadJournal:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
-        self._pending: deque[tuple[int, Path]] = deque()  # (writer mark, file), in submission order
+        self._pending: deque[tuple[tuple[int, ...], Path]] = deque()  # (writer marks, file), in order
         self._lock = threading.Lock()
 
     def leftovers(self) -> list[Path]:
@@ -86,17 +86,18 @@ class PayloadJournal:
             pinned = Attribution(**p, tags=tuple(tags.items()))
         return body, h.get("content_type"), h.get("content_encoding"), pinned
 
-    def handed_on(self, path: Path, mark: int | None) -> None:
-        """The payload's events are with the writer; ``mark`` is its count to wait for (None: stored already)."""
-        if mark is None:
+    def handed_on(self, path: Path, marks: tuple[int, ...]) -> None:
+        """The payload's events are with the writers; ``marks``: each writer's submitted count to wait for
+        (empty: the sinks store synchronously, so it is stored already)."""
+        if not marks:
             path.unlink(missing_ok=True)
             return
         with self._lock:
-            self._pending.append((mark, path))
+            self._pending.append((marks, path))
 
-    def settle(self, settled: int) -> None:
+    def settle(self, settled: tuple[int, ...]) -> None:
         with self._lock:
-            while self._pending and self._pending[0][0] <= settled:
+            while self._pending and all(s >= m for s, m in zip(settled, self._pending[0][0])):
                 _, path = self._pending.popleft()
                 path.unlink(missing_ok=True)
 
@@ -179,16 +180,16 @@ class OTLPReceiver:
         message = "; ".join(f"{n} span(s): {p}" for p, n in problems.items())
         return ExportResult(accepted=len(events), rejected=batch.rejected, message=message, batch=batch)
 
+    def _counts(self) -> list[tuple[int, int]]:
+        return [c for c in (_writer_counts(s) for s in self.tracker.sinks) if c is not None]
+
     def _journaled(self, entry: Path) -> None:
-        counts = [c for c in (_writer_counts(s) for s in self.tracker.sinks) if c is not None]
-        self.journal.handed_on(entry, max(c[1] for c in counts) if counts else None)
+        self.journal.handed_on(entry, tuple(submitted for _, submitted in self._counts()))
         self.settle_journal()
 
     def settle_journal(self) -> None:
-        if self.journal is None:
-            return
-        counts = [c for c in (_writer_counts(s) for s in self.tracker.sinks) if c is not None]
-        self.journal.settle(min(c[0] for c in counts) if counts else 1 << 62)
+        if self.journal is not None:
+            self.journal.settle(tuple(settled for settled, _ in self._counts()))
 
     def replay_journal(self) -> int:
         """Ingest the payloads a previous receiver accepted but may not have stored; returns how many."""
