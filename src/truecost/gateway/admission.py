@@ -14,6 +14,7 @@ functions, response format), plus ``max_tokens`` (or the model's maximum output,
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -37,10 +38,10 @@ def attribution_for(key: Any, headers: Mapping[str, str], on_ignored=None) -> At
                 tags[k.strip()] = v.strip()
     if key is None:  # development mode: no keys configured
         allowed: Sequence[str] = ATTRIBUTION_HEADER_FIELDS
-        base = Attribution()
+        base = _EMPTY
     else:
         allowed = key.allow_attribution_headers
-        base = Attribution(cost_center=key.cost_center, team=key.team, tenant=key.tenant, environment=key.environment)
+        base = _key_attribution(key.cost_center, key.team, key.tenant, key.environment)
     overrides = {}
     for f in ATTRIBUTION_HEADER_FIELDS:
         value = headers.get("x-truecost-" + f.replace("_", "-"))
@@ -51,13 +52,23 @@ def attribution_for(key: Any, headers: Mapping[str, str], on_ignored=None) -> At
         elif on_ignored is not None:
             on_ignored(f)
     feature = (headers.get("x-truecost-feature") or "").strip() or None
+    if feature is None and not tags and not overrides:
+        return base
     return base.merged(feature=feature, tags=tags, **overrides)
+
+
+_EMPTY = Attribution()
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_attribution(cost_center, team, tenant, environment) -> Attribution:
+    return Attribution(cost_center=cost_center, team=team, tenant=tenant, environment=environment)
 
 
 def own_attribution(key: Any) -> Attribution | None:
     if key is None:
         return None
-    return Attribution(cost_center=key.cost_center, team=key.team, tenant=key.tenant, environment=key.environment)
+    return _key_attribution(key.cost_center, key.team, key.tenant, key.environment)
 
 
 def prompt_chars(body: Mapping[str, Any]) -> int:

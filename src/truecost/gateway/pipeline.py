@@ -19,8 +19,8 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import re
-import secrets
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -194,7 +194,8 @@ class Pipeline:
                                    headers) from None
         admission = Admission(estimate=est.cost, tokens=est.tokens, key_name=key.name if limited else None)
         try:
-            attributions = [a for a in (own_attribution(key), attribution) if a is not None]
+            own = own_attribution(key)
+            attributions = [attribution] if own is None or own is attribution else [own, attribution]
             admission.budget_keys = await self._budget_call(functools.partial(
                 self.budgets.admit, attributions, est.cost, unpriced_model=est.unpriced))
         except BudgetExceeded as exc:
@@ -213,7 +214,7 @@ class Pipeline:
                 self.metrics.inc("truecost_budget_alerts_total")
             self.budgets.alerts.clear()
         client_id = headers.get("x-request-id")
-        req = self.tracker.request(secrets.token_hex(16), attribution)  # unguessable; never the client's id
+        req = self.tracker.request(os.urandom(16).hex(), attribution)  # unguessable (128 random bits); never the client's
         self.tracker.open_request(req)
         scope = (f"tenant:{attribution.tenant}" if attribution.tenant else
                  f"key:{key.name}" if key is not None else "anonymous")
