@@ -206,6 +206,10 @@ def test_a_read_key_sees_only_its_tenant_and_cost_center(browser, server):
         assert page.errors == []
         mine = page.page.eval_on_selector_all("table a[href*='/request/']", "els => els.map(e => e.textContent)")
         assert mine and all(e.attribution.tenant == "globex" for rid in mine for e in store.query(LedgerFilter(request_id=rid)))
+        page.open(srv.url + "/ui/requests?tenant=acme")
+        listed = page.page.eval_on_selector_all("table a[href*='/request/']", "els => els.map(e => e.textContent)")
+        assert set(mine) <= set(listed) and all(store.query(LedgerFilter(request_id=rid), limit=1)[0].attribution.tenant
+                                                == "globex" for rid in listed)
         theirs = store.query(LedgerFilter(attribution=(("tenant", "acme"),)), limit=1)[0].request_id
         assert page.page.goto(srv.url + f"/ui/request/{theirs}").status == 404
         assert page.page.goto(srv.url + f"/ui/request/{mine[0]}").status == 200

@@ -17,6 +17,7 @@ from truecost.ledger import LedgerFilter
 
 openai = pytest.importorskip("openai")
 KEY, BUDGETED, FREE_HEADERS, READER = "sk-trust-a", "sk-trust-budget", "sk-trust-platform", "sk-trust-other"
+JOINER = "sk-trust-sdk-service"
 MSG = [{"role": "user", "content": "refund?"}]
 
 
@@ -40,7 +41,9 @@ def _config(upstream_url, ledger, **extra):
                  {"name": "budgeted", "key_sha256": hash_key(BUDGETED), "cost_center": "small", "tenant": "b"},
                  {"name": "platform", "key_sha256": hash_key(FREE_HEADERS), "cost_center": "platform",
                   "allow_attribution_headers": ["cost_center"]},
-                 {"name": "other", "key_sha256": hash_key(READER), "cost_center": "ops", "tenant": "globex"}],
+                 {"name": "other", "key_sha256": hash_key(READER), "cost_center": "ops", "tenant": "globex"},
+                 {"name": "sdk", "key_sha256": hash_key(JOINER), "cost_center": "bot", "tenant": "acme",
+                  "allow_attribution_headers": ["request_id"]}],
         "budgets": [{"cost_center": "small", "period": "day", "limit_usd": "0.0002"}],
     }
     doc.update(extra)
@@ -270,3 +273,33 @@ def test_otlp_spans_posted_to_the_gateway_are_priced_and_attributed_to_the_key(g
     rows = [e for e in app.state.store.query() if e.details.get("source") == "otlp"]
     assert len(rows) == 1 and rows[0].cost > 0
     assert rows[0].attribution.cost_center == "cx" and rows[0].attribution.tenant == "acme"  # pinned by the key
+
+
+def test_only_a_key_granted_request_id_joins_the_request_it_opened(gw):
+    server, app = gw
+    opened = "0f" * 16  # the id the SDK gave the request it opened
+    raw = _client(server, JOINER).chat.completions.with_raw_response.create(
+        model="support", messages=MSG, extra_headers={"x-request-id": opened, "x-truecost-cost-center": "ops"})
+    assert raw.headers["x-request-id"] == opened
+    (e,) = _rows(app, opened)
+    assert e.attribution.cost_center == "bot"  # joining a request grants nothing else
+    raw = _client(server, READER).chat.completions.with_raw_response.create(
+        model="support", messages=MSG, extra_headers={"x-request-id": opened})
+    assert raw.headers["x-request-id"] != opened and len(_rows(app, opened)) == 1
+
+
+def test_a_revoked_key_loses_its_dashboard_session(upstream, tmp_path):
+    admin = "sk-trust-admin"
+    config = _config(upstream.url, tmp_path / "d.db", admin_key_sha256=hash_key(admin))
+    app = build(config)
+    with ServerThread(app) as server:
+        made = httpx.post(server.url + "/admin/keys", headers={"authorization": f"Bearer {admin}"},
+                          json={"name": "viewer", "tenant": "acme", "cost_center": "cx", "scopes": ["read"]})
+        assert made.status_code == 201
+        with httpx.Client(base_url=server.url, follow_redirects=False) as browser:
+            assert browser.post("/ui/login", data={"key": made.json()["secret"]}).status_code in (302, 303)
+            assert browser.get("/ui/").status_code == 200
+            r = httpx.post(server.url + "/admin/keys/viewer/revoke", headers={"authorization": f"Bearer {admin}"},
+                           json={"reason": "left the team"})
+            assert r.status_code == 200
+            assert browser.get("/ui/").status_code == 303  # back to the login page

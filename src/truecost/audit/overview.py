@@ -86,6 +86,11 @@ def served_mix(store: LedgerStore, flt: LedgerFilter, gens: Sequence[AggregateRo
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def expensive_requests(store: LedgerStore, flt: LedgerFilter, top: int) -> list[dict[str, Any]]:
+    rows, _ = request_stats(store, flt, top)
+    return [{"request_id": r.keys[0], "cost_usd": r.cost, "events": r.events} for r in rows]
+
+
 def overview(store: LedgerStore, flt: LedgerFilter = LedgerFilter(), budgets: Sequence[Budget] = (),
              now: datetime | None = None, top: int = 10, series_by: str = "cost_center",
              cache_target_error: float | None = None) -> dict[str, Any]:

@@ -18,11 +18,12 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from html import escape
 from typing import Any, Sequence
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 from truecost.audit import charts
 from truecost.audit.html import Figure, Section, figures, page, table
-from truecost.audit.overview import Budget, LedgerStore, make_filter, overview, request_detail
+from truecost.audit.overview import (Budget, LedgerStore, expensive_requests, make_filter, overview,
+                                     request_detail)
 from truecost.dashboard.auth import DashboardAuth, DenyAllAuth, Principal, SessionStore
 
 
@@ -31,6 +32,7 @@ SCOPED = ("tenant", "cost_center")  # forced for a principal that is not an admi
 SERIES = ("cost_center", "feature", "step", "model")
 COOKIE = "truecost_session"
 MAX_LOGIN_BODY = 8192
+REQUESTS_SHOWN = 100
 HEADERS = {"cache-control": "no-store", "x-frame-options": "DENY", "x-content-type-options": "nosniff",
            "referrer-policy": "no-referrer",
            "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
@@ -55,15 +57,23 @@ def _nav(base: str, on: str, who: Principal | None = None) -> str:
             f'<a href="{base}/requests" class="{"on" if on == "requests" else ""}">requests</a>{out}</nav>')
 
 
-def _filter_form(base: str, params: dict[str, str], fixed: Sequence[str] = ()) -> str:
+def _requests_table(base: str, rows: Sequence[dict[str, Any]], params: dict[str, str]) -> str:
+    qs = urlencode({k: v for k, v in params.items() if v})
+    return ("<table><thead><tr><th>request</th><th class='n'>cost</th><th class='n'>steps</th></tr></thead><tbody>" + "".join(
+        f'<tr><td><a href="{base}/request/{escape(quote(x["request_id"], safe=""))}{"?" + escape(qs) if qs else ""}">'
+        f'{escape(x["request_id"])}</a></td><td class="n">{_usd(x["cost_usd"])}</td><td class="n">{x["events"]}</td></tr>'
+        for x in rows) + "</tbody></table>") if rows else "<p class='note'>no requests in this period</p>"
+
+
+def _filter_form(base: str, params: dict[str, str], fixed: Sequence[str] = (), action: str = "/") -> str:
     fields = "".join(f'<label>{f.replace("_", " ")}<input name="{f}" value="{escape(params.get(f, ""))}" '
                      f'placeholder="{"2026-11-28" if f in ("since", "until") else "any"}"{" readonly" if f in fixed else ""}>'
                      f'</label>' for f in FILTERS)
     options = "".join(f'<option value="{o}"{" selected" if params.get("by") == o else ""}>{o.replace("_", " ")}</option>'
                       for o in SERIES)
     fields += f'<label>spend over time by<select name="by">{options}</select></label>'
-    return (f'<form class="filters" method="get" action="{base}/">{fields}<button type="submit">apply</button>'
-            f'<a href="{base}/">clear</a></form>')
+    return (f'<form class="filters" method="get" action="{base}{action}">{fields}<button type="submit">apply</button>'
+            f'<a href="{base}{action}">clear</a></form>')
 
 
 def _over_time(data: dict[str, Any]) -> str:
@@ -114,13 +124,19 @@ def render_overview(base: str, data: dict[str, Any], params: dict[str, str], tit
                                     charts.pct(b["used"]) if b["used"] is not None else "n/a"] for b in data["budgets"]],
                                   numeric=(2, 3, 4)) if data["budgets"] else "<p class='note'>no budgets configured</p>"
                             if who is None or who.admin else "<p class='note'>budgets are shown to admins</p>"]),
-        Section("Most expensive requests", [
-            "<table><thead><tr><th>request</th><th class='n'>cost</th><th class='n'>steps</th></tr></thead><tbody>" + "".join(
-                f'<tr><td><a href="{base}/request/{escape(x["request_id"])}{"?" + qs if qs else ""}">{escape(x["request_id"])}</a></td>'
-                f'<td class="n">{_usd(x["cost_usd"])}</td><td class="n">{x["events"]}</td></tr>' for x in data["expensive_requests"])
-            + "</tbody></table>"]),
+        Section("Most expensive requests", [_requests_table(base, data["expensive_requests"], params),
+                                            f'<p class="note"><a href="{base}/requests{"?" + escape(qs) if qs else ""}">'
+                                            f'more requests</a></p>']),
     ]
     return page(title, "spend, cache and routing from the ledger", sections, nav=_nav(base, "overview", who))
+
+
+def render_requests(base: str, rows: Sequence[dict[str, Any]], params: dict[str, str], title: str,
+                    who: Principal | None = None) -> str:
+    fixed = () if who is None or who.admin else SCOPED
+    sections = [Section("Filters", [_filter_form(base, params, fixed, action="/requests")]),
+                Section(f"Requests, most expensive first (up to {REQUESTS_SHOWN})", [_requests_table(base, rows, params)])]
+    return page(title, "requests in the ledger", sections, nav=_nav(base, "requests", who))
 
 
 def _unit_price(v: Any) -> str:
@@ -221,14 +237,20 @@ def create_dashboard(store: LedgerStore, budgets: Sequence[Budget] = (), title: 
         params.update(who.scope)  # a scoped principal's tenant and cost center, whatever the query said
         return params
 
+    def filter_of(params: dict[str, str]):
+        return make_filter(_when(params["since"]), _when(params["until"]), params["model"],
+                           cost_center=params["cost_center"], feature=params["feature"], tenant=params["tenant"])
+
+    def bad_filter(exc: ValueError, who: Principal) -> Response:
+        return html(page(title, "bad filter", [Section("Bad filter", [f"<p>{escape(str(exc))}</p>"])],
+                         nav=_nav(base, "overview", who)), 400)
+
     async def home(request, who: Principal):
         params = params_of(request, who)
         try:
-            flt = make_filter(_when(params["since"]), _when(params["until"]), params["model"],
-                              cost_center=params["cost_center"], feature=params["feature"], tenant=params["tenant"])
+            flt = filter_of(params)
         except ValueError as exc:
-            return html(page(title, "bad filter", [Section("Bad filter", [f"<p>{escape(str(exc))}</p>"])],
-                             nav=_nav(base, "overview", who)), 400)
+            return bad_filter(exc, who)
         shown_budgets = budgets if who.admin else ()  # a budget's spend spans tenants
         data = await asyncio.to_thread(overview, store, flt, shown_budgets, None, 10, params["by"], cache_target_error)
         return html(render_overview(base, data, params, title, who))
@@ -242,7 +264,13 @@ def create_dashboard(store: LedgerStore, budgets: Sequence[Budget] = (), title: 
         return html(render_request(base, d, title, who))
 
     async def requests_page(request, who: Principal):
-        return RedirectResponse(f"{base}/#expensive", status_code=307, headers=HEADERS)
+        params = params_of(request, who)
+        try:
+            flt = filter_of(params)
+        except ValueError as exc:
+            return bad_filter(exc, who)
+        rows = await asyncio.to_thread(expensive_requests, store, flt, REQUESTS_SHOWN)
+        return html(render_requests(base, rows, params, title, who))
 
     async def missing(request, who: Principal):
         return html(page(title, "not found", [Section("Not found", ["<p>no such page</p>"])], nav=_nav(base, "", who)), 404)

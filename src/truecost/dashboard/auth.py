@@ -133,6 +133,14 @@ class SessionStore:
             with self._lock:
                 self._sessions.pop(self._id(token), None)
 
+    def revoke_principal(self, name: str) -> int:
+        """End every session of the principal called ``name`` (its key was revoked or rotated); returns how many."""
+        with self._lock:
+            gone = [sid for sid, (p, _) in self._sessions.items() if p.name == name]
+            for sid in gone:
+                del self._sessions[sid]
+        return len(gone)
+
     def _expire(self, now: float) -> None:
         # insertion order is expiry order (one ttl for all): drop from the front while expired
         while self._sessions:

@@ -147,7 +147,9 @@ def gateway_config(upstream_url: str, ledger: str, wire_model: str, cache_embedd
                                        {"upstream": "local", "model": STRONG, "upstream_model": wire_model}],
                         "route": {"strategy": "rules", "weak": WEAK, "strong": STRONG, "max_weak_tokens": 16}},
         },
-        "keys": [{"name": t, "key_sha256": hash_key(k), "tenant": t, "cost_center": "cx-support", "team": "support-bot"}
+        "keys": [{"name": t, "key_sha256": hash_key(k), "tenant": t, "cost_center": "cx-support", "team": "support-bot",
+                  # the bot opened the request itself (the SDK): the gateway's steps join it under the same id
+                  "allow_attribution_headers": ["request_id"]}
                  for t, k in keys.items()],
         "budgets": [{"cost_center": "cx-support", "period": "month", "limit_usd": 50, "hard": False}],
         # generated answers never repeat word for word: the online policy compares them by embedding

@@ -108,7 +108,8 @@ class Authenticator:
         return key
 
 
-def create_app(config: GatewayConfig, pipeline: Pipeline, keys, on_shutdown=(), dashboard=None) -> Starlette:
+def create_app(config: GatewayConfig, pipeline: Pipeline, keys, on_shutdown=(), dashboard=None,
+               sessions=None) -> Starlette:
     authenticate = Authenticator(keys)
 
     async def run(request: Request, handler) -> Response:
@@ -227,6 +228,8 @@ def create_app(config: GatewayConfig, pipeline: Pipeline, keys, on_shutdown=(), 
 
     def on_admin(action: str, target: str | None, outcome: str) -> None:
         pipeline.metrics.inc("truecost_admin_actions_total", action=action, outcome=outcome.split(":")[0])
+        if sessions is not None and outcome == "ok" and action in ("key.revoke", "key.rotate") and target:
+            sessions.revoke_principal(target)  # a dashboard session of a revoked or rotated key ends now
 
     routes = [Route("/v1/chat/completions", chat, methods=["POST"]),
               Route("/v1/embeddings", embeddings, methods=["POST"]),
@@ -322,10 +325,14 @@ def build(config: GatewayConfig):
     from truecost.audit.overview import Budget
     from truecost.dashboard.app import create_dashboard
 
+    from truecost.dashboard.auth import SessionStore
+
+    sessions = SessionStore()  # per replica: several replicas behind a balancer need sticky sessions
     dashboard = create_dashboard(store, [Budget(b.field, b.value, b.period, b.limit_usd) for b in config.budgets],
                                  title="truecost gateway", auth=GatewayDashboardAuth(config.admin_key_sha256, keys),
+                                 sessions=sessions,
                                  cache_target_error=config.cache.target_error if config.cache.enabled else None)
-    app = create_app(config, pipeline, keys, on_shutdown=[close_all], dashboard=dashboard)
+    app = create_app(config, pipeline, keys, on_shutdown=[close_all], dashboard=dashboard, sessions=sessions)
     app.state.pipeline, app.state.store, app.state.writer, app.state.keys = pipeline, store, writer, keys
     return app
 

@@ -64,6 +64,9 @@ class RouteConfig:
 
 
 ATTRIBUTION_HEADER_FIELDS = ("cost_center", "team", "tenant", "environment")
+# what allow_attribution_headers may grant: those fields, and `request_id` -- the client's x-request-id becomes
+# the ledger's request id (for a trusted service that opened the request itself, e.g. an SDK-tracked pipeline)
+HEADER_GRANTS = (*ATTRIBUTION_HEADER_FIELDS, "request_id")
 KEY_SCOPES = ("read",)
 
 
@@ -344,8 +347,7 @@ def _parse_key(k: Any, i: int, where: str, models: dict) -> KeyConfig:
     return KeyConfig(str(k.get("name") or f"key-{i}"), digest, k.get("cost_center"), k.get("team"), k.get("tenant"),
                      k.get("environment"), bool(k.get("revoked", False)), allowed_models, rpm, tpm,
                      _when(k.get("expires_at"), f"{where}.expires_at"),
-                     _names(k.get("allow_attribution_headers"), f"{where}.allow_attribution_headers",
-                            ATTRIBUTION_HEADER_FIELDS),
+                     _names(k.get("allow_attribution_headers"), f"{where}.allow_attribution_headers", HEADER_GRANTS),
                      _names(k.get("scopes"), f"{where}.scopes", KEY_SCOPES))
 
 

@@ -41,7 +41,7 @@ from truecost.errors import ConfigError, LedgerError, TruecostError
 log = logging.getLogger("truecost.gateway.keys")
 
 SECRET_PREFIX = "sk-tc-"
-ATTRIBUTION_HEADER_FIELDS = ("cost_center", "team", "tenant", "environment")
+from truecost.gateway.config import HEADER_GRANTS as ATTRIBUTION_HEADER_FIELDS  # noqa: E402  (one list)
 SCOPES = ("read",)
 MAX_GRACE_SECONDS = 30 * 86_400
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

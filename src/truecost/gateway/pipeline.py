@@ -214,12 +214,14 @@ class Pipeline:
                 self.metrics.inc("truecost_budget_alerts_total")
             self.budgets.alerts.clear()
         client_id = headers.get("x-request-id")
-        req = self.tracker.request(os.urandom(16).hex(), attribution)  # unguessable (128 random bits); never the client's
+        client_id = client_id if client_id and _CLIENT_ID.fullmatch(client_id) else None
+        joins = client_id is not None and (key is None or "request_id" in key.allow_attribution_headers)
+        # unguessable (128 random bits); the client's id only for a key trusted to join its own request
+        req = self.tracker.request(client_id if joins else os.urandom(16).hex(), attribution)
         self.tracker.open_request(req)
         scope = (f"tenant:{attribution.tenant}" if attribution.tenant else
                  f"key:{key.name}" if key is not None else "anonymous")
-        return Exchange(body, key, headers, attribution, req, admission, scope, t0,
-                        client_id if client_id and _CLIENT_ID.fullmatch(client_id) else None)
+        return Exchange(body, key, headers, attribution, req, admission, scope, t0, None if joins else client_id)
 
     def _release_tokens(self, admission: Admission, actual: int = 0) -> None:
         if admission.key_name is not None:

@@ -166,3 +166,33 @@ def test_static_key_auth_and_sessions():
     assert sessions.get(tokens[3]) is None and sessions.get(None) is None
     sessions.create(READ)
     assert len(sessions) == 1  # expired sessions do not pile up
+    admin = sessions.create(Principal("admin", admin=True))
+    assert sessions.revoke_principal("acme-reader") == 1 and len(sessions) == 1 and sessions.get(admin).admin
+
+
+def test_a_revoked_key_loses_its_sessions(store):
+    sessions = SessionStore()
+
+    async def go():
+        async with _client(store, sessions=sessions) as c:
+            await _login(c, READER)
+            assert (await c.get("/ui/")).status_code == 200
+            sessions.revoke_principal(READ.name)  # what the gateway does when the key is revoked or rotated
+            assert (await c.get("/ui/")).status_code == 303
+    run(go())
+
+
+def test_the_requests_list_is_scoped_too(store):
+    async def go():
+        async with _client(store) as c:
+            await _login(c, READER)
+            r = await c.get("/ui/requests?tenant=globex&cost_center=ops")
+            assert r.status_code == 200
+            assert set(re.findall(r'/ui/request/(req-[\w-]+)', r.text)) == {"req-acme-1", "req-acme-4"}
+            assert (await c.get("/ui/requests?since=yesterday")).status_code == 400
+        async with _client(store) as c:
+            await _login(c, ADMIN)
+            r = await c.get("/ui/requests")
+            assert set(re.findall(r'/ui/request/(req-[\w-]+)', r.text)) == {f"req-{t}-{i}" for t, i in
+                                                                          (("acme", 1), ("acme", 2), ("globex", 3), ("acme", 4))}
+    run(go())
