@@ -26,10 +26,13 @@ def test_prices_list_and_show():
     r = run("prices", "list", "--kind", "chat", "--at", "2026-11-20", "--json")
     rows = json.loads(r.output)
     luna = next(x for x in rows if x["name"] == "gpt-6-luna")
-    assert luna["rates"]["input"] == "0.10" and luna["source"]
+    assert Decimal(luna["rates"]["input"]) == Decimal("0.10") and luna["source"]
     r = run("prices", "show", "claude-sonnet-5.5", "--json")
     versions = json.loads(r.output)["versions"]
-    assert [v["rates"]["cached_input"] for v in versions] == ["0.20", "0.10"]
+    cached = [(v["effective_from"][:10], Decimal(v["rates"]["cached_input"])) for v in versions]
+    changes = [c for i, c in enumerate(cached) if i == 0 or c[1] != cached[i - 1][1]]
+    assert changes == [("2026-09-01", Decimal("0.20")), ("2026-10-07", Decimal("0.10"))]  # the cut, dated
+    assert all(v["source"] for v in versions)
     assert run("prices", "show", "claude-sonnet-5.5").exit_code == 0
 
 
