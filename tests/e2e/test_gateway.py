@@ -654,7 +654,7 @@ def test_a_shared_budget_store_is_called_off_the_event_loop(stack):
             except RuntimeError:
                 return "worker thread"
 
-        def admit(self, attribution, estimate):
+        def admit(self, attribution, estimate, **kw):
             calls.append(("admit", self._where()))
             return [("tenant", "acme", "day")]
 

@@ -74,7 +74,8 @@ def test_requests_per_minute_limit_is_a_429_with_retry_after(gw, upstream):
                    json={"model": "embed", "input": "rpm-embeddings"})
         assert r.status_code == 429 and r.headers.get("retry-after"), r.text[:300]
     assert len(upstream.calls("rpm-")) == 3
-    assert len(gw.request_ids("cost_center", "cc-rpm")) == 3
+    rows = gw.wait_rows("cost_center = ?", ("cc-rpm",), at_least=3, settle=0.5)  # the batch writer flushes every 0.25 s
+    assert len({r["request_id"] for r in rows}) == 3
 
 
 def test_tokens_per_minute_limit_counts_the_estimate_at_admission(gw, upstream):
