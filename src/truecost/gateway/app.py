@@ -25,7 +25,7 @@ from truecost.gateway import anthropic_api
 from truecost.gateway.config import GatewayConfig
 from truecost.gateway.errors import GatewayError
 from truecost.gateway.pipeline import Pipeline, Result
-from truecost.gateway.validation import parse_json_body, validate_messages
+from truecost.gateway.validation import read_json_body, validate_messages
 
 log = logging.getLogger("truecost.gateway")
 
@@ -62,16 +62,7 @@ def _stream_response(result: Result, content=None) -> SettlingStream:
 
 
 async def _read_json(request: Request, limits) -> Any:
-    limit = limits.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise GatewayError(413, f"request body is larger than {limit:,} bytes", code="body_too_large")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise GatewayError(413, f"request body is larger than {limit:,} bytes", code="body_too_large")
-    return parse_json_body(bytes(raw), max_depth=limits.max_json_depth)
+    return await read_json_body(request, max_bytes=limits.max_body_bytes, max_depth=limits.max_json_depth)
 
 
 def _bearer(request: Request) -> str | None:
