@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 [ -x .venv-litellm/bin/python ] || python3 -m venv .venv-litellm
 .venv-litellm/bin/python -m pip install --quiet --upgrade pip
 .venv-litellm/bin/python -m pip install --quiet 'litellm[proxy]'
-.venv-litellm/bin/litellm --version || true
+LITELLM_LOCAL_MODEL_COST_MAP=True .venv-litellm/bin/litellm --version || true  # no price-map download
 # the load generator: at concurrency 64 the Python one saturates before either gateway does
 if ! command -v wrk >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" = "0" ] || SUDO="sudo"

@@ -75,3 +75,35 @@ def test_segments_are_dropped_once_stored(tmp_path):
     w.close()
     assert store.aggregate([])[0].events == 201
     store.close()
+
+
+def test_a_replay_appends_new_events_in_bulk_around_stored_ones(tmp_path):
+    import json as _json
+    from datetime import datetime, timezone
+    from decimal import Decimal
+
+    from truecost.ledger import CostEvent
+    from truecost.ledger.serialize import event_to_dict
+    from truecost.ledger.writer import replay_spool
+
+    class Counting(SQLiteLedgerStore):
+        calls = 0
+
+        def append(self, events):
+            Counting.calls += 1
+            super().append(events)
+    events = [CostEvent(id=f"e{i}", request_id=f"r{i}", ts=datetime(2026, 11, 1, tzinfo=timezone.utc), step="generate",
+                        cost=Decimal("0.001")) for i in range(2000)]
+    store = Counting(tmp_path / "l.db")
+    store.append(events[:300])  # a crash had stored the first batches of the file
+    store.append(events[900:950])
+    spool = tmp_path / "wal-1.jsonl"
+    spool.write_text("".join(_json.dumps(event_to_dict(e)) + "\n" for e in events))
+    Counting.calls = 0
+    assert replay_spool(spool, store) == 2000 - 350
+    ids = [e.id for e in store.query()]
+    assert sorted(ids) == sorted(e.id for e in events) and len(ids) == len(set(ids))
+    # was one commit per event (2,000) once a duplicate was met; now new events go in halves, and only the
+    # stored ones are narrowed down to single appends
+    assert Counting.calls < 2 * 350 + 2 * 11 * 3
+    store.close()
