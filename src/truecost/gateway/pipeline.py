@@ -33,6 +33,7 @@ from truecost.gateway.budgets import BudgetExceeded, BudgetGuard, BudgetUnavaila
 from truecost.gateway.config import GatewayConfig
 from truecost.gateway.errors import GatewayError
 from truecost.gateway.metrics import Metrics
+from truecost.gateway.ratelimit import RateLimited
 from truecost.gateway.planning import load_router_artifact, make_router, plan  # noqa: F401  (re-exported)
 from truecost.gateway.validation import validate_chat, validate_embeddings
 from truecost.pricing.cost import price_tokens
@@ -183,8 +184,6 @@ class Pipeline:
         est = (estimate(self.tracker, body, models, output_tokens) if (self.config.budgets or limited)
                else Estimate(ZERO, 0))
         if limited:
-            from truecost.gateway.ratelimit import RateLimited
-
             try:
                 self.limiter.check(key.name, key.rpm, key.tpm, est.tokens, time.time())
             except RateLimited as exc:
@@ -244,14 +243,15 @@ class Pipeline:
                 if not step._charges:
                     ex.unknown(step, step.name or "", "interrupted before the upstream answered")
                 ex.finish(step, RuntimeError("interrupted"))
-            charged = sum((Decimal(e.details["budget_charge_usd"]) for e in ex.req.events
-                           if e.cost is None and e.details.get("budget_charge_usd") is not None), ZERO)
-            if ex.admission.budget_keys:
+            if ex.admission.budget_keys:  # only budgeted requests pay for the sums below
+                charged = sum((Decimal(e.details["budget_charge_usd"]) for e in ex.req.events
+                               if e.cost is None and e.details.get("budget_charge_usd") is not None), ZERO)
                 await self._budget_call(functools.partial(self.budgets.settle, ex.admission.budget_keys,
                                                           ex.admission.estimate, ex.req.total + charged))
         finally:
-            tokens = sum(sum(e.details.get("tokens", {}).values()) for e in ex.req.events if e.step == "generate")
-            self._release_tokens(ex.admission, tokens)
+            if ex.admission.key_name is not None:
+                used = sum(sum(e.details.get("tokens", {}).values()) for e in ex.req.events if e.step == "generate")
+                self._release_tokens(ex.admission, used)
             self.tracker.close_request(ex.req, None)
 
     # -- stages 2-4 for chat ------------------------------------------------------------
