@@ -13,8 +13,7 @@ from typing import Any, AsyncIterator, Iterable
 
 from truecost.errors import UpstreamError
 from truecost.upstream.errors import UpstreamBadResponse, UpstreamStreamCut, UpstreamUnsupported, in_band_error
-from truecost.upstream.http import HTTPTransport
-from truecost.upstream.openai_compat import timeouts
+from truecost.upstream.http import TransportClient
 
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
            "refusal": "content_filter"}
@@ -53,7 +52,7 @@ def _is_error(answer: dict) -> bool:
     return answer.get("type") == "error" or ("error" in answer and not answer.get("content"))
 
 
-class AnthropicUpstream:
+class AnthropicUpstream(TransportClient):
     flavour = "anthropic"
     supports_embeddings = False
 
@@ -61,16 +60,10 @@ class AnthropicUpstream:
                  version: str = "2023-06-01", connect_timeout: float = 5.0, first_byte_timeout: float = 60.0,
                  idle_timeout: float = 30.0, max_retries: int = 2, backoff: float = 0.25, max_connections: int = 256,
                  timeout: float | None = None) -> None:
-        headers = {"anthropic-version": version, **({"x-api-key": api_key} if api_key else {})}
-        self._http = HTTPTransport(base_url, headers, (api_key,),
-                                   timeouts(connect_timeout, first_byte_timeout, idle_timeout, timeout),
-                                   max_retries=max_retries, backoff=backoff, max_connections=max_connections)
-        self.base_url, self.max_retries = self._http.base_url, max_retries
-        self.timeouts = self._http.timeouts
-        self.timeout = self.timeouts.first_byte  # the legacy attribute
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self.base_url!r})"
+        super().__init__(base_url, {"anthropic-version": version, **({"x-api-key": api_key} if api_key else {})},
+                         api_key, connect_timeout=connect_timeout, first_byte_timeout=first_byte_timeout,
+                         idle_timeout=idle_timeout, max_retries=max_retries, backoff=backoff,
+                         max_connections=max_connections, timeout=timeout)
 
     async def complete(self, body: dict) -> dict:
         resp = await self._http.post_json("/messages", to_anthropic(body))
@@ -94,8 +87,6 @@ class AnthropicUpstream:
     async def embed(self, body: dict) -> dict:
         raise UpstreamUnsupported("the Anthropic API has no embeddings endpoint")
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
 
 class _EventParser:

@@ -228,3 +228,30 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:  # an HTTP date: fall back to our own backoff
         return None
     return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
+
+
+def timeouts(connect_timeout: float, first_byte_timeout: float, idle_timeout: float,
+             timeout: float | None) -> Timeouts:
+    """``timeout`` is the legacy name of ``first_byte_timeout``."""
+    return Timeouts(connect_timeout, first_byte_timeout if timeout is None else timeout, idle_timeout)
+
+
+class TransportClient:
+    """What every model-API client shares: one redacting transport, its timeouts, repr and close."""
+
+    def __init__(self, base_url: str, headers: dict[str, str], api_key: str | None, *, connect_timeout: float,
+                 first_byte_timeout: float, idle_timeout: float, max_retries: int, backoff: float,
+                 max_connections: int, timeout: float | None) -> None:
+        self._http = HTTPTransport(base_url, headers, (api_key,),
+                                   timeouts(connect_timeout, first_byte_timeout, idle_timeout, timeout),
+                                   max_retries=max_retries, backoff=backoff, max_connections=max_connections)
+        self.base_url, self.max_retries = self._http.base_url, max_retries
+        self.timeouts = self._http.timeouts
+        self.timeout = self.timeouts.first_byte  # the legacy attribute
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+

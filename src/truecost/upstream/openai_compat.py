@@ -11,34 +11,22 @@ from typing import Any, AsyncIterator, Iterable
 
 from truecost.errors import UpstreamError
 from truecost.upstream.errors import UpstreamBadResponse, UpstreamStreamCut, in_band_error
-from truecost.upstream.http import HTTPTransport, Timeouts, aiohttp_module
+from truecost.upstream.http import TransportClient, aiohttp_module, timeouts  # noqa: F401  (timeouts re-exported)
 
 _aiohttp = aiohttp_module  # the old private name, kept for importers
 
 
-def timeouts(connect_timeout: float, first_byte_timeout: float, idle_timeout: float,
-             timeout: float | None) -> Timeouts:
-    """``timeout`` is the legacy name of ``first_byte_timeout``."""
-    return Timeouts(connect_timeout, first_byte_timeout if timeout is None else timeout, idle_timeout)
-
-
-class OpenAICompatibleUpstream:
+class OpenAICompatibleUpstream(TransportClient):
     flavour = "openai"
     supports_embeddings = True
 
     def __init__(self, base_url: str, api_key: str | None = None, *, connect_timeout: float = 5.0,
                  first_byte_timeout: float = 60.0, idle_timeout: float = 30.0, max_retries: int = 2,
                  backoff: float = 0.25, max_connections: int = 256, timeout: float | None = None) -> None:
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = HTTPTransport(base_url, headers, (api_key,),
-                                   timeouts(connect_timeout, first_byte_timeout, idle_timeout, timeout),
-                                   max_retries=max_retries, backoff=backoff, max_connections=max_connections)
-        self.base_url, self.max_retries = self._http.base_url, max_retries
-        self.timeouts = self._http.timeouts
-        self.timeout = self.timeouts.first_byte  # the legacy attribute
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self.base_url!r})"
+        super().__init__(base_url, {"authorization": f"Bearer {api_key}"} if api_key else {}, api_key,
+                         connect_timeout=connect_timeout, first_byte_timeout=first_byte_timeout,
+                         idle_timeout=idle_timeout, max_retries=max_retries, backoff=backoff,
+                         max_connections=max_connections, timeout=timeout)
 
     async def _answer(self, path: str, body: dict, required: str) -> dict:
         resp = await self._http.post_json(path, body)
@@ -63,8 +51,6 @@ class OpenAICompatibleUpstream:
         secrets = self._http.secrets
         return self._http.stream("/chat/completions", body, lambda: _ChunkParser(secrets))
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
 
 class _ChunkParser:
