@@ -303,3 +303,12 @@ def test_a_revoked_key_loses_its_dashboard_session(upstream, tmp_path):
                            json={"reason": "left the team"})
             assert r.status_code == 200
             assert browser.get("/ui/").status_code == 303  # back to the login page
+
+
+def test_an_attribution_header_the_ledger_cannot_store_is_a_400_before_anything_is_spent(gw):
+    server, app = gw
+    for headers in ({"x-truecost-feature": "f" * 600}, {"x-truecost-tags": "k=" + "v" * 600}):
+        r = httpx.post(server.url + "/v1/chat/completions", json={"model": "support", "messages": MSG},
+                       headers={"authorization": f"Bearer {KEY}", **headers})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_attribution"
+    assert _in_flight(app, "cost_center", "small") == 0

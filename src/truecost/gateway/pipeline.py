@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
-from truecost.errors import TruecostError, UpstreamError
+from truecost.errors import InvalidAttributionError, TruecostError, UpstreamError
 from truecost.gateway.admission import (Admission, Estimate, attribution_for, estimate, estimated_prompt_tokens,
                                         own_attribution)
 from truecost.gateway.budgets import BudgetExceeded, BudgetGuard, BudgetUnavailable, BudgetUnpriced
@@ -178,8 +178,11 @@ class Pipeline:
 
     async def admit(self, body: dict, key: Any, headers: Mapping[str, str], models: list[str], t0: float,
                     output_tokens: int | None = None) -> Exchange:
-        attribution = attribution_for(key, headers, on_ignored=lambda f: self.metrics.inc(
-            "truecost_attribution_headers_ignored_total", field=f))
+        try:
+            attribution = attribution_for(key, headers, on_ignored=lambda f: self.metrics.inc(
+                "truecost_attribution_headers_ignored_total", field=f))
+        except InvalidAttributionError as exc:  # a tag or feature header the ledger cannot store faithfully
+            raise GatewayError(400, f"attribution header refused: {exc}", code="invalid_attribution") from None
         limited = key is not None and self.limiter is not None and (key.rpm or key.tpm)
         est = (estimate(self.tracker, body, models, output_tokens) if (self.config.budgets or limited)
                else Estimate(ZERO, 0))
