@@ -18,7 +18,6 @@ The secret is in the answer to create and rotate only; it is stored nowhere.
 from __future__ import annotations
 
 import hmac
-import json
 import threading
 import time
 from datetime import datetime, timezone
@@ -30,8 +29,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from truecost.errors import TruecostError
+from truecost.gateway.errors import GatewayError
 from truecost.gateway.keys import (InvalidKeySpec, KeyConflict, KeyNotFound, KeyStore, ReadOnlyKey, actor_for,
                                    digest_of)
+from truecost.gateway.validation import parse_json_body, read_body
 
 MAX_BODY = 64 * 1024
 CREATE_FIELDS = ("name", "cost_center", "team", "tenant", "environment", "models", "rpm", "tpm", "expires_at",
@@ -91,25 +92,13 @@ def _bearer(request: Request) -> str | None:
 
 async def _body(request: Request, allowed: Iterable[str], optional: bool) -> dict:
     """A JSON object of at most MAX_BODY bytes with only ``allowed`` fields (an empty body is {} when optional)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY:
-        raise AdminError(413, f"request body is larger than {MAX_BODY:,} bytes", code="body_too_large")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY:
-            raise AdminError(413, f"request body is larger than {MAX_BODY:,} bytes", code="body_too_large")
-    if not raw.strip() and optional:
-        return {}
-
-    def no_constants(name: str):
-        raise ValueError(f"{name} is not valid JSON")
-    try:
-        body = json.loads(bytes(raw).decode("utf-8"), parse_constant=no_constants)
-    except UnicodeDecodeError:
-        raise AdminError(400, "request body is not valid UTF-8") from None
-    except (ValueError, RecursionError):
-        raise AdminError(400, "request body is not valid JSON") from None
+    try:  # the gateway's one body reader: size, UTF-8, JSON, depth, lone surrogates
+        raw = await read_body(request, max_bytes=MAX_BODY)
+        if not raw.strip() and optional:
+            return {}
+        body = parse_json_body(raw)
+    except GatewayError as exc:
+        raise AdminError(exc.status, exc.message, code=exc.code if exc.status == 413 else None) from None
     if not isinstance(body, dict):
         raise AdminError(400, "request body must be a JSON object")
     unknown = sorted(set(body) - set(allowed))

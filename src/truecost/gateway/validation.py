@@ -104,8 +104,8 @@ def _check_str(s: str) -> None:
                            code="invalid_body")
 
 
-async def read_json_body(request: Any, *, max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Read a Starlette request's body up to ``max_bytes`` (413 beyond, without reading the rest) and parse it."""
+async def read_body(request: Any, *, max_bytes: int) -> bytes:
+    """A Starlette request's body, up to ``max_bytes`` (413 beyond, without reading the rest)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise GatewayError(413, f"request body is larger than {max_bytes:,} bytes", code="body_too_large")
@@ -114,7 +114,12 @@ async def read_json_body(request: Any, *, max_bytes: int, max_depth: int = MAX_J
         raw += chunk
         if len(raw) > max_bytes:
             raise GatewayError(413, f"request body is larger than {max_bytes:,} bytes", code="body_too_large")
-    return parse_json_body(bytes(raw), max_depth=max_depth)
+    return bytes(raw)
+
+
+async def read_json_body(request: Any, *, max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Read a Starlette request's body up to ``max_bytes`` and parse it."""
+    return parse_json_body(await read_body(request, max_bytes=max_bytes), max_depth=max_depth)
 
 
 # ---------------------------------------------------------------- parameter checks
