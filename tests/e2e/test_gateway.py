@@ -355,6 +355,28 @@ def test_anthropic_upstream_is_priced_with_anthropic_rules(tmp_path):
     assert e.cost == Decimal("0.026")
 
 
+def test_an_upstreams_price_attributes_select_its_regional_price(tmp_path):
+    # the same answer from a global and a data-residency (regional, +10%) deployment of gpt-6-luna
+    with ServerThread(make_app()) as upstream:
+        config = parse_config({"ledger": str(tmp_path / "gw.db"),
+                               "upstreams": {"global": {"base_url": upstream.url + "/v1"},
+                                             "eu": {"base_url": upstream.url + "/v1",
+                                                    "price_attributes": {"region": "regional"}}},
+                               "models": {"g": {"candidates": [{"upstream": "global", "model": "gpt-6-luna"}]},
+                                          "r": {"candidates": [{"upstream": "eu", "model": "gpt-6-luna"}]}}})
+        app = build(config)
+        with ServerThread(app) as gw:
+            c = openai.OpenAI(api_key="none", base_url=gw.url + "/v1", max_retries=0)
+            costs = {}
+            for alias in ("g", "r"):
+                raw = c.chat.completions.with_raw_response.create(model=alias, messages=[{"role": "user", "content": "x"}])
+                (e,) = ledger_events(app, raw.headers["x-request-id"])
+                costs[alias] = (Decimal(raw.headers["x-truecost-cost-usd"]), e)
+    assert costs["g"][0] > 0 and costs["r"][0] == costs["g"][0] * Decimal("1.1")
+    assert costs["r"][1].cost == costs["r"][0]
+    assert costs["r"][1].details.get("price_attributes") == {"region": "regional"}
+
+
 class ResetServer:
     """Accepts TCP connections and resets them at once (SO_LINGER 0): a peer that drops the line."""
 

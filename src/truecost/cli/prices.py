@@ -125,9 +125,12 @@ def _version_dict(v) -> dict:
             "tiers": [{"above_prompt_tokens": t.above_prompt_tokens, "rates": rates(t.rates)} for t in v.tiers],
             "variants": [{"when": dict(x.when), "rates": rates(x.rates),
                           "tiers": [{"above_prompt_tokens": t.above_prompt_tokens, "rates": rates(t.rates)} for t in x.tiers],
-                          "multiplier": str(x.multiplier) if x.multiplier is not None else None} for x in v.variants],
+                          "multiplier": str(x.multiplier) if x.multiplier is not None else None,
+                          "source": x.source} for x in v.variants],
             "free_per_month": str(v.free_per_month) if v.free_per_month is not None else None,
-            "source": v.source, "undated": v.undated}
+            "source": v.source, "undated": v.undated,
+            "rate_sources": dict(v.attributes.get("rate_sources") or {}),  # rates a truecost rule supplied
+            "not_offered": dict(v.attributes.get("unavailable") or {})}
 
 
 @prices.command("show")
@@ -164,7 +167,12 @@ def show_price(name, files, litellm, prices_dir, pin, as_json) -> None:
             what = ", ".join(f"{k} ${r}" for k, r in x["rates"].items()) or ""
             if x["multiplier"]:
                 what += (", " if what else "") + f"x{x['multiplier']} otherwise"
-            console.print(f"    when {', '.join(f'{k}={val}' for k, val in x['when'].items())}: {what}")
+            console.print(f"    when {', '.join(f'{k}={val}' for k, val in x['when'].items())}: {what}"
+                          + (f" [dim]({x['source']})[/dim]" if x["source"] else ""))
+        for k, src in v["rate_sources"].items():
+            console.print(f"    [dim]{k}: supplied by truecost's rules ({src})[/dim]")
+        for k, src in v["not_offered"].items():
+            console.print(f"    not offered: {k} [dim]({src})[/dim]")
         if v["free_per_month"]:
             console.print(f"    free per month: {v['free_per_month']}")
         console.print(f"    [dim]source: {v['source']}[/dim]")

@@ -26,6 +26,9 @@ class UpstreamConfig:
     kind: str = "openai"  # openai (any OpenAI-compatible endpoint) | anthropic
     connect_timeout: float = 5.0
     idle_timeout: float = 30.0  # the longest gap between two chunks of a stream (never a cap on its total length)
+    # Facts of this deployment that select a price and no response states, e.g. {region: regional} for an
+    # OpenAI project with data residency or a Vertex regional endpoint (+10%). The response's own wins.
+    price_attributes: tuple[tuple[str, str], ...] = ()
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -184,6 +187,7 @@ TOP_LEVEL = ("upstreams", "models", "keys", "budgets", "ledger", "ledger_schema"
              "spool", "compute", "max_body_bytes", "prices_files", "cache", "otel", "metrics_token_sha256", "limits",
              "otlp", "admin_key", "metrics_token")  # the last two only to say: store them hashed
 UPSTREAM_KEYS = ("base_url", "api_key_env", "kind", "timeout", "first_byte_timeout", "connect_timeout", "idle_timeout",
+                 "price_attributes",
                  "max_retries")
 KEY_KEYS = ("name", "key_sha256", "cost_center", "team", "tenant", "environment", "revoked", "models", "rpm", "tpm",
             "expires_at", "allow_attribution_headers", "scopes")
@@ -232,6 +236,18 @@ def _parse_otlp(doc: dict, source: str) -> Any:
         raise ConfigError(f"{source}: otlp: {exc}") from None
 
 
+PRICE_ATTRIBUTE_KEYS = ("region", "inference_geo", "service_tier", "speed")
+
+
+def _price_attributes(raw: object, where: str) -> tuple[tuple[str, str], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict) or not all(isinstance(v, str) and v for v in raw.values()):
+        raise ConfigError(f"{where}: a mapping of attribute to value, e.g. {{region: regional}}")
+    _no_unknown(raw, PRICE_ATTRIBUTE_KEYS, where)
+    return tuple(sorted((str(k), v.lower()) for k, v in raw.items()))
+
+
 def _parse_upstreams(doc: dict, source: str) -> dict[str, UpstreamConfig]:
     ups = {}
     for name, u in (doc.get("upstreams") or {}).items():
@@ -251,7 +267,8 @@ def _parse_upstreams(doc: dict, source: str) -> dict[str, UpstreamConfig]:
         ups[name] = UpstreamConfig(name, str(_need(u, "base_url", where)), u.get("api_key_env"),
                                    _positive(first_byte, f"{where}.first_byte_timeout"), retries, kind,
                                    _positive(u.get("connect_timeout", 5.0), f"{where}.connect_timeout"),
-                                   _positive(u.get("idle_timeout", 30.0), f"{where}.idle_timeout"))
+                                   _positive(u.get("idle_timeout", 30.0), f"{where}.idle_timeout"),
+                                   _price_attributes(u.get("price_attributes"), f"{where}.price_attributes"))
     if not ups:
         raise ConfigError(f"{source}: at least one upstream is needed")
     return ups

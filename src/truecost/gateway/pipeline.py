@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -30,14 +31,14 @@ from truecost.errors import InvalidAttributionError, TruecostError, UpstreamErro
 from truecost.gateway.admission import (Admission, Estimate, attribution_for, estimate, estimated_prompt_tokens,
                                         own_attribution)
 from truecost.gateway.budgets import BudgetExceeded, BudgetGuard, BudgetUnavailable, BudgetUnpriced
-from truecost.gateway.config import GatewayConfig
+from truecost.gateway.config import Candidate, GatewayConfig
 from truecost.gateway.errors import GatewayError
 from truecost.gateway.metrics import Metrics
 from truecost.gateway.ratelimit import RateLimited
 from truecost.gateway.planning import load_router_artifact, make_router, plan  # noqa: F401  (re-exported)
 from truecost.gateway.validation import validate_chat, validate_embeddings
 from truecost.pricing.cost import price_tokens
-from truecost.pricing.usage import normalise, normalise_call
+from truecost.pricing.usage import CallUsage, normalise, normalise_call
 from truecost.routing.cascade import LogprobCascade, mean_logprob
 from truecost.tracking.scope import RequestScope, StepScope
 from truecost.tracking.tracker import Tracker
@@ -124,6 +125,8 @@ class Pipeline:
         self.routers = {alias: make_router(r, tracker) for alias, r in config.routes.items() if r.strategy != "cascade"}
         self.cascades = {alias: LogprobCascade(r.min_mean_logprob) for alias, r in config.routes.items()
                          if r.strategy == "cascade"}
+        # per upstream: deployment facts that select a price (region=regional...), see UpstreamConfig
+        self.price_attributes = {n: dict(u.price_attributes) for n, u in config.upstreams.items() if u.price_attributes}
 
     # -- entry points -----------------------------------------------------------------
     async def chat(self, body: Any, key: Any, headers: Mapping[str, str]) -> Result:
@@ -293,20 +296,22 @@ class Pipeline:
             raise
         call_ms = (time.perf_counter() - t_up) * 1000
         ex.upstream_ms += call_ms
-        usage = self._charge(ex, step, cand.model, resp.get("usage"), resp.pop("_truecost_usage", None), resp)
+        usage = self._charge(ex, step, cand, resp.get("usage"), resp.pop("_truecost_usage", None), resp)
         if cand.self_hosted:
             self.tracker.charge_compute(step, call_ms)
         step.annotate(upstream=cand.upstream, fallback=fallback)
         return resp, usage, step
 
-    def _charge(self, ex: Exchange, step: StepScope, model: str, usage: Any, native: Any, response: Any = None) -> Any:
-        """Price the upstream's usage (with the call's service tier, read from the response); malformed or
-        contradictory usage is recorded as unknown, with its numbers."""
+    def _charge(self, ex: Exchange, step: StepScope, cand: Candidate, usage: Any, native: Any,
+                response: Any = None) -> Any:
+        """Price the upstream's usage (with the call's service tier, read from the response, and the upstream's
+        configured price attributes); malformed or contradictory usage is recorded as unknown, with its numbers."""
+        model = cand.model
         try:
             if native:
-                step.tokens(model, normalise_call(native["usage"], native["flavour"]))
+                step.tokens(model, self._deployment(normalise_call(native["usage"], native["flavour"]), cand))
             elif usage:
-                step.tokens(model, normalise_call(usage, "openai", response=response))
+                step.tokens(model, self._deployment(normalise_call(usage, "openai", response=response), cand))
             else:
                 ex.unknown(step, model, "upstream response carried no usage")
                 return None
@@ -316,6 +321,11 @@ class Pipeline:
             self.metrics.inc("truecost_malformed_usage_total", model=model)
             return None
         return usage
+
+    def _deployment(self, call: CallUsage, cand: Candidate) -> CallUsage:
+        """The call with its upstream's configured price attributes; what the response states wins."""
+        attrs = self.price_attributes.get(cand.upstream)
+        return call if not attrs else dataclasses.replace(call, attributes={**attrs, **call.attributes})
 
     async def _call(self, ex: Exchange, candidates, route) -> Served:
         last_error: Exception | None = None
@@ -431,7 +441,7 @@ class Pipeline:
                 last_error = exc
                 continue
             usage = resp.get("usage") if isinstance(resp.get("usage"), dict) else {}
-            self._charge(ex, step, cand.model, {"prompt_tokens": usage.get("prompt_tokens")}
+            self._charge(ex, step, cand, {"prompt_tokens": usage.get("prompt_tokens")}
                          if usage.get("prompt_tokens") is not None else None, None)
             ex.finish(step)
             return Result(body=resp, headers={"x-request-id": ex.req.id, "x-truecost-model": cand.model,
@@ -462,19 +472,19 @@ class Pipeline:
                         yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
                 except UpstreamError as exc:
                     last_error = exc
-                    self._charge_partial(ex, step, cand.model, got, exc, hung_up=False)
+                    self._charge_partial(ex, step, cand, got, exc, hung_up=False)
                     if sent_any or isinstance(exc, UpstreamStreamCut):
                         err = GatewayError(502, f"upstream stream failed mid-way: {exc}", "upstream_error", "stream_cut")
                         yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
                         return
                     continue
                 except BaseException as exc:  # the client went away (or we were cancelled): charge what was used
-                    self._charge_partial(ex, step, cand.model, got, exc, hung_up=True)
+                    self._charge_partial(ex, step, cand, got, exc, hung_up=True)
                     raise
                 finally:
                     await upstream_stream.aclose()  # closes the upstream response: the upstream call is cancelled
                 if got["usage"] or got["native"]:
-                    self._charge(ex, step, cand.model, got["usage"], got["native"], got["last"])
+                    self._charge(ex, step, cand, got["usage"], got["native"], got["last"])
                 else:  # some servers (llama.cpp) send no usage in streams: estimate, and say so
                     self._estimate_usage(ex, step, cand.model, got["chunks"])
                 if cand.self_hosted:
@@ -494,11 +504,12 @@ class Pipeline:
         step.annotate(usage_estimated_from_chunks=True,
                       usage_estimate="prompt: request characters / 4; output: one token per chunk received")
 
-    def _charge_partial(self, ex: Exchange, step: StepScope, model: str, got: dict, exc: BaseException,
+    def _charge_partial(self, ex: Exchange, step: StepScope, cand: Candidate, got: dict, exc: BaseException,
                         hung_up: bool) -> None:
         """A stream that ended early: the provider bills the prompt and what it generated, usage or not."""
+        model = cand.model
         if got["usage"] or got["native"]:
-            self._charge(ex, step, model, got["usage"], got["native"])
+            self._charge(ex, step, cand, got["usage"], got["native"])
         elif got["chunks"] or hung_up or isinstance(exc, UpstreamStreamCut):
             self._estimate_usage(ex, step, model, got["chunks"])
         else:

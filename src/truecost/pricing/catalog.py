@@ -53,17 +53,29 @@ def bundled_documents() -> tuple[list[PriceEntry], dict]:
     return entries, releases
 
 
-def bundled_rules() -> list[dict]:
-    """Provider-wide variants (data/rules.yaml), validated."""
+def _rule(r: dict) -> dict:
+    """One rule of data/rules.yaml, validated: a variant (``when`` + ``multiplier``), a rate
+    supplement (``rates``: classes a model's versions lack) or an unavailable option
+    (``unavailable``: an attribute the provider does not offer for these models)."""
     from decimal import Decimal
 
+    where = "truecost/pricing/data/rules.yaml"
+    if not (r.get("provider") and r.get("models") and r.get("source")):
+        raise ValueError(f"{where}: a rule needs provider, models and source: {r}")
+    kinds = [k for k in ("when", "rates", "unavailable") if r.get(k)]
+    if len(kinds) != 1 or (kinds == ["when"] and not r.get("multiplier")):
+        raise ValueError(f"{where}: a rule needs exactly one of when+multiplier, rates, unavailable: {r}")
+    out = {**r, "kind": kinds[0]}
+    if kinds == ["when"]:
+        out["multiplier"] = Decimal(str(r["multiplier"]))
+    out[kinds[0]] = {str(k): (Decimal(str(v)) if kinds == ["rates"] else str(v)) for k, v in r[kinds[0]].items()}
+    return out
+
+
+def bundled_rules() -> list[dict]:
+    """Provider-wide variants, rate supplements and unavailable options (data/rules.yaml), validated."""
     doc = yaml.safe_load((resources.files("truecost.pricing") / "data" / "rules.yaml").read_text(encoding="utf-8"))
-    rules = []
-    for r in doc.get("rules") or []:
-        if not (r.get("provider") and r.get("models") and r.get("when") and r.get("multiplier") and r.get("source")):
-            raise ValueError(f"truecost/pricing/data/rules.yaml: incomplete rule {r}")
-        rules.append({**r, "multiplier": Decimal(str(r["multiplier"])), "when": {str(k): str(v) for k, v in r["when"].items()}})
-    return rules
+    return [_rule(r) for r in doc.get("rules") or []]
 
 
 def _rule_variant(version: PriceVersion, rule: dict) -> Variant:
@@ -77,19 +89,40 @@ def _rule_variant(version: PriceVersion, rule: dict) -> Variant:
     return Variant(when=rule["when"], rates=rates, tiers=tiers, source=rule["source"])
 
 
-def apply_rules(entry: PriceEntry, rules: list[dict]) -> PriceEntry:
-    """The entry with each matching rule's variant added to the versions that do not list it."""
-    import fnmatch
+def _apply_rule(version: PriceVersion, rule: dict) -> PriceVersion:
+    """The version with one rule applied where the version does not say the thing itself."""
     from dataclasses import replace
+
+    if rule["kind"] == "when":
+        if any(dict(y.when) == rule["when"] for y in version.variants):
+            return version
+        return replace(version, variants=(*version.variants, _rule_variant(version, rule)))
+    if rule["kind"] == "rates":
+        added = {c: r for c, r in rule["rates"].items() if c not in version.rates}
+        if not added or "input" not in version.units:
+            return version
+        sources = dict(version.attributes.get("rate_sources") or {})
+        sources.update({c: rule["source"] for c in added})
+        return replace(version, rates={**version.rates, **added},
+                       units={**version.units, **{c: version.units["input"] for c in added}},
+                       attributes={**version.attributes, "rate_sources": sources})
+    unavailable = dict(version.attributes.get("unavailable") or {})
+    for k, v in rule["unavailable"].items():
+        unavailable.setdefault(f"{k}={v}", rule["source"])
+    return replace(version, attributes={**version.attributes, "unavailable": unavailable})
+
+
+def apply_rules(entry: PriceEntry, rules: list[dict]) -> PriceEntry:
+    """The entry with each matching rule applied to the versions that do not state it themselves."""
+    import fnmatch
 
     versions = entry.versions
     for r in rules:
         if entry.resource.provider != r["provider"] or \
                 not any(fnmatch.fnmatchcase(entry.resource.name, g) for g in r["models"]):
             continue
-        versions = [x if any(dict(y.when) == r["when"] for y in x.variants)
-                    else replace(x, variants=(*x.variants, _rule_variant(x, r))) for x in versions]
-    if versions is entry.versions:
+        versions = [_apply_rule(x, r) for x in versions]
+    if all(a is b for a, b in zip(versions, entry.versions)):
         return entry
     return PriceEntry(entry.resource, entry.aliases, versions, entry.matcher)
 

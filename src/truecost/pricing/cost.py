@@ -159,6 +159,16 @@ def _class_table(version: PriceVersion, prompt_tokens: int, attrs: dict[str, str
     return table, reason
 
 
+def _not_offered(version: PriceVersion, attrs: Mapping[str, str]) -> str | None:
+    """The reason, when the call asks for an option the provider does not offer for this model."""
+    unavailable = version.attributes.get("unavailable") if attrs else None
+    for key, value in attrs.items() if unavailable else ():
+        source = unavailable.get(f"{key}={value}")
+        if source is not None:
+            return f"{version.resource.name} is not offered with {key}={value} ({source})"
+    return None
+
+
 def price_tokens(version: PriceVersion | None, usage: TokenUsage | CallUsage, *, batch: bool = False,
                  attributes: Mapping[str, str] | None = None, unknown_reason: str | None = None) -> PricedCost:
     """Price a generation or embedding call (token classes, audio/image tokens, per-call fees)."""
@@ -169,6 +179,9 @@ def price_tokens(version: PriceVersion | None, usage: TokenUsage | CallUsage, *,
     if insane:
         return PricedCost(cost=None, unknown_reason=insane)
     attrs = requested({**call.attributes, **(attributes or {})}, batch) if (call.attributes or attributes or batch) else {}
+    offered = _not_offered(version, attrs)
+    if offered is not None:
+        return PricedCost(cost=None, unknown_reason=offered)
     if attrs.get("processing") == "batch" and not any(v.when.get("processing") == "batch" for v in version.variants):
         return PricedCost(cost=None, unknown_reason=f"{version.resource.name} has no batch price")
     table, reason = _class_table(version, call.tokens.prompt_total, attrs)

@@ -192,6 +192,9 @@ def _versions(provider: Mapping, model: Mapping, resource: Resource, first: date
                 continue  # e.g. {'service_tier': 'default'} with no override: the standard price
             vs.append(Variant(when={str(k): str(x) for k, x in (v.get("when") or {}).items()},
                               rates=v_rates, tiers=v_tiers))
+        regional = _regional_variant(model)
+        if regional is not None and not any("region" in v.when for v in vs):
+            vs.append(regional)
         versions.append(PriceVersion(
             resource=resource, effective_from=start, effective_to=end, source=source, rates=rates,
             units=dict(units), tiers=tiers, attributes=_attributes(provider, model, start is UNDATED),
@@ -199,6 +202,20 @@ def _versions(provider: Mapping, model: Mapping, resource: Resource, first: date
     if unmapped:
         notes.append(f"{resource.provider}/{resource.name}: price keys not mapped: {', '.join(sorted(unmapped))}")
     return versions
+
+
+# genai-prices states regional premiums in its price comments, not in its price tables
+# ("regional and multi-region endpoints add a 10% premium", "regional endpoints bill 1.1x list").
+_REGIONAL = re.compile(r"(?:regional|multi-region)[^.]*?(?:10% premium|1\.1x list)", re.IGNORECASE)
+
+
+def _regional_variant(model: Mapping) -> Variant | None:
+    """region=regional at 1.1x where the source's comment says so (not on models that are themselves regional ids)."""
+    text = str(model.get("price_comments") or "")
+    if str(model.get("id", "")).startswith("regional.") or not _REGIONAL.search(text):
+        return None
+    return Variant(when={"region": "regional"}, multiplier=Decimal("1.1"),
+                   source="genai-prices price comment: regional endpoints carry a 10% premium over the global endpoint")
 
 
 def _attributes(provider: Mapping, model: Mapping, undated: bool) -> dict:

@@ -122,3 +122,17 @@ def test_budgets_match_the_keys_own_attribution_as_well_as_the_billed_one():
     with pytest.raises(BudgetExceeded):
         guard.admit([own, billed], Decimal("0.01"))
     guard.settle(keys, Decimal("0.10"), Decimal("0.10"))
+
+
+@pytest.mark.parametrize("attrs,problem", [
+    ({"regoin": "regional"}, "unknown settings regoin"),
+    ({"region": 3}, "a mapping of attribute to value"),
+    (["region"], "a mapping of attribute to value"),
+])
+def test_upstream_price_attributes_are_checked(attrs, problem):
+    doc = {"upstreams": {"u": {"base_url": "http://x/v1", "price_attributes": attrs}},
+           "models": {"m": {"candidates": [{"upstream": "u", "model": "gpt-6-luna"}]}}}
+    with pytest.raises(ConfigError, match=problem):
+        parse_config(doc)
+    doc["upstreams"]["u"]["price_attributes"] = {"region": "Regional"}
+    assert parse_config(doc).upstreams["u"].price_attributes == (("region", "regional"),)

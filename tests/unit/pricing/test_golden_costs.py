@@ -116,12 +116,26 @@ def test_historical_routing_model_matches_routerbench_cost(catalog):
     assert cost(catalog, "gpt-4-1106-preview", usage, at=datetime(2024, 1, 1, tzinfo=timezone.utc)).cost == Decimal("0.0075")
 
 
-def test_missing_cached_price_gives_none_not_zero(catalog):
-    # gpt-4-1106-preview has no cached-input price in the catalog: cost is unknown.
+def test_missing_cached_price_gives_none_not_zero(tmp_path):
+    # a model whose price file lists no cached-input price and does not say "no discount": unknown, never input or 0
+    f = tmp_path / "p.yaml"
+    f.write_text("provider: acme\nkind: chat\nunit: 1M tokens\nentries:\n  - name: acme-1\n    versions:\n"
+                 "      - {effective_from: 2024-01-01, source: test, rates: {input: '1', output: '2'}}\n")
+    catalog = PriceCatalog.load(f)
     usage = from_openai({"prompt_tokens": 100, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 50}})
-    priced = cost(catalog, "gpt-4-1106-preview", usage)
+    priced = cost(catalog, "acme-1", usage)
     assert priced.cost is None
     assert "cached_input" in priced.unknown_reason
+
+
+def test_cached_tokens_on_a_model_that_predates_caching_are_billed_as_input(catalog):
+    # gpt-4-1106-preview has no caching discount: OpenAI bills all 100 prompt tokens at $10/1M
+    # (50 of them reported as cached) and 10 output at $30/1M: 0.001 + 0.0003 = 0.0013
+    usage = from_openai({"prompt_tokens": 100, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 50}})
+    priced = cost(catalog, "gpt-4-1106-preview", usage)
+    assert priced.cost == Decimal("0.0013")
+    (cached,) = [ln for ln in priced.lines if ln.component == "cached_input"]
+    assert "billed as input" in cached.note
 
 
 def test_price_before_a_model_existed_is_none(catalog):

@@ -192,3 +192,66 @@ def test_absurd_quantities_are_not_priced(catalog):
     assert cost(catalog, "gpt-6-luna", TokenUsage(input=MAX_TOKENS_PER_CALL)).cost is not None
     priced = cost(catalog, "claude-sonnet-5-5", CallUsage(TokenUsage(input=1), {"web_search": 10**9}))
     assert priced.cost is None and "implausible" in priced.unknown_reason
+
+
+# -- rules.yaml: provider-wide variants, rate supplements, options not offered, regional uplifts ----------
+def test_gemini_priority_is_priced(catalog):
+    # gemini-2.5-flash: $0.30 in; Priority 1.8x -> 1M in = 0.54
+    assert cost(catalog, "gemini-2.5-flash", TokenUsage(input=1_000_000),
+                attributes={"service_tier": "priority"}).cost == Decimal("0.54")
+
+
+def test_claude_on_vertex_batch_is_half_of_every_class(catalog):
+    # google/claude-opus-5-5: $4 in, $0.20 cache read; batch halves both: 1M in = 2; 1M cached = 0.10
+    assert cost(catalog, "google/claude-opus-5-5", TokenUsage(input=1_000_000), batch=True).cost == Decimal("2")
+    assert cost(catalog, "google/claude-opus-5-5", TokenUsage(cached_input=1_000_000), batch=True).cost == Decimal("0.1")
+
+
+def test_legacy_completion_models_have_batch_prices(catalog):
+    # babbage-002 $0.40 / $0.40, Batch $0.20 / $0.20: 1M in + 1M out = 0.40
+    assert cost(catalog, "babbage-002", TokenUsage(input=1_000_000, output=1_000_000), batch=True).cost == Decimal("0.4")
+
+
+def test_audio_input_price_supplied_where_the_source_lacks_it(catalog):
+    # gemini-2.0-flash-lite: $0.075 per 1M for text and audio alike: 1M prompt incl. 400k audio = 0.075
+    call = google_call({"promptTokenCount": 1_000_000, "candidatesTokenCount": 0,
+                        "promptTokensDetails": [{"modality": "AUDIO", "tokenCount": 400_000}]})
+    priced = cost(catalog, "gemini-2.0-flash-lite", call)
+    assert priced.cost == Decimal("0.075")
+    assert catalog.price_for("gemini-2.0-flash-lite", AT).attributes["rate_sources"]["input_audio"].startswith("ai.google.dev")
+
+
+def test_an_option_the_provider_does_not_offer_is_unknown_with_its_reason(catalog):
+    priced = cost(catalog, "gpt-4o-search-preview", TokenUsage(input=10), batch=True)
+    assert priced.cost is None and "not offered with processing=batch" in priced.unknown_reason
+
+
+@pytest.mark.parametrize("model,attrs,expected", [
+    ("google/claude-opus-5-5", {"region": "regional"}, "4.4"),   # Vertex regional endpoint +10% on $4
+    ("claude-opus-5-5", {"inference_geo": "us"}, "4.4"),          # Anthropic US-only inference 1.1x
+    ("gpt-6-luna", {"region": "regional"}, "0.22"),               # OpenAI regional processing +10% on $0.20
+])
+def test_regional_uplifts(catalog, model, attrs, expected):
+    assert cost(catalog, model, TokenUsage(input=1_000_000), attributes=attrs).cost == Decimal(expected)
+
+
+def test_inference_geo_read_from_anthropic_usage(catalog):
+    call = anthropic_call({"input_tokens": 1_000_000, "output_tokens": 0, "inference_geo": "us"})
+    assert call.attributes == {"inference_geo": "us"}
+    assert cost(catalog, "claude-opus-5-5", call).cost == Decimal("4.4")
+    # a model that predates the parameter has no US-only price: unknown, not the global price
+    assert cost(catalog, "claude-haiku-4-5", anthropic_call({"input_tokens": 10, "output_tokens": 0,
+                                                             "inference_geo": "us"})).cost is None
+
+
+@pytest.mark.parametrize("rule", [
+    {"provider": "google", "models": ["x"], "source": "s"},                                  # says nothing
+    {"provider": "google", "models": ["x"], "when": {"a": "b"}, "source": "s"},              # no multiplier
+    {"provider": "google", "models": ["x"], "rates": {"input": "1"}, "unavailable": {"a": "b"}, "source": "s"},
+    {"provider": "google", "models": ["x"], "rates": {"input": "1"}},                        # no source
+])
+def test_an_incomplete_price_rule_is_refused(rule):
+    from truecost.pricing.catalog import _rule
+
+    with pytest.raises(ValueError, match="rules.yaml"):
+        _rule(rule)
