@@ -43,7 +43,8 @@ def test_roundtrip_keeps_every_field_exactly(store):
                   cost=Decimal("0.0000000012345678901234"), attribution=Attribution(
                       cost_center="cc-7", team="search", feature="rag", tenant="acme", environment="prod",
                       user="u1", tags={"exp": "b", "région": "ü"}), trace_id="t", span_id="s", parent_span_id="p",
-                  name="to eu", latency_ms=1.5, outcome="ok", avoided_cost=Decimal("0.5"), details={"bytes": 50000})
+                  name="to eu", latency_ms=1.5, outcome="ok", avoided_cost=Decimal("0.5"), details={"bytes": 50000},
+                  source="langchain")
     store.append([e])
     (got,) = store.query(LedgerFilter(request_id="r9"))
     assert got == e
@@ -128,7 +129,7 @@ def test_sqlite_migrations_are_named_and_applied_once(tmp_path):
     s1.append([ev(1)])
     s1.close()
     s2 = SQLiteLedgerStore(tmp_path / "l.db")
-    assert s2.migrations() == ["001_cost_events", "002_indexes", "003_hourly_rollup"]
+    assert s2.migrations() == ["001_cost_events", "002_indexes", "003_hourly_rollup", "004_source"]
     assert s2.aggregate([])[0].events == 1
 
 
@@ -163,12 +164,13 @@ def _random_events(n, seed):
         out.append(CostEvent(id=f"e{seed}-{i}", request_id=f"r{i // 3}", ts=t0 + timedelta(minutes=rnd.randint(0, 60 * 72)),
                              step=rnd.choice(["generate", "embed", "cache_lookup"]), service=rnd.choice([None, "m1", "m2"]),
                              outcome=rnd.choice(["ok", "cache_hit", "routed"]), cost=cost, attribution=a,
-                             avoided_cost=Decimal("0.001") if rnd.random() < 0.2 else None))
+                             avoided_cost=Decimal("0.001") if rnd.random() < 0.2 else None,
+                             source=rnd.choice(["gateway", "sdk", "otlp"])))
     return out
 
 
 @pytest.mark.parametrize("group_by", [[], ["step"], ["hour", "cost_center"], ["day", "feature", "step", "service", "outcome"],
-                                      ["month", "tenant"], ["team"]])
+                                      ["month", "tenant"], ["team"], ["source", "step"]])
 def test_sqlite_rollup_answers_exactly_what_the_events_say(tmp_path, group_by):
     events = _random_events(600, 1)
     mem, sql = MemoryLedgerStore(), SQLiteLedgerStore(tmp_path / "l.db")
@@ -179,7 +181,8 @@ def test_sqlite_rollup_answers_exactly_what_the_events_say(tmp_path, group_by):
     filters = [LedgerFilter(), LedgerFilter(since=t0 + timedelta(hours=5), until=t0 + timedelta(hours=30)),
                LedgerFilter(since=t0 + timedelta(minutes=90)),  # not hour-aligned: answered from the events
                LedgerFilter(service="m1", attribution=(("tenant", "t1"), ("cost_center", "a"))),
-               LedgerFilter(steps=("generate",), outcome="routed")]
+               LedgerFilter(steps=("generate",), outcome="routed"),
+               LedgerFilter(source="sdk", attribution=(("tenant", "t2"),))]
     for f in filters:
         def norm(rows):
             return sorted(((repr(r.keys), r.cost, r.avoided_cost, r.events, r.unknown) for r in rows))
@@ -192,9 +195,10 @@ def test_sqlite_rollup_is_backfilled_for_an_older_ledger(tmp_path):
     s = SQLiteLedgerStore(path)
     s.append(_random_events(50, 2))
     s.close()
-    con = sqlite3.connect(path)  # turn it into a ledger written before migration 003
+    con = sqlite3.connect(path)  # turn it into a ledger written before migration 003 (and 004)
     con.executescript("DROP TABLE rollup_hourly; DROP INDEX ix_cost_events_request_cost; "
-                      "DELETE FROM _migrations WHERE name = '003_hourly_rollup';")
+                      "ALTER TABLE cost_events DROP COLUMN source; "
+                      "DELETE FROM _migrations WHERE name IN ('003_hourly_rollup', '004_source');")
     con.close()
     new = SQLiteLedgerStore(path)
     mem = MemoryLedgerStore()
@@ -255,6 +259,6 @@ def test_postgres_migrations_are_named_and_applied_once(postgres_server):
     s1.append([ev(1)])
     s1.close()
     s2 = PostgresLedgerStore(postgres_server.uri, schema=schema)
-    assert s2.migrations() == ["001_cost_events", "002_indexes"]
+    assert s2.migrations() == ["001_cost_events", "002_indexes", "003_source"]
     assert s2.aggregate([])[0].events == 1
     s2.close()

@@ -17,13 +17,13 @@ from decimal import Decimal
 from typing import Sequence
 
 from truecost.errors import LedgerError
-from truecost.ledger.events import CostEvent
+from truecost.ledger.events import SOURCE_NAME_SQL, CostEvent
 from truecost.ledger.store import AggregateRow, LedgerFilter, check_group_by
 from truecost.types import ATTRIBUTION_FIELDS, Attribution
 
 _COLUMNS = ("id", "request_id", "ts", "step", "provider", "service", "region", "quantity", "unit", "unit_price", "cost",
             "currency", "cost_center", "team", "feature", "tenant", "environment", "user_id", "tags", "trace_id",
-            "span_id", "parent_span_id", "name", "latency_ms", "outcome", "avoided", "details")
+            "span_id", "parent_span_id", "name", "latency_ms", "outcome", "avoided", "details", "source")
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_cost_events", """
         CREATE TABLE cost_events (
@@ -39,6 +39,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX ix_cost_events_request ON cost_events (request_id, cost);
         CREATE INDEX ix_cost_events_ts ON cost_events (ts)
     """),
+    # Where each event was recorded. Rows written before this read "unknown", except those whose
+    # details name a source (the integrations put it there): that is back-filled.
+    ("003_source", f"""
+        ALTER TABLE cost_events ADD COLUMN source TEXT NOT NULL DEFAULT 'unknown';
+        UPDATE cost_events SET source = details->>'source'
+            WHERE jsonb_typeof(details->'source') = 'string' AND details->>'source' ~ '{SOURCE_NAME_SQL}'
+    """),
 ]
 _BUCKETS = {
     "hour": "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:00')",
@@ -53,7 +60,7 @@ def _row(e: CostEvent) -> tuple:
     return (e.id, e.request_id, e.ts, e.step, e.provider, e.service, e.region, e.quantity, e.unit, e.unit_price,
             e.cost, e.currency, a.cost_center, a.team, a.feature, a.tenant, a.environment, a.user,
             json.dumps(dict(a.tags)), e.trace_id, e.span_id, e.parent_span_id, e.name, e.latency_ms, e.outcome,
-            e.avoided_cost, json.dumps(e.details, default=str))
+            e.avoided_cost, json.dumps(e.details, default=str), e.source)
 
 
 def _event(r: tuple) -> CostEvent:
@@ -67,12 +74,14 @@ def _event(r: tuple) -> CostEvent:
         attribution=Attribution(cost_center=d["cost_center"], team=d["team"], feature=d["feature"], tenant=d["tenant"],
                                 environment=d["environment"], user=d["user_id"], tags=tuple(tags.items())),
         trace_id=d["trace_id"], span_id=d["span_id"], parent_span_id=d["parent_span_id"], name=d["name"],
-        latency_ms=d["latency_ms"], outcome=d["outcome"], avoided_cost=d["avoided"], details=details)
+        latency_ms=d["latency_ms"], outcome=d["outcome"], avoided_cost=d["avoided"], details=details,
+        source=d["source"])
 
 
 def _where(f: LedgerFilter) -> tuple[str, list]:
     clauses, params = [], []
-    for column, value in (("request_id", f.request_id), ("service", f.service), ("outcome", f.outcome)):
+    for column, value in (("request_id", f.request_id), ("service", f.service), ("outcome", f.outcome),
+                          ("source", f.source)):
         if value is not None:
             clauses.append(f"{column} = %s"); params.append(value)
     if f.since is not None:
@@ -199,6 +208,8 @@ class PostgresLedgerStore:
         return sorted(out, key=lambda x: -x.cost)
 
     def request_stats(self, filter: LedgerFilter = LedgerFilter(), top: int = 10) -> tuple[list[AggregateRow], int]:
+        """The ``top`` most expensive requests (keys: request id, its sources) and the number of requests
+        with an unknown price."""
         where, params = _where(filter)
         extra = " AND " if where else " WHERE "
 
@@ -208,10 +219,13 @@ class PostgresLedgerStore:
                              f"GROUP BY request_id ORDER BY s DESC LIMIT {int(top)}", params).fetchall()
             unknown = c.execute(f"SELECT COUNT(DISTINCT request_id) FROM cost_events{where}{extra}cost IS NULL",
                                 params).fetchone()[0]
-            return rows, unknown
-        rows, unknown = self._run(q)
-        return [AggregateRow(keys=(r[0],), cost=r[1], avoided_cost=r[2] or Decimal(0), events=r[3], unknown=r[4],
-                             request_count=1) for r in rows], unknown
+            ids = [r[0] for r in rows]
+            sources = dict(c.execute(f"SELECT request_id, array_agg(DISTINCT source) FROM cost_events{where}{extra}"
+                                     f"request_id = ANY(%s) GROUP BY request_id", [*params, ids]).fetchall()) if ids else {}
+            return rows, unknown, sources
+        rows, unknown, sources = self._run(q)
+        return [AggregateRow(keys=(r[0], tuple(sorted(sources.get(r[0]) or ()))), cost=r[1], avoided_cost=r[2] or Decimal(0),
+                             events=r[3], unknown=r[4], request_count=1) for r in rows], unknown
 
     def count(self) -> int:
         return self._run(lambda c: c.execute("SELECT COUNT(*) FROM cost_events").fetchone()[0])

@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from truecost.ledger.events import CostEvent
+from truecost.ledger.events import CostEvent, check_source
 from truecost.types import Attribution
 
 
@@ -23,7 +23,19 @@ def event_to_dict(e: CostEvent) -> dict[str, Any]:
         "attribution": e.attribution.as_dict(), "trace_id": e.trace_id, "span_id": e.span_id,
         "parent_span_id": e.parent_span_id, "latency_ms": e.latency_ms, "outcome": e.outcome,
         "avoided_cost": None if e.avoided_cost is None else str(e.avoided_cost), "details": e.details,
+        "source": e.source,
     }
+
+
+def _source(d: dict[str, Any]) -> str:
+    """A line written before events had a source: its ``details["source"]`` if it names one, else "unknown"."""
+    if d.get("source") is not None:
+        return d["source"]
+    legacy = (d.get("details") or {}).get("source")
+    try:
+        return check_source(legacy)
+    except ValueError:
+        return "unknown"
 
 
 def event_from_dict(d: dict[str, Any]) -> CostEvent:
@@ -36,5 +48,5 @@ def event_from_dict(d: dict[str, Any]) -> CostEvent:
         cost=_dec(d.get("cost")), currency=d.get("currency", "USD"), attribution=Attribution(**a, tags=tuple(tags.items())),
         trace_id=d.get("trace_id"), span_id=d.get("span_id"), parent_span_id=d.get("parent_span_id"),
         latency_ms=d.get("latency_ms"), outcome=d.get("outcome", "ok"), avoided_cost=_dec(d.get("avoided_cost")),
-        details=d.get("details") or {},
+        details=d.get("details") or {}, source=_source(d),
     )

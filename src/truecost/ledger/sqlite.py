@@ -24,7 +24,9 @@ SCALE = Decimal(10) ** 10
 _COLUMNS = ("id", "request_id", "ts_us", "step", "provider", "service", "region", "quantity", "unit",
             "unit_price", "cost", "cost_e10", "currency", "cost_center", "team", "feature", "tenant",
             "environment", "user_id", "tags", "trace_id", "span_id", "parent_span_id", "name", "latency_ms",
-            "outcome", "avoided", "avoided_e10", "details")
+            "outcome", "avoided", "avoided_e10", "details", "source")
+_SOURCE_OK = ("length({v}) BETWEEN 1 AND 64 AND {v} GLOB '[a-z0-9]*' AND {v} NOT GLOB '*[^a-z0-9_.-]*'"
+              .format(v="json_extract(details, '$.source')"))  # events.check_source's rule, in SQL
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_cost_events", """
@@ -60,15 +62,37 @@ MIGRATIONS: list[tuple[str, str]] = [
             FROM cost_events GROUP BY 1, 2, 3, 4, 5, 6, 7;
         CREATE INDEX ix_cost_events_request_cost ON cost_events(request_id, cost_e10);
     """),
+    # Where each event was recorded. Rows written before this migration read "unknown", except
+    # those whose details name a source (the integrations put it there): that is back-filled.
+    # The rollup gains the source as a key, so reports grouped or filtered by source stay fast;
+    # it is rebuilt from the events in this transaction, so it stays exact.
+    ("004_source", f"""
+        ALTER TABLE cost_events ADD COLUMN source TEXT NOT NULL DEFAULT 'unknown';
+        UPDATE cost_events SET source = json_extract(details, '$.source')
+            WHERE details LIKE '%"source"%' AND json_type(details, '$.source') = 'text' AND {_SOURCE_OK};
+        DROP TABLE rollup_hourly;
+        CREATE TABLE rollup_hourly (
+            hour INTEGER NOT NULL, cost_center TEXT NOT NULL, feature TEXT NOT NULL, tenant TEXT NOT NULL,
+            step TEXT NOT NULL, service TEXT NOT NULL, outcome TEXT NOT NULL, source TEXT NOT NULL,
+            cost_e10 INTEGER NOT NULL DEFAULT 0, avoided_e10 INTEGER NOT NULL DEFAULT 0,
+            events INTEGER NOT NULL DEFAULT 0, unknown INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (hour, cost_center, feature, tenant, step, service, outcome, source)
+        ) WITHOUT ROWID;
+        INSERT INTO rollup_hourly SELECT ts_us / 3600000000, IFNULL(cost_center, ''), IFNULL(feature, ''),
+            IFNULL(tenant, ''), step, IFNULL(service, ''), outcome, source, IFNULL(SUM(cost_e10), 0),
+            IFNULL(SUM(avoided_e10), 0), COUNT(*), SUM(cost_e10 IS NULL)
+            FROM cost_events GROUP BY 1, 2, 3, 4, 5, 6, 7, 8;
+    """),
 ]
-ROLLUP_KEYS = frozenset({"cost_center", "feature", "tenant", "step", "service", "outcome", "hour", "day", "month"})
+ROLLUP_KEYS = frozenset({"cost_center", "feature", "tenant", "step", "service", "outcome", "source", "hour", "day",
+                         "month"})
 _ROLLUP_BUCKETS = {
     "hour": "strftime('%Y-%m-%dT%H:00', hour * 3600, 'unixepoch')",
     "day": "strftime('%Y-%m-%d', hour * 3600, 'unixepoch')",
     "month": "strftime('%Y-%m', hour * 3600, 'unixepoch')",
 }
 HOUR_US = 3_600_000_000
-_UPSERT_ROLLUP = """INSERT INTO rollup_hourly VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+_UPSERT_ROLLUP = """INSERT INTO rollup_hourly VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT DO UPDATE SET cost_e10 = cost_e10 + excluded.cost_e10, avoided_e10 = avoided_e10 + excluded.avoided_e10,
     events = events + excluded.events, unknown = unknown + excluded.unknown"""
 
@@ -112,7 +136,7 @@ def _row(e: CostEvent) -> tuple:
             _text(e.unit_price), _text(e.cost), _e10(e.cost), e.currency, a.cost_center, a.team, a.feature,
             a.tenant, a.environment, a.user, json.dumps(dict(a.tags)) if a.tags else "{}", e.trace_id,
             e.span_id, e.parent_span_id, e.name, e.latency_ms, e.outcome, _text(e.avoided_cost),
-            _e10(e.avoided_cost), json.dumps(e.details, default=str) if e.details else "{}")
+            _e10(e.avoided_cost), json.dumps(e.details, default=str) if e.details else "{}", e.source)
 
 
 def _event(r: sqlite3.Row) -> CostEvent:
@@ -129,6 +153,7 @@ def _event(r: sqlite3.Row) -> CostEvent:
         trace_id=r["trace_id"], span_id=r["span_id"], parent_span_id=r["parent_span_id"], name=r["name"],
         latency_ms=r["latency_ms"], outcome=r["outcome"],
         avoided_cost=Decimal(r["avoided"]) if r["avoided"] is not None else None, details=json.loads(r["details"]),
+        source=r["source"],
     )
 
 
@@ -146,6 +171,8 @@ def _where(f: LedgerFilter) -> tuple[str, list]:
         clauses.append("service = ?"); params.append(f.service)
     if f.outcome is not None:
         clauses.append("outcome = ?"); params.append(f.outcome)
+    if f.source is not None:
+        clauses.append("source = ?"); params.append(f.source)
     for field_name, value in f.attribution:
         if field_name not in ATTRIBUTION_FIELDS:
             raise ValueError(f"cannot filter on {field_name!r}")
@@ -206,7 +233,7 @@ class SQLiteLedgerStore:
         rows = [_row(e) for e in events]
         rollup: dict[tuple, list[int]] = {}
         for r in rows:  # column positions as in _COLUMNS
-            key = (r[2] // HOUR_US, r[13] or "", r[15] or "", r[16] or "", r[3], r[5] or "", r[25])
+            key = (r[2] // HOUR_US, r[13] or "", r[15] or "", r[16] or "", r[3], r[5] or "", r[25], r[29])
             acc = rollup.get(key)
             if acc is None:
                 acc = rollup[key] = [0, 0, 0, 0]
@@ -269,7 +296,7 @@ class SQLiteLedgerStore:
             clauses.append("hour < ?"); params.append(_us(f.until) // HOUR_US)
         if f.steps:
             clauses.append(f"step IN ({','.join('?' * len(f.steps))})"); params.extend(f.steps)
-        for column, value in (("service", f.service), ("outcome", f.outcome), *f.attribution):
+        for column, value in (("service", f.service), ("outcome", f.outcome), ("source", f.source), *f.attribution):
             if value is not None:
                 clauses.append(f"{column} = ?"); params.append(value)
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
@@ -285,7 +312,8 @@ class SQLiteLedgerStore:
         return sorted(out, key=lambda x: -x.cost)
 
     def request_stats(self, filter: LedgerFilter = LedgerFilter(), top: int = 10) -> tuple[list[AggregateRow], int]:
-        """The ``top`` most expensive requests and the number of requests with an unknown price."""
+        """The ``top`` most expensive requests (keys: request id, its sources) and the number of requests
+        with an unknown price."""
         where, params = _where(filter)
         extra = " AND " if where else " WHERE "
         with self._lock:
@@ -294,7 +322,12 @@ class SQLiteLedgerStore:
                 f"{where}{extra}request_id IS NOT NULL GROUP BY request_id ORDER BY s DESC LIMIT {int(top)}", params).fetchall()
             unknown = self._conn.execute(f"SELECT COUNT(DISTINCT request_id) FROM cost_events{where}{extra}cost_e10 IS NULL",
                                          params).fetchone()[0]
-        return [AggregateRow(keys=(r[0],), cost=Decimal(r[1] or 0) / SCALE, avoided_cost=Decimal(r[2] or 0) / SCALE,
+            ids = [r[0] for r in rows]  # their sources: the request index finds them (the scan above stays covered)
+            sources = dict(self._conn.execute(
+                f"SELECT request_id, GROUP_CONCAT(DISTINCT source) FROM cost_events{where}{extra}request_id IN "
+                f"({','.join('?' * len(ids))}) GROUP BY request_id", [*params, *ids]).fetchall()) if ids else {}
+        return [AggregateRow(keys=(r[0], tuple(sorted(x for x in (sources.get(r[0]) or "").split(",") if x))),
+                             cost=Decimal(r[1] or 0) / SCALE, avoided_cost=Decimal(r[2] or 0) / SCALE,
                              events=r[3], unknown=r[4], request_count=1) for r in rows], unknown
 
     def count(self) -> int:

@@ -12,7 +12,7 @@ from truecost.ledger.events import CostEvent
 from truecost.types import ATTRIBUTION_FIELDS, ZERO
 
 # Fields an aggregate may group by. Time buckets: 'hour', 'day', 'month'.
-GROUP_FIELDS = ("step", "provider", "service", "region", "outcome", "unit", "request_id", "currency",
+GROUP_FIELDS = ("step", "provider", "service", "region", "outcome", "source", "unit", "request_id", "currency",
                 *ATTRIBUTION_FIELDS, "hour", "day", "month")
 
 
@@ -24,6 +24,7 @@ class LedgerFilter:
     steps: tuple[str, ...] = ()
     service: str | None = None
     outcome: str | None = None
+    source: str | None = None  # where the events were recorded: gateway, sdk, otlp, litellm...
     attribution: tuple[tuple[str, str], ...] = ()  # (field, value) pairs, all must match
 
     def matches(self, e: CostEvent) -> bool:
@@ -38,6 +39,8 @@ class LedgerFilter:
         if self.service is not None and e.service != self.service:
             return False
         if self.outcome is not None and e.outcome != self.outcome:
+            return False
+        if self.source is not None and e.source != self.source:
             return False
         return all(getattr(e.attribution, f) == v for f, v in self.attribution)
 
