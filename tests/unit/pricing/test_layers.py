@@ -175,3 +175,28 @@ def test_prices_check_on_a_ledger(tmp_path):
     doc = json.loads(out.output)
     assert doc["rows"] == 2 and doc["unpriced"] == 1
     assert doc["gaps"][0]["model"] == "mystery-model"
+
+
+def test_the_update_path_reads_genai_prices_published_format(tmp_path):
+    """The snapshot format is genai-prices' published one (prices/new_data/v2/data.json, a list of raw
+    providers): genai-prices' own parser of that download reads the file truecost writes back into the
+    very providers it ships (every model, price, variant and match clause; only its usage extractors,
+    which truecost does not use, carry a registry), and `prices update` reads that file into a catalog
+    that prices like the bundled one."""
+    from genai_prices.data import providers as shipped
+    from genai_prices.types import _providers_from_raw
+
+    from truecost.pricing.genai_layer import dump_snapshot, plain
+
+    path = tmp_path / "data.json"
+    dump_snapshot([plain(p) for p in shipped], path)
+    parsed = _providers_from_raw(json.loads(path.read_text()))
+    strip = [{k: v for k, v in plain(p).items() if k != "extractors"} for p in parsed]
+    assert strip == [{k: v for k, v in plain(p).items() if k != "extractors"} for p in shipped]
+    folder = tmp_path / "prices"
+    out = CliRunner().invoke(prices, ["update", "--url", path.as_uri(), "--prices-dir", str(folder), "--json"])
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.output)
+    assert doc["changes"] == [] and doc["models"] > 1000
+    shown = CliRunner().invoke(prices, ["show", "claude-haiku-4-5-20251001", "--json", "--prices-dir", str(folder)])
+    assert json.loads(shown.output)["versions"][-1]["rates"]["input"] == "1"
