@@ -270,9 +270,23 @@ def test_otlp_spans_posted_to_the_gateway_are_priced_and_attributed_to_the_key(g
     r = httpx.post(server.url + "/v1/traces", content=body, headers={**ct, "authorization": f"Bearer {KEY}"})
     assert r.status_code == 200
     app.state.writer.flush()
-    rows = [e for e in app.state.store.query() if e.details.get("source") == "otlp"]
+    rows = [e for e in app.state.store.query() if e.source == "otlp"]
     assert len(rows) == 1 and rows[0].cost > 0
     assert rows[0].attribution.cost_center == "cx" and rows[0].attribution.tenant == "acme"  # pinned by the key
+
+
+def test_the_gateways_events_say_gateway_and_spans_posted_to_it_say_otlp(gw):
+    from tests.unit.integrations.spans import json_body, json_span
+
+    server, app = gw
+    raw = _client(server).chat.completions.with_raw_response.create(model="support", messages=MSG)
+    rows = _rows(app, raw.headers["x-request-id"])
+    assert rows and {e.source for e in rows} == {"gateway"} and all("source" not in e.details for e in rows)
+    genai = {"gen_ai.system": "openai", "gen_ai.request.model": "gpt-6-luna", "gen_ai.usage.input_tokens": 10}
+    httpx.post(server.url + "/v1/traces", content=json_body([json_span(genai)]),
+               headers={"content-type": "application/json", "authorization": f"Bearer {KEY}"}).raise_for_status()
+    app.state.writer.flush()
+    assert {r.keys[0]: r.events for r in app.state.store.aggregate(["source"])} == {"gateway": len(rows), "otlp": 1}
 
 
 def test_only_a_key_granted_request_id_joins_the_request_it_opened(gw):

@@ -71,7 +71,7 @@ def test_a_rag_chain_run_is_one_request_with_a_step_per_call(ledger):
     assert by_step["embed"].cost == Decimal("1.2E-7")  # 6 words of the question
     assert by_step["vector_search"].cost is not None and by_step["vector_search"].details["documents"] == 1
     for e in events:
-        assert e.details["source"] == "langchain"
+        assert e.source == "langchain"
         assert (e.attribution.feature, e.attribution.tenant) == ("rag", "acme")
     assert handler.book.open_runs() == 0
 

@@ -94,7 +94,7 @@ def test_litellm_sdk_calls_are_priced_streaming_included(tmp_path):
     first = min(gen, key=lambda e: e.ts)
     assert (first.attribution.cost_center, first.attribution.user) == ("cc-1", "u-42")
     assert dict(first.attribution.tags)["litellm_tags"] == "faq"
-    assert all(e.details["source"] == "litellm" and e.attribution.environment == "test" for e in events)
+    assert all(e.source == "litellm" and e.attribution.environment == "test" for e in events)
     assert len({e.request_id for e in events}) == len(events)  # one request per call
 
 
@@ -143,5 +143,5 @@ def test_litellm_proxy_with_the_logger_in_its_callbacks(tmp_path):
     events = _events(db)
     assert [e.cost for e in events] == [Decimal("0.000222")] * 2, (tmp_path / "proxy.log").read_text()[-3000:]
     for e in events:
-        assert e.details["source"] == "litellm" and e.attribution.feature == "proxy"
+        assert e.source == "litellm" and e.attribution.feature == "proxy"
         assert e.attribution.tenant == "acme" and e.attribution.user == "u-9"

@@ -87,7 +87,7 @@ def test_a_query_is_one_request_with_a_step_per_call(ledger):
     assert steps["generate"].service == "tc-chat" and steps["generate"].cost == Decimal("0.00144")
     assert steps["embed"].service == "tc-embed" and steps["embed"].cost == Decimal("1.2E-7")  # 6 words
     assert steps["vector_search"].cost is not None and steps["vector_search"].details["nodes"] == 1
-    assert all(e.details["source"] == "llamaindex" and e.attribution.tenant == "acme" for e in events)
+    assert all(e.source == "llamaindex" and e.attribution.tenant == "acme" for e in events)
     assert handler.book.open_runs() == 0
 
 

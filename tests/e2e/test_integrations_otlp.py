@@ -130,7 +130,7 @@ def test_sdk_spans_over_otlp_http_become_one_priced_request(collector):
     weather = by_name["GET /weather"]
     assert weather.cost is None and "no rule prices span" in weather.details["unknown_reason"]  # shown, not dropped
     for e in events:
-        assert e.details["source"] == "otlp" and e.trace_id == trace_id
+        assert e.source == "otlp" and e.trace_id == trace_id
         assert (e.attribution.tenant, e.attribution.environment) == ("acme", "test")
         assert dict(e.attribution.tags) == {"service": "rag-bot"}
     stats = httpx.get(f"{url}/stats", headers={"authorization": f"Bearer {KEY}"}).json()
@@ -173,7 +173,7 @@ def test_openllmetry_instrumented_openai_client_against_the_loopback_mock(collec
     # mock usage: 120 prompt tokens (20 cached), 30 completion: 100 x 1 + 20 x 0.1 + 30 x 4 per 1M
     assert steps == [("embed", "tc-embed", Decimal("3.2E-7")),  # 16 tokens x 0.02/1M
                      ("generate", "tc-chat", Decimal("0.000222")), ("generate", "tc-chat", Decimal("0.000222"))]
-    assert all(e.attribution.tenant == "globex" and e.details["source"] == "otlp" for e in events)
+    assert all(e.attribution.tenant == "globex" and e.source == "otlp" for e in events)
 
 
 def test_kill_9_after_the_answer_loses_nothing_and_counts_nothing_twice(tmp_path):

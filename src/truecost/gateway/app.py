@@ -290,7 +290,8 @@ def build(config: GatewayConfig):
         from opentelemetry import trace
 
         tracer = trace.get_tracer("truecost.gateway")
-    tracker = Tracker(PriceCatalog.load(*config.prices_files), writer, compute=config.compute, otel_tracer=tracer)
+    tracker = Tracker(PriceCatalog.load(*config.prices_files), writer, compute=config.compute, otel_tracer=tracer,
+                      source="gateway")
     kinds = {"openai": OpenAICompatibleUpstream, "anthropic": AnthropicUpstream}
     upstreams = {name: kinds[u.kind](u.base_url, u.api_key(), connect_timeout=u.connect_timeout,
                                               first_byte_timeout=u.first_byte_timeout, idle_timeout=u.idle_timeout,

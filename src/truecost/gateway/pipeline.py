@@ -222,7 +222,7 @@ class Pipeline:
         client_id = client_id if client_id and _CLIENT_ID.fullmatch(client_id) else None
         joins = client_id is not None and (key is None or "request_id" in key.allow_attribution_headers)
         # unguessable (128 random bits); the client's id only for a key trusted to join its own request
-        req = self.tracker.request(client_id if joins else os.urandom(16).hex(), attribution)
+        req = self.tracker.request(client_id if joins else os.urandom(16).hex(), attribution, source="gateway")
         self.tracker.open_request(req)
         scope = (f"tenant:{attribution.tenant}" if attribution.tenant else
                  f"key:{key.name}" if key is not None else "anonymous")

@@ -45,7 +45,7 @@ class RunBook:
                 self._root[run_id] = root
                 return
             self._root[run_id] = run_id
-        req = self.tracker.request(**{**self.attribution, **attribution_from(metadata)})
+        req = self.tracker.request(source=self.source, **{**self.attribution, **attribution_from(metadata)})
         self.tracker.open_request(req)
         with self._lock:
             self._requests[run_id] = req
@@ -71,10 +71,11 @@ class RunBook:
         req = self.request_for(parent_id) or self.active.get()
         lone = req is None
         if lone:
-            req = self.tracker.request(**{**self.attribution, **attribution_from(metadata)})
+            req = self.tracker.request(source=self.source, **{**self.attribution, **attribution_from(metadata)})
             self.tracker.open_request(req)
-        step = StepScope(req, kind, name).begin()
-        step.annotate(source=self.source)
+        step = StepScope(req, kind, name)
+        step.source = self.source
+        step.begin()
         with self._lock:
             self._steps[run_id] = (step, lone)
             if parent_id is not None and parent_id in self._root:

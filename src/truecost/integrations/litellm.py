@@ -110,11 +110,12 @@ def record_call(tracker: Any, kwargs: dict, response: Any, start_time: Any, end_
     model = _get(response, "model") if not failed else None
     model = model or kwargs.get("model") or slo.get("model")
     request_id = kwargs.get("litellm_trace_id") or slo.get("trace_id") or kwargs.get("litellm_call_id") or slo.get("id")
-    req = tracker.request(str(request_id) if request_id else None, **attribution_of(kwargs, defaults or {}))
+    req = tracker.request(str(request_id) if request_id else None, source=SOURCE,
+                          **attribution_of(kwargs, defaults or {}))
     latency = None
     if isinstance(start_time, datetime) and isinstance(end_time, datetime):
         latency = (end_time - start_time).total_seconds() * 1000.0
-    details: dict[str, Any] = {"source": SOURCE, "call_type": call_type}
+    details: dict[str, Any] = {"call_type": call_type}
     if slo.get("response_cost") is not None:
         details["litellm_cost"] = str(slo["response_cost"])
     if kwargs.get("stream") or slo.get("stream"):

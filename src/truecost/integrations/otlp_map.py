@@ -336,7 +336,6 @@ class SpanMapper:
     def _event(self, s: SpanRecord, step: Any, c: _Charge, ts: datetime, attribution: Attribution) -> CostEvent:
         kind = step.step if isinstance(step, Rule) else step
         details = c.details
-        details["source"] = SOURCE
         priced = c.priced
         if priced.unknown_reason:
             details["unknown_reason"] = priced.unknown_reason
@@ -365,7 +364,7 @@ class SpanMapper:
             unit_price=lines[0].unit_price if len(lines) == 1 else None, cost=priced.cost,
             attribution=attribution, trace_id=s.trace_id, span_id=s.span_id, parent_span_id=s.parent_span_id,
             latency_ms=(s.end_ns - s.start_ns) / 1e6, outcome="error" if s.status_code == 2 else "ok",
-            details=details)
+            details=details, source=SOURCE)
 
 
 def map_export_file(path: Any, tracker: Any, config: OTLPConfig | None = None) -> tuple[list[CostEvent], MapStats]:

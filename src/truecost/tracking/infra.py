@@ -137,4 +137,4 @@ class CapacityPool:
                          name="unallocated idle capacity" if request_id is None else self.name,
                          provider=version_provider, service=self.resource.split("/")[-1], quantity=seconds,
                          unit="instance-seconds", unit_price=per_s, cost=cost, attribution=attribution,
-                         trace_id=trace_id, details=details)
+                         trace_id=trace_id, details=details, source=self.tracker.source)

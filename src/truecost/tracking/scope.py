@@ -47,7 +47,7 @@ class _Charge:
 class StepScope:
     """One step of a request. Record what it consumed; the event is emitted on exit."""
 
-    __slots__ = ("request", "kind", "name", "span_id", "outcome", "details", "_charges", "_t0", "_token",
+    __slots__ = ("request", "kind", "name", "span_id", "outcome", "details", "source", "_charges", "_t0", "_token",
                  "_otel_span", "_avoided", "_wall_start")
 
     def __init__(self, request: "RequestScope", kind: str, name: str | None = None) -> None:
@@ -56,6 +56,7 @@ class StepScope:
         self.request, self.kind, self.name = request, kind, name
         self.span_id = new_id()[-16:]
         self.outcome = "ok"
+        self.source: str | None = None  # None: the request's
         self.details: dict[str, Any] = {}
         self._charges: list[_Charge] = []
         self._avoided: Decimal | None = None
@@ -127,10 +128,12 @@ class StepScope:
 
 
 class RequestScope:
-    """One request: an id, a trace, an attribution, and the events of its steps."""
+    """One request: an id, a trace, an attribution, where it was recorded, and the events of its steps."""
 
-    def __init__(self, tracker: "Tracker", request_id: str | None, attribution: Attribution) -> None:
+    def __init__(self, tracker: "Tracker", request_id: str | None, attribution: Attribution,
+                 source: str | None = None) -> None:
         self.tracker = tracker
+        self.source = tracker.source if source is None else source
         self.id = request_id or new_id()
         self.attribution = attribution
         self.trace_id = new_id()

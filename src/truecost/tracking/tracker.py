@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable
 
 from truecost.clock import Clock, SystemClock, new_id
 from truecost.errors import UnknownModelError
-from truecost.ledger.events import CostEvent
+from truecost.ledger.events import CostEvent, check_source
 from truecost.pricing.catalog import PriceCatalog, PriceVersion
 from truecost.pricing.cost import price_quantity, price_tokens, tidy
 from truecost.pricing.usage import MissingUsageError, normalise_call
@@ -19,12 +19,17 @@ Sink = Callable[[CostEvent], None]
 
 
 class Tracker:
-    """Binds a catalog, a sink and a clock. Build one per process (the CLI and gateway do)."""
+    """Binds a catalog, a sink and a clock. Build one per process (the CLI and gateway do).
+
+    ``source`` is where its events say they were recorded ("sdk"; the gateway's says "gateway"); an
+    integration sharing a tracker passes its own to ``request`` or ``record``.
+    """
 
     def __init__(self, catalog: PriceCatalog, sink: Sink | Iterable[Sink], *, clock: Clock | None = None,
                  defaults: Attribution = EMPTY_ATTRIBUTION, compute: str | None = None,
-                 otel_tracer: Any = None) -> None:
+                 otel_tracer: Any = None, source: str = "sdk") -> None:
         self.catalog = catalog
+        self.source = check_source(source)
         self.sinks: list[Sink] = [sink] if callable(sink) else list(sink)
         self.clock = clock or SystemClock()
         self.defaults = defaults
@@ -35,22 +40,26 @@ class Tracker:
         self._version_memo: dict[tuple, tuple[PriceVersion | None, str | None, str, str]] = {}
 
     # -- public API -------------------------------------------------------------------
-    def request(self, request_id: str | None = None, attribution: Attribution | None = None,
-                **fields: Any) -> RequestScope:
+    def request(self, request_id: str | None = None, attribution: Attribution | None = None, *,
+                source: str | None = None, **fields: Any) -> RequestScope:
         base = attribution or self.defaults
-        return RequestScope(self, request_id, base.merged(**fields) if fields else base)
+        return RequestScope(self, request_id, base.merged(**fields) if fields else base,
+                            self.source if source is None else check_source(source))
 
     def record(self, step: str, *, cost: Decimal | None = None, model: str | None = None, usage: Any = None,
                flavour: str = "openai", resource: str | None = None, component: str | None = None,
                quantity: Any = 0, unit: str = "", name: str | None = None, reason: str | None = None,
                request: RequestScope | None = None, latency_ms: float | None = None,
-               avoided: Decimal | None = None, **details: Any) -> list[CostEvent]:
-        """Record a step measured elsewhere, inside the current request or as a lone request."""
+               avoided: Decimal | None = None, source: str | None = None, **details: Any) -> list[CostEvent]:
+        """Record a step measured elsewhere, inside the current request or as a lone request.
+        ``source``: where it was recorded (default: the request's)."""
         req = request or current_request()
         own = req is None
         if own:
-            req = self.request()
+            req = self.request(source=source)
         s = StepScope(req, step, name)
+        if source is not None:
+            s.source = check_source(source)
         s._t0 = 0.0
         s._wall_start = self.clock.now()
         s.details.update(details)
@@ -161,7 +170,7 @@ class Tracker:
                 cost=c.priced.cost, attribution=req.attribution, trace_id=req.trace_id,
                 span_id=s.span_id if n == 1 else f"{s.span_id}.{i}", parent_span_id=req.span_id,
                 latency_ms=latency_ms, outcome=s.outcome, avoided_cost=s._avoided if i == 0 else None,
-                details=details)
+                details=details, source=s.source or req.source)
             req.events.append(event)
             for sink in self.sinks:
                 sink(event)

@@ -14,13 +14,16 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from truecost.ledger.events import check_source
 from truecost.tracking.scope import StepScope, current_request
 from truecost.tracking.tracker import Tracker
 
 
-def _open_step(tracker: Tracker, kind: str, model: str | None) -> StepScope:
-    req = current_request() or tracker.request()
-    return StepScope(req, kind, model).begin()
+def _open_step(tracker: Tracker, kind: str, model: str | None, source: str | None) -> StepScope:
+    req = current_request() or tracker.request(source=source)
+    step = StepScope(req, kind, model)
+    step.source = source
+    return step.begin()
 
 
 class _StreamRecorder:
@@ -130,7 +133,7 @@ class _AsyncStream:
         return getattr(self._stream, name)
 
 
-def _instrument(create: Any, tracker: Tracker, kind: str, flavour: str) -> Any:
+def _instrument(create: Any, tracker: Tracker, kind: str, flavour: str, source: str | None = None) -> Any:
     """Wrap one ``create`` method so that each call is a priced step.
 
     Sync and async clients are told apart by what ``create`` returns (SDK methods are
@@ -164,7 +167,7 @@ def _instrument(create: Any, tracker: Tracker, kind: str, flavour: str) -> Any:
                 opts["include_usage"] = hide = True
             kwargs = {**kwargs, "stream_options": opts}
         model = kwargs.get("model")
-        step = _open_step(tracker, kind, model)
+        step = _open_step(tracker, kind, model, source)
         try:
             resp = create(*args, **kwargs)
         except BaseException as exc:
@@ -197,18 +200,21 @@ class _Proxy:
         return getattr(self._target, name)
 
 
-def wrap_openai(client: Any, tracker: Tracker) -> Any:
-    """Record every chat completion and embedding call of an ``openai`` client (sync or async)."""
+def wrap_openai(client: Any, tracker: Tracker, *, source: str | None = None) -> Any:
+    """Record every chat completion and embedding call of an ``openai`` client (sync or async).
+    ``source``: where the events say they were recorded (default: the current request's, else the tracker's)."""
+    source = None if source is None else check_source(source)
     completions = _Proxy(client.chat.completions,
-                         {"create": _instrument(client.chat.completions.create, tracker, "generate", "openai")})
+                         {"create": _instrument(client.chat.completions.create, tracker, "generate", "openai", source)})
     chat = _Proxy(client.chat, {"completions": completions})
     embeddings = _Proxy(client.embeddings,
-                        {"create": _instrument(client.embeddings.create, tracker, "embed", "openai")})
+                        {"create": _instrument(client.embeddings.create, tracker, "embed", "openai", source)})
     return _Proxy(client, {"chat": chat, "embeddings": embeddings})
 
 
-def wrap_anthropic(client: Any, tracker: Tracker) -> Any:
-    """Record every ``messages.create`` call of an ``anthropic`` client (sync or async)."""
+def wrap_anthropic(client: Any, tracker: Tracker, *, source: str | None = None) -> Any:
+    """Record every ``messages.create`` call of an ``anthropic`` client (sync or async); ``source`` as in wrap_openai."""
+    source = None if source is None else check_source(source)
     messages = _Proxy(client.messages,
-                      {"create": _instrument(client.messages.create, tracker, "generate", "anthropic")})
+                      {"create": _instrument(client.messages.create, tracker, "generate", "anthropic", source)})
     return _Proxy(client, {"messages": messages})

@@ -44,7 +44,7 @@ def test_a_call_is_a_priced_step_with_litellm_cost_kept_beside(ledger):
     (e,) = record_call(tracker, kwargs(), {"model": "tc-chat", "usage": USAGE}, T, T + timedelta(milliseconds=250))
     # 500 x 1 + 400 x 0.1 + 100 x 1.25 + 150 x 4 + 50 x 4 (per 1M)
     assert e.step == "generate" and e.cost == Decimal("0.001465") and e.request_id == "trace-1"
-    assert e.details["source"] == "litellm" and e.details["litellm_cost"] == "0.00123"
+    assert e.source == "litellm" and e.details["litellm_cost"] == "0.00123"
     assert e.latency_ms == 250.0 and e.attribution.team == "support"
 
 

@@ -24,7 +24,7 @@ def test_a_genai_span_is_a_priced_generate_step(ledger):
     assert e.cost == Decimal("0.0018")  # 1000 x 1/1M + 200 x 4/1M
     assert e.request_id == span.trace_id and e.span_id == span.span_id and e.trace_id == span.trace_id
     assert e.id == f"{span.start_ns:016x}{span.trace_id[:8]}{span.span_id}"  # the same span, the same id
-    assert e.details["source"] == "otlp" and e.details["tokens"]["input"] == 1000
+    assert e.source == "otlp" and e.details["tokens"]["input"] == 1000
     assert e.attribution.environment == "prod" and dict(e.attribution.tags) == {"service": "rag"}
     assert e.latency_ms == 10.0 and e.ts.year == 2026
     assert (stats.priced, stats.unpriced) == (1, 0)

@@ -169,3 +169,34 @@ def test_cache_lookup_records_lookup_cost_and_avoided_cost(env):
     events = store.query()
     assert [e.cost for e in events] == [Decimal("0.00002"), Decimal("0.0504")]
     assert events[0].avoided_cost == Decimal("0.004") and events[0].outcome == "cache_hit"
+
+
+def test_events_say_where_they_were_recorded(env):
+    tracker, store = env
+    with tracker.request(tenant="acme") as req:  # the SDK's own
+        with req.step("generate") as s:
+            s.tokens("gpt-6-luna", {"prompt_tokens": 10, "completion_tokens": 1})
+        tracker.record("vector_search", cost=Decimal("0.001"))  # a step of the current request: its source
+        tracker.record("validate", cost=Decimal("0.002"), source="my-batch")  # said explicitly: that one
+    with tracker.request(source="langchain") as other:  # an integration sharing the tracker
+        with other.step("embed") as s:
+            s.tokens("text-embedding-3-small", {"prompt_tokens": 5})
+    tracker.record("other", cost=Decimal("0.003"), source="litellm")  # a lone request of its own
+    assert [(e.step, e.source) for e in store.query()] == [
+        ("generate", "sdk"), ("vector_search", "sdk"), ("validate", "my-batch"), ("embed", "langchain"),
+        ("other", "litellm")]
+    assert "source" not in store.query()[-1].details
+    gateway = Tracker(PriceCatalog.bundled(), lambda e: store.append([e]), clock=FixedClock(AT), source="gateway")
+    pool = CapacityPool(gateway, "aws/g5.xlarge", instances=1, owner=Attribution(cost_center="platform"))
+    pool.use(gateway.request(), 60)
+    assert {e.source for e in pool.settle(AT, AT + timedelta(hours=1))} == {"gateway"}
+
+
+def test_a_bad_source_is_refused_where_it_is_given(env):
+    tracker, _ = env
+    with pytest.raises(ValueError, match="bad event source"):
+        tracker.request(source="Not a source")
+    with pytest.raises(ValueError, match="bad event source"):
+        tracker.record("other", cost=Decimal(0), source="")
+    with pytest.raises(ValueError, match="bad event source"):
+        Tracker(PriceCatalog.bundled(), lambda e: None, source="x" * 65)

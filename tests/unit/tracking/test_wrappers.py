@@ -172,3 +172,15 @@ def test_anthropic_cache_tokens_are_priced_separately(env, stream):
     (e,) = store.query()
     # same usage as the golden test: 0.026
     assert e.cost == Decimal("0.026")
+
+
+def test_wrapped_clients_record_sdk_or_the_source_they_are_given(env):
+    tracker, store = env
+    wrap_openai(client(), tracker).chat.completions.create(model="gpt-6.2-sol", messages=[])
+    wrap_openai(client(), tracker, source="my-agent").embeddings.create(model="text-embedding-3-small", input="hi")
+    with tracker.request(source="langchain"):  # inside an integration's request: the request's source
+        wrap_openai(client(), tracker).chat.completions.create(model="gpt-6.2-sol", messages=[])
+    assert [(e.step, e.source) for e in store.query()] == [("generate", "sdk"), ("embed", "my-agent"),
+                                                           ("generate", "langchain")]
+    with pytest.raises(ValueError, match="bad event source"):
+        wrap_anthropic(object(), tracker, source="Bad Source")
