@@ -19,7 +19,7 @@ from __future__ import annotations
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
@@ -35,10 +35,10 @@ def _merge_key(r: Resource) -> tuple[str, str, str]:
     return r.kind, r.provider.lower(), canon(r.name)
 
 
-def bundled_documents() -> tuple[list[PriceEntry], dict]:
+def bundled_documents() -> tuple[list[PriceEntry], dict[str, Any]]:
     """truecost's own data files, and its table of model release dates (for undated prices)."""
     entries: list[PriceEntry] = []
-    releases: dict = {}
+    releases: dict[str, Any] = {}
     folder = resources.files("truecost.pricing") / "data"
     for item in sorted(folder.iterdir(), key=lambda x: x.name):
         if not item.name.endswith(".yaml"):
@@ -53,7 +53,7 @@ def bundled_documents() -> tuple[list[PriceEntry], dict]:
     return entries, releases
 
 
-def _rule(r: dict) -> dict:
+def _rule(r: dict[str, Any]) -> dict[str, Any]:
     """One rule of data/rules.yaml, validated: a variant (``when`` + ``multiplier``), a rate
     supplement (``rates``: classes a model's versions lack) or an unavailable option
     (``unavailable``: an attribute the provider does not offer for these models)."""
@@ -72,13 +72,13 @@ def _rule(r: dict) -> dict:
     return out
 
 
-def bundled_rules() -> list[dict]:
+def bundled_rules() -> list[dict[str, Any]]:
     """Provider-wide variants, rate supplements and unavailable options (data/rules.yaml), validated."""
     doc = yaml.safe_load((resources.files("truecost.pricing") / "data" / "rules.yaml").read_text(encoding="utf-8"))
     return [_rule(r) for r in doc.get("rules") or []]
 
 
-def _rule_variant(version: PriceVersion, rule: dict) -> Variant:
+def _rule_variant(version: PriceVersion, rule: dict[str, Any]) -> Variant:
     """A rule's multiplier on every class, or only on the classes it names (their tiers too)."""
     classes, m = rule.get("classes"), rule["multiplier"]
     if not classes:
@@ -89,7 +89,7 @@ def _rule_variant(version: PriceVersion, rule: dict) -> Variant:
     return Variant(when=rule["when"], rates=rates, tiers=tiers, source=rule["source"])
 
 
-def _apply_rule(version: PriceVersion, rule: dict) -> PriceVersion:
+def _apply_rule(version: PriceVersion, rule: dict[str, Any]) -> PriceVersion:
     """The version with one rule applied where the version does not say the thing itself."""
     from dataclasses import replace
 
@@ -112,7 +112,7 @@ def _apply_rule(version: PriceVersion, rule: dict) -> PriceVersion:
     return replace(version, attributes={**version.attributes, "unavailable": unavailable})
 
 
-def apply_rules(entry: PriceEntry, rules: list[dict]) -> PriceEntry:
+def apply_rules(entry: PriceEntry, rules: list[dict[str, Any]]) -> PriceEntry:
     """The entry with each matching rule applied to the versions that do not state it themselves."""
     import fnmatch
 
@@ -125,6 +125,10 @@ def apply_rules(entry: PriceEntry, rules: list[dict]) -> PriceEntry:
     if all(a is b for a, b in zip(versions, entry.versions)):
         return entry
     return PriceEntry(entry.resource, entry.aliases, versions, entry.matcher)
+
+
+def _claims(entry: PriceEntry, wire_name: str) -> bool:
+    return entry.matcher is not None and entry.matcher(wire_name)
 
 
 class PriceCatalog:
@@ -248,7 +252,7 @@ class PriceCatalog:
 
         exact = [k for k in self._names.get(canon(name), []) if ok(k)]
         low = name.strip().lower()
-        matched = [k for k in self._matched if k not in exact and ok(k) and self._entries[k].matcher(low)]
+        matched = [k for k in self._matched if k not in exact and ok(k) and _claims(self._entries[k], low)]
         known = {e.resource.provider.lower() for e in self._entries.values()}
         providers = [hint, *self.fallbacks.get(hint, [])] if hint in known else [None]
         for p in providers:  # the hinted provider, then the providers it resells

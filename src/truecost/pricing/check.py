@@ -17,6 +17,7 @@ from truecost.pricing.catalog import PriceCatalog
 from truecost.pricing.cost import price_tokens
 from truecost.errors import InvalidQuantityError
 from truecost.pricing.usage import CallUsage, normalise_call
+from truecost.types import PricedCost
 
 
 @dataclass
@@ -38,18 +39,18 @@ class Gap:
     tokens: int = 0
     fields: set[str] = field(default_factory=set)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "reason": self.reason, "rows": self.rows, "spend": str(self.spend),
                 "tokens": self.tokens, "usage_fields": sorted(self.fields)}
 
 
-def _fields(priced, call: CallUsage | None) -> set[str]:
+def _fields(priced: PricedCost | None, call: CallUsage | None) -> set[str]:
     if priced is not None and priced.lines:
         return {ln.component for ln in priced.lines if ln.cost is None}
     return set(call.as_dict()) if call is not None else set()
 
 
-def check(catalog: PriceCatalog, records: Iterable[UsageRecord]) -> dict:
+def check(catalog: PriceCatalog, records: Iterable[UsageRecord]) -> dict[str, Any]:
     """Summary: rows read, rows priced, and the gaps (model, reason, rows, spend, tokens, fields)."""
     gaps: dict[tuple[str, str], Gap] = {}
     total = priced_rows = 0
@@ -57,14 +58,15 @@ def check(catalog: PriceCatalog, records: Iterable[UsageRecord]) -> dict:
     for r in records:
         total += 1
         spend_total += r.spend or 0
-        call = None
+        call: CallUsage | None = None
+        priced: PricedCost | None = None
         try:
             call = normalise_call(r.usage, r.flavour)
         except InvalidQuantityError as exc:
-            reason, priced = f"usage: {exc}", None
+            reason = f"usage: {exc}"
         else:
-            version, reason = catalog.price_or_none(r.model or "?", r.at) if r.model else (None, "no model named")
-            priced = price_tokens(version, call, batch=r.batch, unknown_reason=reason)
+            version, why = catalog.price_or_none(r.model or "?", r.at) if r.model else (None, "no model named")
+            priced = price_tokens(version, call, batch=r.batch, unknown_reason=why)
             if priced.cost is not None:
                 priced_rows += 1
                 continue
@@ -76,7 +78,7 @@ def check(catalog: PriceCatalog, records: Iterable[UsageRecord]) -> dict:
         gap.tokens += sum(call.as_dict().values()) if call is not None else 0
         gap.fields |= _fields(priced, call)
     by_spend = sorted(gaps.values(), key=lambda g: (-g.spend, -g.rows, g.model))
-    models = defaultdict(int)
+    models: defaultdict[str, int] = defaultdict(int)
     for g in by_spend:
         models[g.model] += g.rows
     return {"rows": total, "priced": priced_rows, "unpriced": total - priced_rows,

@@ -9,9 +9,9 @@ price, batch on a model without a batch price), and an implausible quantity: mor
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Mapping
+from typing import Any, Iterable, Mapping
 
-from truecost.pricing.model import STANDARD_VALUES, PriceVersion, Variant
+from truecost.pricing.model import STANDARD_VALUES, PriceVersion, Tier, Variant
 from truecost.pricing.usage import EXTRA_CLASSES, CallUsage
 from truecost.types import TOKEN_CLASSES, ZERO, CostLine, PricedCost, TokenUsage, to_decimal
 
@@ -55,7 +55,7 @@ def tidy(d: Decimal) -> Decimal:
     return d.quantize(Decimal(1)) if d == d.to_integral_value() else d.normalize()
 
 
-def _with_tiers(base: Mapping[str, Decimal], tiers, prompt_tokens: int) -> tuple[dict[str, Decimal], int | None]:
+def _with_tiers(base: Mapping[str, Decimal], tiers: Iterable[Tier], prompt_tokens: int) -> tuple[dict[str, Decimal], int | None]:
     """Long-context tiers switch the price of the WHOLE request, not just the excess."""
     rates = dict(base)
     crossed = None
@@ -118,7 +118,9 @@ def _sanity(call: CallUsage) -> str | None:
     return None
 
 
-_TABLES: dict[tuple, tuple] = {}
+# a class's (unit price, unit base, note), or None when unpriced; '__request_fee__' -> whether a fee is due
+ClassTable = dict[str, Any]
+_TABLES: dict[tuple[int, int, tuple[tuple[str, str], ...]], tuple[PriceVersion, ClassTable, str | None]] = {}
 
 
 def _tier_key(version: PriceVersion, prompt_tokens: int) -> int:
@@ -133,14 +135,14 @@ def _tier_key(version: PriceVersion, prompt_tokens: int) -> int:
     return n
 
 
-def _class_table(version: PriceVersion, prompt_tokens: int, attrs: dict[str, str]) -> tuple:
+def _class_table(version: PriceVersion, prompt_tokens: int, attrs: dict[str, str]) -> tuple[ClassTable, str | None]:
     """(per-class (unit price, unit base, note) or None, unknown reason): memoised, this is every call's path."""
     key = (id(version), _tier_key(version, prompt_tokens), tuple(sorted(attrs.items())))
     hit = _TABLES.get(key)
     if hit is not None and hit[0] is version:
         return hit[1], hit[2]
     rates, notes, reason = effective_rates(version, prompt_tokens, attrs)
-    table: dict[str, tuple | None] = {}
+    table: ClassTable = {}
     if rates is not None:
         note = "; ".join(notes) or None
         fold = version.attributes.get(FOLD_ATTRIBUTE) == "input"
@@ -151,7 +153,7 @@ def _class_table(version: PriceVersion, prompt_tokens: int, attrs: dict[str, str
                 name = "cache_write" if cls == "cache_write_1h" and "cache_write" in rates else "input"
                 line_note = "; ".join(x for x in (note, f"no separate {cls} price listed: billed as {name}") if x)
             unit = version.units.get(name) if name else None
-            table[cls] = None if unit is None else (rates[name] / unit.scale, unit.base, line_note)
+            table[cls] = None if unit is None or name is None else (rates[name] / unit.scale, unit.base, line_note)
         table["__request_fee__"] = "request" in rates
     if len(_TABLES) > 4096:
         _TABLES.clear()
@@ -161,7 +163,7 @@ def _class_table(version: PriceVersion, prompt_tokens: int, attrs: dict[str, str
 
 def _not_offered(version: PriceVersion, attrs: Mapping[str, str]) -> str | None:
     """The reason, when the call asks for an option the provider does not offer for this model."""
-    unavailable = version.attributes.get("unavailable") if attrs else None
+    unavailable: Mapping[str, str] = (version.attributes.get("unavailable") or {}) if attrs else {}
     for key, value in attrs.items() if unavailable else ():
         source = unavailable.get(f"{key}={value}")
         if source is not None:

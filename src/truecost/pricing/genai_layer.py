@@ -19,7 +19,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 from truecost.pricing.model import UNDATED, PriceEntry, PriceVersion, Tier, Unit, Variant
 from truecost.pricing.names import canon
@@ -81,7 +81,7 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"cannot write {type(o).__name__}")
 
 
-def dump_snapshot(providers: list[Mapping], path: str | Path) -> None:
+def dump_snapshot(providers: list[Mapping[str, Any]], path: str | Path) -> None:
     Path(path).write_text(json.dumps(providers, default=_json_default), encoding="utf-8")
 
 
@@ -118,7 +118,7 @@ def _dec(v: Any) -> Decimal:
     return v if isinstance(v, Decimal) else Decimal(str(v))
 
 
-def _prices(raw: Mapping, units: dict[str, Unit], unmapped: set[str]) -> tuple[dict, tuple[Tier, ...]]:
+def _prices(raw: Mapping[str, Any], units: dict[str, Unit], unmapped: set[str]) -> tuple[dict[str, Any], tuple[Tier, ...]]:
     rates: dict[str, Decimal] = {}
     tiers: dict[int, dict[str, Decimal]] = {}
     for key, value in (raw or {}).items():
@@ -137,7 +137,7 @@ def _prices(raw: Mapping, units: dict[str, Unit], unmapped: set[str]) -> tuple[d
     return rates, tuple(Tier(k, v) for k, v in sorted(tiers.items()))
 
 
-def _start(constraint: Any) -> date | None | bool:
+def _start(constraint: Any) -> date | None | Literal[False]:
     """A start date; None when there is no constraint; False for a time-of-day constraint."""
     if not constraint:
         return None
@@ -151,13 +151,13 @@ def _at(d: date) -> datetime:
     return datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
 
 
-def _versions(provider: Mapping, model: Mapping, resource: Resource, first: datetime, source: str,
+def _versions(provider: Mapping[str, Any], model: Mapping[str, Any], resource: Resource, first: datetime, source: str,
               notes: list[str]) -> list[PriceVersion]:
     units: dict[str, Unit] = {}
     unmapped: set[str] = set()
     raw_prices = model.get("prices")
     conditional = raw_prices if isinstance(raw_prices, list) else [{"prices": raw_prices or {}}]
-    bases: list[tuple[date | None, Mapping]] = []
+    bases: list[tuple[date | None, Mapping[str, Any]]] = []
     for c in conditional:
         s = _start(c.get("constraint"))
         if s is False:
@@ -166,7 +166,7 @@ def _versions(provider: Mapping, model: Mapping, resource: Resource, first: date
         bases.append((s, c.get("prices") or {}))
     if not bases:
         return []
-    variants: list[tuple[date | None, Mapping]] = []
+    variants: list[tuple[date | None, Mapping[str, Any]]] = []
     for v in model.get("price_variants") or []:
         s = _start(v.get("constraint"))
         if s is False:
@@ -209,7 +209,7 @@ def _versions(provider: Mapping, model: Mapping, resource: Resource, first: date
 _REGIONAL = re.compile(r"(?:regional|multi-region)[^.]*?(?:10% premium|1\.1x list)", re.IGNORECASE)
 
 
-def _regional_variant(model: Mapping) -> Variant | None:
+def _regional_variant(model: Mapping[str, Any]) -> Variant | None:
     """region=regional at 1.1x where the source's comment says so (not on models that are themselves regional ids)."""
     text = str(model.get("price_comments") or "")
     if str(model.get("id", "")).startswith("regional.") or not _REGIONAL.search(text):
@@ -218,7 +218,7 @@ def _regional_variant(model: Mapping) -> Variant | None:
                    source="genai-prices price comment: regional endpoints carry a 10% premium over the global endpoint")
 
 
-def _attributes(provider: Mapping, model: Mapping, undated: bool) -> dict:
+def _attributes(provider: Mapping[str, Any], model: Mapping[str, Any], undated: bool) -> dict[str, Any]:
     out = {"genai_model_id": model.get("id")}
     if model.get("price_comments"):
         out["price_comments"] = model["price_comments"]
@@ -236,13 +236,16 @@ def _kind(model_id: str) -> str:
     return "embedding" if "embed" in model_id.lower() else "chat"
 
 
-def convert(providers: Iterable[Mapping], releases: Mapping | None = None, *, label: str = "genai-prices") -> GenaiLayer:
+def convert(providers: Iterable[Mapping[str, Any]], releases: Mapping[str, Any] | None = None, *, label: str = "genai-prices") -> GenaiLayer:
     """Plain provider mappings -> entries (one per provider and model), the home matchers, notes."""
     release_dates: dict[tuple[str | None, str], tuple[date, str]] = {}
     for r in (releases or {}).get("releases") or []:
         d = r["released"] if isinstance(r["released"], date) else date.fromisoformat(str(r["released"]))
         release_dates[(r.get("provider"), canon(str(r["name"])))] = (d, str(r.get("source") or ""))
-    entries, homes, notes, fallbacks = [], [], [], {}
+    entries: list[PriceEntry] = []
+    homes: list[tuple[str, Callable[[str], bool]]] = []
+    notes: list[str] = []
+    fallbacks: dict[str, list[str]] = {}
     for p in providers:
         pid = str(p["id"])
         if p.get("fallback_model_providers"):
@@ -268,7 +271,7 @@ def convert(providers: Iterable[Mapping], releases: Mapping | None = None, *, la
 
 # -- loading ---------------------------------------------------------------------------------
 @lru_cache(maxsize=4)
-def _bundled_providers() -> tuple[list[Mapping], str]:
+def _bundled_providers() -> tuple[list[Mapping[str, Any]], str]:
     from importlib.metadata import version
 
     from genai_prices.data import providers  # the package's bundled data (a large module)
@@ -276,7 +279,7 @@ def _bundled_providers() -> tuple[list[Mapping], str]:
     return [plain(p) for p in providers], f"genai-prices {version('genai-prices')} bundled data"
 
 
-def read_snapshot(path: str | Path) -> list[Mapping]:
+def read_snapshot(path: str | Path) -> list[Mapping[str, Any]]:
     """A genai-prices data snapshot (JSON list of providers), as saved by `truecost prices update`."""
     doc = json.loads(Path(path).read_text(encoding="utf-8"), parse_float=Decimal)
     if isinstance(doc, Mapping) and "providers" in doc:
@@ -299,7 +302,7 @@ def _load(snapshot: str | None, releases_json: str) -> GenaiLayer:
     return convert(providers, releases, label=label)
 
 
-def load_genai_layer(releases: Mapping | None = None, *, snapshot: str | Path | None = None) -> GenaiLayer:
+def load_genai_layer(releases: Mapping[str, Any] | None = None, *, snapshot: str | Path | None = None) -> GenaiLayer:
     """The genai-prices layer (converted once per process and snapshot; entries are shared, never mutated)."""
     layer = _load(str(snapshot) if snapshot is not None else None, json.dumps(releases or {}, default=_json_default))
     return GenaiLayer(list(layer.entries), list(layer.homes), list(layer.notes), layer.label, dict(layer.fallbacks))

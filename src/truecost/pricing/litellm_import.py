@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from truecost.errors import PriceFileError
 from truecost.pricing.model import PriceEntry, PriceVersion, Tier, Unit, Variant
@@ -81,7 +82,7 @@ def _split(key: str) -> tuple[str, int | None, str | None] | None:
     return None
 
 
-def _version(model: str, info: dict, path: str, start: datetime, source: str) -> tuple[PriceVersion | None, list[str]]:
+def _version(model: str, info: dict[str, Any], path: str, start: datetime, source: str) -> tuple[PriceVersion | None, list[str]]:
     token_unit, request_unit = Unit.parse("1M tokens"), Unit.parse("1K requests")
     base: dict[str, Decimal] = {}
     tiers: dict[int, dict[str, Decimal]] = {}

@@ -66,7 +66,7 @@ def _tiers(raw: Any, path: str, entry: str) -> tuple[Tier, ...]:
     return tuple(sorted(tiers, key=lambda t: t.above_prompt_tokens))
 
 
-def _variants(v: Mapping, path: str, name: str) -> list[Variant]:
+def _variants(v: Mapping[str, Any], path: str, name: str) -> list[Variant]:
     out = []
     for raw in v.get("variants") or []:
         when = raw.get("when") if isinstance(raw, Mapping) else None
@@ -89,7 +89,7 @@ def _variants(v: Mapping, path: str, name: str) -> list[Variant]:
     return out
 
 
-def _components(rates: Mapping, tiers: tuple[Tier, ...], variants: list[Variant]) -> set[str]:
+def _components(rates: Mapping[str, Decimal], tiers: tuple[Tier, ...], variants: list[Variant]) -> set[str]:
     comps = set(rates)
     for t in tiers:
         comps |= set(t.rates)
@@ -100,7 +100,7 @@ def _components(rates: Mapping, tiers: tuple[Tier, ...], variants: list[Variant]
     return comps
 
 
-def _version(v: Any, resource: Resource, unit_map: Mapping, default_unit: Any, attributes: Mapping,
+def _version(v: Any, resource: Resource, unit_map: Mapping[str, Any], default_unit: Any, attributes: Mapping[str, Any],
              path: str, name: str, origin: str) -> PriceVersion:
     if not isinstance(v, Mapping):
         raise PriceFileError(path, name, "each version must be a mapping")
@@ -140,7 +140,7 @@ def close_open_versions(versions: list[PriceVersion], path: str, name: str) -> l
     for i, (a, b) in enumerate(zip(versions, versions[1:])):
         if a.effective_to is None:
             versions[i] = a = replace(a, effective_to=b.effective_from)
-        if a.effective_to > b.effective_from:
+        if a.effective_to is not None and a.effective_to > b.effective_from:
             raise PriceFileError(path, name, "versions overlap in time")
     return versions
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from truecost.pricing.genai_layer import GenaiLayer, convert, load_genai_layer, read_snapshot
 
@@ -25,8 +25,8 @@ def snapshots(folder: str | Path) -> list[Path]:
     p = Path(folder)
     if not p.is_dir():
         return []
-    found = [f for f in p.iterdir() if _NAME.match(f.name)]
-    return sorted(found, key=lambda f: (_NAME.match(f.name).group(1), int(_NAME.match(f.name).group(2) or 0)))
+    found = [(f, m) for f in p.iterdir() if (m := _NAME.match(f.name))]
+    return [f for f, _ in sorted(found, key=lambda fm: (fm[1].group(1), int(fm[1].group(2) or 0)))]
 
 
 def latest(folder: str | Path) -> Path | None:
@@ -46,7 +46,8 @@ def fetch_url(url: str, timeout: float = 30.0) -> bytes:
     from urllib.request import urlopen
 
     with urlopen(url, timeout=timeout) as r:  # noqa: S310 (the user asked for this URL)
-        return r.read()
+        data: bytes = r.read()
+        return data
 
 
 @dataclass
@@ -90,7 +91,7 @@ def diff(old: GenaiLayer, new: GenaiLayer, at: datetime) -> list[Change]:
 
 
 def update(folder: str | Path, url: str | None = None, *, fetch: Callable[[str], bytes] = fetch_url,
-           today: date | None = None, releases: dict | None = None) -> UpdateResult:
+           today: date | None = None, releases: dict[str, Any] | None = None) -> UpdateResult:
     """Fetch genai-prices' data, check it converts, save it dated, and diff it against the data in use.
 
     The data in use is the newest saved snapshot, or the bundled package data. A download that

@@ -99,8 +99,9 @@ def _service_attributes(usage: Any, response: Any = None) -> dict[str, str]:
         elif tier:
             out["service_tier"] = tier
         for key in ("speed", "inference_geo"):
-            if _attr(src, key):
-                out[key] = _attr(src, key)
+            value = _attr(src, key)
+            if value:
+                out[key] = value
     return out
 
 
