@@ -14,13 +14,15 @@ import re
 import threading
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Sequence
+from typing import Any, Callable, Sequence, TypeVar
+
 
 from truecost.errors import LedgerError
 from truecost.ledger.events import SOURCE_NAME_SQL, CostEvent
 from truecost.ledger.store import AggregateRow, LedgerFilter, check_group_by
 from truecost.types import ATTRIBUTION_FIELDS, Attribution
 
+T = TypeVar("T")
 _COLUMNS = ("id", "request_id", "ts", "step", "provider", "service", "region", "quantity", "unit", "unit_price", "cost",
             "currency", "cost_center", "team", "feature", "tenant", "environment", "user_id", "tags", "trace_id",
             "span_id", "parent_span_id", "name", "latency_ms", "outcome", "avoided", "details", "source")
@@ -55,7 +57,7 @@ _BUCKETS = {
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-def _row(e: CostEvent) -> tuple:
+def _row(e: CostEvent) -> tuple[Any, ...]:
     a = e.attribution
     return (e.id, e.request_id, e.ts, e.step, e.provider, e.service, e.region, e.quantity, e.unit, e.unit_price,
             e.cost, e.currency, a.cost_center, a.team, a.feature, a.tenant, a.environment, a.user,
@@ -63,7 +65,7 @@ def _row(e: CostEvent) -> tuple:
             e.avoided_cost, json.dumps(e.details, default=str), e.source)
 
 
-def _event(r: tuple) -> CostEvent:
+def _event(r: tuple[Any, ...]) -> CostEvent:
     d = dict(zip(_COLUMNS, r))
     tags = d["tags"] if isinstance(d["tags"], dict) else json.loads(d["tags"])
     details = d["details"] if isinstance(d["details"], dict) else json.loads(d["details"])
@@ -78,8 +80,9 @@ def _event(r: tuple) -> CostEvent:
         source=d["source"])
 
 
-def _where(f: LedgerFilter) -> tuple[str, list]:
-    clauses, params = [], []
+def _where(f: LedgerFilter) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
     for column, value in (("request_id", f.request_id), ("service", f.service), ("outcome", f.outcome),
                           ("source", f.source)):
         if value is not None:
@@ -107,18 +110,18 @@ class PostgresLedgerStore:
             raise LedgerError(f"invalid schema name {schema!r}")
         self.uri, self.schema, self.connect_timeout = uri, schema, connect_timeout
         self._lock = threading.Lock()
-        self._conn = None
+        self._conn: Any = None  # a psycopg Connection (imported lazily)
         with self._lock:
             self._connect()
             self._migrate()
 
     # -- connection ---------------------------------------------------------------------
-    def _connect(self):
+    def _connect(self) -> Any:
         import psycopg
 
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = psycopg.connect(self.uri, connect_timeout=self.connect_timeout, autocommit=True)
+                self._conn = psycopg.connect(self.uri, connect_timeout=int(max(1, round(self.connect_timeout))), autocommit=True)
                 if self.schema is not None:  # else the connection's own search_path (public, or the URI's options)
                     self._conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                     self._conn.execute(f'SET search_path TO "{self.schema}"')
@@ -130,7 +133,7 @@ class PostgresLedgerStore:
     def _where_am_i(self) -> str:
         return f"postgres schema {self.schema or '(default)'}"
 
-    def _run(self, fn):
+    def _run(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(conn)`` under the lock; a broken connection is dropped and the error made clear."""
         import psycopg
 
@@ -173,7 +176,7 @@ class PostgresLedgerStore:
         rows = [_row(e) for e in events]
         sql = f"INSERT INTO cost_events ({','.join(_COLUMNS)}) VALUES ({','.join(['%s'] * len(_COLUMNS))})"
 
-        def insert(c):
+        def insert(c: Any) -> None:
             try:
                 with c.transaction(), c.cursor() as cur:
                     cur.executemany(sql, rows)
@@ -213,7 +216,7 @@ class PostgresLedgerStore:
         where, params = _where(filter)
         extra = " AND " if where else " WHERE "
 
-        def q(c):
+        def q(c: Any) -> tuple[list[Any], int, dict[str, list[str]]]:
             rows = c.execute(f"SELECT request_id, COALESCE(SUM(cost), 0) s, SUM(avoided), COUNT(*), "
                              f"COUNT(*) FILTER (WHERE cost IS NULL) FROM cost_events{where}{extra}request_id IS NOT NULL "
                              f"GROUP BY request_id ORDER BY s DESC LIMIT {int(top)}", params).fetchall()
@@ -228,7 +231,7 @@ class PostgresLedgerStore:
                              events=r[3], unknown=r[4], request_count=1) for r in rows], unknown
 
     def count(self) -> int:
-        return self._run(lambda c: c.execute("SELECT COUNT(*) FROM cost_events").fetchone()[0])
+        return int(self._run(lambda c: c.execute("SELECT COUNT(*) FROM cost_events").fetchone()[0]))
 
     def close(self) -> None:
         with self._lock:

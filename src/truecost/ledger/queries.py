@@ -67,4 +67,4 @@ def summary(store: LedgerStore, filter: LedgerFilter = LedgerFilter(),
     o = overall[0] if overall else AggregateRow(keys=())
     gen = sum((r.cost for r in by_step if r.keys[0] in GENERATION_STEPS), ZERO)
     return Summary(total=o.cost, generation=gen, avoided=o.avoided_cost, events=o.events, unknown=o.unknown,
-                   requests=o.request_count)
+                   requests=o.request_count or 0)

@@ -30,7 +30,7 @@ def event_to_dict(e: CostEvent) -> dict[str, Any]:
 def _source(d: dict[str, Any]) -> str:
     """A line written before events had a source: its ``details["source"]`` if it names one, else "unknown"."""
     if d.get("source") is not None:
-        return d["source"]
+        return str(d["source"])
     legacy = (d.get("details") or {}).get("source")
     try:
         return check_source(legacy)

@@ -13,7 +13,7 @@ import threading
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from truecost.errors import LedgerError
 from truecost.ledger.events import CostEvent
@@ -130,7 +130,7 @@ def _text(d: Decimal | None) -> str | None:
     return None if d is None else str(d)
 
 
-def _row(e: CostEvent) -> tuple:
+def _row(e: CostEvent) -> tuple[Any, ...]:
     a = e.attribution
     return (e.id, e.request_id, _us(e.ts), e.step, e.provider, e.service, e.region, str(e.quantity), e.unit,
             _text(e.unit_price), _text(e.cost), _e10(e.cost), e.currency, a.cost_center, a.team, a.feature,
@@ -157,8 +157,9 @@ def _event(r: sqlite3.Row) -> CostEvent:
     )
 
 
-def _where(f: LedgerFilter) -> tuple[str, list]:
-    clauses, params = [], []
+def _where(f: LedgerFilter) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
     if f.request_id is not None:
         clauses.append("request_id = ?"); params.append(f.request_id)
     if f.since is not None:
@@ -231,7 +232,7 @@ class SQLiteLedgerStore:
         if not events:
             return
         rows = [_row(e) for e in events]
-        rollup: dict[tuple, list[int]] = {}
+        rollup: dict[tuple[Any, ...], list[int]] = {}
         for r in rows:  # column positions as in _COLUMNS
             key = (r[2] // HOUR_US, r[13] or "", r[15] or "", r[16] or "", r[3], r[5] or "", r[25], r[29])
             acc = rollup.get(key)
@@ -289,7 +290,8 @@ class SQLiteLedgerStore:
 
     def _aggregate_rollup(self, group_by: Sequence[str], f: LedgerFilter) -> list[AggregateRow]:
         cols = [_ROLLUP_BUCKETS.get(g, f"NULLIF({g}, '')") for g in group_by]
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         if f.since is not None:
             clauses.append("hour >= ?"); params.append(_us(f.since) // HOUR_US)
         if f.until is not None:
@@ -332,7 +334,7 @@ class SQLiteLedgerStore:
 
     def count(self) -> int:
         with self._lock:
-            return self._conn.execute("SELECT COUNT(*) FROM cost_events").fetchone()[0]
+            return int(self._conn.execute("SELECT COUNT(*) FROM cost_events").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:

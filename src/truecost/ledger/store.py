@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 from truecost.ledger.events import CostEvent
 from truecost.types import ATTRIBUTION_FIELDS, ZERO
@@ -47,7 +47,7 @@ class LedgerFilter:
 
 @dataclass(slots=True)
 class AggregateRow:
-    keys: tuple
+    keys: tuple[Any, ...]
     cost: Decimal = ZERO  # sum of the known costs
     avoided_cost: Decimal = ZERO
     events: int = 0
@@ -91,8 +91,8 @@ class LedgerStore(Protocol):
 
 def aggregate_events(events: Iterable[CostEvent], group_by: Sequence[str], count_requests: bool = True) -> list[AggregateRow]:
     check_group_by(group_by)
-    rows: dict[tuple, AggregateRow] = {}
-    requests: dict[tuple, set] = {}
+    rows: dict[tuple[Any, ...], AggregateRow] = {}
+    requests: dict[tuple[Any, ...], set[str | None]] = {}
     for e in events:
         k = tuple(group_value(e, g) for g in group_by)
         row = rows.get(k)
@@ -152,7 +152,7 @@ def rollup(rows: Sequence[AggregateRow], group_by: Sequence[str], keep: Sequence
     Request counts do not add up across groups, so the result has ``request_count=None``.
     """
     idx = [list(group_by).index(k) for k in keep]
-    out: dict[tuple, AggregateRow] = {}
+    out: dict[tuple[Any, ...], AggregateRow] = {}
     for r in rows:
         k = tuple(r.keys[i] for i in idx)
         o = out.get(k)

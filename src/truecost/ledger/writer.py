@@ -109,7 +109,8 @@ class BatchWriter:
 
     # -- consumer side ----------------------------------------------------------------
     def _take(self) -> list[CostEvent]:
-        buf, batch = self._buf, []
+        buf = self._buf
+        batch: list[CostEvent] = []
         while buf and len(batch) < self.batch_size:
             batch.append(buf.popleft())
         return batch
@@ -162,7 +163,7 @@ class BatchWriter:
                 for path in self._wal.leftovers():
                     self.replayed += replay_spool(path, self.store)
                     self._wal.replayed(path)
-            if self._spool_pending:
+            if self._spool_pending and self.spool_path is not None:
                 self.replayed += replay_spool(self.spool_path, self.store)
                 self._spool_pending = False
         except Exception as exc:  # still failing: the files stay on disk, tried again after the next success
