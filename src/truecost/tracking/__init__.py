@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
+import warnings
 from typing import Any, Callable
 
 from truecost.tracking.scope import RequestScope, StepScope, current_request, current_step
@@ -16,6 +17,15 @@ from truecost.tracking.tracker import Tracker
 
 _default: Tracker | None = None
 _lock = threading.Lock()
+
+
+class InMemoryLedgerWarning(UserWarning):
+    """Tracked events are going to the default in-memory ledger (lost when the process exits)."""
+
+
+DEFAULT_STORE_WARNING = ("truecost: no tracker configured, so tracked events go to an in-memory ledger and are lost "
+                         "when the process exits; call truecost.tracking.configure(Tracker(catalog, sink)) with a "
+                         "ledger (e.g. SQLiteLedgerStore) to keep them")
 
 
 def configure(tracker: Tracker) -> Tracker:
@@ -37,6 +47,8 @@ def get_tracker() -> Tracker:
                 store = MemoryLedgerStore()
                 _default = Tracker(PriceCatalog.bundled(), lambda e: store.append([e]))
                 _default.store = store  # type: ignore[attr-defined]
+                # once per process: events kept only in memory are lost at exit
+                warnings.warn(DEFAULT_STORE_WARNING, InMemoryLedgerWarning, stacklevel=3)
     return _default
 
 
@@ -73,5 +85,5 @@ def tracked(kind: str, name: str | None = None) -> Callable:
     return wrap
 
 
-__all__ = ["Tracker", "RequestScope", "StepScope", "configure", "get_tracker", "request", "step", "record",
+__all__ = ["Tracker", "InMemoryLedgerWarning", "RequestScope", "StepScope", "configure", "get_tracker", "request", "step", "record",
            "tracked", "current_request", "current_step"]
