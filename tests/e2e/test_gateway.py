@@ -170,6 +170,20 @@ def test_models_health_and_metrics(stack):
     assert "truecost_overhead_ms_count" in text
 
 
+def _overhead_count(gw) -> int:
+    line = next(ln for ln in httpx.get(gw.url + "/metrics").text.splitlines() if ln.startswith("truecost_overhead_ms_count"))
+    return int(line.split()[-1])
+
+
+def test_streams_count_in_the_overhead_histogram(stack):
+    gw, _, _ = stack
+    client(gw).chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}])
+    before = _overhead_count(gw)
+    stream = client(gw).chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}], stream=True)
+    assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+    assert _overhead_count(gw) == before + 1
+
+
 @pytest.fixture
 def cached_stack(tmp_path):
     with ServerThread(make_app()) as upstream:

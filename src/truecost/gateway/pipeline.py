@@ -455,9 +455,12 @@ class Pipeline:
         last_error: Exception | None = None
         want_usage = bool((ex.body.get("stream_options") or {}).get("include_usage"))
         try:
+            before_upstream_ms: float | None = None  # a stream's overhead: the gateway's time before the first call
             for i, cand in enumerate(candidates):
                 step = ex.step("generate", cand.model)
                 t_up = time.perf_counter()
+                if before_upstream_ms is None:
+                    before_upstream_ms = (t_up - ex.t0) * 1000
                 got = {"usage": None, "native": None, "chunks": 0, "last": None}
                 upstream_stream = self.upstreams[cand.upstream].stream({**ex.body, "model": cand.wire_model})
                 try:
@@ -491,7 +494,7 @@ class Pipeline:
                     self.tracker.charge_compute(step, (time.perf_counter() - t_up) * 1000)
                 step.annotate(streamed_chunks=got["chunks"], upstream=cand.upstream, fallback=i > 0)
                 ex.finish(step)
-                self._count(ex.req, cand.model, ex.attribution, None)
+                self._count(ex.req, cand.model, ex.attribution, before_upstream_ms)
                 yield b"data: [DONE]\n\n"
                 return
             err = self._all_failed(ex, last_error)
