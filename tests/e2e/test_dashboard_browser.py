@@ -20,6 +20,8 @@ from truecost.dashboard.auth import KeyTableAuth, Principal, key_sha256
 from truecost.ledger.sqlite import SQLiteLedgerStore
 from truecost.ledger.store import LedgerFilter
 
+pytestmark = pytest.mark.slow  # a real browser (Chromium)
+
 ADMIN_KEY, READ_KEY = "tc-admin-e2e-4f1d9a", "tc-read-globex-77c2"
 READER = Principal("globex-reader", admin=False, tenant="globex", cost_center="cx-support")
 READER_SCOPE = LedgerFilter(attribution=(("tenant", "globex"), ("cost_center", "cx-support")))

@@ -1,6 +1,7 @@
 """Schemathesis against the gateway's own OpenAPI description: generated requests, valid and
 not, never get a server error (5xx other than the documented upstream/budget-store ones)."""
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
@@ -8,6 +9,8 @@ from tests.support.mock_upstream import ServerThread, make_app
 from truecost.gateway.app import build
 from truecost.gateway.config import hash_key, parse_config
 from truecost.gateway.openapi import openapi_spec
+
+pytestmark = pytest.mark.slow  # property-based fuzzing of a running gateway
 
 KEY = "sk-fuzz"
 schema = schemathesis.openapi.from_dict(openapi_spec())

@@ -1,5 +1,6 @@
 """The gateway over HTTP, driven by the official openai SDK, against a loopback mock upstream."""
 
+from tests.support.requires import need
 import json
 import time
 from decimal import Decimal
@@ -12,7 +13,7 @@ from truecost.gateway.app import build
 from truecost.gateway.config import hash_key, parse_config
 from truecost.ledger import LedgerFilter
 
-openai = pytest.importorskip("openai")
+openai = need("openai", "openai")
 KEY, REVOKED = "sk-test-team-a", "sk-old"
 
 
@@ -252,7 +253,7 @@ def test_embeddings_are_priced(stack):
 
 
 def _anthropic_client(gw, key=KEY):
-    anthropic = pytest.importorskip("anthropic")
+    anthropic = need("anthropic", "anthropic")
     return anthropic, anthropic.Anthropic(api_key=key, base_url=gw.url, max_retries=0)
 
 
@@ -323,7 +324,7 @@ def test_metrics_split_cost_by_step_and_model(stack):
 
 
 def test_gateway_emits_opentelemetry_spans(tmp_path):
-    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    sdk = need("opentelemetry.sdk.trace", "otel")
     from opentelemetry import trace
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -565,7 +566,7 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
         with pytest.raises(ConfigError, match="share_window"):
             conf({"strategy": "trained", "artifact": str(artifact), "hold": "share", "share_window": 3})
         app = build(conf({"strategy": "trained", "artifact": str(artifact), "hold": "share", "share_window": 60}))
-        held = app.state.pipeline.routers["routed"]
+        held = app.state.pipeline.routers["routed"].router
         assert held.hold is not None and held.hold.share == out["strong_share"] and held.hold.window == 60
         with ServerThread(app) as gw:
             c = client(gw)
@@ -584,7 +585,7 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
         out = json.loads(res.output)
         assert out["order"] == "gain-per-dollar" and out["test"]["quality_vs_strong"] >= 0.9
         app = build(conf({"strategy": "trained", "artifact": str(per_dollar)}))
-        router = app.state.pipeline.routers["routed"]
+        router = app.state.pipeline.routers["routed"].router
         assert router.extra_cost is not None
         with ServerThread(app) as gw:
             c = client(gw)
@@ -610,10 +611,11 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
         d = router.route(RouteRequest("Say hello to person 9001"))
         assert d.model == "gpt-6.2-sol" and "unknown" in d.reason
     # an answer-aware (cascade) artifact cannot route before the call: a clear error at startup
+    from truecost.routing.artifacts import write_artifact
     from truecost.routing.scorer import Example, FeatureSpec, GapScorer
 
-    cascade = GapScorer(FeatureSpec(embed=False, answer=True)).fit(
-        [Example(f"q{i}", float(i % 2), {}, f"the answer is {i}") for i in range(20)]).save(tmp_path / "cascade.npz")
+    cascade = write_artifact(GapScorer(FeatureSpec(embed=False, answer=True)).fit(
+        [Example(f"q{i}", float(i % 2), {}, f"the answer is {i}") for i in range(20)]), tmp_path / "cascade.npz")
     with ServerThread(make_app()) as upstream:
         with pytest.raises(ConfigError, match="needs the weak model's answer"):
             build(conf({"strategy": "trained", "artifact": str(cascade), "threshold": 0.5}))

@@ -1,6 +1,7 @@
 """The gateway's trust model over HTTP, in process: who pays, budgets that hold and remember, every admitted
 request settled exactly once, and a ledger row for every call the provider may bill."""
 
+from tests.support.requires import need
 import json
 import re
 import socket
@@ -15,7 +16,7 @@ from truecost.gateway.app import build
 from truecost.gateway.config import hash_key, parse_config
 from truecost.ledger import LedgerFilter
 
-openai = pytest.importorskip("openai")
+openai = need("openai", "openai")
 KEY, BUDGETED, FREE_HEADERS, READER = "sk-trust-a", "sk-trust-budget", "sk-trust-platform", "sk-trust-other"
 JOINER = "sk-trust-sdk-service"
 MSG = [{"role": "user", "content": "refund?"}]

@@ -3,11 +3,12 @@ RAG chain, and langchain-openai's ChatOpenAI (streaming included) against the lo
 
 from __future__ import annotations
 
+from tests.support.requires import need
 from decimal import Decimal
 
 import pytest
 
-pytest.importorskip("langchain_core")
+need("langchain_core", "integrations")
 
 from langchain_core.embeddings import DeterministicFakeEmbedding  # noqa: E402
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel  # noqa: E402
@@ -102,7 +103,7 @@ def test_a_failing_chain_closes_its_request_and_records_the_error(ledger):
 
 
 def test_chat_openai_against_the_loopback_mock_streaming_included(ledger):
-    langchain_openai = pytest.importorskip("langchain_openai")
+    langchain_openai = need("langchain_openai", "integrations")
     tracker, store = ledger
     handler = truecost_callback(tracker, cost_center="support")
     with ServerThread(make_app()) as mock:

@@ -24,7 +24,8 @@ from truecost.ledger.sqlite import SQLiteLedgerStore
 ROOT = Path(__file__).resolve().parents[2]
 PY = ROOT / ".venv-litellm" / "bin" / "python"
 ENV = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "NO_PROXY": "127.0.0.1,localhost"}
-pytestmark = pytest.mark.skipif(not PY.exists(), reason="run scripts/setup_integrations.sh (LiteLLM's own venv)")
+if not PY.exists():  # a missing environment fails the run loudly; it is never a silent skip
+    raise ImportError(f"{PY} is missing: run scripts/setup_integrations.sh (LiteLLM's own venv; scripts/test.sh does)")
 
 SDK_DRIVER = textwrap.dedent("""
     import asyncio, json, sys, time

@@ -4,12 +4,13 @@ LlamaIndex's provider LLMs keep it in ``response.raw``), streaming included."""
 
 from __future__ import annotations
 
+from tests.support.requires import need
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
-pytest.importorskip("llama_index.core")
+need("llama_index.core", "integrations")
 
 from llama_index.core import Document, Settings, VectorStoreIndex  # noqa: E402
 from llama_index.core.callbacks import CallbackManager  # noqa: E402

@@ -4,6 +4,7 @@ talking to the loopback mock."""
 
 from __future__ import annotations
 
+from tests.support.requires import need
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+need("opentelemetry.exporter.otlp.proto.http.trace_exporter", "integrations")
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: E402
 from opentelemetry.sdk.resources import Resource  # noqa: E402
@@ -145,8 +146,8 @@ def test_a_wrong_ingest_key_is_refused(collector):
 
 
 def test_openllmetry_instrumented_openai_client_against_the_loopback_mock(collector):
-    instrumentation = pytest.importorskip("opentelemetry.instrumentation.openai")
-    openai = pytest.importorskip("openai")
+    instrumentation = need("opentelemetry.instrumentation.openai", "integrations")
+    openai = need("openai", "openai")
     url, db = collector
     provider = _provider(url, **{"tenant.id": "globex"})
     tracer = provider.get_tracer("app")

@@ -1,5 +1,6 @@
 """The gateway in front of a real local LLM: SmolLM2-135M-Instruct served by llama.cpp."""
 
+from tests.support.requires import need
 import socket
 import subprocess
 import time
@@ -14,7 +15,9 @@ from truecost.gateway.app import build
 from truecost.gateway.config import parse_config
 from truecost.ledger import LedgerFilter
 
-openai = pytest.importorskip("openai")
+pytestmark = pytest.mark.slow  # a real local LLM (llama.cpp + SmolLM2)
+
+openai = need("openai", "openai")
 
 
 def _port() -> int:

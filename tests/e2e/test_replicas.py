@@ -18,6 +18,8 @@ from truecost.gateway.config import hash_key
 from truecost.ledger import LedgerFilter
 from truecost.ledger.postgres import PostgresLedgerStore
 
+pytestmark = pytest.mark.slow  # real PostgreSQL and Redis Stack servers and several gateway processes
+
 KEY = "sk-replica-test"
 ADMIN = "sk-admin-test"
 

@@ -15,6 +15,8 @@ from truecost.ledger.events import CostEvent
 from truecost.ledger.sqlite import SQLiteLedgerStore
 from truecost.types import Attribution
 
+pytestmark = pytest.mark.slow  # a real browser (Chromium)
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "src" / "truecost" / "demo" / "banking77_sample.jsonl"  # bundled: no ../shared needed
 FOCUS_BILL = ROOT / "tests" / "data" / "focus_per_token_ai_model_api.csv"

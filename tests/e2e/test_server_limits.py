@@ -6,6 +6,7 @@ holds an unfinished 8 MB header in memory per connection and never closes a conn
 one header byte per second; slow bodies and long streams must keep working under the guards.
 """
 
+from tests.support.requires import need
 import asyncio
 import socket
 import threading
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-pytest.importorskip("uvicorn")
+need("uvicorn", "gateway")
 from starlette.applications import Starlette  # noqa: E402
 from starlette.responses import PlainTextResponse, StreamingResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
@@ -80,7 +81,7 @@ class Served:
 @pytest.fixture(scope="module", params=["httptools", "h11"])
 def server(request):
     if request.param == "httptools":
-        pytest.importorskip("httptools")
+        need("httptools", "gateway")
     with Served(request.param) as s:
         yield s
 

@@ -1,3 +1,4 @@
+from tests.support.requires import need
 from decimal import Decimal
 
 import pytest
@@ -6,7 +7,7 @@ from truecost.ledger import MemoryLedgerStore
 from truecost.pricing import PriceCatalog
 from truecost.tracking import Tracker
 
-sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
+sdk_trace = need("opentelemetry.sdk.trace", "otel")
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 

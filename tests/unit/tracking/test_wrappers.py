@@ -1,5 +1,6 @@
 """The official SDKs, talking to a real httpx transport that answers like the providers."""
 
+from tests.support.requires import need
 import asyncio
 import json
 from decimal import Decimal
@@ -12,8 +13,8 @@ from truecost.pricing import PriceCatalog
 from truecost.tracking import Tracker
 from truecost.tracking.wrappers import wrap_anthropic, wrap_openai
 
-openai = pytest.importorskip("openai")
-anthropic = pytest.importorskip("anthropic")
+openai = need("openai", "openai")
+anthropic = need("anthropic", "anthropic")
 
 
 def _sse(events):
@@ -159,7 +160,7 @@ def _resp(request):
 @pytest.mark.parametrize("stream", [False, True])
 def test_anthropic_cache_tokens_are_priced_separately(env, stream):
     tracker, store = env
-    httpx_for_sdk = pytest.importorskip("httpx2") if "httpx2" in anthropic._base_client.__dict__ else httpx
+    httpx_for_sdk = need("httpx2", "anthropic") if "httpx2" in anthropic._base_client.__dict__ else httpx
     transport = httpx_for_sdk.MockTransport(anthropic_handler)
     raw = anthropic.Anthropic(api_key="test", base_url="http://mock.local",
                               http_client=httpx_for_sdk.Client(transport=transport), max_retries=0)

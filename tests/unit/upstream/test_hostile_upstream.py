@@ -3,12 +3,13 @@ UpstreamError whose str, repr, args and detail carry no secret; timeouts, redire
 
 from __future__ import annotations
 
+from tests.support.requires import need
 import asyncio
 import time
 
 import pytest
 
-pytest.importorskip("aiohttp")
+need("aiohttp", "gateway")
 
 from truecost.errors import UpstreamError  # noqa: E402
 from truecost.upstream import Upstream  # noqa: E402
