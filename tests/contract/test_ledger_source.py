@@ -38,6 +38,19 @@ def test_source_roundtrips_filters_and_groups(store):
         assert [r.keys for r in top] == [("r4", ("my-batch.job_2",)), ("r1", ("gateway", "sdk"))] and unknown == 1
 
 
+def test_requests_by_source_count_a_request_under_each_of_its_sources(store):
+    from truecost.audit.overview import requests_by  # the store's own one-scan answer, else two aggregates
+
+    store.append(_mixed())
+    head, per = requests_by(store, LedgerFilter(), "source", ["gateway", "litellm", "my-batch.job_2", "otlp", "sdk"])
+    assert (head.request_count, head.events, head.unknown, head.cost) == (4, 5, 1, Decimal("1.875"))
+    assert per == {"gateway": 1, "litellm": 1, "my-batch.job_2": 1, "otlp": 1, "sdk": 1}
+    head, per = requests_by(store, LedgerFilter(request_id="r1"), "source", ["gateway", "sdk"])
+    assert head.request_count == 1 and per == {"gateway": 1, "sdk": 1}
+    head, per = requests_by(store, LedgerFilter(source="otlp"), "source", ["otlp"])
+    assert head.request_count == 1 and head.unknown == 1 and per == {"otlp": 1}
+
+
 def test_an_event_without_a_source_says_unknown_and_a_bad_one_is_refused():
     assert ev(1).source == "unknown"
     for bad in ("Gateway", "two words", "", "x" * 65, None, 3, "a,b"):

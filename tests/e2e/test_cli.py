@@ -64,6 +64,26 @@ def test_report_totals_match_the_ledger(tmp_path):
     assert "unknown price" in human and "totals by tenant, step" in human
 
 
+def test_report_shows_totals_by_source_and_filters_by_it(tmp_path):
+    db = tmp_path / "l.db"
+    store = SQLiteLedgerStore(db)
+    t = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    store.append([CostEvent(id=str(i), request_id=rid, ts=t, step="generate", cost=Decimal(cost), source=source)
+                  for i, (rid, cost, source) in enumerate([("r1", "0.5", "gateway"), ("r1", "0.25", "sdk"),
+                                                           ("r2", "0.125", "langchain"), ("r3", "1", "otlp")])])
+    store.close()
+    data = json.loads(run("report", "--db", str(db), "--json").output)
+    assert {r["source"]: (r["cost_usd"], r["events"]) for r in data["totals"]["source"]} == {
+        "otlp": ("1", 1), "gateway": ("0.5", 1), "sdk": ("0.25", 1), "langchain": ("0.125", 1)}
+    human = run("report", "--db", str(db), "--request", "r1").output
+    assert "totals by source" in human and "langchain" in human and "(source: gateway, sdk)" in human
+    only = json.loads(run("report", "--db", str(db), "--json", "--source", "gateway", "--by", "source,step").output)
+    assert only["total_usd"] == "0.5" and only["requests"] == 1
+    assert only["totals"]["source,step"] == [{"source": "gateway", "step": "generate", "cost_usd": "0.5",
+                                              "avoided_usd": "0", "events": 1, "requests": None,
+                                              "unknown_price_events": 0}]
+
+
 def test_report_without_a_ledger_says_so(tmp_path):
     r = CliRunner().invoke(cli, ["report", "--db", str(tmp_path / "none.db")])
     assert r.exit_code != 0 and "no ledger" in r.output

@@ -86,7 +86,8 @@ def events_from_otel(path: str | Path, catalog: PriceCatalog) -> tuple[list[Cost
             ts=datetime.fromtimestamp(start / 1e9, tz=timezone.utc), step=step if step in STEP_KINDS else "other",
             provider=a.get("gen_ai.provider.name") or a.get("gen_ai.system"), service=model, quantity=quantity, unit=unit,
             unit_price=unit_price, cost=cost, attribution=attribution, trace_id=span.get("traceId"),
-            span_id=span.get("spanId"), name=span.get("name"), latency_ms=(end - start) / 1e6, details=details))
+            span_id=span.get("spanId"), name=span.get("name"), latency_ms=(end - start) / 1e6, details=details,
+            source="otlp"))
     return events, skipped
 
 
@@ -121,7 +122,7 @@ def events_from_litellm_csv(path: str | Path) -> tuple[list[CostEvent], dict[str
                 quantity=Decimal(tokens), unit="tokens", cost=cost,
                 attribution=Attribution(team=rec.get("team_id") or None, user=rec.get("user") or None,
                                         cost_center=meta.get("cost_center"), feature=meta.get("feature")),
-                details={} if cost is not None else {"unknown_reason": "no spend recorded"}))
+                details={} if cost is not None else {"unknown_reason": "no spend recorded"}, source="litellm"))
     return events, skipped
 
 
@@ -179,7 +180,7 @@ def run_cost_audit(store: LedgerStore, flt: LedgerFilter = LedgerFilter(), sourc
         "categories": [{"category": k, "cost_usd": v, "share": float(v / total) if total else None}
                        for k, v in sorted(cats.items(), key=lambda kv: -kv[1])],
         "by_step": rows(["step"]), "by_model": rows(["step", "service"])[:top * 2],
-        "by_cost_center": rows(["cost_center"]), "by_feature": rows(["feature"]),
+        "by_cost_center": rows(["cost_center"]), "by_feature": rows(["feature"]), "by_source": rows(["source"]),
         "top_drivers": rows(["step", "service"])[:top],
         "per_request_percentiles": _percentiles([r.cost for r in per_request if r.keys[0] is not None]),
     }
@@ -209,6 +210,7 @@ def render_costs_html(r: dict[str, Any]) -> str:
         Section("Top cost drivers (step / service)", [grid(r["top_drivers"], "driver")]),
         Section("By cost center", [grid(r["by_cost_center"], "cost center")]),
         Section("By feature", [grid(r["by_feature"], "feature")]),
+        Section("By source (where each event was recorded)", [grid(r["by_source"], "source")]),
         Section("Cost per request", [table(["percentile", "cost"], [[k, "n/a" if v is None else f"${float(v):.6f}"]
                                                                     for k, v in pct.items()], numeric=(1,))]),
     ]

@@ -1,9 +1,9 @@
 """The numbers behind the dashboard: one scan of the ledger, rolled up in memory.
 
 ``overview`` answers the overview page with two aggregate queries (one grouped by
-bucket x cost center x feature x step x service x outcome, one for the distinct request
-count) and a third for the most expensive requests, so it stays fast on large ledgers.
-``request_detail`` is one request's waterfall.
+bucket x cost center x feature x step x service x outcome x source, one for the distinct
+request count, overall and per source) and a third for the most expensive requests, so it
+stays fast on large ledgers. ``request_detail`` is one request's waterfall.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ class Budget:
 
 
 def make_filter(since: datetime | None = None, until: datetime | None = None, model: str | None = None,
-                **attribution: str | None) -> LedgerFilter:
+                source: str | None = None, **attribution: str | None) -> LedgerFilter:
     pairs = tuple((k, v) for k, v in attribution.items() if v and k in FILTER_FIELDS)
-    return LedgerFilter(since=since, until=until, service=model or None, attribution=pairs)
+    return LedgerFilter(since=since, until=until, service=model or None, source=source or None, attribution=pairs)
 
 
 def _bucket(flt: LedgerFilter, store: LedgerStore) -> str:
@@ -54,19 +54,30 @@ def period_start(period: str, now: datetime) -> datetime:
 
 
 def request_stats(store: LedgerStore, flt: LedgerFilter, top: int) -> tuple[list[AggregateRow], int]:
-    """Most expensive requests and how many requests have an unknown price (a store may answer it natively)."""
+    """Most expensive requests (keys: request id, its sources) and how many requests have an unknown price
+    (a store may answer it natively)."""
     native = getattr(store, "request_stats", None)
     if native is not None:
         return native(flt, top)
-    per_request = [r for r in store.aggregate(["request_id"], flt, count_requests=False) if r.keys[0] is not None]
-    return sorted(per_request, key=lambda r: -r.cost)[:top], sum(1 for r in per_request if r.unknown)
+    per_request: dict[str, AggregateRow] = {}
+    for r in store.aggregate(["request_id", "source"], flt, count_requests=False):
+        if r.keys[0] is None:
+            continue
+        acc = per_request.setdefault(r.keys[0], AggregateRow(keys=(r.keys[0], ()), request_count=1))
+        acc.keys = (r.keys[0], tuple(sorted((*acc.keys[1], r.keys[1]))))
+        acc.cost += r.cost
+        acc.avoided_cost += r.avoided_cost
+        acc.events += r.events
+        acc.unknown += r.unknown
+    rows = per_request.values()
+    return sorted(rows, key=lambda r: -r.cost)[:top], sum(1 for r in rows if r.unknown)
 
 
 def _is_compute(store: LedgerStore, flt: LedgerFilter, service: str) -> bool:
     """Is ``service`` a time-priced resource on generation steps? One event tells: a name is either
     a model or a machine (the rollups carry no unit, and a probe stays cheap on large ledgers)."""
     probe = LedgerFilter(since=flt.since, until=flt.until, steps=tuple(GENERATION_STEPS), service=service,
-                         attribution=flt.attribution)
+                         source=flt.source, attribution=flt.attribution)
     first = store.query(probe, limit=1)
     return bool(first) and first[0].unit in COMPUTE_UNITS
 
@@ -86,19 +97,50 @@ def served_mix(store: LedgerStore, flt: LedgerFilter, gens: Sequence[AggregateRo
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def _request_row(r: AggregateRow) -> dict[str, Any]:
+    return {"request_id": r.keys[0], "cost_usd": r.cost, "events": r.events, "sources": list(r.keys[1])}
+
+
 def expensive_requests(store: LedgerStore, flt: LedgerFilter, top: int) -> list[dict[str, Any]]:
     rows, _ = request_stats(store, flt, top)
-    return [{"request_id": r.keys[0], "cost_usd": r.cost, "events": r.events} for r in rows]
+    return [_request_row(r) for r in rows]
+
+
+def requests_by(store: LedgerStore, flt: LedgerFilter, field: str,
+                values: Sequence[Any]) -> tuple[AggregateRow, dict[Any, int]]:
+    """Totals with the distinct request count, and the distinct requests of each of ``values``: every value
+    ``field`` takes under ``flt`` (a store may answer both in one scan; with one value, its requests are all)."""
+    native = getattr(store, "requests_by", None)
+    if native is not None and 1 < len(values) <= 64:
+        return native(field, values, flt)  # type: ignore[no-any-return]
+    rows = store.aggregate([], flt)
+    head = rows[0] if rows else AggregateRow(keys=(), request_count=0)
+    if len(values) <= 1:
+        return head, {v: head.request_count or 0 for v in values}
+    return head, {r.keys[0]: r.request_count or 0 for r in store.aggregate([field], flt)}
+
+
+def by_source(rows: Sequence[AggregateRow], col: int, requests: dict[Any, int], total: Decimal) -> list[dict[str, Any]]:
+    """Requests, events and cost per source (``rows`` keyed by source at ``col``). A request recorded by two
+    sources, say an SDK step and the gateway's call joined by one request id, counts once in each."""
+    acc: dict[str, AggregateRow] = {}
+    for r in rows:
+        a = acc.setdefault(r.keys[col], AggregateRow(keys=(r.keys[col],)))
+        a.cost += r.cost
+        a.events += r.events
+        a.unknown += r.unknown
+    return [{"key": k, "requests": requests.get(k, 0), "events": a.events, "cost_usd": a.cost,
+             "share": float(a.cost / total) if total else None, "unknown": a.unknown}
+            for k, a in sorted(acc.items(), key=lambda kv: (-kv[1].cost, kv[0]))]
 
 
 def overview(store: LedgerStore, flt: LedgerFilter = LedgerFilter(), budgets: Sequence[Budget] = (),
              now: datetime | None = None, top: int = 10, series_by: str = "cost_center",
              cache_target_error: float | None = None) -> dict[str, Any]:
     bucket = _bucket(flt, store)
-    keys = [bucket, "cost_center", "feature", "step", "service", "outcome"]
+    keys = [bucket, "cost_center", "feature", "step", "service", "outcome", "source"]
     rows = store.aggregate(keys, flt, count_requests=False)
-    head = store.aggregate([], flt)
-    h = head[0] if head else AggregateRow(keys=(), request_count=0)
+    h, source_requests = requests_by(store, flt, "source", sorted({r.keys[6] for r in rows}))
     total = h.cost
 
     def by(i: int) -> list[dict]:
@@ -107,7 +149,7 @@ def overview(store: LedgerStore, flt: LedgerFilter = LedgerFilter(), budgets: Se
             acc[r.keys[i]] = acc.get(r.keys[i], ZERO) + r.cost
         return [{"key": k if k is not None else "-", "cost_usd": v} for k, v in sorted(acc.items(), key=lambda kv: -kv[1])]
 
-    col = {"cost_center": 1, "feature": 2, "step": 3, "model": 4}.get(series_by, 1)
+    col = {"cost_center": 1, "feature": 2, "step": 3, "model": 4, "source": 6}.get(series_by, 1)
     series: dict[str, dict[str, Decimal]] = {}
     for r in rows:
         name = r.keys[col] or "-"
@@ -137,14 +179,14 @@ def overview(store: LedgerStore, flt: LedgerFilter = LedgerFilter(), budgets: Se
         "generation_share": float(gen_cost / total) if total else None, "bucket": bucket,
         "spend_over_time": {"by": series_by, "buckets": buckets,
                             "series": {k: [v.get(b, ZERO) for b in buckets] for k, v in series.items()}},
-        "by_cost_center": by(1), "by_feature": by(2), "by_step": by(3),
+        "by_cost_center": by(1), "by_feature": by(2), "by_step": by(3), "by_source": by_source(rows, 6, source_requests, total),
         "cache": {"lookups": n_lookups, "hits": n_hits, "hit_rate": n_hits / n_lookups if n_lookups else None,
                   "avoided_usd": cache_avoided, "lookup_cost_usd": lookup_cost, "net_savings_usd": cache_avoided - lookup_cost,
                   # the policy bounds false hits per lookup; the estimate is that bound applied to the lookups
                   "false_hit_bound": None if cache_target_error is None else cache_target_error * n_lookups},
         "routing": {"mix": mix, "avoided_usd": route_avoided},
         "budgets": budget_rows,
-        "expensive_requests": [{"request_id": r.keys[0], "cost_usd": r.cost, "events": r.events} for r in expensive],
+        "expensive_requests": [_request_row(r) for r in expensive],
     }
 
 
@@ -159,7 +201,7 @@ def request_detail(store: LedgerStore, request_id: str,
     steps = []
     for e in events:
         d = e.details
-        steps.append({"step": e.step, "name": e.name, "service": e.service, "provider": e.provider,
+        steps.append({"step": e.step, "name": e.name, "service": e.service, "provider": e.provider, "source": e.source,
                       "quantity": e.quantity, "unit": e.unit, "unit_price": e.unit_price, "cost_usd": e.cost,
                       "latency_ms": e.latency_ms, "outcome": e.outcome, "avoided_usd": e.avoided_cost,
                       "unknown_reason": d.get("unknown_reason"), "cache": d.get("cache"), "similarity": d.get("similarity"),
@@ -173,7 +215,8 @@ def request_detail(store: LedgerStore, request_id: str,
             "served_by": served or (cache["service"] if cache and cache["outcome"] == "cache_hit" else None),
             "cache": None if cache is None else {"status": cache["cache"], "outcome": cache["outcome"],
                                                  "similarity": cache["similarity"], "avoided_usd": cache["avoided_usd"]},
-            "route": route, "latency_ms": sum(e.latency_ms or 0 for e in events)}
+            "route": route, "latency_ms": sum(e.latency_ms or 0 for e in events),
+            "sources": sorted({e.source for e in events})}
 
 
 def window(days: int | None, now: datetime | None = None) -> datetime | None:

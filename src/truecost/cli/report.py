@@ -1,4 +1,8 @@
-"""`truecost report`: where the money went, per request and per step."""
+"""`truecost report`: where the money went, per request and per step.
+
+Totals by step, by cost center and by source (where each event was recorded: gateway, sdk,
+otlp, litellm, langchain, llamaindex; "unknown" for rows from before events had a source).
+"""
 
 from __future__ import annotations
 
@@ -55,17 +59,18 @@ def build_report(store: LedgerStore, filter: LedgerFilter, group_bys: list[list[
 @click.option("--by", "group_by", multiple=True, help=f"extra grouping, comma-separated from: {', '.join(GROUP_FIELDS)}")
 @click.option("--since", help="ISO date/time, inclusive")
 @click.option("--until", help="ISO date/time, exclusive")
+@click.option("--source", help="only events recorded by this source (gateway, sdk, otlp, litellm, langchain, llamaindex)")
 @click.option("--json", "as_json", is_flag=True)
-def report(db, request_id, group_by, since, until, as_json) -> None:
-    """Cost per request by step, and totals by step and cost center."""
+def report(db, request_id, group_by, since, until, source, as_json) -> None:
+    """Cost per request by step, and totals by step, cost center and source."""
     from truecost.ledger import open_store
 
     if db != "memory:" and not Path(db).exists():
         raise click.ClickException(f"no ledger at {db}; run `truecost demo` or pass --db")
     store = open_store(db)
     try:
-        flt = LedgerFilter(since=parse_time(since, "--since"), until=parse_time(until, "--until"))
-        groups = [["step"], ["cost_center"]] + [g.split(",") for g in group_by]
+        flt = LedgerFilter(since=parse_time(since, "--since"), until=parse_time(until, "--until"), source=source or None)
+        groups = [["step"], ["cost_center"], ["source"]] + [g.split(",") for g in group_by]
         for g in groups:
             bad = [x for x in g if x not in GROUP_FIELDS]
             if bad:
@@ -90,7 +95,8 @@ def _print(console: Console, data: dict, tables: dict, one) -> None:
     from decimal import Decimal
 
     if one:
-        console.print(request_table(one.events, f"request {one.request_id}"))
+        sources = ", ".join(sorted({e.source for e in one.events}))
+        console.print(request_table(one.events, f"request {one.request_id} (source: {sources})"))
     console.print(f"[bold]{data['requests']:,} requests, {data['events']:,} events, total {usd(Decimal(data['total_usd']), 4)}"
                   f"[/bold]; per request {usd(Decimal(data['cost_per_request_usd']), 6) if data['cost_per_request_usd'] else '-'}")
     if data["generation_share"] is not None:

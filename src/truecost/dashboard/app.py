@@ -1,9 +1,12 @@
 """The dashboard: server-rendered HTML with inline SVG charts (no JavaScript, works offline).
 
 Mounted by the gateway at ``/ui``, or served alone by ``truecost dashboard --db``.
-Pages: ``/`` the overview (filters: since, until, cost center, feature, tenant, model) and
-``/request/{id}`` one request. Every figure carries ``data-key``/``data-value`` with the
-raw number from the ledger, so tests compare the page with the ledger.
+Pages: ``/`` the overview (filters: since, until, cost center, feature, tenant, model, source),
+``/requests`` the most expensive requests and ``/request/{id}`` one request. The source of an
+event is where it was recorded (gateway, sdk, otlp, litellm, langchain, llamaindex): the
+overview breaks requests and spend down by it, and the request pages name it. Every figure
+carries ``data-key``/``data-value`` with the raw number from the ledger, so tests compare the
+page with the ledger.
 
 Behind a login (``/login``, ``/logout``): a ``DashboardAuth`` turns a key into a principal, a
 server-side session remembers it (HttpOnly, SameSite=Strict cookie scoped to the mount path).
@@ -27,9 +30,9 @@ from truecost.audit.overview import (Budget, LedgerStore, expensive_requests, ma
 from truecost.dashboard.auth import DashboardAuth, DenyAllAuth, Principal, SessionStore
 
 
-FILTERS = ("since", "until", "cost_center", "feature", "tenant", "model")
+FILTERS = ("since", "until", "cost_center", "feature", "tenant", "model", "source")
 SCOPED = ("tenant", "cost_center")  # forced for a principal that is not an admin
-SERIES = ("cost_center", "feature", "step", "model")
+SERIES = ("cost_center", "feature", "step", "model", "source")
 COOKIE = "truecost_session"
 MAX_LOGIN_BODY = 8192
 REQUESTS_SHOWN = 100
@@ -59,10 +62,27 @@ def _nav(base: str, on: str, who: Principal | None = None) -> str:
 
 def _requests_table(base: str, rows: Sequence[dict[str, Any]], params: dict[str, str]) -> str:
     qs = urlencode({k: v for k, v in params.items() if v})
-    return ("<table><thead><tr><th>request</th><th class='n'>cost</th><th class='n'>steps</th></tr></thead><tbody>" + "".join(
+    head = "<th>request</th><th>source</th><th class='n'>cost</th><th class='n'>steps</th>"
+    return (f"<table><thead><tr>{head}</tr></thead><tbody>" + "".join(
         f'<tr><td><a href="{base}/request/{escape(quote(x["request_id"], safe=""))}{"?" + escape(qs) if qs else ""}">'
-        f'{escape(x["request_id"])}</a></td><td class="n">{_usd(x["cost_usd"])}</td><td class="n">{x["events"]}</td></tr>'
+        f'{escape(x["request_id"])}</a></td><td class="source">{escape(", ".join(x["sources"]))}</td>'
+        f'<td class="n">{_usd(x["cost_usd"])}</td><td class="n">{x["events"]}</td></tr>'
         for x in rows) + "</tbody></table>") if rows else "<p class='note'>no requests in this period</p>"
+
+
+def _by_source(rows: Sequence[dict[str, Any]]) -> str:
+    """Requests and spend per source: where each event was recorded (each row carries the raw numbers)."""
+    if not rows:
+        return "<p class='note'>no events in this period</p>"
+    body = "".join(
+        f'<tr data-source="{escape(x["key"])}" data-requests="{x["requests"]}" data-events="{x["events"]}" '
+        f'data-cost-usd="{x["cost_usd"]}"><td>{escape(x["key"])}</td><td class="n">{x["requests"]:,}</td>'
+        f'<td class="n">{x["events"]:,}</td><td class="n">{_usd(x["cost_usd"])}</td>'
+        f'<td class="n">{charts.pct(x["share"]) if x["share"] is not None else "n/a"}</td></tr>' for x in rows)
+    return ("<table id='by-source'><thead><tr><th>source</th><th class='n'>requests</th><th class='n'>events</th>"
+            f"<th class='n'>cost</th><th class='n'>share</th></tr></thead><tbody>{body}</tbody></table>"
+            "<p class='note'>A request recorded by two sources (an SDK step joined to a gateway call by its "
+            "request id) counts once in each.</p>")
 
 
 def _filter_form(base: str, params: dict[str, str], fixed: Sequence[str] = (), action: str = "/") -> str:
@@ -111,6 +131,7 @@ def render_overview(base: str, data: dict[str, Any], params: dict[str, str], tit
         Section("Overview", [figures(figs), over_time]),
         Section("Where the money goes", [bars(data["by_step"], "Spend by step"), bars(data["by_cost_center"], "Spend by cost center"),
                                          bars(data["by_feature"], "Spend by feature")]),
+        Section("By source", [_by_source(data["by_source"])]),
         Section("Cache", [table(["lookups", "hits", "hit rate", "avoided", "lookup cost", "net savings"],
                                 [[c["lookups"], c["hits"], charts.pct(c["hit_rate"]) if c["hit_rate"] is not None else "n/a",
                                   _usd(c["avoided_usd"]), _usd(c["lookup_cost_usd"]), _usd(c["net_savings_usd"])]], numeric=(0, 1, 2, 3, 4, 5)),
@@ -161,6 +182,7 @@ def render_request(base: str, d: dict[str, Any], title: str, who: Principal | No
     steps = d["steps"]
     figs = [Figure("request_total_usd", "request total", d["total_usd"], _usd),
             Figure("served_by", "served by", d["served_by"] or "-"),
+            Figure("source", "source", ", ".join(d["sources"])),
             Figure("latency_ms", "latency (sum of steps, ms)", round(d["latency_ms"], 2)),
             Figure("unknown", "steps with unknown price", d["unknown"])]
     label = [f'{s["step"]}' + (f' ({s["service"]})' if s["service"] else "") for s in steps]
@@ -169,12 +191,12 @@ def render_request(base: str, d: dict[str, Any], title: str, who: Principal | No
     sections = [
         Section(f"Request {d['request_id']}", [figures(figs), charts.waterfall(label, [float(s["cost_usd"] or 0) for s in steps],
                                                                                 "Cost waterfall by step", fmt=_usd)]),
-        Section("Steps", [table(["step", "service", "quantity", "unit", "unit price", "cost", "ms", "outcome"],
+        Section("Steps", [table(["step", "service", "quantity", "unit", "unit price", "cost", "ms", "outcome", "source"],
                                 [[s["step"], s["service"] or "", _quantity(s["quantity"]), s["unit"],
                                   _unit_price(s["unit_price"]),
                                   _usd(s["cost_usd"]) if s["cost_usd"] is not None else f'unknown: {s["unknown_reason"]}',
-                                  "" if s["latency_ms"] is None else f'{s["latency_ms"]:.2f}', s["outcome"]] for s in steps],
-                                numeric=(2, 4, 5, 6))]),
+                                  "" if s["latency_ms"] is None else f'{s["latency_ms"]:.2f}', s["outcome"], s["source"]]
+                                 for s in steps], numeric=(2, 4, 5, 6))]),
         Section("Decisions", [table(["what", "decision"], decisions)]),
     ]
     return page(title, f"one request, {d['ts']}", sections, nav=_nav(base, "requests", who))
@@ -238,7 +260,7 @@ def create_dashboard(store: LedgerStore, budgets: Sequence[Budget] = (), title: 
         return params
 
     def filter_of(params: dict[str, str]):
-        return make_filter(_when(params["since"]), _when(params["until"]), params["model"],
+        return make_filter(_when(params["since"]), _when(params["until"]), params["model"], params["source"],
                            cost_center=params["cost_center"], feature=params["feature"], tenant=params["tenant"])
 
     def bad_filter(exc: ValueError, who: Principal) -> Response:

@@ -230,6 +230,23 @@ class PostgresLedgerStore:
         return [AggregateRow(keys=(r[0], tuple(sorted(sources.get(r[0]) or ()))), cost=r[1], avoided_cost=r[2] or Decimal(0),
                              events=r[3], unknown=r[4], request_count=1) for r in rows], unknown
 
+    def requests_by(self, field: str, values: Sequence[Any],
+                    filter: LedgerFilter = LedgerFilter()) -> tuple[AggregateRow, dict[Any, int]]:
+        """Totals with the distinct request count, and the distinct requests of each of ``values`` of ``field``
+        (a request with events under two values counts under both), in one scan."""
+        check_group_by([field])
+        if field in _BUCKETS:
+            raise ValueError(f"{field!r} is a time bucket, not a column")
+        col = "user_id" if field == "user" else field
+        where, params = _where(filter)
+        per = "".join(f", COUNT(DISTINCT request_id) FILTER (WHERE {col} IS NOT DISTINCT FROM %s)" for _ in values)
+        sql = (f"SELECT SUM(cost), SUM(avoided), COUNT(*), COUNT(*) FILTER (WHERE cost IS NULL), "
+               f"COUNT(DISTINCT request_id){per} FROM cost_events{where}")
+        r = self._run(lambda c: c.execute(sql, [*values, *params]).fetchone())
+        head = AggregateRow(keys=(), cost=r[0] or Decimal(0), avoided_cost=r[1] or Decimal(0), events=r[2],
+                            unknown=r[3], request_count=r[4])
+        return head, dict(zip(values, r[5:]))
+
     def count(self) -> int:
         return int(self._run(lambda c: c.execute("SELECT COUNT(*) FROM cost_events").fetchone()[0]))
 

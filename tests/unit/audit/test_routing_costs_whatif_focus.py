@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from truecost.audit import routing_audit as ra
-from truecost.audit.costs import events_from_litellm_csv, events_from_otel, run_cost_audit
+from truecost.audit.costs import events_from_litellm_csv, events_from_otel, render_costs_html, run_cost_audit
 from truecost.audit.focus import export_rows, lines_of, read_bill, reconcile
 from truecost.audit.sources import AuditInputError, QueryRow
 from truecost.audit.whatif import ScenarioError, load_scenario, monthly_stack, run_whatif
@@ -98,6 +98,8 @@ def test_cost_audit_by_hand():
     cats = {c["category"]: c["share"] for c in r["categories"]}
     assert cats["data movement"] == pytest.approx(0.2) and cats["observability"] == pytest.approx(0.2)
     assert r["unknown_requests"] == 1 and r["unknown_request_ids"] == ["r2"]
+    assert [(x["key"], x["events"]) for x in r["by_source"]] == [("unknown", 4)]  # built by hand: no source
+    assert "By source" in render_costs_html(r)
 
 
 def test_otel_import_prices_tokens_when_no_cost(tmp_path):
@@ -114,7 +116,7 @@ def test_otel_import_prices_tokens_when_no_cost(tmp_path):
     events, skipped = events_from_otel(f, PriceCatalog.bundled())
     assert len(events) == 1 and skipped["no_cost_or_tokens"] == 1
     assert events[0].cost == Decimal("0.0035") and events[0].latency_ms == pytest.approx(500)
-    assert events[0].attribution.team == "t"
+    assert events[0].attribution.team == "t" and events[0].source == "otlp"
 
 
 def test_litellm_csv_needs_its_columns(tmp_path):
@@ -124,7 +126,7 @@ def test_litellm_csv_needs_its_columns(tmp_path):
         events_from_litellm_csv(f)
     f.write_text('request_id,model,spend,total_tokens,startTime,metadata\nx,gpt-4o,0.5,10,2025-05-01T00:00:00Z,"{""feature"": ""faq""}"\n')
     events, _ = events_from_litellm_csv(f)
-    assert events[0].cost == Decimal("0.5") and events[0].attribution.feature == "faq"
+    assert events[0].cost == Decimal("0.5") and events[0].attribution.feature == "faq" and events[0].source == "litellm"
 
 
 # ---------------------------------------------------------------- what-if
