@@ -58,6 +58,23 @@ def _model_from(params: dict, metadata: dict) -> str | None:
     return metadata.get("ls_model_name")
 
 
+def _result_usage(response: Any) -> tuple[Any, str | None]:
+    """(usage, the model that answered) of an LLMResult: the messages' usage_metadata, else llm_output."""
+    usage, answered = None, None
+    for gens in response.generations or []:
+        for g in gens:
+            msg = getattr(g, "message", None)
+            meta = getattr(msg, "response_metadata", None) or {}
+            answered = answered or meta.get("model_name") or meta.get("model")
+            call = usage_from_metadata(getattr(msg, "usage_metadata", None))
+            if call is not None:
+                usage = call if usage is None else type(call)(usage.tokens + call.tokens)
+    out = response.llm_output or {}
+    if usage is None and out.get("token_usage"):
+        usage = out["token_usage"]  # OpenAI's spelling: prompt_tokens includes cached tokens
+    return usage, answered or out.get("model_name") or out.get("model")
+
+
 def _handler_class() -> type:
     if "handler" in _classes:
         return _classes["handler"]
@@ -105,19 +122,7 @@ def _handler_class() -> type:
             provider, model = self._models.pop(run_id, (None, None))
             if step is None:
                 return
-            usage, flavour, answered = None, "openai", None
-            for gens in response.generations or []:
-                for g in gens:
-                    msg = getattr(g, "message", None)
-                    meta = getattr(msg, "response_metadata", None) or {}
-                    answered = answered or meta.get("model_name") or meta.get("model")
-                    call = usage_from_metadata(getattr(msg, "usage_metadata", None))
-                    if call is not None:
-                        usage = call if usage is None else type(call)(usage.tokens + call.tokens)
-            out = response.llm_output or {}
-            if usage is None and out.get("token_usage"):
-                usage = out["token_usage"]  # OpenAI's spelling: prompt_tokens includes cached tokens
-            answered = answered or out.get("model_name") or out.get("model")
+            usage, answered = _result_usage(response)
             charge_tokens(step, provider, answered or model, usage)
             self.book.finish_step(run_id)
 
