@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from truecost.clock import new_id
 from truecost.ledger.events import CostEvent
@@ -129,7 +129,7 @@ class CapacityPool:
 
     def _event(self, request_id, attribution, trace_id, ts, seconds, per_s, cost, reason, extra=None) -> CostEvent:
         version_provider = self.resource.split("/", 1)[0] if "/" in self.resource else None
-        details = {"instances": self.instances}
+        details: dict[str, Any] = {"instances": self.instances}
         if cost is None:
             details["unknown_reason"] = reason or "no price"
         details.update(extra or {})

@@ -60,7 +60,7 @@ class StepScope:
         self.details: dict[str, Any] = {}
         self._charges: list[_Charge] = []
         self._avoided: Decimal | None = None
-        self._otel_span = None
+        self._otel_span: Any = None  # (span, context) of the OpenTelemetry request span, when exporting
 
     # -- recording -------------------------------------------------------------------
     def tokens(self, model: str, usage: Any, *, flavour: str = "openai", batch: bool = False,
@@ -139,8 +139,8 @@ class RequestScope:
         self.trace_id = new_id()
         self.span_id = self.trace_id[-16:]
         self.events: list[CostEvent] = []
-        self._token = None
-        self._otel_span = None
+        self._token: Any = None  # the contextvars Token while the request is current
+        self._otel_span: Any = None
 
     def step(self, kind: str, name: str | None = None) -> StepScope:
         return StepScope(self, kind, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Callable, Iterable
 
@@ -37,7 +38,7 @@ class Tracker:
         self.otel_tracer = otel_tracer
         self._allowance_lock = threading.Lock()
         self._allowance_used: dict[tuple, Decimal] = {}
-        self._version_memo: dict[tuple, tuple[PriceVersion | None, str | None, str, str]] = {}
+        self._version_memo: dict[tuple[Any, ...], tuple[PriceVersion | None, str | None, str | None, str]] = {}
 
     # -- public API -------------------------------------------------------------------
     def request(self, request_id: str | None = None, attribution: Attribution | None = None, *,
@@ -53,10 +54,7 @@ class Tracker:
                avoided: Decimal | None = None, source: str | None = None, **details: Any) -> list[CostEvent]:
         """Record a step measured elsewhere, inside the current request or as a lone request.
         ``source``: where it was recorded (default: the request's)."""
-        req = request or current_request()
-        own = req is None
-        if own:
-            req = self.request(source=source)
+        req = request or current_request() or self.request(source=source)
         s = StepScope(req, step, name)
         if source is not None:
             s.source = check_source(source)
@@ -76,7 +74,8 @@ class Tracker:
         return req.events[before:]
 
     # -- pricing helpers used by scopes ---------------------------------------------
-    def price_version(self, name: str, kind: str | None, at) -> tuple[PriceVersion | None, str | None, str, str]:
+    def price_version(self, name: str, kind: str | None, at: datetime
+                      ) -> tuple[PriceVersion | None, str | None, str | None, str]:
         key = (name, kind, at.date())
         hit = self._version_memo.get(key)
         if hit is None:
@@ -105,7 +104,7 @@ class Tracker:
             return priced
         priced = price_tokens(version, call, batch=batch, unknown_reason=reason)
         tokens = call.tokens
-        details = {"tokens": call.as_dict(), "flavour": flavour}
+        details: dict[str, Any] = {"tokens": call.as_dict(), "flavour": flavour}
         if batch:
             details["batch"] = True
         if call.attributes:

@@ -18,6 +18,9 @@ from truecost.ledger.events import check_source
 from truecost.tracking.scope import StepScope, current_request
 from truecost.tracking.tracker import Tracker
 
+# neither the request nor the response named a model: priced as unknown, with this in the reason
+NO_MODEL = "(no model named)"
+
 
 def _open_step(tracker: Tracker, kind: str, model: str | None, source: str | None) -> StepScope:
     req = current_request() or tracker.request(source=source)
@@ -141,7 +144,7 @@ def _instrument(create: Any, tracker: Tracker, kind: str, flavour: str, source: 
     """
     def record(step: StepScope, model: str | None, resp: Any, hide: bool, stream: bool, is_async: bool) -> Any:
         if stream:
-            rec = _StreamRecorder(step, model, flavour, hide)
+            rec = _StreamRecorder(step, model or NO_MODEL, flavour, hide)
             return _AsyncStream(resp, rec) if is_async else _SyncStream(resp, rec)
         usage = getattr(resp, "usage", None)
         if usage is None:
@@ -149,7 +152,7 @@ def _instrument(create: Any, tracker: Tracker, kind: str, flavour: str, source: 
         else:
             from truecost.pricing.usage import normalise_call  # the response says which service tier served it
 
-            step.tokens(model or getattr(resp, "model", None), normalise_call(usage, flavour, response=resp),
+            step.tokens(model or getattr(resp, "model", None) or NO_MODEL, normalise_call(usage, flavour, response=resp),
                         flavour=flavour)
         step.finish()
         return resp
