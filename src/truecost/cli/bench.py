@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
+import sys
 import time
+from pathlib import Path
+from types import ModuleType
 
 import click
 import numpy as np
 from rich.console import Console
 
+import truecost
 from truecost.cli.render import progress_bar as _progress
 from truecost.errors import TruecostError
 
@@ -130,6 +136,28 @@ def _print_cache(console: Console, r: dict) -> None:
     Console().print(t)
 
 
+def bench_dir() -> Path:
+    """The repository's bench/ folder (benchmark protocols live there, outside the installed package)."""
+    return Path(truecost.__file__).resolve().parents[2] / "bench"
+
+
+def load_bench_module(name: str) -> ModuleType:
+    """``truecost_bench.<name>`` from the repository's bench/ folder; a clear error from an install without it."""
+    root = bench_dir() / "truecost_bench"
+    if not (root / f"{name}.py").is_file():
+        raise click.ClickException(
+            f"this benchmark runs the protocol in the repository's bench/ folder, and there is none at {root.parent}: "
+            "an installed truecost does not ship its benchmarks. Run it from a clone of the repository "
+            "(bash scripts/setup.sh, then .venv/bin/truecost bench ...)")
+    if "truecost_bench" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("truecost_bench", root / "__init__.py",
+                                                      submodule_search_locations=[str(root)])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["truecost_bench"] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"truecost_bench.{name}")
+
+
 @bench.command("router")
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="routing JSON Lines")
 @click.option("--weak", required=True, help="the cheap model (as named in the file)")
@@ -139,12 +167,15 @@ def _print_cache(console: Console, r: dict) -> None:
 @click.option("--seed", type=int, default=0)
 @click.option("--embedder", "embedder_name", default="static", show_default=True,
               help="static (sub-millisecond) | minilm (more accurate, ~10 ms per prompt)")
+@click.option("--schema", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSON naming the data's columns: features, labels, ignore (default: <name>.schema.json beside "
+                   "the data, else bench/truecost_bench/routing_schemas.json for shared/data's public sets)")
 @click.option("--json", "as_json", is_flag=True)
-def bench_router(data, weak, strong, strategy, train_frac, seed, embedder_name, as_json) -> None:
+def bench_router(data, weak, strong, strategy, train_frac, seed, embedder_name, schema, as_json) -> None:
     """APGR, strong share and cost saving at 95% of strong quality, beside random and the oracle."""
-    from truecost.audit.routing_bench import run
     from truecost.cache.embedders import make_embedder
 
+    protocol = load_bench_module("routing")
     if not 0.05 <= train_frac <= 0.95:
         raise click.BadParameter("train-frac must be between 0.05 and 0.95")
     try:
@@ -154,7 +185,8 @@ def bench_router(data, weak, strong, strategy, train_frac, seed, embedder_name, 
     console = Console(stderr=True)
     with console.status("training and evaluating routers..."):
         try:
-            result = run(data, weak, strong, strategy, train_frac, seed, embedder=embedder)
+            result = protocol.run(data, weak, strong, strategy, train_frac, seed, embedder=embedder,
+                                  schema=schema)
         except (ValueError, TruecostError) as exc:
             raise click.ClickException(str(exc)) from None
     if as_json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -65,6 +66,9 @@ class RouteConfig:
     hold: str = "threshold"  # trained: keep the calibrated threshold, or hold the calibrated strong-call share
     share_window: int = 1000  # hold: share -- the threshold is read from this many recent scores
 
+    # trained: the request header that supplies each metadata field the artifact's scorer reads,
+    # e.g. ((subject, x-truecost-subject),); start-up refuses an artifact reading a field not mapped here
+    metadata_headers: tuple[tuple[str, str], ...] = ()
 
 ATTRIBUTION_HEADER_FIELDS = ("cost_center", "team", "tenant", "environment")
 # what allow_attribution_headers may grant: those fields, and `request_id` -- the client's x-request-id becomes
@@ -290,36 +294,8 @@ def _parse_models(doc: dict, source: str, ups: dict) -> tuple[dict[str, list[Can
             parsed.append(Candidate(up, str(_need(c, "model", f"{where}.candidates[{i}]")), c.get("upstream_model"),
                                     bool(c.get("self_hosted", False))))
         models[alias] = parsed
-        r = m.get("route")
-        if r is not None:
-            if not isinstance(r, dict) or r.get("strategy") not in ("rules", "trained", "cascade"):
-                raise ConfigError(f"{where}.route: strategy must be 'rules', 'trained' or 'cascade'")
-            names = {c.model for c in parsed}
-            for side in ("weak", "strong"):
-                if r.get(side) not in names:
-                    raise ConfigError(f"{where}.route.{side}: {r.get(side)!r} is not one of the candidates {sorted(names)}")
-            artifact, threshold = r.get("artifact"), r.get("threshold")
-            if r["strategy"] == "trained":
-                if not artifact or not Path(str(artifact)).is_file():
-                    raise ConfigError(f"{where}.route.artifact: a trained router needs its artifact file "
-                                      f"(`truecost router calibrate ... --out router.npz`); got {artifact!r}")
-                if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
-                    raise ConfigError(f"{where}.route.threshold: a number, got {threshold!r}")
-            hold, window = r.get("hold", "threshold"), r.get("share_window", 1000)
-            if hold not in ("threshold", "share") or (hold == "share" and r["strategy"] != "trained"):
-                raise ConfigError(f"{where}.route.hold: 'threshold' (the calibrated score threshold) or 'share' (the "
-                                  f"calibrated strong-call share, trained routes only); got {hold!r}")
-            if isinstance(window, bool) or not isinstance(window, int) or window < 50:
-                raise ConfigError(f"{where}.route.share_window: a whole number of recent requests >= 50; got {window!r}")
-            min_lp = r.get("min_mean_logprob")
-            if r["strategy"] == "cascade" and (isinstance(min_lp, bool) or not isinstance(min_lp, (int, float))
-                                               or min_lp > 0):
-                raise ConfigError(f"{where}.route.min_mean_logprob: a cascade needs a threshold <= 0 on the weak "
-                                  f"answer's mean token log-probability (e.g. -0.5); got {min_lp!r}")
-            routes[alias] = RouteConfig(r["strategy"], r["weak"], r["strong"], int(r.get("max_weak_tokens", 400)),
-                                        str(artifact) if artifact else None,
-                                        float(threshold) if threshold is not None else None,
-                                        float(min_lp) if min_lp is not None else None, hold, window)
+        if m.get("route") is not None:
+            routes[alias] = _parse_route(m["route"], f"{where}.route", {c.model for c in parsed})
     if not models:
         raise ConfigError(f"{source}: at least one model alias is needed under 'models'")
     return models, routes
@@ -328,6 +304,64 @@ def _parse_models(doc: dict, source: str, ups: dict) -> tuple[dict[str, list[Can
 def _when(value: Any, where: str) -> datetime | None:
     if value is None:
         return None
+ROUTE_KEYS = ("strategy", "weak", "strong", "max_weak_tokens", "artifact", "threshold", "min_mean_logprob", "hold",
+              "share_window", "metadata_headers")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie", "x-api-key", "api-key")
+
+
+def _parse_route(r: Any, where: str, names: set[str]) -> RouteConfig:
+    if not isinstance(r, dict) or r.get("strategy") not in ("rules", "trained", "cascade"):
+        raise ConfigError(f"{where}: strategy must be 'rules', 'trained' or 'cascade'")
+    _no_unknown(r, ROUTE_KEYS, where)
+    for side in ("weak", "strong"):
+        if r.get(side) not in names:
+            raise ConfigError(f"{where}.{side}: {r.get(side)!r} is not one of the candidates {sorted(names)}")
+    artifact, threshold = _route_artifact(r, where)
+    hold, window = r.get("hold", "threshold"), r.get("share_window", 1000)
+    if hold not in ("threshold", "share") or (hold == "share" and r["strategy"] != "trained"):
+        raise ConfigError(f"{where}.hold: 'threshold' (the calibrated score threshold) or 'share' (the "
+                          f"calibrated strong-call share, trained routes only); got {hold!r}")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 50:
+        raise ConfigError(f"{where}.share_window: a whole number of recent requests >= 50; got {window!r}")
+    min_lp = r.get("min_mean_logprob")
+    if r["strategy"] == "cascade" and (isinstance(min_lp, bool) or not isinstance(min_lp, (int, float)) or min_lp > 0):
+        raise ConfigError(f"{where}.min_mean_logprob: a cascade needs a threshold <= 0 on the weak "
+                          f"answer's mean token log-probability (e.g. -0.5); got {min_lp!r}")
+    return RouteConfig(r["strategy"], r["weak"], r["strong"], int(r.get("max_weak_tokens", 400)), artifact, threshold,
+                       float(min_lp) if min_lp is not None else None, hold, window,
+                       _metadata_headers(r, f"{where}.metadata_headers"))
+
+
+def _route_artifact(r: dict, where: str) -> tuple[str | None, float | None]:
+    """A trained route's artifact file (which must exist) and its optional threshold override."""
+    artifact, threshold = r.get("artifact"), r.get("threshold")
+    if r["strategy"] == "trained":
+        if not artifact or not Path(str(artifact)).is_file():
+            raise ConfigError(f"{where}.artifact: a trained router needs its artifact file "
+                              f"(`truecost router calibrate ... --out router.npz`); got {artifact!r}")
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+            raise ConfigError(f"{where}.threshold: a number, got {threshold!r}")
+    return (str(artifact) if artifact else None), (float(threshold) if threshold is not None else None)
+
+
+def _metadata_headers(r: dict, where: str) -> tuple[tuple[str, str], ...]:
+    """{field: header}: the request header that supplies each metadata field a trained scorer reads."""
+    raw = r.get("metadata_headers")
+    if raw is None:
+        return ()
+    if r["strategy"] != "trained":
+        raise ConfigError(f"{where}: only a trained route's scorer reads request metadata")
+    if not isinstance(raw, dict) or not all(isinstance(f, str) and f and isinstance(h, str) and _HEADER_NAME.fullmatch(h)
+                                            for f, h in raw.items()):
+        raise ConfigError(f"{where}: a mapping of metadata field to request header name, e.g. "
+                          f"{{subject: x-truecost-subject}}; got {raw!r}")
+    secret = sorted(h for h in raw.values() if h.lower() in CREDENTIAL_HEADERS)
+    if secret:
+        raise ConfigError(f"{where}: {', '.join(secret)} carries credentials, never routing metadata")
+    return tuple(sorted((f, h.lower()) for f, h in raw.items()))
+
+
     if isinstance(value, datetime):
         t = value
     else:

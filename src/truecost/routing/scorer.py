@@ -6,19 +6,17 @@ Features: prompt text statistics and multiple-choice structure, optional prompt 
 (a fast static embedder, so that scoring stays under a millisecond), optional smoothed
 target encodings of categorical metadata (a benchmark subject, a product feature), and for
 cascades the weak answer's features. The ridge penalty, and with enough rows the embedding
-block's weight against the named features, are chosen by leave-one-out error. Artifacts
-are versioned ``.npz`` files with their feature spec.
+block's weight against the named features, are chosen by leave-one-out error. Saved as
+versioned artifacts by ``routing.artifacts``.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
 import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -27,9 +25,6 @@ from truecost.errors import TruecostError
 from truecost.routing.calibrate import gain_per_dollar
 from truecost.routing.decision import RouteDecision, forced_decision
 from truecost.routing.features import ANSWER_FEATURES, PROMPT_FEATURES, answer_matrix, prompt_matrix
-
-ARTIFACT_VERSION = 3  # 2: embeddings of the prompt's last ``embed_tail_chars`` characters; 3: choice features
-BASE_PROMPT_FEATURES = PROMPT_FEATURES[:6]  # what version 1 and 2 artifacts were trained on
 
 # The embedding block's weight against the few named features: one shared ridge penalty lets
 # hundreds of embedding dimensions drown a handful of informative features (or the reverse).
@@ -194,39 +189,6 @@ class GapScorer:
             raise TruecostError("scorer is not trained")
         x = self._matrix(examples)
         return np.hstack([(x - self.mu) / self.sd, np.ones((len(x), 1))]) @ self.w
-
-    # -- artifacts ----------------------------------------------------------------------
-    def save(self, path: str | Path, **extra: Any) -> Path:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"version": ARTIFACT_VERSION, "spec": self.spec.__dict__ | {"categorical": list(self.spec.categorical)},
-                "l2": self.l2, "prior": self.prior, "encodings": self.encodings,
-                "embedder": getattr(self.embedder, "model_id", None), "prompt_features": list(self.prompt_features),
-                **self.meta, **extra}
-        np.savez(p, mu=self.mu, sd=self.sd, w=self.w, meta=np.array(json.dumps(meta)))
-        return p
-
-    @classmethod
-    def load(cls, path: str | Path, embedder=None) -> "GapScorer":
-        try:
-            data = np.load(path, allow_pickle=False)
-            meta = json.loads(str(data["meta"]))
-        except (OSError, ValueError, KeyError) as exc:
-            raise TruecostError(f"{path}: not a truecost router artifact ({exc})") from None
-        if meta.get("version") not in (1, 2, ARTIFACT_VERSION):
-            raise TruecostError(f"{path}: artifact version {meta.get('version')}, this truecost reads 1 to {ARTIFACT_VERSION}")
-        spec_fields = {"embed_tail_chars": None, **meta["spec"]}  # version 1 embedded the whole prompt
-        spec = FeatureSpec(**{**spec_fields, "categorical": tuple(meta["spec"]["categorical"])})
-        self = cls(spec, embedder, meta["l2"])
-        self.mu, self.sd, self.w = data["mu"], data["sd"], data["w"]
-        self.prompt_features = tuple(meta.get("prompt_features") or BASE_PROMPT_FEATURES)
-        unknown = sorted(set(self.prompt_features) - set(PROMPT_FEATURES))
-        if unknown:
-            raise TruecostError(f"{path}: trained on prompt features this truecost does not compute: "
-                                f"{', '.join(unknown)}")
-        self.embed_weight = float(meta.get("embed_weight", 1.0))
-        self.prior, self.encodings, self.meta = meta["prior"], meta["encodings"], meta
-        return self
 
 
 class ShareHolder:

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from truecost.cli.bench import load_bench_module
 from truecost.cli.main import cli
 from truecost.errors import UnknownModelError
+from truecost.routing.artifacts import read_artifact, write_artifact
 from truecost.routing.calibrate import apgr, choose, tradeoff_curve
 from truecost.routing.decision import RouteRequest
 from truecost.routing.features import ANSWER_FEATURES, answer_features
@@ -81,8 +83,8 @@ def test_scorer_learns_ranks_saves_and_loads(tmp_path):
     s = scorer.score(test)
     gaps = np.array([e.gap for e in test])
     assert s[gaps == 1].mean() > s[gaps == 0].mean() + 0.3
-    path = scorer.save(tmp_path / "r.npz", weak="w", strong="s")
-    again = GapScorer.load(path)
+    path = write_artifact(scorer, tmp_path / "r.npz", weak="w", strong="s")
+    again = read_artifact(path)
     np.testing.assert_allclose(again.score(test), s)
     router = ScoredRouter(again, "w", "s", threshold=0.5)
     assert router.route(RouteRequest("hi there")).model == "w"
@@ -117,6 +119,12 @@ def _write_routing_file(path, n=200, weak="gpt-3.5-turbo-1106", strong="gpt-4-11
                                  "category": "math" if hard else "chat", "quality_kind": "correct_0_1",
                                  "models": {weak: {"quality": 0 if hard and rng.random() < 0.8 else 1, "output_tokens": 20},
                                             strong: {"quality": 1, "output_tokens": 30}}}) + "\n")
+    path.with_suffix(".schema.json").write_text(json.dumps({"features": ["category"]}))
+
+
+def run(*args, **kwargs):
+    """The routing benchmark protocol, loaded from the repository's bench/ folder as `truecost bench` does."""
+    return load_bench_module("routing").run(*args, **kwargs)
 
 
 def test_bench_router_cli_end_to_end(tmp_path):
@@ -135,15 +143,12 @@ def test_bench_router_names_unknown_models(tmp_path):
     f = tmp_path / "r.jsonl"
     _write_routing_file(f, weak="our-private-llm")
     with pytest.raises(UnknownModelError, match="our-private-llm"):
-        from truecost.audit.routing_bench import run
         run(f, "our-private-llm", "gpt-4-1106-preview")
     res = CliRunner().invoke(cli, ["bench", "router", "--data", str(f), "--weak", "nope", "--strong", "gpt-4-1106-preview"])
     assert res.exit_code == 1 and "model 'nope' is not in" in res.output
 
 
 def test_calibration_meets_targets_on_the_held_out_half(tmp_path):
-    from truecost.audit.routing_bench import run
-
     f = tmp_path / "r.jsonl"
     _write_routing_file(f, n=2000, seed=3)  # 1,000 held-out prompts: sampling noise ~1.5pp
     d = run(f, "gpt-3.5-turbo-1106", "gpt-4-1106-preview", "trained")
@@ -237,8 +242,8 @@ def test_artifact_round_trip_keeps_the_embedding_tail(tmp_path):
              for i in range(60)]
     emb = StaticEmbedder()
     s = GapScorer(FeatureSpec(embed=True, embed_tail_chars=200), emb).fit(train)
-    p = s.save(tmp_path / "r.npz")
-    back = GapScorer.load(p, emb)
+    p = write_artifact(s, tmp_path / "r.npz")
+    back = read_artifact(p, emb)
     assert back.spec.embed_tail_chars == 200 and back.meta["l2_chosen_by"] == "leave-one-out"
     assert np.allclose(back.score(train), s.score(train))
     assert np.corrcoef(s.score(train), [e.gap for e in train])[0, 1] > 0.8
@@ -254,8 +259,6 @@ def test_cost_aware_order_puts_the_most_gain_per_dollar_first():
 
 
 def test_bench_router_reports_both_orders_and_the_oracle(tmp_path):
-    from truecost.audit.routing_bench import run
-
     f = tmp_path / "r.jsonl"
     _write_routing_file(f, n=400, seed=5)
     d = run(f, "gpt-3.5-turbo-1106", "gpt-4-1106-preview", "trained")
@@ -266,8 +269,6 @@ def test_bench_router_reports_both_orders_and_the_oracle(tmp_path):
 
 
 def test_bench_router_warns_when_prompts_carry_no_signal(tmp_path):
-    from truecost.audit.routing_bench import run
-
     rng = np.random.default_rng(11)
     f = tmp_path / "noise.jsonl"
     with open(f, "w") as fh:
@@ -319,13 +320,13 @@ def test_embedding_weight_is_lowered_only_when_leave_one_out_says_so():
 def test_scorer_records_its_embedding_weight_and_old_artifacts_still_load(tmp_path):
     from truecost.cache.embedders import StaticEmbedder
     from truecost.errors import TruecostError
-    from truecost.routing.scorer import BASE_PROMPT_FEATURES
+    from truecost.routing.artifacts import BASE_PROMPT_FEATURES
 
     emb = StaticEmbedder()
     train = _synthetic(300)
     s = GapScorer(FeatureSpec(embed=True), emb).fit(train)
     assert s.meta["embed_weight"] in (0.1, 0.3, 1.0)
-    back = GapScorer.load(s.save(tmp_path / "new.npz"), emb)
+    back = read_artifact(write_artifact(s, tmp_path / "new.npz"), emb)
     np.testing.assert_allclose(back.score(train), s.score(train))
     assert back.embed_weight == s.embed_weight
     small = GapScorer(FeatureSpec(embed=True), emb).fit(train[:100])
@@ -334,18 +335,18 @@ def test_scorer_records_its_embedding_weight_and_old_artifacts_still_load(tmp_pa
     old = GapScorer(FeatureSpec(embed=False))
     old.prompt_features = BASE_PROMPT_FEATURES
     old.fit(train)
-    p = old.save(tmp_path / "v2.npz")
+    p = write_artifact(old, tmp_path / "v2.npz")
     data = dict(np.load(p))
     meta = json.loads(str(data["meta"]))
     meta["version"] = 2
     np.savez(tmp_path / "v2.npz", **{**data, "meta": np.array(json.dumps(meta))})
-    again = GapScorer.load(tmp_path / "v2.npz")
+    again = read_artifact(tmp_path / "v2.npz")
     assert again.prompt_features == BASE_PROMPT_FEATURES
     np.testing.assert_allclose(again.score(train), old.score(train))
     meta["prompt_features"] = list(BASE_PROMPT_FEATURES) + ["sentiment"]
     np.savez(tmp_path / "bad.npz", **{**data, "meta": np.array(json.dumps(meta))})
     with pytest.raises(TruecostError, match="sentiment"):
-        GapScorer.load(tmp_path / "bad.npz")
+        read_artifact(tmp_path / "bad.npz")
 
 
 def test_quality_range_is_the_sampling_spread_and_narrows_with_traffic():
