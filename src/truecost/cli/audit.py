@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
 
@@ -118,45 +119,82 @@ def audit_cache(queries, fmt, text_field, label_field, thresholds, embedder_name
 @click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @_clean_errors
-def audit_routing(sample_file, n, seed, text_field, labels_csv, label_with, label_file, judge_url, judge_model, weak,
-                  strong, small_model, large_model, input_tokens, output_tokens, requests_per_day, out_dir, as_json) -> None:
+def audit_routing(**flags) -> None:
     """Share of traffic a small model could serve, with a confidence interval, and each strategy's cost."""
     from truecost.audit import routing_audit as ra
     from truecost.audit.cache_report import estimate_tokens
     from truecost.audit.sources import read_queries
 
-    is_routing = label_with == "quality" or (weak is not None and strong is not None)
-    field = text_field or ("prompt" if is_routing else "text")
-    rows, _ = read_queries(sample_file, field, None, "jsonl" if is_routing else None, id_field="prompt_id" if is_routing else "id")
-    sample = ra.draw_sample(rows, n, seed)
-    mode = label_with or ("csv" if labels_csv else "quality" if is_routing else "rules")
-    if mode == "csv":
-        if not labels_csv:
-            raise click.UsageError("--label-with csv needs --labels FILE")
-        labels = ra.labels_from_csv(labels_csv, sample)
-    elif mode == "rules":
-        labels = ra.labels_from_rules(sample, ra.RulesRouter(small_model, large_model))
-    elif mode == "quality":
-        if not (weak and strong):
-            raise click.UsageError("--label-with quality needs --weak and --strong")
-        labels = ra.labels_from_quality(sample_file, weak, strong, sample)
-    elif mode == "judge":
-        if not (judge_url and judge_model):
-            raise click.UsageError("--label-with judge needs --judge-url and --judge-model")
-        with progress_bar(Console(stderr=True)) as prog:
-            task = prog.add_task("asking the judge", total=len(sample))
-            labels = ra.labels_from_judge(sample, ra.openai_judge(judge_url, judge_model),
-                                          progress=lambda i, t: prog.update(task, completed=i))
-    else:
-        labels = _label_interactively(ra, sample, label_file)
-    prices = ra.Prices(small_model, large_model, input_tokens or estimate_tokens(sample), output_tokens, requests_per_day)
-    r = ra.run_routing_audit(sample, labels, prices, mode, source=str(sample_file))
-    paths = ra.write_routing_report(r, out_dir)
+    o = RoutingAuditOptions(**flags)
+    field = o.text_field or ("prompt" if o.routing_file else "text")
+    rows, _ = read_queries(o.sample_file, field, None, "jsonl" if o.routing_file else None,
+                           id_field="prompt_id" if o.routing_file else "id")
+    sample = ra.draw_sample(rows, o.n, o.seed)
+    labels = _routing_labels(ra, sample, o)
+    prices = ra.Prices(o.small_model, o.large_model, o.input_tokens or estimate_tokens(sample), o.output_tokens,
+                       o.requests_per_day)
+    r = ra.run_routing_audit(sample, labels, prices, o.mode, source=str(o.sample_file))
+    paths = ra.write_routing_report(r, o.out_dir)
     st = {s["strategy"]: s for s in r["strategies"]}
     lines = [f"[bold]{r['recommendation']['recommendation']}[/bold]", r["recommendation"]["rule"]]
     lines += [f"{name}: ${s['monthly_usd']:,}/month, saves {s['saving_vs_large']:.1%} vs always large, "
               f"misroutes {s['misrouted_share']:.1%}" for name, s in st.items() if name in ("rules router", "ideal router")]
-    _emit(r, paths, as_json, lines)
+    _emit(r, paths, o.as_json, lines)
+
+
+@dataclass(frozen=True)
+class RoutingAuditOptions:
+    """The flags of `truecost audit routing`, as one value."""
+
+    sample_file: str
+    n: int
+    seed: int
+    text_field: str | None
+    labels_csv: str | None
+    label_with: str | None
+    label_file: str
+    judge_url: str | None
+    judge_model: str | None
+    weak: str | None
+    strong: str | None
+    small_model: str
+    large_model: str
+    input_tokens: int | None
+    output_tokens: int
+    requests_per_day: int
+    out_dir: str
+    as_json: bool
+
+    @property
+    def routing_file(self) -> bool:
+        """A routing file (per-model quality) rather than plain queries."""
+        return self.label_with == "quality" or (self.weak is not None and self.strong is not None)
+
+    @property
+    def mode(self) -> str:
+        return self.label_with or ("csv" if self.labels_csv else "quality" if self.routing_file else "rules")
+
+
+def _routing_labels(ra, sample, o: RoutingAuditOptions) -> dict[str, str]:
+    """small / large / skip per sampled query, from the label source the flags name."""
+    if o.mode == "csv":
+        if not o.labels_csv:
+            raise click.UsageError("--label-with csv needs --labels FILE")
+        return ra.labels_from_csv(o.labels_csv, sample)
+    if o.mode == "rules":
+        return ra.labels_from_rules(sample, ra.RulesRouter(o.small_model, o.large_model))
+    if o.mode == "quality":
+        if not (o.weak and o.strong):
+            raise click.UsageError("--label-with quality needs --weak and --strong")
+        return ra.labels_from_quality(o.sample_file, o.weak, o.strong, sample)
+    if o.mode == "judge":
+        if not (o.judge_url and o.judge_model):
+            raise click.UsageError("--label-with judge needs --judge-url and --judge-model")
+        with progress_bar(Console(stderr=True)) as prog:
+            task = prog.add_task("asking the judge", total=len(sample))
+            return ra.labels_from_judge(sample, ra.openai_judge(o.judge_url, o.judge_model),
+                                        progress=lambda i, t: prog.update(task, completed=i))
+    return _label_interactively(ra, sample, o.label_file)
 
 
 def _label_interactively(ra, sample, label_file):
