@@ -14,7 +14,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from truecost.gateway.admin import admin_routes, is_admin
-from truecost.gateway.keys import KeyRecord, KeyStore, SQLiteKeyBackend
+from truecost.gateway.key_backends import SQLiteKeyBackend
+from truecost.gateway.keys import KeyRecord, KeyStore
 
 ADMIN = "admin-secret-for-tests"
 ADMIN_DIGEST = hashlib.sha256(ADMIN.encode()).hexdigest()

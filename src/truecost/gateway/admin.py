@@ -21,7 +21,7 @@ import hmac
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -82,7 +82,7 @@ class _FailureGate:
 def is_admin(presented: str | None, admin_digest: str | None) -> bool:
     """Is ``presented`` the admin key? (sha256 compared in constant time; never, when no admin key is set)."""
     digest = digest_of(presented) if presented and admin_digest else None
-    return digest is not None and hmac.compare_digest(digest, admin_digest)
+    return digest is not None and admin_digest is not None and hmac.compare_digest(digest, admin_digest)
 
 
 def _bearer(request: Request) -> str | None:
@@ -115,115 +115,131 @@ def _reason(body: dict) -> str | None:
     return reason
 
 
-def admin_routes(store: KeyStore, admin_digest: str | None, *,
+class KeyAdmin:
+    """The handlers of the key admin API over one KeyStore. ``on_action(action, target, outcome)`` is called
+    after every call (for metrics); ``known_models``, when given, are the aliases a key's ``models`` may name."""
+
+    def __init__(self, store: KeyStore, admin_digest: str | None, *,
                  on_action: Callable[[str, str | None, str], Any] | None = None,
-                 known_models: Iterable[str] | None = None) -> list[Route]:
-    """The /admin/keys and /admin/audit routes. ``on_action(action, target, outcome)`` is called after every
-    call (for metrics); ``known_models``, when given, are the aliases a key's ``models`` may name."""
-    gate = _FailureGate()
-    models = None if known_models is None else tuple(known_models)
+                 known_models: Iterable[str] | None = None) -> None:
+        self.store, self.admin_digest, self.on_action = store, admin_digest, on_action
+        self.models = None if known_models is None else tuple(known_models)
+        self.gate = _FailureGate()
 
-    def notify(action: str, target: str | None, outcome: str) -> None:
-        if on_action is not None:
-            on_action(action, target, outcome)
+    def routes(self) -> list[Route]:
+        return [Route("/admin/keys", self.create, methods=["POST"]),
+                Route("/admin/keys", self.list_keys, methods=["GET"]),
+                Route("/admin/keys/{name}/rotate", self.rotate, methods=["POST"]),
+                Route("/admin/keys/{name}/revoke", self.revoke, methods=["POST"]),
+                Route("/admin/audit", self.audit, methods=["GET"])]
 
-    async def authorize(request: Request, action: str, target: str | None) -> str:
+    def _notify(self, action: str, target: str | None, outcome: str) -> None:
+        if self.on_action is not None:
+            self.on_action(action, target, outcome)
+
+    async def _authorize(self, request: Request, action: str, target: str | None) -> str:
+        """The caller's audit name when it presented the admin key; else the refusal, audited (rate-limited)."""
         presented = _bearer(request)
-        if admin_digest is None:
+        if self.admin_digest is None:
             error = AdminError(403, "the admin API is off: set admin_key_sha256 in the config", "permission_error",
                                "admin_api_off")
         else:
-            if is_admin(presented, admin_digest):
+            if is_admin(presented, self.admin_digest):
                 return actor_for(presented, "admin")
             error = AdminError(401, "invalid admin key", "authentication_error", "invalid_admin_key",
                                {"www-authenticate": "Bearer"})
-        skipped = gate.admit()
+        skipped = self.gate.admit()
         if skipped is not None:
             details = {"path": request.url.path[:200], "method": request.method, "status": error.status}
             if skipped:
                 details["rows_skipped_before"] = skipped
-            await run_in_threadpool(store.record_audit, actor_for(presented, "unauthenticated"), action, target,
+            await run_in_threadpool(self.store.record_audit, actor_for(presented, "unauthenticated"), action, target,
                                     details, "refused:" + ("admin_off" if error.status == 403 else "unauthorized"))
-        notify(action, target, "refused")
+        self._notify(action, target, "refused")
         raise error
 
-    async def handle(request: Request, action: str, target: str | None, fn) -> Response:
+    async def _handle(self, request: Request, action: str, target: str | None,
+                      fn: Callable[[str], Awaitable[tuple[int, dict]]]) -> Response:
+        """Authorize, run ``fn(actor)`` -> (status, payload); every outcome audited and notified."""
         actor = None
         try:
-            actor = await authorize(request, action, target)
+            actor = await self._authorize(request, action, target)
             status, payload = await fn(actor)
         except AdminError as exc:
-            if actor is not None:  # refused logins were recorded (and notified) by authorize
-                await run_in_threadpool(store.record_audit, actor, action, target, {"reason": exc.message},
+            if actor is not None:  # refused logins were recorded (and notified) by _authorize
+                await run_in_threadpool(self.store.record_audit, actor, action, target, {"reason": exc.message},
                                         f"refused:{exc.code or exc.status}")
-                notify(action, target, "refused")
+                self._notify(action, target, "refused")
             return exc.response()
         except tuple(_STATUS) as exc:  # the store wrote the audit row already
             status, type_, code = _STATUS[type(exc)]
-            notify(action, target, "refused")
+            self._notify(action, target, "refused")
             return AdminError(status, str(exc), type_, code).response()
         except TruecostError:  # the database is unreachable: the store logged it
-            notify(action, target, "error")
+            self._notify(action, target, "error")
             return AdminError(503, "the key store is unavailable; try again", "server_error",
                               "key_store_unavailable").response()
-        notify(action, target, "ok")
+        self._notify(action, target, "ok")
         return JSONResponse(payload, status_code=status, headers=_NO_STORE)
 
-    def now() -> datetime:
-        return datetime.now(timezone.utc)
-
-    async def create(request: Request) -> Response:
-        async def go(actor):
+    async def create(self, request: Request) -> Response:
+        async def go(actor: str) -> tuple[int, dict]:
             body = await _body(request, CREATE_FIELDS, optional=False)
             if "name" not in body:
                 raise AdminError(400, "missing field: name")
-            record, secret = await run_in_threadpool(lambda: store.create(**body, actor=actor, known_models=models))
-            return 201, {"key": record.public(now()), "secret": secret}
-        return await handle(request, "key.create", None, go)
+            record, secret = await run_in_threadpool(
+                lambda: self.store.create(**body, actor=actor, known_models=self.models))
+            return 201, {"key": record.public(_now()), "secret": secret}
+        return await self._handle(request, "key.create", None, go)
 
-    async def rotate(request: Request) -> Response:
+    async def rotate(self, request: Request) -> Response:
         name = request.path_params["name"]
 
-        async def go(actor):
+        async def go(actor: str) -> tuple[int, dict]:
             body = await _body(request, ROTATE_FIELDS, optional=True)
-            record, secret = await run_in_threadpool(lambda: store.rotate(
+            record, secret = await run_in_threadpool(lambda: self.store.rotate(
                 name, actor, grace_seconds=body.get("grace_seconds", 0), reason=_reason(body)))
-            return 200, {"key": record.public(now()), "secret": secret}
-        return await handle(request, "key.rotate", name, go)
+            return 200, {"key": record.public(_now()), "secret": secret}
+        return await self._handle(request, "key.rotate", name, go)
 
-    async def revoke(request: Request) -> Response:
+    async def revoke(self, request: Request) -> Response:
         name = request.path_params["name"]
 
-        async def go(actor):
+        async def go(actor: str) -> tuple[int, dict]:
             body = await _body(request, REVOKE_FIELDS, optional=True)
-            record = await run_in_threadpool(lambda: store.revoke(name, actor, reason=_reason(body)))
-            return 200, {"key": record.public(now())}
-        return await handle(request, "key.revoke", name, go)
+            record = await run_in_threadpool(lambda: self.store.revoke(name, actor, reason=_reason(body)))
+            return 200, {"key": record.public(_now())}
+        return await self._handle(request, "key.revoke", name, go)
 
-    async def list_keys(request: Request) -> Response:
-        async def go(actor):
+    async def list_keys(self, request: Request) -> Response:
+        async def go(actor: str) -> tuple[int, dict]:
             if request.query_params:
                 raise AdminError(400, f"unknown query parameter(s): {', '.join(sorted(request.query_params))[:300]}")
-            records = await run_in_threadpool(store.list)
-            await run_in_threadpool(store.record_audit, actor, "key.list", None, {"count": len(records)})
-            at = now()
+            records = await run_in_threadpool(self.store.list)
+            await run_in_threadpool(self.store.record_audit, actor, "key.list", None, {"count": len(records)})
+            at = _now()
             return 200, {"keys": [r.public(at) for r in records]}
-        return await handle(request, "key.list", None, go)
+        return await self._handle(request, "key.list", None, go)
 
-    async def audit(request: Request) -> Response:
-        async def go(actor):
+    async def audit(self, request: Request) -> Response:
+        async def go(actor: str) -> tuple[int, dict]:
             unknown = sorted(set(request.query_params) - {"limit"})
             if unknown:
                 raise AdminError(400, f"unknown query parameter(s): {', '.join(unknown)[:300]}; allowed: limit")
             raw = request.query_params.get("limit", "100")
             if not (raw.isdigit() and 1 <= int(raw) <= 1000):
                 raise AdminError(400, "limit must be a whole number from 1 to 1000")
-            await run_in_threadpool(store.record_audit, actor, "audit.read", None, {"limit": int(raw)})
-            return 200, {"entries": await run_in_threadpool(store.audit, int(raw))}
-        return await handle(request, "audit.read", None, go)
+            await run_in_threadpool(self.store.record_audit, actor, "audit.read", None, {"limit": int(raw)})
+            return 200, {"entries": await run_in_threadpool(self.store.audit, int(raw))}
+        return await self._handle(request, "audit.read", None, go)
 
-    return [Route("/admin/keys", create, methods=["POST"]),
-            Route("/admin/keys", list_keys, methods=["GET"]),
-            Route("/admin/keys/{name}/rotate", rotate, methods=["POST"]),
-            Route("/admin/keys/{name}/revoke", revoke, methods=["POST"]),
-            Route("/admin/audit", audit, methods=["GET"])]
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def admin_routes(store: KeyStore, admin_digest: str | None, *,
+                 on_action: Callable[[str, str | None, str], Any] | None = None,
+                 known_models: Iterable[str] | None = None) -> list[Route]:
+    """The /admin/keys and /admin/audit routes (see ``KeyAdmin``)."""
+    return KeyAdmin(store, admin_digest, on_action=on_action, known_models=known_models).routes()

@@ -9,8 +9,10 @@ import pytest
 
 from truecost.errors import ConfigError, LedgerError
 from truecost.gateway import keys as keys_mod
-from truecost.gateway.keys import (BACKENDS, InvalidKeySpec, KeyConflict, KeyNotFound, KeyRecord, KeyStore,
-                                   MemoryKeyBackend, ReadOnlyKey, SQLiteKeyBackend, backend_name, open_key_store)
+from truecost.gateway.key_backends import (BACKENDS, MemoryKeyBackend, PostgresKeyBackend, SQLiteKeyBackend,
+                                           backend_name)
+from truecost.gateway.keys import (InvalidKeySpec, KeyConflict, KeyNotFound, KeyRecord, KeyStore, ReadOnlyKey,
+                                   open_key_store)
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 YAML_SECRET = "sk-yaml-support"
@@ -47,7 +49,7 @@ def location(request, tmp_path):
         from tests.support.servers import fresh_name
 
         uri, schema = request.getfixturevalue("postgres_server").uri, fresh_name()
-        yield lambda: keys_mod.PostgresKeyBackend(uri, schema=schema)
+        yield lambda: PostgresKeyBackend(uri, schema=schema)
 
 
 @pytest.fixture
