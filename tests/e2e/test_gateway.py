@@ -683,7 +683,9 @@ def test_a_shared_budget_store_is_called_off_the_event_loop(stack):
 
     class SharedGuard:  # stands in for PostgresBudgetGuard: network I/O on every admit and settle
         remote = True
-        alerts: list = []
+
+        def take_alerts(self):
+            return []
 
         def _where(self):
             try:

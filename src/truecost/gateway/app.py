@@ -148,7 +148,7 @@ def create_app(config: GatewayConfig, pipeline: Pipeline, keys, on_shutdown=(), 
             return _error(exc)
         return JSONResponse({"object": "list", "data": [
             {"id": alias, "object": "model", "created": 0, "owned_by": "truecost"}
-            for alias in sorted(pipeline._visible(key))]})
+            for alias in sorted(pipeline.visible(key))]})
 
     async def cache_invalidate(request: Request) -> Response:
         """Admin: drop the cache entries of changed documents and/or switch the knowledge-base version."""
@@ -262,7 +262,7 @@ def build(config: GatewayConfig):
     """Composition root: catalog, ledger, tracker, keys, budgets, upstream clients, pipeline, app."""
     from pathlib import Path
 
-    from truecost.gateway.budgets import BudgetGuard
+    from truecost.gateway.budgets import LocalBudgetGuard
     from truecost.gateway.keys import open_key_store
     from truecost.gateway.ratelimit import RateLimiter
     from truecost.ledger import BatchWriter
@@ -302,7 +302,7 @@ def build(config: GatewayConfig):
 
         budgets: Any = PostgresBudgetGuard(config.budgets, config.ledger, config.ledger_schema, store=store)
     else:
-        budgets = BudgetGuard(config.budgets, store)
+        budgets = LocalBudgetGuard(config.budgets, store)
         budgets.prime()  # the current periods' spend, from the ledger: a restart forgets nothing
     keys = open_key_store(config.keys, config.ledger, config.ledger_schema)
     pipeline = Pipeline(config, tracker, upstreams, cache=_build_cache(config), budgets=budgets, limiter=RateLimiter())

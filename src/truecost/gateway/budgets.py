@@ -17,10 +17,15 @@ import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Protocol, Sequence, runtime_checkable
 
-from truecost.gateway.config import BudgetConfig
+from truecost.ledger.store import LedgerFilter, LedgerStore
 from truecost.types import ZERO, Attribution
+
+if TYPE_CHECKING:  # budgets are built by the registry, which config.py reads: no import cycle at run time
+    from truecost.gateway.config import BudgetConfig
+
+Attributions = Attribution | Iterable[Attribution]  # the key's own and the billed one
 
 # a request in flight longer than this (a replica killed mid-request) stops holding its estimate
 IN_FLIGHT_TTL = timedelta(minutes=15)
@@ -52,7 +57,7 @@ def period_start(period: str, now: datetime) -> datetime:
     return day if period == "day" else day.replace(day=1)
 
 
-def matching(budgets: Sequence[BudgetConfig], attributions: Attribution | Iterable[Attribution],
+def matching(budgets: Sequence[BudgetConfig], attributions: Attributions,
              now: datetime) -> list[tuple[BudgetConfig, tuple]]:
     """Every budget any of the attributions falls under (the key's own and the billed one), once each."""
     atts = [attributions] if isinstance(attributions, Attribution) else list(attributions)
@@ -68,10 +73,8 @@ def check_unpriced(matched: list[tuple[BudgetConfig, tuple]], unpriced_model: st
             raise BudgetUnpriced(b, unpriced_model)
 
 
-def ledger_spend(store, budget: BudgetConfig, now: datetime) -> Decimal:
+def ledger_spend(store: LedgerStore, budget: BudgetConfig, now: datetime) -> Decimal:
     """What the ledger already holds for this budget's current period (known costs + budget charges of unknowns)."""
-    from truecost.ledger.store import LedgerFilter
-
     f = LedgerFilter(since=period_start(budget.period, now), attribution=((budget.field, budget.value),))
     rows = store.aggregate([], f)
     spent = sum((r.cost for r in rows), ZERO)
@@ -82,18 +85,68 @@ def ledger_spend(store, budget: BudgetConfig, now: datetime) -> Decimal:
     return spent
 
 
-class BudgetGuard:
-    """In-process budgets (one gateway process); spend survives restarts through the ledger store."""
+@runtime_checkable
+class BudgetGuard(Protocol):
+    """Admits a request only while its budgets' spend plus what is in flight stays under their limits.
+
+    ``admit`` returns the admission's budget keys (opaque; [] when no budget matches), or raises
+    BudgetExceeded (a hard limit would be passed), BudgetUnpriced (``unpriced_model`` under a hard budget
+    that refuses unpriced models) or BudgetUnavailable (the store cannot be reached). ``settle`` releases the
+    estimate and adds the real cost, or the estimate when the cost is unknown; each admission is settled
+    once. ``remote`` declares network I/O: the gateway then calls admit and settle from a worker thread.
+    """
+
+    remote: bool
+
+    def prime(self, now: datetime | None = None) -> None:
+        """Load what the current periods already spent (at start-up)."""
+
+    def admit(self, attribution: Attributions, estimate: Decimal, now: datetime | None = None, *,
+              unpriced_model: str | None = None) -> list[tuple]: ...
+
+    def settle(self, keys: list[tuple], estimate: Decimal, actual: Decimal | None) -> None: ...
+
+    def take_alerts(self) -> list[str]:
+        """The soft budgets passed since the last call (each alert once)."""
+
+    def spent(self, field: str, value: str, period: str, now: datetime | None = None) -> Decimal: ...
+
+    def in_flight(self, field: str, value: str, period: str, now: datetime | None = None) -> Decimal: ...
+
+    def close(self) -> None:
+        """Release connections (the gateway's shutdown)."""
+
+
+class _Alerts:
+    """Soft-budget alerts, appended by admissions (any thread) and taken by the gateway."""
+
+    def __init__(self) -> None:
+        self._alerts: list[str] = []
+        self._alerts_lock = threading.Lock()
+
+    def _alert(self, b: BudgetConfig) -> None:
+        with self._alerts_lock:
+            self._alerts.append(f"soft budget {b.field}={b.value} passed its ${b.limit_usd}")
+
+    def take_alerts(self) -> list[str]:
+        with self._alerts_lock:
+            taken, self._alerts = self._alerts, []
+        return taken
+
+
+class LocalBudgetGuard(_Alerts):
+    """In-process budgets (one gateway process): in memory, or ledger-backed when given the ledger ``store``
+    (then spend survives restarts: ``prime`` reads the current periods' spend from it)."""
 
     remote = False
 
-    def __init__(self, budgets: list[BudgetConfig], store=None) -> None:
+    def __init__(self, budgets: list[BudgetConfig], store: LedgerStore | None = None) -> None:
+        super().__init__()
         self.budgets = budgets
         self.store = store
         self._spent: dict[tuple, Decimal] = {}
         self._in_flight: dict[tuple, Decimal] = {}
         self._lock = threading.Lock()
-        self.alerts: list[str] = []
 
     def prime(self, now: datetime | None = None) -> None:
         """Load the current periods' spend from the ledger (at start-up, before the first request)."""
@@ -106,8 +159,8 @@ class BudgetGuard:
         if key not in self._spent:
             self._spent[key] = ledger_spend(self.store, b, now) if self.store is not None else ZERO
 
-    def admit(self, attribution: Attribution | Iterable[Attribution], estimate: Decimal, now: datetime | None = None,
-              *, unpriced_model: str | None = None) -> list[tuple]:
+    def admit(self, attribution: Attributions, estimate: Decimal, now: datetime | None = None, *,
+              unpriced_model: str | None = None) -> list[tuple]:
         now = now or datetime.now(timezone.utc)
         with self._lock:
             matched = matching(self.budgets, attribution, now)
@@ -118,7 +171,7 @@ class BudgetGuard:
                 if b.hard and committed + estimate > b.limit_usd:
                     raise BudgetExceeded(b, committed)
                 if not b.hard and committed + estimate > b.limit_usd:
-                    self.alerts.append(f"soft budget {b.field}={b.value} passed its ${b.limit_usd}")
+                    self._alert(b)
             for _b, key in matched:
                 self._in_flight[key] = self._in_flight.get(key, ZERO) + estimate
             return [key for _b, key in matched]
@@ -138,13 +191,16 @@ class BudgetGuard:
         key = (field, value, _period_key(period, now or datetime.now(timezone.utc)))
         return self._in_flight.get(key, ZERO)
 
+    def close(self) -> None:
+        """Nothing to release: the ledger store is closed by its owner."""
+
 
 class BudgetUnavailable(Exception):
     """The shared budget store cannot be reached: budgeted requests are refused, never let through unchecked."""
 
 
-class PostgresBudgetGuard:
-    """The same rule as BudgetGuard, kept in PostgreSQL so every replica enforces one budget.
+class PostgresBudgetGuard(_Alerts):
+    """The same rule as LocalBudgetGuard, kept in PostgreSQL so every replica enforces one budget.
 
     Admission locks the budget rows (``SELECT ... FOR UPDATE``) in one transaction: across
     replicas, spent + in-flight estimates never pass a hard limit. Each admission holds its
@@ -155,11 +211,13 @@ class PostgresBudgetGuard:
 
     remote = True  # network I/O: the gateway calls it from a worker thread
 
-    def __init__(self, budgets: list[BudgetConfig], uri: str, schema: str | None = None, store=None) -> None:
-        import psycopg
+    def __init__(self, budgets: list[BudgetConfig], uri: str, schema: str | None = None,
+                 store: LedgerStore | None = None) -> None:
+        import psycopg  # optional: the postgres extra
 
+        super().__init__()
+        self._psycopg: Any = psycopg
         self.budgets, self.uri, self.schema, self.store = budgets, uri, schema, store
-        self.alerts: list[str] = []
         self._lock = threading.Lock()
         self._conn = None
         with self._lock:
@@ -175,18 +233,15 @@ class PostgresBudgetGuard:
                 c.execute("CREATE INDEX IF NOT EXISTS budget_in_flight_key ON budget_in_flight (field, value, period_key)")
             finally:
                 c.execute("SELECT pg_advisory_unlock(hashtext('truecost-budgets-setup'))")
-        self._psycopg = psycopg
 
     def _connection(self):
-        import psycopg
-
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = psycopg.connect(self.uri, autocommit=True, connect_timeout=3)
+                self._conn = self._psycopg.connect(self.uri, autocommit=True, connect_timeout=3)
                 if self.schema:
                     self._conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                     self._conn.execute(f'SET search_path TO "{self.schema}"')
-            except psycopg.Error as exc:
+            except self._psycopg.Error as exc:
                 self._conn = None
                 raise BudgetUnavailable(f"budget store unreachable ({type(exc).__name__})") from None
         return self._conn
@@ -205,8 +260,8 @@ class PostgresBudgetGuard:
                 self._conn = None
                 raise BudgetUnavailable(f"budget store went away ({type(exc).__name__})") from None
 
-    def admit(self, attribution: Attribution | Iterable[Attribution], estimate: Decimal, now: datetime | None = None,
-              *, unpriced_model: str | None = None) -> list[tuple]:
+    def admit(self, attribution: Attributions, estimate: Decimal, now: datetime | None = None, *,
+              unpriced_model: str | None = None) -> list[tuple]:
         now = now or datetime.now(timezone.utc)
         matched = matching(self.budgets, attribution, now)
         check_unpriced(matched, unpriced_model)
@@ -229,7 +284,7 @@ class PostgresBudgetGuard:
                 if committed + estimate > b.limit_usd:
                     if b.hard:
                         raise BudgetExceeded(b, committed)
-                    self.alerts.append(f"soft budget {b.field}={b.value} passed its ${b.limit_usd}")
+                    self._alert(b)
             for i, (_b, key) in enumerate(matched):
                 c.execute("INSERT INTO budget_in_flight (id, field, value, period_key, amount, expires_at) "
                           "VALUES (%s, %s, %s, %s, %s, %s)", (f"{admission}-{i}", *key, estimate, now + IN_FLIGHT_TTL))
@@ -261,3 +316,9 @@ class PostgresBudgetGuard:
         row = self._tx(lambda c: c.execute("SELECT COALESCE(SUM(amount), 0) FROM budget_in_flight WHERE field = %s AND "
                                            "value = %s AND period_key = %s AND expires_at > %s", (*key, now)).fetchone())
         return row[0]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

@@ -301,9 +301,6 @@ def _parse_models(doc: dict, source: str, ups: dict) -> tuple[dict[str, list[Can
     return models, routes
 
 
-def _when(value: Any, where: str) -> datetime | None:
-    if value is None:
-        return None
 ROUTE_KEYS = ("strategy", "weak", "strong", "max_weak_tokens", "artifact", "threshold", "min_mean_logprob", "hold",
               "share_window", "metadata_headers")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
@@ -362,6 +359,9 @@ def _metadata_headers(r: dict, where: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((f, h.lower()) for f, h in raw.items()))
 
 
+def _when(value: Any, where: str) -> datetime | None:
+    if value is None:
+        return None
     if isinstance(value, datetime):
         t = value
     else:

@@ -1,17 +1,18 @@
 """The Anthropic Messages API as an upstream: OpenAI-shaped requests in, OpenAI-shaped answers out.
 
 The pipeline speaks OpenAI chat completions; this client translates both ways and hands
-the pipeline Anthropic's own usage (``_truecost_usage``), so pricing applies Anthropic's
-counting rules (cache reads and 5-minute / 1-hour cache writes priced apart).
+the pipeline Anthropic's own usage beside the answer (``NativeUsage``), so pricing applies
+Anthropic's counting rules (cache reads and 5-minute / 1-hour cache writes priced apart).
 Anthropic has no embeddings API: ``supports_embeddings`` is False and ``embed`` raises UpstreamUnsupported.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncGenerator, Iterable
 
 from truecost.errors import UpstreamError
+from truecost.upstream.base import NativeUsage, StreamChunk, UpstreamResponse
 from truecost.upstream.errors import UpstreamBadResponse, UpstreamStreamCut, UpstreamUnsupported, in_band_error
 from truecost.upstream.http import TransportClient
 
@@ -53,7 +54,6 @@ def _is_error(answer: dict) -> bool:
 
 
 class AnthropicUpstream(TransportClient):
-    flavour = "anthropic"
     supports_embeddings = False
 
     def __init__(self, base_url: str = "https://api.anthropic.com/v1", api_key: str | None = None, *,
@@ -65,28 +65,29 @@ class AnthropicUpstream(TransportClient):
                          idle_timeout=idle_timeout, max_retries=max_retries, backoff=backoff,
                          max_connections=max_connections, timeout=timeout)
 
-    async def complete(self, body: dict) -> dict:
+    async def complete(self, body: dict) -> UpstreamResponse:
         resp = await self._http.post_json("/messages", to_anthropic(body))
         if not isinstance(resp, dict):
             raise UpstreamBadResponse("upstream answered JSON that is not an object")
         if _is_error(resp):
             raise in_band_error(resp, self._http.secrets)
-        blocks = resp.get("content") if isinstance(resp.get("content"), list) else []
+        content, raw_usage = resp.get("content"), resp.get("usage")
+        blocks: list[Any] = content if isinstance(content, list) else []
         text = "".join(str(b.get("text", "")) for b in blocks if isinstance(b, dict) and b.get("type") == "text")
-        usage = resp.get("usage") if isinstance(resp.get("usage"), dict) else {}
-        return {"id": resp.get("id"), "object": "chat.completion", "model": resp.get("model"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": _FINISH.get(resp.get("stop_reason"), "stop")}],
-                "usage": openai_usage(usage), "_truecost_usage": {"flavour": "anthropic", "usage": usage}}
+        usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
+        shaped = openai_usage(usage)
+        return UpstreamResponse({"id": resp.get("id"), "object": "chat.completion", "model": resp.get("model"),
+                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                              "finish_reason": _FINISH.get(str(resp.get("stop_reason")), "stop")}],
+                                 "usage": shaped}, shaped, NativeUsage("anthropic", usage))
 
-    def stream(self, body: dict) -> AsyncIterator[dict]:
+    def stream(self, body: dict) -> AsyncGenerator[StreamChunk, None]:
         payload = {**to_anthropic(body), "stream": True}
         model, secrets = body["model"], self._http.secrets
         return self._http.stream("/messages", payload, lambda: _EventParser(model, secrets))
 
-    async def embed(self, body: dict) -> dict:
+    async def embed(self, body: dict) -> UpstreamResponse:
         raise UpstreamUnsupported("the Anthropic API has no embeddings endpoint")
-
 
 
 class _EventParser:
@@ -108,7 +109,7 @@ class _EventParser:
             return UpstreamBadResponse(f"{why} before any chunk")
         return UpstreamStreamCut(f"{why} after {self.chunks} chunks", self.chunks, self.cut_usage)
 
-    def feed(self, line: str) -> Iterable[dict]:
+    def feed(self, line: str) -> Iterable[StreamChunk]:
         if not line.startswith("data:"):
             return ()
         try:
@@ -126,15 +127,16 @@ class _EventParser:
             delta = event.get("delta")
             if isinstance(delta, dict) and delta.get("type") == "text_delta":
                 self.chunks += 1
-                return ({**self.base, "choices": [{"index": 0, "delta": {"content": str(delta.get("text", ""))},
-                                                   "finish_reason": None}]},)
+                return (StreamChunk({**self.base, "choices": [
+                    {"index": 0, "delta": {"content": str(delta.get("text", ""))}, "finish_reason": None}]}),)
         elif kind == "message_delta":
             usage = event.get("usage")
             self.usage.update(usage if isinstance(usage, dict) else {})
-            delta = event.get("delta") if isinstance(event.get("delta"), dict) else {}
+            given = event.get("delta")
+            stop: dict[str, Any] = given if isinstance(given, dict) else {}
             self.chunks += 1
-            return ({**self.base, "choices": [{"index": 0, "delta": {},
-                                               "finish_reason": _FINISH.get(delta.get("stop_reason"), "stop")}]},)
+            return (StreamChunk({**self.base, "choices": [
+                {"index": 0, "delta": {}, "finish_reason": _FINISH.get(str(stop.get("stop_reason")), "stop")}]}),)
         elif kind == "error":
             err = in_band_error(event, self.secrets)
             if not self.chunks:
@@ -143,8 +145,9 @@ class _EventParser:
         elif kind == "message_stop":
             self.done = True
             self.chunks += 1
-            return ({**self.base, "choices": [], "usage": openai_usage(self.usage),
-                     "_truecost_usage": {"flavour": "anthropic", "usage": self.usage}},)
+            shaped = openai_usage(self.usage)
+            return (StreamChunk({**self.base, "choices": [], "usage": shaped}, shaped,
+                                NativeUsage("anthropic", self.usage)),)
         return ()
 
     def end(self) -> None:

@@ -22,10 +22,11 @@ import json
 import math
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterable, Protocol
+from typing import Any, AsyncGenerator, Callable, Iterable, Protocol
 from urllib.parse import urlsplit
 
 from truecost.errors import ConfigError, MissingExtraError, UpstreamError
+from truecost.upstream.base import StreamChunk
 from truecost.upstream.errors import (UpstreamAuthError, UpstreamBadResponse, UpstreamHTTPError, translate)
 
 MAX_ERROR_BODY = 64 * 1024  # bytes of an error answer read to find its error type
@@ -61,7 +62,7 @@ class StreamParser(Protocol):
     chunks: int
     done: bool
 
-    def feed(self, line: str) -> Iterable[dict]: ...
+    def feed(self, line: str) -> Iterable[StreamChunk]: ...
 
     def end(self) -> None:
         """The body ended: raise UpstreamStreamCut unless the stream was complete."""
@@ -77,7 +78,7 @@ class HTTPTransport:
         self.headers, self.timeouts = dict(headers), timeouts
         try:  # credentials in the base URL are secrets too
             url = urlsplit(self.base_url)
-            extra = (url.password, url.query or None)
+            extra: tuple[str | None, ...] = (url.password, url.query or None)
         except ValueError:
             extra = ()
         self.secrets = tuple(s for s in (*secrets, *extra) if s)
@@ -153,7 +154,8 @@ class HTTPTransport:
 
     # ------------------------------------------------------------------------------------------ streams
 
-    async def stream(self, path: str, payload: dict, parser: Callable[[], StreamParser]) -> AsyncIterator[dict]:
+    async def stream(self, path: str, payload: dict,
+                     parser: Callable[[], StreamParser]) -> AsyncGenerator[StreamChunk, None]:
         """POST and yield the chunks ``parser`` makes of the answer's lines; retried before the first chunk."""
         attempt = 0
         while True:
@@ -170,7 +172,7 @@ class HTTPTransport:
             attempt += 1
             await asyncio.sleep(delay)
 
-    async def _stream_once(self, path: str, payload: dict, state: StreamParser) -> AsyncIterator[dict]:
+    async def _stream_once(self, path: str, payload: dict, state: StreamParser) -> AsyncGenerator[StreamChunk, None]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeouts.first_byte
         phase, resp, clean = "first_byte", None, False
@@ -208,7 +210,8 @@ class HTTPTransport:
 
 
 async def _read_body(resp, limit: int, truncate: bool = False) -> bytes:
-    parts, size = [], 0
+    parts: list[bytes] = []
+    size = 0
     while True:
         data = await resp.content.read(65536)
         if not data:

@@ -7,17 +7,15 @@ bottleneck here (about 120 requests/s against ~600 with aiohttp on the same mach
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncGenerator, Iterable
 
 from truecost.errors import UpstreamError
+from truecost.upstream.base import StreamChunk, UpstreamResponse
 from truecost.upstream.errors import UpstreamBadResponse, UpstreamStreamCut, in_band_error
-from truecost.upstream.http import TransportClient, aiohttp_module, timeouts  # noqa: F401  (timeouts re-exported)
-
-_aiohttp = aiohttp_module  # the old private name, kept for importers
+from truecost.upstream.http import TransportClient
 
 
 class OpenAICompatibleUpstream(TransportClient):
-    flavour = "openai"
     supports_embeddings = True
 
     def __init__(self, base_url: str, api_key: str | None = None, *, connect_timeout: float = 5.0,
@@ -28,29 +26,28 @@ class OpenAICompatibleUpstream(TransportClient):
                          idle_timeout=idle_timeout, max_retries=max_retries, backoff=backoff,
                          max_connections=max_connections, timeout=timeout)
 
-    async def _answer(self, path: str, body: dict, required: str) -> dict:
+    async def _answer(self, path: str, body: dict, required: str) -> UpstreamResponse:
         resp = await self._http.post_json(path, body)
         if not isinstance(resp, dict):
             raise UpstreamBadResponse("upstream answered JSON that is not an object")
         if "error" in resp and not resp.get(required):
             raise in_band_error(resp, self._http.secrets)
-        return resp
+        return UpstreamResponse(resp, resp.get("usage"))
 
-    async def complete(self, body: dict) -> dict:
+    async def complete(self, body: dict) -> UpstreamResponse:
         """A non-streaming chat completion (retried on 429/5xx/timeouts: nothing was sent yet)."""
         return await self._answer("/chat/completions", {**body, "stream": False}, "choices")
 
-    async def embed(self, body: dict) -> dict:
+    async def embed(self, body: dict) -> UpstreamResponse:
         return await self._answer("/embeddings", body, "data")
 
-    def stream(self, body: dict) -> AsyncIterator[dict]:
+    def stream(self, body: dict) -> AsyncGenerator[StreamChunk, None]:
         """Stream chunks. Retries happen only before the first chunk; a cut afterwards raises UpstreamStreamCut."""
         options = body.get("stream_options")
         body = {**body, "stream": True,
                 "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
         secrets = self._http.secrets
         return self._http.stream("/chat/completions", body, lambda: _ChunkParser(secrets))
-
 
 
 class _ChunkParser:
@@ -65,7 +62,7 @@ class _ChunkParser:
     def cut_usage(self) -> Any:
         return self.usage
 
-    def feed(self, line: str) -> Iterable[dict]:
+    def feed(self, line: str) -> Iterable[StreamChunk]:
         if not line.startswith("data:"):
             return ()
         data = line[5:].strip()
@@ -84,8 +81,9 @@ class _ChunkParser:
                 raise err
             raise self._cut("upstream sent an error" + (f" ({err.error_type})" if err.error_type else ""))
         self.chunks += 1
-        self.usage = chunk.get("usage") or self.usage
-        return (chunk,)
+        usage = chunk.get("usage")
+        self.usage = usage or self.usage
+        return (StreamChunk(chunk, usage),)
 
     def _cut(self, why: str) -> UpstreamError:
         """A cut once chunks were handed out; before any, a bad response (the caller may try elsewhere)."""

@@ -5,13 +5,13 @@ from decimal import Decimal
 import pytest
 
 from truecost.errors import ConfigError
-from truecost.gateway.budgets import BudgetExceeded, BudgetGuard
+from truecost.gateway.budgets import BudgetExceeded, LocalBudgetGuard
 from truecost.gateway.config import BudgetConfig, parse_config
 from truecost.types import Attribution
 
 
 def test_concurrent_admissions_never_commit_past_the_limit():
-    guard = BudgetGuard([BudgetConfig("cost_center", "cx", "day", Decimal("1.00"))])
+    guard = LocalBudgetGuard([BudgetConfig("cost_center", "cx", "day", Decimal("1.00"))])
     who = Attribution(cost_center="cx")
     admitted, refused, lock = [], [], threading.Lock()
 
@@ -34,11 +34,11 @@ def test_concurrent_admissions_never_commit_past_the_limit():
 
 
 def test_budget_periods_reset_and_soft_budgets_alert():
-    guard = BudgetGuard([BudgetConfig("team", "t", "day", Decimal("0.10"), hard=False)])
+    guard = LocalBudgetGuard([BudgetConfig("team", "t", "day", Decimal("0.10"), hard=False)])
     day1 = datetime(2026, 11, 1, tzinfo=timezone.utc)
     keys = guard.admit(Attribution(team="t"), Decimal("0.2"), day1)
     guard.settle(keys, Decimal("0.2"), Decimal("0.2"))
-    assert guard.alerts and guard.spent("team", "t", "day", day1) == Decimal("0.2")
+    assert guard.take_alerts() and guard.spent("team", "t", "day", day1) == Decimal("0.2")
     assert guard.spent("team", "t", "day", datetime(2026, 11, 2, tzinfo=timezone.utc)) == 0
 
 
@@ -104,7 +104,7 @@ def test_spend_is_loaded_from_the_ledger_and_unknown_costs_count_at_their_budget
     store.append([event(1, Decimal("0.30"), now), event(2, None, now, budget_charge_usd="0.25"),
                   event(3, None, now, unknown_reason="upstream error"),  # not billed: not charged
                   event(4, Decimal("9"), datetime(2026, 11, 4, 23, tzinfo=timezone.utc))])  # yesterday
-    guard = BudgetGuard([BudgetConfig("cost_center", "cx", "day", Decimal("1.00"))], store)
+    guard = LocalBudgetGuard([BudgetConfig("cost_center", "cx", "day", Decimal("1.00"))], store)
     guard.prime(now)
     assert guard.spent("cost_center", "cx", "day", now) == Decimal("0.55")
     with pytest.raises(BudgetExceeded):
@@ -116,7 +116,7 @@ def test_spend_is_loaded_from_the_ledger_and_unknown_costs_count_at_their_budget
 
 
 def test_budgets_match_the_keys_own_attribution_as_well_as_the_billed_one():
-    guard = BudgetGuard([BudgetConfig("cost_center", "cx", "day", Decimal("0.10"))])
+    guard = LocalBudgetGuard([BudgetConfig("cost_center", "cx", "day", Decimal("0.10"))])
     own, billed = Attribution(cost_center="cx"), Attribution(cost_center="other")
     keys = guard.admit([own, billed], Decimal("0.10"))
     with pytest.raises(BudgetExceeded):

@@ -12,7 +12,7 @@ import pytest
 need("aiohttp", "gateway")
 
 from truecost.errors import UpstreamError  # noqa: E402
-from truecost.upstream import Upstream  # noqa: E402
+from truecost.upstream import NativeUsage, Upstream  # noqa: E402
 from truecost.upstream.anthropic import AnthropicUpstream  # noqa: E402
 from truecost.upstream.errors import (UpstreamAuthError, UpstreamBadResponse, UpstreamConnectionError,  # noqa: E402
                                       UpstreamHTTPError, UpstreamStreamCut, UpstreamTimeout, UpstreamUnsupported)
@@ -133,15 +133,17 @@ def test_an_error_object_inside_a_200_is_an_upstream_error(hostile, kind, error_
 def test_normal_answers_usage_oddities_pass_through(hostile, kind):
     for model in ("normal", "usage-float", "usage-cached-over"):
         answer, exc = run(call(make(hostile, kind), model))
-        assert exc is None and answer["choices"][0]["message"]["content"].startswith("The refund")
-        assert "usage" in answer
+        assert exc is None and answer.body["choices"][0]["message"]["content"].startswith("The refund")
+        assert "usage" in answer.body
         chunks, exc = run(call(make(hostile, kind), model, stream=True))
-        assert exc is None and chunks[-1]["usage"]
-        assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]).startswith("The")
+        assert exc is None and chunks[-1].usage and chunks[-1].data["usage"] == chunks[-1].usage
+        assert "".join(c.data["choices"][0]["delta"].get("content", "") for c in chunks
+                       if c.data["choices"]).startswith("The")
     answer, _ = run(call(make(hostile, "anthropic"), "usage-float"))
-    assert answer["_truecost_usage"] == {"flavour": "anthropic", "usage": {"input_tokens": 12.5, "output_tokens": 5.25}}
+    assert answer.native_usage == NativeUsage("anthropic", {"input_tokens": 12.5, "output_tokens": 5.25})
+    assert "_truecost_usage" not in answer.body and answer.usage == answer.body["usage"]
     answer, _ = run(call(make(hostile, "openai"), "usage-cached-over"))
-    assert answer["usage"]["prompt_tokens_details"]["cached_tokens"] == 50
+    assert answer.usage["prompt_tokens_details"]["cached_tokens"] == 50 and answer.native_usage is None
 
 
 def test_both_clients_are_upstreams_and_only_openai_embeds(hostile):
@@ -160,7 +162,7 @@ def test_both_clients_are_upstreams_and_only_openai_embeds(hostile):
             await openai.aclose()
             await anthropic.aclose()
 
-    assert run(go())["data"][0]["embedding"] == [0.1, 0.2, 0.3]
+    assert run(go()).body["data"][0]["embedding"] == [0.1, 0.2, 0.3]
 
 
 # ---------------------------------------------------------------------------------------------- timeouts
@@ -183,9 +185,9 @@ def test_a_slow_but_flowing_stream_is_never_cut(hostile, kind):
     elapsed = time.perf_counter() - t
     assert exc is None, exc
     assert elapsed > 2.0
-    content = [c for c in got if c["choices"] and c["choices"][0]["delta"].get("content")]
+    content = [c for c in got if c.data["choices"] and c.data["choices"][0]["delta"].get("content")]
     assert len(content) == hostile.drip_chunks
-    assert got[-1].get("usage")
+    assert got[-1].usage
 
 
 def test_first_byte_timeout_bounds_the_wait_for_an_answer(hostile):
