@@ -47,7 +47,8 @@ class _Memo:
     """An embedder that remembers the vectors of one run (cross-validation re-embeds nothing)."""
 
     def __init__(self, inner) -> None:
-        self.inner, self.model_id, self._seen = inner, inner.model_id, {}
+        self.inner, self.model_id = inner, inner.model_id
+        self._seen: dict[str, np.ndarray] = {}
 
     def embed_batch(self, texts):
         todo = [t for t in dict.fromkeys(texts) if t not in self._seen]
@@ -150,7 +151,7 @@ def _evaluate(s: Setup, strategy: str) -> dict[str, Any]:
     m["cost_aware"] = {**_metrics(s.test.curve(gain_per_dollar(scores, s.extra[cascade]), cascade), s.test),
                        "ranking": "predicted quality gain / expected extra cost of the strong call"}
     m["latency_ms_p50"] = _latency(strategy, model, s)
-    if model is not None:
+    if model is not None and model.w is not None:
         m["scorer"] = {"ridge_l2": model.l2, "embed_weight": model.embed_weight, "features": len(model.w) - 1}
     m["calibration"] = _calibration_check(s, strategy, model)
     return m
@@ -164,7 +165,7 @@ def _best_strategy(s: Setup, strategies: dict[str, dict], reference: dict) -> di
     tr = s.train
     oof = {k: training.cross_val_scores(k, tr.rows, s.memo, s.categorical, s.weak, s.strong) for k in usable}
     cv = {k: apgr(tr.curve(v, k == "cascade"), tr.q_weak.mean(), tr.q_strong.mean()) for k, v in oof.items()}
-    top = max(cv, key=cv.get)
+    top = max(cv, key=cv.__getitem__)
     se = _bootstrap_se(oof[top], tr.q_weak, tr.q_strong, top == "cascade", s.seed)
     # The one-standard-error rule: the simplest strategy (rules, then trained, then the
     # cascade that pays a weak call every time) within one bootstrap SE of the best.
@@ -263,9 +264,9 @@ def _calibration_check(s: Setup, strategy: str, model) -> list[dict]:
 
 
 def _pricing_check(s: Setup, pricer: CatalogPricer) -> dict | None:
-    fw = [r.file_cost_weak for r in s.rows]
-    fs = [r.file_cost_strong for r in s.rows]
-    if any(x is None for x in fw + fs):
+    fw = [r.file_cost_weak for r in s.rows if r.file_cost_weak is not None]
+    fs = [r.file_cost_strong for r in s.rows if r.file_cost_strong is not None]
+    if len(fw) < len(s.rows) or len(fs) < len(s.rows):  # a file without its own costs has nothing to check
         return None
     cw, cs = (training.row_costs(pricer, m, s.rows, w) for m, w in ((s.weak, "weak"), (s.strong, "strong")))
     return {s.weak: {"file_cost_usd": float(sum(fw)), "catalog_cost_usd": float(cw.sum()),

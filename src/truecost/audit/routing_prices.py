@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Sequence
 
 import numpy as np
@@ -28,12 +29,18 @@ class CatalogPricer:
 
     def call_costs(self, model: str, input_tokens: Sequence[int], output_tokens: Sequence[int]) -> np.ndarray:
         version = self._version(model)
-        return np.array([float(price_tokens(version, TokenUsage(input=i, output=o)).cost)
-                         for i, o in zip(input_tokens, output_tokens)])
+        costs = [price_tokens(version, TokenUsage(input=i, output=o)).cost for i, o in zip(input_tokens, output_tokens)]
+        return np.array([_known(c, model) for c in costs])
 
     def strong_premiums(self, weak: str, strong: str, input_tokens: Sequence[int], out_weak: int, out_strong: int,
                         cascade: bool) -> np.ndarray:
         """What the strong call adds to each request (the whole strong call for a cascade)."""
         vw, vs = self._version(weak), self._version(strong)
-        return np.array([float(strong_call_premium(vw, vs, t, out_weak, out_strong, cascade=cascade))
-                         for t in input_tokens])
+        premiums = [strong_call_premium(vw, vs, t, out_weak, out_strong, cascade=cascade) for t in input_tokens]
+        return np.array([_known(p, f"{weak} or {strong}") for p in premiums])
+
+
+def _known(cost: Decimal | None, model: str) -> float:
+    if cost is None:
+        raise UnknownModelError(f"no token prices for {model!r} in the catalog")
+    return float(cost)

@@ -41,6 +41,8 @@ def bench_cache(data, limit, seed, target_error, policy, embedder_name, index_na
                 as_json) -> None:
     """Hit rate at a bounded false-hit rate, against a hindsight-tuned fixed threshold and GPTCache."""
     from truecost.cache.embedders import EMBEDDERS, make_embedder
+        if spec is None or spec.loader is None:
+            raise click.ClickException(f"{root}: not a loadable package")
     from truecost.cache.evaluation import correct, hindsight_fixed, load_intent_file, run_policy
     from truecost.cache.policy import make_policy
     from truecost.cache.peers import gptcache_threshold_for_cosine, run_gptcache

@@ -54,12 +54,12 @@ def train(data, weak, strong, kind, out_path, schema) -> None:
     """Train a scorer on every labelled row of DATA and save it as a versioned artifact."""
     from truecost.cache.embedders import StaticEmbedder
     from truecost.routing.artifacts import write_artifact
-    from truecost.routing.training import categorical_features, fit, split
+    from truecost.routing.training import categorical_features, fit_scorer, split
 
     rows, skipped, declared = _load(data, weak, strong, schema)
     rows, _ = split(rows, 1.0, 0)  # every row, in the seeded order calibrate's split would give
     categorical = categorical_features(rows)
-    model = fit(kind, rows, StaticEmbedder() if kind == "trained" else None, categorical)
+    model = fit_scorer(kind, rows, StaticEmbedder() if kind == "trained" else None, categorical)
     path = write_artifact(model, out_path, weak=weak, strong=strong, kind=kind, data=str(data),
                           schema=declared.as_dict())
     click.echo(json.dumps({"artifact": str(path), "examples": len(rows), "skipped_rows": skipped, "kind": kind,

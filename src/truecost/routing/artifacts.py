@@ -56,6 +56,8 @@ def artifact_path(path: str | Path) -> Path:
 
 def write_artifact(scorer: GapScorer, path: str | Path, **extra: Any) -> Path:
     """Save a fitted scorer with its spec, its inputs and ``extra`` (threshold, models, target...)."""
+    if scorer.mu is None or scorer.sd is None or scorer.w is None:
+        raise TruecostError("scorer is not trained")
     p = artifact_path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     inputs = ArtifactInputs.of(scorer)

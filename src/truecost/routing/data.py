@@ -59,7 +59,8 @@ class RoutingSchema:
             value = doc.get(key, [])
             if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
                 raise SchemaError(f"{source}: {key} must be a list of column names, got {value!r}")
-        return cls(*(tuple(doc.get(k, [])) for k in SCHEMA_KEYS), source=source)
+        features, labels, ignore = (tuple(doc.get(k, [])) for k in SCHEMA_KEYS)
+        return cls(features, labels, ignore, source)
 
     @classmethod
     def read(cls, path: str | Path) -> "RoutingSchema":

@@ -62,7 +62,7 @@ L2_GRID = tuple(float(10 ** (k / 2)) for k in range(0, 12))  # 1 ... 316,228
 def loo_ridge_l2(z: np.ndarray, y: np.ndarray, grid: Sequence[float] = L2_GRID) -> tuple[float, dict[float, float]]:
     """The ridge penalty with the lowest leave-one-out squared error, and every penalty's error."""
     errors = {l2: float(e.mean()) for l2, e in _loo_squared_errors(z, y, grid).items()}
-    return min(errors, key=errors.get), errors
+    return min(errors, key=errors.__getitem__), errors
 
 
 def _loo_squared_errors(z: np.ndarray, y: np.ndarray, grid: Sequence[float]) -> dict[float, np.ndarray]:
@@ -112,7 +112,9 @@ class GapScorer:
     def __init__(self, spec: FeatureSpec, embedder=None, l2: float | None = None) -> None:
         self.spec, self.embedder, self.l2 = spec, embedder, l2
         self._choose_l2 = l2 is None  # chosen again on every fit
-        self.mu = self.sd = self.w = None
+        self.mu: np.ndarray | None = None
+        self.sd: np.ndarray | None = None
+        self.w: np.ndarray | None = None
         self.prompt_features: tuple[str, ...] = PROMPT_FEATURES
         self.embed_weight = 1.0
         self.encodings: dict[str, dict[str, float]] = {}
@@ -134,7 +136,7 @@ class GapScorer:
         if self.spec.answer:
             if any(e.weak_answer is None for e in examples):
                 raise TrainingDataError("the answer-aware scorer needs the weak model's answer for every example")
-            parts.append(answer_matrix(texts, [e.weak_answer for e in examples]))
+            parts.append(answer_matrix(texts, [e.weak_answer for e in examples if e.weak_answer is not None]))
         return np.hstack(parts)
 
     # -- training -----------------------------------------------------------------------
@@ -158,18 +160,20 @@ class GapScorer:
             a = self.spec.smoothing
             self.encodings[f] = {k: (sums[k] + a * self.prior) / (counts[k] + a) for k in sums}
         x = self._matrix(examples)
-        self.mu, self.sd = x.mean(0), x.std(0) + 1e-6
-        standardised = (x - self.mu) / self.sd
+        self.mu, self.sd = mu, sd = x.mean(0), x.std(0) + 1e-6
+        standardised = (x - mu) / sd
         self.embed_weight = 1.0
         if self._choose_l2:
             if self.spec.embed and len(y) >= MIN_ROWS_FOR_EMBED_WEIGHT:
                 cols = slice(len(self.prompt_features), len(self.prompt_features) + self._embed_dims(x))
                 self.embed_weight, self.l2 = choose_embed_weight(standardised, y - y.mean(), cols)
                 # The weight lives in the scale: scoring (and a saved artifact) needs nothing new.
-                self.sd[cols] /= self.embed_weight
+                sd[cols] /= self.embed_weight
                 standardised[:, cols] *= self.embed_weight
             else:
                 self.l2, _errors = loo_ridge_l2(standardised, y - y.mean())
+        if self.l2 is None:
+            raise TrainingDataError("no ridge penalty given or chosen")
         z = np.hstack([standardised, np.ones((len(x), 1))])
         reg = self.l2 * np.eye(z.shape[1])
         reg[-1, -1] = 0.0

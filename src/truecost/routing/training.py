@@ -60,12 +60,16 @@ def examples(rows: Sequence[LabelledRow]) -> list[Example]:
 
 # -- fit and score --------------------------------------------------------------------------
 def fit(strategy: str, train: Sequence[LabelledRow], embedder, categorical: tuple[str, ...]) -> GapScorer | None:
-    """The scorer a strategy trains (None for rules): prompt features, embeddings and metadata for
-    ``trained``; the weak answer's features for ``cascade``."""
+    """The scorer a strategy trains, None for rules (which trains nothing)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
-    if strategy == "rules":
-        return None
+    return None if strategy == "rules" else fit_scorer(strategy, train, embedder, categorical)
+
+
+def fit_scorer(strategy: str, train: Sequence[LabelledRow], embedder, categorical: tuple[str, ...]) -> GapScorer:
+    """Prompt features, embeddings and metadata for ``trained``; the weak answer's features for ``cascade``."""
+    if strategy not in ("trained", "cascade"):
+        raise ValueError(f"{strategy!r} trains no scorer; trained or cascade do")
     spec = (FeatureSpec(embed=True, categorical=categorical) if strategy == "trained"
             else FeatureSpec(embed=False, answer=True))
     return GapScorer(spec, embedder if spec.embed else None).fit(examples(train))
@@ -75,6 +79,8 @@ def scores(strategy: str, model: GapScorer | None, rows: Sequence[LabelledRow], 
     if strategy == "rules":
         rr = RulesRouter(weak, strong)
         return np.array([rr.score(RouteRequest(r.prompt, r.prompt_tokens, r.metadata)) for r in rows])
+    if model is None:
+        raise ValueError(f"the {strategy} strategy scores with a fitted scorer")
     return model.score(examples(rows))
 
 
@@ -130,7 +136,7 @@ def threshold_for_share(scores: np.ndarray, share: float) -> float:
 # -- prices -----------------------------------------------------------------------------------
 def mean_output_tokens(rows: Sequence[LabelledRow]) -> tuple[int, int]:
     """(weak, strong) mean output lengths of labelled rows: the expected output of a new request."""
-    return tuple(int(round(np.mean([getattr(r, k) for r in rows]))) for k in ("out_weak", "out_strong"))
+    return (int(round(np.mean([r.out_weak for r in rows]))), int(round(np.mean([r.out_strong for r in rows]))))
 
 
 def row_costs(pricer: Pricer, model: str, rows: Sequence[LabelledRow], which: str) -> np.ndarray:
@@ -189,6 +195,7 @@ class Target:
             return {"max_strong_share": self.max_strong_share}
         if self.min_quality is not None:
             return {"min_quality": self.min_quality * strong_quality}
+        assert self.max_cost_per_1k is not None  # exactly one target, checked when made
         return {"max_cost": self.max_cost_per_1k / 1000}
 
 
