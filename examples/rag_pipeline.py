@@ -12,6 +12,7 @@ steps); this file shows the wiring a team writes in its own service:
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +37,7 @@ def main(n: int = 20) -> None:
     config = PipelineConfig(app_region="eu-west-1", model_region="us-east-1")
     tracker = Tracker(PriceCatalog.bundled(), writer, compute=config.compute)
 
-    source = find_banking77()
+    source = find_banking77(os.environ.get("TRUECOST_DATA"))
     rows = load_queries(source, n)
     intents = sorted({r["intent"] for r in load_queries(source, 10**9)})
     embedder = MiniLMEmbedder()

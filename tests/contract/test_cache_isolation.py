@@ -12,7 +12,7 @@ from tests.support.servers import fresh_name
 from tests.unit.cache.test_cache_scope import FINDING_PARAMS, ops_strategy, run_isolation_ops
 from tests.unit.cache.test_semantic_cache import HashEmbedder, answer, body
 from truecost.cache.entries import MemoryEntryStore, SQLiteEntryStore
-from truecost.cache.equivalence import NormalisedMatch
+from truecost.cache.verifier import NormalisedMatch
 from truecost.cache.index import ExactIndex, HNSWIndex
 from truecost.cache.policy import FixedThreshold
 from truecost.cache.semantic import SemanticCache

@@ -5,14 +5,20 @@
 * ``CalibratedThreshold``: the smallest t whose precision on labelled pairs meets a target.
 * ``OnlineErrorBounded``: learns, from the feedback a production cache really has, where
   the threshold lies in each neighbourhood, and keeps the false-hit rate under a bound.
+* ``VerifierOnly``: no feedback at all; hits on the lookup-time verifiers' P(same) under the
+  same expected-error budget (the bound is only as good as their calibration).
 
 The online policy, in short. Entries are grouped into *equivalence classes*: after a miss,
-the fresh answer is compared (an ``Equivalence`` check) with the stored answer of the
-nearest candidate classes, and the new entry joins the first class it matches. Each
+the fresh request is checked (the ``Verifier`` sources of ``truecost.cache.verifier``, pooled by
+their measured reliability) against the nearest candidate classes, and the new entry joins the
+first class judged the same; the verifiers' pooled P(same) for the first class is the (soft)
+label the policy learns from. Each
 lookup is described by features of its neighbourhood (similarity to the nearest entry and
 to its class centroid, margins over the best other class, the class's share of the
 neighbours, how often that class's matches were verified correct, and the similarity
-relative to that class's typical correct match). A logistic model, refitted as
+relative to that class's typical correct match) and, when a verifier can judge requests at
+lookup time (the query-pair verifier), by its P(same) for the class's best member, the
+class's mean and the margin over other classes. A logistic model, refitted as
 verifications arrive, turns them into P(correct). The threshold on P is the lowest whose
 expected false hits over a window of recent lookups stay under ``target_error x safety``.
 A small share ``explore`` of would-be hits is served as misses and verified, so the model
@@ -40,6 +46,7 @@ class Candidate:
     entry_id: int
     similarity: float
     class_id: int
+    pair_p: float | None = None  # the lookup-time verifiers' P(same answer) for this candidate, if any
 
 
 @dataclass(slots=True)
@@ -59,7 +66,8 @@ class Policy(Protocol):
 
     def decide(self, vector: np.ndarray, candidates: Sequence[Candidate]) -> Decision: ...
 
-    def learn(self, decision: Decision, first_check_correct: bool | None) -> None: ...
+    def learn(self, decision: Decision, first_check_correct: bool | float | None) -> None:
+        """Feedback on ``decision``: True/False, or P(correct) from verifiers that are not certain."""
 
     def add_member(self, class_id: int, vector: np.ndarray) -> None: ...
 
@@ -167,10 +175,36 @@ class _Logistic:
         return _sigmoid(np.atleast_2d(x) @ self.w[:-1] + self.w[-1])
 
 
+def _pair_logit(p: float | None) -> float:
+    """A verifier's P(same) on a log-odds scale / 5 (0 when no verifier scored the pair)."""
+    if p is None:
+        return 0.0
+    p = min(max(p, 1e-4), 1 - 1e-4)
+    return math.log(p / (1 - p)) / 5.0
+
+
+def _best_member(candidates: Sequence[Candidate], class_id: int) -> int:
+    """The member of ``class_id`` to serve: the verifiers' most likely match, else the most similar."""
+    members = [c for c in candidates if c.class_id == class_id]
+    if any(c.pair_p is not None for c in members):
+        return max(members, key=lambda c: (c.pair_p or 0.0, c.similarity)).entry_id
+    return members[0].entry_id
+
+
+def _pair_features(top: Sequence[Candidate], c1: int) -> list[float]:
+    """The verifiers' view: best P(same) within the chosen class, its mean, and the margin over other classes."""
+    mine = [c.pair_p for c in top if c.class_id == c1 and c.pair_p is not None]
+    rest = [c.pair_p for c in top if c.class_id != c1 and c.pair_p is not None]
+    if not mine:
+        return [0.0, 0.0, 0.0]
+    best = _pair_logit(max(mine))
+    return [best, float(np.mean([_pair_logit(p) for p in mine])), best - (_pair_logit(max(rest)) if rest else -2.0)]
+
+
 class OnlineErrorBounded:
     """Learns per-neighbourhood thresholds online and keeps false hits / lookups <= target_error."""
 
-    n_features = 10
+    n_features = 13
 
     def __init__(self, target_error: float = 0.01, *, safety: float = 0.85, explore: float = 0.03,
                  checks: int = 3, k: int = 10, window: int = 2000, refit_every: int = 25, min_observations: int = 50,
@@ -215,7 +249,7 @@ class OnlineErrorBounded:
         ok, tot, sim_sum = self._stats.get(c1, (0.0, 0.0, 0.0))
         rel = s1 - sim_sum / ok if ok else 0.0
         x = np.array([s1, s1 - s2, support / self.k, vote, (ok + 1) / (tot + 2), math.log1p(tot), rel, cs1,
-                      cs1 - cs2, math.log1p(self.classes.sizes.get(c1, 1))])
+                      cs1 - cs2, math.log1p(self.classes.sizes.get(c1, 1)), *_pair_features(top, c1)])
         by_centroid = [order[i] for i in np.argsort(-csims)]
         checks = [order[0]] + [c for c in by_centroid if c[0] != c1]
         return x, c1, checks[: self.checks]
@@ -227,7 +261,7 @@ class OnlineErrorBounded:
         x, c1, checks = self._features(vector, candidates)
         self._recent.append(x)
         p = float(self._model.predict(x)[0]) if self._model is not None else 0.0
-        best = next(c.entry_id for c in candidates if c.class_id == c1)
+        best = _best_member(candidates[: self.k], c1)
         if p >= self.tau:
             # Exploration decays as verified would-be hits accumulate (~1/sqrt(n)), never below explore_min.
             eps = max(self.explore_min, self.explore * min(1.0, math.sqrt(100.0 / (len(self._explored) + 1))))
@@ -238,21 +272,22 @@ class OnlineErrorBounded:
         reason = "learning (no model yet)" if self._model is None else f"P(correct) {p:.3f} < {self.tau:.3f}"
         return Decision(False, None, p, reason, c1, checks, x)
 
-    def learn(self, decision: Decision, first_check_correct: bool | None) -> None:
+    def learn(self, decision: Decision, first_check_correct: bool | float | None) -> None:
+        """``first_check_correct``: True/False, or the verifiers' P(correct) (a soft label)."""
         if decision.features is None or first_check_correct is None:
             return
+        y = min(1.0, max(0.0, float(first_check_correct)))
         x, c1 = decision.features, decision.predicted_class
         self._x.append(x)
-        self._y.append(1.0 if first_check_correct else 0.0)
+        self._y.append(y)
         st = self._stats.setdefault(c1, [0.0, 0.0, 0.0])
         st[1] += 1
-        if first_check_correct:
-            st[0] += 1
-            st[2] += float(x[0])
+        st[0] += y
+        st[2] += y * float(x[0])
         if decision.explored:
-            self._explored.append((decision.score, first_check_correct))
+            self._explored.append((decision.score, y))
         if decision.score >= self.floor:  # verified lookups near or above the threshold: calibration data
-            self._near.append((decision.score, first_check_correct))
+            self._near.append((decision.score, y))
         n = len(self._y)
         if n >= self.min_observations and n % self.refit_every == 0 and 0 < sum(self._y) < n:
             self._refit()
@@ -264,7 +299,7 @@ class OnlineErrorBounded:
         budget = self.target_error * self.safety
         if self._near:  # observed vs predicted errors among verified lookups near and above the threshold
             expected = sum(1 - p for p, _ in self._near)
-            observed = sum(1 for _, ok in self._near if not ok)
+            observed = sum(1 - ok for _, ok in self._near)
             # an upper confidence bound on observed/predicted errors: few samples -> a tight budget
             ratio = (observed + 1 + self.ucb_z * math.sqrt(observed + 1)) / (expected + 1)
             budget = self.target_error * min(self.max_boost, self.safety / max(ratio, 0.5))
@@ -278,16 +313,70 @@ class OnlineErrorBounded:
 
     def state(self) -> dict:
         return {"tau": self.tau, "observations": len(self._y), "explored": len(self._explored),
-                "explored_errors": sum(1 for _, ok in self._explored if not ok), "classes": len(self.classes.sizes)}
+                "explored_errors": round(sum(1 - ok for _, ok in self._explored), 2), "classes": len(self.classes.sizes)}
+
+
+class VerifierOnly:
+    """Hits on the lookup-time verifiers' opinion alone: no feedback, no learning, no labels.
+
+    The candidate with the highest P(same) (from ``Candidate.pair_p``) is served when that P
+    is at or above ``tau``; ``tau`` is the lowest value whose expected false hits over a window
+    of recent lookups, sum(1 - P) / lookups, stay under ``target_error x safety``. The bound
+    holds as far as the verifiers' probabilities are calibrated on this traffic: nothing here
+    can check that, which is why the online policy with feedback is the default.
+    """
+
+    def __init__(self, target_error: float = 0.01, *, safety: float = 0.85, window: int = 2000,
+                 min_lookups: int = 50, floor: float = 0.5) -> None:
+        if not 0 < target_error < 1:
+            raise ValueError("target_error must be in (0, 1)")
+        self.target_error, self.safety, self.floor, self.min_lookups = target_error, safety, floor, min_lookups
+        self.name = f"verifier-only(target={target_error})"
+        self.classes = _ClassBook()
+        self._recent: deque[float] = deque(maxlen=window)
+        self.tau = 1.01
+
+    def decide(self, vector: np.ndarray, candidates: Sequence[Candidate]) -> Decision:
+        scored = [c for c in candidates if c.pair_p is not None]
+        if not scored:
+            return Decision(False, None, 0.0, "no candidates scored by a lookup-time verifier")
+        best = max(scored, key=lambda c: (c.pair_p, c.similarity))
+        p = float(best.pair_p)
+        self._recent.append(p)
+        if len(self._recent) >= self.min_lookups and len(self._recent) % 25 == 0:
+            self._retune()
+        if p >= self.tau:
+            return Decision(True, best.entry_id, p, f"verifier P(same) {p:.3f} >= {self.tau:.3f}", best.class_id)
+        return Decision(False, None, p, f"verifier P(same) {p:.3f} < {self.tau:.3f}", best.class_id)
+
+    def _retune(self) -> None:
+        p = np.sort(np.array(self._recent))[::-1]
+        expected_rate = np.cumsum(1 - p) / len(p)
+        ok = np.nonzero((expected_rate <= self.target_error * self.safety) & (p >= self.floor))[0]
+        self.tau = float(p[ok.max()]) if len(ok) else 1.01
+
+    def learn(self, decision: Decision, first_check_correct: bool | float | None) -> None:
+        pass
+
+    def add_member(self, class_id: int, vector: np.ndarray) -> None:
+        pass
+
+    def state(self) -> dict:
+        return {"tau": self.tau, "lookups_in_window": len(self._recent)}
+
+
+POLICIES = ("online", "verifier-only", "fixed:<cosine>")
 
 
 def make_policy(name: str, target_error: float = 0.01, seed: int = 0) -> Policy:
-    """'online' or 'fixed:<cosine>' (calibrated thresholds are built from labelled pairs)."""
+    """'online', 'verifier-only' or 'fixed:<cosine>' (calibrated thresholds are built from labelled pairs)."""
     if name == "online":
         return OnlineErrorBounded(target_error, seed=seed)
+    if name == "verifier-only":
+        return VerifierOnly(target_error)
     if name.startswith("fixed:"):
         try:
             return FixedThreshold(float(name.split(":", 1)[1]))
         except ValueError as exc:
             raise ValueError(f"bad policy {name!r}: {exc}") from None
-    raise ValueError(f"unknown policy {name!r}: 'online' or 'fixed:<cosine>'")
+    raise ValueError(f"unknown policy {name!r}: one of {', '.join(POLICIES)}")

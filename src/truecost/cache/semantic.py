@@ -1,10 +1,16 @@
 """The cache: exact tier, then semantic tier (Embedder -> VectorIndex -> Policy -> EntryStore).
 
-    cache = SemanticCache(embedder, index, entries, policy, equivalence)
-    result = cache.lookup(body, "acme")                 # hit or miss, with timings
+    cache = SemanticCache(embedder, index, entries, policy, verifier)
+    result = cache.lookup(body, "acme", request_id="r-1")  # hit or miss, with timings
     if not result.hit:
         answer = call_the_model(body)
         cache.store(result, answer, status=200, usage=..., doc_ids=("kb-17",))
+    cache.feedback("r-1", correct=False)                 # a client says a served hit was wrong
+
+``verifier`` is one ``Verifier`` (``truecost.cache.verifier``), a list of them (most trusted
+first) or a ``VerifierPanel``: lookup-time sources (the query-pair verifier) score every
+candidate before the policy decides, and after a miss the sources judge the fresh request
+against the nearest classes, which is what the online policy learns from.
 
 The second argument of ``lookup`` is the hard partition, an opaque string: the gateway
 passes the key's tenant, else ``key:<key name>``, else ``anonymous``. Entries never cross
@@ -29,11 +35,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from truecost.cache.entries import CacheEntry, EntryStore
-from truecost.cache.equivalence import Equivalence, answer_text
 from truecost.cache.index import VectorIndex
+from truecost.cache.panel import VerifierPanel, as_panel
 from truecost.cache.policy import Candidate, Decision, Policy
 from truecost.cache.refusal import DEFAULT_PATTERNS, RefusalDetector
 from truecost.cache.request import CacheKey, NotCacheable, cache_key, cacheable_response
+from truecost.cache.verifier import PairView, Verifier, answer_text
 
 
 @dataclass(slots=True)
@@ -64,11 +71,13 @@ class CacheLimits:
 
 class SemanticCache:
     def __init__(self, embedder, index: VectorIndex, entries: EntryStore, policy: Policy,
-                 equivalence: Equivalence | None = None, limits: CacheLimits | None = None, k: int = 10,
+                 verifier: Verifier | Sequence[Verifier] | VerifierPanel | None = None,
+                 limits: CacheLimits | None = None, k: int = 10,
                  kb_version: str | None = None, clock=time.time,
-                 refusal_patterns: Iterable[str] | RefusalDetector | None = DEFAULT_PATTERNS) -> None:
+                 refusal_patterns: Iterable[str] | RefusalDetector | None = DEFAULT_PATTERNS,
+                 remember_hits: int = 10_000) -> None:
         self.embedder, self.index, self.entries, self.policy = embedder, index, entries, policy
-        self.equivalence = equivalence
+        self.verifiers = as_panel(verifier)
         self.limits = limits or CacheLimits()
         self.k, self.kb_version, self.clock = k, kb_version, clock
         # refusals written as text are not stored; None (or an empty list) disables the check
@@ -87,15 +96,19 @@ class SemanticCache:
         self._lock = threading.RLock()
         self._kb_checked = float("-inf")
         self.verifications = 0
+        self._served: OrderedDict[str, tuple[LookupResult, str]] = OrderedDict()  # request id -> (hit, query text)
+        self._remember = remember_hits
         # refused: answers not stored (any reason); refused_refusal: of those, refusals (field or plain text)
         self.stats = {"hit_exact": 0, "hit_semantic": 0, "miss": 0, "bypass": 0, "stored": 0, "refused": 0,
-                      "refused_refusal": 0}
+                      "refused_refusal": 0, "feedback_right": 0, "feedback_wrong": 0, "feedback_unknown": 0}
 
     # -- lookup -------------------------------------------------------------------------
-    def lookup(self, body: Mapping[str, Any], scope: str | None = None, *, tenant: str | None = None) -> LookupResult:
+    def lookup(self, body: Mapping[str, Any], scope: str | None = None, *, tenant: str | None = None,
+               request_id: str | None = None) -> LookupResult:
         """Look ``body`` up within the partition ``scope`` (an opaque string compared exactly).
 
         ``tenant=`` is the former name of ``scope``, kept for callers that pass it by keyword.
+        ``request_id``: a semantic hit is remembered under it, so ``feedback`` can report on it.
         """
         if tenant is not None:
             if scope is not None and scope != tenant:
@@ -125,11 +138,11 @@ class SemanticCache:
         with self._lock:
             found = self.index.search(vector, self.k, key.scope)
             t2 = time.perf_counter()
-            candidates = []
-            for entry_id, sim in found:
-                e = self._live(entry_id, now)
-                if e is not None and e.scope == key.scope:  # belt and braces: the index partitions already
-                    candidates.append(Candidate(entry_id, sim, e.class_id if e.class_id is not None else -entry_id))
+            live = [(e, sim) for entry_id, sim in found if (e := self._live(entry_id, now)) is not None
+                    and e.scope == key.scope]  # belt and braces: the index partitions already
+            scores = self._pair_scores(key.text, vector, [e for e, _ in live])
+            candidates = [Candidate(e.id, sim, e.class_id if e.class_id is not None else -e.id, p)
+                          for (e, sim), p in zip(live, scores)]
             decision = self.policy.decide(vector, candidates)
             t3 = time.perf_counter()
             timings = dict(embed_ms=(t1 - t0) * 1e3, search_ms=(t2 - t1) * 1e3, decide_ms=(t3 - t2) * 1e3)
@@ -140,6 +153,8 @@ class SemanticCache:
                 result.vector, result.candidates = vector, candidates
                 for k, v in timings.items():
                     setattr(result, k, v)
+                if request_id is not None:
+                    self._remember_hit(request_id, result)
                 return result
         self.stats["miss"] += 1
         return LookupResult("miss", key, None, candidates[0].similarity if candidates else None, decision, vector,
@@ -194,12 +209,8 @@ class SemanticCache:
     # -- store --------------------------------------------------------------------------
     def store(self, lookup: LookupResult, response: Mapping[str, Any], *, status: int = 200,
               usage: Mapping[str, Any] | None = None, model: str | None = None, doc_ids: Sequence[str] = (),
-              ttl_seconds: float | None = None, verify_with=None) -> CacheEntry | None:
-        """Store a fresh answer after a miss. Returns the entry, or None with the refusal counted.
-
-        ``verify_with`` overrides the equivalence check for this call: a callable
-        (candidate entry) -> bool, used by benchmarks whose ground truth is a label.
-        """
+              ttl_seconds: float | None = None) -> CacheEntry | None:
+        """Store a fresh answer after a miss. Returns the entry, or None with the refusal counted."""
         if lookup.key is None or lookup.hit:
             return None
         refusal = cacheable_response(response, status, self.refusals)
@@ -212,7 +223,7 @@ class SemanticCache:
         ttl = ttl_seconds if ttl_seconds is not None else self.limits.ttl_seconds
         now = self.clock()
         with self._lock:
-            class_id = self._classify(lookup, dict(response), verify_with)
+            class_id = self._classify(lookup, dict(response))
             entry = CacheEntry(id=next(self._ids), scope=key.scope, fingerprint=key.fingerprint, text=key.text or "",
                                answer=dict(response), vector=lookup.vector, model=model or response.get("model"),
                                usage=dict(usage or response.get("usage") or {}), kb_version=self.kb_version,
@@ -224,31 +235,70 @@ class SemanticCache:
             self._evict()
         return entry
 
-    def _classify(self, lookup: LookupResult, response: dict, verify_with) -> int:
-        """Verify the fresh answer against candidate classes; learn from the first check."""
-        decision = lookup.decision
-        if decision is None or not decision.check_classes:
+    def _classify(self, lookup: LookupResult, response: dict) -> int:
+        """Judge the fresh request against the candidate classes; learn from the first judgement.
+
+        The first class is judged by every source (budgeted ones too: it is the pair the policy
+        learns from); the others only by the cheap ones, until one is judged the same.
+        """
+        decision, panel = lookup.decision, self.verifiers
+        if decision is None or not decision.check_classes or panel is None or not panel.judges:
             return next(self._next_class)
         fresh = answer_text(response)
-        first_ok = None
+        first: float | None = None
         for i, (class_id, rep_id) in enumerate(decision.check_classes):
             rep = self.entries.get(rep_id)
             if rep is None:
                 continue
             self.verifications += 1
-            if verify_with is not None:
-                same = bool(verify_with(rep))
-            elif self.equivalence is not None:
-                same = self.equivalence.same(fresh, answer_text(rep.answer))
-            else:
-                break
+            pair = PairView(lookup.key.text or "", rep.text, lookup.vector, rep.vector, fresh, answer_text(rep.answer))
+            verdict = panel.judge([pair], allow_budgeted=i == 0)[0]
+            if verdict is None:
+                continue
             if i == 0:
-                first_ok = same
-            if same:
-                self.policy.learn(decision, first_ok)
+                first = verdict.p_same
+            if verdict.same:
+                self.policy.learn(decision, first)
                 return class_id
-        self.policy.learn(decision, first_ok)
+        self.policy.learn(decision, first)
         return next(self._next_class)
+
+    def _pair_scores(self, text: str | None, vector: np.ndarray, entries: list[CacheEntry]) -> list[float | None]:
+        """The lookup-time verifiers' P(same answer) for each candidate entry (None without such a verifier)."""
+        panel = self.verifiers
+        if panel is None or text is None or not entries or not panel.lookup_sources:
+            return [None] * len(entries)
+        pairs = [PairView(text, e.text, vector, e.vector) for e in entries]
+        return panel.lookup_scores(pairs)
+
+    # -- feedback ---------------------------------------------------------------------------
+    def _remember_hit(self, request_id: str, result: LookupResult) -> None:
+        self._served[request_id] = (result, result.key.text or "")
+        self._served.move_to_end(request_id)
+        while len(self._served) > self._remember:
+            self._served.popitem(last=False)
+
+    def feedback(self, request_id: str, correct: bool) -> bool:
+        """A client's verdict on a semantic hit served under ``request_id``: evidence for the policy.
+
+        A wrong hit is negative evidence exactly where the policy answers; the lookup-time
+        verifiers are scored against it too. Returns False when the request id is unknown
+        (not a semantic hit, or forgotten: the last ``remember_hits`` hits are kept).
+        """
+        with self._lock:
+            found = self._served.pop(request_id, None)
+            if found is None:
+                self.stats["feedback_unknown"] += 1
+                return False
+            result, text = found
+            self.stats["feedback_right" if correct else "feedback_wrong"] += 1
+            if result.decision is not None:
+                self.policy.learn(result.decision, bool(correct))
+            panel = self.verifiers
+            if panel is not None and result.entry is not None and panel.lookup_sources:
+                pair = PairView(text, result.entry.text, result.vector, result.entry.vector)
+                panel.observe([v for s in panel.lookup_sources for v in s.verify([pair]) if v is not None], bool(correct))
+            return True
 
     # -- restart ------------------------------------------------------------------------------
     def rebuild(self) -> int:

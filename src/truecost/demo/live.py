@@ -28,6 +28,7 @@ TENANTS = ("acme", "globex", "initech")
 TENANT_SHARE = (0.6, 0.3, 0.1)  # traffic is not spread evenly over customers either
 BASELINE, OPTIMISED = "support-bot/baseline", "support-bot/optimised"
 STRONG, WEAK = "gpt-6.2-sol", "SmolLM2-135M-Instruct"
+CACHE_POLICY, CACHE_VERIFIERS = "online", "query"
 
 
 def free_port() -> int:
@@ -105,7 +106,7 @@ def tenant_keys() -> dict[str, str]:
 
 
 def split_rows(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(calibration rows, traffic rows): BANKING77's train and test splits, or halves of a file without splits."""
+    """(earlier rows, traffic rows): BANKING77's train and test splits, or halves of a file without splits."""
     train = [r for r in rows if r.get("split") == "train"]
     test = [r for r in rows if r.get("split") == "test"]
     if train and test:
@@ -114,27 +115,8 @@ def split_rows(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return rows[:half], rows[half:]
 
 
-def calibrate_threshold(rows: list[dict], embed, target_error: float = 0.01, limit: int = 2000, seed: int = 0):
-    """A fixed cosine threshold calibrated offline on labelled pairs, the way a team would before launch.
-
-    Pairs are what a cache meets: each calibration query with its most similar earlier query;
-    equivalent iff the intents match. Returns the policy (its name says how it was made).
-    """
-    import random
-
-    from truecost.audit.cache_feasibility import nearest_earlier
-    from truecost.audit.sources import QueryRow
-    from truecost.cache.policy import CalibratedThreshold
-
-    sample = random.Random(seed).sample(rows, min(limit, len(rows)))
-    queries = [QueryRow(str(i), r["text"], r["intent"]) for i, r in enumerate(sample)]
-    nb = nearest_earlier(queries, embed)
-    pairs = [(float(nb.sim[i]), queries[i].label == queries[nb.index[i]].label) for i in range(len(queries)) if nb.index[i] >= 0]
-    return CalibratedThreshold.from_pairs([p[0] for p in pairs], [p[1] for p in pairs], target_error)
-
-
 def gateway_config(upstream_url: str, ledger: str, wire_model: str, cache_embedder: str = "minilm",
-                   cache_policy: str = "online") -> dict[str, Any]:
+                   cache_policy: str = CACHE_POLICY) -> dict[str, Any]:
     keys = tenant_keys()
     return {
         "ledger": ledger, "compute": "aws/c7i.xlarge",
@@ -152,9 +134,11 @@ def gateway_config(upstream_url: str, ledger: str, wire_model: str, cache_embedd
                   "allow_attribution_headers": ["request_id"]}
                  for t, k in keys.items()],
         "budgets": [{"cost_center": "cx-support", "period": "month", "limit_usd": 50, "hard": False}],
-        # generated answers never repeat word for word: the online policy compares them by embedding
+        # the online policy learns from the query-pair verifier: no labelled pairs, no calibration before the run
+        # (SmolLM2-135M's answers to two paraphrases agree about as little as to two different questions, so
+        # answer agreement would teach it nothing)
         "cache": {"enabled": True, "embedder": cache_embedder, "policy": cache_policy, "target_error": 0.01,
-                  "equivalence": "embedding:0.9"},
+                  "equivalence": CACHE_VERIFIERS},
     }
 
 
@@ -237,7 +221,7 @@ class ReplayLabel:
 
 
 def start_stack(stack: ExitStack, local_model: bool, db: Path, count_tokens, cache_embedder: str = "minilm",
-                cache_policy: str = "online"):
+                cache_policy: str = CACHE_POLICY):
     """Upstream + gateway; returns (gateway ServerThread, upstream label)."""
     from truecost.gateway.app import build
     from truecost.upstream.llama_local import MODEL_ALIAS

@@ -163,10 +163,9 @@ def customer_stream(rows: list[dict], n: int, seed: int = 0, zipf: float = 1.0) 
     return [rnd.choice(by_intent[i]) for i in rnd.choices(intents, weights=weights, k=n)]
 
 
-def find_banking77() -> Path | None:
-    import os
-
-    candidates = [os.environ.get("TRUECOST_DATA", ""), "../shared/data", "shared/data",
+def find_banking77(data_dir: str | None = None) -> Path | None:
+    """BANKING77 under ``data_dir`` (the CLI passes $TRUECOST_DATA), else in shared/data beside the checkout."""
+    candidates = [data_dir or "", "../shared/data", "shared/data",
                   str(Path(__file__).resolve().parents[4] / "shared" / "data")]
     for c in candidates:
         p = Path(c) / "banking77" / "banking77.jsonl"

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from tests.unit.cache.test_semantic_cache import HashEmbedder, answer, body
 from truecost.cache.entries import MemoryEntryStore
-from truecost.cache.equivalence import NormalisedMatch
+from truecost.cache.verifier import NormalisedMatch
 from truecost.cache.index import ExactIndex
 from truecost.cache.policy import FixedThreshold
 from truecost.cache.refusal import DEFAULT_PATTERNS, RefusalDetector
