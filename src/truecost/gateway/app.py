@@ -335,8 +335,8 @@ def _build_cache(config: GatewayConfig):
         return None
     from truecost.cache.embedders import make_embedder
     from truecost.cache.entries import MemoryEntryStore
-    from truecost.cache.equivalence import EmbeddingMatch, NormalisedMatch
     from truecost.cache.index import ExactIndex, HNSWIndex
+    from truecost.cache.panel import make_verifiers
     from truecost.cache.policy import make_policy
     from truecost.cache.semantic import CacheLimits, SemanticCache
 
@@ -353,8 +353,7 @@ def _build_cache(config: GatewayConfig):
     else:
         index = HNSWIndex(embedder.dims) if c.index == "hnsw" else ExactIndex(embedder.dims)
         entries = MemoryEntryStore()
-    kind, _, arg = c.equivalence.partition(":")
-    same = EmbeddingMatch(embedder, float(arg) if arg else 0.92) if kind == "embedding" else NormalisedMatch()
+    same = make_verifiers(c.equivalence, embedder)
     refusals = {} if c.refusal_patterns is None else {"refusal_patterns": c.refusal_patterns or None}
     return SemanticCache(embedder, index, entries, make_policy(c.policy, c.target_error, 0),
                          same, CacheLimits(max_entries=c.max_entries, ttl_seconds=c.ttl_seconds), kb_version=c.kb_version,

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from truecost.cache.panel import parse_verifier_spec
 from truecost.errors import ConfigError
 
 
@@ -117,8 +118,10 @@ class CacheConfig:
     ttl_seconds: float | None = None
     max_entries: int | None = 100_000
     index: str = "exact"  # exact | hnsw
-    # how the online policy checks a fresh answer against its neighbour's: normalised (exact text after
-    # normalising) | embedding[:cosine] (the cache's embedder on both answers; default cosine 0.92)
+    # the verifier sources the online policy learns from, most trusted first, joined by '+'
+    # (truecost.cache.panel.VERIFIERS): normalised (answers equal after folding) | embedding[:cosine] (answer
+    # embeddings; default 0.92) | query (the shipped query-pair verifier) | feedback (client reports), e.g.
+    # "embedding:0.9+query"
     equivalence: str = "normalised"
     # where entries and vectors live: memory (per process) | postgres (pgvector) | redis (RediSearch);
     # postgres and redis are shared by every replica pointing at the same url and prefix
@@ -459,13 +462,10 @@ def _parse_cache(doc: dict, source: str) -> CacheConfig:
         raise ConfigError(f"{source}: cache.backend must be memory, postgres or redis")
     if cache.backend != "memory" and not cache.url:
         raise ConfigError(f"{source}: cache.backend {cache.backend} needs cache.url")
-    kind, _, arg = cache.equivalence.partition(":")
     try:
-        ok = kind == "normalised" and not arg or kind == "embedding" and (not arg or 0 < float(arg) < 1)
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ConfigError(f"{source}: cache.equivalence must be normalised or embedding[:cosine], got {cache.equivalence!r}")
+        parse_verifier_spec(cache.equivalence)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: cache.equivalence: {exc}") from None
     return cache
 
 
