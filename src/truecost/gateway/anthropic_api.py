@@ -77,7 +77,8 @@ async def stream_from_openai(chunks: AsyncIterator[bytes], model: str, request_i
         "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}})
     yield _event("content_block_start", {"type": "content_block_start", "index": 0,
                                          "content_block": {"type": "text", "text": ""}})
-    stop, usage = "end_turn", {}
+    stop = "end_turn"
+    usage: dict[str, Any] = {}
     async for raw in chunks:
         for line in raw.decode().splitlines():
             if not line.startswith("data: "):

@@ -14,8 +14,11 @@ from typing import Any
 
 import yaml
 
+from truecost.cache.embedders import EMBEDDERS
 from truecost.cache.panel import parse_verifier_spec
-from truecost.errors import ConfigError
+from truecost.errors import ConfigError, TruecostError
+from truecost.gateway.registry import CACHE_BACKENDS, CACHE_INDEXES, UPSTREAMS, known
+from truecost.integrations.otlp_config import parse_config as parse_otlp
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,10 @@ class RouteConfig:
     min_mean_logprob: float | None = None  # cascade: accept the weak answer at or above this mean token logprob
     hold: str = "threshold"  # trained: keep the calibrated threshold, or hold the calibrated strong-call share
     share_window: int = 1000  # hold: share -- the threshold is read from this many recent scores
-
     # trained: the request header that supplies each metadata field the artifact's scorer reads,
     # e.g. ((subject, x-truecost-subject),); start-up refuses an artifact reading a field not mapped here
     metadata_headers: tuple[tuple[str, str], ...] = ()
+
 
 ATTRIBUTION_HEADER_FIELDS = ("cost_center", "team", "tenant", "environment")
 # what allow_attribution_headers may grant: those fields, and `request_id` -- the client's x-request-id becomes
@@ -234,9 +237,6 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
 
 
 def _parse_otlp(doc: dict, source: str) -> Any:
-    from truecost.errors import TruecostError
-    from truecost.integrations.otlp_config import parse_config as parse_otlp
-
     try:
         return parse_otlp(doc.get("otlp"))
     except TruecostError as exc:
@@ -265,8 +265,8 @@ def _parse_upstreams(doc: dict, source: str) -> dict[str, UpstreamConfig]:
             raise ConfigError(f"{where}: put secrets in the environment and name the variable in api_key_env")
         _no_unknown(u, UPSTREAM_KEYS, where)
         kind = u.get("kind", "openai")
-        if kind not in ("openai", "anthropic"):
-            raise ConfigError(f"{where}: kind must be openai or anthropic")
+        if kind not in UPSTREAMS:
+            raise ConfigError(f"{where}: kind must be {known(UPSTREAMS)}, got {kind!r}")
         first_byte = u.get("first_byte_timeout", u.get("timeout", 60.0))
         retries = u.get("max_retries", 2)
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
@@ -456,10 +456,10 @@ def _parse_cache(doc: dict, source: str) -> CacheConfig:
                 raise ConfigError(f"{source}: cache.refusal_patterns: {p!r} is not a regular expression ({exc})") from None
         c = {**c, "refusal_patterns": tuple(patterns)}
     cache = CacheConfig(**c)
-    if cache.embedder not in ("static", "minilm") or cache.index not in ("exact", "hnsw"):
-        raise ConfigError(f"{source}: cache.embedder must be static or minilm, cache.index exact or hnsw")
-    if cache.backend not in ("memory", "postgres", "redis"):
-        raise ConfigError(f"{source}: cache.backend must be memory, postgres or redis")
+    for name, value, table in (("embedder", cache.embedder, EMBEDDERS), ("index", cache.index, CACHE_INDEXES),
+                               ("backend", cache.backend, CACHE_BACKENDS)):
+        if value not in table:
+            raise ConfigError(f"{source}: cache.{name} must be {known(table)}, got {value!r}")
     if cache.backend != "memory" and not cache.url:
         raise ConfigError(f"{source}: cache.backend {cache.backend} needs cache.url")
     try:

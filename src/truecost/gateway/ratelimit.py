@@ -96,8 +96,8 @@ class RateLimiter:
             wait_t = (tokens - state.tokens) * 60.0 / tpm if tpm and state.tokens < tokens - _EPSILON else 0.0
             if wait_r > 0.0 or wait_t > 0.0:
                 which = "rpm" if wait_r >= wait_t else "tpm"
-                raise RateLimited(which, max(wait_r, wait_t), rpm if which == "rpm" else tpm,
-                                  1 if which == "rpm" else tokens)
+                limit = (rpm if which == "rpm" else tpm) or 0  # the one that is waited on is set
+                raise RateLimited(which, max(wait_r, wait_t), limit, 1 if which == "rpm" else tokens)
             if rpm:
                 state.requests -= 1.0
             if tpm:

@@ -73,6 +73,7 @@ def _walk(value: Any, max_depth: int, check_strings: bool) -> None:
             raise GatewayError(400, f"request body is nested deeper than {max_depth} levels", code="invalid_body")
         deeper: list = []
         push = deeper.append
+        node: Any
         for node in level:
             if type(node) is dict:
                 if check_strings:
@@ -101,7 +102,7 @@ def _check_str(s: str) -> None:
         s.encode("utf-8")  # faster than a regex over the string, and exactly the property wanted
     except UnicodeEncodeError:
         raise GatewayError(400, "request body contains invalid Unicode (a lone UTF-16 surrogate escape)",
-                           code="invalid_body")
+                           code="invalid_body") from None
 
 
 async def read_body(request: Any, *, max_bytes: int) -> bytes:
