@@ -6,16 +6,14 @@ import importlib
 import importlib.util
 import json
 import sys
-import time
 from pathlib import Path
 from types import ModuleType
 
 import click
-import numpy as np
 from rich.console import Console
 
 import truecost
-from truecost.cli.render import progress_bar as _progress
+from truecost.cli.bench_cache import bench_cache
 from truecost.errors import TruecostError
 
 
@@ -24,118 +22,7 @@ def bench() -> None:
     """Benchmarks that print JSON."""
 
 
-@bench.command("cache")
-@click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="intent-labelled JSON Lines (text, intent)")
-@click.option("--limit", type=int, default=None)
-@click.option("--seed", type=int, default=0)
-@click.option("--target-error", type=float, default=0.01, show_default=True)
-@click.option("--policy", default="online", show_default=True, help="online | fixed:<cosine>")
-@click.option("--embedder", "embedder_name", default="minilm", show_default=True, help="minilm | static")
-@click.option("--index", "index_name", default="exact", show_default=True, help="exact | hnsw")
-@click.option("--peers/--no-peers", default=True, show_default=True, help="run GPTCache side by side")
-@click.option("--compare-embedders/--no-compare-embedders", default=True, show_default=True,
-              help="also run the protocol with the other embedder (hit rate and latency for every embedder)")
-@click.option("--json", "as_json", is_flag=True)
-def bench_cache(data, limit, seed, target_error, policy, embedder_name, index_name, peers, compare_embedders,
-                as_json) -> None:
-    """Hit rate at a bounded false-hit rate, against a hindsight-tuned fixed threshold and GPTCache."""
-    from truecost.cache.embedders import EMBEDDERS, make_embedder
-        if spec is None or spec.loader is None:
-            raise click.ClickException(f"{root}: not a loadable package")
-    from truecost.cache.evaluation import correct, hindsight_fixed, load_intent_file, run_policy
-    from truecost.cache.policy import make_policy
-    from truecost.cache.peers import gptcache_threshold_for_cosine, run_gptcache
-
-    console = Console(stderr=True)
-    try:
-        queries = load_intent_file(data, limit, seed)
-        embedder = make_embedder(embedder_name)
-        make_policy(policy, target_error, seed)
-    except (ValueError, TruecostError) as exc:
-        raise click.ClickException(str(exc)) from None
-    started = time.perf_counter()
-    with _progress(console) as prog:
-        task = prog.add_task(f"{policy} policy", total=len(queries))
-        ours = run_policy(queries, embedder, make_policy(policy, target_error, seed), index_name,
-                          progress=lambda n: prog.update(task, completed=n))
-        task = prog.add_task("embedding for the baseline and peers", total=len(queries))
-        vectors = _embed_all(embedder, queries, lambda n: prog.update(task, completed=n))
-    with console.status("sweeping fixed thresholds with hindsight..."):
-        baseline = hindsight_fixed(vectors, queries, target_error)
-    result = {"data": data, "seed": seed, "target_error": target_error, "embedder": embedder.model_id,
-              **{k: v for k, v in ours.items()},
-              "pretrained_on_other_data": False,
-              "baseline_fixed_hindsight": {**baseline["best"], "curve": baseline["curve"]},
-              "ratio_vs_baseline": ours["hit_rate"] / baseline["best"]["hit_rate"] if baseline["best"]["hit_rate"] else None,
-              "meets_error_bound": ours["false_hit_rate"] <= target_error}
-    if compare_embedders:
-        result["embedders"] = [_embedder_row(embedder.model_id, result)]
-        for other in (n for n in EMBEDDERS if n != embedder_name):
-            with console.status(f"the same protocol with the {other} embedder..."):
-                alt = make_embedder(other)
-                row = run_policy(queries, alt, make_policy(policy, target_error, seed), index_name)
-                alt_base = hindsight_fixed(_embed_all(alt, queries), queries, target_error)["best"]
-            result["embedders"].append(_embedder_row(alt.model_id, {
-                **row, "baseline_fixed_hindsight": alt_base,
-                "ratio_vs_baseline": row["hit_rate"] / alt_base["hit_rate"] if alt_base["hit_rate"] else None}))
-    if peers:
-        peer_rows = []
-        with console.status("GPTCache at its default threshold 0.8..."):
-            peer_rows.append({"setting": "default", **run_gptcache(queries, vectors, 0.8, lambda q, a: correct(q, a))})
-        best_cos = baseline["best"]["threshold"]
-        if best_cos is not None:
-            with console.status("GPTCache at the best fixed threshold..."):
-                peer_rows.append({"setting": "best fixed (hindsight)",
-                                  **run_gptcache(queries, vectors, gptcache_threshold_for_cosine(best_cos),
-                                                 lambda q, a: correct(q, a))})
-        result["peers"] = peer_rows
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    else:
-        _print_cache(console, result)
-
-
-def _embed_all(embedder, queries, progress=None) -> np.ndarray:
-    vectors = np.zeros((len(queries), embedder.dims), dtype=np.float32)
-    for start in range(0, len(queries), 256):
-        vectors[start:start + 256] = embedder.embed_batch([q.text for q in queries[start:start + 256]])
-        if progress:
-            progress(min(start + 256, len(queries)))
-    return vectors
-
-
-def _embedder_row(model_id: str, r: dict) -> dict:
-    b = r["baseline_fixed_hindsight"]
-    return {"embedder": model_id, "hit_rate": r["hit_rate"], "false_hit_rate": r["false_hit_rate"],
-            "lookup_ms_p50": r["lookup_ms_p50"], "lookup_ms_p99": r["lookup_ms_p99"],
-            "baseline_fixed_hindsight": {k: b[k] for k in ("threshold", "hit_rate", "false_hit_rate")},
-            "ratio_vs_baseline": r["ratio_vs_baseline"]}
-
-
-def _print_cache(console: Console, r: dict) -> None:
-    from rich.table import Table
-
-    t = Table(title=f"cache benchmark: {r['data']} ({r['queries']} queries, target false-hit rate {r['target_error']})")
-    for c in ("method", "hit rate", "false-hit rate", "lookup p50 ms", "lookup p99 ms"):
-        t.add_column(c)
-    t.add_row(r["policy"], f"{r['hit_rate']:.1%}", f"{r['false_hit_rate']:.2%}", f"{r['lookup_ms_p50']:.2f}",
-              f"{r['lookup_ms_p99']:.2f}")
-    b = r["baseline_fixed_hindsight"]
-    t.add_row(f"fixed cos>={b['threshold']} (hindsight)", f"{b['hit_rate']:.1%}", f"{b['false_hit_rate']:.2%}", "", "")
-    for e in r.get("embedders", [])[1:]:
-        t.add_row(f"{r['policy']} with {e['embedder']} ({e['ratio_vs_baseline'] or 0:.2f}x its fixed baseline)",
-                  f"{e['hit_rate']:.1%}", f"{e['false_hit_rate']:.2%}", f"{e['lookup_ms_p50']:.2f}",
-                  f"{e['lookup_ms_p99']:.2f}")
-    for p in r.get("peers", []):
-        if "error" in p:
-            t.add_row(p["peer"], p["error"], "", "", "")
-        else:
-            t.add_row(f"{p['peer']} {p['setting']} (t={p['threshold']:.3f})", f"{p['hit_rate']:.1%}",
-                      f"{p['false_hit_rate']:.2%}", f"{p['lookup_ms_p50_excluding_embedding']:.2f}+embed",
-                      f"{p['lookup_ms_p99_excluding_embedding']:.2f}+embed")
-    Console().print(t)
+bench.add_command(bench_cache)
 
 
 def bench_dir() -> Path:
@@ -154,6 +41,8 @@ def load_bench_module(name: str) -> ModuleType:
     if "truecost_bench" not in sys.modules:
         spec = importlib.util.spec_from_file_location("truecost_bench", root / "__init__.py",
                                                       submodule_search_locations=[str(root)])
+        if spec is None or spec.loader is None:
+            raise click.ClickException(f"{root}: not a loadable package")
         package = importlib.util.module_from_spec(spec)
         sys.modules["truecost_bench"] = package
         spec.loader.exec_module(package)
