@@ -24,7 +24,7 @@ import re
 import time
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-from truecost.cache.equivalence import answer_text
+from truecost.cache.verifier import answer_text
 from truecost.errors import InvalidAttributionError, TruecostError, UpstreamError
 from truecost.gateway.admission import Admission, Estimate, attribution_for, estimate, own_attribution
 from truecost.gateway.budgets import BudgetExceeded, BudgetGuard, BudgetUnavailable, BudgetUnpriced, LocalBudgetGuard
