@@ -47,6 +47,9 @@ class EntryStore(Protocol):
     def expire(self, now: float) -> list[int]:
         """Delete entries whose expires_at has passed; return their ids."""
 
+    def all(self) -> list[CacheEntry]:
+        """Every stored entry (``SemanticCache.rebuild`` reads them after a restart)."""
+
 
 class MemoryEntryStore:
     def __init__(self) -> None:

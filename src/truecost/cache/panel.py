@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Sequence, cast
 
 from truecost.cache.verifier import ANSWERS, BUDGETED, FEEDBACK, QUERIES, PairView, Verdict, Verifier
 
@@ -111,7 +111,11 @@ class VerifierPanel:
         per_source = [s.verify(pairs) for s in sources]
         out: list[float | None] = []
         for i in range(len(pairs)):
-            vs = [v[i] for v in per_source if v[i] is not None]
+            vs: list[Verdict] = []
+            for verdicts in per_source:
+                v = verdicts[i]
+                if v is not None:
+                    vs.append(v)
             out.append(self.pool(vs) if vs else None)
         return out
 
@@ -160,7 +164,7 @@ def as_panel(verifier: Verifier | Sequence[Verifier] | VerifierPanel | None) -> 
         return verifier
     if isinstance(verifier, (list, tuple)):
         return VerifierPanel(verifier)
-    return VerifierPanel([verifier])
+    return VerifierPanel([cast(Verifier, verifier)])
 
 
 # -- configuration: one name -> factory table, used by validation and construction alike ----------

@@ -119,7 +119,7 @@ class FixedThreshold:
         return Decision(False, None, top.similarity, f"similarity {top.similarity:.3f} < {self.threshold}",
                         predicted_class=top.class_id, check_classes=_class_order(candidates)[: self.checks])
 
-    def learn(self, decision: Decision, first_check_correct: bool | None) -> None:
+    def learn(self, decision: Decision, first_check_correct: bool | float | None) -> None:
         pass
 
     def add_member(self, class_id: int, vector: np.ndarray) -> None:
@@ -223,8 +223,8 @@ class OnlineErrorBounded:
         self._x: list[np.ndarray] = []
         self._y: list[float] = []
         self._recent: deque[np.ndarray] = deque(maxlen=window)
-        self._explored: list[tuple[float, bool]] = []
-        self._near: deque[tuple[float, bool]] = deque(maxlen=window)
+        self._explored: list[tuple[float, float]] = []  # (P(correct), label in [0, 1])
+        self._near: deque[tuple[float, float]] = deque(maxlen=window)
         self._model: _Logistic | None = None
         self.tau = 1.01
         self._rng = random.Random(seed)
@@ -277,7 +277,8 @@ class OnlineErrorBounded:
         if decision.features is None or first_check_correct is None:
             return
         y = min(1.0, max(0.0, float(first_check_correct)))
-        x, c1 = decision.features, decision.predicted_class
+        x = decision.features
+        c1 = decision.predicted_class if decision.predicted_class is not None else -1
         self._x.append(x)
         self._y.append(y)
         st = self._stats.setdefault(c1, [0.0, 0.0, 0.0])
@@ -341,7 +342,7 @@ class VerifierOnly:
         if not scored:
             return Decision(False, None, 0.0, "no candidates scored by a lookup-time verifier")
         best = max(scored, key=lambda c: (c.pair_p, c.similarity))
-        p = float(best.pair_p)
+        p = best.pair_p if best.pair_p is not None else 0.0
         self._recent.append(p)
         if len(self._recent) >= self.min_lookups and len(self._recent) % 25 == 0:
             self._retune()

@@ -62,10 +62,10 @@ class QueryPairVerifier:
         with resources.as_file(resources.files("truecost.cache") / "data" / "query_verifier.npz") as p:
             return np.load(p, allow_pickle=False)
 
-    def _load(self) -> dict[str, np.ndarray]:
+    def _load(self) -> tuple[dict[str, np.ndarray], LexicalFeatures]:
         with self._lock:
-            if self._head is not None:
-                return self._head
+            if self._head is not None and self.lexical is not None:
+                return self._head, self.lexical
             key = head_key(self.embedder.model_id)
             try:
                 with self._open() as z:
@@ -82,20 +82,20 @@ class QueryPairVerifier:
             idf = dict(zip(arrays["idf_words"].tolist(), arrays["idf_values"].astype(float).tolist()))
             self.lexical = LexicalFeatures(idf, float(arrays["idf_unknown"][0]))
             self._head = head
-            return head
+            return head, self.lexical
 
     # -- scoring ----------------------------------------------------------------------
     def probabilities(self, texts_a: Sequence[str], texts_b: Sequence[str], vectors_a: np.ndarray | None = None,
                       vectors_b: np.ndarray | None = None) -> np.ndarray:
         """P(same answer) for each pair (texts_a[i], texts_b[i]); vectors are embedded when not given."""
-        h = self._load()
+        h, lexical = self._load()
         if len(texts_a) != len(texts_b):
             raise ValueError("need as many texts on each side")
         if not len(texts_a):
             return np.zeros(0, dtype=np.float64)
         va = self.embedder.embed_batch(list(texts_a)) if vectors_a is None else np.asarray(vectors_a, np.float32)
         vb = self.embedder.embed_batch(list(texts_b)) if vectors_b is None else np.asarray(vectors_b, np.float32)
-        x = (pair_matrix(va, vb, texts_a, texts_b, self.lexical) - h["mean"]) / h["std"]
+        x = (pair_matrix(va, vb, texts_a, texts_b, lexical) - h["mean"]) / h["std"]
         z = np.maximum(x @ h["w1"] + h["b1"], 0) @ h["w2"] + h["b2"][0]
         a, b = h["platt"]
         return 1.0 / (1.0 + np.exp(-np.clip(a * z + b, -40, 40)))
@@ -105,6 +105,6 @@ class QueryPairVerifier:
             return []
         with_vectors = all(p.vector is not None and p.other_vector is not None for p in pairs)
         probs = self.probabilities([p.query for p in pairs], [p.other for p in pairs],
-                                   np.stack([p.vector for p in pairs]) if with_vectors else None,
-                                   np.stack([p.other_vector for p in pairs]) if with_vectors else None)
+                                   np.stack([np.asarray(p.vector) for p in pairs]) if with_vectors else None,
+                                   np.stack([np.asarray(p.other_vector) for p in pairs]) if with_vectors else None)
         return [Verdict(float(q), self.name) for q in probs]

@@ -146,8 +146,8 @@ class SemanticCache:
             decision = self.policy.decide(vector, candidates)
             t3 = time.perf_counter()
             timings = dict(embed_ms=(t1 - t0) * 1e3, search_ms=(t2 - t1) * 1e3, decide_ms=(t3 - t2) * 1e3)
-            if decision.hit:
-                entry = self.entries.get(decision.entry_id)
+            entry = self.entries.get(decision.entry_id) if decision.hit and decision.entry_id is not None else None
+            if entry is not None:
                 sim = next(c.similarity for c in candidates if c.entry_id == decision.entry_id)
                 result = self._hit("hit_semantic", key, entry, sim, decision, now)
                 result.vector, result.candidates = vector, candidates
@@ -251,7 +251,8 @@ class SemanticCache:
             if rep is None:
                 continue
             self.verifications += 1
-            pair = PairView(lookup.key.text or "", rep.text, lookup.vector, rep.vector, fresh, answer_text(rep.answer))
+            text = lookup.key.text if lookup.key is not None else None
+            pair = PairView(text or "", rep.text, lookup.vector, rep.vector, fresh, answer_text(rep.answer))
             verdict = panel.judge([pair], allow_budgeted=i == 0)[0]
             if verdict is None:
                 continue
@@ -273,7 +274,7 @@ class SemanticCache:
 
     # -- feedback ---------------------------------------------------------------------------
     def _remember_hit(self, request_id: str, result: LookupResult) -> None:
-        self._served[request_id] = (result, result.key.text or "")
+        self._served[request_id] = (result, (result.key.text if result.key is not None else None) or "")
         self._served.move_to_end(request_id)
         while len(self._served) > self._remember:
             self._served.popitem(last=False)

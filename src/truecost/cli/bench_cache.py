@@ -67,7 +67,7 @@ def bench_cache(data, limit, seed, target_error, feedback, embedder_name, index_
     except TruecostError as exc:
         raise click.ClickException(str(exc)) from None
     first = rows[0]
-    primary = next((r for r in first["feedback"] if "hit_rate" in r), {})
+    primary: dict = next((r for r in first["feedback"] if "hit_rate" in r), {})
     result = {"data": data, "seed": seed, "target_error": target_error, "queries": len(queries),
               "embedder": first["embedder"], "primary_feedback": primary.get("feedback"),
               **{k: primary.get(k) for k in ("hit_rate", "false_hit_rate", "lookup_ms_p50", "lookup_ms_p99",
@@ -96,7 +96,7 @@ def _run_embedder(protocol, queries, embedder, modes, target_error, seed, index_
             reused = bool(memo.memo)
             try:
                 row = protocol.run_mode(queries, memo, mode, target_error, seed, index_name,
-                                        progress=lambda k: prog.update(task, completed=k))
+                                        progress=lambda k, t=task: prog.update(t, completed=k))
             except LookupError as exc:
                 out["feedback"].append({"feedback": mode, "status": str(exc)})
                 continue

@@ -68,7 +68,7 @@ def run_isolation_ops(cache, pool, ops):
             if e is not None:
                 owner[e.id] = me
     # the cache does serve: each stored answer is found again by its own kind of request
-    for partition, q, i, neutral in ops[:5]:
+    for partition, q, i, _neutral in ops[:5]:
         params = pool[i % len(pool)]
         assert cache.lookup({**body(q + " again"), **params}, partition).hit
     return hits

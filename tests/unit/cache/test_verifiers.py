@@ -10,7 +10,7 @@ import pytest
 from truecost.cache.entries import MemoryEntryStore
 from truecost.cache.index import ExactIndex
 from truecost.cache.panel import VerifierPanel
-from truecost.cache.policy import Candidate, Decision, OnlineErrorBounded, VerifierOnly, make_policy
+from truecost.cache.policy import Candidate, OnlineErrorBounded, VerifierOnly, make_policy
 from truecost.cache.semantic import SemanticCache
 from truecost.cache.verifier import (ANSWERS, QUERIES, Budgeted, ClientFeedback, KnownClassVerifier, NormalisedMatch,
                                      PairView, Verdict)
