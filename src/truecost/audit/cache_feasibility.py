@@ -19,11 +19,14 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from truecost.audit.sources import QueryRow
+
+if TYPE_CHECKING:
+    from usearch.index import Index
 
 SIZE_BUCKETS = ((1, 1, "1"), (2, 2, "2"), (3, 5, "3-5"), (6, 10, "6-10"), (11, 50, "11-50"), (51, 200, "51-200"),
                 (201, 10**12, ">200"))
@@ -80,7 +83,7 @@ class _PastIndex:
         self.approximate = approximate
         self.size = 0
         self._blocks: list[np.ndarray] = []
-        self._ann = None
+        self._ann: Index | None = None
 
     def add(self, vecs: np.ndarray, start: int) -> None:
         if self.approximate:
@@ -96,6 +99,8 @@ class _PastIndex:
 
     def search(self, vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.approximate:
+            if self._ann is None:
+                raise ValueError("search on an empty index: add vectors first")
             found = self._ann.search(vecs, 1, threads=0)
             keys = np.asarray(found.keys, dtype=np.int64).reshape(len(vecs), -1)[:, 0]
             dist = np.asarray(found.distances, dtype=np.float32).reshape(len(vecs), -1)[:, 0]
@@ -179,7 +184,7 @@ def top_clusters(rows: Sequence[QueryRow], nb: Neighbours, threshold: float, top
     for root, size in counts.most_common(top):
         if size < 2:
             break
-        members = np.flatnonzero(roots == root)
+        members: list[int] = np.flatnonzero(roots == root).tolist()
         labels = Counter(rows[i].label for i in members if rows[i].label is not None)
         entry = {"size": int(size), "volume_share": size / len(rows),
                  "examples": [rows[i].text[:200] for i in members[:examples]]}
@@ -194,8 +199,9 @@ def borderline_pairs(rows: Sequence[QueryRow], nb: Neighbours, threshold: float,
                      sample: int = 50, seed: int = 0) -> list[dict]:
     """Pairs just above and below the threshold: what a person should look at before trusting it."""
     ix = np.flatnonzero((nb.index >= 0) & (np.abs(nb.sim - threshold) <= width))
-    picked = sorted(random.Random(seed).sample(list(ix), min(sample, len(ix))))
-    return [{"similarity": round(float(nb.sim[i]), 4), "query": rows[i].text, "neighbour": rows[nb.index[i]].text,
+    candidates: list[int] = ix.tolist()
+    picked = sorted(random.Random(seed).sample(candidates, min(sample, len(candidates))))
+    return [{"similarity": round(float(nb.sim[i]), 4), "query": rows[i].text, "neighbour": rows[int(nb.index[i])].text,
              "would_hit": bool(nb.sim[i] >= threshold), "same_answer": ""} for i in picked]
 
 

@@ -39,8 +39,8 @@ def projected_savings(catalog: PriceCatalog, s: SavingsInputs, hit_rate: float, 
     input_tokens = s.input_tokens if s.input_tokens is not None else query_tokens
     version, reason = catalog.price_or_none(s.model, kind="chat")
     per_request = price_tokens(version, TokenUsage(input=input_tokens, output=s.output_tokens)).cost if version else None
-    lookup = Decimal(0)
-    lookup_reason = "local embedder: no per-call price"
+    lookup: Decimal | None = Decimal(0)
+    lookup_reason: str | None = "local embedder: no per-call price"
     if s.embedding_model:
         ev, lookup_reason = catalog.price_or_none(s.embedding_model, kind="embedding")
         priced = price_quantity(ev, "input", query_tokens) if ev else None
@@ -100,7 +100,7 @@ def render_cache_html(r: dict[str, Any]) -> str:
             Figure("monthly_net_savings_usd", "projected net savings / month", s["monthly_net_savings_usd"],
                    lambda v: charts.usd(float(v)))]
     curve = r["curve"]
-    series = {"projected hit rate": [c["hit_rate"] for c in curve],
+    series: dict[str, Sequence[float | None]] = {"projected hit rate": [c["hit_rate"] for c in curve],
               "volume in clusters": [c["clustered_share"] for c in curve]}
     if r["labelled"]:
         series["false-hit rate"] = [c["false_hit_rate"] for c in curve]

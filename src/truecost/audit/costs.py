@@ -57,7 +57,8 @@ def events_from_otel(path: str | Path, catalog: PriceCatalog) -> tuple[list[Cost
         a = {x["key"]: _attr_value(x.get("value", {})) for x in span.get("attributes", [])}
         step = a.get("truecost.step") or ("generate" if "gen_ai.request.model" in a else None)
         model = a.get("gen_ai.request.model") or a.get("gen_ai.response.model") or a.get("truecost.service")
-        cost, unit_price, quantity, unit, details = None, None, Decimal(0), "", {}
+        cost, unit_price, quantity, unit = None, None, Decimal(0), ""
+        details: dict[str, Any] = {}
         if a.get("truecost.cost_usd") is not None:
             cost = to_decimal(a["truecost.cost_usd"], "cost")
         if "gen_ai.usage.input_tokens" in a:
@@ -80,7 +81,7 @@ def events_from_otel(path: str | Path, catalog: PriceCatalog) -> tuple[list[Cost
         start = int(span.get("startTimeUnixNano") or 0)
         end = int(span.get("endTimeUnixNano") or start)
         attribution = Attribution(**{f: a.get(f"truecost.attribution.{f}") for f in
-                                     ("cost_center", "team", "feature", "tenant", "environment", "user")})
+                                     ("cost_center", "team", "feature", "tenant", "environment", "user")}, tags=())
         events.append(CostEvent(
             id=new_id(), request_id=a.get("truecost.request_id") or span.get("traceId"),
             ts=datetime.fromtimestamp(start / 1e9, tz=timezone.utc), step=step if step in STEP_KINDS else "other",
@@ -107,12 +108,13 @@ def events_from_litellm_csv(path: str | Path) -> tuple[list[CostEvent], dict[str
             except Exception:
                 skipped["bad_spend"] += 1
                 continue
-            meta = {}
+            meta: dict[str, Any] = {}
             if rec.get("metadata"):
                 try:
-                    meta = json.loads(rec["metadata"]) or {}
+                    parsed = json.loads(rec["metadata"])
                 except json.JSONDecodeError:
-                    meta = {}
+                    parsed = None
+                meta = parsed if isinstance(parsed, dict) else {}
             tokens = int(float(rec.get("total_tokens") or 0))
             ts = rec.get("startTime") or rec.get("start_time")
             when = datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else datetime.now(timezone.utc)

@@ -59,23 +59,24 @@ class Line:
 
 def lines_of(e: CostEvent) -> list[Line]:
     """Split a generation event into its token classes (their costs add up to the event's exactly)."""
-    tokens, prices = e.details.get("tokens"), e.details.get("unit_prices")
-    if not tokens or not prices or e.cost is None:
-        return [Line(e, e.unit or "unit", e.quantity, e.unit_price, e.cost)]
-    out = []
+    tokens, prices, total = e.details.get("tokens"), e.details.get("unit_prices"), e.cost
+    whole = [Line(e, e.unit or "unit", e.quantity, e.unit_price, total)]
+    if not tokens or not prices or total is None:
+        return whole
+    parts: list[tuple[str, Decimal, Decimal]] = []
     for cls, qty in tokens.items():
         if not qty:
             continue
         up = prices.get(cls)
         if up is None:  # a class without its own rate: keep the event whole rather than guess
-            return [Line(e, e.unit or "unit", e.quantity, e.unit_price, e.cost)]
-        out.append(Line(e, cls, Decimal(qty), Decimal(up), Decimal(qty) * Decimal(up)))
-    if not out:
-        return [Line(e, e.unit or "unit", e.quantity, e.unit_price, e.cost)]
-    drift = e.cost - sum((ln.cost for ln in out), Decimal(0))
-    biggest = max(out, key=lambda ln: ln.cost)
-    biggest.cost += drift  # rounding of the event's total stays with its largest line
-    return out
+            return whole
+        parts.append((cls, Decimal(qty), Decimal(up)))
+    if not parts:
+        return whole
+    costs = [qty * up for _, qty, up in parts]
+    biggest = max(range(len(costs)), key=costs.__getitem__)
+    costs[biggest] += total - sum(costs, Decimal(0))  # rounding of the event's total stays with its largest line
+    return [Line(e, cls, qty, up, cost) for (cls, qty, up), cost in zip(parts, costs)]
 
 
 def _money(d: Decimal | None) -> str:

@@ -40,17 +40,17 @@ JUDGE_PROMPT = ("You decide which model a request needs. A small, cheap model ha
 def draw_sample(rows: Sequence[QueryRow], n: int, seed: int) -> list[QueryRow]:
     if n <= 0:
         raise AuditInputError("the sample size must be positive")
-    return rows[:] if len(rows) <= n else random.Random(seed).sample(list(rows), n)
+    return list(rows) if len(rows) <= n else random.Random(seed).sample(list(rows), n)
 
 
 def normalise_label(value: str | None) -> str | None:
     v = (value or "").strip().lower()
     aliases = {"s": "small", "weak": "small", "cheap": "small", "l": "large", "strong": "large", "big": "large",
                "k": "skip", "": None}
-    v = aliases.get(v, v)
-    if v is not None and v not in LABELS:
+    label = aliases.get(v, v)
+    if label is not None and label not in LABELS:
         raise AuditInputError(f"unknown label {value!r}: use small, large or skip")
-    return v
+    return label
 
 
 def labels_from_csv(path: str | Path, sample: Sequence[QueryRow]) -> dict[str, str]:
@@ -61,7 +61,8 @@ def labels_from_csv(path: str | Path, sample: Sequence[QueryRow]) -> dict[str, s
         if "label" not in cols or not ({"id", "text"} & set(cols)):
             raise AuditInputError(f"{path}: a labels CSV needs a 'label' column and an 'id' or 'text' column "
                                   f"(columns: {', '.join(cols) or 'none'})")
-        by_id, by_text = {}, {}
+        by_id: dict[str, str] = {}
+        by_text: dict[str, str] = {}
         for rec in reader:
             label = normalise_label(rec.get("label"))
             if label is None:
@@ -70,8 +71,12 @@ def labels_from_csv(path: str | Path, sample: Sequence[QueryRow]) -> dict[str, s
                 by_id[rec["id"]] = label
             if rec.get("text"):
                 by_text[rec["text"].strip()] = label
-    return {r.id: by_id.get(r.id) or by_text.get(r.text.strip()) for r in sample
-            if (by_id.get(r.id) or by_text.get(r.text.strip()))}
+    joined: dict[str, str] = {}
+    for r in sample:
+        label = by_id.get(r.id) or by_text.get(r.text.strip())
+        if label:
+            joined[r.id] = label
+    return joined
 
 
 def labels_from_rules(sample: Sequence[QueryRow], router: RulesRouter) -> dict[str, str]:
