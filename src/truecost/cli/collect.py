@@ -65,7 +65,7 @@ def read_config(path: str) -> dict[str, Any]:
 
     return {"host": host, "port": int(port), "ledger": ledger, "ledger_schema": raw.get("ledger_schema"),
             "spool": raw.get("spool"), "prices_files": [str(base / f) for f in files], "compute": raw.get("compute"),
-            "ingest_key_env": raw.get("ingest_key_env"), "pin": Attribution(**{k: str(v) for k, v in pin.items()}),
+            "ingest_key_env": raw.get("ingest_key_env"), "pin": Attribution(**{k: str(v) for k, v in pin.items()}, tags=()),
             "otlp": parse_config(raw.get("otlp")), "base": base}
 
 

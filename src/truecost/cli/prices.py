@@ -13,6 +13,7 @@ import os
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -94,7 +95,7 @@ def prices() -> None:
 def list_prices(kind, provider, at_, files, litellm, prices_dir, pin, as_json) -> None:
     """Every priced resource with the rates in force."""
     catalog, at = _catalog(files, litellm, prices_dir, pin), _at(at_)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for e in sorted(catalog.entries(kind, provider), key=lambda e: (e.resource.kind, e.resource.provider, e.resource.name)):
         v = catalog.price_for(e.resource, at)
         rows.append({"kind": e.resource.kind, "provider": e.resource.provider, "name": e.resource.name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Sequence
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -25,8 +25,10 @@ def share(part: Decimal, total: Decimal) -> str:
 
 def request_table(events: Sequence[CostEvent], title: str) -> Table:
     t = Table(title=title, title_justify="left")
-    for col, just in [("step", "left"), ("what", "left"), ("quantity", "right"), ("unit", "left"),
-                      ("unit price", "right"), ("cost", "right"), ("ms", "right")]:
+    columns: list[tuple[str, JustifyMethod]] = [("step", "left"), ("what", "left"), ("quantity", "right"),
+                                                ("unit", "left"), ("unit price", "right"), ("cost", "right"),
+                                                ("ms", "right")]
+    for col, just in columns:
         t.add_column(col, justify=just)
     total = sum((e.cost for e in events if e.cost is not None), Decimal(0))
     for e in events:

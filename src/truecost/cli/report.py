@@ -78,7 +78,7 @@ def report(db, request_id, group_by, since, until, source, as_json) -> None:
         data = build_report(store, flt, groups)
         tables = data.pop("_tables")
         one = request_breakdown(store, request_id) if request_id else None
-        if request_id and not one.events:
+        if one is not None and not one.events:
             raise click.ClickException(f"no events for request {request_id}")
         if as_json:
             if one:
