@@ -21,7 +21,7 @@ def attribution_from(metadata: Any) -> dict[str, Any]:
     block = metadata.get("truecost") if isinstance(metadata, dict) else None
     if not isinstance(block, dict):
         return {}
-    out = {k: str(v) for k, v in block.items() if k in ATTRIBUTION_FIELDS and v is not None}
+    out: dict[str, Any] = {k: str(v) for k, v in block.items() if k in ATTRIBUTION_FIELDS and v is not None}
     if isinstance(block.get("tags"), dict):
         out["tags"] = {str(k): str(v) for k, v in block["tags"].items()}
     return out
@@ -70,7 +70,7 @@ class RunBook:
                    metadata: Any = None) -> StepScope:
         req = self.request_for(parent_id) or self.active.get()
         lone = req is None
-        if lone:
+        if req is None:
             req = self.tracker.request(source=self.source, **{**self.attribution, **attribution_from(metadata)})
             self.tracker.open_request(req)
         step = StepScope(req, kind, name)

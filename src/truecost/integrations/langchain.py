@@ -28,7 +28,10 @@ SOURCE = "langchain"
 _classes: dict[str, type] = {}
 
 
-def _import_base():
+def _import_base() -> tuple[Any, Any]:
+    """LangChain's callback and embeddings base classes, imported when a class is first built.
+
+    Typed ``Any``: they are bases only at run time (langchain-core is an optional extra)."""
     try:
         from langchain_core.callbacks import BaseCallbackHandler
         from langchain_core.embeddings import Embeddings
@@ -78,9 +81,9 @@ def _result_usage(response: Any) -> tuple[Any, str | None]:
 def _handler_class() -> type:
     if "handler" in _classes:
         return _classes["handler"]
-    BaseCallbackHandler, _ = _import_base()
+    callback_base: Any = _import_base()[0]
 
-    class TruecostCallbackHandler(BaseCallbackHandler):
+    class TruecostCallbackHandler(callback_base):
         """Records every chain run as a truecost request (see the module docstring)."""
 
         raise_error = False
@@ -159,9 +162,9 @@ def truecost_callback(tracker: Any = None, **attribution: Any) -> Any:
 def _embeddings_class() -> type:
     if "embeddings" in _classes:
         return _classes["embeddings"]
-    _, Embeddings = _import_base()
+    embeddings_base: Any = _import_base()[1]
 
-    class TrackedEmbeddings(Embeddings):
+    class TrackedEmbeddings(embeddings_base):
         """Embeddings that record an ``embed`` step in the handler's current request."""
 
         def __init__(self, inner: Any, handler: Any, model: str | None, provider: str | None,

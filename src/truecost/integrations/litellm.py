@@ -190,10 +190,11 @@ def ledger_logger(ledger: str, *, prices_files: tuple[str, ...] = (), spool: str
     log, closed at exit: the one line a LiteLLM proxy's callback module needs."""
     from pathlib import Path
 
-    from truecost.ledger import BatchWriter, open_store
+    from truecost.ledger import BatchWriter, LedgerStore, open_store
     from truecost.pricing.catalog import PriceCatalog
     from truecost.tracking.tracker import Tracker
 
+    store: LedgerStore
     if ledger.startswith(("postgresql://", "postgres://")):
         from truecost.ledger.postgres import PostgresLedgerStore
 

@@ -17,7 +17,7 @@ import threading
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, Mapping
 
 from truecost.integrations.genai import UsageError, genai_kind, model_of, price_name, provider_of, usage_of
 from truecost.integrations.otlp_config import ASSOCIATION_PREFIX, OTLPConfig, Rule
@@ -253,9 +253,9 @@ class SpanMapper:
             details["input_counting"] = note
         if usage.attributes:
             details["price_attributes"] = dict(usage.attributes)
-        for key in _REPORTED_COST_KEYS:
-            if key in a:
-                details["reported_cost"] = str(a[key])
+        for cost_key in _REPORTED_COST_KEYS:
+            if cost_key in a:
+                details["reported_cost"] = str(a[cost_key])
                 break
         t = usage.tokens
         return _Charge(prov or provider, service if version is not None else model, None,
@@ -264,6 +264,8 @@ class SpanMapper:
     def _by_rule(self, rule: Rule, s: SpanRecord, ts: datetime) -> _Charge:
         label = rule.label or rule.step
         if rule.resource is not None:
+            if rule.component is None:  # parse_config requires both; a Rule built by hand may not have it
+                return _unpriced(f"rule {label!r}: a price resource needs a component", rule.resource)
             if rule.quantity is not None:
                 qty: Any = rule.quantity
             else:
@@ -279,7 +281,7 @@ class SpanMapper:
             unit = version.units[rule.component].base if version and rule.component in version.units else rule.component
             return _Charge(prov, service, None, amount, unit, priced, {"component": rule.component})
         if rule.egress is not None:
-            return self._egress(rule, s, ts)
+            return self._egress(rule.egress, s, ts)
         if rule.compute:
             return self._compute(rule.compute if isinstance(rule.compute, str) else self.tracker.compute, s, ts)
         if rule.cost_from:
@@ -295,8 +297,7 @@ class SpanMapper:
         what = f"{system} " if system else ""
         return _unpriced(f"no price for {what}span {s.name!r} (rule {label!r} names none)")
 
-    def _egress(self, rule: Rule, s: SpanRecord, ts: datetime) -> _Charge:
-        e = rule.egress
+    def _egress(self, e: Mapping[str, Any], s: SpanRecord, ts: datetime) -> _Charge:
         nbytes = 0
         for k in e["bytes_from"]:
             v = s.get(k)
@@ -342,7 +343,7 @@ class SpanMapper:
         lines = priced.lines
         if len(lines) > 1:  # per-class prices; with details["tokens"] they give each line's cost
             text = self._price_text
-            prices = {}
+            prices: dict[str, str | None] = {}
             for ln in lines:
                 p = ln.unit_price
                 if p is None:

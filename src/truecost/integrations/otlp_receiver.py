@@ -184,6 +184,8 @@ class OTLPReceiver:
         return [c for c in (_writer_counts(s) for s in self.tracker.sinks) if c is not None]
 
     def _journaled(self, entry: Path) -> None:
+        if self.journal is None:  # entries come from the journal: without one there are none
+            raise RuntimeError(f"journal entry {entry} but this receiver keeps no journal")
         self.journal.handed_on(entry, tuple(submitted for _, submitted in self._counts()))
         self.settle_journal()
 
