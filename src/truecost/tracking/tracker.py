@@ -10,7 +10,8 @@ from typing import Any, Callable, Iterable
 from truecost.clock import Clock, SystemClock, new_id
 from truecost.errors import UnknownModelError
 from truecost.ledger.events import CostEvent, check_source
-from truecost.pricing.catalog import PriceCatalog, PriceVersion
+from truecost.pricing.catalog import PriceCatalog
+from truecost.pricing.model import PriceVersion
 from truecost.pricing.cost import price_quantity, price_tokens, tidy
 from truecost.pricing.usage import MissingUsageError, normalise_call
 from truecost.tracking.scope import RequestScope, StepScope, _Charge, current_request
