@@ -221,107 +221,129 @@ async def _form_key(request) -> str | None:
     return values[0].strip()
 
 
-def create_dashboard(store: LedgerStore, budgets: Sequence[Budget] = (), title: str = "truecost", base: str = "/ui",
-                     cache_target_error: float | None = None, *, auth: DashboardAuth | None = None,
-                     sessions: SessionStore | None = None, insecure_open: bool = False):
-    """A Starlette app (mount it at ``base``) reading ``store``; nothing here writes to the ledger.
+class _Views:
+    """The dashboard's pages over one ledger: every page but the login asks for a session first."""
 
-    ``auth`` decides who logs in. Without one the dashboard fails closed (nobody can log in),
-    unless ``insecure_open=True``: then every page is open and shows everything (local tests only).
-    """
-    from starlette.applications import Starlette
-    from starlette.responses import HTMLResponse, RedirectResponse, Response
-    from starlette.routing import Route
+    def __init__(self, store: LedgerStore, budgets: Sequence[Budget], title: str, base: str,
+                 cache_target_error: float | None, auth: DashboardAuth | None, sessions: SessionStore | None,
+                 insecure_open: bool) -> None:
+        self.store, self.budgets, self.title, self.base = store, budgets, title, base
+        self.cache_target_error = cache_target_error
+        self.open_mode = auth is None and insecure_open
+        self.login_auth: DashboardAuth = auth if auth is not None else DenyAllAuth()
+        self.sessions = sessions if sessions is not None else SessionStore()
+        self.everyone = Principal(name="open dashboard", admin=True)
 
-    open_mode = auth is None and insecure_open
-    login_auth: DashboardAuth = auth if auth is not None else DenyAllAuth()
-    sessions = sessions if sessions is not None else SessionStore()
-    everyone = Principal(name="open dashboard", admin=True)
+    # -- responses ----------------------------------------------------------------------------
+    def html(self, text: str, status: int = 200) -> Any:
+        from starlette.responses import HTMLResponse
 
-    def html(text: str, status: int = 200) -> Response:
         return HTMLResponse(text, status_code=status, headers=HEADERS)
 
-    def redirect(to: str) -> Response:
+    def redirect(self, to: str) -> Any:
+        from starlette.responses import RedirectResponse
+
         return RedirectResponse(to, status_code=303, headers=HEADERS)
 
-    def guarded(handler):
-        async def endpoint(request):
-            who = everyone if open_mode else sessions.get(request.cookies.get(COOKIE))
+    def not_found(self, what: str, who: Principal, tab: str) -> Any:
+        return self.html(page(self.title, "not found", [Section("Not found", [f"<p>{what}</p>"])],
+                              nav=_nav(self.base, tab, who)), 404)
+
+    def guarded(self, handler: Any) -> Any:
+        async def endpoint(request: Any) -> Any:
+            who = self.everyone if self.open_mode else self.sessions.get(request.cookies.get(COOKIE))
             if who is None:
-                return redirect(f"{base}/login")
+                return self.redirect(f"{self.base}/login")
             return await handler(request, who)
         return endpoint
 
-    def params_of(request, who: Principal) -> dict[str, str]:
+    # -- filters ------------------------------------------------------------------------------
+    def params_of(self, request: Any, who: Principal) -> dict[str, str]:
         params = {f: request.query_params.get(f, "").strip() for f in FILTERS}
         by = request.query_params.get("by", "cost_center")
         params["by"] = by if by in SERIES else "cost_center"
         params.update(who.scope)  # a scoped principal's tenant and cost center, whatever the query said
         return params
 
-    def filter_of(params: dict[str, str]):
+    def filter_of(self, params: dict[str, str]) -> Any:
         return make_filter(_when(params["since"]), _when(params["until"]), params["model"], params["source"],
                            cost_center=params["cost_center"], feature=params["feature"], tenant=params["tenant"])
 
-    def bad_filter(exc: ValueError, who: Principal) -> Response:
-        return html(page(title, "bad filter", [Section("Bad filter", [f"<p>{escape(str(exc))}</p>"])],
-                         nav=_nav(base, "overview", who)), 400)
+    def bad_filter(self, exc: ValueError, who: Principal) -> Any:
+        return self.html(page(self.title, "bad filter", [Section("Bad filter", [f"<p>{escape(str(exc))}</p>"])],
+                              nav=_nav(self.base, "overview", who)), 400)
 
-    async def home(request, who: Principal):
-        params = params_of(request, who)
+    # -- pages --------------------------------------------------------------------------------
+    async def home(self, request: Any, who: Principal) -> Any:
+        params = self.params_of(request, who)
         try:
-            flt = filter_of(params)
+            flt = self.filter_of(params)
         except ValueError as exc:
-            return bad_filter(exc, who)
-        shown_budgets = budgets if who.admin else ()  # a budget's spend spans tenants
-        data = await asyncio.to_thread(overview, store, flt, shown_budgets, None, 10, params["by"], cache_target_error)
-        return html(render_overview(base, data, params, title, who))
+            return self.bad_filter(exc, who)
+        shown_budgets = self.budgets if who.admin else ()  # a budget's spend spans tenants
+        data = await asyncio.to_thread(overview, self.store, flt, shown_budgets, None, 10, params["by"],
+                                       self.cache_target_error)
+        return self.html(render_overview(self.base, data, params, self.title, who))
 
-    async def one(request, who: Principal):
+    async def one(self, request: Any, who: Principal) -> Any:
         rid = request.path_params["request_id"]
-        d = await asyncio.to_thread(request_detail, store, rid, who.scope)
+        d = await asyncio.to_thread(request_detail, self.store, rid, who.scope)
         if d is None:
-            return html(page(title, "not found", [Section("Not found", [f"<p>no request {escape(rid)} in the ledger</p>"])],
-                             nav=_nav(base, "requests", who)), 404)
-        return html(render_request(base, d, title, who))
+            return self.not_found(f"no request {escape(rid)} in the ledger", who, "requests")
+        return self.html(render_request(self.base, d, self.title, who))
 
-    async def requests_page(request, who: Principal):
-        params = params_of(request, who)
+    async def requests_page(self, request: Any, who: Principal) -> Any:
+        params = self.params_of(request, who)
         try:
-            flt = filter_of(params)
+            flt = self.filter_of(params)
         except ValueError as exc:
-            return bad_filter(exc, who)
-        rows = await asyncio.to_thread(expensive_requests, store, flt, REQUESTS_SHOWN)
-        return html(render_requests(base, rows, params, title, who))
+            return self.bad_filter(exc, who)
+        rows = await asyncio.to_thread(expensive_requests, self.store, flt, REQUESTS_SHOWN)
+        return self.html(render_requests(self.base, rows, params, self.title, who))
 
-    async def missing(request, who: Principal):
-        return html(page(title, "not found", [Section("Not found", ["<p>no such page</p>"])], nav=_nav(base, "", who)), 404)
+    async def missing(self, request: Any, who: Principal) -> Any:
+        return self.not_found("no such page", who, "")
 
-    async def login(request):
-        configured = not isinstance(login_auth, DenyAllAuth)
+    # -- sessions -----------------------------------------------------------------------------
+    async def login(self, request: Any) -> Any:
+        base, title = self.base, self.title
+        configured = not isinstance(self.login_auth, DenyAllAuth)
         if request.method == "GET":
-            if open_mode or sessions.get(request.cookies.get(COOKIE)) is not None:
-                return redirect(f"{base}/")
-            return html(render_login(base, title, configured=configured))
+            if self.open_mode or self.sessions.get(request.cookies.get(COOKIE)) is not None:
+                return self.redirect(f"{base}/")
+            return self.html(render_login(base, title, configured=configured))
         key = await _form_key(request)
         if key is None:
-            return html(render_login(base, title, failed=True, configured=configured), 413)
-        who = await asyncio.to_thread(login_auth.login, key) if key else None
+            return self.html(render_login(base, title, failed=True, configured=configured), 413)
+        who = await asyncio.to_thread(self.login_auth.login, key) if key else None
         if who is None or not who.usable:  # a scoped principal without a tenant and cost center has no scope
-            return html(render_login(base, title, failed=True, configured=configured), 401)
-        sessions.revoke(request.cookies.get(COOKIE))
-        response = redirect(f"{base}/")
-        response.set_cookie(COOKIE, sessions.create(who), max_age=int(sessions.ttl), path=base, httponly=True,
-                            samesite="strict", secure=request.url.scheme == "https")
+            return self.html(render_login(base, title, failed=True, configured=configured), 401)
+        self.sessions.revoke(request.cookies.get(COOKIE))
+        response = self.redirect(f"{base}/")
+        response.set_cookie(COOKIE, self.sessions.create(who), max_age=int(self.sessions.ttl), path=base,
+                            httponly=True, samesite="strict", secure=request.url.scheme == "https")
         return response
 
-    async def logout(request):
-        sessions.revoke(request.cookies.get(COOKIE))
-        response = redirect(f"{base}/login")
-        response.delete_cookie(COOKIE, path=base, httponly=True, samesite="strict",
+    async def logout(self, request: Any) -> Any:
+        self.sessions.revoke(request.cookies.get(COOKIE))
+        response = self.redirect(f"{self.base}/login")
+        response.delete_cookie(COOKIE, path=self.base, httponly=True, samesite="strict",
                                secure=request.url.scheme == "https")
         return response
 
-    return Starlette(routes=[Route("/login", login, methods=["GET", "POST"]), Route("/logout", logout, methods=["POST"]),
-                             Route("/", guarded(home)), Route("/requests", guarded(requests_page)),
-                             Route("/request/{request_id}", guarded(one)), Route("/{rest:path}", guarded(missing))])
+
+def create_dashboard(store: LedgerStore, budgets: Sequence[Budget] = (), title: str = "truecost", base: str = "/ui",
+                     cache_target_error: float | None = None, *, auth: DashboardAuth | None = None,
+                     sessions: SessionStore | None = None, insecure_open: bool = False) -> Any:
+    """A Starlette app (mount it at ``base``) reading ``store``; nothing here writes to the ledger.
+
+    ``auth`` decides who logs in. Without one the dashboard fails closed (nobody can log in),
+    unless ``insecure_open=True``: then every page is open and shows everything (local tests only).
+    """
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    v = _Views(store, budgets, title, base, cache_target_error, auth, sessions, insecure_open)
+    return Starlette(routes=[Route("/login", v.login, methods=["GET", "POST"]), Route("/logout", v.logout, methods=["POST"]),
+                             Route("/", v.guarded(v.home)), Route("/requests", v.guarded(v.requests_page)),
+                             Route("/request/{request_id}", v.guarded(v.one)), Route("/{rest:path}", v.guarded(v.missing))])
