@@ -129,6 +129,8 @@ class _Alerts:
             self._alerts.append(f"soft budget {b.field}={b.value} passed its ${b.limit_usd}")
 
     def take_alerts(self) -> list[str]:
+        if not self._alerts:  # the usual case, on every request: no lock taken
+            return []
         with self._alerts_lock:
             taken, self._alerts = self._alerts, []
         return taken
