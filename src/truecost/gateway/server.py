@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import http
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 DEFAULT_MAX_HEADER_BYTES = 16_384
 DEFAULT_HEADER_TIMEOUT = 10.0
@@ -44,7 +44,21 @@ def _response(status: int, default_headers, text: str) -> bytes:
     return b"".join(lines)
 
 
-class _HeaderGuard:
+if TYPE_CHECKING:
+    class _UvicornHTTPProtocol(asyncio.Protocol):
+        """What the guard uses of the uvicorn protocol it is mixed into (for the type checker only)."""
+
+        transport: Any
+        loop: asyncio.AbstractEventLoop
+        cycle: Any
+        server_state: Any
+
+        def on_response_complete(self) -> None: ...
+else:
+    _UvicornHTTPProtocol = object
+
+
+class _HeaderGuard(_UvicornHTTPProtocol):
     """Mixed into a uvicorn HTTP protocol (first in the MRO). Needs of the protocol: ``data_received``,
     ``on_response_complete``, ``connection_made``/``connection_lost``, attributes ``transport``,
     ``loop``, ``cycle`` (the current request's RequestResponseCycle, set when its headers complete)
@@ -198,7 +212,7 @@ def guarded_protocol(max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
                 self._in_body, self._body_gap = False, 0
                 super().on_message_complete()
 
-        base = GuardedHttpToolsProtocol
+        base: type[_HeaderGuard] = GuardedHttpToolsProtocol
     elif kind == "h11":
         import h11
         from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -221,7 +235,7 @@ def make_config(app, host: str = "127.0.0.1", port: int = 8080, *, max_header_by
     """A ``uvicorn.Config`` running ``app`` with the guarded protocol (run it with ``uvicorn.Server(config)``)."""
     import uvicorn
 
-    protocol = guarded_protocol(max_header_bytes, header_timeout, http_kind)
+    protocol: Any = guarded_protocol(max_header_bytes, header_timeout, http_kind)
     options: dict[str, Any] = {"access_log": False, "ws": "none", "server_header": False}
     options.update(uvicorn_options)
     if protocol.http_kind == "h11":
