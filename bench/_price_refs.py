@@ -21,8 +21,11 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network: the
 warnings.filterwarnings("ignore")
 
 # LiteLLM's model-cost-map keys and providers for a genai-prices provider id
-_LITELLM = {"google": (("gemini/", "vertex_ai/", ""), ("gemini", "vertex_ai")),
-            "anthropic": (("", "anthropic/"), ("anthropic",)), "openai": (("", "openai/"), ("openai", "text-completion-openai"))}
+_LITELLM = {
+    "google": (("gemini/", "vertex_ai/", ""), ("gemini", "vertex_ai")),
+    "anthropic": (("", "anthropic/"), ("anthropic",)),
+    "openai": (("", "openai/"), ("openai", "text-completion-openai")),
+}
 
 
 def _litellm_model(model: str, provider: str):
@@ -31,8 +34,11 @@ def _litellm_model(model: str, provider: str):
     prefixes, providers = _LITELLM.get(provider, (("",), (provider,)))
     for key in (p + model for p in prefixes):
         info = litellm.model_cost.get(key)
-        if info and info.get("input_cost_per_token") is not None \
-                and str(info.get("litellm_provider", "")).startswith(providers):
+        if (
+            info
+            and info.get("input_cost_per_token") is not None
+            and str(info.get("litellm_provider", "")).startswith(providers)
+        ):
             return key, info
     return None, None
 
@@ -52,16 +58,22 @@ def litellm_cost(model: str, provider: str, s: dict):
     if s.get("audio_in") and info.get("input_cost_per_audio_token") is None:
         return None, "LiteLLM lists no audio price"
     details = PromptTokensDetailsWrapper(cached_tokens=s.get("cached", 0), audio_tokens=s.get("audio_in", 0) or None)
-    cdetails = CompletionTokensDetailsWrapper(reasoning_tokens=s.get("reasoning", 0),
-                                              audio_tokens=s.get("audio_out", 0) or None)
+    cdetails = CompletionTokensDetailsWrapper(
+        reasoning_tokens=s.get("reasoning", 0), audio_tokens=s.get("audio_out", 0) or None
+    )
     kw = {}
     if provider == "anthropic":
         kw = {"cache_creation_input_tokens": s.get("cache_write", 0), "cache_read_input_tokens": s.get("cached", 0)}
     elif s.get("cache_write"):
         details.cache_write_tokens = s["cache_write"]
-    usage = Usage(prompt_tokens=s["prompt"], completion_tokens=s["completion"],
-                  total_tokens=s["prompt"] + s["completion"], prompt_tokens_details=details,
-                  completion_tokens_details=cdetails, **kw)
+    usage = Usage(
+        prompt_tokens=s["prompt"],
+        completion_tokens=s["completion"],
+        total_tokens=s["prompt"] + s["completion"],
+        prompt_tokens_details=details,
+        completion_tokens_details=cdetails,
+        **kw,
+    )
     if s.get("batch"):
         from litellm.cost_calculator import batch_cost_calculator
 
@@ -85,17 +97,24 @@ def genai_cost(model: str, provider: str, s: dict, at: datetime):
     if s.get("service_tier"):
         context["service_tier"] = s["service_tier"]
     for k, v in context.items():  # genai-prices falls back to the standard price silently: say so
-        ok = any(var.when.get(k) == v and (var.constraint is None or var.constraint.active(at))
-                 for var in info.price_variants or [])
+        ok = any(
+            var.when.get(k) == v and (var.constraint is None or var.constraint.active(at))
+            for var in info.price_variants or []
+        )
         if not ok:
             return None, f"genai-prices lists no {k}={v} price"
     if s.get("audio_in"):
         base = info.get_prices(at)
         if getattr(base, "input_audio_mtok", None) is None:
             return None, "genai-prices lists no audio price"
-    usage = Usage(input_tokens=s["prompt"], cache_read_tokens=s.get("cached", 0) or None,
-                  cache_write_tokens=s.get("cache_write", 0) or None, output_tokens=s["completion"],
-                  input_audio_tokens=s.get("audio_in", 0) or None, output_audio_tokens=s.get("audio_out", 0) or None)
+    usage = Usage(
+        input_tokens=s["prompt"],
+        cache_read_tokens=s.get("cached", 0) or None,
+        cache_write_tokens=s.get("cache_write", 0) or None,
+        output_tokens=s["completion"],
+        input_audio_tokens=s.get("audio_in", 0) or None,
+        output_audio_tokens=s.get("audio_out", 0) or None,
+    )
     calc = info.calc_price(usage, prov, genai_request_timestamp=at, price_context=context or None)
     return calc.total_price, f"{prov.id}/{info.id}"
 
@@ -106,8 +125,10 @@ def main() -> None:
     out = {}
     for row in req["rows"]:
         res = {}
-        for name, fn in (("litellm", lambda r: litellm_cost(r["model"], r["provider"], r["shape"])),
-                         ("genai", lambda r: genai_cost(r["model"], r["provider"], r["shape"], at))):
+        for name, fn in (
+            ("litellm", lambda r: litellm_cost(r["model"], r["provider"], r["shape"])),
+            ("genai", lambda r: genai_cost(r["model"], r["provider"], r["shape"], at)),
+        ):
             try:
                 cost, note = fn(row)
             except Exception as exc:  # a reference that cannot price a row says why

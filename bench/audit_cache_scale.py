@@ -62,8 +62,23 @@ def run(n: int, workdir: Path) -> dict:
                 out.write(line)
     else:
         synthetic_log(n, log)
-    cmd = [sys.executable, "-m", "truecost.cli.main", "audit", "cache", str(log), "--embedder", "static",
-           "--out", str(workdir / f"out-{n}"), "--json", "--threshold", "0.85", "--threshold", "0.9"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "truecost.cli.main",
+        "audit",
+        "cache",
+        str(log),
+        "--embedder",
+        "static",
+        "--out",
+        str(workdir / f"out-{n}"),
+        "--json",
+        "--threshold",
+        "0.85",
+        "--threshold",
+        "0.9",
+    ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -72,9 +87,15 @@ def run(n: int, workdir: Path) -> dict:
         raise SystemExit(proc.stderr[-2000:])
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     r = json.loads(proc.stdout)
-    return {"queries": n, "wall_s": round(wall, 2), "peak_rss_mb": round(max(peak_kb, before) / 1024, 1),
-            "peak_rss_is_max_of_children_so_far": True, "audit_seconds": r["seconds"],
-            "clustered_share_0.85": r["thresholds"][0]["clustered_share"], "hit_rate_0.85": r["thresholds"][0]["hit_rate"]}
+    return {
+        "queries": n,
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(max(peak_kb, before) / 1024, 1),
+        "peak_rss_is_max_of_children_so_far": True,
+        "audit_seconds": r["seconds"],
+        "clustered_share_0.85": r["thresholds"][0]["clustered_share"],
+        "hit_rate_0.85": r["thresholds"][0]["hit_rate"],
+    }
 
 
 def main() -> None:

@@ -57,9 +57,17 @@ def main() -> None:
         for name, url in pages.items():
             s, size = asyncio.run(timed(url))
             out[name] = {"median_s": round(s, 3), "bytes": size}
-        emit({"benchmark": "dashboard_load", "requests": args.requests, "events": args.requests * 8,
-              "ledger_build_s": round(load_s, 1), "pages": out, "target_s": 1.0,
-              "meets_target": all(v["median_s"] < 1.0 for v in out.values())})
+        emit(
+            {
+                "benchmark": "dashboard_load",
+                "requests": args.requests,
+                "events": args.requests * 8,
+                "ledger_build_s": round(load_s, 1),
+                "pages": out,
+                "target_s": 1.0,
+                "meets_target": all(v["median_s"] < 1.0 for v in out.values()),
+            }
+        )
         store.close()
 
 

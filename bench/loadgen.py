@@ -21,6 +21,7 @@ async def main(url: str, key: str | None, model: str, concurrency: int, duration
     stop = time.perf_counter() + duration
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
+
         async def worker():
             nonlocal errors, sent
             while time.perf_counter() < stop and (requests is None or sent < requests):
@@ -36,12 +37,19 @@ async def main(url: str, key: str | None, model: str, concurrency: int, duration
                     lat.append(dt)
                 else:
                     errors += 1
+
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - t0
     a = np.array(lat) if lat else np.array([float("nan")])
-    return {"ok": len(lat), "errors": errors, "seconds": round(elapsed, 2), "rps": round(len(lat) / elapsed, 1),
-            "p50_ms": round(float(np.percentile(a, 50)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3)}
+    return {
+        "ok": len(lat),
+        "errors": errors,
+        "seconds": round(elapsed, 2),
+        "rps": round(len(lat) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(a, 50)), 3),
+        "p99_ms": round(float(np.percentile(a, 99)), 3),
+    }
 
 
 if __name__ == "__main__":

@@ -67,31 +67,65 @@ def make_payloads(n_spans: int, batch: int, seed: int = 0) -> list[bytes]:
     for p in range(max(n_spans // (traces * SPANS_PER_TRACE), 1)):
         req = ExportTraceServiceRequest()
         rs = req.resource_spans.add()
-        rs.resource.attributes.extend([kv("service.name", f"svc-{p % 3}"), kv("deployment.environment.name", "prod"),
-                                       kv("tenant.id", f"tenant-{p % 40}")])
+        rs.resource.attributes.extend(
+            [
+                kv("service.name", f"svc-{p % 3}"),
+                kv("deployment.environment.name", "prod"),
+                kv("tenant.id", f"tenant-{p % 40}"),
+            ]
+        )
         ss = rs.scope_spans.add()
         ss.scope.name = "bench"
         for t in range(traces):
             trace = rnd.randbytes(16)
             root = rnd.randbytes(8)
             start = t0 + (p * traces + t) * 1_000_000
-            spans = [("POST /ask", 2, None, []),
-                     ("embeddings text-embedding-3-small", 3, root,
-                      [kv("gen_ai.operation.name", "embeddings"), kv("gen_ai.provider.name", "openai"),
-                       kv("gen_ai.request.model", "text-embedding-3-small"),
-                       kv("gen_ai.usage.input_tokens", rnd.randint(5, 60))]),
-                     ("pinecone.query", 3, root, [kv("db.system.name", "pinecone"),
-                                                  kv("db.pinecone.usage.read_units", rnd.randint(1, 10))]),
-                     ("chat gpt-4o-mini", 3, root,
-                      [kv("gen_ai.operation.name", "chat"), kv("gen_ai.provider.name", "openai"),
-                       kv("gen_ai.request.model", "gpt-4o-mini"), kv("gen_ai.response.model", "gpt-4o-mini-2024-07-18"),
-                       kv("gen_ai.usage.input_tokens", rnd.randint(800, 4000)),
-                       kv("gen_ai.usage.output_tokens", rnd.randint(50, 400)),
-                       kv("gen_ai.usage.cache_read.input_tokens", rnd.choice((0, 512, 1024)))]),
-                     ("chat gpt-4o-mini validate", 3, root,
-                      [kv("gen_ai.operation.name", "chat"), kv("gen_ai.provider.name", "openai"),
-                       kv("gen_ai.request.model", "gpt-4o-mini"), kv("gen_ai.usage.input_tokens", rnd.randint(300, 900)),
-                       kv("gen_ai.usage.output_tokens", rnd.randint(1, 20))])]
+            spans = [
+                ("POST /ask", 2, None, []),
+                (
+                    "embeddings text-embedding-3-small",
+                    3,
+                    root,
+                    [
+                        kv("gen_ai.operation.name", "embeddings"),
+                        kv("gen_ai.provider.name", "openai"),
+                        kv("gen_ai.request.model", "text-embedding-3-small"),
+                        kv("gen_ai.usage.input_tokens", rnd.randint(5, 60)),
+                    ],
+                ),
+                (
+                    "pinecone.query",
+                    3,
+                    root,
+                    [kv("db.system.name", "pinecone"), kv("db.pinecone.usage.read_units", rnd.randint(1, 10))],
+                ),
+                (
+                    "chat gpt-4o-mini",
+                    3,
+                    root,
+                    [
+                        kv("gen_ai.operation.name", "chat"),
+                        kv("gen_ai.provider.name", "openai"),
+                        kv("gen_ai.request.model", "gpt-4o-mini"),
+                        kv("gen_ai.response.model", "gpt-4o-mini-2024-07-18"),
+                        kv("gen_ai.usage.input_tokens", rnd.randint(800, 4000)),
+                        kv("gen_ai.usage.output_tokens", rnd.randint(50, 400)),
+                        kv("gen_ai.usage.cache_read.input_tokens", rnd.choice((0, 512, 1024))),
+                    ],
+                ),
+                (
+                    "chat gpt-4o-mini validate",
+                    3,
+                    root,
+                    [
+                        kv("gen_ai.operation.name", "chat"),
+                        kv("gen_ai.provider.name", "openai"),
+                        kv("gen_ai.request.model", "gpt-4o-mini"),
+                        kv("gen_ai.usage.input_tokens", rnd.randint(300, 900)),
+                        kv("gen_ai.usage.output_tokens", rnd.randint(1, 20)),
+                    ],
+                ),
+            ]
             for i, (name, kind, parent, attrs) in enumerate(spans):
                 s = ss.spans.add()
                 s.trace_id, s.span_id = trace, (root if i == 0 else rnd.randbytes(8))
@@ -135,15 +169,21 @@ def in_process(payloads: list[bytes], kind: str, folder: Path, pg_uri: str | Non
     spans, events = receiver.totals.spans - spans0, store.count() - base
     writer.close()
     store.close()
-    return {"spans_per_s": round(spans / elapsed), "events_per_s": round(events / elapsed), "spans": spans,
-            "events": events, "unpriced": receiver.totals.unpriced, "load_1m": load,
-            # CPU time of this process (all threads: decode, price, store) per span, whatever else runs:
-            # what one uncontended core would sustain
-            "cpu_us_per_span": round(cpu / spans * 1e6, 1), "one_core_spans_per_s": round(spans / cpu)}
+    return {
+        "spans_per_s": round(spans / elapsed),
+        "events_per_s": round(events / elapsed),
+        "spans": spans,
+        "events": events,
+        "unpriced": receiver.totals.unpriced,
+        "load_1m": load,
+        # CPU time of this process (all threads: decode, price, store) per span, whatever else runs:
+        # what one uncontended core would sustain
+        "cpu_us_per_span": round(cpu / spans * 1e6, 1),
+        "one_core_spans_per_s": round(spans / cpu),
+    }
 
 
-def over_http(payloads: list[bytes], kind: str, folder: Path, pg_uri: str | None, senders: int,
-              workers: int) -> dict:
+def over_http(payloads: list[bytes], kind: str, folder: Path, pg_uri: str | None, senders: int, workers: int) -> dict:
     import httpx
     from gateway_overhead import start, stop, wait_ready
     from tests.support.mock_upstream import free_port
@@ -152,9 +192,16 @@ def over_http(payloads: list[bytes], kind: str, folder: Path, pg_uri: str | None
     schema = f"collect_{os.getpid()}_{workers}"
     ledger = str(folder / f"collect-{kind}-{workers}.db") if kind == "sqlite" else pg_uri
     cfg = folder / f"collect-{kind}-{workers}.yaml"
-    cfg.write_text(json.dumps({"listen": f"127.0.0.1:{port}", "ledger": ledger,
-                               "spool": str(folder / f"c-{kind}-{workers}.spool"),
-                               **({"ledger_schema": schema} if kind == "postgres" else {})}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "listen": f"127.0.0.1:{port}",
+                "ledger": ledger,
+                "spool": str(folder / f"c-{kind}-{workers}.spool"),
+                **({"ledger_schema": schema} if kind == "postgres" else {}),
+            }
+        )
+    )
     proc = start([str(Path(PY).parent / "truecost"), "collect", "--config", str(cfg), "--workers", str(workers)])
     url = f"http://127.0.0.1:{port}"
 
@@ -199,6 +246,7 @@ def over_http(payloads: list[bytes], kind: str, folder: Path, pg_uri: str | None
                     r = s.post(f"{url}/v1/traces", content=body, headers=headers)
                     if r.status_code != 200:
                         errors.append(r.status_code)
+
         threads = [threading.Thread(target=sender) for _ in range(senders)]
         for t in threads:
             t.start()
@@ -212,11 +260,18 @@ def over_http(payloads: list[bytes], kind: str, folder: Path, pg_uri: str | None
         traces_per_payload = per_payload // (SPANS_PER_TRACE - 1)  # every trace gives 4 events of its 5 spans
         spans = (len(payloads) - 1) * traces_per_payload * SPANS_PER_TRACE
         events = stored() - per_payload
-        return {"spans_per_s": round(spans / elapsed), "events_per_s": round(events / elapsed), "spans": spans,
-                "events": events, "http_errors": len(errors), "senders": senders, "workers": workers,
-                "load_1m": load,
-                # the receiver processes' own CPU (HTTP, decode, price, store) per span
-                "receiver_cpu_us_per_span": round(cpu / spans * 1e6, 1)}
+        return {
+            "spans_per_s": round(spans / elapsed),
+            "events_per_s": round(events / elapsed),
+            "spans": spans,
+            "events": events,
+            "http_errors": len(errors),
+            "senders": senders,
+            "workers": workers,
+            "load_1m": load,
+            # the receiver processes' own CPU (HTTP, decode, price, store) per span
+            "receiver_cpu_us_per_span": round(cpu / spans * 1e6, 1),
+        }
     finally:
         stop(proc)
 
@@ -255,9 +310,13 @@ def gateway_rate(folder: Path, duration: float) -> dict:
         events = store.count()
         store.close()
         per_request = events / max(out["ok"], 1)
-        return {"requests_per_s": out["rps"], "events_per_request": round(per_request, 2),
-                "events_per_s": round(out["rps"] * per_request), "load_generator": out.get("load_generator", "loadgen"),
-                "load_1m": load_1m}
+        return {
+            "requests_per_s": out["rps"],
+            "events_per_request": round(per_request, 2),
+            "events_per_s": round(out["rps"] * per_request),
+            "load_generator": out.get("load_generator", "loadgen"),
+            "load_1m": load_1m,
+        }
     finally:
         for p in procs:
             stop(p)
@@ -275,9 +334,15 @@ def main() -> None:
     ap.add_argument("--gateway-seconds", type=float, default=10.0)
     args = ap.parse_args()
     payloads = make_payloads(args.spans, args.batch)
-    result: dict = {"benchmark": "otlp_ingest", "spans": args.spans, "spans_per_payload": args.batch,
-                    "spans_per_trace": SPANS_PER_TRACE, "events_per_trace": SPANS_PER_TRACE - 1,
-                    "load_1m_at_start": load_average(), "cpus": os.cpu_count()}
+    result: dict = {
+        "benchmark": "otlp_ingest",
+        "spans": args.spans,
+        "spans_per_payload": args.batch,
+        "spans_per_trace": SPANS_PER_TRACE,
+        "events_per_trace": SPANS_PER_TRACE - 1,
+        "load_1m_at_start": load_average(),
+        "cpus": os.cpu_count(),
+    }
     with tempfile.TemporaryDirectory(prefix="truecost-otlp-bench-") as d:
         folder = Path(d)
         pg = None
@@ -292,15 +357,20 @@ def main() -> None:
             uri = pg.uri if pg else None
             result["in_process"] = {k: in_process(payloads, k, folder, uri) for k in kinds}
             if not args.no_http:
-                result["http"] = {f"{k}_workers_{w}": over_http(payloads, k, folder, uri, args.senders, w)
-                                  for k in kinds for w in args.workers}
+                result["http"] = {
+                    f"{k}_workers_{w}": over_http(payloads, k, folder, uri, args.senders, w)
+                    for k in kinds
+                    for w in args.workers
+                }
         finally:
             if pg:
                 pg.stop()
         if not args.no_gateway:
             result["gateway"] = gateway_rate(folder, args.gateway_seconds)
-    best = max([v["spans_per_s"] for k, v in result.get("http", {}).items() if k.startswith("sqlite")]
-               + [result["in_process"]["sqlite"]["spans_per_s"]])
+    best = max(
+        [v["spans_per_s"] for k, v in result.get("http", {}).items() if k.startswith("sqlite")]
+        + [result["in_process"]["sqlite"]["spans_per_s"]]
+    )
     result.update(target_spans_per_s=TARGET, meets_target=best >= TARGET, load_1m_at_end=load_average())
     emit(result)
 

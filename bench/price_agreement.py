@@ -55,8 +55,23 @@ SHAPES = {
 
 
 # Models that are not text chat (their shapes are images, speech, transcripts): not compared here.
-NOT_CHAT = ("*tts*", "*image*", "*transcribe*", "*whisper*", "*moderation*", "dall-e*", "*embedding*", "*imagen*",
-            "*veo*", "*lyria*", "*live*", "*translate*", "*nano-banana*", "*robotics*", "computer-use*")
+NOT_CHAT = (
+    "*tts*",
+    "*image*",
+    "*transcribe*",
+    "*whisper*",
+    "*moderation*",
+    "dall-e*",
+    "*embedding*",
+    "*imagen*",
+    "*veo*",
+    "*lyria*",
+    "*live*",
+    "*translate*",
+    "*nano-banana*",
+    "*robotics*",
+    "computer-use*",
+)
 
 
 def applicable(provider: str, model: str, shape: str) -> bool:
@@ -74,25 +89,44 @@ def truecost_usage(provider: str, s: dict):
     """The shape as the provider's own API would report it, through truecost's usage rules."""
     attrs = {"service_tier": s["service_tier"]} if s.get("service_tier") else None
     if provider == "anthropic":
-        call = anthropic_call({"input_tokens": s["prompt"] - s.get("cached", 0) - s.get("cache_write", 0),
-                               "cache_read_input_tokens": s.get("cached", 0),
-                               "cache_creation_input_tokens": s.get("cache_write", 0),
-                               "output_tokens": s["completion"]})
+        call = anthropic_call(
+            {
+                "input_tokens": s["prompt"] - s.get("cached", 0) - s.get("cache_write", 0),
+                "cache_read_input_tokens": s.get("cached", 0),
+                "cache_creation_input_tokens": s.get("cache_write", 0),
+                "output_tokens": s["completion"],
+            }
+        )
     elif provider == "google":
-        call = google_call({"promptTokenCount": s["prompt"], "cachedContentTokenCount": s.get("cached", 0),
-                            "candidatesTokenCount": s["completion"] - s.get("reasoning", 0),
-                            "thoughtsTokenCount": s.get("reasoning", 0),
-                            "promptTokensDetails": [{"modality": "AUDIO", "tokenCount": s["audio_in"]}]
-                            if s.get("audio_in") else []})
+        call = google_call(
+            {
+                "promptTokenCount": s["prompt"],
+                "cachedContentTokenCount": s.get("cached", 0),
+                "candidatesTokenCount": s["completion"] - s.get("reasoning", 0),
+                "thoughtsTokenCount": s.get("reasoning", 0),
+                "promptTokensDetails": [{"modality": "AUDIO", "tokenCount": s["audio_in"]}]
+                if s.get("audio_in")
+                else [],
+            }
+        )
         if s.get("audio_out"):
             return None, attrs  # Gemini chat models do not return audio tokens
     else:
-        call = openai_call({"prompt_tokens": s["prompt"], "completion_tokens": s["completion"],
-                            "prompt_tokens_details": {"cached_tokens": s.get("cached", 0),
-                                                      "cache_write_tokens": s.get("cache_write", 0),
-                                                      "audio_tokens": s.get("audio_in", 0)},
-                            "completion_tokens_details": {"reasoning_tokens": s.get("reasoning", 0),
-                                                          "audio_tokens": s.get("audio_out", 0)}})
+        call = openai_call(
+            {
+                "prompt_tokens": s["prompt"],
+                "completion_tokens": s["completion"],
+                "prompt_tokens_details": {
+                    "cached_tokens": s.get("cached", 0),
+                    "cache_write_tokens": s.get("cache_write", 0),
+                    "audio_tokens": s.get("audio_in", 0),
+                },
+                "completion_tokens_details": {
+                    "reasoning_tokens": s.get("reasoning", 0),
+                    "audio_tokens": s.get("audio_out", 0),
+                },
+            }
+        )
     return call, attrs
 
 
@@ -139,16 +173,28 @@ def run_references(rows: list[dict], at: datetime) -> dict:
 
     payload = json.dumps({"at": at.date().isoformat(), "rows": rows})
     result = Path(tempfile.mkdtemp(prefix="price-refs-")) / "refs.json"
-    proc = subprocess.run([str(REF_PYTHON), str(ROOT / "bench" / "_price_refs.py"), str(result)], input=payload,
-                          capture_output=True, text=True, timeout=1200, env={"LITELLM_LOCAL_MODEL_COST_MAP": "True",
-                                                                              "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [str(REF_PYTHON), str(ROOT / "bench" / "_price_refs.py"), str(result)],
+        input=payload,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PATH": "/usr/bin:/bin"},
+    )
     if proc.returncode != 0:
         sys.exit(f"reference pricers failed: {proc.stderr[-2000:]}")
     return json.loads(result.read_text(encoding="utf-8"))
 
 
-COUNTED = {"agree": "agree", "documented": "documented", "disagree": "undocumented", "truecost_missing": "truecost_missing",
-           "missing_documented": "missing_documented", "not_offered": "not_offered", "truecost_only": "truecost_only"}
+COUNTED = {
+    "agree": "agree",
+    "documented": "documented",
+    "disagree": "undocumented",
+    "truecost_missing": "truecost_missing",
+    "missing_documented": "missing_documented",
+    "not_offered": "not_offered",
+    "truecost_only": "truecost_only",
+}
 
 
 def classify(row: dict, ours: tuple, ref: dict, rules: list[dict]) -> dict | None:
@@ -157,16 +203,25 @@ def classify(row: dict, ours: tuple, ref: dict, rules: list[dict]) -> dict | Non
     priced_by = {k: Decimal(ref[k]) for k in ("litellm", "genai") if ref[k] is not None}
     if tc is None and not priced_by:
         return None  # nobody prices this model in this shape: not a row
-    r = {"model": f"{row['provider']}/{row['model']}", "shape": row["id"].split("|")[1],
-         "truecost": None if tc is None else str(tc), "litellm": ref["litellm"], "genai": ref["genai"]}
+    r = {
+        "model": f"{row['provider']}/{row['model']}",
+        "shape": row["id"].split("|")[1],
+        "truecost": None if tc is None else str(tc),
+        "litellm": ref["litellm"],
+        "genai": ref["genai"],
+    }
     if tc is None and why and " is not offered with " in why:
         # the catalog states (with a source) that the provider does not sell this option for the model
         return {**r, "status": "not_offered", "reason": why}
     if tc is None:
         doc = documented(rules, r["model"], r["shape"], "truecost")
         if doc:
-            return {**r, "status": "missing_documented", "reason": why,
-                    "known": {"right": doc["right"], "reason": doc["reason"], "source": doc["source"]}}
+            return {
+                **r,
+                "status": "missing_documented",
+                "reason": why,
+                "known": {"right": doc["right"], "reason": doc["reason"], "source": doc["source"]},
+            }
         return {**r, "status": "truecost_missing", "reason": why}
     if not priced_by:
         return {**r, "status": "truecost_only", "notes": {"litellm": ref["litellm_note"], "genai": ref["genai_note"]}}
@@ -177,8 +232,11 @@ def classify(row: dict, ours: tuple, ref: dict, rules: list[dict]) -> dict | Non
         return {**r, "status": "agree"}
     docs = {k: documented(rules, r["model"], r["shape"], k) for k in bad}
     if all(docs.values()):
-        return {**r, "status": "documented", "known": {k: {"right": d["right"], "reason": d["reason"],
-                                                            "source": d["source"]} for k, d in docs.items()}}
+        return {
+            **r,
+            "status": "documented",
+            "known": {k: {"right": d["right"], "reason": d["reason"], "source": d["source"]} for k, d in docs.items()},
+        }
     return {**r, "status": "disagree", "disagree_with": bad}
 
 
@@ -208,8 +266,19 @@ def main(argv: list[str] | None = None) -> dict:
             ours[rid] = (priced.cost if priced else None, priced.unknown_reason if priced else "shape not applicable")
     refs = run_references(rows, at)
 
-    out_rows, counts = [], {"comparable": 0, "agree": 0, "documented": 0, "undocumented": 0,
-                            "truecost_missing": 0, "missing_documented": 0, "not_offered": 0, "truecost_only": 0}
+    out_rows, counts = (
+        [],
+        {
+            "comparable": 0,
+            "agree": 0,
+            "documented": 0,
+            "undocumented": 0,
+            "truecost_missing": 0,
+            "missing_documented": 0,
+            "not_offered": 0,
+            "truecost_only": 0,
+        },
+    )
     for row in rows:
         r = classify(row, ours[row["id"]], refs["rows"][row["id"]], rules)
         if r is not None:
@@ -217,17 +286,29 @@ def main(argv: list[str] | None = None) -> dict:
             counts["comparable"] += r["status"] in ("agree", "documented", "disagree")
             counts["truecost_missing"] += r["status"] == "missing_documented"
             out_rows.append(r)
-    share = (Decimal(counts["agree"] + counts["documented"]) / counts["comparable"]) if counts["comparable"] else Decimal(0)
-    summary = {**counts, "models": len({r["model"] for r in out_rows}), "rows": len(out_rows),
-               "agree_or_documented": f"{share:.2%}", "strict_agreement": f"{Decimal(counts['agree']) / max(counts['comparable'], 1):.2%}",
-               "missing_undocumented": counts["truecost_missing"] - counts["missing_documented"],
-               "targets_met": share >= Decimal("0.98") and counts["truecost_missing"] == 0,
-               "tolerance": "0.5%", "at": args.at, "references": refs["versions"]}
+    share = (
+        (Decimal(counts["agree"] + counts["documented"]) / counts["comparable"]) if counts["comparable"] else Decimal(0)
+    )
+    summary = {
+        **counts,
+        "models": len({r["model"] for r in out_rows}),
+        "rows": len(out_rows),
+        "agree_or_documented": f"{share:.2%}",
+        "strict_agreement": f"{Decimal(counts['agree']) / max(counts['comparable'], 1):.2%}",
+        "missing_undocumented": counts["truecost_missing"] - counts["missing_documented"],
+        "targets_met": share >= Decimal("0.98") and counts["truecost_missing"] == 0,
+        "tolerance": "0.5%",
+        "at": args.at,
+        "references": refs["versions"],
+    }
     result = {"summary": summary, "rows": out_rows}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1), encoding="utf-8")
-    shown = out_rows if args.rows else [r for r in out_rows
-                                        if r["status"] in ("disagree", "truecost_missing", "missing_documented")]
+    shown = (
+        out_rows
+        if args.rows
+        else [r for r in out_rows if r["status"] in ("disagree", "truecost_missing", "missing_documented")]
+    )
     print(json.dumps({"summary": summary, "rows" if args.rows else "exceptions": shown}, indent=1))
     return result
 

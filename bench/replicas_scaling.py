@@ -32,12 +32,25 @@ def replicas(n: int, uri: str, schema: str, mock_url: str, work: Path) -> tuple[
     procs, urls = [], []
     for i in range(n):
         cfg = work / f"r{n}-{i}.yaml"
-        cfg.write_text(json.dumps({
-            "ledger": uri, "ledger_schema": schema, "spool": str(work / f"spool-{n}-{i}.jsonl"),
-            "upstreams": {"mock": {"base_url": mock_url, "timeout": 30}},
-            "models": {MODEL: {"candidates": [{"upstream": "mock", "model": MODEL}]}},
-            "keys": [{"name": "bench", "key_sha256": hashlib.sha256(KEY.encode()).hexdigest(), "cost_center": "bench"}],
-            "budgets": [{"cost_center": "bench", "period": "month", "limit_usd": "1000000"}]}))
+        cfg.write_text(
+            json.dumps(
+                {
+                    "ledger": uri,
+                    "ledger_schema": schema,
+                    "spool": str(work / f"spool-{n}-{i}.jsonl"),
+                    "upstreams": {"mock": {"base_url": mock_url, "timeout": 30}},
+                    "models": {MODEL: {"candidates": [{"upstream": "mock", "model": MODEL}]}},
+                    "keys": [
+                        {
+                            "name": "bench",
+                            "key_sha256": hashlib.sha256(KEY.encode()).hexdigest(),
+                            "cost_center": "bench",
+                        }
+                    ],
+                    "budgets": [{"cost_center": "bench", "period": "month", "limit_usd": "1000000"}],
+                }
+            )
+        )
         port = free_port()
         procs.append(start([str(Path(PY).parent / "truecost"), "serve", "--config", str(cfg), "--port", str(port)]))
         urls.append(f"http://127.0.0.1:{port}")
@@ -50,8 +63,12 @@ def run_load(urls: list[str], connections: int, duration: float) -> dict:
     per = max(1, connections // len(urls))
     with ThreadPoolExecutor(len(urls)) as pool:
         parts = list(pool.map(lambda u: load(u + "/v1/chat/completions", KEY, MODEL, per, duration), urls))
-    return {"rps": round(sum(p["rps"] for p in parts), 1), "errors": sum(p["errors"] for p in parts),
-            "p50_ms": max(p["p50_ms"] for p in parts), "p99_ms": max(p["p99_ms"] for p in parts)}
+    return {
+        "rps": round(sum(p["rps"] for p in parts), 1),
+        "errors": sum(p["errors"] for p in parts),
+        "p50_ms": max(p["p50_ms"] for p in parts),
+        "p99_ms": max(p["p99_ms"] for p in parts),
+    }
 
 
 def main() -> None:
@@ -99,11 +116,17 @@ def main() -> None:
                 for p in procs:
                     stop(p)
             p99s = [w["p99_ms"] for w in windows]
-            out["soak"] = {"minutes": args.soak_minutes, "requests_per_s": round(sum(w["rps"] for w in windows) / len(windows), 1),
-                           "errors": sum(w["errors"] for w in windows), "rss_mb_start": round(before, 1),
-                           "rss_mb_end": round(after, 1), "rss_growth": round(after / before - 1, 4),
-                           "rss_within_10pct": after <= before * 1.10, "p99_ms_per_window": p99s,
-                           "p99_first_vs_last": round(p99s[-1] / p99s[0], 2) if p99s and p99s[0] else None}
+            out["soak"] = {
+                "minutes": args.soak_minutes,
+                "requests_per_s": round(sum(w["rps"] for w in windows) / len(windows), 1),
+                "errors": sum(w["errors"] for w in windows),
+                "rss_mb_start": round(before, 1),
+                "rss_mb_end": round(after, 1),
+                "rss_growth": round(after / before - 1, 4),
+                "rss_within_10pct": after <= before * 1.10,
+                "p99_ms_per_window": p99s,
+                "p99_first_vs_last": round(p99s[-1] / p99s[0], 2) if p99s and p99s[0] else None,
+            }
     finally:
         stop(mock)
         pg.stop()

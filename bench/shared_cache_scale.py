@@ -53,8 +53,11 @@ def measure(index, queries, q_scopes, truth) -> dict:
         times.append((time.perf_counter() - t0) * 1e3)
         hits += bool(got) and got[0][0] == t
     times.sort()
-    return {"p50_ms": round(statistics.median(times), 3), "p99_ms": round(times[int(0.99 * len(times))], 3),
-            "recall_at_1": hits / len(truth)}
+    return {
+        "p50_ms": round(statistics.median(times), 3),
+        "p99_ms": round(times[int(0.99 * len(times))], 3),
+        "recall_at_1": hits / len(truth),
+    }
 
 
 def load_pgvector(uri: str, v, scopes, dims: int, partitions: int) -> tuple[object, float]:
@@ -73,8 +76,9 @@ def load_pgvector(uri: str, v, scopes, dims: int, partitions: int) -> tuple[obje
                     buf.write(f"{i}\ts{scopes[i]}\t[{','.join(f'{x:.5f}' for x in v[i])}]\n")
                 cp.write(buf.getvalue())
         c.execute("ANALYZE " + index.table)
-    index._run(lambda c: (c.execute("SET maintenance_work_mem = '2GB'"),
-                          c.execute("SET max_parallel_maintenance_workers = 2")))
+    index._run(
+        lambda c: (c.execute("SET maintenance_work_mem = '2GB'"), c.execute("SET max_parallel_maintenance_workers = 2"))
+    )
     index.create_hnsw()
     return index, time.perf_counter() - t0
 
@@ -90,8 +94,16 @@ def load_redis(url: str, v, scopes, dims: int) -> tuple[object, float]:
         if i % 5000 == 4999:
             pipe.execute()
     pipe.execute()
-    while int(dict(zip(*[iter(index.r.execute_command("FT.INFO", index.name))] * 2)).get(b"percent_indexed", b"1").decode()
-              .split(".")[0] or 1) < 1:
+    while (
+        int(
+            dict(zip(*[iter(index.r.execute_command("FT.INFO", index.name))] * 2))
+            .get(b"percent_indexed", b"1")
+            .decode()
+            .split(".")[0]
+            or 1
+        )
+        < 1
+    ):
         time.sleep(1)
     return index, time.perf_counter() - t0
 
@@ -115,8 +127,11 @@ def main() -> None:
             for s in range(50):
                 sel = np.flatnonzero(scopes == s)
                 ix.upsert(sel.tolist(), v[sel], f"s{s}")
-            out["usearch_in_process"] = {"load_s": round(time.perf_counter() - t0, 1), **measure(ix, queries, q_scopes, truth),
-                                         "bytes_per_entry": round(ix.memory_bytes() / args.n, 1)}
+            out["usearch_in_process"] = {
+                "load_s": round(time.perf_counter() - t0, 1),
+                **measure(ix, queries, q_scopes, truth),
+                "bytes_per_entry": round(ix.memory_bytes() / args.n, 1),
+            }
             del ix
         if "pgvector" in backends:
             from truecost.servers.postgres import EmbeddedPostgres
@@ -128,8 +143,11 @@ def main() -> None:
             # (what earlier versions created), each at the default ef_search and beside it.
             for partitions in (8, 0):
                 index, load_s = load_pgvector(uri, v, scopes, args.dims, partitions)
-                row = {"load_and_index_s": round(load_s, 1), "ef_search": index.ef_search,
-                       **measure(index, queries, q_scopes, truth)}
+                row = {
+                    "load_and_index_s": round(load_s, 1),
+                    "ef_search": index.ef_search,
+                    **measure(index, queries, q_scopes, truth),
+                }
                 default_ef = index.ef_search
                 for ef in (100, 200, 1000):
                     index.set_ef_search(ef)
@@ -146,8 +164,12 @@ def main() -> None:
             with RedisStack(Path(tmp) / "redis") as r:
                 index, load_s = load_redis(r.url, v, scopes, args.dims)
                 mem = int(index.r.info("memory")["used_memory"])
-                out["redis"] = {"load_and_index_s": round(load_s, 1), "overfetch": index.overfetch,
-                                **measure(index, queries, q_scopes, truth), "bytes_per_entry": round(mem / args.n, 1)}
+                out["redis"] = {
+                    "load_and_index_s": round(load_s, 1),
+                    "overfetch": index.overfetch,
+                    **measure(index, queries, q_scopes, truth),
+                    "bytes_per_entry": round(mem / args.n, 1),
+                }
                 index.overfetch = 0
                 out["redis"]["without_overfetch"] = measure(index, queries, q_scopes, truth)
                 index.close()

@@ -68,10 +68,19 @@ def main() -> None:
         writer.close()
         stored = store.count()
     per = lambda t: (t - base) / N * 1e6  # noqa: E731
-    emit({"benchmark": "step_overhead", "steps": N, "untracked_us_per_call": round(base / N * 1e6, 3),
-          "tracked_step_overhead_us": round(per(plain), 2), "tracked_step_with_tokens_overhead_us": round(per(tokens), 2),
-          "ratio_tracked_vs_untracked": round(tokens / base, 1), "events_stored": stored, "target_us": 20,
-          "meets_target": max(per(plain), per(tokens)) <= 20})
+    emit(
+        {
+            "benchmark": "step_overhead",
+            "steps": N,
+            "untracked_us_per_call": round(base / N * 1e6, 3),
+            "tracked_step_overhead_us": round(per(plain), 2),
+            "tracked_step_with_tokens_overhead_us": round(per(tokens), 2),
+            "ratio_tracked_vs_untracked": round(tokens / base, 1),
+            "events_stored": stored,
+            "target_us": 20,
+            "meets_target": max(per(plain), per(tokens)) <= 20,
+        }
+    )
 
 
 if __name__ == "__main__":

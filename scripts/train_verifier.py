@@ -85,7 +85,7 @@ def embed_cached(embedder, texts: list[str], cache_dir: Path) -> dict[str, np.nd
         vecs = np.zeros((len(texts), embedder.dims), dtype=np.float32)
         t0 = time.time()
         for s in range(0, len(texts), 512):
-            vecs[s:s + 512] = embedder.embed_batch(texts[s:s + 512])
+            vecs[s : s + 512] = embedder.embed_batch(texts[s : s + 512])
             done = min(s + 512, len(texts))
             print(f"  {embedder.model_id}: {done}/{len(texts)} embedded ({time.time() - t0:.0f} s)", file=sys.stderr)
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -96,29 +96,44 @@ def embed_cached(embedder, texts: list[str], cache_dir: Path) -> dict[str, np.nd
 def features(pairs, vec: dict[str, np.ndarray], lex: LexicalFeatures) -> tuple[np.ndarray, np.ndarray]:
     a = np.stack([vec[p[0]] for p in pairs])
     b = np.stack([vec[p[1]] for p in pairs])
-    return pair_matrix(a, b, [p[0] for p in pairs], [p[1] for p in pairs], lex), np.array([p[2] for p in pairs],
-                                                                                            dtype=np.float32)
+    return pair_matrix(a, b, [p[0] for p in pairs], [p[1] for p in pairs], lex), np.array(
+        [p[2] for p in pairs], dtype=np.float32
+    )
 
 
 def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
 
 
-def train_mlp(x, y, xv, yv, hidden: int, seed: int, epochs: int = 40, lr: float = 1e-3, l2: float = 1e-4,
-              batch: int = 256, patience: int = 4) -> dict:
+def train_mlp(
+    x,
+    y,
+    xv,
+    yv,
+    hidden: int,
+    seed: int,
+    epochs: int = 40,
+    lr: float = 1e-3,
+    l2: float = 1e-4,
+    batch: int = 256,
+    patience: int = 4,
+) -> dict:
     """Adam on binary cross-entropy; keeps the weights of the best validation loss."""
     rng = np.random.default_rng(seed)
     d = x.shape[1]
-    p = {"w1": (rng.standard_normal((d, hidden)) * math.sqrt(2.0 / d)).astype(np.float32),
-         "b1": np.zeros(hidden, np.float32), "w2": (rng.standard_normal(hidden) * math.sqrt(1.0 / hidden)).astype(np.float32),
-         "b2": np.zeros(1, np.float32)}
+    p = {
+        "w1": (rng.standard_normal((d, hidden)) * math.sqrt(2.0 / d)).astype(np.float32),
+        "b1": np.zeros(hidden, np.float32),
+        "w2": (rng.standard_normal(hidden) * math.sqrt(1.0 / hidden)).astype(np.float32),
+        "b2": np.zeros(1, np.float32),
+    }
     m = {k: np.zeros_like(v) for k, v in p.items()}
     v2 = {k: np.zeros_like(v) for k, v in p.items()}
     best, best_loss, bad, step = {k: v.copy() for k, v in p.items()}, float("inf"), 0, 0
     for epoch in range(epochs):
         order = rng.permutation(len(x))
         for s in range(0, len(x), batch):
-            idx = order[s:s + batch]
+            idx = order[s : s + batch]
             xb, yb = x[idx], y[idx]
             h = np.maximum(xb @ p["w1"] + p["b1"], 0)
             out = _sigmoid(h @ p["w2"] + p["b2"][0])
@@ -131,7 +146,7 @@ def train_mlp(x, y, xv, yv, hidden: int, seed: int, epochs: int = 40, lr: float 
             for k in p:
                 m[k] = 0.9 * m[k] + 0.1 * grads[k]
                 v2[k] = 0.999 * v2[k] + 0.001 * grads[k] ** 2
-                p[k] -= (lr * (m[k] / (1 - 0.9 ** step)) / (np.sqrt(v2[k] / (1 - 0.999 ** step)) + 1e-8)).astype(np.float32)
+                p[k] -= (lr * (m[k] / (1 - 0.9**step)) / (np.sqrt(v2[k] / (1 - 0.999**step)) + 1e-8)).astype(np.float32)
         loss = _bce(yv, _sigmoid(_logit_mlp(p, xv)))
         print(f"  epoch {epoch + 1}: validation log-loss {loss:.4f}", file=sys.stderr)
         if loss < best_loss - 1e-4:
@@ -183,9 +198,15 @@ def metrics(p: np.ndarray, y: np.ndarray) -> dict:
     ranks[order[::-1]] = np.arange(1, len(p) + 1)
     pos = y == 1
     auc = (ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / max(1, pos.sum() * (~pos).sum())
-    return {"pairs": int(len(y)), "duplicates": int(y.sum()), "roc_auc": float(auc), "log_loss": _bce(y, p),
-            "precision_at_0.5": float(y[hit].mean()) if hit.any() else None, "recall_at_0.5": float(y[hit].sum() / max(1, y.sum())),
-            **at}
+    return {
+        "pairs": int(len(y)),
+        "duplicates": int(y.sum()),
+        "roc_auc": float(auc),
+        "log_loss": _bce(y, p),
+        "precision_at_0.5": float(y[hit].mean()) if hit.any() else None,
+        "recall_at_0.5": float(y[hit].sum() / max(1, y.sum())),
+        **at,
+    }
 
 
 def cosine_only(xv_cos, yv, xt_cos, yt) -> dict:
@@ -205,8 +226,11 @@ def train_head(name: str, split, lex: LexicalFeatures, args) -> tuple[dict, dict
     a, b = platt(_logit_mlp(p, norm(xva)), yva)
     test_p = _sigmoid(a * _logit_mlp(p, norm(xte)) + b)
     cos_col = 0
-    report = {"embedder": embedder.model_id, "test": metrics(test_p, yte),
-              "cosine_only_test": cosine_only(xva[:, cos_col], yva, xte[:, cos_col], yte)}
+    report = {
+        "embedder": embedder.model_id,
+        "test": metrics(test_p, yte),
+        "cosine_only_test": cosine_only(xva[:, cos_col], yva, xte[:, cos_col], yte),
+    }
     arrays = {"mean": mean, "std": std, **p, "platt": np.array([a, b], np.float32)}
     return arrays, report
 
@@ -230,7 +254,7 @@ def main(argv=None) -> int:
     for part in (train, val, test):
         rnd.shuffle(part)
     val_n = max(1000, args.train_pairs // 8)
-    split = (train[:args.train_pairs], val[:val_n], test[:args.test_pairs])
+    split = (train[: args.train_pairs], val[:val_n], test[: args.test_pairs])
     lex = LexicalFeatures(idf, unknown)
     out = Path(args.out)
     meta_path = out / "query_verifier.json"
@@ -255,14 +279,22 @@ def main(argv=None) -> int:
     np.savez_compressed(out / "query_verifier.npz", **arrays)
     meta = {
         "what": "query-pair verifier: P(two requests get the same answer)",
-        "training_data": {"file": data.name, "sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
-                          "source": "Quora Question Pairs via zilliztech/GPTCache (similiar_qqp_full.json)",
-                          "pairs_total": len(pairs), "train_pairs": len(split[0]), "validation_pairs": len(split[1]),
-                          "test_pairs": len(split[2]), "split": "by connected component of the question graph "
-                          "(no question in two sets); test 20%, validation 8% of components",
-                          "benchmark_files_used": []},
-        "seed": args.seed, "command": "python scripts/train_verifier.py " + " ".join(argv or sys.argv[1:]),
-        "features": list(FEATURE_NAMES), "model": f"MLP, {args.hidden} ReLU units, Platt-scaled",
+        "training_data": {
+            "file": data.name,
+            "sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+            "source": "Quora Question Pairs via zilliztech/GPTCache (similiar_qqp_full.json)",
+            "pairs_total": len(pairs),
+            "train_pairs": len(split[0]),
+            "validation_pairs": len(split[1]),
+            "test_pairs": len(split[2]),
+            "split": "by connected component of the question graph "
+            "(no question in two sets); test 20%, validation 8% of components",
+            "benchmark_files_used": [],
+        },
+        "seed": args.seed,
+        "command": "python scripts/train_verifier.py " + " ".join(argv or sys.argv[1:]),
+        "features": list(FEATURE_NAMES),
+        "model": f"MLP, {args.hidden} ReLU units, Platt-scaled",
         "heads": heads,
     }
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")

@@ -10,10 +10,17 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "request": "truecost.tracking", "step": "truecost.tracking", "record": "truecost.tracking",
-    "tracked": "truecost.tracking", "configure": "truecost.tracking", "get_tracker": "truecost.tracking",
-    "Tracker": "truecost.tracking", "PriceCatalog": "truecost.pricing", "Attribution": "truecost.types",
-    "TokenUsage": "truecost.types", "CostEvent": "truecost.ledger",
+    "request": "truecost.tracking",
+    "step": "truecost.tracking",
+    "record": "truecost.tracking",
+    "tracked": "truecost.tracking",
+    "configure": "truecost.tracking",
+    "get_tracker": "truecost.tracking",
+    "Tracker": "truecost.tracking",
+    "PriceCatalog": "truecost.pricing",
+    "Attribution": "truecost.types",
+    "TokenUsage": "truecost.types",
+    "CostEvent": "truecost.ledger",
 }
 
 

@@ -135,8 +135,14 @@ class TokenUsage:
         return self.output + self.reasoning
 
     def as_dict(self) -> dict[str, int]:
-        return {"input": self.input, "cached_input": self.cached_input, "cache_write_5m": self.cache_write_5m,
-                "cache_write_1h": self.cache_write_1h, "output": self.output, "reasoning": self.reasoning}
+        return {
+            "input": self.input,
+            "cached_input": self.cached_input,
+            "cache_write_5m": self.cache_write_5m,
+            "cache_write_1h": self.cache_write_1h,
+            "output": self.output,
+            "reasoning": self.reasoning,
+        }
 
     def __add__(self, other: "TokenUsage") -> "TokenUsage":
         return TokenUsage(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})

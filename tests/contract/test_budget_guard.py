@@ -13,8 +13,7 @@ from decimal import Decimal
 import pytest
 
 from tests.support.servers import fresh_name
-from truecost.gateway.budgets import (BudgetExceeded, BudgetGuard, BudgetUnpriced, LocalBudgetGuard,
-                                      PostgresBudgetGuard)
+from truecost.gateway.budgets import BudgetExceeded, BudgetGuard, BudgetUnpriced, LocalBudgetGuard, PostgresBudgetGuard
 from truecost.gateway.config import BudgetConfig
 from truecost.ledger import CostEvent, MemoryLedgerStore
 from truecost.ledger.sqlite import SQLiteLedgerStore
@@ -59,9 +58,22 @@ class Backend:
 
     def record(self, cost: str | None, ts: datetime = T0, **details) -> None:
         """A ledger row, as the gateway's writer leaves one."""
-        self.store.append([CostEvent(id=fresh_name("e"), request_id=fresh_name("r"), ts=ts, step="generate",
-                                     service="m", quantity=D(1), unit="tokens", attribution=CX,
-                                     cost=None if cost is None else D(cost), details=details)])
+        self.store.append(
+            [
+                CostEvent(
+                    id=fresh_name("e"),
+                    request_id=fresh_name("r"),
+                    ts=ts,
+                    step="generate",
+                    service="m",
+                    quantity=D(1),
+                    unit="tokens",
+                    attribution=CX,
+                    cost=None if cost is None else D(cost),
+                    details=details,
+                )
+            ]
+        )
 
     def close(self) -> None:
         for g in self.guards:
@@ -146,7 +158,8 @@ def test_an_unpriced_model_is_refused_only_by_hard_budgets_that_refuse_it(backen
     assert g.in_flight("cost_center", "cx", "day", T0) == 0
     assert backend.guard([day("1", unpriced="allow")]).admit(CX, D("0"), T0, unpriced_model="no-price-model")
     assert backend.guard([day("1", field="team", value="t1", hard=False)]).admit(
-        CX, D("0"), T0, unpriced_model="no-price-model")
+        CX, D("0"), T0, unpriced_model="no-price-model"
+    )
 
 
 def test_every_budget_of_either_attribution_holds_the_request(backend):
@@ -188,6 +201,7 @@ def test_concurrent_admissions_never_pass_the_limit(backend):
             with lock:
                 admitted.append(keys)
             g.settle(keys, D("0.03"), D("0.03"))
+
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
         t.start()
@@ -228,8 +242,21 @@ def test_the_memory_guard_starts_from_zero_without_a_ledger():
     g.prime(T0)
     assert g.spent("cost_center", "cx", "day", T0) == 0 and not g.remote
     store = MemoryLedgerStore()  # given a ledger, even the in-memory one, it reads it
-    store.append([CostEvent(id="e1", request_id="r1", ts=T0, step="generate", service="m", quantity=D(1),
-                            unit="tokens", attribution=CX, cost=D("0.7"))])
+    store.append(
+        [
+            CostEvent(
+                id="e1",
+                request_id="r1",
+                ts=T0,
+                step="generate",
+                service="m",
+                quantity=D(1),
+                unit="tokens",
+                attribution=CX,
+                cost=D("0.7"),
+            )
+        ]
+    )
     primed = LocalBudgetGuard([day("1")], store)
     primed.prime(T0)
     assert primed.spent("cost_center", "cx", "day", T0) == D("0.7")

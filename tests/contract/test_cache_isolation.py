@@ -41,11 +41,14 @@ def make_cache(request, tmp_path):
             url = request.getfixturevalue("redis_server").url
             index, entries = RedisVectorIndex(url, 64, prefix=name), RedisEntryStore(url, prefix=name)
         return SemanticCache(HashEmbedder(), index, entries, FixedThreshold(-1.0), NormalisedMatch())
+
     return build
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=st.lists(st.tuples(st.sampled_from(["t1", "t2"]), st.text(min_size=1, max_size=24)), min_size=5, max_size=80))
+@given(
+    ops=st.lists(st.tuples(st.sampled_from(["t1", "t2"]), st.text(min_size=1, max_size=24)), min_size=5, max_size=80)
+)
 def test_property_no_cross_tenant_hits(make_cache, ops):
     c = make_cache()
     owner = {}
@@ -133,8 +136,12 @@ def test_invalidation_and_kb_version_reach_every_replica(backend, request):
         url = request.getfixturevalue("redis_server").url
         parts = lambda: (RedisVectorIndex(url, 64, prefix=name), RedisEntryStore(url, prefix=name))  # noqa: E731
     clock = [1000.0]
-    a, b = (SemanticCache(HashEmbedder(), *parts(), FixedThreshold(0.8), NormalisedMatch(), kb_version="v1",
-                          clock=lambda: clock[0]) for _ in range(2))
+    a, b = (
+        SemanticCache(
+            HashEmbedder(), *parts(), FixedThreshold(0.8), NormalisedMatch(), kb_version="v1", clock=lambda: clock[0]
+        )
+        for _ in range(2)
+    )
     a.store(a.lookup(body("what is the refund policy"), tenant="t"), answer("30 days"), doc_ids=["kb-refunds"])
     a.store(a.lookup(body("how do I change my pin"), tenant="t"), answer("in the app"), doc_ids=["kb-pin"])
     assert b.lookup(body("what is the refund policy"), tenant="t").hit  # stored by a, served by b

@@ -22,9 +22,15 @@ def store(request, tmp_path):
 
 
 def entry(i, **kw):
-    return CacheEntry(id=i, scope="s", fingerprint=f"fp{i}", text=f"q{i}",
-                      answer={"choices": [{"message": {"content": f"a{i}"}}]},
-                      vector=np.arange(4, dtype=np.float32) + i, **kw)
+    return CacheEntry(
+        id=i,
+        scope="s",
+        fingerprint=f"fp{i}",
+        text=f"q{i}",
+        answer={"choices": [{"message": {"content": f"a{i}"}}]},
+        vector=np.arange(4, dtype=np.float32) + i,
+        **kw,
+    )
 
 
 def test_put_get_roundtrip(store):
@@ -48,8 +54,13 @@ def test_delete_and_expire(store):
 
 
 def test_text_with_nul_and_odd_unicode_round_trips(store):
-    e = CacheEntry(id=9, scope="s", fingerprint="fp9", text="nul\x00 and \ud7ff \U0001f600",
-                   answer={"choices": [{"message": {"content": "a\x00b"}}]})
+    e = CacheEntry(
+        id=9,
+        scope="s",
+        fingerprint="fp9",
+        text="nul\x00 and \ud7ff \U0001f600",
+        answer={"choices": [{"message": {"content": "a\x00b"}}]},
+    )
     store.put(e)
     got = store.get(9)
     assert got.text == e.text and got.answer == e.answer

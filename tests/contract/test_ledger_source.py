@@ -17,20 +17,33 @@ from truecost.ledger.writer import replay_spool
 
 
 def _mixed():
-    return [ev(1, "r1", cost="0.5", source="gateway"), ev(2, "r1", cost="0.25", step="embed", source="sdk"),
-            ev(3, "r2", cost="0.125", source="litellm"), ev(4, "r3", cost=None, source="otlp", minutes=90),
-            ev(5, "r4", cost="1", source="my-batch.job_2")]
+    return [
+        ev(1, "r1", cost="0.5", source="gateway"),
+        ev(2, "r1", cost="0.25", step="embed", source="sdk"),
+        ev(3, "r2", cost="0.125", source="litellm"),
+        ev(4, "r3", cost=None, source="otlp", minutes=90),
+        ev(5, "r4", cost="1", source="my-batch.job_2"),
+    ]
 
 
 def test_source_roundtrips_filters_and_groups(store):
     store.append(_mixed())
-    assert {e.id: e.source for e in store.query()} == {"e1": "gateway", "e2": "sdk", "e3": "litellm", "e4": "otlp",
-                                                       "e5": "my-batch.job_2"}
+    assert {e.id: e.source for e in store.query()} == {
+        "e1": "gateway",
+        "e2": "sdk",
+        "e3": "litellm",
+        "e4": "otlp",
+        "e5": "my-batch.job_2",
+    }
     assert [e.id for e in store.query(LedgerFilter(source="sdk"))] == ["e2"]
     by = {r.keys[0]: (r.cost, r.events, r.unknown, r.request_count) for r in store.aggregate(["source"])}
-    assert by == {"gateway": (Decimal("0.5"), 1, 0, 1), "sdk": (Decimal("0.25"), 1, 0, 1),
-                  "litellm": (Decimal("0.125"), 1, 0, 1), "otlp": (Decimal(0), 1, 1, 1),
-                  "my-batch.job_2": (Decimal(1), 1, 0, 1)}
+    assert by == {
+        "gateway": (Decimal("0.5"), 1, 0, 1),
+        "sdk": (Decimal("0.25"), 1, 0, 1),
+        "litellm": (Decimal("0.125"), 1, 0, 1),
+        "otlp": (Decimal(0), 1, 1, 1),
+        "my-batch.job_2": (Decimal(1), 1, 0, 1),
+    }
     (only,) = store.aggregate(["step"], LedgerFilter(source="gateway"), count_requests=False)
     assert only.keys == ("generate",) and only.cost == Decimal("0.5")
     if hasattr(store, "request_stats"):  # the dashboard's top requests name their sources
@@ -65,9 +78,13 @@ def test_sqlite_rollup_by_source_answers_what_the_events_say(tmp_path, group_by)
     for s in (mem, sql):
         s.append(events)
     for f in (LedgerFilter(), LedgerFilter(source="otlp"), LedgerFilter(source="sdk", since=T0 + timedelta(hours=3))):
+
         def norm(rows):
             return sorted((repr(r.keys), r.cost, r.events, r.unknown) for r in rows)
-        assert norm(sql.aggregate(group_by, f, count_requests=False)) == norm(mem.aggregate(group_by, f, count_requests=False))
+
+        assert norm(sql.aggregate(group_by, f, count_requests=False)) == norm(
+            mem.aggregate(group_by, f, count_requests=False)
+        )
     sql.close()
 
 
@@ -109,12 +126,17 @@ def _old_ledger(path):
     ts = int(T0.timestamp() * 1_000_000)
     for i, rid, e10, details in _OLD_ROWS:
         cost = None if e10 is None else str(Decimal(e10) / 10**10)
-        con.execute("INSERT INTO cost_events (id, request_id, ts_us, step, service, quantity, unit, cost, cost_e10, "
-                    "currency, tenant, outcome, details) VALUES (?, ?, ?, 'generate', 'gpt-6-luna', '100', 'tokens', "
-                    "?, ?, 'USD', 'acme', 'ok', ?)", (i, rid, ts, cost, e10, json.dumps(details)))
-    con.execute("INSERT INTO rollup_hourly SELECT ts_us / 3600000000, IFNULL(cost_center, ''), IFNULL(feature, ''), "
-                "IFNULL(tenant, ''), step, IFNULL(service, ''), outcome, IFNULL(SUM(cost_e10), 0), "
-                "IFNULL(SUM(avoided_e10), 0), COUNT(*), SUM(cost_e10 IS NULL) FROM cost_events GROUP BY 1, 2, 3, 4, 5, 6, 7")
+        con.execute(
+            "INSERT INTO cost_events (id, request_id, ts_us, step, service, quantity, unit, cost, cost_e10, "
+            "currency, tenant, outcome, details) VALUES (?, ?, ?, 'generate', 'gpt-6-luna', '100', 'tokens', "
+            "?, ?, 'USD', 'acme', 'ok', ?)",
+            (i, rid, ts, cost, e10, json.dumps(details)),
+        )
+    con.execute(
+        "INSERT INTO rollup_hourly SELECT ts_us / 3600000000, IFNULL(cost_center, ''), IFNULL(feature, ''), "
+        "IFNULL(tenant, ''), step, IFNULL(service, ''), outcome, IFNULL(SUM(cost_e10), 0), "
+        "IFNULL(SUM(avoided_e10), 0), COUNT(*), SUM(cost_e10 IS NULL) FROM cost_events GROUP BY 1, 2, 3, 4, 5, 6, 7"
+    )
     con.commit()
     con.close()
 
@@ -125,13 +147,22 @@ def test_sqlite_ledger_from_before_sources_opens_backfills_and_keeps_working(tmp
     s = SQLiteLedgerStore(path)
     assert s.migrations()[-1] == "004_source"
     assert {e.id: e.source for e in s.query()} == {"o1": "litellm", "o2": "unknown", "o3": "unknown", "o4": "otlp"}
-    assert s.query(LedgerFilter(request_id="rb"))[0].details == {"source": "Not A Source!"}  # details are left as they were
+    assert s.query(LedgerFilter(request_id="rb"))[0].details == {
+        "source": "Not A Source!"
+    }  # details are left as they were
     s.append([ev("n1", "rd", cost="0.125", source="gateway"), ev("n2", "ra", cost="0.25", source="litellm")])
     hourly = {r.keys[0]: (r.cost, r.events, r.unknown) for r in s.aggregate(["source"], count_requests=False)}  # rollup
     scanned = {r.keys[0]: (r.cost, r.events, r.unknown, r.request_count) for r in s.aggregate(["source"])}  # events
-    assert hourly == {k: v[:3] for k, v in scanned.items()} == {
-        "litellm": (Decimal("0.75"), 2, 0), "unknown": (Decimal("0.35"), 2, 0), "otlp": (Decimal(0), 1, 1),
-        "gateway": (Decimal("0.125"), 1, 0)}
+    assert (
+        hourly
+        == {k: v[:3] for k, v in scanned.items()}
+        == {
+            "litellm": (Decimal("0.75"), 2, 0),
+            "unknown": (Decimal("0.35"), 2, 0),
+            "otlp": (Decimal(0), 1, 1),
+            "gateway": (Decimal("0.125"), 1, 0),
+        }
+    )
     assert scanned["litellm"][3] == 1 and scanned["unknown"][3] == 2
     s.close()
     again = SQLiteLedgerStore(path)  # applied once: a second open changes nothing
@@ -156,14 +187,21 @@ def test_postgres_ledger_from_before_sources_is_backfilled(postgres_server):
                 con.execute(stmt)
             con.execute("INSERT INTO _migrations VALUES (%s, now())", (name,))
         for i, rid, e10, details in _OLD_ROWS:
-            con.execute("INSERT INTO cost_events (id, request_id, ts, step, quantity, unit, cost, currency, outcome, "
-                        "details) VALUES (%s, %s, %s, 'generate', 100, 'tokens', %s, 'USD', 'ok', %s)",
-                        (i, rid, T0, None if e10 is None else Decimal(e10) / 10**10, json.dumps(details)))
+            con.execute(
+                "INSERT INTO cost_events (id, request_id, ts, step, quantity, unit, cost, currency, outcome, "
+                "details) VALUES (%s, %s, %s, 'generate', 100, 'tokens', %s, 'USD', 'ok', %s)",
+                (i, rid, T0, None if e10 is None else Decimal(e10) / 10**10, json.dumps(details)),
+            )
     s = PostgresLedgerStore(postgres_server.uri, schema=schema)
     assert s.migrations() == ["001_cost_events", "002_indexes", "003_source"]
     assert {e.id: e.source for e in s.query()} == {"o1": "litellm", "o2": "unknown", "o3": "unknown", "o4": "otlp"}
     s.append([ev("n1", "rd", cost="0.125", source="gateway")])
-    assert {r.keys[0]: r.events for r in s.aggregate(["source"])} == {"litellm": 1, "unknown": 2, "otlp": 1, "gateway": 1}
+    assert {r.keys[0]: r.events for r in s.aggregate(["source"])} == {
+        "litellm": 1,
+        "unknown": 2,
+        "otlp": 1,
+        "gateway": 1,
+    }
     s.close()
 
 

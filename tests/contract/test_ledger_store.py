@@ -31,20 +31,51 @@ def store(request, tmp_path):
 
 
 def ev(i, request_id="r1", step="generate", cost="0.001", minutes=0, **kw):
-    return CostEvent(id=f"e{i}", request_id=request_id, ts=T0 + timedelta(minutes=minutes), step=step,
-                     service=kw.pop("service", "gpt-6-luna"), quantity=Decimal(100), unit="tokens",
-                     cost=None if cost is None else Decimal(cost), **kw)
+    return CostEvent(
+        id=f"e{i}",
+        request_id=request_id,
+        ts=T0 + timedelta(minutes=minutes),
+        step=step,
+        service=kw.pop("service", "gpt-6-luna"),
+        quantity=Decimal(100),
+        unit="tokens",
+        cost=None if cost is None else Decimal(cost),
+        **kw,
+    )
 
 
 def test_roundtrip_keeps_every_field_exactly(store):
-    e = CostEvent(id="x1", request_id="r9", ts=T0 + timedelta(microseconds=123456), step="egress",
-                  provider="aws", service="inter_region", region="us-east-1->eu-west-1",
-                  quantity=Decimal("0.000050000"), unit="GB", unit_price=Decimal("0.02"),
-                  cost=Decimal("0.0000000012345678901234"), attribution=Attribution(
-                      cost_center="cc-7", team="search", feature="rag", tenant="acme", environment="prod",
-                      user="u1", tags={"exp": "b", "région": "ü"}), trace_id="t", span_id="s", parent_span_id="p",
-                  name="to eu", latency_ms=1.5, outcome="ok", avoided_cost=Decimal("0.5"), details={"bytes": 50000},
-                  source="langchain")
+    e = CostEvent(
+        id="x1",
+        request_id="r9",
+        ts=T0 + timedelta(microseconds=123456),
+        step="egress",
+        provider="aws",
+        service="inter_region",
+        region="us-east-1->eu-west-1",
+        quantity=Decimal("0.000050000"),
+        unit="GB",
+        unit_price=Decimal("0.02"),
+        cost=Decimal("0.0000000012345678901234"),
+        attribution=Attribution(
+            cost_center="cc-7",
+            team="search",
+            feature="rag",
+            tenant="acme",
+            environment="prod",
+            user="u1",
+            tags={"exp": "b", "région": "ü"},
+        ),
+        trace_id="t",
+        span_id="s",
+        parent_span_id="p",
+        name="to eu",
+        latency_ms=1.5,
+        outcome="ok",
+        avoided_cost=Decimal("0.5"),
+        details={"bytes": 50000},
+        source="langchain",
+    )
     store.append([e])
     (got,) = store.query(LedgerFilter(request_id="r9"))
     assert got == e
@@ -59,11 +90,19 @@ def test_unknown_cost_is_kept_as_none_and_counted(store):
 
 def test_aggregate_by_step_and_attribution(store):
     a, b = Attribution(cost_center="A"), Attribution(cost_center="B")
-    store.append([ev(1, step="generate", cost="0.3", attribution=a), ev(2, step="embed", cost="0.1", attribution=a),
-                  ev(3, request_id="r2", step="generate", cost="0.2", attribution=b)])
+    store.append(
+        [
+            ev(1, step="generate", cost="0.3", attribution=a),
+            ev(2, step="embed", cost="0.1", attribution=a),
+            ev(3, request_id="r2", step="generate", cost="0.2", attribution=b),
+        ]
+    )
     by = {r.keys: (r.cost, r.request_count) for r in store.aggregate(["cost_center", "step"])}
-    assert by == {("A", "generate"): (Decimal("0.3"), 1), ("A", "embed"): (Decimal("0.1"), 1),
-                  ("B", "generate"): (Decimal("0.2"), 1)}
+    assert by == {
+        ("A", "generate"): (Decimal("0.3"), 1),
+        ("A", "embed"): (Decimal("0.1"), 1),
+        ("B", "generate"): (Decimal("0.2"), 1),
+    }
     (only_a,) = store.aggregate([], LedgerFilter(attribution=(("cost_center", "A"),)))
     assert only_a.cost == Decimal("0.4") and only_a.request_count == 1
 
@@ -92,6 +131,7 @@ def test_duplicate_id_rejects_the_whole_batch(store):
 def test_concurrent_appends_lose_nothing(store):
     def work(t):
         store.append([ev(f"{t}-{i}", request_id=f"r{t}") for i in range(200)])
+
     threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
     [t.start() for t in threads]
     [t.join() for t in threads]
@@ -159,18 +199,41 @@ def _random_events(n, seed):
     out = []
     for i in range(n):
         cost = None if rnd.random() < 0.05 else Decimal(rnd.randint(0, 10**6)) / Decimal(10**9)
-        a = Attribution(cost_center=rnd.choice([None, "a", "b"]), feature=rnd.choice([None, "x", "y"]),
-                        tenant=rnd.choice(["t1", "t2"]), team=rnd.choice([None, "k"]))
-        out.append(CostEvent(id=f"e{seed}-{i}", request_id=f"r{i // 3}", ts=t0 + timedelta(minutes=rnd.randint(0, 60 * 72)),
-                             step=rnd.choice(["generate", "embed", "cache_lookup"]), service=rnd.choice([None, "m1", "m2"]),
-                             outcome=rnd.choice(["ok", "cache_hit", "routed"]), cost=cost, attribution=a,
-                             avoided_cost=Decimal("0.001") if rnd.random() < 0.2 else None,
-                             source=rnd.choice(["gateway", "sdk", "otlp"])))
+        a = Attribution(
+            cost_center=rnd.choice([None, "a", "b"]),
+            feature=rnd.choice([None, "x", "y"]),
+            tenant=rnd.choice(["t1", "t2"]),
+            team=rnd.choice([None, "k"]),
+        )
+        out.append(
+            CostEvent(
+                id=f"e{seed}-{i}",
+                request_id=f"r{i // 3}",
+                ts=t0 + timedelta(minutes=rnd.randint(0, 60 * 72)),
+                step=rnd.choice(["generate", "embed", "cache_lookup"]),
+                service=rnd.choice([None, "m1", "m2"]),
+                outcome=rnd.choice(["ok", "cache_hit", "routed"]),
+                cost=cost,
+                attribution=a,
+                avoided_cost=Decimal("0.001") if rnd.random() < 0.2 else None,
+                source=rnd.choice(["gateway", "sdk", "otlp"]),
+            )
+        )
     return out
 
 
-@pytest.mark.parametrize("group_by", [[], ["step"], ["hour", "cost_center"], ["day", "feature", "step", "service", "outcome"],
-                                      ["month", "tenant"], ["team"], ["source", "step"]])
+@pytest.mark.parametrize(
+    "group_by",
+    [
+        [],
+        ["step"],
+        ["hour", "cost_center"],
+        ["day", "feature", "step", "service", "outcome"],
+        ["month", "tenant"],
+        ["team"],
+        ["source", "step"],
+    ],
+)
 def test_sqlite_rollup_answers_exactly_what_the_events_say(tmp_path, group_by):
     events = _random_events(600, 1)
     mem, sql = MemoryLedgerStore(), SQLiteLedgerStore(tmp_path / "l.db")
@@ -178,15 +241,22 @@ def test_sqlite_rollup_answers_exactly_what_the_events_say(tmp_path, group_by):
         store.append(events[:300])
         store.append(events[300:])
     t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
-    filters = [LedgerFilter(), LedgerFilter(since=t0 + timedelta(hours=5), until=t0 + timedelta(hours=30)),
-               LedgerFilter(since=t0 + timedelta(minutes=90)),  # not hour-aligned: answered from the events
-               LedgerFilter(service="m1", attribution=(("tenant", "t1"), ("cost_center", "a"))),
-               LedgerFilter(steps=("generate",), outcome="routed"),
-               LedgerFilter(source="sdk", attribution=(("tenant", "t2"),))]
+    filters = [
+        LedgerFilter(),
+        LedgerFilter(since=t0 + timedelta(hours=5), until=t0 + timedelta(hours=30)),
+        LedgerFilter(since=t0 + timedelta(minutes=90)),  # not hour-aligned: answered from the events
+        LedgerFilter(service="m1", attribution=(("tenant", "t1"), ("cost_center", "a"))),
+        LedgerFilter(steps=("generate",), outcome="routed"),
+        LedgerFilter(source="sdk", attribution=(("tenant", "t2"),)),
+    ]
     for f in filters:
+
         def norm(rows):
             return sorted(((repr(r.keys), r.cost, r.avoided_cost, r.events, r.unknown) for r in rows))
-        assert norm(sql.aggregate(group_by, f, count_requests=False)) == norm(mem.aggregate(group_by, f, count_requests=False))
+
+        assert norm(sql.aggregate(group_by, f, count_requests=False)) == norm(
+            mem.aggregate(group_by, f, count_requests=False)
+        )
     sql.close()
 
 
@@ -196,14 +266,18 @@ def test_sqlite_rollup_is_backfilled_for_an_older_ledger(tmp_path):
     s.append(_random_events(50, 2))
     s.close()
     con = sqlite3.connect(path)  # turn it into a ledger written before migration 003 (and 004)
-    con.executescript("DROP TABLE rollup_hourly; DROP INDEX ix_cost_events_request_cost; "
-                      "ALTER TABLE cost_events DROP COLUMN source; "
-                      "DELETE FROM _migrations WHERE name IN ('003_hourly_rollup', '004_source');")
+    con.executescript(
+        "DROP TABLE rollup_hourly; DROP INDEX ix_cost_events_request_cost; "
+        "ALTER TABLE cost_events DROP COLUMN source; "
+        "DELETE FROM _migrations WHERE name IN ('003_hourly_rollup', '004_source');"
+    )
     con.close()
     new = SQLiteLedgerStore(path)
     mem = MemoryLedgerStore()
     mem.append(_random_events(50, 2))
-    assert new.aggregate(["step"], count_requests=False)[0].cost == mem.aggregate(["step"], count_requests=False)[0].cost
+    assert (
+        new.aggregate(["step"], count_requests=False)[0].cost == mem.aggregate(["step"], count_requests=False)[0].cost
+    )
     new.append([ev(999)])
     assert new.aggregate([], count_requests=False)[0].events == 51
     new.close()

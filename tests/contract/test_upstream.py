@@ -36,20 +36,24 @@ def mock_url():
 @pytest.fixture(params=IMPLEMENTATIONS)
 def make(request, mock_url):
     """A factory of fresh upstreams of one implementation (each test runs its calls in one event loop)."""
-    kinds = {"openai": lambda: OpenAICompatibleUpstream(mock_url, "sk-contract", max_retries=0),
-             "anthropic": lambda: AnthropicUpstream(mock_url, "sk-contract", max_retries=0),
-             "memory": lambda: MemoryUpstream(TEXT)}
+    kinds = {
+        "openai": lambda: OpenAICompatibleUpstream(mock_url, "sk-contract", max_retries=0),
+        "anthropic": lambda: AnthropicUpstream(mock_url, "sk-contract", max_retries=0),
+        "memory": lambda: MemoryUpstream(TEXT),
+    }
     return kinds[request.param]
 
 
 def run(make, fn):
     """``fn(upstream)`` in a fresh event loop, the upstream closed afterwards."""
+
     async def go():
         up = make()
         try:
             return await fn(up)
         finally:
             await up.aclose()
+
     return asyncio.run(go())
 
 
@@ -103,7 +107,10 @@ def test_a_stream_is_typed_chunks_and_only_the_last_carries_usage(make):
 
 def test_the_stream_and_the_whole_answer_count_the_same_tokens(make):
     async def both(up):
-        return await up.complete({"model": "m-1", "messages": MSG}), await collect(up, {"model": "m-1", "messages": MSG})
+        return await up.complete({"model": "m-1", "messages": MSG}), await collect(
+            up, {"model": "m-1", "messages": MSG}
+        )
+
     answer, chunks = run(make, both)
     assert chunks[-1].usage["prompt_tokens"] == answer.usage["prompt_tokens"]
     assert (chunks[-1].native_usage is None) == (answer.native_usage is None)
@@ -115,6 +122,7 @@ def test_a_stream_closed_early_stops_cleanly(make):
         first = await stream.__anext__()
         await stream.aclose()
         return first
+
     first = run(make, first_then_close)
     assert isinstance(first, StreamChunk) and first.data["choices"]
 
@@ -126,6 +134,7 @@ def test_embeddings_where_declared_and_unsupported_elsewhere(make):
                 await up.embed({"model": "e-1", "input": ["a", "b"]})
             return None
         return await up.embed({"model": "e-1", "input": ["a", "b c"]})
+
     answer = run(make, embed)
     if answer is None:
         return
@@ -140,4 +149,5 @@ def test_closing_twice_is_harmless(make):
     async def close_twice(up):
         await up.complete({"model": "m-1", "messages": MSG})
         await up.aclose()
+
     run(make, close_twice)  # run() closes it a second time

@@ -86,7 +86,7 @@ def test_delete_and_upsert_replace(index):
     assert index.delete([1, 99]) == 1
     assert [i for i, _ in index.search(v[0], 5, "s")] == [2]
     index.upsert([2], v[3:4], "s")  # same id, new vector
-    (top, sim), = index.search(v[3], 5, "s")
+    ((top, sim),) = index.search(v[3], 5, "s")
     assert top == 2 and sim == pytest.approx(1.0, abs=1e-3)
 
 
@@ -140,8 +140,10 @@ def test_pgvector_partitions_new_tables_keeps_old_ones_and_bulk_loads(postgres_s
     assert not again.partitioned and [i for i, _ in again.search(v[0], 3, "s")] == [1]
     # bulk load: rows first, the graph built once afterwards
     bulk = PgVectorIndex(postgres_server.uri, DIMS, prefix=fresh_name("c"), build_hnsw=False)
-    with psycopg.connect(postgres_server.uri, autocommit=True) as c, c.cursor().copy(
-            f"COPY {bulk.table} (id, scope, embedding) FROM STDIN") as cp:
+    with (
+        psycopg.connect(postgres_server.uri, autocommit=True) as c,
+        c.cursor().copy(f"COPY {bulk.table} (id, scope, embedding) FROM STDIN") as cp,
+    ):
         for i in range(300):
             cp.write_row((i, f"s{i % 5}", "[" + ",".join(map(str, v[i])) + "]"))
     bulk.create_hnsw()

@@ -5,9 +5,22 @@ from decimal import Decimal
 import numpy as np
 import pytest
 
-from truecost.cache.verifier import (ANSWERS, BUDGETED, CAPABILITIES, FEEDBACK, QUERIES, Budgeted, ClientFeedback,
-                                     EmbeddingMatch, JudgeMatch, KnownClassVerifier, NormalisedMatch, PairView,
-                                     Verdict, Verifier)
+from truecost.cache.verifier import (
+    ANSWERS,
+    BUDGETED,
+    CAPABILITIES,
+    FEEDBACK,
+    QUERIES,
+    Budgeted,
+    ClientFeedback,
+    EmbeddingMatch,
+    JudgeMatch,
+    KnownClassVerifier,
+    NormalisedMatch,
+    PairView,
+    Verdict,
+    Verifier,
+)
 
 
 class HashEmbedder:
@@ -22,9 +35,15 @@ class HashEmbedder:
         return out
 
 
-CLASSES = {"cancel my order": "cancel_order", "please cancel my order": "cancel_order",
-           "cancel my subscription": "cancel_subscription", "what's the refund policy?": "refund",
-           "how do i get my money back?": "refund", "tell me a joke": "oos", "sing a song": "oos"}
+CLASSES = {
+    "cancel my order": "cancel_order",
+    "please cancel my order": "cancel_order",
+    "cancel my subscription": "cancel_subscription",
+    "what's the refund policy?": "refund",
+    "how do i get my money back?": "refund",
+    "tell me a joke": "oos",
+    "sing a song": "oos",
+}
 
 
 def _query_pair():
@@ -62,9 +81,11 @@ def test_declares_a_name_and_known_capabilities(verifier):
 
 def test_one_verdict_or_abstention_per_pair_in_order(verifier):
     assert verifier.verify([]) == []
-    pairs = [pair("cancel my order", "cancel my order", "done", "done"),
-             pair("cancel my order", "cancel my subscription", "done", "a different answer"),
-             pair("tell me a joke", "sing a song", "ha", "la")]
+    pairs = [
+        pair("cancel my order", "cancel my order", "done", "done"),
+        pair("cancel my order", "cancel my subscription", "done", "a different answer"),
+        pair("tell me a joke", "sing a song", "ha", "la"),
+    ]
     out = verifier.verify(pairs)
     assert len(out) == len(pairs)
     for v in out:
@@ -97,8 +118,16 @@ def test_a_verifier_that_needs_answers_abstains_without_them(verifier):
 
 
 def test_different_requests_are_told_apart(verifier):
-    v = verifier.verify([pair("cancel my order", "cancel my subscription", "Your order is cancelled.",
-                              "Your subscription is cancelled.")])[0]
+    v = verifier.verify(
+        [
+            pair(
+                "cancel my order",
+                "cancel my subscription",
+                "Your order is cancelled.",
+                "Your subscription is cancelled.",
+            )
+        ]
+    )[0]
     if FEEDBACK in verifier.capabilities and not verifier.capabilities - {FEEDBACK}:
         assert v is None
     else:

@@ -42,8 +42,12 @@ def make_app(store, admin_digest=ADMIN_DIGEST, actions=None):
         return JSONResponse({"name": record.name, "tenant": record.tenant})
 
     on_action = (lambda *a: actions.append(a)) if actions is not None else None
-    return Starlette(routes=[Route("/whoami", whoami), *admin_routes(store, admin_digest, on_action=on_action,
-                                                                      known_models=["support-bot", "chat"])])
+    return Starlette(
+        routes=[
+            Route("/whoami", whoami),
+            *admin_routes(store, admin_digest, on_action=on_action, known_models=["support-bot", "chat"]),
+        ]
+    )
 
 
 @pytest.fixture
@@ -53,8 +57,11 @@ def mono():
 
 @pytest.fixture
 def store(tmp_path, mono):
-    s = KeyStore([KeyRecord("support", hashlib.sha256(YAML_SECRET.encode()).hexdigest(), tenant="cx")],
-                 SQLiteKeyBackend(tmp_path / "gw.db"), monotonic=mono)
+    s = KeyStore(
+        [KeyRecord("support", hashlib.sha256(YAML_SECRET.encode()).hexdigest(), tenant="cx")],
+        SQLiteKeyBackend(tmp_path / "gw.db"),
+        monotonic=mono,
+    )
     yield s
     s.close()
 
@@ -75,8 +82,18 @@ def who(client, secret):
 
 
 def test_create_then_the_secret_authenticates_and_is_never_shown_again(client, store, actions):
-    r = client.post("/admin/keys", headers=H, json={"name": "team-a", "tenant": "acme", "models": ["chat"], "rpm": 60,
-                                                    "expires_at": "2099-01-01T00:00:00Z", "scopes": ["read"]})
+    r = client.post(
+        "/admin/keys",
+        headers=H,
+        json={
+            "name": "team-a",
+            "tenant": "acme",
+            "models": ["chat"],
+            "rpm": 60,
+            "expires_at": "2099-01-01T00:00:00Z",
+            "scopes": ["read"],
+        },
+    )
     assert r.status_code == 201, r.text
     assert r.headers["cache-control"] == "no-store"
     secret, key = r.json()["secret"], r.json()["key"]
@@ -115,10 +132,17 @@ def test_rotate_revoke_and_the_audit_trail(client, store):
     assert r.status_code == 409 and r.json()["error"]["code"] == "key_conflict"
     entries = client.get("/admin/audit?limit=50", headers=H).json()["entries"]
     trail = [(e["action"], e["target"], e["outcome"]) for e in reversed(entries)]
-    assert trail == [("key.create", "k", "ok"), ("key.rotate", "k", "ok"), ("key.rotate", "k", "ok"),
-                     ("key.revoke", "k", "ok"), ("key.rotate", "k", "refused:conflict"),
-                     ("key.revoke", "nobody", "refused:not_found"), ("key.revoke", "support", "refused:read_only"),
-                     ("key.create", "k", "refused:conflict"), ("audit.read", None, "ok")]
+    assert trail == [
+        ("key.create", "k", "ok"),
+        ("key.rotate", "k", "ok"),
+        ("key.rotate", "k", "ok"),
+        ("key.revoke", "k", "ok"),
+        ("key.rotate", "k", "refused:conflict"),
+        ("key.revoke", "nobody", "refused:not_found"),
+        ("key.revoke", "support", "refused:read_only"),
+        ("key.create", "k", "refused:conflict"),
+        ("audit.read", None, "ok"),
+    ]
     admin_actor = "admin:sha256:" + ADMIN_DIGEST[:8]
     assert {e["actor"] for e in entries} == {admin_actor}
     text = str(entries)
@@ -128,8 +152,12 @@ def test_rotate_revoke_and_the_audit_trail(client, store):
 
 
 def test_bad_admin_key_is_401_and_audited(client, store, actions):
-    for headers in ({"authorization": "Bearer wrong-admin-key"}, {}, {"authorization": f"Basic {ADMIN}"},
-                    {"authorization": f"Bearer {YAML_SECRET}"}):
+    for headers in (
+        {"authorization": "Bearer wrong-admin-key"},
+        {},
+        {"authorization": f"Basic {ADMIN}"},
+        {"authorization": f"Bearer {YAML_SECRET}"},
+    ):
         r = client.post("/admin/keys", headers=headers, json={"name": "evil"})
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_admin_key"
         assert r.headers["www-authenticate"] == "Bearer"
@@ -148,7 +176,9 @@ def test_bad_admin_key_is_401_and_audited(client, store, actions):
 
 def test_is_admin_for_the_other_admin_routes():
     assert is_admin(ADMIN, ADMIN_DIGEST)
-    assert not is_admin(ADMIN + "x", ADMIN_DIGEST) and not is_admin(None, ADMIN_DIGEST) and not is_admin("", ADMIN_DIGEST)
+    assert (
+        not is_admin(ADMIN + "x", ADMIN_DIGEST) and not is_admin(None, ADMIN_DIGEST) and not is_admin("", ADMIN_DIGEST)
+    )
     assert not is_admin(ADMIN, None) and not is_admin("\ud800", ADMIN_DIGEST)
 
 
@@ -167,18 +197,21 @@ def test_admin_api_off_without_an_admin_key(store):
     assert [k.name for k in store.list()] == ["support"]
 
 
-@pytest.mark.parametrize("body, status, needle", [
-    ({"name": "k", "role": "admin"}, 400, "role"),
-    ({"name": "k", "rpm": "60"}, 400, "rpm"),
-    ({"name": "k", "rpm": True}, 400, "rpm"),
-    ({"name": "k", "models": "chat"}, 400, "models"),
-    ({"name": "k", "models": ["gpt-99"]}, 400, "gpt-99"),
-    ({"name": "k", "scopes": ["admin"]}, 400, "scopes"),
-    ({"name": "k", "expires_at": 5}, 400, "expires_at"),
-    ({"name": "../etc"}, 400, "name"),
-    ({"tenant": "x"}, 400, "name"),
-    (["name", "k"], 400, "JSON object"),
-])
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        ({"name": "k", "role": "admin"}, 400, "role"),
+        ({"name": "k", "rpm": "60"}, 400, "rpm"),
+        ({"name": "k", "rpm": True}, 400, "rpm"),
+        ({"name": "k", "models": "chat"}, 400, "models"),
+        ({"name": "k", "models": ["gpt-99"]}, 400, "gpt-99"),
+        ({"name": "k", "scopes": ["admin"]}, 400, "scopes"),
+        ({"name": "k", "expires_at": 5}, 400, "expires_at"),
+        ({"name": "../etc"}, 400, "name"),
+        ({"tenant": "x"}, 400, "name"),
+        (["name", "k"], 400, "JSON object"),
+    ],
+)
 def test_create_bodies_are_validated_strictly(client, store, body, status, needle):
     r = client.post("/admin/keys", headers=H, json=body)
     assert r.status_code == status and needle in r.json()["error"]["message"], r.text

@@ -46,13 +46,22 @@ def test_report_totals_match_the_ledger(tmp_path):
     store = SQLiteLedgerStore(db)
     t = datetime(2026, 11, 1, tzinfo=timezone.utc)
     a, b = Attribution(cost_center="A"), Attribution(cost_center="B")
-    store.append([
-        CostEvent(id="1", request_id="r1", ts=t, step="generate", cost=Decimal("0.30"), attribution=a),
-        CostEvent(id="2", request_id="r1", ts=t, step="egress", cost=Decimal("0.10"), attribution=a),
-        CostEvent(id="3", request_id="r2", ts=t, step="generate", cost=Decimal("0.20"), attribution=b),
-        CostEvent(id="4", request_id="r2", ts=t, step="validate", cost=None, attribution=b,
-                  details={"unknown_reason": "unknown model 'x'"}),
-    ])
+    store.append(
+        [
+            CostEvent(id="1", request_id="r1", ts=t, step="generate", cost=Decimal("0.30"), attribution=a),
+            CostEvent(id="2", request_id="r1", ts=t, step="egress", cost=Decimal("0.10"), attribution=a),
+            CostEvent(id="3", request_id="r2", ts=t, step="generate", cost=Decimal("0.20"), attribution=b),
+            CostEvent(
+                id="4",
+                request_id="r2",
+                ts=t,
+                step="validate",
+                cost=None,
+                attribution=b,
+                details={"unknown_reason": "unknown model 'x'"},
+            ),
+        ]
+    )
     store.close()
     data = json.loads(run("report", "--db", str(db), "--json", "--request", "r1").output)
     assert data["total_usd"] == "0.6" and data["requests"] == 2 and data["unknown_price_events"] == 1
@@ -68,20 +77,37 @@ def test_report_shows_totals_by_source_and_filters_by_it(tmp_path):
     db = tmp_path / "l.db"
     store = SQLiteLedgerStore(db)
     t = datetime(2026, 11, 1, tzinfo=timezone.utc)
-    store.append([CostEvent(id=str(i), request_id=rid, ts=t, step="generate", cost=Decimal(cost), source=source)
-                  for i, (rid, cost, source) in enumerate([("r1", "0.5", "gateway"), ("r1", "0.25", "sdk"),
-                                                           ("r2", "0.125", "langchain"), ("r3", "1", "otlp")])])
+    store.append(
+        [
+            CostEvent(id=str(i), request_id=rid, ts=t, step="generate", cost=Decimal(cost), source=source)
+            for i, (rid, cost, source) in enumerate(
+                [("r1", "0.5", "gateway"), ("r1", "0.25", "sdk"), ("r2", "0.125", "langchain"), ("r3", "1", "otlp")]
+            )
+        ]
+    )
     store.close()
     data = json.loads(run("report", "--db", str(db), "--json").output)
     assert {r["source"]: (r["cost_usd"], r["events"]) for r in data["totals"]["source"]} == {
-        "otlp": ("1", 1), "gateway": ("0.5", 1), "sdk": ("0.25", 1), "langchain": ("0.125", 1)}
+        "otlp": ("1", 1),
+        "gateway": ("0.5", 1),
+        "sdk": ("0.25", 1),
+        "langchain": ("0.125", 1),
+    }
     human = run("report", "--db", str(db), "--request", "r1").output
     assert "totals by source" in human and "langchain" in human and "(source: gateway, sdk)" in human
     only = json.loads(run("report", "--db", str(db), "--json", "--source", "gateway", "--by", "source,step").output)
     assert only["total_usd"] == "0.5" and only["requests"] == 1
-    assert only["totals"]["source,step"] == [{"source": "gateway", "step": "generate", "cost_usd": "0.5",
-                                              "avoided_usd": "0", "events": 1, "requests": None,
-                                              "unknown_price_events": 0}]
+    assert only["totals"]["source,step"] == [
+        {
+            "source": "gateway",
+            "step": "generate",
+            "cost_usd": "0.5",
+            "avoided_usd": "0",
+            "events": 1,
+            "requests": None,
+            "unknown_price_events": 0,
+        }
+    ]
 
 
 def test_report_without_a_ledger_says_so(tmp_path):
@@ -91,10 +117,11 @@ def test_report_without_a_ledger_says_so(tmp_path):
 
 def test_demo_without_local_model_runs_both_passes_and_labels_the_replay(tmp_path):
     db = tmp_path / "demo.db"
-    r = CliRunner().invoke(cli, ["demo", "--queries", "24", "--db", str(db), "--no-local-model", "--json"],
-                           catch_exceptions=False)
+    r = CliRunner().invoke(
+        cli, ["demo", "--queries", "24", "--db", str(db), "--no-local-model", "--json"], catch_exceptions=False
+    )
     assert r.exit_code == 0, r.output
-    data = json.loads(r.output[r.output.index("{"):])
+    data = json.loads(r.output[r.output.index("{") :])
     assert "REPLAY" in data["upstream"] and data["queries"] == 24
     off, on = data["off"], data["on"]
     assert off["requests"] == on["requests"] == 24 and off["errors"] == on["errors"] == 0
@@ -102,8 +129,17 @@ def test_demo_without_local_model_runs_both_passes_and_labels_the_replay(tmp_pat
     assert sum(on["served_by"].values()) == 24 - on["cache_hits"] + on["cache_hits"]
     assert "SmolLM2-135M-Instruct" in on["served_by"]  # the router sent short questions to the small model
     steps = set(off["by_step_per_request_usd"])
-    assert {"sanitize", "embed", "vector_search", "context_assembly", "generate", "validate", "log_storage",
-            "egress", "reserved_capacity"} <= steps
+    assert {
+        "sanitize",
+        "embed",
+        "vector_search",
+        "context_assembly",
+        "generate",
+        "validate",
+        "log_storage",
+        "egress",
+        "reserved_capacity",
+    } <= steps
     assert off["unknown_events"] == 0 and on["unknown_events"] == 0
     assert Decimal(on["cost_per_request_usd"]) < Decimal(off["cost_per_request_usd"])
     store = SQLiteLedgerStore(db)
@@ -115,8 +151,9 @@ def test_demo_without_local_model_runs_both_passes_and_labels_the_replay(tmp_pat
 
 
 def test_the_example_runs():
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / "rag_pipeline.py"), "4"], capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "rag_pipeline.py"), "4"], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     assert "generation share" in out.stdout and "unknown prices: 0" in out.stdout
 
@@ -153,12 +190,16 @@ def test_audit_cache_reads_queries_from_a_ledger(tmp_path):
     db = tmp_path / "l.db"
     store = SQLiteLedgerStore(db)
     t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
-    store.append([CostEvent(id=f"e{i}", request_id=f"r{i}", ts=t0, step="sanitize", cost=Decimal(0),
-                            details={"query": q}) for i, q in enumerate(["refund please", "refund please", "hi"])])
+    store.append(
+        [
+            CostEvent(id=f"e{i}", request_id=f"r{i}", ts=t0, step="sanitize", cost=Decimal(0), details={"query": q})
+            for i, q in enumerate(["refund please", "refund please", "hi"])
+        ]
+    )
     store.close()
     r = CliRunner().invoke(cli, ["audit", "cache", str(db), "--out", str(tmp_path), "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    data = json.loads(r.output[r.output.index("{"):])
+    data = json.loads(r.output[r.output.index("{") :])
     assert data["queries"] == 3 and data["thresholds"][0]["hit_rate"] == 1 / 3  # the exact repeat
 
 
@@ -166,9 +207,22 @@ def test_export_focus_writes_every_cost(tmp_path):
     db = tmp_path / "l.db"
     store = SQLiteLedgerStore(db)
     t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
-    store.append([CostEvent(id=f"e{i}", request_id="r", ts=t0, step="egress", service="aws/inter_region",
-                            quantity=Decimal("0.5"), unit="GB", cost=Decimal("0.01"),
-                            attribution=Attribution(cost_center="cc")) for i in range(3)])
+    store.append(
+        [
+            CostEvent(
+                id=f"e{i}",
+                request_id="r",
+                ts=t0,
+                step="egress",
+                service="aws/inter_region",
+                quantity=Decimal("0.5"),
+                unit="GB",
+                cost=Decimal("0.01"),
+                attribution=Attribution(cost_center="cc"),
+            )
+            for i in range(3)
+        ]
+    )
     store.close()
     out = tmp_path / "focus.csv"
     r = CliRunner().invoke(cli, ["export", "focus", "--db", str(db), "--out", str(out)], catch_exceptions=False)

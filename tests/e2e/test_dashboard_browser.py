@@ -30,8 +30,9 @@ READER_SCOPE = LedgerFilter(attribution=(("tenant", "globex"), ("cost_center", "
 @pytest.fixture(scope="module")
 def ledger(tmp_path_factory):
     db = tmp_path_factory.mktemp("dash") / "demo.db"
-    r = CliRunner().invoke(cli, ["demo", "--queries", "30", "--db", str(db), "--no-local-model", "--json"],
-                           catch_exceptions=False)
+    r = CliRunner().invoke(
+        cli, ["demo", "--queries", "30", "--db", str(db), "--no-local-model", "--json"], catch_exceptions=False
+    )
     assert r.exit_code == 0, r.output
     return db
 
@@ -40,7 +41,9 @@ def ledger(tmp_path_factory):
 def server(ledger):
     store = SQLiteLedgerStore(ledger)
     auth = KeyTableAuth([(key_sha256(ADMIN_KEY), Principal("admin", admin=True)), (key_sha256(READ_KEY), READER)])
-    app = Starlette(routes=[Mount("/ui", create_dashboard(store, title="truecost test", cache_target_error=0.01, auth=auth))])
+    app = Starlette(
+        routes=[Mount("/ui", create_dashboard(store, title="truecost test", cache_target_error=0.01, auth=auth))]
+    )
     with ServerThread(app) as s:
         yield s, store
     store.close()
@@ -74,14 +77,18 @@ def test_overview_shows_the_ledger_totals(browser, server):
         hit_rate = figs["cache_hit_rate"][0]
         assert hit_rate == "" or 0 <= float(hit_rate) <= 1
         assert page.page.locator("svg.chart").count() >= 4
-        lookups = sum(r.events for r in store.aggregate(["step"], LedgerFilter(steps=("cache_lookup",)), count_requests=False))
+        lookups = sum(
+            r.events for r in store.aggregate(["step"], LedgerFilter(steps=("cache_lookup",)), count_requests=False)
+        )
         assert float(figs["cache_false_hit_bound"][0]) == pytest.approx(0.01 * lookups)
         page.page.select_option("select[name=by]", "step")
         page.page.click("form.filters button[type=submit]")
         page.page.wait_for_load_state("load")
         # one hour of demo traffic is drawn as bars, several hours as lines: either way, one mark per step
-        series = page.page.eval_on_selector_all("#spend-over-time [data-series], #spend-over-time rect[data-label]",
-                                                "els => els.map(e => e.dataset.series || e.dataset.label)")
+        series = page.page.eval_on_selector_all(
+            "#spend-over-time [data-series], #spend-over-time rect[data-label]",
+            "els => els.map(e => e.dataset.series || e.dataset.label)",
+        )
         assert "generate" in series and "cx-support" not in series
         assert "e-0" not in page.page.inner_text("main")  # small amounts in dollars, not scientific notation
     finally:
@@ -207,11 +214,14 @@ def test_a_read_key_sees_only_its_tenant_and_cost_center(browser, server):
         page.screenshot("dashboard-read-scope")
         assert page.errors == []
         mine = page.page.eval_on_selector_all("table a[href*='/request/']", "els => els.map(e => e.textContent)")
-        assert mine and all(e.attribution.tenant == "globex" for rid in mine for e in store.query(LedgerFilter(request_id=rid)))
+        assert mine and all(
+            e.attribution.tenant == "globex" for rid in mine for e in store.query(LedgerFilter(request_id=rid))
+        )
         page.open(srv.url + "/ui/requests?tenant=acme")
         listed = page.page.eval_on_selector_all("table a[href*='/request/']", "els => els.map(e => e.textContent)")
-        assert set(mine) <= set(listed) and all(store.query(LedgerFilter(request_id=rid), limit=1)[0].attribution.tenant
-                                                == "globex" for rid in listed)
+        assert set(mine) <= set(listed) and all(
+            store.query(LedgerFilter(request_id=rid), limit=1)[0].attribution.tenant == "globex" for rid in listed
+        )
         theirs = store.query(LedgerFilter(attribution=(("tenant", "acme"),)), limit=1)[0].request_id
         assert page.page.goto(srv.url + f"/ui/request/{theirs}").status == 404
         assert page.page.goto(srv.url + f"/ui/request/{mine[0]}").status == 200

@@ -20,15 +20,20 @@ _stack = {}
 def gateway(tmp_dir):
     if "gw" not in _stack:
         upstream = ServerThread(make_app()).__enter__()
-        config = parse_config({
-            "ledger": str(tmp_dir / "fuzz.db"), "compute": "aws/c7i.xlarge",
-            "upstreams": {"mock": {"base_url": upstream.url + "/v1", "timeout": 2, "max_retries": 0}},
-            "models": {"support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]},
-                       "embed": {"candidates": [{"upstream": "mock", "model": "text-embedding-3-small"}]}},
-            "keys": [{"name": "f", "key_sha256": hash_key(KEY), "tenant": "fuzz"}],
-            "admin_key_sha256": hash_key("sk-admin-fuzz"),
-            "cache": {"enabled": True, "embedder": "minilm"},
-        })
+        config = parse_config(
+            {
+                "ledger": str(tmp_dir / "fuzz.db"),
+                "compute": "aws/c7i.xlarge",
+                "upstreams": {"mock": {"base_url": upstream.url + "/v1", "timeout": 2, "max_retries": 0}},
+                "models": {
+                    "support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]},
+                    "embed": {"candidates": [{"upstream": "mock", "model": "text-embedding-3-small"}]},
+                },
+                "keys": [{"name": "f", "key_sha256": hash_key(KEY), "tenant": "fuzz"}],
+                "admin_key_sha256": hash_key("sk-admin-fuzz"),
+                "cache": {"enabled": True, "embedder": "minilm"},
+            }
+        )
         _stack["gw"] = ServerThread(build(config)).__enter__()
         _stack["upstream"] = upstream
     return _stack["gw"]
@@ -42,4 +47,9 @@ def test_no_server_errors(case, tmp_path_factory):
         response = case.call(base_url=gw.url, headers=headers)
         # 502 (upstream failed) and 503 (budget store down) are documented answers, not crashes
         assert response.status_code < 500 or response.status_code in (502, 503), (
-            case.method, case.path, case.body, response.status_code, response.text[:300])
+            case.method,
+            case.path,
+            case.body,
+            response.status_code,
+            response.text[:300],
+        )

@@ -24,27 +24,42 @@ def _mock_state(stack):
 @pytest.fixture
 def stack(tmp_path):
     with ServerThread(make_app()) as upstream:
-        config = parse_config({
-            "ledger": str(tmp_path / "gw.db"),
-            "upstreams": {"mock": {"base_url": upstream.url + "/v1", "timeout": 1.0, "max_retries": 1}},
-            "models": {
-                "support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]},
-                "routed": {"candidates": [{"upstream": "mock", "model": "gpt-6.2-sol"}, {"upstream": "mock", "model": "gpt-6-luna"}],
-                           "route": {"strategy": "rules", "weak": "gpt-6-luna", "strong": "gpt-6.2-sol"}},
-                "embed": {"candidates": [{"upstream": "mock", "model": "text-embedding-3-small"}]},
-                "with-fallback": {"candidates": [{"upstream": "mock", "model": "gpt-6.2-sol", "upstream_model": "fail-500"},
-                                                 {"upstream": "mock", "model": "gpt-6-luna"}]},
-                "all-fail": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "fail-500"}]},
-                "cut": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "cut"}]},
-                "slow": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "slow"}]},
-                "drip": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "drip"}]},
-            },
-            "keys": [{"name": "team-a", "key_sha256": hash_key(KEY), "cost_center": "cx", "tenant": "acme"},
-                     {"name": "old", "key_sha256": hash_key(REVOKED), "revoked": True},
-                     {"name": "budgeted", "key_sha256": hash_key("sk-budget"), "tenant": "budgeted"}],
-            "budgets": [{"tenant": "budgeted", "period": "day", "limit_usd": "0.0001"}],
-            "max_body_bytes": 50_000,
-        })
+        config = parse_config(
+            {
+                "ledger": str(tmp_path / "gw.db"),
+                "upstreams": {"mock": {"base_url": upstream.url + "/v1", "timeout": 1.0, "max_retries": 1}},
+                "models": {
+                    "support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]},
+                    "routed": {
+                        "candidates": [
+                            {"upstream": "mock", "model": "gpt-6.2-sol"},
+                            {"upstream": "mock", "model": "gpt-6-luna"},
+                        ],
+                        "route": {"strategy": "rules", "weak": "gpt-6-luna", "strong": "gpt-6.2-sol"},
+                    },
+                    "embed": {"candidates": [{"upstream": "mock", "model": "text-embedding-3-small"}]},
+                    "with-fallback": {
+                        "candidates": [
+                            {"upstream": "mock", "model": "gpt-6.2-sol", "upstream_model": "fail-500"},
+                            {"upstream": "mock", "model": "gpt-6-luna"},
+                        ]
+                    },
+                    "all-fail": {
+                        "candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "fail-500"}]
+                    },
+                    "cut": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "cut"}]},
+                    "slow": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "slow"}]},
+                    "drip": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "drip"}]},
+                },
+                "keys": [
+                    {"name": "team-a", "key_sha256": hash_key(KEY), "cost_center": "cx", "tenant": "acme"},
+                    {"name": "old", "key_sha256": hash_key(REVOKED), "revoked": True},
+                    {"name": "budgeted", "key_sha256": hash_key("sk-budget"), "tenant": "budgeted"},
+                ],
+                "budgets": [{"tenant": "budgeted", "period": "day", "limit_usd": "0.0001"}],
+                "max_body_bytes": 50_000,
+            }
+        )
         app = build(config)
         with ServerThread(app) as gw:
             yield gw, app, upstream
@@ -62,7 +77,8 @@ def ledger_events(app, request_id):
 def test_completion_is_priced_and_the_header_equals_the_ledger(stack):
     gw, app, _ = stack
     raw = client(gw).chat.completions.with_raw_response.create(
-        model="support", messages=[{"role": "user", "content": "refund?"}], extra_headers={"x-truecost-feature": "faq"})
+        model="support", messages=[{"role": "user", "content": "refund?"}], extra_headers={"x-truecost-feature": "faq"}
+    )
     resp = raw.parse()
     assert resp.choices[0].message.content.startswith("The refund")
     h = raw.headers
@@ -79,7 +95,8 @@ def test_completion_is_priced_and_the_header_equals_the_ledger(stack):
 def test_streaming_through_the_sdk(stack):
     gw, app, _ = stack
     raw = client(gw).chat.completions.with_raw_response.create(
-        model="support", messages=[{"role": "user", "content": "refund?"}], stream=True)
+        model="support", messages=[{"role": "user", "content": "refund?"}], stream=True
+    )
     text = "".join(ch.choices[0].delta.content or "" for ch in raw.parse() if ch.choices)
     assert text.strip().startswith("The refund reaches")
     (e,) = ledger_events(app, raw.headers["x-request-id"])
@@ -88,8 +105,9 @@ def test_streaming_through_the_sdk(stack):
 
 def test_fallback_to_the_next_candidate_is_recorded(stack):
     gw, app, _ = stack
-    raw = client(gw).chat.completions.with_raw_response.create(model="with-fallback",
-                                                               messages=[{"role": "user", "content": "x"}])
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="with-fallback", messages=[{"role": "user", "content": "x"}]
+    )
     assert raw.headers["x-truecost-model"] == "gpt-6-luna"
     events = ledger_events(app, raw.headers["x-request-id"])
     assert [(e.service, e.outcome) for e in events] == [("gpt-6.2-sol", "error"), ("gpt-6-luna", "ok")]
@@ -111,8 +129,9 @@ def test_upstream_timeout_is_an_error_not_a_hang(stack):
 
 def test_stream_cut_midway_ends_with_an_error_event_and_partial_cost(stack):
     gw, app, _ = stack
-    raw = client(gw).chat.completions.with_raw_response.create(model="cut", messages=[{"role": "user", "content": "x"}],
-                                                               stream=True)
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="cut", messages=[{"role": "user", "content": "x"}], stream=True
+    )
     with pytest.raises(openai.APIError):
         for _ in raw.parse():
             pass
@@ -120,19 +139,25 @@ def test_stream_cut_midway_ends_with_an_error_event_and_partial_cost(stack):
     assert e.outcome == "error" and e.details.get("usage_estimated_from_chunks") and e.cost > 0
 
 
-@pytest.mark.parametrize("content,headers,status,code", [
-    (b"{not json", {}, 400, None),
-    (b'{"model": "support"}', {}, 400, None),
-    (b'{"model": "support", "messages": "hi"}', {}, 400, None),
-    (b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', {}, 404, "model_not_found"),
-    (b'{"model": "support", "messages": [{"role": "user", "content": "\xff\xfe"}]}', {}, 400, None),
-    (b'{"model": "support", "messages": [], "pad": "' + b"x" * 60_000 + b'"}', {}, 413, "body_too_large"),
-    (b'{"model": "support", "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}', {}, 400, None),
-])
+@pytest.mark.parametrize(
+    "content,headers,status,code",
+    [
+        (b"{not json", {}, 400, None),
+        (b'{"model": "support"}', {}, 400, None),
+        (b'{"model": "support", "messages": "hi"}', {}, 400, None),
+        (b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', {}, 404, "model_not_found"),
+        (b'{"model": "support", "messages": [{"role": "user", "content": "\xff\xfe"}]}', {}, 400, None),
+        (b'{"model": "support", "messages": [], "pad": "' + b"x" * 60_000 + b'"}', {}, 413, "body_too_large"),
+        (b'{"model": "support", "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}', {}, 400, None),
+    ],
+)
 def test_bad_requests_get_clear_openai_shaped_errors(stack, content, headers, status, code):
     gw, _, _ = stack
-    r = httpx.post(gw.url + "/v1/chat/completions", content=content,
-                   headers={"authorization": f"Bearer {KEY}", "content-type": "application/json", **headers})
+    r = httpx.post(
+        gw.url + "/v1/chat/completions",
+        content=content,
+        headers={"authorization": f"Bearer {KEY}", "content-type": "application/json", **headers},
+    )
     assert r.status_code == status
     err = r.json()["error"]
     assert err["message"] and (code is None or err["code"] == code)
@@ -172,7 +197,9 @@ def test_models_health_and_metrics(stack):
 
 
 def _overhead_count(gw) -> int:
-    line = next(ln for ln in httpx.get(gw.url + "/metrics").text.splitlines() if ln.startswith("truecost_overhead_ms_count"))
+    line = next(
+        ln for ln in httpx.get(gw.url + "/metrics").text.splitlines() if ln.startswith("truecost_overhead_ms_count")
+    )
     return int(line.split()[-1])
 
 
@@ -180,7 +207,9 @@ def test_streams_count_in_the_overhead_histogram(stack):
     gw, _, _ = stack
     client(gw).chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}])
     before = _overhead_count(gw)
-    stream = client(gw).chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}], stream=True)
+    stream = client(gw).chat.completions.create(
+        model="support", messages=[{"role": "user", "content": "x"}], stream=True
+    )
     assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
     assert _overhead_count(gw) == before + 1
 
@@ -188,14 +217,20 @@ def test_streams_count_in_the_overhead_histogram(stack):
 @pytest.fixture
 def cached_stack(tmp_path):
     with ServerThread(make_app()) as upstream:
-        config = parse_config({
-            "ledger": str(tmp_path / "gw.db"),
-            "upstreams": {"mock": {"base_url": upstream.url + "/v1", "timeout": 2.0, "max_retries": 0}},
-            "models": {"support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]},
-                       "all-fail": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "fail-500"}]}},
-            "cache": {"enabled": True, "embedder": "static", "policy": "fixed:0.97"},
-            "compute": "aws/c7i.xlarge",  # prices the lookup's CPU time
-        })
+        config = parse_config(
+            {
+                "ledger": str(tmp_path / "gw.db"),
+                "upstreams": {"mock": {"base_url": upstream.url + "/v1", "timeout": 2.0, "max_retries": 0}},
+                "models": {
+                    "support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]},
+                    "all-fail": {
+                        "candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "fail-500"}]
+                    },
+                },
+                "cache": {"enabled": True, "embedder": "static", "policy": "fixed:0.97"},
+                "compute": "aws/c7i.xlarge",  # prices the lookup's CPU time
+            }
+        )
         app = build(config)
         with ServerThread(app) as gw:
             yield gw, app, upstream
@@ -215,8 +250,10 @@ def test_gateway_cache_hit_costs_only_the_lookup_and_records_the_avoided_cost(ca
     events = ledger_events(app, second.headers["x-request-id"])
     assert [e.step for e in events] == ["cache_lookup"] and events[0].outcome == "cache_hit"
     stream = c.chat.completions.create(model="support", messages=msg, stream=True)
-    assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == \
-        first.parse().choices[0].message.content
+    assert (
+        "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+        == first.parse().choices[0].message.content
+    )
     assert upstream.server.config.app.state.calls["n"] == 1  # one real call for three requests
 
 
@@ -238,7 +275,9 @@ def test_rules_router_serves_easy_requests_from_the_weak_model_and_records_the_s
     # same tokens on gpt-6.2-sol: 100 x 2/1M + 20 x 0.10/1M + 30 x 10/1M = 0.000502; on luna 0.0000252
     assert e.outcome == "routed" and e.avoided_cost == Decimal("0.000502") - Decimal("0.0000252")
     hard = c.chat.completions.with_raw_response.create(
-        model="routed", messages=[{"role": "user", "content": "```python\ndef f(x):\n    return x\n``` debug and refactor"}])
+        model="routed",
+        messages=[{"role": "user", "content": "```python\ndef f(x):\n    return x\n``` debug and refactor"}],
+    )
     assert hard.headers["x-truecost-model"] == "gpt-6.2-sol"
 
 
@@ -260,8 +299,9 @@ def _anthropic_client(gw, key=KEY):
 def test_anthropic_messages_json_and_stream(stack):
     gw, app, _ = stack
     anthropic, c = _anthropic_client(gw)
-    msg = c.messages.create(model="support", max_tokens=50, system="Be brief.",
-                            messages=[{"role": "user", "content": "refund?"}])
+    msg = c.messages.create(
+        model="support", max_tokens=50, system="Be brief.", messages=[{"role": "user", "content": "refund?"}]
+    )
     assert msg.content[0].text.startswith("The refund") and msg.stop_reason == "end_turn"
     assert msg.usage.input_tokens == 120 and msg.usage.output_tokens == 30
     with c.messages.stream(model="support", max_tokens=50, messages=[{"role": "user", "content": "refund?"}]) as s:
@@ -269,8 +309,9 @@ def test_anthropic_messages_json_and_stream(stack):
         final = s.get_final_message()
     assert text.strip().startswith("The refund") and final.usage.output_tokens == 30
     with pytest.raises(anthropic.BadRequestError):
-        c.messages.create(model="support", max_tokens=5,
-                          messages=[{"role": "user", "content": [{"type": "image", "source": {}}]}])
+        c.messages.create(
+            model="support", max_tokens=5, messages=[{"role": "user", "content": [{"type": "image", "source": {}}]}]
+        )
 
 
 def test_anthropic_stream_cut_is_an_error_event(stack):
@@ -283,8 +324,12 @@ def test_anthropic_stream_cut_is_an_error_event(stack):
 
 def test_client_disconnect_mid_stream_records_the_partial_cost(stack):
     gw, app, _ = stack
-    with httpx.stream("POST", gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
-                      json={"model": "drip", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as r:
+    with httpx.stream(
+        "POST",
+        gw.url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {KEY}"},
+        json={"model": "drip", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+    ) as r:
         request_id = r.headers["x-request-id"]
         lines = r.iter_lines()
         got = [next(lines) for _ in range(3)]  # two chunks (and a blank separator), then hang up
@@ -305,13 +350,19 @@ def test_client_disconnect_mid_stream_records_the_partial_cost(stack):
 
 def test_429_is_retried_honouring_retry_after_then_passed_on(tmp_path):
     with ServerThread(make_app()) as upstream:
-        config = parse_config({"ledger": str(tmp_path / "gw.db"),
-                               "upstreams": {"mock": {"base_url": upstream.url + "/v1", "max_retries": 2}},
-                               "models": {"busy": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna",
-                                                                   "upstream_model": "fail-429"}]}}})
+        config = parse_config(
+            {
+                "ledger": str(tmp_path / "gw.db"),
+                "upstreams": {"mock": {"base_url": upstream.url + "/v1", "max_retries": 2}},
+                "models": {
+                    "busy": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "fail-429"}]}
+                },
+            }
+        )
         with ServerThread(build(config)) as gw:
-            r = httpx.post(gw.url + "/v1/chat/completions",
-                           json={"model": "busy", "messages": [{"role": "user", "content": "x"}]})
+            r = httpx.post(
+                gw.url + "/v1/chat/completions", json={"model": "busy", "messages": [{"role": "user", "content": "x"}]}
+            )
         assert r.status_code == 429 and r.json()["error"]["code"] == "upstream_failed"
         assert upstream.server.config.app.state.calls["n"] == 3  # the first try and two retries
 
@@ -334,12 +385,19 @@ def test_gateway_emits_opentelemetry_spans(tmp_path):
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     with ServerThread(make_app()) as upstream:
-        config = parse_config({"ledger": str(tmp_path / "gw.db"), "otel": True,
-                               "upstreams": {"mock": {"base_url": upstream.url + "/v1"}},
-                               "models": {"support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]}}})
+        config = parse_config(
+            {
+                "ledger": str(tmp_path / "gw.db"),
+                "otel": True,
+                "upstreams": {"mock": {"base_url": upstream.url + "/v1"}},
+                "models": {"support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]}},
+            }
+        )
         with ServerThread(build(config)) as gw:
-            httpx.post(gw.url + "/v1/chat/completions",
-                       json={"model": "support", "messages": [{"role": "user", "content": "x"}]})
+            httpx.post(
+                gw.url + "/v1/chat/completions",
+                json={"model": "support", "messages": [{"role": "user", "content": "x"}]},
+            )
     spans = {s.name: s for s in exporter.get_finished_spans()}
     assert spans["truecost.step.generate"].parent.span_id == spans["truecost.request"].context.span_id
     gen = spans["truecost.step.generate"].attributes
@@ -349,17 +407,23 @@ def test_gateway_emits_opentelemetry_spans(tmp_path):
 
 def test_anthropic_upstream_is_priced_with_anthropic_rules(tmp_path):
     with ServerThread(make_app()) as upstream:
-        config = parse_config({"ledger": str(tmp_path / "gw.db"),
-                               "upstreams": {"claude": {"base_url": upstream.url + "/v1", "kind": "anthropic"}},
-                               "models": {"sonnet": {"candidates": [{"upstream": "claude", "model": "claude-sonnet-5.5"}]}}})
+        config = parse_config(
+            {
+                "ledger": str(tmp_path / "gw.db"),
+                "upstreams": {"claude": {"base_url": upstream.url + "/v1", "kind": "anthropic"}},
+                "models": {"sonnet": {"candidates": [{"upstream": "claude", "model": "claude-sonnet-5.5"}]}},
+            }
+        )
         app = build(config)
         with ServerThread(app) as gw:
             c = openai.OpenAI(api_key="none", base_url=gw.url + "/v1", max_retries=0)
             raw = c.chat.completions.with_raw_response.create(
-                model="sonnet", messages=[{"role": "system", "content": "brief"}, {"role": "user", "content": "x"}])
+                model="sonnet", messages=[{"role": "system", "content": "brief"}, {"role": "user", "content": "x"}]
+            )
             resp = raw.parse()
             stream = c.chat.completions.with_raw_response.create(
-                model="sonnet", messages=[{"role": "user", "content": "x"}], stream=True)
+                model="sonnet", messages=[{"role": "user", "content": "x"}], stream=True
+            )
             text = "".join(ch.choices[0].delta.content or "" for ch in stream.parse() if ch.choices)
             (e,) = ledger_events(app, stream.headers["x-request-id"])
     assert resp.choices[0].message.content.startswith("The refund") and resp.usage.prompt_tokens == 26000
@@ -373,18 +437,27 @@ def test_anthropic_upstream_is_priced_with_anthropic_rules(tmp_path):
 def test_an_upstreams_price_attributes_select_its_regional_price(tmp_path):
     # the same answer from a global and a data-residency (regional, +10%) deployment of gpt-6-luna
     with ServerThread(make_app()) as upstream:
-        config = parse_config({"ledger": str(tmp_path / "gw.db"),
-                               "upstreams": {"global": {"base_url": upstream.url + "/v1"},
-                                             "eu": {"base_url": upstream.url + "/v1",
-                                                    "price_attributes": {"region": "regional"}}},
-                               "models": {"g": {"candidates": [{"upstream": "global", "model": "gpt-6-luna"}]},
-                                          "r": {"candidates": [{"upstream": "eu", "model": "gpt-6-luna"}]}}})
+        config = parse_config(
+            {
+                "ledger": str(tmp_path / "gw.db"),
+                "upstreams": {
+                    "global": {"base_url": upstream.url + "/v1"},
+                    "eu": {"base_url": upstream.url + "/v1", "price_attributes": {"region": "regional"}},
+                },
+                "models": {
+                    "g": {"candidates": [{"upstream": "global", "model": "gpt-6-luna"}]},
+                    "r": {"candidates": [{"upstream": "eu", "model": "gpt-6-luna"}]},
+                },
+            }
+        )
         app = build(config)
         with ServerThread(app) as gw:
             c = openai.OpenAI(api_key="none", base_url=gw.url + "/v1", max_retries=0)
             costs = {}
             for alias in ("g", "r"):
-                raw = c.chat.completions.with_raw_response.create(model=alias, messages=[{"role": "user", "content": "x"}])
+                raw = c.chat.completions.with_raw_response.create(
+                    model=alias, messages=[{"role": "user", "content": "x"}]
+                )
                 (e,) = ledger_events(app, raw.headers["x-request-id"])
                 costs[alias] = (Decimal(raw.headers["x-truecost-cost-usd"]), e)
     assert costs["g"][0] > 0 and costs["r"][0] == costs["g"][0] * Decimal("1.1")
@@ -424,16 +497,30 @@ class ResetServer:
 def test_connection_reset_falls_back_to_the_next_candidate_and_is_recorded(tmp_path):
     reset = ResetServer()
     with ServerThread(make_app()) as upstream:
-        config = parse_config({
-            "ledger": str(tmp_path / "gw.db"),
-            "upstreams": {"flaky": {"base_url": f"http://127.0.0.1:{reset.port}/v1", "timeout": 2, "max_retries": 1},
-                          "mock": {"base_url": upstream.url + "/v1", "timeout": 2}},
-            "models": {"support": {"candidates": [{"upstream": "flaky", "model": "gpt-6.2-sol"},
-                                                  {"upstream": "mock", "model": "gpt-6-luna"}]}}})
+        config = parse_config(
+            {
+                "ledger": str(tmp_path / "gw.db"),
+                "upstreams": {
+                    "flaky": {"base_url": f"http://127.0.0.1:{reset.port}/v1", "timeout": 2, "max_retries": 1},
+                    "mock": {"base_url": upstream.url + "/v1", "timeout": 2},
+                },
+                "models": {
+                    "support": {
+                        "candidates": [
+                            {"upstream": "flaky", "model": "gpt-6.2-sol"},
+                            {"upstream": "mock", "model": "gpt-6-luna"},
+                        ]
+                    }
+                },
+            }
+        )
         app = build(config)
         with ServerThread(app) as gw:
-            r = httpx.post(gw.url + "/v1/chat/completions", timeout=10,
-                           json={"model": "support", "messages": [{"role": "user", "content": "hello"}]})
+            r = httpx.post(
+                gw.url + "/v1/chat/completions",
+                timeout=10,
+                json={"model": "support", "messages": [{"role": "user", "content": "hello"}]},
+            )
             assert r.status_code == 200 and r.headers["x-truecost-model"] == "gpt-6-luna"
             assert reset.accepted >= 1
             events = ledger_events(app, r.headers["x-request-id"])
@@ -449,7 +536,8 @@ def test_slow_drip_stream_longer_than_the_timeouts_is_not_cut(stack):
     flowing is never cut by a total timeout, only by an idle gap."""
     gw, app, _ = stack
     raw = client(gw).chat.completions.with_raw_response.create(
-        model="drip", messages=[{"role": "user", "content": "x"}], stream=True, stream_options={"include_usage": True})
+        model="drip", messages=[{"role": "user", "content": "x"}], stream=True, stream_options={"include_usage": True}
+    )
     text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
     assert text.startswith("The refund")
     (e,) = ledger_events(app, raw.headers["x-request-id"])
@@ -460,15 +548,22 @@ def test_a_stalled_stream_is_cut_by_the_idle_timeout_and_charged(tmp_path):
     from tests.support.hostile_upstream import HostileUpstream
 
     with HostileUpstream() as up:
-        config = parse_config({
-            "ledger": str(tmp_path / "gw.db"),
-            "upstreams": {"h": {"base_url": up.url + "/v1", "first_byte_timeout": 2, "idle_timeout": 0.5,
-                                "max_retries": 0}},
-            "models": {"stall": {"candidates": [{"upstream": "h", "model": "gpt-6-luna", "upstream_model": "stall"}]}}})
+        config = parse_config(
+            {
+                "ledger": str(tmp_path / "gw.db"),
+                "upstreams": {
+                    "h": {"base_url": up.url + "/v1", "first_byte_timeout": 2, "idle_timeout": 0.5, "max_retries": 0}
+                },
+                "models": {
+                    "stall": {"candidates": [{"upstream": "h", "model": "gpt-6-luna", "upstream_model": "stall"}]}
+                },
+            }
+        )
         app = build(config)
         with ServerThread(app) as gw:
             raw = client(gw).chat.completions.with_raw_response.create(
-                model="stall", messages=[{"role": "user", "content": "x"}], stream=True)
+                model="stall", messages=[{"role": "user", "content": "x"}], stream=True
+            )
             got = []
             started = time.time()
             with pytest.raises(openai.APIError, match="timed out"):
@@ -484,13 +579,28 @@ def test_prompts_reach_the_log_only_when_enabled_and_then_scrubbed(tmp_path, cap
     import logging
 
     with ServerThread(make_app()) as upstream:
-        config = parse_config({
-            "ledger": str(tmp_path / "gw.db"), "log_prompts": enabled,
-            "upstreams": {"mock": {"base_url": upstream.url + "/v1", "timeout": 2}},
-            "models": {"support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]}}})
+        config = parse_config(
+            {
+                "ledger": str(tmp_path / "gw.db"),
+                "log_prompts": enabled,
+                "upstreams": {"mock": {"base_url": upstream.url + "/v1", "timeout": 2}},
+                "models": {"support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]}},
+            }
+        )
         with caplog.at_level(logging.DEBUG), ServerThread(build(config)) as gw:
-            r = httpx.post(gw.url + "/v1/chat/completions", timeout=10, json={"model": "support", "messages": [
-                {"role": "user", "content": "my email is jane.doe@example.com and card 4111 1111 1111 1111, secret-marker"}]})
+            r = httpx.post(
+                gw.url + "/v1/chat/completions",
+                timeout=10,
+                json={
+                    "model": "support",
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": "my email is jane.doe@example.com and card 4111 1111 1111 1111, secret-marker",
+                        }
+                    ],
+                },
+            )
             assert r.status_code == 200
     text = caplog.text
     assert "jane.doe@example.com" not in text and "4111 1111" not in text  # never, whatever the setting
@@ -499,11 +609,18 @@ def test_prompts_reach_the_log_only_when_enabled_and_then_scrubbed(tmp_path, cap
 
 def test_admin_api_is_off_without_an_admin_key_and_refuses_tenant_keys(stack):
     gw, _, _ = stack
-    r = httpx.post(gw.url + "/admin/cache/invalidate", json={"doc_ids": ["x"]}, headers={"authorization": f"Bearer {KEY}"})
+    r = httpx.post(
+        gw.url + "/admin/cache/invalidate", json={"doc_ids": ["x"]}, headers={"authorization": f"Bearer {KEY}"}
+    )
     assert r.status_code == 403 and "admin API is off" in r.json()["error"]["message"]
     with pytest.raises(Exception, match="hashed"):
-        parse_config({"upstreams": {"m": {"base_url": "http://x"}}, "admin_key": "sk-plain",
-                      "models": {"a": {"candidates": [{"upstream": "m", "model": "gpt-6-luna"}]}}})
+        parse_config(
+            {
+                "upstreams": {"m": {"base_url": "http://x"}},
+                "admin_key": "sk-plain",
+                "models": {"a": {"candidates": [{"upstream": "m", "model": "gpt-6-luna"}]}},
+            }
+        )
 
 
 def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
@@ -519,25 +636,67 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
     with open(data, "w") as fh:
         for i in range(400):
             hard = i % 2 == 0
-            prompt = (f"Compute step by step: {' + '.join(str(rng.randint(0, 99)) for _ in range(10))}" if hard
-                      else f"Say hello to person {i}")
-            fh.write(json.dumps({"prompt": prompt, "prompt_tokens": len(prompt) // 4, "models": {
-                "gpt-3.5-turbo-1106": {"quality": 0 if hard and rng.random() < 0.8 else 1, "output_tokens": 20},
-                "gpt-4-1106-preview": {"quality": 1, "output_tokens": 30}}}) + "\n")
+            prompt = (
+                f"Compute step by step: {' + '.join(str(rng.randint(0, 99)) for _ in range(10))}"
+                if hard
+                else f"Say hello to person {i}"
+            )
+            fh.write(
+                json.dumps(
+                    {
+                        "prompt": prompt,
+                        "prompt_tokens": len(prompt) // 4,
+                        "models": {
+                            "gpt-3.5-turbo-1106": {
+                                "quality": 0 if hard and rng.random() < 0.8 else 1,
+                                "output_tokens": 20,
+                            },
+                            "gpt-4-1106-preview": {"quality": 1, "output_tokens": 30},
+                        },
+                    }
+                )
+                + "\n"
+            )
     artifact = tmp_path / "router.npz"
-    res = CliRunner().invoke(cli, ["router", "calibrate", str(data), "--weak", "gpt-3.5-turbo-1106", "--strong",
-                                   "gpt-4-1106-preview", "--kind", "trained", "--max-strong-share", "0.5",
-                                   "--out", str(artifact)], catch_exceptions=False)
+    res = CliRunner().invoke(
+        cli,
+        [
+            "router",
+            "calibrate",
+            str(data),
+            "--weak",
+            "gpt-3.5-turbo-1106",
+            "--strong",
+            "gpt-4-1106-preview",
+            "--kind",
+            "trained",
+            "--max-strong-share",
+            "0.5",
+            "--out",
+            str(artifact),
+        ],
+        catch_exceptions=False,
+    )
     out = json.loads(res.output)
     assert out["artifact"] == str(artifact) and 0.4 <= out["test"]["strong_share"] <= 0.5
 
     def conf(route):
-        return parse_config({
-            "ledger": str(tmp_path / "gw.db"), "upstreams": {"mock": {"base_url": upstream.url + "/v1"}},
-            "models": {"routed": {"candidates": [{"upstream": "mock", "model": "gpt-6.2-sol"},
-                                                 {"upstream": "mock", "model": "gpt-6-luna"}],
-                                  "route": {"weak": "gpt-6-luna", "strong": "gpt-6.2-sol", **route}}},
-            "keys": [{"name": "team-a", "key_sha256": hash_key(KEY)}]})
+        return parse_config(
+            {
+                "ledger": str(tmp_path / "gw.db"),
+                "upstreams": {"mock": {"base_url": upstream.url + "/v1"}},
+                "models": {
+                    "routed": {
+                        "candidates": [
+                            {"upstream": "mock", "model": "gpt-6.2-sol"},
+                            {"upstream": "mock", "model": "gpt-6-luna"},
+                        ],
+                        "route": {"weak": "gpt-6-luna", "strong": "gpt-6.2-sol", **route},
+                    }
+                },
+                "keys": [{"name": "team-a", "key_sha256": hash_key(KEY)}],
+            }
+        )
 
     easy_q, hard_q = "Say hello to person 9001", "Compute step by step: 12 + 85 + 3 + 44 + 9"
 
@@ -570,8 +729,9 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
         assert held.hold is not None and held.hold.share == out["strong_share"] and held.hold.window == 60
         with ServerThread(app) as gw:
             c = client(gw)
-            served = [ask(c, f"Say hello to person {rng.randint(1000, 9999)}").headers["x-truecost-model"]
-                      for _ in range(130)]
+            served = [
+                ask(c, f"Say hello to person {rng.randint(1000, 9999)}").headers["x-truecost-model"] for _ in range(130)
+            ]
         # every request is easy: the calibrated threshold (while the first window fills) sends none
         # up; once 60 scores are seen, the held share sends about half of them
         assert served[:60].count("gpt-6.2-sol") == 0
@@ -579,9 +739,25 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
         assert abs(share - out["strong_share"]) <= 0.2, (share, out["strong_share"])
         # A quality target ranks by predicted gain per extra dollar (priced at route time).
         per_dollar = tmp_path / "per_dollar.npz"
-        res = CliRunner().invoke(cli, ["router", "calibrate", str(data), "--weak", "gpt-3.5-turbo-1106", "--strong",
-                                       "gpt-4-1106-preview", "--kind", "trained", "--min-quality", "0.95",
-                                       "--out", str(per_dollar)], catch_exceptions=False)
+        res = CliRunner().invoke(
+            cli,
+            [
+                "router",
+                "calibrate",
+                str(data),
+                "--weak",
+                "gpt-3.5-turbo-1106",
+                "--strong",
+                "gpt-4-1106-preview",
+                "--kind",
+                "trained",
+                "--min-quality",
+                "0.95",
+                "--out",
+                str(per_dollar),
+            ],
+            catch_exceptions=False,
+        )
         out = json.loads(res.output)
         assert out["order"] == "gain-per-dollar" and out["test"]["quality_vs_strong"] >= 0.9
         app = build(conf({"strategy": "trained", "artifact": str(per_dollar)}))
@@ -595,13 +771,27 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
             pricey = ask(c, hard_q, system="Background. " * 20000)
             assert pricey.headers["x-truecost-model"] == "gpt-6-luna"
         # a model without a price cannot be ranked by gain per dollar: refused at startup, by name
-        unpriced = parse_config({
-            "ledger": str(tmp_path / "gw2.db"), "upstreams": {"mock": {"base_url": upstream.url + "/v1"}},
-            "models": {"routed": {"candidates": [{"upstream": "mock", "model": "gpt-6.2-sol"},
-                                                 {"upstream": "mock", "model": "house-model-7b"}],
-                                  "route": {"weak": "house-model-7b", "strong": "gpt-6.2-sol", "strategy": "trained",
-                                            "artifact": str(per_dollar)}}},
-            "keys": [{"name": "team-a", "key_sha256": hash_key(KEY)}]})
+        unpriced = parse_config(
+            {
+                "ledger": str(tmp_path / "gw2.db"),
+                "upstreams": {"mock": {"base_url": upstream.url + "/v1"}},
+                "models": {
+                    "routed": {
+                        "candidates": [
+                            {"upstream": "mock", "model": "gpt-6.2-sol"},
+                            {"upstream": "mock", "model": "house-model-7b"},
+                        ],
+                        "route": {
+                            "weak": "house-model-7b",
+                            "strong": "gpt-6.2-sol",
+                            "strategy": "trained",
+                            "artifact": str(per_dollar),
+                        },
+                    }
+                },
+                "keys": [{"name": "team-a", "key_sha256": hash_key(KEY)}],
+            }
+        )
         with pytest.raises(ConfigError, match="'house-model-7b' has no price in force"):
             build(unpriced)
         # a price that disappears after startup keeps the strong model, and says why
@@ -614,8 +804,12 @@ def test_trained_router_calibrated_by_the_cli_routes_live_traffic(tmp_path):
     from truecost.routing.artifacts import write_artifact
     from truecost.routing.scorer import Example, FeatureSpec, GapScorer
 
-    cascade = write_artifact(GapScorer(FeatureSpec(embed=False, answer=True)).fit(
-        [Example(f"q{i}", float(i % 2), {}, f"the answer is {i}") for i in range(20)]), tmp_path / "cascade.npz")
+    cascade = write_artifact(
+        GapScorer(FeatureSpec(embed=False, answer=True)).fit(
+            [Example(f"q{i}", float(i % 2), {}, f"the answer is {i}") for i in range(20)]
+        ),
+        tmp_path / "cascade.npz",
+    )
     with ServerThread(make_app()) as upstream:
         with pytest.raises(ConfigError, match="needs the weak model's answer"):
             build(conf({"strategy": "trained", "artifact": str(cascade), "threshold": 0.5}))
@@ -625,14 +819,23 @@ def test_logprob_cascade_accepts_confident_weak_answers_and_escalates_the_rest(t
     from truecost.errors import ConfigError
 
     def conf(strong_wire="gpt-6.2-sol", cache=None, **route):
-        return parse_config({
-            "ledger": str(tmp_path / "gw.db"), "upstreams": {"mock": {"base_url": upstream.url + "/v1", "max_retries": 0}},
-            **({"cache": cache} if cache else {}),
-            "models": {"cascade": {"candidates": [{"upstream": "mock", "model": "gpt-6.2-sol", "upstream_model": strong_wire},
-                                                  {"upstream": "mock", "model": "gpt-6-luna"}],
-                                   "route": {"strategy": "cascade", "weak": "gpt-6-luna", "strong": "gpt-6.2-sol",
-                                             **route}}},
-            "keys": [{"name": "team-a", "key_sha256": hash_key(KEY)}]})
+        return parse_config(
+            {
+                "ledger": str(tmp_path / "gw.db"),
+                "upstreams": {"mock": {"base_url": upstream.url + "/v1", "max_retries": 0}},
+                **({"cache": cache} if cache else {}),
+                "models": {
+                    "cascade": {
+                        "candidates": [
+                            {"upstream": "mock", "model": "gpt-6.2-sol", "upstream_model": strong_wire},
+                            {"upstream": "mock", "model": "gpt-6-luna"},
+                        ],
+                        "route": {"strategy": "cascade", "weak": "gpt-6-luna", "strong": "gpt-6.2-sol", **route},
+                    }
+                },
+                "keys": [{"name": "team-a", "key_sha256": hash_key(KEY)}],
+            }
+        )
 
     with ServerThread(make_app()) as upstream:
         for bad in ({}, {"min_mean_logprob": 0.5}, {"min_mean_logprob": "high"}):
@@ -642,36 +845,53 @@ def test_logprob_cascade_accepts_confident_weak_answers_and_escalates_the_rest(t
         with ServerThread(app) as gw:
             c = client(gw)
             easy = c.chat.completions.with_raw_response.create(
-                model="cascade", messages=[{"role": "user", "content": "refund?"}])
+                model="cascade", messages=[{"role": "user", "content": "refund?"}]
+            )
             assert easy.headers["x-truecost-model"] == "gpt-6-luna"
             assert easy.parse().choices[0].logprobs is None  # asked for by the cascade, not by the client
             (e,) = ledger_events(app, easy.headers["x-request-id"])
             assert e.outcome == "routed" and e.avoided_cost > 0 and e.details["route_strategy"] == "cascade"
 
             hard = c.chat.completions.with_raw_response.create(
-                model="cascade", messages=[{"role": "user", "content": "a hard one"}])
+                model="cascade", messages=[{"role": "user", "content": "a hard one"}]
+            )
             assert hard.headers["x-truecost-model"] == "gpt-6.2-sol"
-            weak, strong = sorted(ledger_events(app, hard.headers["x-request-id"]), key=lambda ev: ev.service != "gpt-6-luna")
+            weak, strong = sorted(
+                ledger_events(app, hard.headers["x-request-id"]), key=lambda ev: ev.service != "gpt-6-luna"
+            )
             assert weak.outcome == "escalated" and weak.cost > 0  # the weak call is paid all the same
             assert "escalate" in weak.details["route_reason"] and strong.service == "gpt-6.2-sol"
             assert Decimal(hard.headers["x-truecost-cost-usd"]) == weak.cost + strong.cost
 
-            chunks = list(c.chat.completions.create(model="cascade", messages=[{"role": "user", "content": "a hard one"}],
-                                                    stream=True, stream_options={"include_usage": True}))
+            chunks = list(
+                c.chat.completions.create(
+                    model="cascade",
+                    messages=[{"role": "user", "content": "a hard one"}],
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+            )
             assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices).startswith("The refund")
             assert chunks[-1].usage.completion_tokens == 30  # the tokens really spent, not a cache hit's zero
     with ServerThread(make_app()) as upstream:  # the escalation fails: the weak answer beats an error
-        app = build(conf(strong_wire="fail-500", min_mean_logprob=-0.5,
-                         cache={"enabled": True, "embedder": "static", "policy": "fixed:0.97"}))
+        app = build(
+            conf(
+                strong_wire="fail-500",
+                min_mean_logprob=-0.5,
+                cache={"enabled": True, "embedder": "static", "policy": "fixed:0.97"},
+            )
+        )
         with ServerThread(app) as gw:
             for _ in range(2):  # served, but never cached: the cascade declined it
                 r = client(gw).chat.completions.with_raw_response.create(
-                    model="cascade", messages=[{"role": "user", "content": "a hard one"}])
+                    model="cascade", messages=[{"role": "user", "content": "a hard one"}]
+                )
                 assert r.headers["x-truecost-model"] == "gpt-6-luna" and r.parse().choices[0].message.content
                 assert r.headers["x-truecost-cache"] == "miss"
             for expected in ("miss", "hit"):  # an accepted weak answer is cached like any other
                 r = client(gw).chat.completions.with_raw_response.create(
-                    model="cascade", messages=[{"role": "user", "content": "refund?"}])
+                    model="cascade", messages=[{"role": "user", "content": "refund?"}]
+                )
                 assert r.headers["x-truecost-cache"] == expected
 
 
@@ -705,7 +925,11 @@ def test_a_shared_budget_store_is_called_off_the_event_loop(stack):
     app.state.pipeline.budgets = SharedGuard()
     try:
         client(gw).chat.completions.create(model="support", messages=[{"role": "user", "content": "refund?"}])
-        list(client(gw).chat.completions.create(model="support", messages=[{"role": "user", "content": "hi"}], stream=True))
+        list(
+            client(gw).chat.completions.create(
+                model="support", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+        )
         # a stream settles after its last chunk has gone out: the client can see the end first
         deadline = time.monotonic() + 5
         while len(calls) < 4 and time.monotonic() < deadline:

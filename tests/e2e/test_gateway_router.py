@@ -28,47 +28,95 @@ def artifact(tmp_path_factory):
         for i in range(400):
             area = "billing" if i % 2 else "greeting"
             weak_ok = 1 if area == "greeting" or rng.random() < 0.1 else 0
-            fh.write(json.dumps({"prompt": f"Customer message {i}: please help me", "prompt_tokens": 8, "area": area,
-                                 "models": {WEAK: {"quality": weak_ok, "output_tokens": 20},
-                                            STRONG: {"quality": 1, "output_tokens": 20}}}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "prompt": f"Customer message {i}: please help me",
+                        "prompt_tokens": 8,
+                        "area": area,
+                        "models": {
+                            WEAK: {"quality": weak_ok, "output_tokens": 20},
+                            STRONG: {"quality": 1, "output_tokens": 20},
+                        },
+                    }
+                )
+                + "\n"
+            )
     (tmp / "labelled.schema.json").write_text(json.dumps({"features": ["area"]}))
-    res = CliRunner().invoke(cli, ["router", "calibrate", str(data), "--weak", WEAK, "--strong", STRONG,
-                                   "--kind", "trained", "--max-strong-share", "0.5", "--out", str(tmp / "r.npz")],
-                             catch_exceptions=False)
+    res = CliRunner().invoke(
+        cli,
+        [
+            "router",
+            "calibrate",
+            str(data),
+            "--weak",
+            WEAK,
+            "--strong",
+            STRONG,
+            "--kind",
+            "trained",
+            "--max-strong-share",
+            "0.5",
+            "--out",
+            str(tmp / "r.npz"),
+        ],
+        catch_exceptions=False,
+    )
     assert json.loads(res.output)["artifact"] == str(tmp / "r.npz")
     return tmp / "r.npz"
 
 
 def _config(tmp_path, upstream, route):
-    return parse_config({
-        "ledger": str(tmp_path / "gw.db"), "upstreams": {"mock": {"base_url": upstream.url + "/v1"}},
-        "models": {"routed": {"candidates": [{"upstream": "mock", "model": "gpt-6.2-sol"},
-                                             {"upstream": "mock", "model": "gpt-6-luna"}],
-                              "route": {"strategy": "trained", "weak": "gpt-6-luna", "strong": "gpt-6.2-sol", **route}}},
-        "keys": [{"name": "team-a", "key_sha256": hash_key(KEY)}]})
+    return parse_config(
+        {
+            "ledger": str(tmp_path / "gw.db"),
+            "upstreams": {"mock": {"base_url": upstream.url + "/v1"}},
+            "models": {
+                "routed": {
+                    "candidates": [
+                        {"upstream": "mock", "model": "gpt-6.2-sol"},
+                        {"upstream": "mock", "model": "gpt-6-luna"},
+                    ],
+                    "route": {"strategy": "trained", "weak": "gpt-6-luna", "strong": "gpt-6.2-sol", **route},
+                }
+            },
+            "keys": [{"name": "team-a", "key_sha256": hash_key(KEY)}],
+        }
+    )
 
 
 def _served_by(gw, text, headers):
-    r = httpx.post(gw.url + "/v1/chat/completions", timeout=10,
-                   headers={"authorization": f"Bearer {KEY}", **headers},
-                   json={"model": "routed", "messages": [{"role": "user", "content": text}]})
+    r = httpx.post(
+        gw.url + "/v1/chat/completions",
+        timeout=10,
+        headers={"authorization": f"Bearer {KEY}", **headers},
+        json={"model": "routed", "messages": [{"role": "user", "content": text}]},
+    )
     assert r.status_code == 200, r.text
     return r.headers["x-truecost-model"]
 
 
 def test_an_artifact_reading_metadata_the_route_does_not_map_refuses_to_start(tmp_path, artifact):
     with ServerThread(make_app()) as upstream:
-        with pytest.raises(ConfigError, match=r"reads the request metadata area.*metadata_headers: \{area: x-truecost-area\}"):
+        with pytest.raises(
+            ConfigError, match=r"reads the request metadata area.*metadata_headers: \{area: x-truecost-area\}"
+        ):
             build(_config(tmp_path, upstream, {"artifact": str(artifact)}))
         with pytest.raises(ConfigError, match="maps tier, which its scorer does not read"):
-            build(_config(tmp_path, upstream, {"artifact": str(artifact),
-                                               "metadata_headers": {"area": "x-area", "tier": "x-tier"}}))
+            build(
+                _config(
+                    tmp_path,
+                    upstream,
+                    {"artifact": str(artifact), "metadata_headers": {"area": "x-area", "tier": "x-tier"}},
+                )
+            )
 
 
 def test_mapped_headers_supply_the_metadata_the_scorer_was_trained_on(tmp_path, artifact):
     with ServerThread(make_app()) as upstream:
-        app = build(_config(tmp_path, upstream, {"artifact": str(artifact),
-                                                 "metadata_headers": {"area": "X-Product-Area"}}))
+        app = build(
+            _config(tmp_path, upstream, {"artifact": str(artifact), "metadata_headers": {"area": "X-Product-Area"}})
+        )
         assert app.state.pipeline.routers["routed"].metadata_headers == (("area", "x-product-area"),)
         with ServerThread(app) as gw:
             text = "Customer message 9001: please help me"

@@ -25,26 +25,42 @@ MSG = [{"role": "user", "content": "refund?"}]
 def _config(upstream_url, ledger, **extra):
     doc = {
         "ledger": str(ledger),
-        "upstreams": {"mock": {"base_url": upstream_url + "/v1", "first_byte_timeout": 2.0, "idle_timeout": 1.0,
-                               "max_retries": 0}},
+        "upstreams": {
+            "mock": {"base_url": upstream_url + "/v1", "first_byte_timeout": 2.0, "idle_timeout": 1.0, "max_retries": 0}
+        },
         "models": {
             "support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]},
             "dear": {"candidates": [{"upstream": "mock", "model": "gpt-6.2-sol"}]},
             "drip": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "drip"}]},
-            "float-usage": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "float-usage"}]},
-            "cached-over": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "cached-over"}]},
+            "float-usage": {
+                "candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "float-usage"}]
+            },
+            "cached-over": {
+                "candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "cached-over"}]
+            },
             "bad-key": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "fail-401"}]},
             "all-fail": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna", "upstream_model": "fail-500"}]},
             "mystery": {"candidates": [{"upstream": "mock", "model": "mystery-model-9"}]},
             "embed": {"candidates": [{"upstream": "mock", "model": "text-embedding-3-small"}]},
         },
-        "keys": [{"name": "a", "key_sha256": hash_key(KEY), "cost_center": "cx", "tenant": "acme"},
-                 {"name": "budgeted", "key_sha256": hash_key(BUDGETED), "cost_center": "small", "tenant": "b"},
-                 {"name": "platform", "key_sha256": hash_key(FREE_HEADERS), "cost_center": "platform",
-                  "allow_attribution_headers": ["cost_center"]},
-                 {"name": "other", "key_sha256": hash_key(READER), "cost_center": "ops", "tenant": "globex"},
-                 {"name": "sdk", "key_sha256": hash_key(JOINER), "cost_center": "bot", "tenant": "acme",
-                  "allow_attribution_headers": ["request_id"]}],
+        "keys": [
+            {"name": "a", "key_sha256": hash_key(KEY), "cost_center": "cx", "tenant": "acme"},
+            {"name": "budgeted", "key_sha256": hash_key(BUDGETED), "cost_center": "small", "tenant": "b"},
+            {
+                "name": "platform",
+                "key_sha256": hash_key(FREE_HEADERS),
+                "cost_center": "platform",
+                "allow_attribution_headers": ["cost_center"],
+            },
+            {"name": "other", "key_sha256": hash_key(READER), "cost_center": "ops", "tenant": "globex"},
+            {
+                "name": "sdk",
+                "key_sha256": hash_key(JOINER),
+                "cost_center": "bot",
+                "tenant": "acme",
+                "allow_attribution_headers": ["request_id"],
+            },
+        ],
         "budgets": [{"cost_center": "small", "period": "day", "limit_usd": "0.0002"}],
     }
     doc.update(extra)
@@ -80,8 +96,15 @@ def _in_flight(app, field, value):
 def test_attribution_headers_never_change_who_pays(gw):
     server, app = gw
     raw = _client(server).chat.completions.with_raw_response.create(
-        model="support", messages=MSG, extra_headers={"x-truecost-cost-center": "ops", "x-truecost-tenant": "globex",
-                                                      "x-truecost-team": "evil", "x-truecost-feature": "faq"})
+        model="support",
+        messages=MSG,
+        extra_headers={
+            "x-truecost-cost-center": "ops",
+            "x-truecost-tenant": "globex",
+            "x-truecost-team": "evil",
+            "x-truecost-feature": "faq",
+        },
+    )
     (e,) = _rows(app, raw.headers["x-request-id"])
     assert (e.attribution.cost_center, e.attribution.tenant, e.attribution.team) == ("cx", "acme", None)
     assert e.attribution.feature == "faq"  # feature is always the client's to say
@@ -91,7 +114,8 @@ def test_attribution_headers_never_change_who_pays(gw):
 def test_a_key_may_be_allowed_to_bill_another_cost_center(gw):
     server, app = gw
     raw = _client(server, FREE_HEADERS).chat.completions.with_raw_response.create(
-        model="support", messages=MSG, extra_headers={"x-truecost-cost-center": "search", "x-truecost-tenant": "x"})
+        model="support", messages=MSG, extra_headers={"x-truecost-cost-center": "search", "x-truecost-tenant": "x"}
+    )
     (e,) = _rows(app, raw.headers["x-request-id"])
     assert e.attribution.cost_center == "search" and e.attribution.tenant is None  # tenant not allowed for it
 
@@ -147,12 +171,20 @@ def test_the_estimate_counts_n_tools_and_the_response_format(gw):
     base = estimate(tracker, plain, ["gpt-6-luna"]).cost
     assert estimate(tracker, {**plain, "n": 5}, ["gpt-6-luna"]).cost > 4 * base
     assert estimate(tracker, {**plain, "tools": tools}, ["gpt-6-luna"]).cost > 3 * base
-    assert estimate(tracker, {**plain, "response_format": {"type": "json_schema", "json_schema": {"d": "x" * 9000}}},
-                    ["gpt-6-luna"]).cost > 2 * base
+    assert (
+        estimate(
+            tracker,
+            {**plain, "response_format": {"type": "json_schema", "json_schema": {"d": "x" * 9000}}},
+            ["gpt-6-luna"],
+        ).cost
+        > 2 * base
+    )
     no_limit = estimate(tracker, {"model": "x", "messages": MSG}, ["gpt-6-luna"]).cost
     assert no_limit > 50 * base  # without max_tokens the model may write thousands of tokens
     # the dearest candidate prices a fallback alias
-    assert estimate(tracker, plain, ["gpt-6-luna", "gpt-6.2-sol"]).cost == estimate(tracker, plain, ["gpt-6.2-sol"]).cost
+    assert (
+        estimate(tracker, plain, ["gpt-6-luna", "gpt-6.2-sol"]).cost == estimate(tracker, plain, ["gpt-6.2-sol"]).cost
+    )
 
 
 def test_an_unpriced_model_is_refused_under_a_hard_budget_unless_allowed(upstream, tmp_path):
@@ -182,7 +214,8 @@ def test_the_client_request_id_never_becomes_the_ledger_id(gw):
     ids = []
     for key in (KEY, READER):
         raw = _client(server, key).chat.completions.with_raw_response.create(
-            model="support", messages=MSG, extra_headers={"x-request-id": "shared-id-1"})
+            model="support", messages=MSG, extra_headers={"x-request-id": "shared-id-1"}
+        )
         ids.append(raw.headers["x-request-id"])
         (e,) = _rows(app, raw.headers["x-request-id"])
         assert e.details["client_request_id"] == "shared-id-1"
@@ -238,15 +271,24 @@ def test_every_admission_is_settled_after_failures_hang_ups_and_bad_bodies(upstr
         with pytest.raises(openai.APIStatusError):
             c.chat.completions.create(model="all-fail", messages=MSG, max_tokens=10)
         bad = b'{"model": "support", "messages": [{"role": "user", "content": "\\ud800"}]}'
-        r = httpx.post(server.url + "/v1/chat/completions", content=bad,
-                       headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+        r = httpx.post(
+            server.url + "/v1/chat/completions",
+            content=bad,
+            headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"},
+        )
         assert r.status_code == 400
         for _ in range(3):  # hang-ups at the socket level, mid-stream
             s = socket.create_connection(("127.0.0.1", server.port))
             payload = json.dumps({"model": "drip", "stream": True, "max_tokens": 5, "messages": MSG}).encode()
-            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                      b"authorization: Bearer " + KEY.encode() + b"\r\ncontent-length: " + str(len(payload)).encode()
-                      + b"\r\n\r\n" + payload)
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"authorization: Bearer "
+                + KEY.encode()
+                + b"\r\ncontent-length: "
+                + str(len(payload)).encode()
+                + b"\r\n\r\n"
+                + payload
+            )
             s.recv(100)
             s.close()
         c.chat.completions.create(model="support", messages=MSG, max_tokens=10)
@@ -263,8 +305,13 @@ def test_otlp_spans_posted_to_the_gateway_are_priced_and_attributed_to_the_key(g
     from tests.unit.integrations.spans import json_body, json_span
 
     server, app = gw
-    genai = {"gen_ai.system": "openai", "gen_ai.request.model": "gpt-6-luna", "gen_ai.usage.input_tokens": 1000,
-             "gen_ai.usage.output_tokens": 100, "truecost.cost_center": "ops"}
+    genai = {
+        "gen_ai.system": "openai",
+        "gen_ai.request.model": "gpt-6-luna",
+        "gen_ai.usage.input_tokens": 1000,
+        "gen_ai.usage.output_tokens": 100,
+        "truecost.cost_center": "ops",
+    }
     body = json_body([json_span(genai, name="chat gpt-6-luna")])
     ct = {"content-type": "application/json"}
     assert httpx.post(server.url + "/v1/traces", content=body, headers=ct).status_code == 401  # keys are on
@@ -284,8 +331,11 @@ def test_the_gateways_events_say_gateway_and_spans_posted_to_it_say_otlp(gw):
     rows = _rows(app, raw.headers["x-request-id"])
     assert rows and {e.source for e in rows} == {"gateway"} and all("source" not in e.details for e in rows)
     genai = {"gen_ai.system": "openai", "gen_ai.request.model": "gpt-6-luna", "gen_ai.usage.input_tokens": 10}
-    httpx.post(server.url + "/v1/traces", content=json_body([json_span(genai)]),
-               headers={"content-type": "application/json", "authorization": f"Bearer {KEY}"}).raise_for_status()
+    httpx.post(
+        server.url + "/v1/traces",
+        content=json_body([json_span(genai)]),
+        headers={"content-type": "application/json", "authorization": f"Bearer {KEY}"},
+    ).raise_for_status()
     app.state.writer.flush()
     assert {r.keys[0]: r.events for r in app.state.store.aggregate(["source"])} == {"gateway": len(rows), "otlp": 1}
 
@@ -294,12 +344,14 @@ def test_only_a_key_granted_request_id_joins_the_request_it_opened(gw):
     server, app = gw
     opened = "0f" * 16  # the id the SDK gave the request it opened
     raw = _client(server, JOINER).chat.completions.with_raw_response.create(
-        model="support", messages=MSG, extra_headers={"x-request-id": opened, "x-truecost-cost-center": "ops"})
+        model="support", messages=MSG, extra_headers={"x-request-id": opened, "x-truecost-cost-center": "ops"}
+    )
     assert raw.headers["x-request-id"] == opened
     (e,) = _rows(app, opened)
     assert e.attribution.cost_center == "bot"  # joining a request grants nothing else
     raw = _client(server, READER).chat.completions.with_raw_response.create(
-        model="support", messages=MSG, extra_headers={"x-request-id": opened})
+        model="support", messages=MSG, extra_headers={"x-request-id": opened}
+    )
     assert raw.headers["x-request-id"] != opened and len(_rows(app, opened)) == 1
 
 
@@ -308,14 +360,20 @@ def test_a_revoked_key_loses_its_dashboard_session(upstream, tmp_path):
     config = _config(upstream.url, tmp_path / "d.db", admin_key_sha256=hash_key(admin))
     app = build(config)
     with ServerThread(app) as server:
-        made = httpx.post(server.url + "/admin/keys", headers={"authorization": f"Bearer {admin}"},
-                          json={"name": "viewer", "tenant": "acme", "cost_center": "cx", "scopes": ["read"]})
+        made = httpx.post(
+            server.url + "/admin/keys",
+            headers={"authorization": f"Bearer {admin}"},
+            json={"name": "viewer", "tenant": "acme", "cost_center": "cx", "scopes": ["read"]},
+        )
         assert made.status_code == 201
         with httpx.Client(base_url=server.url, follow_redirects=False) as browser:
             assert browser.post("/ui/login", data={"key": made.json()["secret"]}).status_code in (302, 303)
             assert browser.get("/ui/").status_code == 200
-            r = httpx.post(server.url + "/admin/keys/viewer/revoke", headers={"authorization": f"Bearer {admin}"},
-                           json={"reason": "left the team"})
+            r = httpx.post(
+                server.url + "/admin/keys/viewer/revoke",
+                headers={"authorization": f"Bearer {admin}"},
+                json={"reason": "left the team"},
+            )
             assert r.status_code == 200
             assert browser.get("/ui/").status_code == 303  # back to the login page
 
@@ -323,7 +381,10 @@ def test_a_revoked_key_loses_its_dashboard_session(upstream, tmp_path):
 def test_an_attribution_header_the_ledger_cannot_store_is_a_400_before_anything_is_spent(gw):
     server, app = gw
     for headers in ({"x-truecost-feature": "f" * 600}, {"x-truecost-tags": "k=" + "v" * 600}):
-        r = httpx.post(server.url + "/v1/chat/completions", json={"model": "support", "messages": MSG},
-                       headers={"authorization": f"Bearer {KEY}", **headers})
+        r = httpx.post(
+            server.url + "/v1/chat/completions",
+            json={"model": "support", "messages": MSG},
+            headers={"authorization": f"Bearer {KEY}", **headers},
+        )
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_attribution"
     assert _in_flight(app, "cost_center", "small") == 0

@@ -25,8 +25,13 @@ from truecost.ledger import MemoryLedgerStore  # noqa: E402
 from truecost.pricing import PriceCatalog  # noqa: E402
 from truecost.tracking import Tracker  # noqa: E402
 
-USAGE = {"input_tokens": 1000, "output_tokens": 200, "total_tokens": 1200,
-         "input_token_details": {"cache_read": 400}, "output_token_details": {"reasoning": 50}}
+USAGE = {
+    "input_tokens": 1000,
+    "output_tokens": 200,
+    "total_tokens": 1200,
+    "input_token_details": {"cache_read": 400},
+    "output_token_details": {"reasoning": 50},
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +46,9 @@ def ledger(catalog):
 
 
 def _rag_chain(handler, model):
-    embeddings = track_embeddings(DeterministicFakeEmbedding(size=16), handler, model="tc-embed",
-                                  count_tokens=lambda text: len(text.split()))
+    embeddings = track_embeddings(
+        DeterministicFakeEmbedding(size=16), handler, model="tc-embed", count_tokens=lambda text: len(text.split())
+    )
     store = InMemoryVectorStore(embeddings)
     store.add_texts(["Refunds take five to seven working days.", "Cards arrive in a week."])
     prompt = ChatPromptTemplate.from_template("Context: {context}\nQuestion: {question}")
@@ -53,13 +59,21 @@ def _rag_chain(handler, model):
 def test_a_rag_chain_run_is_one_request_with_a_step_per_call(ledger):
     tracker, store = ledger
     handler = truecost_callback(tracker, feature="rag")
-    model = GenericFakeChatModel(messages=iter([AIMessage(content="Five to seven days.", usage_metadata=USAGE,
-                                                          response_metadata={"model_name": "tc-chat"})]))
+    model = GenericFakeChatModel(
+        messages=iter(
+            [
+                AIMessage(
+                    content="Five to seven days.", usage_metadata=USAGE, response_metadata={"model_name": "tc-chat"}
+                )
+            ]
+        )
+    )
     chain = _rag_chain(handler, model)
     indexing = store.query()  # add_texts ran outside any chain: a request of its own
     assert [(e.step, e.cost) for e in indexing] == [("embed", Decimal("2.4E-7"))]  # 12 words x 0.02/1M
-    answer = chain.invoke("How long does a refund take?",
-                          config={"callbacks": [handler], "metadata": {"truecost": {"tenant": "acme"}}})
+    answer = chain.invoke(
+        "How long does a refund take?", config={"callbacks": [handler], "metadata": {"truecost": {"tenant": "acme"}}}
+    )
     assert answer == "Five to seven days."
     events = [e for e in store.query() if e.request_id != indexing[0].request_id]
     assert len({e.request_id for e in events}) == 1
@@ -95,8 +109,9 @@ def test_a_failing_chain_closes_its_request_and_records_the_error(ledger):
             raise RuntimeError("upstream down")
 
     with pytest.raises(RuntimeError):
-        (ChatPromptTemplate.from_template("{q}") | Boom(messages=iter([]))).invoke({"q": "x"},
-                                                                                   config={"callbacks": [handler]})
+        (ChatPromptTemplate.from_template("{q}") | Boom(messages=iter([]))).invoke(
+            {"q": "x"}, config={"callbacks": [handler]}
+        )
     (e,) = store.query()
     assert e.outcome == "error" and e.cost is None and "RuntimeError" in e.details["unknown_reason"]
     assert handler.book.open_runs() == 0
@@ -107,8 +122,9 @@ def test_chat_openai_against_the_loopback_mock_streaming_included(ledger):
     tracker, store = ledger
     handler = truecost_callback(tracker, cost_center="support")
     with ServerThread(make_app()) as mock:
-        llm = langchain_openai.ChatOpenAI(model="tc-chat", base_url=f"{mock.url}/v1", api_key="sk-test",
-                                          max_retries=0, stream_usage=True)
+        llm = langchain_openai.ChatOpenAI(
+            model="tc-chat", base_url=f"{mock.url}/v1", api_key="sk-test", max_retries=0, stream_usage=True
+        )
         chain = ChatPromptTemplate.from_template("{q}") | llm | StrOutputParser()
         assert "refund" in chain.invoke({"q": "refund?"}, config={"callbacks": [handler]})
         streamed = "".join(chain.stream({"q": "refund?"}, config={"callbacks": [handler]}))
@@ -132,9 +148,12 @@ def test_concurrent_async_runs_are_separate_requests(ledger):
 
     async def main():
         await asyncio.gather(*[chain.ainvoke(f"question {i}", config={"callbacks": [handler]}) for i in range(3)])
+
     asyncio.run(main())
     events = store.query()[before:]
     assert sorted(Counter(e.request_id for e in events).values()) == [3, 3, 3]
-    assert all(sorted(e.step for e in events if e.request_id == r) == ["embed", "generate", "vector_search"]
-               for r in {e.request_id for e in events})
+    assert all(
+        sorted(e.step for e in events if e.request_id == r) == ["embed", "generate", "vector_search"]
+        for r in {e.request_id for e in events}
+    )
     assert handler.book.open_runs() == 0

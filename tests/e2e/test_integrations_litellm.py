@@ -78,8 +78,14 @@ def test_litellm_sdk_calls_are_priced_streaming_included(tmp_path):
     (tmp_path / "driver.py").write_text(SDK_DRIVER)
     db = tmp_path / "ledger.db"
     with ServerThread(make_app()) as mock:
-        out = subprocess.run([str(PY), str(tmp_path / "driver.py"), mock.url, str(db), write_prices(tmp_path)],
-                             capture_output=True, text=True, timeout=300, env=ENV, cwd=tmp_path)
+        out = subprocess.run(
+            [str(PY), str(tmp_path / "driver.py"), mock.url, str(db), write_prices(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=ENV,
+            cwd=tmp_path,
+        )
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["errors"] == 0
@@ -104,18 +110,47 @@ def test_litellm_proxy_with_the_logger_in_its_callbacks(tmp_path):
     prices = write_prices(tmp_path)
     (tmp_path / "truecost_callbacks.py").write_text(
         "from truecost.integrations.litellm import ledger_logger\n"
-        f"handler = ledger_logger({str(db)!r}, prices_files=({prices!r},), feature='proxy')\n")
+        f"handler = ledger_logger({str(db)!r}, prices_files=({prices!r},), feature='proxy')\n"
+    )
     port = free_port()
     with ServerThread(make_app()) as mock:
-        (tmp_path / "config.yaml").write_text(json.dumps({
-            "model_list": [{"model_name": "tc-chat", "litellm_params": {"model": "openai/tc-chat",
-                                                                        "api_base": f"{mock.url}/v1", "api_key": "sk-mock"}}],
-            "litellm_settings": {"callbacks": "truecost_callbacks.handler"},
-            "general_settings": {"master_key": "sk-master"}}))
+        (tmp_path / "config.yaml").write_text(
+            json.dumps(
+                {
+                    "model_list": [
+                        {
+                            "model_name": "tc-chat",
+                            "litellm_params": {
+                                "model": "openai/tc-chat",
+                                "api_base": f"{mock.url}/v1",
+                                "api_key": "sk-mock",
+                            },
+                        }
+                    ],
+                    "litellm_settings": {"callbacks": "truecost_callbacks.handler"},
+                    "general_settings": {"master_key": "sk-master"},
+                }
+            )
+        )
         log = open(tmp_path / "proxy.log", "wb")
-        proxy = subprocess.Popen([str(PY.parent / "litellm"), "--config", "config.yaml", "--host", "127.0.0.1",
-                                  "--port", str(port), "--num_workers", "1"], cwd=tmp_path, env=ENV, stdout=log,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        proxy = subprocess.Popen(
+            [
+                str(PY.parent / "litellm"),
+                "--config",
+                "config.yaml",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--num_workers",
+                "1",
+            ],
+            cwd=tmp_path,
+            env=ENV,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             deadline = time.time() + 180
@@ -128,11 +163,20 @@ def test_litellm_proxy_with_the_logger_in_its_callbacks(tmp_path):
                 assert proxy.poll() is None and time.time() < deadline, (tmp_path / "proxy.log").read_text()[-3000:]
                 time.sleep(0.5)
             headers = {"authorization": "Bearer sk-master"}
-            body = {"model": "tc-chat", "messages": [{"role": "user", "content": "refund?"}], "user": "u-9",
-                    "metadata": {"tags": ["proxy-test"], "tenant": "acme"}}
+            body = {
+                "model": "tc-chat",
+                "messages": [{"role": "user", "content": "refund?"}],
+                "user": "u-9",
+                "metadata": {"tags": ["proxy-test"], "tenant": "acme"},
+            }
             assert httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60).status_code == 200
-            with httpx.stream("POST", f"{url}/v1/chat/completions", headers=headers, timeout=60,
-                              json={**body, "stream": True, "stream_options": {"include_usage": True}}) as r:
+            with httpx.stream(
+                "POST",
+                f"{url}/v1/chat/completions",
+                headers=headers,
+                timeout=60,
+                json={**body, "stream": True, "stream_options": {"include_usage": True}},
+            ) as r:
                 assert r.status_code == 200 and "refund" in "".join(r.iter_text())
             deadline = time.time() + 60
             while len(_events(db)) < 2 and time.time() < deadline:

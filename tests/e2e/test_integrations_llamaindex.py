@@ -24,8 +24,12 @@ from truecost.ledger import MemoryLedgerStore  # noqa: E402
 from truecost.pricing import PriceCatalog  # noqa: E402
 from truecost.tracking import Tracker  # noqa: E402
 
-USAGE = {"prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200,
-         "prompt_tokens_details": {"cached_tokens": 400}}
+USAGE = {
+    "prompt_tokens": 1000,
+    "completion_tokens": 200,
+    "total_tokens": 1200,
+    "prompt_tokens_details": {"cached_tokens": 400},
+}
 
 
 class UsageLLM(CustomLLM):
@@ -120,5 +124,7 @@ def test_provider_usage_shapes():
     assert usage_from_raw({"usage": anthropic}) == (anthropic, "anthropic")
     assert usage_from_raw({"usage_metadata": {"prompt_token_count": 3}})[1] == "google"
     assert usage_from_raw({}, {"prompt_tokens": 7, "completion_tokens": 1}) == (
-        {"prompt_tokens": 7, "completion_tokens": 1}, "openai")
+        {"prompt_tokens": 7, "completion_tokens": 1},
+        "openai",
+    )
     assert usage_from_raw(None) == (None, "")

@@ -52,10 +52,23 @@ def start_collector(folder: Path, port: int, workers: int = 1) -> subprocess.Pop
     if not (folder / "collect.yaml").exists():
         (folder / "collect.yaml").write_text(CONFIG.format(port=port, prices=write_prices(folder)))
     log = open(folder / "collect.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "truecost.cli.main", "collect", "--config", str(folder / "collect.yaml"),
-                             "--workers", str(workers)],
-                            cwd=folder, env={**os.environ, "TC_INGEST_KEY": KEY}, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "truecost.cli.main",
+            "collect",
+            "--config",
+            str(folder / "collect.yaml"),
+            "--workers",
+            str(workers),
+        ],
+        cwd=folder,
+        env={**os.environ, "TC_INGEST_KEY": KEY},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     log.close()
     deadline = time.time() + 90
     while True:
@@ -81,8 +94,9 @@ def collector(tmp_path_factory):
 
 def _provider(url: str, **resource) -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({"service.name": "rag-bot", **resource}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{url}/v1/traces",
-                                                                    headers={"authorization": f"Bearer {KEY}"})))
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{url}/v1/traces", headers={"authorization": f"Bearer {KEY}"}))
+    )
     return provider
 
 
@@ -97,7 +111,9 @@ def _events(url: str, db: Path, trace_id: str, n: int, timeout: float = 30.0):
         if len(events) >= n:
             return sorted(events, key=lambda e: e.ts)
         time.sleep(0.25)
-    raise AssertionError(f"{n} events for {trace_id} not in the ledger: {httpx.get(f'{url}/stats', headers={'authorization': f'Bearer {KEY}'}).text}")
+    raise AssertionError(
+        f"{n} events for {trace_id} not in the ledger: {httpx.get(f'{url}/stats', headers={'authorization': f'Bearer {KEY}'}).text}"
+    )
 
 
 def test_sdk_spans_over_otlp_http_become_one_priced_request(collector):
@@ -108,14 +124,27 @@ def test_sdk_spans_over_otlp_http_become_one_priced_request(collector):
         with tracer.start_as_current_span("pii.scrub"):
             time.sleep(0.05)
         with tracer.start_as_current_span("embeddings tc-embed", kind=SpanKind.CLIENT) as s:
-            s.set_attributes({"gen_ai.operation.name": "embeddings", "gen_ai.provider.name": "openai",
-                              "gen_ai.request.model": "tc-embed", "gen_ai.usage.input_tokens": 5000})
+            s.set_attributes(
+                {
+                    "gen_ai.operation.name": "embeddings",
+                    "gen_ai.provider.name": "openai",
+                    "gen_ai.request.model": "tc-embed",
+                    "gen_ai.usage.input_tokens": 5000,
+                }
+            )
         with tracer.start_as_current_span("pinecone.query", kind=SpanKind.CLIENT) as s:
             s.set_attributes({"db.system.name": "pinecone", "db.pinecone.usage.read_units": 5})
         with tracer.start_as_current_span("chat tc-chat", kind=SpanKind.CLIENT) as s:
-            s.set_attributes({"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
-                              "gen_ai.request.model": "tc-chat", "gen_ai.usage.input_tokens": 1000,
-                              "gen_ai.usage.output_tokens": 200, "gen_ai.usage.cache_read.input_tokens": 400})
+            s.set_attributes(
+                {
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.provider.name": "openai",
+                    "gen_ai.request.model": "tc-chat",
+                    "gen_ai.usage.input_tokens": 1000,
+                    "gen_ai.usage.output_tokens": 200,
+                    "gen_ai.usage.cache_read.input_tokens": 400,
+                }
+            )
         with tracer.start_as_current_span("GET /weather", kind=SpanKind.CLIENT) as s:
             s.set_attribute("http.request.method", "GET")
     trace_id = f"{root.get_span_context().trace_id:032x}"
@@ -140,8 +169,11 @@ def test_sdk_spans_over_otlp_http_become_one_priced_request(collector):
 
 def test_a_wrong_ingest_key_is_refused(collector):
     url, _ = collector
-    r = httpx.post(f"{url}/v1/traces", content=b"", headers={"content-type": "application/x-protobuf",
-                                                              "authorization": "Bearer nope"})
+    r = httpx.post(
+        f"{url}/v1/traces",
+        content=b"",
+        headers={"content-type": "application/x-protobuf", "authorization": "Bearer nope"},
+    )
     assert r.status_code == 401
 
 
@@ -159,9 +191,12 @@ def test_openllmetry_instrumented_openai_client_against_the_loopback_mock(collec
             with tracer.start_as_current_span("answer", kind=SpanKind.SERVER) as root:
                 client.embeddings.create(model="tc-embed", input=["refund", "card"])
                 client.chat.completions.create(model="tc-chat", messages=[{"role": "user", "content": "refund?"}])
-                stream = client.chat.completions.create(model="tc-chat", stream=True,
-                                                        stream_options={"include_usage": True},
-                                                        messages=[{"role": "user", "content": "and again?"}])
+                stream = client.chat.completions.create(
+                    model="tc-chat",
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    messages=[{"role": "user", "content": "and again?"}],
+                )
                 text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
                 assert "refund" in text
             assert provider.force_flush(30_000)
@@ -172,8 +207,11 @@ def test_openllmetry_instrumented_openai_client_against_the_loopback_mock(collec
     events = _events(url, db, trace_id, 3)
     steps = sorted((e.step, e.service, e.cost) for e in events)
     # mock usage: 120 prompt tokens (20 cached), 30 completion: 100 x 1 + 20 x 0.1 + 30 x 4 per 1M
-    assert steps == [("embed", "tc-embed", Decimal("3.2E-7")),  # 16 tokens x 0.02/1M
-                     ("generate", "tc-chat", Decimal("0.000222")), ("generate", "tc-chat", Decimal("0.000222"))]
+    assert steps == [
+        ("embed", "tc-embed", Decimal("3.2E-7")),  # 16 tokens x 0.02/1M
+        ("generate", "tc-chat", Decimal("0.000222")),
+        ("generate", "tc-chat", Decimal("0.000222")),
+    ]
     assert all(e.attribution.tenant == "globex" and e.source == "otlp" for e in events)
 
 
@@ -238,5 +276,7 @@ def test_two_worker_processes_share_the_port_and_the_ledger(tmp_path):
     finally:
         store.close()
     assert len(events) == 500 and all(e.cost == Decimal("0.0018") for e in events)
-    assert sorted(p.name for p in (tmp_path / "ledger.collect.spool.journal").glob("slot-*") if p.is_dir()) == \
-        ["slot-0", "slot-1"]
+    assert sorted(p.name for p in (tmp_path / "ledger.collect.spool.journal").glob("slot-*") if p.is_dir()) == [
+        "slot-0",
+        "slot-1",
+    ]

@@ -29,8 +29,9 @@ def _port() -> int:
 @pytest.fixture(scope="module")
 def local_model():
     port = _port()
-    proc = subprocess.Popen(server_command(port, n_ctx=1024, threads=2), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        server_command(port, n_ctx=1024, threads=2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -49,11 +50,16 @@ def local_model():
 
 @pytest.fixture
 def gateway(local_model, tmp_path):
-    config = parse_config({
-        "ledger": str(tmp_path / "gw.db"), "compute": "aws/c7i.xlarge",
-        "upstreams": {"local": {"base_url": local_model, "timeout": 60}},
-        "models": {"smol": {"candidates": [{"upstream": "local", "model": "SmolLM2-135M-Instruct", "self_hosted": True}]}},
-    })
+    config = parse_config(
+        {
+            "ledger": str(tmp_path / "gw.db"),
+            "compute": "aws/c7i.xlarge",
+            "upstreams": {"local": {"base_url": local_model, "timeout": 60}},
+            "models": {
+                "smol": {"candidates": [{"upstream": "local", "model": "SmolLM2-135M-Instruct", "self_hosted": True}]}
+            },
+        }
+    )
     app = build(config)
     with ServerThread(app) as gw:
         yield gw, app
@@ -63,14 +69,20 @@ def test_real_local_model_through_the_gateway_is_priced_as_compute(gateway):
     gw, app = gateway
     c = openai.OpenAI(api_key="none", base_url=gw.url + "/v1", max_retries=0)
     raw = c.chat.completions.with_raw_response.create(
-        model="smol", messages=[{"role": "user", "content": "How do I get a refund?"}], max_tokens=24,
-        logprobs=True, top_logprobs=1)
+        model="smol",
+        messages=[{"role": "user", "content": "How do I get a refund?"}],
+        max_tokens=24,
+        logprobs=True,
+        top_logprobs=1,
+    )
     resp = raw.parse()
     assert resp.choices[0].message.content.strip()
     assert resp.usage.completion_tokens > 0 and resp.choices[0].logprobs.content  # logprobs for the cascade
     app.state.writer.flush()
     tokens, compute = app.state.store.query(LedgerFilter(request_id=raw.headers["x-request-id"]))
-    assert tokens.service == "SmolLM2-135M-Instruct" and tokens.details["tokens"]["output"] == resp.usage.completion_tokens
+    assert (
+        tokens.service == "SmolLM2-135M-Instruct" and tokens.details["tokens"]["output"] == resp.usage.completion_tokens
+    )
     assert tokens.cost == 0 and compute.service == "c7i.xlarge" and compute.cost > 0  # tokens free, CPU time not
     assert Decimal(raw.headers["x-truecost-cost-usd"]) == compute.cost
 
@@ -79,7 +91,8 @@ def test_real_local_model_streams_through_the_sdk(gateway):
     gw, app = gateway
     c = openai.OpenAI(api_key="none", base_url=gw.url + "/v1", max_retries=0)
     raw = c.chat.completions.with_raw_response.create(
-        model="smol", messages=[{"role": "user", "content": "Say hello."}], max_tokens=12, stream=True)
+        model="smol", messages=[{"role": "user", "content": "Say hello."}], max_tokens=12, stream=True
+    )
     text = "".join(ch.choices[0].delta.content or "" for ch in raw.parse() if ch.choices)
     assert text.strip()
     app.state.writer.flush()
@@ -93,19 +106,36 @@ def test_cascade_reads_the_real_local_models_logprobs(local_model, tmp_path, min
     from tests.support.mock_upstream import make_app
 
     with ServerThread(make_app()) as strong_upstream:
-        config = parse_config({
-            "ledger": str(tmp_path / "gw.db"), "compute": "aws/c7i.xlarge",
-            "upstreams": {"local": {"base_url": local_model, "timeout": 60}, "cloud": {"base_url": strong_upstream.url + "/v1"}},
-            "models": {"smart": {"candidates": [{"upstream": "cloud", "model": "gpt-6.2-sol"},
-                                                {"upstream": "local", "model": "SmolLM2-135M-Instruct", "self_hosted": True}],
-                                 "route": {"strategy": "cascade", "weak": "SmolLM2-135M-Instruct", "strong": "gpt-6.2-sol",
-                                           "min_mean_logprob": min_mean_logprob}}},
-        })
+        config = parse_config(
+            {
+                "ledger": str(tmp_path / "gw.db"),
+                "compute": "aws/c7i.xlarge",
+                "upstreams": {
+                    "local": {"base_url": local_model, "timeout": 60},
+                    "cloud": {"base_url": strong_upstream.url + "/v1"},
+                },
+                "models": {
+                    "smart": {
+                        "candidates": [
+                            {"upstream": "cloud", "model": "gpt-6.2-sol"},
+                            {"upstream": "local", "model": "SmolLM2-135M-Instruct", "self_hosted": True},
+                        ],
+                        "route": {
+                            "strategy": "cascade",
+                            "weak": "SmolLM2-135M-Instruct",
+                            "strong": "gpt-6.2-sol",
+                            "min_mean_logprob": min_mean_logprob,
+                        },
+                    }
+                },
+            }
+        )
         app = build(config)
         with ServerThread(app) as gw:
             c = openai.OpenAI(api_key="none", base_url=gw.url + "/v1", max_retries=0)
             raw = c.chat.completions.with_raw_response.create(
-                model="smart", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=16)
+                model="smart", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=16
+            )
             assert raw.headers["x-truecost-model"] == served and raw.parse().choices[0].message.content.strip()
             app.state.writer.flush()
             events = app.state.store.query(LedgerFilter(request_id=raw.headers["x-request-id"]))

@@ -31,14 +31,21 @@ def replicas(postgres_server, tmp_path):
     uri = postgres_server.uri
     with ServerThread(make_app()) as upstream:
         config = {
-            "ledger": uri, "ledger_schema": schema,
+            "ledger": uri,
+            "ledger_schema": schema,
             "compute": "aws/c7i.xlarge",
             "upstreams": {"mock": {"base_url": upstream.url + "/v1", "timeout": 5}},
             "models": {"support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]}},
             "keys": [{"name": "a", "key_sha256": hash_key(KEY), "tenant": "acme", "cost_center": "cx"}],
             "admin_key_sha256": hash_key(ADMIN),
-            "cache": {"enabled": True, "embedder": "minilm", "policy": "fixed:0.9", "backend": "postgres",
-                      "url": uri, "prefix": fresh_name("rc")},
+            "cache": {
+                "enabled": True,
+                "embedder": "minilm",
+                "policy": "fixed:0.9",
+                "backend": "postgres",
+                "url": uri,
+                "prefix": fresh_name("rc"),
+            },
         }
         procs, urls = [], []
         for i in range(3):
@@ -62,9 +69,12 @@ def start_replica(config, tmp_path, i, port=None):
     cfg = tmp_path / f"replica{i}.yaml"
     cfg.write_text(yaml.safe_dump({**config, "spool": str(tmp_path / f"spool{i}.jsonl")}))
     port = port or free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "truecost.cli.main", "serve", "--config", str(cfg), "--port", str(port)],
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=open(tmp_path / f"replica{i}.log", "ab"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "truecost.cli.main", "serve", "--config", str(cfg), "--port", str(port)],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / f"replica{i}.log", "ab"),
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
@@ -80,8 +90,12 @@ def start_replica(config, tmp_path, i, port=None):
 
 def ask(url, text, docs=None):
     headers = {"authorization": f"Bearer {KEY}", **({"x-truecost-doc-ids": docs} if docs else {})}
-    r = httpx.post(url + "/v1/chat/completions", headers=headers, timeout=30,
-                   json={"model": "support", "messages": [{"role": "user", "content": text}]})
+    r = httpx.post(
+        url + "/v1/chat/completions",
+        headers=headers,
+        timeout=30,
+        json={"model": "support", "messages": [{"role": "user", "content": text}]},
+    )
     assert r.status_code == 200, r.text
     return r
 
@@ -95,22 +109,33 @@ def test_three_replicas_share_the_cache_and_the_ledger(replicas):
     assert again.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
     told = [Decimal(first.headers["x-truecost-cost-usd"]), Decimal(again.headers["x-truecost-cost-usd"])]
     # an answer built from a knowledge-base document, invalidated through replica 3, is gone everywhere
-    for r in (ask(urls[0], "how long does a refund take", docs="kb-refunds"),
-              ask(urls[1], "how long does a refund take")):
+    for r in (
+        ask(urls[0], "how long does a refund take", docs="kb-refunds"),
+        ask(urls[1], "how long does a refund take"),
+    ):
         told.append(Decimal(r.headers["x-truecost-cost-usd"]))
     assert r.headers["x-truecost-cache"] == "hit"
-    bad = httpx.post(urls[2] + "/admin/cache/invalidate", json={"doc_ids": ["kb-refunds"]},
-                     headers={"authorization": f"Bearer {KEY}"})
+    bad = httpx.post(
+        urls[2] + "/admin/cache/invalidate",
+        json={"doc_ids": ["kb-refunds"]},
+        headers={"authorization": f"Bearer {KEY}"},
+    )
     assert bad.status_code == 401  # a tenant key is not an admin key
-    inv = httpx.post(urls[2] + "/admin/cache/invalidate", json={"doc_ids": ["kb-refunds"]},
-                     headers={"authorization": f"Bearer {ADMIN}"})
+    inv = httpx.post(
+        urls[2] + "/admin/cache/invalidate",
+        json={"doc_ids": ["kb-refunds"]},
+        headers={"authorization": f"Bearer {ADMIN}"},
+    )
     assert inv.status_code == 200 and inv.json()["invalidated"] == 1
     r = ask(urls[1], "how long does a refund take")  # replica 2 served it from the cache before; now it cannot
     told.append(Decimal(r.headers["x-truecost-cost-usd"]))
     assert r.headers["x-truecost-cache"] == "miss"
     # a knowledge-base version bump through replica 3 reaches the others within the stated bound (1 s)
-    inv = httpx.post(urls[2] + "/admin/cache/invalidate", json={"kb_version": "2026-11-28"},
-                     headers={"authorization": f"Bearer {ADMIN}"})
+    inv = httpx.post(
+        urls[2] + "/admin/cache/invalidate",
+        json={"kb_version": "2026-11-28"},
+        headers={"authorization": f"Bearer {ADMIN}"},
+    )
     assert inv.status_code == 200
     time.sleep(1.1)
     r = ask(urls[1], "what is the refund policy for damaged items")
@@ -180,14 +205,26 @@ def test_a_budget_holds_across_replicas(replicas):
         p.wait(30)
     budget_schema = fresh_name("bud")
     limit = Decimal("0.0002")
-    cfg = {**config, "ledger_schema": budget_schema,
-           "budgets": [{"tenant": "acme", "period": "day", "limit_usd": str(limit), "hard": True}]}
+    cfg = {
+        **config,
+        "ledger_schema": budget_schema,
+        "budgets": [{"tenant": "acme", "period": "day", "limit_usd": str(limit), "hard": True}],
+    }
     started = [start_replica(cfg, tmp_path, 10 + i) for i in range(3)]
     try:
+
         def one(i):
-            r = httpx.post(started[i % 3][1] + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
-                           timeout=30, json={"model": "support", "max_tokens": 40, "temperature": 0.3 + i / 1000,
-                                             "messages": [{"role": "user", "content": f"budget question {i}"}]})
+            r = httpx.post(
+                started[i % 3][1] + "/v1/chat/completions",
+                headers={"authorization": f"Bearer {KEY}"},
+                timeout=30,
+                json={
+                    "model": "support",
+                    "max_tokens": 40,
+                    "temperature": 0.3 + i / 1000,
+                    "messages": [{"role": "user", "content": f"budget question {i}"}],
+                },
+            )
             return r.status_code, r.headers.get("x-truecost-cost-usd")
 
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
@@ -212,7 +249,9 @@ def test_a_budget_holds_across_replicas(replicas):
     from truecost.types import TokenUsage
 
     chars = len(_json.dumps([{"role": "user", "content": "budget question 10"}]))
-    estimate = price_tokens(PriceCatalog.bundled().price_for("gpt-6-luna"), TokenUsage(input=chars // 3 + 1, output=40)).cost
+    estimate = price_tokens(
+        PriceCatalog.bundled().price_for("gpt-6-luna"), TokenUsage(input=chars // 3 + 1, output=40)
+    ).cost
     assert limit / 2 < row.cost <= limit + 12 * max(a - estimate for a in admitted)
     with localcontext(prec=60):
         assert row.cost == sum(admitted)
@@ -229,8 +268,12 @@ def test_postgres_outage_under_load_loses_nothing(replicas, postgres_server):
 
     def burst(n, offset):
         for i in range(n):
-            r = httpx.post(urls[0] + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"}, timeout=30,
-                           json={"model": "support", "messages": [{"role": "user", "content": f"outage {offset + i}"}]})
+            r = httpx.post(
+                urls[0] + "/v1/chat/completions",
+                headers={"authorization": f"Bearer {KEY}"},
+                timeout=30,
+                json={"model": "support", "messages": [{"role": "user", "content": f"outage {offset + i}"}]},
+            )
             codes.append(r.status_code)
             if r.status_code == 200:
                 told[r.headers["x-request-id"]] = Decimal(r.headers["x-truecost-cost-usd"])

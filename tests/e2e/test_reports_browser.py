@@ -32,13 +32,35 @@ def _ledger(path: Path) -> None:
     for i in range(30):
         a = Attribution(cost_center=f"cc{i % 3}", feature="faq" if i % 2 else "chat")
         rid = f"r{i}"
-        events += [CostEvent(id=f"{rid}-g", request_id=rid, ts=t0 + timedelta(hours=i), step="generate", provider="solora",
-                             service="solora-saturn-4.8", quantity=Decimal(1200), unit="tokens",
-                             cost=Decimal(1000) * Decimal("0.000005") + Decimal(200) * Decimal("0.000025"), attribution=a,
-                             details={"tokens": {"input": 1000, "output": 200},
-                                      "unit_prices": {"input": "0.000005", "output": "0.000025"}}),
-                   CostEvent(id=f"{rid}-e", request_id=rid, ts=t0 + timedelta(hours=i), step="egress", service="aws/inter_region",
-                             quantity=Decimal("0.001"), unit="GB", cost=Decimal("0.00002"), attribution=a)]
+        events += [
+            CostEvent(
+                id=f"{rid}-g",
+                request_id=rid,
+                ts=t0 + timedelta(hours=i),
+                step="generate",
+                provider="solora",
+                service="solora-saturn-4.8",
+                quantity=Decimal(1200),
+                unit="tokens",
+                cost=Decimal(1000) * Decimal("0.000005") + Decimal(200) * Decimal("0.000025"),
+                attribution=a,
+                details={
+                    "tokens": {"input": 1000, "output": 200},
+                    "unit_prices": {"input": "0.000005", "output": "0.000025"},
+                },
+            ),
+            CostEvent(
+                id=f"{rid}-e",
+                request_id=rid,
+                ts=t0 + timedelta(hours=i),
+                step="egress",
+                service="aws/inter_region",
+                quantity=Decimal("0.001"),
+                unit="GB",
+                cost=Decimal("0.00002"),
+                attribution=a,
+            ),
+        ]
     store.append(events)
     store.close()
 
@@ -49,8 +71,19 @@ def reports(tmp_path_factory):
     db = out / "ledger.db"
     _ledger(db)
     runs = [
-        ["audit", "cache", str(SAMPLE), "--label-field", "intent", "--threshold", "0.85", "--threshold", "0.9",
-         "--embedder", "static"],
+        [
+            "audit",
+            "cache",
+            str(SAMPLE),
+            "--label-field",
+            "intent",
+            "--threshold",
+            "0.85",
+            "--threshold",
+            "0.9",
+            "--embedder",
+            "static",
+        ],
         ["audit", "routing", str(SAMPLE), "-n", "200", "--label-with", "rules"],
         ["audit", "costs", str(db)],
         ["whatif", str(ROOT / "examples" / "whatif_support_bot.yaml")],
@@ -64,20 +97,37 @@ def reports(tmp_path_factory):
 
 # figure key -> where its number lives in the report's JSON
 EXPECTED = {
-    "cache_audit": {"hit_rate": lambda d: d["thresholds"][0]["hit_rate"],
-                    "clustered_share": lambda d: d["thresholds"][0]["clustered_share"],
-                    "false_hit_rate": lambda d: d["thresholds"][0]["false_hit_rate"],
-                    "queries": lambda d: d["queries"],
-                    "monthly_net_savings_usd": lambda d: d["savings"]["monthly_net_savings_usd"]},
-    "routing_audit": {"small_capable_share": lambda d: d["small_capable_share"], "ci_low": lambda d: d["ci95"][0],
-                      "ci_high": lambda d: d["ci95"][1], "labelled": lambda d: d["labelled"]},
-    "cost_audit": {"total_usd": lambda d: d["total_usd"], "requests": lambda d: d["requests"],
-                   "generation_share": lambda d: d["generation_share"], "unknown_requests": lambda d: d["unknown_requests"],
-                   "cost_per_request_usd": lambda d: d["cost_per_request_usd"]},
-    "whatif": {"monthly_total_usd": lambda d: d["monthly_total_usd"], "generation_share": lambda d: d["generation_share"],
-               "cost_per_request_usd": lambda d: d["cost_per_request_usd"]},
-    "reconciliation": {"billed": lambda d: d["totals"]["billed"], "ledger": lambda d: d["totals"]["ledger"],
-                       "unattributed": lambda d: d["totals"]["unattributed"], "matched_share": lambda d: d["matched_share"]},
+    "cache_audit": {
+        "hit_rate": lambda d: d["thresholds"][0]["hit_rate"],
+        "clustered_share": lambda d: d["thresholds"][0]["clustered_share"],
+        "false_hit_rate": lambda d: d["thresholds"][0]["false_hit_rate"],
+        "queries": lambda d: d["queries"],
+        "monthly_net_savings_usd": lambda d: d["savings"]["monthly_net_savings_usd"],
+    },
+    "routing_audit": {
+        "small_capable_share": lambda d: d["small_capable_share"],
+        "ci_low": lambda d: d["ci95"][0],
+        "ci_high": lambda d: d["ci95"][1],
+        "labelled": lambda d: d["labelled"],
+    },
+    "cost_audit": {
+        "total_usd": lambda d: d["total_usd"],
+        "requests": lambda d: d["requests"],
+        "generation_share": lambda d: d["generation_share"],
+        "unknown_requests": lambda d: d["unknown_requests"],
+        "cost_per_request_usd": lambda d: d["cost_per_request_usd"],
+    },
+    "whatif": {
+        "monthly_total_usd": lambda d: d["monthly_total_usd"],
+        "generation_share": lambda d: d["generation_share"],
+        "cost_per_request_usd": lambda d: d["cost_per_request_usd"],
+    },
+    "reconciliation": {
+        "billed": lambda d: d["totals"]["billed"],
+        "ledger": lambda d: d["totals"]["ledger"],
+        "unattributed": lambda d: d["totals"]["unattributed"],
+        "matched_share": lambda d: d["matched_share"],
+    },
 }
 
 

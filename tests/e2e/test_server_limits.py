@@ -44,12 +44,14 @@ async def stream(request):
         for i in range(count):
             yield f"chunk {i}\n".encode()
             await asyncio.sleep(gap)
+
     return StreamingResponse(gen(), media_type="text/plain")
 
 
 def make_app():
-    return Starlette(routes=[Route("/ping", ping), Route("/upload", upload, methods=["POST"]),
-                             Route("/stream", stream)])
+    return Starlette(
+        routes=[Route("/ping", ping), Route("/upload", upload, methods=["POST"]), Route("/stream", stream)]
+    )
 
 
 class Served:
@@ -57,9 +59,19 @@ class Served:
         import uvicorn
 
         self.port = free_port()
-        self.server = uvicorn.Server(make_config(make_app(), "127.0.0.1", self.port, max_header_bytes=MAX_HEADER,
-                                                 header_timeout=HEADER_TIMEOUT, log_level="critical", http_kind=kind,
-                                                 timeout_keep_alive=5, lifespan="off"))
+        self.server = uvicorn.Server(
+            make_config(
+                make_app(),
+                "127.0.0.1",
+                self.port,
+                max_header_bytes=MAX_HEADER,
+                header_timeout=HEADER_TIMEOUT,
+                log_level="critical",
+                http_kind=kind,
+                timeout_keep_alive=5,
+                lifespan="off",
+            )
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -113,8 +125,9 @@ def read_responses(sock: socket.socket, count: int = 1, limit: float = 5.0) -> l
             assert chunk, (out, data)
             data += chunk
         head, _, data = data.partition(b"\r\n\r\n")
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length"))
+        length = next(
+            int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+        )
         while len(data) < length:
             chunk = sock.recv(65536)
             assert chunk, (out, data)
@@ -145,8 +158,11 @@ def test_a_normal_request_and_keep_alive_work(server):
 def test_pipelined_requests_and_a_body_in_the_same_segment_are_answered(server):
     body = b"b" * 200_000  # far past the header limit, sent with the headers in one go: no false 431
     with server.connect() as s:
-        s.sendall(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 200000\r\n\r\n" + body
-                  + b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n" * 3)
+        s.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 200000\r\n\r\n"
+            + body
+            + b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n" * 3
+        )
         assert read_responses(s, 4) == [b"HTTP/1.1 200 OK\r\n\r\n200000"] + [b"HTTP/1.1 200 OK\r\n\r\npong"] * 3
 
 
@@ -261,8 +277,11 @@ def test_a_long_streaming_response_is_not_cut_by_the_header_timer(server):
 def test_chunked_uploads_with_small_trailers_still_work(server):
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in [b"y" * 1000] * 300)
     with server.connect() as s:
-        s.sendall(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
-                  + b"0\r\nX-Checksum: abc\r\n\r\n")
+        s.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunks
+            + b"0\r\nX-Checksum: abc\r\n\r\n"
+        )
         assert read_response(s) == b"HTTP/1.1 200 OK\r\n\r\n300000"
 
 
@@ -274,8 +293,10 @@ def test_an_endless_chunked_trailer_is_cut_and_holds_little_memory(server):
             s = server.connect()
             socks.append(s)
             try:
-                s.sendall(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
-                          b"X-Trailer: ")
+                s.sendall(
+                    b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+                    b"X-Trailer: "
+                )
                 for _ in range(8 * 2**20 // len(chunk)):
                     s.sendall(chunk)
             except OSError:
@@ -293,12 +314,19 @@ def test_an_endless_chunked_trailer_is_cut_and_holds_little_memory(server):
 # ------------------------------------------------------------------ the real gateway behind the guarded server
 
 BAD_BODIES = [
-    ("100k-deep JSON", b'{"model": "support", "messages": [{"role": "user", "content": "x"}], "x": '
-                       + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+    (
+        "100k-deep JSON",
+        b'{"model": "support", "messages": [{"role": "user", "content": "x"}], "x": '
+        + b"[" * 100_000
+        + b"]" * 100_000
+        + b"}",
+    ),
     ("lone surrogate", rb'{"model": "support", "messages": [{"role": "user", "content": "hi \ud800"}]}'),
     ("n=-1", b'{"model": "support", "messages": [{"role": "user", "content": "x"}], "n": -1}'),
-    ("max_completion_tokens=-5", b'{"model": "support", "messages": [{"role": "user", "content": "x"}], '
-                                 b'"max_completion_tokens": -5}'),
+    (
+        "max_completion_tokens=-5",
+        b'{"model": "support", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": -5}',
+    ),
     ("temperature hot", b'{"model": "support", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}'),
     ("NaN", b'{"model": "support", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}'),
 ]
@@ -312,12 +340,14 @@ def test_the_gateway_answers_bad_bodies_with_400_before_any_upstream_call(tmp_pa
     from truecost.gateway.config import parse_config
 
     with ServerThread(make_upstream()) as upstream:
-        config = parse_config({
-            "ledger": str(tmp_path / "gw.db"),
-            "upstreams": {"mock": {"base_url": upstream.url + "/v1", "timeout": 2, "max_retries": 0}},
-            "models": {"support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]}},
-            "max_body_bytes": 1_000_000,
-        })
+        config = parse_config(
+            {
+                "ledger": str(tmp_path / "gw.db"),
+                "upstreams": {"mock": {"base_url": upstream.url + "/v1", "timeout": 2, "max_retries": 0}},
+                "models": {"support": {"candidates": [{"upstream": "mock", "model": "gpt-6-luna"}]}},
+                "max_body_bytes": 1_000_000,
+            }
+        )
         port = free_port()
         server = uvicorn.Server(make_config(build(config), "127.0.0.1", port, log_level="critical"))
         thread = threading.Thread(target=server.run, daemon=True)
@@ -331,13 +361,20 @@ def test_the_gateway_answers_bad_bodies_with_400_before_any_upstream_call(tmp_pa
 
             calls = upstream.server.config.app.state.calls
             for name, raw in BAD_BODIES:
-                r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", content=raw,
-                               headers={"content-type": "application/json"}, timeout=10)
+                r = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    content=raw,
+                    headers={"content-type": "application/json"},
+                    timeout=10,
+                )
                 assert r.status_code == 400, (name, r.status_code, r.text[:200])
                 assert r.json()["error"]["message"] and len(r.text) < 400, name
             assert calls["n"] == 0
-            r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=10,
-                           json={"model": "support", "messages": [{"role": "user", "content": "hi"}], "n": 1})
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                timeout=10,
+                json={"model": "support", "messages": [{"role": "user", "content": "hi"}], "n": 1},
+            )
             assert r.status_code == 200 and calls["n"] == 1
         finally:
             server.should_exit = True

@@ -38,7 +38,9 @@ def refused_port():
 @pytest.fixture(scope="session")
 def gw(tmp_path_factory, upstream, refused_port, shared_upstream):
     tmp = tmp_path_factory.mktemp("gateway")
-    g = Gateway(tmp, main_config(tmp, upstream.url, refused_port, shared_upstream.url), env={"TC_UPSTREAM_KEY": UPSTREAM_KEY})
+    g = Gateway(
+        tmp, main_config(tmp, upstream.url, refused_port, shared_upstream.url), env={"TC_UPSTREAM_KEY": UPSTREAM_KEY}
+    )
     try:
         g.start()
         yield g
@@ -54,8 +56,12 @@ def cache_gw(tmp_path_factory, upstream):
     try:
         g.start()
         # the first lookup loads the embedding model (seconds): do it here, not inside a timed test
-        post_chat(g, CACHE_KEYS["tenant"], chat_body("chat", "warm-up: what is the time in Lisbon?", max_tokens=5),
-                  timeout=120)
+        post_chat(
+            g,
+            CACHE_KEYS["tenant"],
+            chat_body("chat", "warm-up: what is the time in Lisbon?", max_tokens=5),
+            timeout=120,
+        )
         yield g
     finally:
         g.stop()

@@ -63,9 +63,13 @@ class Gateway:
         self.config_path = self.dir / f"{name}.yaml"
         self.log_path = self.dir / f"{name}.log"
         self.ledger_path = Path(config["ledger"])
-        self.env = {**{k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
-                    "NO_PROXY": "127.0.0.1,localhost", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-                    **(env or {})}
+        self.env = {
+            **{k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
+            "NO_PROXY": "127.0.0.1,localhost",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         if os.environ.get("TRUECOST_SECURITY_SRC"):  # run the suite against another checkout's src/ (e.g. an old main)
             self.env["PYTHONPATH"] = os.environ["TRUECOST_SECURITY_SRC"]
         self.proc: subprocess.Popen | None = None
@@ -80,10 +84,25 @@ class Gateway:
         log.write(f"\n==== start #{self.starts + 1} on port {self.port} ====\n".encode())
         log.flush()
         self.proc = subprocess.Popen(
-            [python(), "-m", "truecost.cli.main", "serve", "--config", str(self.config_path),
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, cwd=str(self.dir),
-            start_new_session=True)
+            [
+                python(),
+                "-m",
+                "truecost.cli.main",
+                "serve",
+                "--config",
+                str(self.config_path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            cwd=str(self.dir),
+            start_new_session=True,
+        )
         log.close()
         self.starts += 1
         deadline = time.monotonic() + timeout
@@ -178,8 +197,9 @@ class Gateway:
         finally:
             con.close()
 
-    def wait_rows(self, where: str, params: tuple = (), *, at_least: int = 1, timeout: float = 10.0,
-                  settle: float = 0.0) -> list[dict]:
+    def wait_rows(
+        self, where: str, params: tuple = (), *, at_least: int = 1, timeout: float = 10.0, settle: float = 0.0
+    ) -> list[dict]:
         """Poll until ``at_least`` rows match (then, with ``settle``, until their count stays put that long)."""
         deadline = time.monotonic() + timeout
         rows = self.rows(where, params)
@@ -203,16 +223,24 @@ class Gateway:
 
     def client_rows(self, client_id: str) -> list[dict]:
         """Ledger rows of the request a client sent with ``x-request-id: <client_id>`` (a unique string)."""
-        return [r for r in self.rows("details LIKE ?", (f"%{client_id}%",))
-                if r["details"].get("client_request_id") == client_id]
+        return [
+            r
+            for r in self.rows("details LIKE ?", (f"%{client_id}%",))
+            if r["details"].get("client_request_id") == client_id
+        ]
 
     def budget_spent(self, field: str, value: str) -> Decimal:
         """What the budget guard must hold as spent today: the ledger's known costs plus, for rows whose cost is
         unknown, the amount charged to the budget instead (``budget_charge_usd``, as the README documents)."""
         day_start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
         rows = self.rows(f"{field} = ? AND ts_us >= ?", (value, int(day_start.timestamp() * 1_000_000)))
-        return sum((r["cost"] if r["cost"] is not None else Decimal(str(r["details"].get("budget_charge_usd") or 0))
-                    for r in rows), Decimal(0))
+        return sum(
+            (
+                r["cost"] if r["cost"] is not None else Decimal(str(r["details"].get("budget_charge_usd") or 0))
+                for r in rows
+            ),
+            Decimal(0),
+        )
 
     def request_ids(self, field: str, value: str) -> set[str]:
         return {r["request_id"] for r in self.rows(f"{field} = ?", (value,))}
@@ -225,8 +253,13 @@ def http(timeout: float = 30.0, **kw) -> httpx.Client:
 def openai_client(gw: Gateway, key: str, timeout: float = 30.0):
     import openai
 
-    return openai.OpenAI(api_key=key, base_url=gw.url + "/v1", max_retries=0, timeout=timeout,
-                         http_client=httpx.Client(trust_env=False, timeout=timeout))
+    return openai.OpenAI(
+        api_key=key,
+        base_url=gw.url + "/v1",
+        max_retries=0,
+        timeout=timeout,
+        http_client=httpx.Client(trust_env=False, timeout=timeout),
+    )
 
 
 def chat_body(model: str, content: str, **extra) -> dict:
@@ -239,12 +272,20 @@ def unique(prefix: str = "cid") -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def post_chat(gw: Gateway, key: str | None, body: Any, *, headers: dict | None = None, timeout: float = 30.0,
-              raw: bytes | None = None) -> httpx.Response:
+def post_chat(
+    gw: Gateway,
+    key: str | None,
+    body: Any,
+    *,
+    headers: dict | None = None,
+    timeout: float = 30.0,
+    raw: bytes | None = None,
+) -> httpx.Response:
     h = {"content-type": "application/json", **({"authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
     with http(timeout) as c:
-        return c.post(gw.url + "/v1/chat/completions", content=raw if raw is not None else json.dumps(body).encode(),
-                      headers=h)
+        return c.post(
+            gw.url + "/v1/chat/completions", content=raw if raw is not None else json.dumps(body).encode(), headers=h
+        )
 
 
 def poll(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0.1) -> Any:

@@ -12,16 +12,24 @@ import pytest
 from tests.security.harness import chat_body, http, post_chat
 from tests.security.sec_config import METRICS_TOKEN, key
 
-HOSTILE_HEADERS = {"x-truecost-cost-center": "ops", "x-truecost-team": "t-evil", "x-truecost-tenant": "globex",
-                   "x-truecost-environment": "dev", "x-truecost-feature": "faq",
-                   "x-truecost-tags": "campaign=spring,cost_center=ops"}
+HOSTILE_HEADERS = {
+    "x-truecost-cost-center": "ops",
+    "x-truecost-team": "t-evil",
+    "x-truecost-tenant": "globex",
+    "x-truecost-environment": "dev",
+    "x-truecost-feature": "faq",
+    "x-truecost-tags": "campaign=spring,cost_center=ops",
+}
 
 
 def _ignored_count(gw) -> float:
     with http() as c:
         text = c.get(gw.url + "/metrics", headers={"authorization": f"Bearer {METRICS_TOKEN}"}).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("truecost_attribution_headers_ignored_total"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("truecost_attribution_headers_ignored_total")
+    )
 
 
 def test_attribution_headers_are_ignored_unless_the_key_allows_them(gw):
@@ -31,30 +39,41 @@ def test_attribution_headers_are_ignored_unless_the_key_allows_them(gw):
     rows = gw.wait_rows("request_id = ?", (r.headers["x-request-id"],))
     assert rows
     for row in rows:
-        assert (row["cost_center"], row["team"], row["tenant"], row["environment"]) == \
-            ("cc-locked", "t-locked", "tn-locked", "prod"), row
+        assert (row["cost_center"], row["team"], row["tenant"], row["environment"]) == (
+            "cc-locked",
+            "t-locked",
+            "tn-locked",
+            "prod",
+        ), row
         assert row["feature"] == "faq" and row["tags"].get("campaign") == "spring"  # always allowed
     assert _ignored_count(gw) >= before + 1, "truecost_attribution_headers_ignored_total did not count the headers"
 
 
 def test_a_key_may_be_allowed_one_attribution_header_and_no_other(gw):
-    r = post_chat(gw, key("trusted"), chat_body("chat", "attr-trusted", max_tokens=20),
-                  headers={"x-truecost-cost-center": "cc-elsewhere", "x-truecost-team": "t-evil",
-                           "x-truecost-tenant": "globex"})
+    r = post_chat(
+        gw,
+        key("trusted"),
+        chat_body("chat", "attr-trusted", max_tokens=20),
+        headers={"x-truecost-cost-center": "cc-elsewhere", "x-truecost-team": "t-evil", "x-truecost-tenant": "globex"},
+    )
     assert r.status_code == 200, r.text
     (row, *_rest) = gw.wait_rows("request_id = ?", (r.headers["x-request-id"],))
     assert row["cost_center"] == "cc-elsewhere"  # allow_attribution_headers: [cost_center]
     assert (row["team"], row["tenant"]) == ("t-trusted", "tn-trusted")
 
 
-@pytest.mark.parametrize("headers", [
-    {},
-    {"x-truecost-cost-center": "ops"},
-    {"x-truecost-cost-center": ""},
-    {"x-truecost-cost-center": "cc-other", "x-truecost-tenant": "globex"},
-    {"x-truecost-tenant": "", "x-truecost-team": ""},
-    {"x-truecost-tags": "cost_center=ops"},
-], ids=["none", "ops", "empty", "other-tenant", "empty-others", "tag"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"x-truecost-cost-center": "ops"},
+        {"x-truecost-cost-center": ""},
+        {"x-truecost-cost-center": "cc-other", "x-truecost-tenant": "globex"},
+        {"x-truecost-tenant": "", "x-truecost-team": ""},
+        {"x-truecost-tags": "cost_center=ops"},
+    ],
+    ids=["none", "ops", "empty", "other-tenant", "empty-others", "tag"],
+)
 def test_an_exhausted_key_cannot_dodge_its_budget_with_a_header(gw, upstream, headers):
     marker = f"bypass-{sorted(headers.items())}"
     r = post_chat(gw, key("exhausted"), chat_body("chat", marker, max_tokens=50), headers=headers)
@@ -68,8 +87,9 @@ def test_a_client_request_id_never_becomes_the_ledger_id(gw):
     shared = "req-reused-0001"
     ids = []
     for name in ("plain", "other"):  # two tenants, one client-chosen id
-        r = post_chat(gw, key(name), chat_body("chat", f"reqid-{name}", max_tokens=20),
-                      headers={"x-request-id": shared})
+        r = post_chat(
+            gw, key(name), chat_body("chat", f"reqid-{name}", max_tokens=20), headers={"x-request-id": shared}
+        )
         assert r.status_code == 200, r.text
         assert r.headers["x-request-id"] != shared
         ids.append(r.headers["x-request-id"])
@@ -106,13 +126,18 @@ def test_request_ids_are_unguessable(gw):
 @pytest.mark.parametrize("headers", [{}, {"x-truecost-cost-center": "ops"}], ids=["none", "ops"])
 def test_the_anthropic_and_embeddings_endpoints_hold_the_same_budget(gw, upstream, headers):
     with http() as c:
-        r = c.post(gw.url + "/v1/messages", headers={"x-api-key": key("exhausted"), "anthropic-version": "2023-06-01",
-                                                    **headers},
-                   json={"model": "chat", "max_tokens": 50, "messages": [{"role": "user", "content": "bypass-messages"}]})
+        r = c.post(
+            gw.url + "/v1/messages",
+            headers={"x-api-key": key("exhausted"), "anthropic-version": "2023-06-01", **headers},
+            json={"model": "chat", "max_tokens": 50, "messages": [{"role": "user", "content": "bypass-messages"}]},
+        )
         assert r.status_code == 429, r.text[:300]
         assert r.json()["type"] == "error" and "budget" in r.json()["error"]["message"]
-        r = c.post(gw.url + "/v1/embeddings", headers={"authorization": f"Bearer {key('exhausted')}", **headers},
-                   json={"model": "embed", "input": ["bypass-embeddings " + "word " * 200] * 20})
+        r = c.post(
+            gw.url + "/v1/embeddings",
+            headers={"authorization": f"Bearer {key('exhausted')}", **headers},
+            json={"model": "embed", "input": ["bypass-embeddings " + "word " * 200] * 20},
+        )
         assert r.status_code == 429, r.text[:300]
     assert not upstream.calls("bypass-messages") and not upstream.calls("bypass-embeddings")
     assert not gw.rows("cost_center IN ('ops', '') OR tenant = 'tn-exhausted'")
@@ -121,12 +146,19 @@ def test_the_anthropic_and_embeddings_endpoints_hold_the_same_budget(gw, upstrea
 def test_an_allowed_header_adds_a_budget_and_never_removes_one(gw, upstream):
     """A key allowed to set cost_center/tenant: billing elsewhere does not escape its own exhausted budget, and
     billing to an exhausted cost center meets that budget."""
-    for headers in ({"x-truecost-cost-center": "ops"}, {"x-truecost-cost-center": "ops", "x-truecost-tenant": "t-x"},
-                    {"x-truecost-cost-center": ""}):
+    for headers in (
+        {"x-truecost-cost-center": "ops"},
+        {"x-truecost-cost-center": "ops", "x-truecost-tenant": "t-x"},
+        {"x-truecost-cost-center": ""},
+    ):
         r = post_chat(gw, key("trusted-exhausted"), chat_body("chat", "allowed-escape", max_tokens=50), headers=headers)
         assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded", (headers, r.text[:300])
-    r = post_chat(gw, key("trusted"), chat_body("chat", "allowed-into-exhausted", max_tokens=50),
-                  headers={"x-truecost-cost-center": "cc-exhausted"})
+    r = post_chat(
+        gw,
+        key("trusted"),
+        chat_body("chat", "allowed-into-exhausted", max_tokens=50),
+        headers={"x-truecost-cost-center": "cc-exhausted"},
+    )
     assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded", r.text[:300]
     assert not upstream.calls("allowed-escape") and not upstream.calls("allowed-into-exhausted")
     assert not gw.rows("cost_center IN ('ops', '', 'cc-exhausted', 'cc-exhausted2')")

@@ -23,8 +23,9 @@ from tests.security.sec_config import LUNA, key, upstream_block
 def _hang_up(gw, api_key: str, body: dict, chunks: int = 1, timeout: float = 15.0):
     """Open a stream, read ``chunks`` data events, hang up. -> (status, request id or None)."""
     with http(timeout) as c:
-        with c.stream("POST", gw.url + "/v1/chat/completions", json=body,
-                      headers={"authorization": f"Bearer {api_key}"}) as r:
+        with c.stream(
+            "POST", gw.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {api_key}"}
+        ) as r:
             if r.status_code != 200:
                 r.read()
                 return r.status_code, r.headers.get("x-request-id")
@@ -47,17 +48,22 @@ def _code(r) -> str | None:
 
 # -- restarts ------------------------------------------------------------------------------------------------
 
+
 def test_spend_survives_kill9_and_restart_and_the_limit_holds(make_gateway, upstream, tmp_path):
     """$0.0002 a day; each request is estimated >= $0.00005 and costs $0.0000252: six fit in a day.
     Three before a kill -9, then only three more after the restart, then none after a graceful restart."""
     k = "sk-restart-" + sha(str(tmp_path))[:12]
     limit = Decimal("0.0002")
-    g = make_gateway({"ledger": str(tmp_path / "restart.db"),
-                      "upstreams": {"hostile": upstream_block(upstream.url)},
-                      "models": {"chat": {"candidates": [{"upstream": "hostile", "model": LUNA, "upstream_model": "ok"}]}},
-                      "keys": [{"name": "r", "key_sha256": sha(k), "cost_center": "cc-restart"}],
-                      "budgets": [{"cost_center": "cc-restart", "period": "day", "limit_usd": str(limit), "hard": True}]},
-                     name="restart")
+    g = make_gateway(
+        {
+            "ledger": str(tmp_path / "restart.db"),
+            "upstreams": {"hostile": upstream_block(upstream.url)},
+            "models": {"chat": {"candidates": [{"upstream": "hostile", "model": LUNA, "upstream_model": "ok"}]}},
+            "keys": [{"name": "r", "key_sha256": sha(k), "cost_center": "cc-restart"}],
+            "budgets": [{"cost_center": "cc-restart", "period": "day", "limit_usd": str(limit), "hard": True}],
+        },
+        name="restart",
+    )
     before = []
     for i in range(3):
         r = post_chat(g, k, chat_body("chat", f"restart-a{i}", max_tokens=100))
@@ -80,12 +86,15 @@ def test_spend_survives_kill9_and_restart_and_the_limit_holds(make_gateway, upst
     g.stop()  # graceful this time
     g.start()
     r = post_chat(g, k, chat_body("chat", "restart-c", max_tokens=100))
-    assert r.status_code == 429 and _code(r) == "budget_exceeded", f"after a restart the limit no longer holds: {r.text}"
+    assert r.status_code == 429 and _code(r) == "budget_exceeded", (
+        f"after a restart the limit no longer holds: {r.text}"
+    )
     assert not upstream.calls("restart-c")
     assert g.spent("cost_center", "cc-restart") <= limit
 
 
 # -- concurrency at the boundary ----------------------------------------------------------------------------
+
 
 def test_a_concurrent_burst_never_passes_a_hard_limit(gw, upstream):
     """40 concurrent requests against $0.002 a day: n of 1, 3 or 5, half of them with a 2 KB tools array, half
@@ -94,8 +103,17 @@ def test_a_concurrent_burst_never_passes_a_hard_limit(gw, upstream):
     estimates -- is 0 here (the estimate counts characters / 3 and max_tokens x n), so the ledger's total for
     the day must stay <= the limit."""
     limit = Decimal("0.002")
-    tools = [{"type": "function", "function": {"name": f"tool_{j}", "description": "look something up " * 6,
-                                               "parameters": {"type": "object", "properties": {}}}} for j in range(12)]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": f"tool_{j}",
+                "description": "look something up " * 6,
+                "parameters": {"type": "object", "properties": {}},
+            },
+        }
+        for j in range(12)
+    ]
 
     def one(i: int):
         body = chat_body("echo-usage", f"burst-{i}", max_tokens=100, n=(1, 3, 5)[i % 3], stream=i % 2 == 1)
@@ -104,7 +122,9 @@ def test_a_concurrent_burst_never_passes_a_hard_limit(gw, upstream):
         if body["stream"]:
             body["stream_options"] = {"include_usage": True}
         with http(30) as c:
-            return c.post(gw.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key('burst')}"})
+            return c.post(
+                gw.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key('burst')}"}
+            )
 
     with ThreadPoolExecutor(40) as pool:
         results = list(pool.map(one, range(40)))
@@ -126,6 +146,7 @@ def test_a_concurrent_burst_never_passes_a_hard_limit(gw, upstream):
 
 # -- hang-ups --------------------------------------------------------------------------------------------------
 
+
 def test_a_hang_up_is_charged_for_its_prompt_and_the_budget_counts_it(gw, upstream):
     """A 40 KB prompt is >= 5,000 tokens ($0.0005) by any count; $0.004 a day admits at most eight such
     hang-ups, however few chunks each one read."""
@@ -141,10 +162,12 @@ def test_a_hang_up_is_charged_for_its_prompt_and_the_budget_counts_it(gw, upstre
         rows = gw.wait_rows("request_id = ?", (rid,), timeout=10)
         assert rows, f"hang-up {i}: no ledger row"
         (gen,) = [r for r in rows if r["step"] == "generate"]
-        assert gen["cost"] is not None and gen["cost"] >= floor, \
+        assert gen["cost"] is not None and gen["cost"] >= floor, (
             f"hang-up {i} charged ${gen['cost']} for a 40 KB prompt (at least ${floor})"
-        assert any("estimat" in k and v for k, v in gen["details"].items()), \
+        )
+        assert any("estimat" in k and v for k, v in gen["details"].items()), (
             f"the hang-up's charge is not flagged as estimated: {gen['details']}"
+        )
         charged.append(gen["cost"])
     assert refused_at is not None, f"ten hang-ups with 40 KB prompts were all admitted (charged {charged})"
     assert gw.spent("cost_center", "cc-hangup") <= Decimal("0.004")
@@ -158,8 +181,11 @@ def _abandon(gw, api_key: str, body: dict) -> None:
     """Send a whole request on a raw socket and hang up before reading a byte of the answer."""
     data = json.dumps(body).encode()
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  + f"Authorization: Bearer {api_key}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {api_key}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
 
 
 @pytest.mark.parametrize("which", ["gw", "cache_gw"])
@@ -178,8 +204,12 @@ def test_every_admitted_request_is_settled_exactly_once(request, which):
     big = 8000  # an estimate of >= $0.004
     for round_ in range(3):
         with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda i: post_chat(gw, k, chat_body("chat", f"settle-b{round_}-{i} {i * 'x'}",
-                                                               max_tokens=big)), range(4)))
+            list(
+                pool.map(
+                    lambda i: post_chat(gw, k, chat_body("chat", f"settle-b{round_}-{i} {i * 'x'}", max_tokens=big)),
+                    range(4),
+                )
+            )
     for i in range(2):
         _hang_up(gw, k, chat_body("drip", f"settle-h{i}", max_tokens=big, stream=True))
         _abandon(gw, k, chat_body("drip", f"settle-a{i}", max_tokens=big, stream=True))
@@ -190,8 +220,11 @@ def test_every_admitted_request_is_settled_exactly_once(request, which):
     _hang_up(gw, k, chat_body("stream-error", "settle-se", max_tokens=big, stream=True), chunks=5)
     post_chat(gw, k, chat_body("stall", "settle-stall", max_tokens=big, stream=True))
     for content in ("settle \\ud800", "\\udfff settle"):
-        surrogate = b'{"model": "chat", "max_tokens": 8000, "messages": [{"role": "user", "content": "' + \
-            content.encode() + b'"}]}'
+        surrogate = (
+            b'{"model": "chat", "max_tokens": 8000, "messages": [{"role": "user", "content": "'
+            + content.encode()
+            + b'"}]}'
+        )
         post_chat(gw, k, None, raw=surrogate)
     try:  # the client gives up before the answer (the upstream takes 1.5 s)
         post_chat(gw, k, chat_body("slow", "settle-slow", max_tokens=big), timeout=0.4)
@@ -205,19 +238,30 @@ def test_every_admitted_request_is_settled_exactly_once(request, which):
     rest = limit - spent
     over = int((rest + Decimal("0.000002")) / OUT_PRICE) + 1
     r = post_chat(gw, k, chat_body("chat", "settle-over", max_tokens=over))
-    assert r.status_code == 429 and _code(r) == "budget_exceeded", \
+    assert r.status_code == 429 and _code(r) == "budget_exceeded", (
         f"max_tokens={over} (estimate > the ${rest} left by the ledger) was admitted: the guard undercounts spend"
+    )
     margin = Decimal("0.00003")  # the probe's own prompt
     fits = int((rest - margin) / OUT_PRICE)
     r = post_chat(gw, k, chat_body("chat", "settle-fit", max_tokens=fits))
-    unknown = [(u["service"], u["outcome"], str(u["details"].get("unknown_reason"))[:80],
-                u["details"].get("budget_charge_usd")) for u in rows if u["cost"] is None][:10]
+    unknown = [
+        (
+            u["service"],
+            u["outcome"],
+            str(u["details"].get("unknown_reason"))[:80],
+            u["details"].get("budget_charge_usd"),
+        )
+        for u in rows
+        if u["cost"] is None
+    ][:10]
     assert r.status_code == 200, (
         f"max_tokens={fits} fits the ${rest} the ledger leaves but was refused: an admitted estimate was never "
-        f"settled, or settled at more than the ledger records. unknown-cost rows: {unknown}; {r.text[:300]}")
+        f"settled, or settled at more than the ledger records. unknown-cost rows: {unknown}; {r.text[:300]}"
+    )
 
 
 # -- what the estimate covers -------------------------------------------------------------------------------
+
 
 def test_the_estimate_covers_n_tools_response_format_and_max_completion_tokens(gw, upstream):
     """$0.001 a day. Each refused request below would have been admitted by an estimate of the messages and
@@ -225,13 +269,32 @@ def test_the_estimate_covers_n_tools_response_format_and_max_completion_tokens(g
     k = key("est")
     assert post_chat(gw, k, chat_body("chat", "est-base", max_tokens=200)).status_code == 200
     assert post_chat(gw, k, chat_body("chat", "est-n4", max_tokens=200, n=4)).status_code == 200  # $0.0004 fits
-    tools = [{"type": "function", "function": {
-        "name": f"lookup_{i}", "description": "Look up an order by its identifier and return its status. " * 40,
-        "parameters": {"type": "object", "properties": {f"field_{j}": {"type": "string", "description": "an id"}
-                                                        for j in range(20)}}}} for i in range(40)]
-    schema = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
-        "type": "object", "properties": {f"field_{j}": {"type": "string", "description": "a field of the answer " * 30}
-                                         for j in range(250)}}}}
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": f"lookup_{i}",
+                "description": "Look up an order by its identifier and return its status. " * 40,
+                "parameters": {
+                    "type": "object",
+                    "properties": {f"field_{j}": {"type": "string", "description": "an id"} for j in range(20)},
+                },
+            },
+        }
+        for i in range(40)
+    ]
+    schema = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "answer",
+            "schema": {
+                "type": "object",
+                "properties": {
+                    f"field_{j}": {"type": "string", "description": "a field of the answer " * 30} for j in range(250)
+                },
+            },
+        },
+    }
     assert len(json.dumps(tools)) > 100_000 and len(json.dumps(schema)) > 100_000
     refused = {
         "n": chat_body("chat", "est-n16", max_tokens=200, n=16),  # 16 x 200 x $0.5/1M = $0.0016
@@ -261,12 +324,16 @@ def test_embeddings_go_through_budget_admission(gw, upstream):
     k = key("embed")
     texts = [f"embed-big {i} " + "the quick brown fox jumps over the lazy dog " * 8 for i in range(200)]
     with http() as c:
-        r = c.post(gw.url + "/v1/embeddings", json={"model": "embed", "input": texts},
-                   headers={"authorization": f"Bearer {k}"})
+        r = c.post(
+            gw.url + "/v1/embeddings", json={"model": "embed", "input": texts}, headers={"authorization": f"Bearer {k}"}
+        )
         assert r.status_code == 429 and _code(r) == "budget_exceeded", f"{r.status_code} {r.text[:300]}"
         assert not upstream.calls("embed-big"), "an embedding over budget reached the upstream"
-        r = c.post(gw.url + "/v1/embeddings", json={"model": "embed", "input": "embed-small"},
-                   headers={"authorization": f"Bearer {k}"})
+        r = c.post(
+            gw.url + "/v1/embeddings",
+            json={"model": "embed", "input": "embed-small"},
+            headers={"authorization": f"Bearer {k}"},
+        )
     assert r.status_code == 200, r.text
     (row, *_x) = gw.wait_rows("request_id = ?", (r.headers["x-request-id"],))
     assert row["step"] == "embed" and row["cost_center"] == "cc-embed" and row["cost"] > 0
@@ -275,10 +342,17 @@ def test_embeddings_go_through_budget_admission(gw, upstream):
 def test_a_hang_up_on_the_anthropic_endpoint_is_charged_for_its_prompt_too(gw):
     prompt = "lorem ipsum dolor sit amet consectetur " * 1040
     with http(15) as c:
-        with c.stream("POST", gw.url + "/v1/messages",
-                      headers={"x-api-key": key("plain"), "anthropic-version": "2023-06-01"},
-                      json={"model": "drip", "max_tokens": 50, "stream": True,
-                            "messages": [{"role": "user", "content": "hangup-messages " + prompt}]}) as r:
+        with c.stream(
+            "POST",
+            gw.url + "/v1/messages",
+            headers={"x-api-key": key("plain"), "anthropic-version": "2023-06-01"},
+            json={
+                "model": "drip",
+                "max_tokens": 50,
+                "stream": True,
+                "messages": [{"role": "user", "content": "hangup-messages " + prompt}],
+            },
+        ) as r:
             assert r.status_code == 200
             rid = r.headers["x-request-id"]
             for line in r.iter_lines():

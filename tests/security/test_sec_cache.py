@@ -35,7 +35,9 @@ def test_an_answer_made_with_an_unknown_or_answer_changing_parameter_is_not_serv
     _, special = _ask(cache_gw, "tenant", q, **PARAMS[name])
     for variant in (q, q.replace("take", "usually take")):  # exact, paraphrased
         status, answer = _ask(cache_gw, "tenant", variant)
-        assert answer != special, f"{name}: the answer made with {PARAMS[name]} was served to a plain request ({status})"
+        assert answer != special, (
+            f"{name}: the answer made with {PARAMS[name]} was served to a plain request ({status})"
+        )
     # the cache works at all: the same plain request again is a hit (else the above proves nothing)
     status, answer = _ask(cache_gw, "tenant", q)
     assert status == "hit", f"plain -> plain was not a hit ({status}): the test cannot see a leak"
@@ -52,8 +54,10 @@ KNOWN = {
     "seed": {"seed": 7},
     "logit_bias": {"logit_bias": {"1734": -100}},
     "response_format": {"response_format": {"type": "json_object"}},
-    "tools": {"tools": [{"type": "function", "function": {"name": "refund", "parameters": {"type": "object"}}}],
-              "tool_choice": "auto"},
+    "tools": {
+        "tools": [{"type": "function", "function": {"name": "refund", "parameters": {"type": "object"}}}],
+        "tool_choice": "auto",
+    },
     "max_tokens": {"max_tokens": 3},
     "stop": {"stop": ["days"]},
 }
@@ -92,7 +96,9 @@ def test_a_tenant_header_does_not_open_another_tenants_cache(cache_gw):
     _, theirs = _ask(cache_gw, "tenant", q)
     assert _ask(cache_gw, "tenant", q)[0] == "hit"
     for who in ("lone-a", "lone-b"):
-        r = post_chat(cache_gw, KEYS[who], chat_body("chat", q, max_tokens=20), headers={"x-truecost-tenant": "t-cache"})
+        r = post_chat(
+            cache_gw, KEYS[who], chat_body("chat", q, max_tokens=20), headers={"x-truecost-tenant": "t-cache"}
+        )
         assert r.status_code == 200
         assert r.json()["choices"][0]["message"]["content"] != theirs, f"{who} read tenant t-cache's cached answer"
         (row, *_x) = cache_gw.wait_rows("request_id = ?", (r.headers["x-request-id"],))

@@ -80,8 +80,13 @@ def test_logout_ends_the_session(gw):
 
 def test_metrics_need_the_bearer_token(gw):
     with http() as c:
-        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": f"Bearer {ADMIN_KEY}"},
-                        {"authorization": f"Bearer {key('plain')}"}, {"authorization": METRICS_TOKEN}):
+        for headers in (
+            {},
+            {"authorization": "Bearer wrong"},
+            {"authorization": f"Bearer {ADMIN_KEY}"},
+            {"authorization": f"Bearer {key('plain')}"},
+            {"authorization": METRICS_TOKEN},
+        ):
             r = c.get(gw.url + "/metrics", headers=headers)
             assert r.status_code == 401 and "truecost_" not in r.text, headers
         r = c.get(gw.url + "/metrics", headers={"authorization": f"Bearer {METRICS_TOKEN}"})
@@ -91,15 +96,24 @@ def test_metrics_need_the_bearer_token(gw):
 def test_client_controlled_strings_are_escaped_on_every_page(gw):
     """A client chooses its feature, tags and request id; an admin later opens the dashboard."""
     payload = '<script>alert("xss-7f3a")</script>'
-    r = post_chat(gw, key("plain"), chat_body("chat", "ui-xss", max_tokens=5),
-                  headers={"x-truecost-feature": payload, "x-truecost-tags": 'note=<img src=x onerror=alert("xss-7f3a")>',
-                           "x-request-id": '<svg onload=alert("xss-7f3a")>'})
+    r = post_chat(
+        gw,
+        key("plain"),
+        chat_body("chat", "ui-xss", max_tokens=5),
+        headers={
+            "x-truecost-feature": payload,
+            "x-truecost-tags": 'note=<img src=x onerror=alert("xss-7f3a")>',
+            "x-request-id": '<svg onload=alert("xss-7f3a")>',
+        },
+    )
     assert r.status_code == 200
     rid = r.headers["x-request-id"]
     (row, *_x) = gw.wait_rows("request_id = ?", (rid,))
     assert row["feature"] == payload  # stored as sent (it is data), so every page must escape it
     with ui_login(gw, ADMIN_KEY) as c:
-        pages = {p: c.get(gw.url + p) for p in ("/ui/", "/ui/requests", f"/ui/request/{rid}", "/ui/?feature=" + payload)}
+        pages = {
+            p: c.get(gw.url + p) for p in ("/ui/", "/ui/requests", f"/ui/request/{rid}", "/ui/?feature=" + payload)
+        }
     assert pages[f"/ui/request/{rid}"].status_code == 200
     assert "xss-7f3a" in pages[f"/ui/request/{rid}"].text, "the request page does not show the feature at all"
     for path, page in pages.items():

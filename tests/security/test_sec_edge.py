@@ -29,28 +29,43 @@ def _refused(gw, r, cid: str) -> None:
 
 def test_a_100k_deep_json_body_is_a_400_not_a_crash(gw, upstream):
     depth = 100_000
-    raw = (b'{"model": "chat", "max_tokens": 5, "messages": [{"role": "user", "content": "deep-json"}], "x": '
-           + b"[" * depth + b"]" * depth + b"}")
+    raw = (
+        b'{"model": "chat", "max_tokens": 5, "messages": [{"role": "user", "content": "deep-json"}], "x": '
+        + b"[" * depth
+        + b"]" * depth
+        + b"}"
+    )
     cid = unique("deep")
     r = post_chat(gw, key("edge"), None, raw=raw, headers={"x-request-id": cid})
     _refused(gw, r, cid)
-    shallow = b'{"model": "chat", "messages": [{"role": "user", "content": "deep-json-65"}], "x": ' + \
-        b"[" * 65 + b"]" * 65 + b"}"
+    shallow = (
+        b'{"model": "chat", "messages": [{"role": "user", "content": "deep-json-65"}], "x": '
+        + b"[" * 65
+        + b"]" * 65
+        + b"}"
+    )
     r = post_chat(gw, key("edge"), None, raw=shallow)  # past max_json_depth 64
     assert r.status_code == 400, r.text[:300]
     assert not upstream.calls("deep-json")
     assert gw.alive() and post_chat(gw, key("edge"), chat_body("chat", "after-deep", max_tokens=5)).status_code == 200
 
 
-@pytest.mark.parametrize("marker,raw", [
-    ("lone-1", b'{"model": "chat", "messages": [{"role": "user", "content": "lone-1 \\ud800"}]}'),
-    ("lone-2", b'{"model": "chat", "messages": [{"role": "user", "content": "lone-2 \\udfff tail"}]}'),
-    ("lone-3", b'{"model": "chat", "messages": [{"role": "user", "content": "lone-3", "name": "\\ud83d"}]}'),
-    ("lone-4", b'{"model": "chat", "messages": [{"role": "user", "content": "lone-4"}], "user": "\\udc00"}'),
-    ("lone-5", b'{"model": "chat", "messages": [{"role": "user", "content": [{"type": "text", "text": "lone-5 \\ud800"}]}]}'),
-    ("lone-6", b'{"model": "chat\\ud800", "messages": [{"role": "user", "content": "lone-6"}]}'),
-    ("lone-7", b'{"model": "chat", "messages": [{"role": "user", "content": "lone-7"}], "\\ud800": 1}'),
-], ids=["content", "low", "name", "user", "part", "model", "field-name"])
+@pytest.mark.parametrize(
+    "marker,raw",
+    [
+        ("lone-1", b'{"model": "chat", "messages": [{"role": "user", "content": "lone-1 \\ud800"}]}'),
+        ("lone-2", b'{"model": "chat", "messages": [{"role": "user", "content": "lone-2 \\udfff tail"}]}'),
+        ("lone-3", b'{"model": "chat", "messages": [{"role": "user", "content": "lone-3", "name": "\\ud83d"}]}'),
+        ("lone-4", b'{"model": "chat", "messages": [{"role": "user", "content": "lone-4"}], "user": "\\udc00"}'),
+        (
+            "lone-5",
+            b'{"model": "chat", "messages": [{"role": "user", "content": [{"type": "text", "text": "lone-5 \\ud800"}]}]}',
+        ),
+        ("lone-6", b'{"model": "chat\\ud800", "messages": [{"role": "user", "content": "lone-6"}]}'),
+        ("lone-7", b'{"model": "chat", "messages": [{"role": "user", "content": "lone-7"}], "\\ud800": 1}'),
+    ],
+    ids=["content", "low", "name", "user", "part", "model", "field-name"],
+)
 def test_a_lone_surrogate_is_a_400_before_any_upstream_call(gw, upstream, marker, raw):
     cid = unique(marker)
     r = post_chat(gw, key("edge"), None, raw=raw, headers={"x-request-id": cid})
@@ -61,20 +76,43 @@ def test_a_lone_surrogate_is_a_400_before_any_upstream_call(gw, upstream, marker
 def test_a_lone_surrogate_in_the_api_key_is_a_401_not_a_crash(gw):
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
         body = json.dumps(chat_body("chat", "lone-key", max_tokens=5)).encode()
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Authorization: Bearer sk-\xed\xa0\x80\xff\r\n" + f"Content-Length: {len(body)}\r\n".encode()
-                  + b"Connection: close\r\n\r\n" + body)
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer sk-\xed\xa0\x80\xff\r\n"
+            + f"Content-Length: {len(body)}\r\n".encode()
+            + b"Connection: close\r\n\r\n"
+            + body
+        )
         head = s.recv(200)
     assert head.startswith(b"HTTP/1.1 4"), head
 
 
-@pytest.mark.parametrize("field,value", [
-    ("n", -1), ("n", 0), ("n", 17), ("n", 1.5), ("n", "2"), ("n", True),
-    ("max_completion_tokens", -5), ("max_completion_tokens", 0), ("max_tokens", 0), ("max_tokens", "100"),
-    ("temperature", "hot"), ("temperature", -0.1), ("temperature", 2.5), ("temperature", float("nan")),
-    ("top_p", 1.5), ("top_p", -1), ("presence_penalty", 3), ("frequency_penalty", -3), ("top_logprobs", 50),
-    ("stream", "yes"), ("seed", "x"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("n", -1),
+        ("n", 0),
+        ("n", 17),
+        ("n", 1.5),
+        ("n", "2"),
+        ("n", True),
+        ("max_completion_tokens", -5),
+        ("max_completion_tokens", 0),
+        ("max_tokens", 0),
+        ("max_tokens", "100"),
+        ("temperature", "hot"),
+        ("temperature", -0.1),
+        ("temperature", 2.5),
+        ("temperature", float("nan")),
+        ("top_p", 1.5),
+        ("top_p", -1),
+        ("presence_penalty", 3),
+        ("frequency_penalty", -3),
+        ("top_logprobs", 50),
+        ("stream", "yes"),
+        ("seed", "x"),
+    ],
+)
 def test_out_of_range_parameters_are_a_400_before_any_upstream_call(gw, upstream, field, value):
     marker = f"param-{field}-{value!r}"
     body = chat_body("chat", marker, **{field: value})
@@ -110,7 +148,8 @@ def test_an_upstream_auth_failure_is_a_502_about_the_gateways_own_credentials(gw
 
     with pytest.raises(openai.APIStatusError) as info:
         openai_client(gw, key("edge")).chat.completions.create(
-            model=model, messages=[{"role": "user", "content": f"auth-{model}"}], max_tokens=5)
+            model=model, messages=[{"role": "user", "content": f"auth-{model}"}], max_tokens=5
+        )
     assert info.value.status_code == 502, "the client would think its own key was refused"
     assert "credentials" in info.value.message.lower() and "gateway" in info.value.message.lower(), info.value.message
     assert len(upstream.calls(f"auth-{model}")) == 1, "an auth failure was retried"
@@ -147,8 +186,11 @@ def test_an_endless_header_is_refused_with_431_and_the_connection_closed(gw):
     try:
         for _ in range(20):
             s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
-            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + f"X-Request-Id: {cid}\r\n".encode()
-                      + f"Authorization: Bearer {key('edge')}\r\nX-Pad: ".encode())
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                + f"X-Request-Id: {cid}\r\n".encode()
+                + f"Authorization: Bearer {key('edge')}\r\nX-Pad: ".encode()
+            )
             socks.append(s)
         for s in socks:
             try:
@@ -217,8 +259,11 @@ def test_a_long_stream_without_idle_gaps_is_not_cut_by_the_first_byte_timeout(gw
     elapsed = time.monotonic() - t0
     events = _sse(r)
     assert r.status_code == 200 and events and events[-1] == "[DONE]", events[-3:]
-    text = "".join((json.loads(e)["choices"] or [{}])[0].get("delta", {}).get("content") or ""
-                   for e in events[:-1] if "choices" in json.loads(e))
+    text = "".join(
+        (json.loads(e)["choices"] or [{}])[0].get("delta", {}).get("content") or ""
+        for e in events[:-1]
+        if "choices" in json.loads(e)
+    )
     assert text.split() == [f"w{i}" for i in range(10)]
     assert elapsed > 3.5
 
@@ -245,28 +290,56 @@ def test_a_chunked_body_without_content_length_is_still_limited(gw, upstream):
 
     with http() as c:
         cid = unique("chunked")
-        r = c.post(gw.url + "/v1/chat/completions", content=body(),
-                   headers={"authorization": f"Bearer {key('edge')}", "content-type": "application/json",
-                            "x-request-id": cid})
+        r = c.post(
+            gw.url + "/v1/chat/completions",
+            content=body(),
+            headers={"authorization": f"Bearer {key('edge')}", "content-type": "application/json", "x-request-id": cid},
+        )
     assert r.status_code == 413 and not upstream.calls("chunked-big")
     assert not gw.client_rows(cid)
 
 
-@pytest.mark.parametrize("path,raw", [
-    ("/v1/embeddings", b'{"model": "embed", "input": "other-deep", "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"),
-    ("/v1/embeddings", b'{"model": "embed", "input": ["other-lone \\ud800"]}'),
-    ("/v1/messages", b'{"model": "chat", "max_tokens": 5, "messages": [{"role": "user", "content": "other-deep"}], "x": '
-     + b"[" * 50_000 + b"]" * 50_000 + b"}"),
-    ("/v1/messages", b'{"model": "chat", "max_tokens": 5, "messages": [{"role": "user", "content": "other-lone \\udc00"}]}'),
-    ("/v1/messages", b'{"model": "chat", "max_tokens": -5, "messages": [{"role": "user", "content": "other-neg"}]}'),
-    ("/v1/messages", b'{"model": "chat", "max_tokens": 5, "temperature": "hot", "messages": [{"role": "user", '
-     b'"content": "other-hot"}]}'),
-], ids=["embed-deep", "embed-lone", "messages-deep", "messages-lone", "messages-neg", "messages-hot"])
+@pytest.mark.parametrize(
+    "path,raw",
+    [
+        ("/v1/embeddings", b'{"model": "embed", "input": "other-deep", "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"),
+        ("/v1/embeddings", b'{"model": "embed", "input": ["other-lone \\ud800"]}'),
+        (
+            "/v1/messages",
+            b'{"model": "chat", "max_tokens": 5, "messages": [{"role": "user", "content": "other-deep"}], "x": '
+            + b"[" * 50_000
+            + b"]" * 50_000
+            + b"}",
+        ),
+        (
+            "/v1/messages",
+            b'{"model": "chat", "max_tokens": 5, "messages": [{"role": "user", "content": "other-lone \\udc00"}]}',
+        ),
+        (
+            "/v1/messages",
+            b'{"model": "chat", "max_tokens": -5, "messages": [{"role": "user", "content": "other-neg"}]}',
+        ),
+        (
+            "/v1/messages",
+            b'{"model": "chat", "max_tokens": 5, "temperature": "hot", "messages": [{"role": "user", '
+            b'"content": "other-hot"}]}',
+        ),
+    ],
+    ids=["embed-deep", "embed-lone", "messages-deep", "messages-lone", "messages-neg", "messages-hot"],
+)
 def test_the_other_spending_endpoints_validate_as_strictly(gw, upstream, path, raw):
     cid = unique("other")
     with http() as c:
-        r = c.post(gw.url + path, content=raw, headers={"authorization": f"Bearer {key('edge')}", "x-request-id": cid,
-                                                       "x-api-key": key("edge"), "content-type": "application/json"})
+        r = c.post(
+            gw.url + path,
+            content=raw,
+            headers={
+                "authorization": f"Bearer {key('edge')}",
+                "x-request-id": cid,
+                "x-api-key": key("edge"),
+                "content-type": "application/json",
+            },
+        )
     _no_500(r)
     assert r.status_code == 400, r.text[:300]
     time.sleep(0.3)

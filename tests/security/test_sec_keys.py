@@ -19,7 +19,8 @@ def test_expired_revoked_and_unknown_keys_are_refused_with_401(gw, upstream, nam
     marker = f"keys-401-{name}"
     with pytest.raises(openai.AuthenticationError) as info:
         openai_client(gw, presented).chat.completions.create(
-            model="chat", messages=[{"role": "user", "content": marker}], max_tokens=5)
+            model="chat", messages=[{"role": "user", "content": marker}], max_tokens=5
+        )
     assert info.value.status_code == 401
     if code:
         assert info.value.body["code"] == code
@@ -38,14 +39,18 @@ def test_a_key_may_call_only_its_models(gw, upstream):
     import openai
 
     c = openai_client(gw, key("models"))
-    assert c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "models-ok"}],
-                                     max_tokens=5).choices
+    assert c.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "models-ok"}], max_tokens=5
+    ).choices
     with pytest.raises(openai.PermissionDeniedError) as info:
         c.chat.completions.create(model="drip", messages=[{"role": "user", "content": "models-no"}], max_tokens=5)
     assert info.value.status_code == 403
     with http() as h:  # embeddings too
-        r = h.post(gw.url + "/v1/embeddings", json={"model": "embed", "input": "models-no-embed"},
-                   headers={"authorization": f"Bearer {key('models')}"})
+        r = h.post(
+            gw.url + "/v1/embeddings",
+            json={"model": "embed", "input": "models-no-embed"},
+            headers={"authorization": f"Bearer {key('models')}"},
+        )
     assert r.status_code == 403, r.text
     assert not upstream.calls("models-no")
 
@@ -67,11 +72,17 @@ def test_requests_per_minute_limit_is_a_429_with_retry_after(gw, upstream):
             assert r.json()["error"]["code"] != "budget_exceeded"
     assert statuses == [200, 200, 200, 429, 429], statuses
     with http() as c:  # one limit for every endpoint
-        r = c.post(gw.url + "/v1/messages", headers={"x-api-key": key("rpm"), "anthropic-version": "2023-06-01"},
-                   json={"model": "chat", "max_tokens": 5, "messages": [{"role": "user", "content": "rpm-messages"}]})
+        r = c.post(
+            gw.url + "/v1/messages",
+            headers={"x-api-key": key("rpm"), "anthropic-version": "2023-06-01"},
+            json={"model": "chat", "max_tokens": 5, "messages": [{"role": "user", "content": "rpm-messages"}]},
+        )
         assert r.status_code == 429 and r.headers.get("retry-after"), r.text[:300]
-        r = c.post(gw.url + "/v1/embeddings", headers={"authorization": f"Bearer {key('rpm')}"},
-                   json={"model": "embed", "input": "rpm-embeddings"})
+        r = c.post(
+            gw.url + "/v1/embeddings",
+            headers={"authorization": f"Bearer {key('rpm')}"},
+            json={"model": "embed", "input": "rpm-embeddings"},
+        )
         assert r.status_code == 429 and r.headers.get("retry-after"), r.text[:300]
     assert len(upstream.calls("rpm-")) == 3
     rows = gw.wait_rows("cost_center = ?", ("cc-rpm",), at_least=3, settle=0.5)  # the batch writer flushes every 0.25 s
@@ -105,8 +116,12 @@ def test_the_admin_api_creates_rotates_revokes_and_lists_keys_and_audits_every_a
     for bad in (key("plain"), "sk-admin-guess"):
         r = _admin("POST", gw, "/admin/keys", admin_key=bad, json={"name": "intruder", "cost_center": "cc-x"})
         assert r.status_code == 401, r.text
-    r = _admin("POST", gw, "/admin/keys", json={"name": "made-by-admin", "cost_center": "cc-admin-made",
-                                                "tenant": "tn-admin-made", "rpm": 100})
+    r = _admin(
+        "POST",
+        gw,
+        "/admin/keys",
+        json={"name": "made-by-admin", "cost_center": "cc-admin-made", "tenant": "tn-admin-made", "rpm": 100},
+    )
     assert r.status_code == 201, r.text
     secret = r.json()["secret"]
     assert secret and len(secret) >= 24
@@ -137,8 +152,12 @@ def test_the_admin_api_creates_rotates_revokes_and_lists_keys_and_audits_every_a
     assert refused.status_code == 401 and not upstream.calls("admin-made-3")
 
     # a key created already expired never authenticates
-    r = _admin("POST", gw, "/admin/keys", json={"name": "born-expired", "cost_center": "cc-admin-made",
-                                                "expires_at": "2020-01-01T00:00:00Z"})
+    r = _admin(
+        "POST",
+        gw,
+        "/admin/keys",
+        json={"name": "born-expired", "cost_center": "cc-admin-made", "expires_at": "2020-01-01T00:00:00Z"},
+    )
     if r.status_code == 201:
         assert post_chat(gw, r.json()["secret"], chat_body("chat", "admin-expired", max_tokens=5)).status_code == 401
     else:

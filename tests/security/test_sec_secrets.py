@@ -13,8 +13,17 @@ import json
 import pytest
 
 from tests.security.harness import chat_body, http, post_chat, ui_login, ui_pages
-from tests.security.sec_config import ADMIN_KEY, EMBED_HOSTILE, HOSTILE, METRICS_TOKEN, SHARED_HOSTILE, UPSTREAM_KEY, \
-    UPSTREAM_KEY_CORE, USERINFO_PASSWORD, key
+from tests.security.sec_config import (
+    ADMIN_KEY,
+    EMBED_HOSTILE,
+    HOSTILE,
+    METRICS_TOKEN,
+    SHARED_HOSTILE,
+    UPSTREAM_KEY,
+    UPSTREAM_KEY_CORE,
+    USERINFO_PASSWORD,
+    key,
+)
 from tests.security.upstreams import MARKER, ORG
 from tests.support.hostile_upstream import SECRETS as SHARED_SECRETS
 
@@ -57,8 +66,12 @@ def _is_upstream_error(r, stream: bool, model: str) -> bool:
 
 STREAM_ONLY = ("stream-garbage", "stream-error")  # answer normally when not streamed
 MODELS = HOSTILE + ["userinfo"] + [f"sh-{b}" for b in SHARED_HOSTILE] + [f"sha-{b}" for b in SHARED_HOSTILE]
-CASES = [pytest.param(m, s, id=f"{m}-{'stream' if s else 'json'}") for m in MODELS
-         for s in (False, True) if s or m not in STREAM_ONLY]
+CASES = [
+    pytest.param(m, s, id=f"{m}-{'stream' if s else 'json'}")
+    for m in MODELS
+    for s in (False, True)
+    if s or m not in STREAM_ONLY
+]
 
 
 @pytest.mark.parametrize("model,stream", CASES)
@@ -87,8 +100,11 @@ def test_a_hostile_upstream_answer_is_a_redacted_upstream_error_with_a_ledger_ro
 def test_a_hostile_embeddings_upstream_is_a_redacted_502_with_a_ledger_row(gw, upstream, model):
     marker = f"sec-embed-{model}"
     with http() as c:
-        r = c.post(gw.url + "/v1/embeddings", json={"model": f"embed-{model}", "input": [marker]},
-                   headers={"authorization": f"Bearer {key('secrets')}"})
+        r = c.post(
+            gw.url + "/v1/embeddings",
+            json={"model": f"embed-{model}", "input": [marker]},
+            headers={"authorization": f"Bearer {key('secrets')}"},
+        )
     assert not _leaks(_response_text(r)), f"{model}: the client saw {_leaks(_response_text(r))}"
     assert r.status_code == 502, f"{model}: {r.status_code} {r.text[:300]}"
     calls = upstream.calls(marker)
@@ -98,14 +114,32 @@ def test_a_hostile_embeddings_upstream_is_a_redacted_502_with_a_ledger_row(gw, u
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-@pytest.mark.parametrize("model", ["echo-500", "echo-401", "bad-status", "header-space", "redirect-loop",
-                                   "sha-secret-500", "sha-malformed-status", "sha-unauthorized"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "echo-500",
+        "echo-401",
+        "bad-status",
+        "header-space",
+        "redirect-loop",
+        "sha-secret-500",
+        "sha-malformed-status",
+        "sha-unauthorized",
+    ],
+)
 def test_the_anthropic_endpoint_redacts_upstream_failures_too(gw, upstream, model, stream):
     marker = f"sec-messages-{model}-{stream}"
     with http() as c:
-        r = c.post(gw.url + "/v1/messages", headers={"x-api-key": key("secrets"), "anthropic-version": "2023-06-01"},
-                   json={"model": model, "max_tokens": 20, "stream": stream,
-                         "messages": [{"role": "user", "content": marker}]})
+        r = c.post(
+            gw.url + "/v1/messages",
+            headers={"x-api-key": key("secrets"), "anthropic-version": "2023-06-01"},
+            json={
+                "model": model,
+                "max_tokens": 20,
+                "stream": stream,
+                "messages": [{"role": "user", "content": marker}],
+            },
+        )
     text = _response_text(r)
     assert not _leaks(text), f"{model}: the client saw {_leaks(text)} in\n{text[:1000]}"
     assert r.status_code != 500, r.text[:300]

@@ -10,9 +10,16 @@ import pytest
 from tests.security.harness import chat_body, post_chat
 from tests.security.sec_config import key
 
-RAW = {"usage-float": "120.5", "usage-cached-gt": "500", "usage-negative": "-30", "usage-string": "lots",
-       # the shared hostile upstream, as an OpenAI-compatible and as an Anthropic upstream
-       "sh-usage-float": "12.5", "sh-usage-cached-over": "50", "sha-usage-float": "12.5"}
+RAW = {
+    "usage-float": "120.5",
+    "usage-cached-gt": "500",
+    "usage-negative": "-30",
+    "usage-string": "lots",
+    # the shared hostile upstream, as an OpenAI-compatible and as an Anthropic upstream
+    "sh-usage-float": "12.5",
+    "sh-usage-cached-over": "50",
+    "sha-usage-float": "12.5",
+}
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
@@ -27,11 +34,14 @@ def test_malformed_usage_is_answered_and_recorded_with_an_unknown_cost(gw, upstr
     if stream:
         events = [ln[6:] for ln in r.text.splitlines() if ln.startswith("data: ")]
         assert events[-1] == "[DONE]" and not any("error" in json.loads(e) for e in events[:-1]), events[-3:]
-        text = "".join(c.get("delta", {}).get("content") or "" for e in events[:-1] for c in json.loads(e).get("choices") or [])
+        text = "".join(
+            c.get("delta", {}).get("content") or "" for e in events[:-1] for c in json.loads(e).get("choices") or []
+        )
     else:
         text = r.json()["choices"][0]["message"]["content"]
-    assert text.strip().startswith("answer #" if model in ("usage-float", "usage-cached-gt", "usage-negative",
-                                                           "usage-string") else "The refund"), text
+    assert text.strip().startswith(
+        "answer #" if model in ("usage-float", "usage-cached-gt", "usage-negative", "usage-string") else "The refund"
+    ), text
     assert r.headers.get("x-truecost-cost-usd") in ("unknown", None)
     rows = gw.wait_rows("request_id = ?", (r.headers["x-request-id"],))
     assert rows, f"{model}: the provider billed a call the ledger does not have"

@@ -44,8 +44,12 @@ import socketserver
 import threading
 import time
 
-USAGE = {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150,
-         "prompt_tokens_details": {"cached_tokens": 20}}
+USAGE = {
+    "prompt_tokens": 120,
+    "completion_tokens": 30,
+    "total_tokens": 150,
+    "prompt_tokens_details": {"cached_tokens": 20},
+}
 ORG = "org-CanaryOrg7Qx2"
 INTERNAL = "http://10.23.45.67:8443/internal/v2 at /srv/openai-proxy/app/handlers.py line 88"
 MARKER = "UPSTREAM-BODY-MARKER-c0ffee"
@@ -53,8 +57,23 @@ REFUSAL = "I'm sorry, but I can't help with that request."
 
 
 # on /embeddings these models answer as they do on /chat/completions; any other model gets embeddings
-_HOSTILE_EMBED = frozenset({"echo-500", "echo-401", "echo-403", "echo-429", "error-in-200", "redirect-loop", "bad-status",
-                            "garbage-status", "header-space", "truncated", "invalid-json", "bad-chunked", "close"})
+_HOSTILE_EMBED = frozenset(
+    {
+        "echo-500",
+        "echo-401",
+        "echo-403",
+        "echo-429",
+        "error-in-200",
+        "redirect-loop",
+        "bad-status",
+        "garbage-status",
+        "header-space",
+        "truncated",
+        "invalid-json",
+        "bad-chunked",
+        "close",
+    }
+)
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -79,8 +98,14 @@ class _Handler(socketserver.BaseRequestHandler):
             doc = json.loads(text) if text else {}
         except ValueError:
             doc = {}
-        rec = {"method": method, "path": path, "headers": headers, "body": text,
-               "model": doc.get("model", "") if isinstance(doc, dict) else "", "cancelled": False}
+        rec = {
+            "method": method,
+            "path": path,
+            "headers": headers,
+            "body": text,
+            "model": doc.get("model", "") if isinstance(doc, dict) else "",
+            "cancelled": False,
+        }
         up = self.server.owner
         with up.lock:
             up.requests.append(rec)
@@ -130,7 +155,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 if size == 0:
                     break
                 body += data[:size]
-                data = data[size + 2:]
+                data = data[size + 2 :]
             return head_text, body
         while len(rest) < length:
             part = sock.recv(65536)
@@ -142,21 +167,35 @@ class _Handler(socketserver.BaseRequestHandler):
     # -- writing ------------------------------------------------------------------------------------
     @staticmethod
     def _send(sock, status: str, body: bytes, ctype: str = "application/json", extra: str = "") -> None:
-        sock.sendall((f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                      f"{extra}Connection: close\r\n\r\n").encode("latin-1") + body)
+        sock.sendall(
+            (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                f"{extra}Connection: close\r\n\r\n"
+            ).encode("latin-1")
+            + body
+        )
 
     def _hostile_error(self, auth: str, status: int) -> bytes:
-        return json.dumps({"error": {
-            "message": f"{MARKER}: Incorrect API key provided: {auth}. Organization {ORG}. Upstream {INTERNAL}",
-            "type": "invalid_request_error" if status < 500 else "server_error",
-            "code": "invalid_api_key" if status in (401, 403) else None, "param": None}}).encode()
+        return json.dumps(
+            {
+                "error": {
+                    "message": f"{MARKER}: Incorrect API key provided: {auth}. Organization {ORG}. Upstream {INTERNAL}",
+                    "type": "invalid_request_error" if status < 500 else "server_error",
+                    "code": "invalid_api_key" if status in (401, 403) else None,
+                    "param": None,
+                }
+            }
+        ).encode()
 
     def _embeddings(self, sock, doc) -> None:
         inp = doc.get("input") if isinstance(doc, dict) else None
         items = inp if isinstance(inp, list) else [inp]
-        body = {"object": "list", "model": doc.get("model"),
-                "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(items))],
-                "usage": {"prompt_tokens": 8 * len(items), "total_tokens": 8 * len(items)}}
+        body = {
+            "object": "list",
+            "model": doc.get("model"),
+            "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(items))],
+            "usage": {"prompt_tokens": 8 * len(items), "total_tokens": 8 * len(items)},
+        }
         self._send(sock, "200 OK", json.dumps(body).encode())
 
     def _chat(self, sock, doc: dict, headers: dict, n: int, rec: dict) -> None:
@@ -179,16 +218,25 @@ class _Handler(socketserver.BaseRequestHandler):
             return sock.sendall(f"HELLO {auth} {ORG}\r\n\r\n".encode())
         if model == "header-space":
             body = self._completion(model, n)
-            return sock.sendall((f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nBad Header: {auth}\r\n"
-                                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body)
+            return sock.sendall(
+                (
+                    f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nBad Header: {auth}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                ).encode()
+                + body
+            )
         if model == "truncated":
-            return sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
-                                + b'{"id": "x", "choices": [{"index": 0, "me')
+            return sock.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+                + b'{"id": "x", "choices": [{"index": 0, "me'
+            )
         if model == "invalid-json":
             return self._send(sock, "200 OK", f"<html>{MARKER} not json {auth} {INTERNAL}</html>".encode())
         if model == "bad-chunked":
-            return sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-                                + f"zz-{auth}\r\nhello\r\n".encode())
+            return sock.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + f"zz-{auth}\r\nhello\r\n".encode()
+            )
         if model == "close":
             return None
         if model == "slow":
@@ -200,15 +248,21 @@ class _Handler(socketserver.BaseRequestHandler):
     @staticmethod
     def _usage(model: str, doc: dict | None = None) -> dict:
         if model == "echo-usage" and doc is not None:
-            prompt = len(json.dumps({k: doc[k] for k in ("messages", "tools", "functions", "response_format")
-                                     if k in doc})) // 4
+            prompt = (
+                len(json.dumps({k: doc[k] for k in ("messages", "tools", "functions", "response_format") if k in doc}))
+                // 4
+            )
             out = int(doc.get("max_tokens") or doc.get("max_completion_tokens") or 16) * int(doc.get("n") or 1)
             return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
         if model == "usage-float":
             return {"prompt_tokens": 120.5, "completion_tokens": 30.25, "total_tokens": 150.75}
         if model == "usage-cached-gt":
-            return {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150,
-                    "prompt_tokens_details": {"cached_tokens": 500}}
+            return {
+                "prompt_tokens": 120,
+                "completion_tokens": 30,
+                "total_tokens": 150,
+                "prompt_tokens_details": {"cached_tokens": 500},
+            }
         if model == "usage-negative":
             return {"prompt_tokens": 120, "completion_tokens": -30, "total_tokens": 90}
         if model == "usage-string":
@@ -219,14 +273,28 @@ class _Handler(socketserver.BaseRequestHandler):
         return REFUSAL if model == "refuse" else f"answer #{n} from {model}"
 
     def _completion(self, model: str, n: int, doc: dict | None = None) -> bytes:
-        return json.dumps({"id": f"cmpl-{n}", "object": "chat.completion", "created": int(time.time()), "model": model,
-                           "choices": [{"index": 0, "message": {"role": "assistant", "content": self._text(model, n)},
-                                        "finish_reason": "stop"}],
-                           "usage": self._usage(model, doc)}).encode()
+        return json.dumps(
+            {
+                "id": f"cmpl-{n}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": self._text(model, n)},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": self._usage(model, doc),
+            }
+        ).encode()
 
     def _stream(self, sock, doc: dict, model: str, n: int, auth: str) -> None:
-        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-                     b"Connection: close\r\n\r\n")
+        sock.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            b"Connection: close\r\n\r\n"
+        )
         base = {"id": f"cmpl-{n}", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
 
         def chunk(text: str | None, finish: str | None = None) -> bytes:
@@ -294,8 +362,11 @@ class HostileUpstream:
     def calls(self, marker: str | None = None, model: str | None = None) -> list[dict]:
         """The recorded requests whose body holds ``marker`` and/or whose model is ``model``."""
         with self.lock:
-            return [r for r in self.requests if (marker is None or marker in r["body"])
-                    and (model is None or r["model"] == model)]
+            return [
+                r
+                for r in self.requests
+                if (marker is None or marker in r["body"]) and (model is None or r["model"] == model)
+            ]
 
 
 def refusing_socket() -> socket.socket:

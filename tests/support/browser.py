@@ -17,9 +17,11 @@ ARTIFACTS = Path(os.environ.get("TRUECOST_ARTIFACTS") or ROOT / "artifacts")
 
 def launch(playwright):
     assert Path(CHROMIUM).exists(), f"Chromium not found at {CHROMIUM}: apt-get install chromium (scripts/test.sh does)"
-    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                      args=["--no-sandbox", "--disable-background-networking", "--disable-gpu",
-                                            "--disable-dev-shm-usage"])
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        headless=True,
+        args=["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-dev-shm-usage"],
+    )
 
 
 class Page:
@@ -56,7 +58,9 @@ class Page:
 
     def figures(self) -> dict[str, tuple[str, str]]:
         """data-key -> (raw data-value, text shown)."""
-        items = self.page.eval_on_selector_all("[data-key]", "els => els.map(e => [e.dataset.key, e.dataset.value, e.textContent])")
+        items = self.page.eval_on_selector_all(
+            "[data-key]", "els => els.map(e => [e.dataset.key, e.dataset.value, e.textContent])"
+        )
         return {k: (v, t) for k, v, t in items}
 
     def close(self) -> None:

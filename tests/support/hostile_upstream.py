@@ -61,10 +61,12 @@ SECRETS = (
     "hunter2",
     "Bearer sk-upstream-INTERNAL-987654321",
 )
-SECRET_MESSAGE = ("Internal failure in /srv/inference/worker/secrets.yaml (worker db-7.internal.corp, 10.2.3.4) "
-                  "for org-HostileOrg4242: upstream key sk-hostile-LEAK-0123456789abcdef rejected by "
-                  "https://admin:hunter2@db-7.internal.corp/v1?api_key=sk-proj-UPSTREAMinternal42xyz; "
-                  "request headers: Authorization: Bearer sk-upstream-INTERNAL-987654321")
+SECRET_MESSAGE = (
+    "Internal failure in /srv/inference/worker/secrets.yaml (worker db-7.internal.corp, 10.2.3.4) "
+    "for org-HostileOrg4242: upstream key sk-hostile-LEAK-0123456789abcdef rejected by "
+    "https://admin:hunter2@db-7.internal.corp/v1?api_key=sk-proj-UPSTREAMinternal42xyz; "
+    "request headers: Authorization: Bearer sk-upstream-INTERNAL-987654321"
+)
 TEXT_WORDS = ["The", "refund", "reaches", "your", "account", "in", "five", "to", "seven", "days."]
 USAGE = {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
 
@@ -175,21 +177,33 @@ class HostileUpstream:
             await ex.raw(f"HTTP/1.1 2x0 {credential}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}")
         elif model == "header-space":
             answer = json.dumps(self._answer(model, anthropic)).encode()
-            await ex.raw(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX Leak: {credential}\r\n"
-                         f"Content-Length: {len(answer)}\r\nConnection: close\r\n\r\n".encode() + answer)
+            await ex.raw(
+                f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX Leak: {credential}\r\n"
+                f"Content-Length: {len(answer)}\r\nConnection: close\r\n\r\n".encode()
+                + answer
+            )
         elif model == "redirect-loop":
             host = f"admin:hunter2@127.0.0.1:{self.port}"
             await ex.send(302, b"", {"Location": f"http://{host}{ex.path}?api_key=sk-hostile-LEAK-0123456789abcdef"})
         elif model == "secret-500":
-            await ex.json(500, _error("internal_error", "server_error",
-                                      SECRET_MESSAGE + f" (you sent {credential})", anthropic))
+            await ex.json(
+                500, _error("internal_error", "server_error", SECRET_MESSAGE + f" (you sent {credential})", anthropic)
+            )
         elif model == "secret-429":
-            await ex.json(429, _error("rate_limit_exceeded", "rate_limit_error" if anthropic else "requests",
-                                      SECRET_MESSAGE, anthropic),
-                          {"retry-after": "0"})
+            await ex.json(
+                429,
+                _error(
+                    "rate_limit_exceeded", "rate_limit_error" if anthropic else "requests", SECRET_MESSAGE, anthropic
+                ),
+                {"retry-after": "0"},
+            )
         elif model == "unauthorized":
-            await ex.json(401, _error("invalid_api_key", "invalid_request_error",
-                                      f"Incorrect API key provided: {credential}", anthropic))
+            await ex.json(
+                401,
+                _error(
+                    "invalid_api_key", "invalid_request_error", f"Incorrect API key provided: {credential}", anthropic
+                ),
+            )
         elif model == "forbidden":
             await ex.json(403, _error(None, "permission_error", SECRET_MESSAGE, anthropic))
         elif model == "error-in-200":
@@ -201,8 +215,9 @@ class HostileUpstream:
             else:
                 await ex.json(200, err)
         elif model == "not-json":
-            await ex.send(200, f"<html><body>{SECRET_MESSAGE}</body></html>".encode(),
-                          {"Content-Type": "application/json"})
+            await ex.send(
+                200, f"<html><body>{SECRET_MESSAGE}</body></html>".encode(), {"Content-Type": "application/json"}
+            )
         elif model == "garbage":
             await ex.raw(f"\x00\x01garbage {SECRET_MESSAGE} {credential}\r\n\r\n")
         elif model == "close":
@@ -214,12 +229,22 @@ class HostileUpstream:
                 await self._stream(ex, model, anthropic)
             elif model == "stall":
                 answer = json.dumps(self._answer(model, anthropic)).encode()
-                await ex.raw(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(answer)}\r\n"
-                             "Connection: close\r\n\r\n".encode() + answer[:len(answer) // 2])
+                await ex.raw(
+                    f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(answer)}\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                    + answer[: len(answer) // 2]
+                )
                 await ex.wait_for_hangup()
             elif ex.path.rstrip("/").endswith("/embeddings"):
-                await ex.json(200, {"object": "list", "model": model, "usage": {"prompt_tokens": 3, "total_tokens": 3},
-                                    "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}]})
+                await ex.json(
+                    200,
+                    {
+                        "object": "list",
+                        "model": model,
+                        "usage": {"prompt_tokens": 3, "total_tokens": 3},
+                        "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+                    },
+                )
             else:
                 await ex.json(200, self._answer(model, anthropic))
 
@@ -240,22 +265,44 @@ class HostileUpstream:
     def _answer(self, model: str, anthropic: bool) -> dict:
         text = " ".join(TEXT_WORDS)
         if anthropic:
-            return {"id": "msg_hostile", "type": "message", "role": "assistant", "model": model,
-                    "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
-                    "usage": self._anthropic_usage(model)}
-        return {"id": "chatcmpl-hostile", "object": "chat.completion", "created": 0, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": self._usage(model)}
+            return {
+                "id": "msg_hostile",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "usage": self._anthropic_usage(model),
+            }
+        return {
+            "id": "chatcmpl-hostile",
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": self._usage(model),
+        }
 
     async def _stream(self, ex: "Exchange", model: str, anthropic: bool) -> None:
         words = TEXT_WORDS * (self.drip_chunks // len(TEXT_WORDS) + 1)
-        words = words[:self.drip_chunks] if model == "drip" else TEXT_WORDS
+        words = words[: self.drip_chunks] if model == "drip" else TEXT_WORDS
         await ex.start_stream()
         if anthropic:
             usage = self._anthropic_usage(model)
-            await ex.event("message_start", {"type": "message_start", "message": {
-                "id": "msg_hostile", "type": "message", "role": "assistant", "model": model, "content": [],
-                "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 0}}})
+            await ex.event(
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": "msg_hostile",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 0},
+                    },
+                },
+            )
         for i, word in enumerate(words):
             if model == "stall" and i == 2:
                 await ex.wait_for_hangup()
@@ -263,15 +310,29 @@ class HostileUpstream:
             if model == "drip" and i:
                 await asyncio.sleep(self.drip_interval)
             if anthropic:
-                await ex.event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                       "delta": {"type": "text_delta", "text": word + " "}})
+                await ex.event(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word + " "}},
+                )
             else:
-                await ex.event(None, {"id": "chatcmpl-hostile", "object": "chat.completion.chunk", "model": model,
-                                      "choices": [{"index": 0, "delta": {"content": word + " "},
-                                                   "finish_reason": None}]})
+                await ex.event(
+                    None,
+                    {
+                        "id": "chatcmpl-hostile",
+                        "object": "chat.completion.chunk",
+                        "model": model,
+                        "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}],
+                    },
+                )
         if anthropic:
-            await ex.event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
-                                             "usage": {"output_tokens": self._anthropic_usage(model)["output_tokens"]}})
+            await ex.event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn"},
+                    "usage": {"output_tokens": self._anthropic_usage(model)["output_tokens"]},
+                },
+            )
             await ex.event("message_stop", {"type": "message_stop"})
         else:
             base = {"id": "chatcmpl-hostile", "object": "chat.completion.chunk", "model": model}
@@ -290,8 +351,15 @@ def _error(code: str | None, type_: str, message: str, anthropic: bool) -> dict:
 class Exchange:
     """Writes one answer on a raw connection."""
 
-    def __init__(self, server: HostileUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 path: str, headers: dict[str, str], body: dict) -> None:
+    def __init__(
+        self,
+        server: HostileUpstream,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        path: str,
+        headers: dict[str, str],
+        body: dict,
+    ) -> None:
         self.server, self.reader, self.writer = server, reader, writer
         self.path, self.headers, self.body = path, headers, body
 
@@ -300,8 +368,14 @@ class Exchange:
         await self.writer.drain()
 
     async def send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
-        reason = {200: "OK", 302: "Found", 401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests",
-                  500: "Internal Server Error"}.get(status, "Status")
+        reason = {
+            200: "OK",
+            302: "Found",
+            401: "Unauthorized",
+            403: "Forbidden",
+            429: "Too Many Requests",
+            500: "Internal Server Error",
+        }.get(status, "Status")
         head = f"HTTP/1.1 {status} {reason}\r\n"
         for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
             head += f"{name}: {value}\r\n"
@@ -312,8 +386,10 @@ class Exchange:
         await self.send(status, json.dumps(obj).encode(), headers)
 
     async def start_stream(self) -> None:
-        await self.raw(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-                       b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        await self.raw(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        )
 
     async def chunk(self, data: bytes) -> None:
         await self.raw(f"{len(data):x}\r\n".encode() + data + b"\r\n")

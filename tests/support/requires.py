@@ -14,5 +14,7 @@ def need(module: str, extra: str = "test") -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(f"{module} is not installed: these tests need truecost's '{extra}' extra "
-                          "(pip install -e '.[test]', as scripts/test.sh does); they fail rather than skip") from exc
+        raise ImportError(
+            f"{module} is not installed: these tests need truecost's '{extra}' extra "
+            "(pip install -e '.[test]', as scripts/test.sh does); they fail rather than skip"
+        ) from exc

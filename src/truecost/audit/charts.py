@@ -69,14 +69,22 @@ def pct(v: float) -> str:
 
 
 def _svg(width: int, height: int, title: str, body: list[str], kind: str) -> str:
-    return (f'<svg class="chart" data-chart="{escape(kind)}" xmlns="http://www.w3.org/2000/svg" width="{width}" '
-            f'height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">'
-            f'<title>{escape(title)}</title><style>text{{font:12px sans-serif;fill:#222}} .ax{{stroke:#999}}'
-            f' .muted{{fill:#666}}</style>{"".join(body)}</svg>')
+    return (
+        f'<svg class="chart" data-chart="{escape(kind)}" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">'
+        f"<title>{escape(title)}</title><style>text{{font:12px sans-serif;fill:#222}} .ax{{stroke:#999}}"
+        f" .muted{{fill:#666}}</style>{''.join(body)}</svg>"
+    )
 
 
-def hbar(labels: Sequence[str], values: Sequence[float], title: str, fmt: Fmt = default_fmt,
-         width: int = 640, colors: Sequence[str] | None = None) -> str:
+def hbar(
+    labels: Sequence[str],
+    values: Sequence[float],
+    title: str,
+    fmt: Fmt = default_fmt,
+    width: int = 640,
+    colors: Sequence[str] | None = None,
+) -> str:
     """Horizontal bars, one per label (cost by step, by model, ...)."""
     row, left, right = 24, 170, 90
     height = 30 + row * max(1, len(labels))
@@ -87,10 +95,12 @@ def hbar(labels: Sequence[str], values: Sequence[float], title: str, fmt: Fmt = 
         y = 26 + i * row
         w = max(0.0, v) * scale
         color = (colors or PALETTE)[i % len(colors or PALETTE)]
-        body.append(f'<text x="{left - 6}" y="{y + 15}" text-anchor="end">{escape(str(label)[:28])}</text>'
-                    f'<rect x="{left}" y="{y + 3}" width="{_num(w)}" height="{row - 6}" fill="{color}" '
-                    f'data-label="{escape(str(label))}" data-value="{v!r}"><title>{escape(str(label))}: {escape(fmt(v))}'
-                    f'</title></rect><text x="{_num(left + w + 4)}" y="{y + 15}" class="muted">{escape(fmt(v))}</text>')
+        body.append(
+            f'<text x="{left - 6}" y="{y + 15}" text-anchor="end">{escape(str(label)[:28])}</text>'
+            f'<rect x="{left}" y="{y + 3}" width="{_num(w)}" height="{row - 6}" fill="{color}" '
+            f'data-label="{escape(str(label))}" data-value="{v!r}"><title>{escape(str(label))}: {escape(fmt(v))}'
+            f'</title></rect><text x="{_num(left + w + 4)}" y="{y + 15}" class="muted">{escape(fmt(v))}</text>'
+        )
     return _svg(width, height, title, body, "hbar")
 
 
@@ -103,8 +113,10 @@ def waterfall(labels: Sequence[str], values: Sequence[float], title: str, fmt: F
     total = sum(v for v in values if math.isfinite(v))
     scale = plot_h / (total or 1.0)
     slot = (width - left - 10) / n
-    body = [f'<text x="4" y="16" font-weight="bold">{escape(title)}</text>',
-            f'<line class="ax" x1="{left}" y1="{height - bottom}" x2="{width - 10}" y2="{height - bottom}"/>']
+    body = [
+        f'<text x="4" y="16" font-weight="bold">{escape(title)}</text>',
+        f'<line class="ax" x1="{left}" y1="{height - bottom}" x2="{width - 10}" y2="{height - bottom}"/>',
+    ]
     acc = 0.0
     for i, (label, v) in enumerate(list(zip(labels, values)) + [("total", total)]):
         x = left + i * slot + slot * 0.15
@@ -112,20 +124,32 @@ def waterfall(labels: Sequence[str], values: Sequence[float], title: str, fmt: F
         base = 0.0 if is_total else acc
         y0 = height - bottom - (base + v) * scale
         color = "#444" if is_total else PALETTE[i % len(PALETTE)]
-        body.append(f'<rect x="{_num(x)}" y="{_num(y0)}" width="{_num(slot * 0.7)}" height="{_num(max(v * scale, 0.5))}" '
-                    f'fill="{color}" data-label="{escape(str(label))}" data-value="{v!r}"><title>{escape(str(label))}: '
-                    f'{escape(fmt(v))}</title></rect>'
-                    f'<text x="{_num(x + slot * 0.35)}" y="{height - bottom + 12}" text-anchor="end" '
-                    f'transform="rotate(-35 {_num(x + slot * 0.35)} {height - bottom + 12})">{escape(str(label)[:18])}</text>')
+        body.append(
+            f'<rect x="{_num(x)}" y="{_num(y0)}" width="{_num(slot * 0.7)}" height="{_num(max(v * scale, 0.5))}" '
+            f'fill="{color}" data-label="{escape(str(label))}" data-value="{v!r}"><title>{escape(str(label))}: '
+            f"{escape(fmt(v))}</title></rect>"
+            f'<text x="{_num(x + slot * 0.35)}" y="{height - bottom + 12}" text-anchor="end" '
+            f'transform="rotate(-35 {_num(x + slot * 0.35)} {height - bottom + 12})">{escape(str(label)[:18])}</text>'
+        )
         if not is_total:
             acc += v
     body.append(f'<text x="{left - 4}" y="{top_pad + 4}" text-anchor="end" class="muted">{escape(fmt(total))}</text>')
     return _svg(width, height, title, body, "waterfall")
 
 
-def lines(x: Sequence[float], series: dict[str, Sequence[float | None]], title: str, x_label: str,
-          y_label: str, fmt_x: Fmt = default_fmt, fmt_y: Fmt = default_fmt, width: int = 640,
-          y_max: float | None = None, marker: float | None = None, y_min: float = 0.0) -> str:
+def lines(
+    x: Sequence[float],
+    series: dict[str, Sequence[float | None]],
+    title: str,
+    x_label: str,
+    y_label: str,
+    fmt_x: Fmt = default_fmt,
+    fmt_y: Fmt = default_fmt,
+    width: int = 640,
+    y_max: float | None = None,
+    marker: float | None = None,
+    y_min: float = 0.0,
+) -> str:
     """One or more lines over a shared x axis (hit rate vs threshold, quality vs strong share...)."""
     height, left, bottom, top_pad, right = 300, 60, 46, 40, 20
     xs = [float(v) for v in x]
@@ -145,36 +169,50 @@ def lines(x: Sequence[float], series: dict[str, Sequence[float | None]], title: 
     def py(v: float) -> float:
         return height - bottom - (v - y0) * sy
 
-    body = [f'<text x="4" y="16" font-weight="bold">{escape(title)}</text>',
-            f'<line class="ax" x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}"/>',
-            f'<line class="ax" x1="{left}" y1="{top_pad}" x2="{left}" y2="{height - bottom}"/>',
-            f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle">{escape(x_label)}</text>',
-            f'<text x="12" y="{(height - bottom + top_pad) / 2}" transform="rotate(-90 12 {(height - bottom + top_pad) / 2})" '
-            f'text-anchor="middle">{escape(y_label)}</text>']
+    body = [
+        f'<text x="4" y="16" font-weight="bold">{escape(title)}</text>',
+        f'<line class="ax" x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}"/>',
+        f'<line class="ax" x1="{left}" y1="{top_pad}" x2="{left}" y2="{height - bottom}"/>',
+        f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle">{escape(x_label)}</text>',
+        f'<text x="12" y="{(height - bottom + top_pad) / 2}" transform="rotate(-90 12 {(height - bottom + top_pad) / 2})" '
+        f'text-anchor="middle">{escape(y_label)}</text>',
+    ]
     for t in range(5):
         yv = y0 + (y1 - y0) * t / 4
-        body.append(f'<text x="{left - 4}" y="{_num(py(yv) + 4)}" text-anchor="end" class="muted">{escape(fmt_y(yv))}</text>')
+        body.append(
+            f'<text x="{left - 4}" y="{_num(py(yv) + 4)}" text-anchor="end" class="muted">{escape(fmt_y(yv))}</text>'
+        )
         if single and t:
             continue
         xv = x0 + (x1 - x0) * t / 4
-        body.append(f'<text x="{_num(px(xv))}" y="{height - bottom + 14}" text-anchor="middle" class="muted">'
-                    f'{escape(fmt_x(xv))}</text>')
+        body.append(
+            f'<text x="{_num(px(xv))}" y="{height - bottom + 14}" text-anchor="middle" class="muted">'
+            f"{escape(fmt_x(xv))}</text>"
+        )
     if marker is not None and x0 <= marker <= x1:
-        body.append(f'<line x1="{_num(px(marker))}" y1="{top_pad}" x2="{_num(px(marker))}" y2="{height - bottom}" '
-                    f'stroke="#bbb" stroke-dasharray="4 3"/>')
+        body.append(
+            f'<line x1="{_num(px(marker))}" y1="{top_pad}" x2="{_num(px(marker))}" y2="{height - bottom}" '
+            f'stroke="#bbb" stroke-dasharray="4 3"/>'
+        )
     for i, (name, s) in enumerate(series.items()):
         color = PALETTE[i % len(PALETTE)]
         vals = [(a, float(b)) for a, b in zip(xs, s) if b is not None and math.isfinite(b)]
         pts = [(px(a), py(max(min(b, y1), y0))) for a, b in vals]
         if len(pts) > 1:
             d = " ".join(f"{_num(a)},{_num(b)}" for a, b in pts)
-            body.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{d}" data-series="{escape(name)}"/>')
+            body.append(
+                f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{d}" data-series="{escape(name)}"/>'
+            )
         elif pts:  # a line through one point draws nothing: a point, with its value
             (a, b), (_, v) = pts[0], vals[0]
-            body.append(f'<circle cx="{_num(a)}" cy="{_num(b)}" r="5" fill="{color}" data-series="{escape(name)}" '
-                        f'data-value="{v!r}"><title>{escape(name)}: {escape(fmt_y(v))}</title></circle>')
-        body.append(f'<rect x="{left + 10 + 150 * i}" y="24" width="10" height="10" fill="{color}"/>'
-                    f'<text x="{left + 24 + 150 * i}" y="33">{escape(name)}</text>')
+            body.append(
+                f'<circle cx="{_num(a)}" cy="{_num(b)}" r="5" fill="{color}" data-series="{escape(name)}" '
+                f'data-value="{v!r}"><title>{escape(name)}: {escape(fmt_y(v))}</title></circle>'
+            )
+        body.append(
+            f'<rect x="{left + 10 + 150 * i}" y="24" width="10" height="10" fill="{color}"/>'
+            f'<text x="{left + 24 + 150 * i}" y="33">{escape(name)}</text>'
+        )
     return _svg(width, height, title, body, "lines")
 
 
@@ -185,17 +223,21 @@ def tornado(rows: Sequence[tuple[str, float, float]], base: float, title: str, f
     span = max([abs(v - base) for _, lo, hi in rows for v in (lo, hi)] + [1e-12])
     mid = left + (width - left - right) / 2
     scale = (width - left - right) / 2 / span
-    body = [f'<text x="4" y="16" font-weight="bold">{escape(title)}</text>',
-            f'<line class="ax" x1="{_num(mid)}" y1="24" x2="{_num(mid)}" y2="{height - 4}"/>']
+    body = [
+        f'<text x="4" y="16" font-weight="bold">{escape(title)}</text>',
+        f'<line class="ax" x1="{_num(mid)}" y1="24" x2="{_num(mid)}" y2="{height - 4}"/>',
+    ]
     for i, (name, lo, hi) in enumerate(rows):
         y = 28 + i * row
         body.append(f'<text x="{left - 6}" y="{y + 15}" text-anchor="end">{escape(name[:30])}</text>')
         for v, color, side in ((lo, "#3a9a5b", "low"), (hi, "#c2413b", "high")):
             d = (v - base) * scale
             x = mid + min(0.0, d)
-            body.append(f'<rect x="{_num(x)}" y="{y + 4}" width="{_num(abs(d))}" height="{row - 8}" fill="{color}" '
-                        f'data-label="{escape(name)}:{side}" data-value="{v!r}"><title>{escape(name)} {side}: '
-                        f'{escape(fmt(v))}</title></rect>')
+            body.append(
+                f'<rect x="{_num(x)}" y="{y + 4}" width="{_num(abs(d))}" height="{row - 8}" fill="{color}" '
+                f'data-label="{escape(name)}:{side}" data-value="{v!r}"><title>{escape(name)} {side}: '
+                f"{escape(fmt(v))}</title></rect>"
+            )
     return _svg(width, height, title, body, "tornado")
 
 
@@ -205,14 +247,18 @@ def histogram(labels: Sequence[str], counts: Sequence[int], title: str, width: i
     top = max(list(counts) + [1])
     slot = (width - left - 10) / max(1, len(labels))
     scale = (height - bottom - top_pad) / top
-    body = [f'<text x="4" y="16" font-weight="bold">{escape(title)}</text>',
-            f'<line class="ax" x1="{left}" y1="{height - bottom}" x2="{width - 10}" y2="{height - bottom}"/>']
+    body = [
+        f'<text x="4" y="16" font-weight="bold">{escape(title)}</text>',
+        f'<line class="ax" x1="{left}" y1="{height - bottom}" x2="{width - 10}" y2="{height - bottom}"/>',
+    ]
     for i, (label, c) in enumerate(zip(labels, counts)):
         x = left + i * slot + slot * 0.1
         h = c * scale
-        body.append(f'<rect x="{_num(x)}" y="{_num(height - bottom - h)}" width="{_num(slot * 0.8)}" height="{_num(h)}" '
-                    f'fill="{PALETTE[0]}" data-label="{escape(str(label))}" data-value="{c}"><title>{escape(str(label))}: {c}'
-                    f'</title></rect><text x="{_num(x + slot * 0.4)}" y="{height - bottom + 14}" text-anchor="middle">'
-                    f'{escape(str(label))}</text><text x="{_num(x + slot * 0.4)}" y="{_num(height - bottom - h - 3)}" '
-                    f'text-anchor="middle" class="muted">{c}</text>')
+        body.append(
+            f'<rect x="{_num(x)}" y="{_num(height - bottom - h)}" width="{_num(slot * 0.8)}" height="{_num(h)}" '
+            f'fill="{PALETTE[0]}" data-label="{escape(str(label))}" data-value="{c}"><title>{escape(str(label))}: {c}'
+            f'</title></rect><text x="{_num(x + slot * 0.4)}" y="{height - bottom + 14}" text-anchor="middle">'
+            f'{escape(str(label))}</text><text x="{_num(x + slot * 0.4)}" y="{_num(height - bottom - h - 3)}" '
+            f'text-anchor="middle" class="muted">{c}</text>'
+        )
     return _svg(width, height, title, body, "histogram")

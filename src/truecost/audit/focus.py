@@ -27,22 +27,64 @@ from truecost.ledger.store import LedgerFilter, LedgerStore
 
 FOCUS_VERSION = "1.2"
 EXPORT_COLUMNS = (
-    "BilledCost", "BillingAccountId", "BillingCurrency", "BillingPeriodStart", "BillingPeriodEnd", "ChargeCategory",
-    "ChargeClass", "ChargeDescription", "ChargeFrequency", "ChargePeriodStart", "ChargePeriodEnd", "ConsumedQuantity",
-    "ConsumedUnit", "ContractedCost", "EffectiveCost", "ListCost", "ListUnitPrice", "PricingCategory",
-    "PricingQuantity", "PricingUnit", "RegionId", "ServiceCategory", "ServiceName", "ServiceProviderName",
-    "HostProviderName", "InvoiceIssuerName", "SkuId", "SkuMeter", "SkuPriceDetails", "Tags",
+    "BilledCost",
+    "BillingAccountId",
+    "BillingCurrency",
+    "BillingPeriodStart",
+    "BillingPeriodEnd",
+    "ChargeCategory",
+    "ChargeClass",
+    "ChargeDescription",
+    "ChargeFrequency",
+    "ChargePeriodStart",
+    "ChargePeriodEnd",
+    "ConsumedQuantity",
+    "ConsumedUnit",
+    "ContractedCost",
+    "EffectiveCost",
+    "ListCost",
+    "ListUnitPrice",
+    "PricingCategory",
+    "PricingQuantity",
+    "PricingUnit",
+    "RegionId",
+    "ServiceCategory",
+    "ServiceName",
+    "ServiceProviderName",
+    "HostProviderName",
+    "InvoiceIssuerName",
+    "SkuId",
+    "SkuMeter",
+    "SkuPriceDetails",
+    "Tags",
 )
 # token class -> (SkuMeter, TokenDirection, TokenCacheAction)
-TOKEN_SKUS = {"input": ("Input Tokens", "Input", "Uncached"), "cached_input": ("Cache Read Input Tokens", "Input", "Read"),
-              "cache_write_5m": ("Cache Write Input Tokens", "Input", "Write"),
-              "cache_write_1h": ("Cache Write Input Tokens", "Input", "Write"),
-              "output": ("Output Tokens", "Output", None), "reasoning": ("Reasoning Output Tokens", "Output", None)}
-RECONCILE_CLASS = {"input": "input", "cached_input": "cache_read", "cache_write_5m": "cache_write",
-                   "cache_write_1h": "cache_write", "output": "output", "reasoning": "output"}
-SERVICE_CATEGORY = {"generate": "AI and Machine Learning", "validate": "AI and Machine Learning",
-                    "embed": "AI and Machine Learning", "egress": "Networking", "log_storage": "Storage",
-                    "vector_search": "Databases", "reserved_capacity": "Compute", "cache_lookup": "Databases"}
+TOKEN_SKUS = {
+    "input": ("Input Tokens", "Input", "Uncached"),
+    "cached_input": ("Cache Read Input Tokens", "Input", "Read"),
+    "cache_write_5m": ("Cache Write Input Tokens", "Input", "Write"),
+    "cache_write_1h": ("Cache Write Input Tokens", "Input", "Write"),
+    "output": ("Output Tokens", "Output", None),
+    "reasoning": ("Reasoning Output Tokens", "Output", None),
+}
+RECONCILE_CLASS = {
+    "input": "input",
+    "cached_input": "cache_read",
+    "cache_write_5m": "cache_write",
+    "cache_write_1h": "cache_write",
+    "output": "output",
+    "reasoning": "output",
+}
+SERVICE_CATEGORY = {
+    "generate": "AI and Machine Learning",
+    "validate": "AI and Machine Learning",
+    "embed": "AI and Machine Learning",
+    "egress": "Networking",
+    "log_storage": "Storage",
+    "vector_search": "Databases",
+    "reserved_capacity": "Compute",
+    "cache_lookup": "Databases",
+}
 BILL_REQUIRED = ("ChargePeriodStart", "ChargePeriodEnd", "ServiceName")
 
 
@@ -95,17 +137,43 @@ def export_rows(events: Iterable[CostEvent], account: str = "truecost") -> Itera
     groups: dict[tuple, list] = defaultdict(lambda: [Decimal(0), Decimal(0), None, 0])
     for e in events:
         a = e.attribution
-        tags = tuple(sorted({**dict(a.tags), **{k: v for k, v in (("cost_center", a.cost_center), ("team", a.team),
-                             ("feature", a.feature), ("tenant", a.tenant), ("environment", a.environment)) if v}}.items()))
+        tags = tuple(
+            sorted(
+                {
+                    **dict(a.tags),
+                    **{
+                        k: v
+                        for k, v in (
+                            ("cost_center", a.cost_center),
+                            ("team", a.team),
+                            ("feature", a.feature),
+                            ("tenant", a.tenant),
+                            ("environment", a.environment),
+                        )
+                        if v
+                    },
+                }.items()
+            )
+        )
         for ln in lines_of(e):
-            key = (_day(e.ts), e.provider or "unknown", e.service or e.step, ln.component, e.step, e.region or "",
-                   e.currency, tags)
+            key = (
+                _day(e.ts),
+                e.provider or "unknown",
+                e.service or e.step,
+                ln.component,
+                e.step,
+                e.region or "",
+                e.currency,
+                tags,
+            )
             g = groups[key]
             g[0] += ln.quantity
             g[1] += ln.cost or Decimal(0)
             g[2] = ln.unit_price if ln.unit_price is not None else g[2]
             g[3] += 1 if ln.cost is None else 0
-    for (day, provider, service, comp, step, region, currency, tags), (qty, cost, up, unknown) in sorted(groups.items()):
+    for (day, provider, service, comp, step, region, currency, tags), (qty, cost, up, unknown) in sorted(
+        groups.items()
+    ):
         meter, direction, action = TOKEN_SKUS.get(comp, (comp, None, None))
         details = {"ModelId": service} if comp in TOKEN_SKUS else {"Step": step}
         if direction:
@@ -117,22 +185,43 @@ def export_rows(events: Iterable[CostEvent], account: str = "truecost") -> Itera
         month = day.replace(day=1)
         nxt = (month + timedelta(days=32)).replace(day=1)
         cost_s, qty_s = _money(cost), _money(qty)
-        yield {"BilledCost": cost_s, "BillingAccountId": account, "BillingCurrency": currency,
-               "BillingPeriodStart": month.isoformat().replace("+00:00", "Z"),
-               "BillingPeriodEnd": nxt.isoformat().replace("+00:00", "Z"), "ChargeCategory": "Usage", "ChargeClass": "",
-               "ChargeDescription": f"{meter} for {service}", "ChargeFrequency": "Usage-Based",
-               "ChargePeriodStart": day.isoformat().replace("+00:00", "Z"),
-               "ChargePeriodEnd": (day + timedelta(days=1)).isoformat().replace("+00:00", "Z"),
-               "ConsumedQuantity": qty_s, "ConsumedUnit": "Tokens" if comp in TOKEN_SKUS else comp,
-               "ContractedCost": cost_s, "EffectiveCost": cost_s, "ListCost": cost_s, "ListUnitPrice": _money(up),
-               "PricingCategory": "Standard", "PricingQuantity": qty_s, "PricingUnit": "Tokens" if comp in TOKEN_SKUS else comp,
-               "RegionId": region, "ServiceCategory": SERVICE_CATEGORY.get(step, "Other"), "ServiceName": service,
-               "ServiceProviderName": provider, "HostProviderName": provider, "InvoiceIssuerName": provider,
-               "SkuId": f"{service}-{comp}", "SkuMeter": meter, "SkuPriceDetails": json.dumps(details, sort_keys=True),
-               "Tags": json.dumps(dict(tags), sort_keys=True)}
+        yield {
+            "BilledCost": cost_s,
+            "BillingAccountId": account,
+            "BillingCurrency": currency,
+            "BillingPeriodStart": month.isoformat().replace("+00:00", "Z"),
+            "BillingPeriodEnd": nxt.isoformat().replace("+00:00", "Z"),
+            "ChargeCategory": "Usage",
+            "ChargeClass": "",
+            "ChargeDescription": f"{meter} for {service}",
+            "ChargeFrequency": "Usage-Based",
+            "ChargePeriodStart": day.isoformat().replace("+00:00", "Z"),
+            "ChargePeriodEnd": (day + timedelta(days=1)).isoformat().replace("+00:00", "Z"),
+            "ConsumedQuantity": qty_s,
+            "ConsumedUnit": "Tokens" if comp in TOKEN_SKUS else comp,
+            "ContractedCost": cost_s,
+            "EffectiveCost": cost_s,
+            "ListCost": cost_s,
+            "ListUnitPrice": _money(up),
+            "PricingCategory": "Standard",
+            "PricingQuantity": qty_s,
+            "PricingUnit": "Tokens" if comp in TOKEN_SKUS else comp,
+            "RegionId": region,
+            "ServiceCategory": SERVICE_CATEGORY.get(step, "Other"),
+            "ServiceName": service,
+            "ServiceProviderName": provider,
+            "HostProviderName": provider,
+            "InvoiceIssuerName": provider,
+            "SkuId": f"{service}-{comp}",
+            "SkuMeter": meter,
+            "SkuPriceDetails": json.dumps(details, sort_keys=True),
+            "Tags": json.dumps(dict(tags), sort_keys=True),
+        }
 
 
-def write_export(store: LedgerStore, path: str | Path, flt: LedgerFilter = LedgerFilter(), fmt: str | None = None) -> int:
+def write_export(
+    store: LedgerStore, path: str | Path, flt: LedgerFilter = LedgerFilter(), fmt: str | None = None
+) -> int:
     rows = list(export_rows(store.query(flt)))
     p = Path(path)
     fmt = fmt or ("parquet" if p.suffix.lower() == ".parquet" else "csv")
@@ -184,8 +273,10 @@ def read_bill(path: str | Path) -> list[BillLine]:
         if cost_col is None:
             missing.append("EffectiveCost or BilledCost")
         if missing:
-            raise AuditInputError(f"{path}: not a FOCUS billing export: missing column(s) {', '.join(missing)} "
-                                  f"(columns: {', '.join(cols) or 'none'})")
+            raise AuditInputError(
+                f"{path}: not a FOCUS billing export: missing column(s) {', '.join(missing)} "
+                f"(columns: {', '.join(cols) or 'none'})"
+            )
         out = []
         for n, rec in enumerate(reader, 2):
             try:
@@ -194,14 +285,25 @@ def read_bill(path: str | Path) -> list[BillLine]:
                 details = {}
             direction = (details.get("TokenDirection") or "").lower()
             action = (details.get("TokenCacheAction") or "").lower()
-            cls = {"read": "cache_read", "write": "cache_write"}.get(action, direction or (rec.get("SkuMeter") or "other").lower())
+            cls = {"read": "cache_read", "write": "cache_write"}.get(
+                action, direction or (rec.get("SkuMeter") or "other").lower()
+            )
             try:
                 cost = Decimal(rec[cost_col])
                 qty = Decimal(rec["ConsumedQuantity"]) if rec.get("ConsumedQuantity") else None
             except InvalidOperation:
                 raise AuditInputError(f"{path}: row {n}: {cost_col} {rec[cost_col]!r} is not a number") from None
-            out.append(BillLine(_ts(rec["ChargePeriodStart"], "ChargePeriodStart", n), _ts(rec["ChargePeriodEnd"], "ChargePeriodEnd", n),
-                                rec["ServiceName"], details.get("ModelId") or rec["ServiceName"], cls, qty, cost))
+            out.append(
+                BillLine(
+                    _ts(rec["ChargePeriodStart"], "ChargePeriodStart", n),
+                    _ts(rec["ChargePeriodEnd"], "ChargePeriodEnd", n),
+                    rec["ServiceName"],
+                    details.get("ModelId") or rec["ServiceName"],
+                    cls,
+                    qty,
+                    cost,
+                )
+            )
     if not out:
         raise AuditInputError(f"{path}: the bill has no rows")
     return out
@@ -226,8 +328,16 @@ def reconcile(bill: Sequence[BillLine], store: LedgerStore, tolerance: Decimal =
         billed[key][0] += b.cost
         billed[key][1] += b.quantity or 0
         billed[key][2] = b.service
-    rows, totals = [], {"billed": Decimal(0), "ledger": Decimal(0), "matched": Decimal(0), "unattributed": Decimal(0),
-                        "over_attributed": Decimal(0)}
+    rows, totals = (
+        [],
+        {
+            "billed": Decimal(0),
+            "ledger": Decimal(0),
+            "matched": Decimal(0),
+            "unattributed": Decimal(0),
+            "over_attributed": Decimal(0),
+        },
+    )
     for key in sorted(set(billed) | set(ledger), key=lambda k: (k[0], k[1], k[2])):
         (ps, pe), model, cls = key
         bc, bq, service = billed.get(key, (Decimal(0), Decimal(0), ""))
@@ -241,33 +351,82 @@ def reconcile(bill: Sequence[BillLine], store: LedgerStore, tolerance: Decimal =
         totals["matched"] += bc if status == "matched" else matched
         totals["unattributed"] += diff if status == "unattributed" else 0
         totals["over_attributed"] += -diff if status == "over-attributed" else 0
-        rows.append({"period_start": ps.isoformat(), "period_end": pe.isoformat(), "service": service, "model": model,
-                     "token_class": cls, "billed_usd": bc, "ledger_usd": lc, "difference_usd": diff,
-                     "billed_quantity": bq, "ledger_quantity": lq, "status": status})
-    return {"kind": "reconciliation", "period": [start.isoformat(), end.isoformat()], "rows": rows, "totals": totals,
-            "matched_share": float(totals["matched"] / totals["billed"]) if totals["billed"] else None}
+        rows.append(
+            {
+                "period_start": ps.isoformat(),
+                "period_end": pe.isoformat(),
+                "service": service,
+                "model": model,
+                "token_class": cls,
+                "billed_usd": bc,
+                "ledger_usd": lc,
+                "difference_usd": diff,
+                "billed_quantity": bq,
+                "ledger_quantity": lq,
+                "status": status,
+            }
+        )
+    return {
+        "kind": "reconciliation",
+        "period": [start.isoformat(), end.isoformat()],
+        "rows": rows,
+        "totals": totals,
+        "matched_share": float(totals["matched"] / totals["billed"]) if totals["billed"] else None,
+    }
 
 
 def render_reconcile_html(r: dict[str, Any]) -> str:
     t = r["totals"]
-    figs = [Figure("billed", "on the bill", t["billed"], lambda v: charts.usd(float(v))),
-            Figure("ledger", "in the ledger", t["ledger"], lambda v: charts.usd(float(v))),
-            Figure("matched_share", "matched share of the bill", r["matched_share"], charts.pct),
-            Figure("unattributed", "unattributed", t["unattributed"], lambda v: charts.usd(float(v))),
-            Figure("over_attributed", "over-attributed", t["over_attributed"], lambda v: charts.usd(float(v)))]
+    figs = [
+        Figure("billed", "on the bill", t["billed"], lambda v: charts.usd(float(v))),
+        Figure("ledger", "in the ledger", t["ledger"], lambda v: charts.usd(float(v))),
+        Figure("matched_share", "matched share of the bill", r["matched_share"], charts.pct),
+        Figure("unattributed", "unattributed", t["unattributed"], lambda v: charts.usd(float(v))),
+        Figure("over_attributed", "over-attributed", t["over_attributed"], lambda v: charts.usd(float(v))),
+    ]
     rows = r["rows"]
     sections = [
-        Section("Bill vs ledger", [figures(figs), charts.hbar(["matched", "unattributed", "over-attributed"],
-                                                              [float(t["matched"]), float(t["unattributed"]), float(t["over_attributed"])],
-                                                              "Spend by reconciliation status", fmt=charts.usd,
-                                                              colors=("#3a9a5b", "#c2413b", "#e0793a"))]),
-        Section("Per model, token class and period", [table(
-            ["period", "model", "token class", "billed", "ledger", "difference", "status"],
-            [[f'{x["period_start"][:10]} – {x["period_end"][:10]}', x["model"], x["token_class"], f'${x["billed_usd"]:,.4f}',
-              f'${x["ledger_usd"]:,.4f}', f'${x["difference_usd"]:,.4f}', x["status"]] for x in rows], numeric=(3, 4, 5))]),
+        Section(
+            "Bill vs ledger",
+            [
+                figures(figs),
+                charts.hbar(
+                    ["matched", "unattributed", "over-attributed"],
+                    [float(t["matched"]), float(t["unattributed"]), float(t["over_attributed"])],
+                    "Spend by reconciliation status",
+                    fmt=charts.usd,
+                    colors=("#3a9a5b", "#c2413b", "#e0793a"),
+                ),
+            ],
+        ),
+        Section(
+            "Per model, token class and period",
+            [
+                table(
+                    ["period", "model", "token class", "billed", "ledger", "difference", "status"],
+                    [
+                        [
+                            f"{x['period_start'][:10]} – {x['period_end'][:10]}",
+                            x["model"],
+                            x["token_class"],
+                            f"${x['billed_usd']:,.4f}",
+                            f"${x['ledger_usd']:,.4f}",
+                            f"${x['difference_usd']:,.4f}",
+                            x["status"],
+                        ]
+                        for x in rows
+                    ],
+                    numeric=(3, 4, 5),
+                )
+            ],
+        ),
     ]
-    return page("truecost · reconciliation", f'{r.get("source", "")} · {r["period"][0][:10]} to {r["period"][1][:10]}',
-                sections, data=r)
+    return page(
+        "truecost · reconciliation",
+        f"{r.get('source', '')} · {r['period'][0][:10]} to {r['period'][1][:10]}",
+        sections,
+        data=r,
+    )
 
 
 def write_reconcile_report(r: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:

@@ -47,23 +47,28 @@ class Figure:
     def html(self) -> str:
         raw = "" if self.value is None else str(self.value)
         shown = "n/a" if self.value is None else self.fmt(self.value)
-        return (f'<div class="fig"><div class="v" data-key="{escape(self.key)}" data-value="{escape(raw)}">'
-                f'{escape(shown)}</div><div class="k">{escape(self.label)}</div></div>')
+        return (
+            f'<div class="fig"><div class="v" data-key="{escape(self.key)}" data-value="{escape(raw)}">'
+            f'{escape(shown)}</div><div class="k">{escape(self.label)}</div></div>'
+        )
 
 
 def figures(items: Sequence[Figure]) -> str:
     return '<div class="figures">' + "".join(f.html() for f in items) + "</div>"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[int] = (),
-          row_key: str | None = None) -> str:
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[int] = (), row_key: str | None = None
+) -> str:
     """A plain table; columns listed in ``numeric`` are right-aligned."""
     head = "".join(f'<th class="{"n" if i in numeric else ""}">{escape(h)}</th>' for i, h in enumerate(headers))
     body = []
     for r in rows:
         attr = f' data-row="{escape(str(r[0]))}"' if row_key else ""
-        cells = "".join(f'<td class="{"n" if i in numeric else ""}">{escape("" if c is None else str(c))}</td>'
-                        for i, c in enumerate(r))
+        cells = "".join(
+            f'<td class="{"n" if i in numeric else ""}">{escape("" if c is None else str(c))}</td>'
+            for i, c in enumerate(r)
+        )
         body.append(f"<tr{attr}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -77,16 +82,19 @@ class Section:
         return f"<section><h2>{escape(self.heading)}</h2>{''.join(self.parts)}</section>"
 
 
-def page(title: str, subtitle: str, sections: Sequence[Section], data: Any = None, nav: str = "",
-         extra_head: str = "") -> str:
+def page(
+    title: str, subtitle: str, sections: Sequence[Section], data: Any = None, nav: str = "", extra_head: str = ""
+) -> str:
     payload = ""
     if data is not None:
         text = json.dumps(data, default=str).replace("</", "<\\/")
         payload = f'<script type="application/json" id="truecost-data">{text}</script>'
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1"><link rel="icon" href="data:,"><style>{CSS}</style>{extra_head}</head>'
-            f'<body><header>{nav}<h1>{escape(title)}</h1><p>{escape(subtitle)}</p></header><main>'
-            f'{"".join(s.html() for s in sections)}</main>{payload}</body></html>')
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f'<meta name="viewport" content="width=device-width,initial-scale=1"><link rel="icon" href="data:,"><style>{CSS}</style>{extra_head}</head>'
+        f"<body><header>{nav}<h1>{escape(title)}</h1><p>{escape(subtitle)}</p></header><main>"
+        f"{''.join(s.html() for s in sections)}</main>{payload}</body></html>"
+    )
 
 
 def write_report(out_dir: str | Path, stem: str, data: dict[str, Any], html_text: str) -> tuple[Path, Path]:

@@ -33,8 +33,13 @@ class Budget:
     limit_usd: Decimal
 
 
-def make_filter(since: datetime | None = None, until: datetime | None = None, model: str | None = None,
-                source: str | None = None, **attribution: str | None) -> LedgerFilter:
+def make_filter(
+    since: datetime | None = None,
+    until: datetime | None = None,
+    model: str | None = None,
+    source: str | None = None,
+    **attribution: str | None,
+) -> LedgerFilter:
     pairs = tuple((k, v) for k, v in attribution.items() if v and k in FILTER_FIELDS)
     return LedgerFilter(since=since, until=until, service=model or None, source=source or None, attribution=pairs)
 
@@ -76,8 +81,14 @@ def request_stats(store: LedgerStore, flt: LedgerFilter, top: int) -> tuple[list
 def _is_compute(store: LedgerStore, flt: LedgerFilter, service: str) -> bool:
     """Is ``service`` a time-priced resource on generation steps? One event tells: a name is either
     a model or a machine (the rollups carry no unit, and a probe stays cheap on large ledgers)."""
-    probe = LedgerFilter(since=flt.since, until=flt.until, steps=tuple(GENERATION_STEPS), service=service,
-                         source=flt.source, attribution=flt.attribution)
+    probe = LedgerFilter(
+        since=flt.since,
+        until=flt.until,
+        steps=tuple(GENERATION_STEPS),
+        service=service,
+        source=flt.source,
+        attribution=flt.attribution,
+    )
     first = store.query(probe, limit=1)
     return bool(first) and first[0].unit in COMPUTE_UNITS
 
@@ -106,8 +117,9 @@ def expensive_requests(store: LedgerStore, flt: LedgerFilter, top: int) -> list[
     return [_request_row(r) for r in rows]
 
 
-def requests_by(store: LedgerStore, flt: LedgerFilter, field: str,
-                values: Sequence[Any]) -> tuple[AggregateRow, dict[Any, int]]:
+def requests_by(
+    store: LedgerStore, flt: LedgerFilter, field: str, values: Sequence[Any]
+) -> tuple[AggregateRow, dict[Any, int]]:
     """Totals with the distinct request count, and the distinct requests of each of ``values``: every value
     ``field`` takes under ``flt`` (a store may answer both in one scan; with one value, its requests are all)."""
     native = getattr(store, "requests_by", None)
@@ -129,14 +141,28 @@ def by_source(rows: Sequence[AggregateRow], col: int, requests: dict[Any, int], 
         a.cost += r.cost
         a.events += r.events
         a.unknown += r.unknown
-    return [{"key": k, "requests": requests.get(k, 0), "events": a.events, "cost_usd": a.cost,
-             "share": float(a.cost / total) if total else None, "unknown": a.unknown}
-            for k, a in sorted(acc.items(), key=lambda kv: (-kv[1].cost, kv[0]))]
+    return [
+        {
+            "key": k,
+            "requests": requests.get(k, 0),
+            "events": a.events,
+            "cost_usd": a.cost,
+            "share": float(a.cost / total) if total else None,
+            "unknown": a.unknown,
+        }
+        for k, a in sorted(acc.items(), key=lambda kv: (-kv[1].cost, kv[0]))
+    ]
 
 
-def overview(store: LedgerStore, flt: LedgerFilter = LedgerFilter(), budgets: Sequence[Budget] = (),
-             now: datetime | None = None, top: int = 10, series_by: str = "cost_center",
-             cache_target_error: float | None = None) -> dict[str, Any]:
+def overview(
+    store: LedgerStore,
+    flt: LedgerFilter = LedgerFilter(),
+    budgets: Sequence[Budget] = (),
+    now: datetime | None = None,
+    top: int = 10,
+    series_by: str = "cost_center",
+    cache_target_error: float | None = None,
+) -> dict[str, Any]:
     bucket = _bucket(flt, store)
     keys = [bucket, "cost_center", "feature", "step", "service", "outcome", "source"]
     rows = store.aggregate(keys, flt, count_requests=False)
@@ -147,7 +173,9 @@ def overview(store: LedgerStore, flt: LedgerFilter = LedgerFilter(), budgets: Se
         acc: dict[Any, Decimal] = {}
         for r in rows:
             acc[r.keys[i]] = acc.get(r.keys[i], ZERO) + r.cost
-        return [{"key": k if k is not None else "-", "cost_usd": v} for k, v in sorted(acc.items(), key=lambda kv: -kv[1])]
+        return [
+            {"key": k if k is not None else "-", "cost_usd": v} for k, v in sorted(acc.items(), key=lambda kv: -kv[1])
+        ]
 
     col = {"cost_center": 1, "feature": 2, "step": 3, "model": 4, "source": 6}.get(series_by, 1)
     series: dict[str, dict[str, Decimal]] = {}
@@ -168,30 +196,61 @@ def overview(store: LedgerStore, flt: LedgerFilter = LedgerFilter(), budgets: Se
     now = now or datetime.now(timezone.utc)
     budget_rows = []
     for b in budgets:
-        spent = _sum(store.aggregate([], LedgerFilter(since=period_start(b.period, now), attribution=((b.field, b.value),)),
-                                     count_requests=False), lambda r: True)
-        budget_rows.append({"budget": f"{b.field}={b.value}", "period": b.period, "limit_usd": b.limit_usd,
-                            "spent_usd": spent, "used": float(spent / b.limit_usd) if b.limit_usd else None})
+        spent = _sum(
+            store.aggregate(
+                [],
+                LedgerFilter(since=period_start(b.period, now), attribution=((b.field, b.value),)),
+                count_requests=False,
+            ),
+            lambda r: True,
+        )
+        budget_rows.append(
+            {
+                "budget": f"{b.field}={b.value}",
+                "period": b.period,
+                "limit_usd": b.limit_usd,
+                "spent_usd": spent,
+                "used": float(spent / b.limit_usd) if b.limit_usd else None,
+            }
+        )
     gen_cost = _sum(gens, lambda r: True)
     return {
-        "total_usd": total, "requests": h.request_count, "events": h.events, "unknown_events": h.unknown,
-        "unknown_requests": unknown_requests, "cost_per_request_usd": total / h.request_count if h.request_count else None,
-        "generation_share": float(gen_cost / total) if total else None, "bucket": bucket,
-        "spend_over_time": {"by": series_by, "buckets": buckets,
-                            "series": {k: [v.get(b, ZERO) for b in buckets] for k, v in series.items()}},
-        "by_cost_center": by(1), "by_feature": by(2), "by_step": by(3), "by_source": by_source(rows, 6, source_requests, total),
-        "cache": {"lookups": n_lookups, "hits": n_hits, "hit_rate": n_hits / n_lookups if n_lookups else None,
-                  "avoided_usd": cache_avoided, "lookup_cost_usd": lookup_cost, "net_savings_usd": cache_avoided - lookup_cost,
-                  # the policy bounds false hits per lookup; the estimate is that bound applied to the lookups
-                  "false_hit_bound": None if cache_target_error is None else cache_target_error * n_lookups},
+        "total_usd": total,
+        "requests": h.request_count,
+        "events": h.events,
+        "unknown_events": h.unknown,
+        "unknown_requests": unknown_requests,
+        "cost_per_request_usd": total / h.request_count if h.request_count else None,
+        "generation_share": float(gen_cost / total) if total else None,
+        "bucket": bucket,
+        "spend_over_time": {
+            "by": series_by,
+            "buckets": buckets,
+            "series": {k: [v.get(b, ZERO) for b in buckets] for k, v in series.items()},
+        },
+        "by_cost_center": by(1),
+        "by_feature": by(2),
+        "by_step": by(3),
+        "by_source": by_source(rows, 6, source_requests, total),
+        "cache": {
+            "lookups": n_lookups,
+            "hits": n_hits,
+            "hit_rate": n_hits / n_lookups if n_lookups else None,
+            "avoided_usd": cache_avoided,
+            "lookup_cost_usd": lookup_cost,
+            "net_savings_usd": cache_avoided - lookup_cost,
+            # the policy bounds false hits per lookup; the estimate is that bound applied to the lookups
+            "false_hit_bound": None if cache_target_error is None else cache_target_error * n_lookups,
+        },
         "routing": {"mix": mix, "avoided_usd": route_avoided},
         "budgets": budget_rows,
         "expensive_requests": [_request_row(r) for r in expensive],
     }
 
 
-def request_detail(store: LedgerStore, request_id: str,
-                   scope: tuple[tuple[str, str], ...] = ()) -> dict[str, Any] | None:
+def request_detail(
+    store: LedgerStore, request_id: str, scope: tuple[tuple[str, str], ...] = ()
+) -> dict[str, Any] | None:
     """One request's steps; with ``scope`` ((field, value) pairs) only its events inside that scope,
     None when there are none (a request of another tenant is not found)."""
     events = sorted(store.query(LedgerFilter(request_id=request_id, attribution=scope)), key=lambda e: e.ts)
@@ -201,22 +260,60 @@ def request_detail(store: LedgerStore, request_id: str,
     steps = []
     for e in events:
         d = e.details
-        steps.append({"step": e.step, "name": e.name, "service": e.service, "provider": e.provider, "source": e.source,
-                      "quantity": e.quantity, "unit": e.unit, "unit_price": e.unit_price, "cost_usd": e.cost,
-                      "latency_ms": e.latency_ms, "outcome": e.outcome, "avoided_usd": e.avoided_cost,
-                      "unknown_reason": d.get("unknown_reason"), "cache": d.get("cache"), "similarity": d.get("similarity"),
-                      "route_reason": d.get("route_reason"), "tokens": d.get("tokens")})
-    served = next((s["service"] for s in reversed(steps) if s["step"] in GENERATION_STEPS and s["service"]
-                   and s["unit"] not in COMPUTE_UNITS and s["outcome"] not in NOT_SERVED), None)
+        steps.append(
+            {
+                "step": e.step,
+                "name": e.name,
+                "service": e.service,
+                "provider": e.provider,
+                "source": e.source,
+                "quantity": e.quantity,
+                "unit": e.unit,
+                "unit_price": e.unit_price,
+                "cost_usd": e.cost,
+                "latency_ms": e.latency_ms,
+                "outcome": e.outcome,
+                "avoided_usd": e.avoided_cost,
+                "unknown_reason": d.get("unknown_reason"),
+                "cache": d.get("cache"),
+                "similarity": d.get("similarity"),
+                "route_reason": d.get("route_reason"),
+                "tokens": d.get("tokens"),
+            }
+        )
+    served = next(
+        (
+            s["service"]
+            for s in reversed(steps)
+            if s["step"] in GENERATION_STEPS
+            and s["service"]
+            and s["unit"] not in COMPUTE_UNITS
+            and s["outcome"] not in NOT_SERVED
+        ),
+        None,
+    )
     cache = next((s for s in steps if s["step"] == "cache_lookup"), None)
     route = next((s["route_reason"] for s in steps if s["route_reason"]), None)
-    return {"request_id": request_id, "ts": events[0].ts.isoformat(), "attribution": events[0].attribution.as_dict(),
-            "total_usd": total, "unknown": sum(1 for e in events if e.cost is None), "steps": steps,
-            "served_by": served or (cache["service"] if cache and cache["outcome"] == "cache_hit" else None),
-            "cache": None if cache is None else {"status": cache["cache"], "outcome": cache["outcome"],
-                                                 "similarity": cache["similarity"], "avoided_usd": cache["avoided_usd"]},
-            "route": route, "latency_ms": sum(e.latency_ms or 0 for e in events),
-            "sources": sorted({e.source for e in events})}
+    return {
+        "request_id": request_id,
+        "ts": events[0].ts.isoformat(),
+        "attribution": events[0].attribution.as_dict(),
+        "total_usd": total,
+        "unknown": sum(1 for e in events if e.cost is None),
+        "steps": steps,
+        "served_by": served or (cache["service"] if cache and cache["outcome"] == "cache_hit" else None),
+        "cache": None
+        if cache is None
+        else {
+            "status": cache["cache"],
+            "outcome": cache["outcome"],
+            "similarity": cache["similarity"],
+            "avoided_usd": cache["avoided_usd"],
+        },
+        "route": route,
+        "latency_ms": sum(e.latency_ms or 0 for e in events),
+        "sources": sorted({e.source for e in events}),
+    }
 
 
 def window(days: int | None, now: datetime | None = None) -> datetime | None:

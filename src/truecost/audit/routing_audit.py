@@ -31,10 +31,12 @@ from truecost.routing.rules import RulesRouter
 from truecost.types import TokenUsage
 
 LABELS = ("small", "large", "skip")
-JUDGE_PROMPT = ("You decide which model a request needs. A small, cheap model handles greetings, lookups, short "
-                "factual questions, rewording and simple classification. A large model is needed for multi-step "
-                "reasoning, maths, code, long or ambiguous requests. Reply with exactly one word: SMALL or LARGE.\n\n"
-                "Request:\n")
+JUDGE_PROMPT = (
+    "You decide which model a request needs. A small, cheap model handles greetings, lookups, short "
+    "factual questions, rewording and simple classification. A large model is needed for multi-step "
+    "reasoning, maths, code, long or ambiguous requests. Reply with exactly one word: SMALL or LARGE.\n\n"
+    "Request:\n"
+)
 
 
 def draw_sample(rows: Sequence[QueryRow], n: int, seed: int) -> list[QueryRow]:
@@ -45,8 +47,16 @@ def draw_sample(rows: Sequence[QueryRow], n: int, seed: int) -> list[QueryRow]:
 
 def normalise_label(value: str | None) -> str | None:
     v = (value or "").strip().lower()
-    aliases = {"s": "small", "weak": "small", "cheap": "small", "l": "large", "strong": "large", "big": "large",
-               "k": "skip", "": None}
+    aliases = {
+        "s": "small",
+        "weak": "small",
+        "cheap": "small",
+        "l": "large",
+        "strong": "large",
+        "big": "large",
+        "k": "skip",
+        "": None,
+    }
     label = aliases.get(v, v)
     if label is not None and label not in LABELS:
         raise AuditInputError(f"unknown label {value!r}: use small, large or skip")
@@ -59,8 +69,10 @@ def labels_from_csv(path: str | Path, sample: Sequence[QueryRow]) -> dict[str, s
         reader = csv.DictReader(fh)
         cols = reader.fieldnames or []
         if "label" not in cols or not ({"id", "text"} & set(cols)):
-            raise AuditInputError(f"{path}: a labels CSV needs a 'label' column and an 'id' or 'text' column "
-                                  f"(columns: {', '.join(cols) or 'none'})")
+            raise AuditInputError(
+                f"{path}: a labels CSV needs a 'label' column and an 'id' or 'text' column "
+                f"(columns: {', '.join(cols) or 'none'})"
+            )
         by_id: dict[str, str] = {}
         by_text: dict[str, str] = {}
         for rec in reader:
@@ -97,14 +109,20 @@ def labels_from_judge(sample: Sequence[QueryRow], ask: Callable[[str], str], pro
 def openai_judge(base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0) -> Callable[[str], str]:
     import httpx
 
-    client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
-                          headers={"authorization": f"Bearer {api_key}"} if api_key else {})
+    client = httpx.Client(
+        base_url=base_url.rstrip("/"),
+        timeout=timeout,
+        headers={"authorization": f"Bearer {api_key}"} if api_key else {},
+    )
 
     def ask(prompt: str) -> str:
-        resp = client.post("/chat/completions", json={"model": model, "max_tokens": 3, "temperature": 0,
-                                                      "messages": [{"role": "user", "content": prompt}]})
+        resp = client.post(
+            "/chat/completions",
+            json={"model": model, "max_tokens": 3, "temperature": 0, "messages": [{"role": "user", "content": prompt}]},
+        )
         resp.raise_for_status()
         return resp.json()["choices"][0]["message"]["content"] or ""
+
     return ask
 
 
@@ -130,8 +148,12 @@ class LabelFile:
             w.writerow([row.id, label, row.text])
 
 
-def label_interactively(sample: Sequence[QueryRow], store: LabelFile, read_key: Callable[[], str],
-                        show: Callable[[int, int, QueryRow], None]) -> dict[str, str]:
+def label_interactively(
+    sample: Sequence[QueryRow],
+    store: LabelFile,
+    read_key: Callable[[], str],
+    show: Callable[[int, int, QueryRow], None],
+) -> dict[str, str]:
     """Keys: s = small, l = large, k = skip, q = stop (resume later from the same file)."""
     done = store.load()
     for i, r in enumerate(sample, 1):
@@ -163,7 +185,9 @@ def labels_from_quality(path: str | Path, weak: str, strong: str, sample: Sequen
             models = {k.lower(): v for k, v in (obj.get("models") or {}).items()}
             for m in (weak, strong):
                 if m.lower() not in models:
-                    raise AuditInputError(f"{path}: model {m!r} not in row {rid} (models: {', '.join(obj.get('models') or {})})")
+                    raise AuditInputError(
+                        f"{path}: model {m!r} not in row {rid} (models: {', '.join(obj.get('models') or {})})"
+                    )
             qw, qs = models[weak.lower()].get("quality"), models[strong.lower()].get("quality")
             out[rid] = "skip" if qw is None or qs is None else ("small" if qw >= qs else "large")
     return out
@@ -198,19 +222,29 @@ def _per_request(catalog: PriceCatalog, model: str, p: Prices) -> Decimal:
     return cost
 
 
-def run_routing_audit(sample: Sequence[QueryRow], labels: dict[str, str], prices: Prices, label_source: str,
-                      catalog: PriceCatalog | None = None, source: str = "") -> dict[str, Any]:
+def run_routing_audit(
+    sample: Sequence[QueryRow],
+    labels: dict[str, str],
+    prices: Prices,
+    label_source: str,
+    catalog: PriceCatalog | None = None,
+    source: str = "",
+) -> dict[str, Any]:
     catalog = catalog or PriceCatalog.bundled()
     got = [labels.get(r.id) for r in sample]
     small, large = got.count("small"), got.count("large")
     skipped, missing = got.count("skip"), got.count(None)
     rated = small + large
     if rated == 0:
-        raise AuditInputError(f"no usable labels among {len(sample)} sampled queries "
-                              f"({skipped} skipped, {missing} unlabelled)")
+        raise AuditInputError(
+            f"no usable labels among {len(sample)} sampled queries ({skipped} skipped, {missing} unlabelled)"
+        )
     share = small / rated
     lo, hi = wilson(small, rated)
-    c_small, c_large = _per_request(catalog, prices.small_model, prices), _per_request(catalog, prices.large_model, prices)
+    c_small, c_large = (
+        _per_request(catalog, prices.small_model, prices),
+        _per_request(catalog, prices.large_model, prices),
+    )
     rules = RulesRouter(prices.small_model, prices.large_model)
     rule_small = [rules.route(RouteRequest(r.text)).model == rules.weak for r in sample]
     rated_rows = [(lab, rs) for lab, rs in zip(got, rule_small) if lab in ("small", "large")]
@@ -221,34 +255,68 @@ def run_routing_audit(sample: Sequence[QueryRow], labels: dict[str, str], prices
     strategies = {
         "always large": (c_large, 0.0, 0.0),
         "always small": (c_small, 1.0, 1 - share),
-        "rules router": (Decimal(str(round(rules_share, 6))) * c_small + (1 - Decimal(str(round(rules_share, 6)))) * c_large,
-                         rules_share, rules_misroute),
+        "rules router": (
+            Decimal(str(round(rules_share, 6))) * c_small + (1 - Decimal(str(round(rules_share, 6)))) * c_large,
+            rules_share,
+            rules_misroute,
+        ),
         "ideal router": (d * c_small + (1 - d) * c_large, share, 0.0),
         "ideal cascade (small first)": (c_small + (1 - d) * c_large, 1.0, 0.0),
     }
-    rows = [{"strategy": k, "cost_per_request_usd": v[0], "monthly_usd": (v[0] * monthly).quantize(Decimal("0.01")),
-             "saving_vs_large": float(1 - v[0] / c_large) if c_large else None, "small_share": v[1],
-             "misrouted_share": v[2]} for k, v in strategies.items()]
+    rows = [
+        {
+            "strategy": k,
+            "cost_per_request_usd": v[0],
+            "monthly_usd": (v[0] * monthly).quantize(Decimal("0.01")),
+            "saving_vs_large": float(1 - v[0] / c_large) if c_large else None,
+            "small_share": v[1],
+            "misrouted_share": v[2],
+        }
+        for k, v in strategies.items()
+    ]
     curve = rules_curve(sample, got, rules, c_small, c_large)
     worth = share > 0.5
     return {
-        "kind": "routing_audit", "source": source, "label_source": label_source, "sampled": len(sample),
-        "labelled": rated, "skipped": skipped, "unlabelled": missing, "small_capable_share": share,
-        "ci95": [lo, hi], "prices": {"small_model": prices.small_model, "large_model": prices.large_model,
-                                      "input_tokens": prices.input_tokens, "output_tokens": prices.output_tokens,
-                                      "requests_per_day": prices.requests_per_day,
-                                      "small_cost_per_request_usd": c_small, "large_cost_per_request_usd": c_large},
-        "strategies": rows, "rules_curve": curve,
-        "recommendation": {"level": "build" if worth else "skip",
-                           "recommendation": ("a router is worth building: start with rules, then train a scorer on "
-                                              "these labels" if worth else
-                                              "most requests need the large model: a router would save little"),
-                           "rule": f"{share:.1%} small-capable (95% CI {lo:.1%}-{hi:.1%}); rule: > 50% -> build a router"},
+        "kind": "routing_audit",
+        "source": source,
+        "label_source": label_source,
+        "sampled": len(sample),
+        "labelled": rated,
+        "skipped": skipped,
+        "unlabelled": missing,
+        "small_capable_share": share,
+        "ci95": [lo, hi],
+        "prices": {
+            "small_model": prices.small_model,
+            "large_model": prices.large_model,
+            "input_tokens": prices.input_tokens,
+            "output_tokens": prices.output_tokens,
+            "requests_per_day": prices.requests_per_day,
+            "small_cost_per_request_usd": c_small,
+            "large_cost_per_request_usd": c_large,
+        },
+        "strategies": rows,
+        "rules_curve": curve,
+        "recommendation": {
+            "level": "build" if worth else "skip",
+            "recommendation": (
+                "a router is worth building: start with rules, then train a scorer on these labels"
+                if worth
+                else "most requests need the large model: a router would save little"
+            ),
+            "rule": f"{share:.1%} small-capable (95% CI {lo:.1%}-{hi:.1%}); rule: > 50% -> build a router",
+        },
     }
 
 
-def rules_curve(sample: Sequence[QueryRow], labels: Sequence[str | None], rules: RulesRouter, c_small: Decimal,
-                c_large: Decimal, points: int = 21) -> list[dict]:
+def rules_curve(
+    sample: Sequence[QueryRow],
+    labels: Sequence[str | None],
+    rules: RulesRouter,
+    c_small: Decimal,
+    c_large: Decimal,
+    points: int = 21,
+) -> list[dict]:
     """Cost-quality curve of the rules router: sweep its difficulty threshold over the labelled sample.
 
     Each point: the share served small, the share misrouted (large needed, small served) and
@@ -258,89 +326,180 @@ def rules_curve(sample: Sequence[QueryRow], labels: Sequence[str | None], rules:
     if not rated:
         return []
     scores = sorted(s for s, _ in rated)
-    cuts = sorted({scores[min(len(scores) - 1, int(q * (len(scores) - 1) / (points - 1)))] for q in range(points)} | {1.0})
+    cuts = sorted(
+        {scores[min(len(scores) - 1, int(q * (len(scores) - 1) / (points - 1)))] for q in range(points)} | {1.0}
+    )
     out = []
     for cut in [float("-inf"), *cuts, float("inf")]:
         small = [(s < cut, lab) for s, lab in rated]
         share = sum(x for x, _ in small) / len(small)
-        out.append({"cut": None if cut in (float("inf"), float("-inf")) else cut, "small_share": share,
-                    "misrouted_share": sum(1 for x, lab in small if x and lab == "large") / len(small),
-                    "cost_per_request_usd": Decimal(str(round(share, 6))) * c_small + (1 - Decimal(str(round(share, 6)))) * c_large})
+        out.append(
+            {
+                "cut": None if cut in (float("inf"), float("-inf")) else cut,
+                "small_share": share,
+                "misrouted_share": sum(1 for x, lab in small if x and lab == "large") / len(small),
+                "cost_per_request_usd": Decimal(str(round(share, 6))) * c_small
+                + (1 - Decimal(str(round(share, 6)))) * c_large,
+            }
+        )
     return sorted(out, key=lambda p: p["small_share"])
 
 
 def render_routing_html(r: dict[str, Any]) -> str:
     st = r["strategies"]
-    figs = [Figure("small_capable_share", "small-model capable", r["small_capable_share"], charts.pct),
-            Figure("ci_low", "95% CI low", r["ci95"][0], charts.pct), Figure("ci_high", "95% CI high", r["ci95"][1], charts.pct),
-            Figure("labelled", "labelled queries", r["labelled"])]
+    figs = [
+        Figure("small_capable_share", "small-model capable", r["small_capable_share"], charts.pct),
+        Figure("ci_low", "95% CI low", r["ci95"][0], charts.pct),
+        Figure("ci_high", "95% CI high", r["ci95"][1], charts.pct),
+        Figure("labelled", "labelled queries", r["labelled"]),
+    ]
     sections = [
-        Section("Verdict", [f'<p class="rec">{r["recommendation"]["recommendation"]}</p>'
-                            f'<p class="note">{r["recommendation"]["rule"]}; labels from {r["label_source"]}</p>', figures(figs)]),
-        Section("Blended cost by strategy", [
-            charts.hbar([s["strategy"] for s in st], [float(s["monthly_usd"]) for s in st], "Monthly cost by routing strategy",
-                        fmt=charts.usd),
-            charts.lines([p["small_share"] for p in r["rules_curve"]],
-                         {"misrouted (large needed, small served)": [p["misrouted_share"] for p in r["rules_curve"]],
-                          "cost vs always large": [float(p["cost_per_request_usd"] / r["prices"]["large_cost_per_request_usd"])
-                                                   for p in r["rules_curve"]]},
-                         "Cost-quality curve of the rules router (threshold swept)", "share served by the small model",
-                         "share", fmt_x=charts.pct, fmt_y=charts.pct, y_max=1.0),
-            table(["strategy", "cost / request", "per month", "saving", "small share", "misrouted"],
-                  [[s["strategy"], f'${s["cost_per_request_usd"]:.6f}', charts.usd(float(s["monthly_usd"])),
-                    charts.pct(s["saving_vs_large"]), charts.pct(s["small_share"]), charts.pct(s["misrouted_share"])]
-                   for s in st], numeric=(1, 2, 3, 4, 5))]),
+        Section(
+            "Verdict",
+            [
+                f'<p class="rec">{r["recommendation"]["recommendation"]}</p>'
+                f'<p class="note">{r["recommendation"]["rule"]}; labels from {r["label_source"]}</p>',
+                figures(figs),
+            ],
+        ),
+        Section(
+            "Blended cost by strategy",
+            [
+                charts.hbar(
+                    [s["strategy"] for s in st],
+                    [float(s["monthly_usd"]) for s in st],
+                    "Monthly cost by routing strategy",
+                    fmt=charts.usd,
+                ),
+                charts.lines(
+                    [p["small_share"] for p in r["rules_curve"]],
+                    {
+                        "misrouted (large needed, small served)": [p["misrouted_share"] for p in r["rules_curve"]],
+                        "cost vs always large": [
+                            float(p["cost_per_request_usd"] / r["prices"]["large_cost_per_request_usd"])
+                            for p in r["rules_curve"]
+                        ],
+                    },
+                    "Cost-quality curve of the rules router (threshold swept)",
+                    "share served by the small model",
+                    "share",
+                    fmt_x=charts.pct,
+                    fmt_y=charts.pct,
+                    y_max=1.0,
+                ),
+                table(
+                    ["strategy", "cost / request", "per month", "saving", "small share", "misrouted"],
+                    [
+                        [
+                            s["strategy"],
+                            f"${s['cost_per_request_usd']:.6f}",
+                            charts.usd(float(s["monthly_usd"])),
+                            charts.pct(s["saving_vs_large"]),
+                            charts.pct(s["small_share"]),
+                            charts.pct(s["misrouted_share"]),
+                        ]
+                        for s in st
+                    ],
+                    numeric=(1, 2, 3, 4, 5),
+                ),
+            ],
+        ),
         Section("Prices", [table(["item", "value"], [[k, v] for k, v in r["prices"].items()])]),
     ]
-    return page("truecost · routing opportunity", f'{r["source"]} · {r["sampled"]} sampled', sections, data=r)
+    return page("truecost · routing opportunity", f"{r['source']} · {r['sampled']} sampled", sections, data=r)
 
 
 def write_routing_report(r: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     return write_report(out_dir, "routing_audit", r, render_routing_html(r))
 
 
-
 def render_calibration_html(r: dict[str, Any]) -> str:
     """`truecost router calibrate --report`: the chosen point on the cost-quality curve, and its spread."""
     test, band = r["test"], r["quality_vs_strong_expected_90pct"]
-    figs = [Figure("strong_share", "strong-call share chosen", r["strong_share"], charts.pct),
-            Figure("quality_vs_strong", "quality vs strong (held out)", test["quality_vs_strong"], charts.pct),
-            Figure("cost_per_1k", "USD per 1,000 requests (held out)", test["cost_per_1k_usd"], lambda v: f"${v:.4f}"),
-            Figure("band_low", f"90% range low, {band['requests']} requests", band["low"], charts.pct),
-            Figure("band_high", "90% range high", band["high"], charts.pct)]
+    figs = [
+        Figure("strong_share", "strong-call share chosen", r["strong_share"], charts.pct),
+        Figure("quality_vs_strong", "quality vs strong (held out)", test["quality_vs_strong"], charts.pct),
+        Figure("cost_per_1k", "USD per 1,000 requests (held out)", test["cost_per_1k_usd"], lambda v: f"${v:.4f}"),
+        Figure("band_low", f"90% range low, {band['requests']} requests", band["low"], charts.pct),
+        Figure("band_high", "90% range high", band["high"], charts.pct),
+    ]
     curve = r["curve_test"]
     strong_q = r["strong_quality_test"]
     shares = [p["strong_share"] for p in curve]
     train_q = r["strong_quality_train"]
     train = r["curve_train_out_of_fold"]
-    quality = {"held-out half": [p["quality"] / strong_q for p in curve],
-               "train, out of fold": np.interp(shares, [p["strong_share"] for p in train],
-                                               [p["quality"] / train_q for p in train]).tolist()}
+    quality = {
+        "held-out half": [p["quality"] / strong_q for p in curve],
+        "train, out of fold": np.interp(
+            shares, [p["strong_share"] for p in train], [p["quality"] / train_q for p in train]
+        ).tolist(),
+    }
     floor = math.floor(min(v for series in quality.values() for v in series if v is not None) * 20) / 20
     target = r["target"]
-    aim = (f"strong share <= {target['max_strong_share']:.0%}" if "max_strong_share" in target else
-           f"quality >= {target['min_quality'] / train_q:.0%} of strong" if "min_quality" in target else
-           f"cost <= ${target['max_cost'] * 1000:.4f} per 1,000")
+    aim = (
+        f"strong share <= {target['max_strong_share']:.0%}"
+        if "max_strong_share" in target
+        else f"quality >= {target['min_quality'] / train_q:.0%} of strong"
+        if "min_quality" in target
+        else f"cost <= ${target['max_cost'] * 1000:.4f} per 1,000"
+    )
     headline = f"Target: {aim}; ranked by {r['order']}"
     sections = [
-        Section("Chosen threshold", [f'<p class="rec">{escape(headline)}; '
-                                     f'threshold {r["threshold_on_train_scores"]:.6g} on the scorer\'s scale.</p>'
-                                     '<p class="note">The 90% range is what sampling alone does to the quality ratio on '
-                                     'that many new requests.</p>', figures(figs)]),
-        Section("Cost-quality curve", [
-            charts.lines(shares, quality, "Quality vs the strong model, by strong-call share",
-                         "share of requests sent to the strong model", "quality / strong", fmt_x=charts.pct,
-                         fmt_y=charts.pct, y_max=1.02, y_min=floor, marker=r["strong_share"]),
-            charts.lines([p["cost_per_1k_usd"] for p in curve], {"held-out half": quality["held-out half"]},
-                          "Quality vs cost (held-out half)", "USD per 1,000 requests", "quality / strong",
-                          fmt_x=lambda v: f"${v:.3f}", fmt_y=charts.pct, y_max=1.02, y_min=floor,
-                          marker=test["cost_per_1k_usd"]),
-            table(["strong share", "quality / strong", "USD per 1,000"],
-                  [[charts.pct(p["strong_share"]), charts.pct(p["quality"] / strong_q), f'${p["cost_per_1k_usd"]:.4f}']
-                   for p in curve], numeric=(0, 1, 2))]),
+        Section(
+            "Chosen threshold",
+            [
+                f'<p class="rec">{escape(headline)}; '
+                f"threshold {r['threshold_on_train_scores']:.6g} on the scorer's scale.</p>"
+                '<p class="note">The 90% range is what sampling alone does to the quality ratio on '
+                "that many new requests.</p>",
+                figures(figs),
+            ],
+        ),
+        Section(
+            "Cost-quality curve",
+            [
+                charts.lines(
+                    shares,
+                    quality,
+                    "Quality vs the strong model, by strong-call share",
+                    "share of requests sent to the strong model",
+                    "quality / strong",
+                    fmt_x=charts.pct,
+                    fmt_y=charts.pct,
+                    y_max=1.02,
+                    y_min=floor,
+                    marker=r["strong_share"],
+                ),
+                charts.lines(
+                    [p["cost_per_1k_usd"] for p in curve],
+                    {"held-out half": quality["held-out half"]},
+                    "Quality vs cost (held-out half)",
+                    "USD per 1,000 requests",
+                    "quality / strong",
+                    fmt_x=lambda v: f"${v:.3f}",
+                    fmt_y=charts.pct,
+                    y_max=1.02,
+                    y_min=floor,
+                    marker=test["cost_per_1k_usd"],
+                ),
+                table(
+                    ["strong share", "quality / strong", "USD per 1,000"],
+                    [
+                        [
+                            charts.pct(p["strong_share"]),
+                            charts.pct(p["quality"] / strong_q),
+                            f"${p['cost_per_1k_usd']:.4f}",
+                        ]
+                        for p in curve
+                    ],
+                    numeric=(0, 1, 2),
+                ),
+            ],
+        ),
     ]
-    return page("truecost · router calibration", f'{r["data"]} · {r["kind"]} · {r["weak"]} vs {r["strong"]}',
-                sections, data=r)
+    return page(
+        "truecost · router calibration", f"{r['data']} · {r['kind']} · {r['weak']} vs {r['strong']}", sections, data=r
+    )
 
 
 def write_calibration_report(r: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:

@@ -32,8 +32,9 @@ class CatalogPricer:
         costs = [price_tokens(version, TokenUsage(input=i, output=o)).cost for i, o in zip(input_tokens, output_tokens)]
         return np.array([_known(c, model) for c in costs])
 
-    def strong_premiums(self, weak: str, strong: str, input_tokens: Sequence[int], out_weak: int, out_strong: int,
-                        cascade: bool) -> np.ndarray:
+    def strong_premiums(
+        self, weak: str, strong: str, input_tokens: Sequence[int], out_weak: int, out_strong: int, cascade: bool
+    ) -> np.ndarray:
         """What the strong call adds to each request (the whole strong call for a cascade)."""
         vw, vs = self._version(weak), self._version(strong)
         premiums = [strong_call_premium(vw, vs, t, out_weak, out_strong, cascade=cascade) for t in input_tokens]

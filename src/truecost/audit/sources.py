@@ -66,8 +66,13 @@ def detect_format(path: Path) -> str:
     return "text"
 
 
-def read_queries(path: str | Path, text_field: str = "text", label_field: str | None = None,
-                 fmt: str | None = None, id_field: str = "id") -> tuple[list[QueryRow], ReadStats]:
+def read_queries(
+    path: str | Path,
+    text_field: str = "text",
+    label_field: str | None = None,
+    fmt: str | None = None,
+    id_field: str = "id",
+) -> tuple[list[QueryRow], ReadStats]:
     """All queries of ``path`` with their labels (if ``label_field``), plus what was skipped and why."""
     p = Path(path)
     if not p.exists():
@@ -103,12 +108,16 @@ def read_queries(path: str | Path, text_field: str = "text", label_field: str | 
         out.append(row)
     stats.kept = len(out)
     if not out:
-        raise AuditInputError(f"{p}: no queries found ({fmt}, field {text_field!r}; {stats.rows} rows read, "
-                              f"skipped: {dict(stats.skipped) or 'none'})")
+        raise AuditInputError(
+            f"{p}: no queries found ({fmt}, field {text_field!r}; {stats.rows} rows read, "
+            f"skipped: {dict(stats.skipped) or 'none'})"
+        )
     return out, stats
 
 
-def _from_jsonl(p: Path, text_field: str, label_field: str | None, id_field: str, stats: ReadStats) -> Iterator[QueryRow]:
+def _from_jsonl(
+    p: Path, text_field: str, label_field: str | None, id_field: str, stats: ReadStats
+) -> Iterator[QueryRow]:
     for n, line in enumerate(_lines(p, stats), 1):
         if not line.strip():
             continue
@@ -130,12 +139,16 @@ def _from_csv(p: Path, text_field: str, label_field: str | None, id_field: str, 
     reader = csv.DictReader(io.StringIO(text), dialect=dialect)
     columns = reader.fieldnames or []
     if text_field not in columns:
-        raise AuditInputError(f"{p}: no column {text_field!r} (columns: {', '.join(columns) or 'none'}); "
-                              f"name the query column with --text-field")
+        raise AuditInputError(
+            f"{p}: no column {text_field!r} (columns: {', '.join(columns) or 'none'}); "
+            f"name the query column with --text-field"
+        )
     if label_field and label_field not in columns:
         raise AuditInputError(f"{p}: no label column {label_field!r} (columns: {', '.join(columns)})")
     for n, rec in enumerate(reader, 1):
-        yield QueryRow(str(rec.get(id_field) or n), rec.get(text_field) or "", rec.get(label_field) if label_field else None)
+        yield QueryRow(
+            str(rec.get(id_field) or n), rec.get(text_field) or "", rec.get(label_field) if label_field else None
+        )
 
 
 def _from_ledger(p: Path, stats: ReadStats) -> Iterator[QueryRow]:
@@ -145,8 +158,10 @@ def _from_ledger(p: Path, stats: ReadStats) -> Iterator[QueryRow]:
 
     con = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
     try:
-        cur = con.execute("SELECT request_id, details FROM cost_events WHERE details LIKE '%\"query\"%' "
-                          "OR details LIKE '%\"prompt\"%' ORDER BY ts_us")
+        cur = con.execute(
+            "SELECT request_id, details FROM cost_events WHERE details LIKE '%\"query\"%' "
+            "OR details LIKE '%\"prompt\"%' ORDER BY ts_us"
+        )
     except sqlite3.DatabaseError as exc:
         raise AuditInputError(f"{p}: not a truecost ledger ({exc})") from None
     seen: set[str] = set()

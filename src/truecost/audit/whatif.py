@@ -68,8 +68,10 @@ class _Pricer:
         if version is None:
             raise ScenarioError(f"no price for model {model!r}: {reason}")
         cached = int(round(input_tokens * cached_share))
-        priced = price_tokens(version, TokenUsage(input=int(round(input_tokens)) - cached, cached_input=cached,
-                                                  output=int(round(output_tokens))))
+        priced = price_tokens(
+            version,
+            TokenUsage(input=int(round(input_tokens)) - cached, cached_input=cached, output=int(round(output_tokens))),
+        )
         if priced.cost is None:
             raise ScenarioError(f"{model}: {priced.unknown_reason}")
         return priced.cost
@@ -124,9 +126,17 @@ def monthly_stack(sc: dict[str, Any], catalog: PriceCatalog) -> dict[str, Decima
         add("embed", req * p.tokens(e["model"], e.get("tokens_per_request", 50), 0))
     if "vector_db" in sc:
         v = sc["vector_db"]
-        add("vector_search", p.quantity(v["service"], v.get("component", "read_unit"), req * Decimal(str(v.get("units_per_request", 1)))))
+        add(
+            "vector_search",
+            p.quantity(
+                v["service"], v.get("component", "read_unit"), req * Decimal(str(v.get("units_per_request", 1)))
+            ),
+        )
     if "cache" in sc and sc["cache"].get("lookup_embedding_model"):
-        add("cache_lookup", req * p.tokens(sc["cache"]["lookup_embedding_model"], sc["cache"].get("lookup_tokens", 30), 0))
+        add(
+            "cache_lookup",
+            req * p.tokens(sc["cache"]["lookup_embedding_model"], sc["cache"].get("lookup_tokens", 30), 0),
+        )
     if "logging" in sc:
         lg = sc["logging"]
         gb_month = req * Decimal(str(lg["bytes_per_request"])) / GB * Decimal(str(lg.get("replicas", 1)))
@@ -156,7 +166,9 @@ def capacity_cost(sc: dict[str, Any], c: dict[str, Any], p: _Pricer, days: Decim
         raise ScenarioError(f"multiple_of_average must be >= 1, got {multiple}")
     always_warm = float(c.get("cold_start_minutes", 5)) > float(c.get("scale_out_window_minutes", 1))
     warm_hours = 24.0 if always_warm else 24.0 / multiple
-    instances = max(int(c.get("min_instances", 1)), math.ceil(avg_rps * multiple / float(c["requests_per_second_per_instance"])))
+    instances = max(
+        int(c.get("min_instances", 1)), math.ceil(avg_rps * multiple / float(c["requests_per_second_per_instance"]))
+    )
     return p.quantity(c["instance"], "instance", Decimal(str(instances)) * Decimal(str(warm_hours)) * days)
 
 
@@ -185,8 +197,17 @@ def sensitivity(sc: dict[str, Any], catalog: PriceCatalog) -> tuple[Decimal, lis
             variant = copy.deepcopy(sc)
             _set(variant, knob, fn(value))
             totals.append(sum(monthly_stack(variant, catalog).values(), Decimal(0)))
-        out.append({"knob": knob, "base_value": value, "low_value": low_fn(value), "high_value": high_fn(value),
-                    "low_total_usd": totals[0], "high_total_usd": totals[1], "swing_usd": abs(totals[1] - totals[0])})
+        out.append(
+            {
+                "knob": knob,
+                "base_value": value,
+                "low_value": low_fn(value),
+                "high_value": high_fn(value),
+                "low_total_usd": totals[0],
+                "high_total_usd": totals[1],
+                "swing_usd": abs(totals[1] - totals[0]),
+            }
+        )
     return base, sorted(out, key=lambda r: -r["swing_usd"])
 
 
@@ -200,44 +221,95 @@ def run_whatif(sc: dict[str, Any], catalog: PriceCatalog | None = None, source: 
     if "self_hosted_gpu" in sc:  # the same pipeline with generation served the other way
         other = copy.deepcopy(sc)
         other["generation"]["serve"] = "api" if sc["generation"].get("serve", "api") == "self_hosted" else "self_hosted"
-        alt = {"serve": other["generation"]["serve"], "total_usd": sum(monthly_stack(other, catalog).values(), Decimal(0))}
+        alt = {
+            "serve": other["generation"]["serve"],
+            "total_usd": sum(monthly_stack(other, catalog).values(), Decimal(0)),
+        }
     cents = Decimal("0.01")
-    return {"kind": "whatif", "source": source, "name": sc.get("name", ""), "requests_per_day": sc["requests_per_day"],
-            "monthly_total_usd": total.quantize(cents), "cost_per_request_usd": total / monthly_req if monthly_req else None,
-            "generation_share": float(gen / total) if total else None,
-            "stack": [{"step": k, "monthly_usd": v.quantize(cents), "share": float(v / total) if total else None}
-                      for k, v in stack.items()],
-            "sensitivity": [{**r, "low_total_usd": r["low_total_usd"].quantize(cents),
-                             "high_total_usd": r["high_total_usd"].quantize(cents), "swing_usd": r["swing_usd"].quantize(cents)}
-                            for r in sens],
-            "alternative": None if alt is None else {**alt, "total_usd": alt["total_usd"].quantize(cents)},
-            "scenario": sc}
+    return {
+        "kind": "whatif",
+        "source": source,
+        "name": sc.get("name", ""),
+        "requests_per_day": sc["requests_per_day"],
+        "monthly_total_usd": total.quantize(cents),
+        "cost_per_request_usd": total / monthly_req if monthly_req else None,
+        "generation_share": float(gen / total) if total else None,
+        "stack": [
+            {"step": k, "monthly_usd": v.quantize(cents), "share": float(v / total) if total else None}
+            for k, v in stack.items()
+        ],
+        "sensitivity": [
+            {
+                **r,
+                "low_total_usd": r["low_total_usd"].quantize(cents),
+                "high_total_usd": r["high_total_usd"].quantize(cents),
+                "swing_usd": r["swing_usd"].quantize(cents),
+            }
+            for r in sens
+        ],
+        "alternative": None if alt is None else {**alt, "total_usd": alt["total_usd"].quantize(cents)},
+        "scenario": sc,
+    }
 
 
 def render_whatif_html(r: dict[str, Any]) -> str:
     st = r["stack"]
-    figs = [Figure("monthly_total_usd", "monthly total", r["monthly_total_usd"], lambda v: charts.usd(float(v))),
-            Figure("cost_per_request_usd", "cost per request", r["cost_per_request_usd"], lambda v: f"${float(v):.6f}"),
-            Figure("generation_share", "generation share", r["generation_share"], charts.pct)]
+    figs = [
+        Figure("monthly_total_usd", "monthly total", r["monthly_total_usd"], lambda v: charts.usd(float(v))),
+        Figure("cost_per_request_usd", "cost per request", r["cost_per_request_usd"], lambda v: f"${float(v):.6f}"),
+        Figure("generation_share", "generation share", r["generation_share"], charts.pct),
+    ]
     if r["alternative"]:
-        label = "generation self-hosted instead" if r["alternative"]["serve"] == "self_hosted" else "generation via API instead"
-        figs.append(Figure("alternative_total_usd", label, r["alternative"]["total_usd"], lambda v: charts.usd(float(v))))
+        label = (
+            "generation self-hosted instead"
+            if r["alternative"]["serve"] == "self_hosted"
+            else "generation via API instead"
+        )
+        figs.append(
+            Figure("alternative_total_usd", label, r["alternative"]["total_usd"], lambda v: charts.usd(float(v)))
+        )
     sens = r["sensitivity"]
     sections = [
-        Section("Monthly cost stack", [figures(figs), charts.waterfall([s["step"] for s in st], [float(s["monthly_usd"]) for s in st],
-                                                                        "Monthly cost by step"),
-                                       table(["step", "per month", "share"], [[s["step"], charts.usd(float(s["monthly_usd"])),
-                                                                               charts.pct(s["share"] or 0)] for s in st],
-                                             numeric=(1, 2))]),
-        Section("Which knob moves the bill most", [
-            charts.tornado([(f'{s["knob"]}', float(s["low_total_usd"]), float(s["high_total_usd"])) for s in sens],
-                           float(r["monthly_total_usd"]), "Sensitivity: monthly total at each knob's low and high setting"),
-            table(["knob", "base", "low → total", "high → total", "swing"],
-                  [[s["knob"], s["base_value"], f'{s["low_value"]:g} → {charts.usd(float(s["low_total_usd"]))}',
-                    f'{s["high_value"]:g} → {charts.usd(float(s["high_total_usd"]))}', charts.usd(float(s["swing_usd"]))]
-                   for s in sens], numeric=(4,))]),
+        Section(
+            "Monthly cost stack",
+            [
+                figures(figs),
+                charts.waterfall(
+                    [s["step"] for s in st], [float(s["monthly_usd"]) for s in st], "Monthly cost by step"
+                ),
+                table(
+                    ["step", "per month", "share"],
+                    [[s["step"], charts.usd(float(s["monthly_usd"])), charts.pct(s["share"] or 0)] for s in st],
+                    numeric=(1, 2),
+                ),
+            ],
+        ),
+        Section(
+            "Which knob moves the bill most",
+            [
+                charts.tornado(
+                    [(f"{s['knob']}", float(s["low_total_usd"]), float(s["high_total_usd"])) for s in sens],
+                    float(r["monthly_total_usd"]),
+                    "Sensitivity: monthly total at each knob's low and high setting",
+                ),
+                table(
+                    ["knob", "base", "low → total", "high → total", "swing"],
+                    [
+                        [
+                            s["knob"],
+                            s["base_value"],
+                            f"{s['low_value']:g} → {charts.usd(float(s['low_total_usd']))}",
+                            f"{s['high_value']:g} → {charts.usd(float(s['high_total_usd']))}",
+                            charts.usd(float(s["swing_usd"])),
+                        ]
+                        for s in sens
+                    ],
+                    numeric=(4,),
+                ),
+            ],
+        ),
     ]
-    return page("truecost · what if", f'{r["name"]} · {r["requests_per_day"]:,} requests/day', sections, data=r)
+    return page("truecost · what if", f"{r['name']} · {r['requests_per_day']:,} requests/day", sections, data=r)
 
 
 def write_whatif_report(r: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:

@@ -109,8 +109,10 @@ class SQLiteEntryStore:
         vec = d.pop("vector")
         blob = None if vec is None else np.asarray(vec, dtype=np.float32).tobytes()
         with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO cache_entries VALUES (?, ?, ?, ?, ?, ?)",
-                               (entry.id, entry.scope, entry.fingerprint, json.dumps(d), blob, entry.expires_at))
+            self._conn.execute(
+                "INSERT OR REPLACE INTO cache_entries VALUES (?, ?, ?, ?, ?, ?)",
+                (entry.id, entry.scope, entry.fingerprint, json.dumps(d), blob, entry.expires_at),
+            )
 
     def delete(self, entry_ids: Iterable[int]) -> int:
         ids = [(i,) for i in entry_ids]
@@ -121,8 +123,12 @@ class SQLiteEntryStore:
 
     def expire(self, now: float) -> list[int]:
         with self._lock:
-            gone = [r[0] for r in self._conn.execute(
-                "SELECT id FROM cache_entries WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))]
+            gone = [
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT id FROM cache_entries WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
+                )
+            ]
             self._conn.executemany("DELETE FROM cache_entries WHERE id = ?", [(i,) for i in gone])
         return gone
 

@@ -136,8 +136,14 @@ class HNSWIndex(_Partitioned):
     never searched.
     """
 
-    def __init__(self, dims: int, connectivity: int = 16, expansion_add: int = 128, expansion_search: int = 64,
-                 dtype: str = "f16") -> None:
+    def __init__(
+        self,
+        dims: int,
+        connectivity: int = 16,
+        expansion_add: int = 128,
+        expansion_search: int = 64,
+        dtype: str = "f16",
+    ) -> None:
         try:
             from usearch.index import Index  # noqa: F401
         except ImportError:
@@ -151,8 +157,14 @@ class HNSWIndex(_Partitioned):
     def _new(self):
         from usearch.index import Index
 
-        return Index(ndim=self.dims, metric="cos", dtype=self.dtype, connectivity=self.connectivity,
-                     expansion_add=self.expansion_add, expansion_search=self.expansion_search)
+        return Index(
+            ndim=self.dims,
+            metric="cos",
+            dtype=self.dtype,
+            connectivity=self.connectivity,
+            expansion_add=self.expansion_add,
+            expansion_search=self.expansion_search,
+        )
 
     def upsert(self, ids: Sequence[int], vectors: np.ndarray, scope: str) -> None:
         v = check_vectors(vectors, self.dims)

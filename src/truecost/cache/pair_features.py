@@ -23,19 +23,57 @@ import numpy as np
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-zA-Z0-9]+|[A-Z]{2,})\b")
-NEGATIONS = frozenset({"not", "no", "never", "cannot", "nor", "without", "none", "nothing", "neither", "nobody",
-                       "nowhere", "hardly"})
-QUESTION_WORDS = ("how", "why", "what", "when", "where", "who", "which", "whom", "whose", "can", "should", "is",
-                  "are", "do", "does", "did", "will", "would", "could")
-STOPWORDS = frozenset("""a an the and or but if of to in on at by for with from as into onto about over under
+NEGATIONS = frozenset(
+    {"not", "no", "never", "cannot", "nor", "without", "none", "nothing", "neither", "nobody", "nowhere", "hardly"}
+)
+QUESTION_WORDS = (
+    "how",
+    "why",
+    "what",
+    "when",
+    "where",
+    "who",
+    "which",
+    "whom",
+    "whose",
+    "can",
+    "should",
+    "is",
+    "are",
+    "do",
+    "does",
+    "did",
+    "will",
+    "would",
+    "could",
+)
+STOPWORDS = frozenset(
+    """a an the and or but if of to in on at by for with from as into onto about over under
 than then so too very i me my mine we us our ours you your yours he him his she her hers it its they them
 their theirs this that these those there here is am are was were be been being do does did doing have has
 had having can could should would will shall may might must what's it's i'm i've i'd i'll you're we're
 they're that's there's let's get got just also still please some any all more most much many such own same
-other each few both up down out off again further once only s t""".split())
-LEXICAL_NAMES = ("exact", "jaccard", "key_overlap", "only_a_idf", "only_b_idf", "only_max_idf", "only_min_idf",
-                 "substitution", "unmatched_min", "unmatched_max", "number_mismatch", "number_one_side",
-                 "entity_mismatch", "negation_mismatch", "question_word_mismatch", "length_ratio", "tokens_min")
+other each few both up down out off again further once only s t""".split()
+)
+LEXICAL_NAMES = (
+    "exact",
+    "jaccard",
+    "key_overlap",
+    "only_a_idf",
+    "only_b_idf",
+    "only_max_idf",
+    "only_min_idf",
+    "substitution",
+    "unmatched_min",
+    "unmatched_max",
+    "number_mismatch",
+    "number_one_side",
+    "entity_mismatch",
+    "negation_mismatch",
+    "question_word_mismatch",
+    "length_ratio",
+    "tokens_min",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +97,15 @@ def tokens(text: str) -> Tokens:
     words = _WORD.findall(text.casefold().replace("\u2019", "'"))
     negated = sum(1 for w in words if w in NEGATIONS or w.endswith("n't")) % 2 == 1
     numbers = frozenset(w for w in words if any(ch.isdigit() for ch in w))
-    content = frozenset(w for w in words if w not in STOPWORDS and w not in NEGATIONS and not w.endswith("n't")
-                        and w not in QUESTION_WORDS and w not in numbers)
+    content = frozenset(
+        w
+        for w in words
+        if w not in STOPWORDS
+        and w not in NEGATIONS
+        and not w.endswith("n't")
+        and w not in QUESTION_WORDS
+        and w not in numbers
+    )
     entities = frozenset(m.casefold() for m in _CAPITALISED.findall(text) if m != "I")
     qw = next((w for w in words[:3] if w in QUESTION_WORDS), "")
     return Tokens(" ".join(words), content, numbers, entities, negated, qw, len(words))
@@ -84,28 +129,36 @@ class LexicalFeatures:
         max_b = max(map(self._w, only_b), default=0.0) / self.unknown
         union = len(ta.content | tb.content)
         nums = ta.numbers ^ tb.numbers
-        return np.array([
-            float(ta.folded == tb.folded),
-            len(shared) / union if union else 1.0,
-            w_shared / (w_shared + w_a + w_b) if w_shared + w_a + w_b else 1.0,
-            min(w_a, w_b) / self.unknown, max(w_a, w_b) / self.unknown,
-            max(max_a, max_b), min(max_a, max_b),
-            float(bool(only_a) and bool(only_b) and len(only_a) <= 2 and len(only_b) <= 2 and bool(shared)),
-            math.log1p(min(len(only_a), len(only_b))), math.log1p(max(len(only_a), len(only_b))),
-            float(bool(ta.numbers) and bool(tb.numbers) and bool(nums)), float(bool(ta.numbers) != bool(tb.numbers)),
-            len(ta.entities ^ tb.entities) / max(1, len(ta.entities | tb.entities)),
-            float(ta.negated != tb.negated),
-            float(bool(ta.question_word) and bool(tb.question_word) and ta.question_word != tb.question_word),
-            abs(math.log((ta.length + 1) / (tb.length + 1))),
-            math.log1p(min(ta.length, tb.length)),
-        ], dtype=np.float32)
+        return np.array(
+            [
+                float(ta.folded == tb.folded),
+                len(shared) / union if union else 1.0,
+                w_shared / (w_shared + w_a + w_b) if w_shared + w_a + w_b else 1.0,
+                min(w_a, w_b) / self.unknown,
+                max(w_a, w_b) / self.unknown,
+                max(max_a, max_b),
+                min(max_a, max_b),
+                float(bool(only_a) and bool(only_b) and len(only_a) <= 2 and len(only_b) <= 2 and bool(shared)),
+                math.log1p(min(len(only_a), len(only_b))),
+                math.log1p(max(len(only_a), len(only_b))),
+                float(bool(ta.numbers) and bool(tb.numbers) and bool(nums)),
+                float(bool(ta.numbers) != bool(tb.numbers)),
+                len(ta.entities ^ tb.entities) / max(1, len(ta.entities | tb.entities)),
+                float(ta.negated != tb.negated),
+                float(bool(ta.question_word) and bool(tb.question_word) and ta.question_word != tb.question_word),
+                abs(math.log((ta.length + 1) / (tb.length + 1))),
+                math.log1p(min(ta.length, tb.length)),
+            ],
+            dtype=np.float32,
+        )
 
 
 FEATURE_NAMES = ("cosine", *LEXICAL_NAMES)
 
 
-def pair_matrix(va: np.ndarray, vb: np.ndarray, texts_a: Sequence[str], texts_b: Sequence[str],
-                lexical: LexicalFeatures) -> np.ndarray:
+def pair_matrix(
+    va: np.ndarray, vb: np.ndarray, texts_a: Sequence[str], texts_b: Sequence[str], lexical: LexicalFeatures
+) -> np.ndarray:
     """Rows of [cosine, lexical...] for unit vectors ``va[i]``, ``vb[i]`` and their texts.
 
     Only features whose meaning does not depend on the training domain: per-dimension vector
@@ -115,12 +168,17 @@ def pair_matrix(va: np.ndarray, vb: np.ndarray, texts_a: Sequence[str], texts_b:
     va = np.asarray(va, dtype=np.float32)
     vb = np.asarray(vb, dtype=np.float32)
     cos = np.einsum("ij,ij->i", va, vb)[:, None]
-    lex = np.stack([lexical.pair(a, b) for a, b in zip(texts_a, texts_b)]) if len(texts_a) else \
-        np.zeros((0, len(LEXICAL_NAMES)), dtype=np.float32)
+    lex = (
+        np.stack([lexical.pair(a, b) for a, b in zip(texts_a, texts_b)])
+        if len(texts_a)
+        else np.zeros((0, len(LEXICAL_NAMES)), dtype=np.float32)
+    )
     return np.hstack([cos, lex]).astype(np.float32)
 
 
-def document_frequencies(texts: Sequence[str], min_df: int = 2, max_words: int = 30000) -> tuple[dict[str, float], float]:
+def document_frequencies(
+    texts: Sequence[str], min_df: int = 2, max_words: int = 30000
+) -> tuple[dict[str, float], float]:
     """(IDF of the content words seen in at least ``min_df`` texts, the IDF given to any other word)."""
     df: dict[str, int] = {}
     for t in texts:

@@ -71,12 +71,14 @@ class _PgBase:
 
     def _setup(self, fn) -> None:
         """DDL under an advisory lock: replicas starting together would otherwise race on CREATE ... IF NOT EXISTS."""
+
         def locked(c):
             c.execute("SELECT pg_advisory_lock(hashtext('truecost-cache-setup'))")
             try:
                 fn(c)
             finally:
                 c.execute("SELECT pg_advisory_unlock(hashtext('truecost-cache-setup'))")
+
         self._run(locked)
 
     def close(self) -> None:
@@ -98,9 +100,19 @@ class PgVectorIndex(_PgBase):
     For a bulk load: ``build_hnsw=False``, COPY into ``table``, then ``create_hnsw()``.
     """
 
-    def __init__(self, uri: str, dims: int, prefix: str = "truecost_cache", schema: str = "public",
-                 m: int = 16, ef_construction: int = 64, ef_search: int = 400, overfetch: int = 0,
-                 partitions: int = 8, build_hnsw: bool = True) -> None:
+    def __init__(
+        self,
+        uri: str,
+        dims: int,
+        prefix: str = "truecost_cache",
+        schema: str = "public",
+        m: int = 16,
+        ef_construction: int = 64,
+        ef_search: int = 400,
+        overfetch: int = 0,
+        partitions: int = 8,
+        build_hnsw: bool = True,
+    ) -> None:
         super().__init__(uri, prefix, schema)
         self.dims, self.ef_search, self.m, self.ef_construction = dims, ef_search, m, ef_construction
         # A scope filter keeps only a few of the graph's nearest nodes; asking the iterative scan
@@ -115,27 +127,36 @@ class PgVectorIndex(_PgBase):
             c.execute("CREATE EXTENSION IF NOT EXISTS vector")
             exists = c.execute("SELECT to_regclass(%s) IS NOT NULL", (t,)).fetchone()[0]
             if not exists and partitions > 1:
-                c.execute(f"CREATE TABLE {t} (id BIGINT NOT NULL, scope TEXT NOT NULL, "
-                          f"embedding vector({int(dims)}) NOT NULL, PRIMARY KEY (scope, id)) PARTITION BY HASH (scope)")
+                c.execute(
+                    f"CREATE TABLE {t} (id BIGINT NOT NULL, scope TEXT NOT NULL, "
+                    f"embedding vector({int(dims)}) NOT NULL, PRIMARY KEY (scope, id)) PARTITION BY HASH (scope)"
+                )
                 for i in range(partitions):
-                    c.execute(f"CREATE TABLE {t}_p{i} PARTITION OF {t} FOR VALUES WITH (MODULUS {partitions}, "
-                              f"REMAINDER {i})")
+                    c.execute(
+                        f"CREATE TABLE {t}_p{i} PARTITION OF {t} FOR VALUES WITH (MODULUS {partitions}, REMAINDER {i})"
+                    )
                 c.execute(f"CREATE INDEX {t}_id ON {t} (id)")  # an id's row, whichever scope holds it
             elif not exists:
-                c.execute(f"CREATE TABLE {t} (id BIGINT PRIMARY KEY, scope TEXT NOT NULL, "
-                          f"embedding vector({int(dims)}) NOT NULL)")
-            self.partitioned = c.execute("SELECT EXISTS (SELECT 1 FROM pg_partitioned_table "
-                                         "WHERE partrelid = to_regclass(%s))", (t,)).fetchone()[0]
+                c.execute(
+                    f"CREATE TABLE {t} (id BIGINT PRIMARY KEY, scope TEXT NOT NULL, "
+                    f"embedding vector({int(dims)}) NOT NULL)"
+                )
+            self.partitioned = c.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = to_regclass(%s))", (t,)
+            ).fetchone()[0]
             if build_hnsw:
                 self._create_hnsw(c)
             c.execute(f"CREATE INDEX IF NOT EXISTS {t}_scope ON {t} (scope)")
+
         self._setup(setup)
         self._ready = True  # reconnections are tuned from here on
         self._run(self._configure)  # the setup connection was opened before there was a table to tune
 
     def _create_hnsw(self, c) -> None:
-        c.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_hnsw ON {self.table} USING hnsw "
-                  f"(embedding vector_cosine_ops) WITH (m = {int(self.m)}, ef_construction = {int(self.ef_construction)})")
+        c.execute(
+            f"CREATE INDEX IF NOT EXISTS {self.table}_hnsw ON {self.table} USING hnsw "
+            f"(embedding vector_cosine_ops) WITH (m = {int(self.m)}, ef_construction = {int(self.ef_construction)})"
+        )
 
     def create_hnsw(self) -> None:
         """Build the HNSW index (after a bulk load into ``table``; building once beats inserting row by row)."""
@@ -171,15 +192,21 @@ class PgVectorIndex(_PgBase):
                     conflict = "(scope, id) DO UPDATE SET embedding = EXCLUDED.embedding"
                 else:
                     conflict = "(id) DO UPDATE SET scope = EXCLUDED.scope, embedding = EXCLUDED.embedding"
-                cur.executemany(f"INSERT INTO {t} (id, scope, embedding) VALUES (%s, %s, %s::vector) "
-                                f"ON CONFLICT {conflict}", rows)
+                cur.executemany(
+                    f"INSERT INTO {t} (id, scope, embedding) VALUES (%s, %s, %s::vector) ON CONFLICT {conflict}", rows
+                )
+
         self._run(go)
 
     def search(self, vector: np.ndarray, k: int, scope: str) -> list[tuple[int, float]]:
         q = _literal(check_vectors(vector, self.dims)[0])
-        rows = self._run(lambda c: c.execute(
-            f"SELECT id, 1 - (embedding <=> %s::vector) FROM {self.table} WHERE scope = %s "
-            f"ORDER BY embedding <=> %s::vector LIMIT %s", (q, scope, q, max(int(k), self.overfetch))).fetchall())
+        rows = self._run(
+            lambda c: c.execute(
+                f"SELECT id, 1 - (embedding <=> %s::vector) FROM {self.table} WHERE scope = %s "
+                f"ORDER BY embedding <=> %s::vector LIMIT %s",
+                (q, scope, q, max(int(k), self.overfetch)),
+            ).fetchall()
+        )
         return [(int(i), float(s)) for i, s in rows[: int(k)]]
 
     def delete(self, ids: Iterable[int]) -> int:
@@ -189,7 +216,9 @@ class PgVectorIndex(_PgBase):
     def count(self, scope: str | None = None) -> int:
         if scope is None:
             return self._run(lambda c: c.execute(f"SELECT COUNT(*) FROM {self.table}").fetchone()[0])
-        return self._run(lambda c: c.execute(f"SELECT COUNT(*) FROM {self.table} WHERE scope = %s", (scope,)).fetchone()[0])
+        return self._run(
+            lambda c: c.execute(f"SELECT COUNT(*) FROM {self.table} WHERE scope = %s", (scope,)).fetchone()[0]
+        )
 
 
 class PgEntryStore(_PgBase):
@@ -199,54 +228,92 @@ class PgEntryStore(_PgBase):
         super().__init__(uri, prefix, schema)
         self._table = t = f"{prefix}_entries"
         self._meta = f"{prefix}_meta"
-        self._setup(lambda c: (c.execute(f"CREATE TABLE IF NOT EXISTS {t} (id BIGINT PRIMARY KEY, scope TEXT NOT NULL, "
-                                         f"fingerprint TEXT NOT NULL, body BYTEA NOT NULL, vector BYTEA, expires_at DOUBLE PRECISION, "
-                                         f"doc_ids TEXT[] NOT NULL DEFAULT '{{}}')"),
-                               c.execute(f"CREATE INDEX IF NOT EXISTS {t}_fp ON {t} (fingerprint)"),
-                               c.execute(f"CREATE INDEX IF NOT EXISTS {t}_exp ON {t} (expires_at) WHERE expires_at IS NOT NULL"),
-                               c.execute(f"CREATE INDEX IF NOT EXISTS {t}_docs ON {t} USING gin (doc_ids)"),
-                               c.execute(f"CREATE TABLE IF NOT EXISTS {self._meta} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")))
+        self._setup(
+            lambda c: (
+                c.execute(
+                    f"CREATE TABLE IF NOT EXISTS {t} (id BIGINT PRIMARY KEY, scope TEXT NOT NULL, "
+                    f"fingerprint TEXT NOT NULL, body BYTEA NOT NULL, vector BYTEA, expires_at DOUBLE PRECISION, "
+                    f"doc_ids TEXT[] NOT NULL DEFAULT '{{}}')"
+                ),
+                c.execute(f"CREATE INDEX IF NOT EXISTS {t}_fp ON {t} (fingerprint)"),
+                c.execute(f"CREATE INDEX IF NOT EXISTS {t}_exp ON {t} (expires_at) WHERE expires_at IS NOT NULL"),
+                c.execute(f"CREATE INDEX IF NOT EXISTS {t}_docs ON {t} USING gin (doc_ids)"),
+                c.execute(f"CREATE TABLE IF NOT EXISTS {self._meta} (key TEXT PRIMARY KEY, value TEXT NOT NULL)"),
+            )
+        )
 
     def get(self, entry_id: int) -> CacheEntry | None:
-        row = self._run(lambda c: c.execute(f"SELECT body, vector FROM {self._table} WHERE id = %s", (int(entry_id),)).fetchone())
+        row = self._run(
+            lambda c: c.execute(f"SELECT body, vector FROM {self._table} WHERE id = %s", (int(entry_id),)).fetchone()
+        )
         return None if row is None else _entry(row[0], row[1])
 
     def put(self, entry: CacheEntry) -> None:
         d = asdict(entry)
         vec = d.pop("vector")
         blob = None if vec is None else np.asarray(vec, dtype=np.float32).tobytes()
-        self._run(lambda c: c.execute(
-            f"INSERT INTO {self._table} VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
-            f"scope = EXCLUDED.scope, fingerprint = EXCLUDED.fingerprint, body = EXCLUDED.body, vector = EXCLUDED.vector, "
-            f"expires_at = EXCLUDED.expires_at, doc_ids = EXCLUDED.doc_ids",
-            (entry.id, entry.scope, entry.fingerprint, json.dumps(d, default=str).encode(), blob, entry.expires_at,
-             list(entry.doc_ids))))
+        self._run(
+            lambda c: c.execute(
+                f"INSERT INTO {self._table} VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+                f"scope = EXCLUDED.scope, fingerprint = EXCLUDED.fingerprint, body = EXCLUDED.body, vector = EXCLUDED.vector, "
+                f"expires_at = EXCLUDED.expires_at, doc_ids = EXCLUDED.doc_ids",
+                (
+                    entry.id,
+                    entry.scope,
+                    entry.fingerprint,
+                    json.dumps(d, default=str).encode(),
+                    blob,
+                    entry.expires_at,
+                    list(entry.doc_ids),
+                ),
+            )
+        )
 
     def ids_for_docs(self, doc_ids: Iterable[str]) -> list[int]:
         """Every entry (from any replica) produced from one of these documents."""
         docs = list(doc_ids)
-        return [r[0] for r in self._run(lambda c: c.execute(
-            f"SELECT id FROM {self._table} WHERE doc_ids && %s", (docs,)).fetchall())] if docs else []
+        return (
+            [
+                r[0]
+                for r in self._run(
+                    lambda c: c.execute(f"SELECT id FROM {self._table} WHERE doc_ids && %s", (docs,)).fetchall()
+                )
+            ]
+            if docs
+            else []
+        )
 
     def get_meta(self, key: str) -> str | None:
         row = self._run(lambda c: c.execute(f"SELECT value FROM {self._meta} WHERE key = %s", (key,)).fetchone())
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
-        self._run(lambda c: c.execute(f"INSERT INTO {self._meta} VALUES (%s, %s) ON CONFLICT (key) DO UPDATE "
-                                      f"SET value = EXCLUDED.value", (key, value)))
+        self._run(
+            lambda c: c.execute(
+                f"INSERT INTO {self._meta} VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                (key, value),
+            )
+        )
 
     def delete(self, entry_ids: Iterable[int]) -> int:
         ids = [int(i) for i in entry_ids]
         return self._run(lambda c: c.execute(f"DELETE FROM {self._table} WHERE id = ANY(%s)", (ids,)).rowcount)
 
     def expire(self, now: float) -> list[int]:
-        return sorted(r[0] for r in self._run(lambda c: c.execute(
-            f"DELETE FROM {self._table} WHERE expires_at IS NOT NULL AND expires_at <= %s RETURNING id", (now,)).fetchall()))
+        return sorted(
+            r[0]
+            for r in self._run(
+                lambda c: c.execute(
+                    f"DELETE FROM {self._table} WHERE expires_at IS NOT NULL AND expires_at <= %s RETURNING id", (now,)
+                ).fetchall()
+            )
+        )
 
     def all(self) -> list[CacheEntry]:
-        return [_entry(b, v) for b, v in self._run(lambda c: c.execute(
-            f"SELECT body, vector FROM {self._table} ORDER BY id").fetchall())]
+        return [
+            _entry(b, v)
+            for b, v in self._run(lambda c: c.execute(f"SELECT body, vector FROM {self._table} ORDER BY id").fetchall())
+        ]
 
     def __len__(self) -> int:
         return self._run(lambda c: c.execute(f"SELECT COUNT(*) FROM {self._table}").fetchone()[0])

@@ -114,10 +114,21 @@ class FixedThreshold:
             return Decision(False, None, 0.0, "no candidates")
         top = candidates[0]
         if top.similarity >= self.threshold:
-            return Decision(True, top.entry_id, top.similarity, f"similarity {top.similarity:.3f} >= {self.threshold}",
-                            predicted_class=top.class_id)
-        return Decision(False, None, top.similarity, f"similarity {top.similarity:.3f} < {self.threshold}",
-                        predicted_class=top.class_id, check_classes=_class_order(candidates)[: self.checks])
+            return Decision(
+                True,
+                top.entry_id,
+                top.similarity,
+                f"similarity {top.similarity:.3f} >= {self.threshold}",
+                predicted_class=top.class_id,
+            )
+        return Decision(
+            False,
+            None,
+            top.similarity,
+            f"similarity {top.similarity:.3f} < {self.threshold}",
+            predicted_class=top.class_id,
+            check_classes=_class_order(candidates)[: self.checks],
+        )
 
     def learn(self, decision: Decision, first_check_correct: bool | float | None) -> None:
         pass
@@ -130,8 +141,9 @@ class CalibratedThreshold(FixedThreshold):
     """A fixed threshold chosen offline from labelled pairs to meet a precision target."""
 
     @classmethod
-    def from_pairs(cls, similarities: Sequence[float], same: Sequence[bool], target_error: float,
-                   min_accepted: int = 20) -> "CalibratedThreshold":
+    def from_pairs(
+        cls, similarities: Sequence[float], same: Sequence[bool], target_error: float, min_accepted: int = 20
+    ) -> "CalibratedThreshold":
         s = np.asarray(similarities, dtype=np.float64)
         y = np.asarray(same, dtype=bool)
         if len(s) == 0 or len(s) != len(y):
@@ -206,10 +218,23 @@ class OnlineErrorBounded:
 
     n_features = 13
 
-    def __init__(self, target_error: float = 0.01, *, safety: float = 0.85, explore: float = 0.03,
-                 checks: int = 3, k: int = 10, window: int = 2000, refit_every: int = 25, min_observations: int = 50,
-                 floor: float = 0.85, max_boost: float = 1.5, explore_min: float | None = None,
-                 ucb_z: float = 0.5, seed: int = 0) -> None:
+    def __init__(
+        self,
+        target_error: float = 0.01,
+        *,
+        safety: float = 0.85,
+        explore: float = 0.03,
+        checks: int = 3,
+        k: int = 10,
+        window: int = 2000,
+        refit_every: int = 25,
+        min_observations: int = 50,
+        floor: float = 0.85,
+        max_boost: float = 1.5,
+        explore_min: float | None = None,
+        ucb_z: float = 0.5,
+        seed: int = 0,
+    ) -> None:
         if not 0 < target_error < 1:
             raise ValueError("target_error must be in (0, 1)")
         self.target_error, self.safety, self.explore, self.checks, self.k = target_error, safety, explore, checks, k
@@ -248,8 +273,21 @@ class OnlineErrorBounded:
         cs2 = max(others) if others else cs1 - 0.1
         ok, tot, sim_sum = self._stats.get(c1, (0.0, 0.0, 0.0))
         rel = s1 - sim_sum / ok if ok else 0.0
-        x = np.array([s1, s1 - s2, support / self.k, vote, (ok + 1) / (tot + 2), math.log1p(tot), rel, cs1,
-                      cs1 - cs2, math.log1p(self.classes.sizes.get(c1, 1)), *_pair_features(top, c1)])
+        x = np.array(
+            [
+                s1,
+                s1 - s2,
+                support / self.k,
+                vote,
+                (ok + 1) / (tot + 2),
+                math.log1p(tot),
+                rel,
+                cs1,
+                cs1 - cs2,
+                math.log1p(self.classes.sizes.get(c1, 1)),
+                *_pair_features(top, c1),
+            ]
+        )
         by_centroid = [order[i] for i in np.argsort(-csims)]
         checks = [order[0]] + [c for c in by_centroid if c[0] != c1]
         return x, c1, checks[: self.checks]
@@ -267,8 +305,16 @@ class OnlineErrorBounded:
             eps = max(self.explore_min, self.explore * min(1.0, math.sqrt(100.0 / (len(self._explored) + 1))))
             if self._rng.random() >= eps:
                 return Decision(True, best, p, f"P(correct) {p:.3f} >= {self.tau:.3f}", c1, [], x)
-            return Decision(False, None, p, "exploration: a would-be hit served as a miss and verified", c1,
-                            checks, x, explored=True)
+            return Decision(
+                False,
+                None,
+                p,
+                "exploration: a would-be hit served as a miss and verified",
+                c1,
+                checks,
+                x,
+                explored=True,
+            )
         reason = "learning (no model yet)" if self._model is None else f"P(correct) {p:.3f} < {self.tau:.3f}"
         return Decision(False, None, p, reason, c1, checks, x)
 
@@ -313,8 +359,13 @@ class OnlineErrorBounded:
         self.classes.add(class_id, vector)
 
     def state(self) -> dict:
-        return {"tau": self.tau, "observations": len(self._y), "explored": len(self._explored),
-                "explored_errors": round(sum(1 - ok for _, ok in self._explored), 2), "classes": len(self.classes.sizes)}
+        return {
+            "tau": self.tau,
+            "observations": len(self._y),
+            "explored": len(self._explored),
+            "explored_errors": round(sum(1 - ok for _, ok in self._explored), 2),
+            "classes": len(self.classes.sizes),
+        }
 
 
 class VerifierOnly:
@@ -327,8 +378,15 @@ class VerifierOnly:
     can check that, which is why the online policy with feedback is the default.
     """
 
-    def __init__(self, target_error: float = 0.01, *, safety: float = 0.85, window: int = 2000,
-                 min_lookups: int = 50, floor: float = 0.5) -> None:
+    def __init__(
+        self,
+        target_error: float = 0.01,
+        *,
+        safety: float = 0.85,
+        window: int = 2000,
+        min_lookups: int = 50,
+        floor: float = 0.5,
+    ) -> None:
         if not 0 < target_error < 1:
             raise ValueError("target_error must be in (0, 1)")
         self.target_error, self.safety, self.floor, self.min_lookups = target_error, safety, floor, min_lookups

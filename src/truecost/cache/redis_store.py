@@ -43,12 +43,21 @@ def _guard(fn):
             return fn(*a, **kw)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise CacheBackendError(f"the cache Redis is unreachable ({exc})") from None
+
     return inner
 
 
 class RedisVectorIndex:
-    def __init__(self, url: str, dims: int, prefix: str = "truecost", m: int = 16, ef_construction: int = 200,
-                 ef_runtime: int = 64, overfetch: int = 20) -> None:
+    def __init__(
+        self,
+        url: str,
+        dims: int,
+        prefix: str = "truecost",
+        m: int = 16,
+        ef_construction: int = 200,
+        ef_runtime: int = 64,
+        overfetch: int = 20,
+    ) -> None:
         if not _PREFIX.match(prefix):
             raise CacheBackendError(f"invalid key prefix {prefix!r}")
         self.dims, self.prefix, self.ef_runtime = dims, prefix, ef_runtime
@@ -67,9 +76,32 @@ class RedisVectorIndex:
             self.r.execute_command("FT.INFO", self.name)
         except redis.ResponseError:
             self.r.execute_command(
-                "FT.CREATE", self.name, "ON", "HASH", "PREFIX", "1", f"{self.prefix}:v:", "SCHEMA",
-                "scope", "TAG", "CASESENSITIVE", "vec", "VECTOR", "HNSW", "10", "TYPE", "FLOAT32", "DIM", str(self.dims),
-                "DISTANCE_METRIC", "COSINE", "M", str(m), "EF_CONSTRUCTION", str(ef_construction))
+                "FT.CREATE",
+                self.name,
+                "ON",
+                "HASH",
+                "PREFIX",
+                "1",
+                f"{self.prefix}:v:",
+                "SCHEMA",
+                "scope",
+                "TAG",
+                "CASESENSITIVE",
+                "vec",
+                "VECTOR",
+                "HNSW",
+                "10",
+                "TYPE",
+                "FLOAT32",
+                "DIM",
+                str(self.dims),
+                "DISTANCE_METRIC",
+                "COSINE",
+                "M",
+                str(m),
+                "EF_CONSTRUCTION",
+                str(ef_construction),
+            )
 
     @_guard
     def upsert(self, ids: Sequence[int], vectors: np.ndarray, scope: str) -> None:
@@ -86,8 +118,25 @@ class RedisVectorIndex:
         q = check_vectors(vector, self.dims)[0].astype(np.float32).tobytes()
         fetch = max(int(k), self.overfetch)
         res = self.r.execute_command(
-            "FT.SEARCH", self.name, f"(@scope:{{{_tag(scope)}}})=>[KNN {fetch} @vec $B EF_RUNTIME {max(self.ef_runtime, fetch)} AS dist]",
-            "PARAMS", "2", "B", q, "SORTBY", "dist", "ASC", "RETURN", "1", "dist", "LIMIT", "0", str(int(k)), "DIALECT", "2")
+            "FT.SEARCH",
+            self.name,
+            f"(@scope:{{{_tag(scope)}}})=>[KNN {fetch} @vec $B EF_RUNTIME {max(self.ef_runtime, fetch)} AS dist]",
+            "PARAMS",
+            "2",
+            "B",
+            q,
+            "SORTBY",
+            "dist",
+            "ASC",
+            "RETURN",
+            "1",
+            "dist",
+            "LIMIT",
+            "0",
+            str(int(k)),
+            "DIALECT",
+            "2",
+        )
         out = []
         for j in range(1, len(res), 2):
             key = res[j].decode() if isinstance(res[j], bytes) else res[j]
@@ -136,8 +185,13 @@ class RedisEntryStore:
         d = asdict(entry)
         vec = d.pop("vector")
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self._key(entry.id), mapping={"body": json.dumps(d, default=str),
-                                                "vector": b"" if vec is None else np.asarray(vec, dtype=np.float32).tobytes()})
+        pipe.hset(
+            self._key(entry.id),
+            mapping={
+                "body": json.dumps(d, default=str),
+                "vector": b"" if vec is None else np.asarray(vec, dtype=np.float32).tobytes(),
+            },
+        )
         pipe.sadd(f"{self.prefix}:e:ids", int(entry.id))
         for d in entry.doc_ids:
             pipe.sadd(f"{self.prefix}:doc:{d}", int(entry.id))

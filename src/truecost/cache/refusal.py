@@ -75,8 +75,7 @@ class RefusalDetector:
         if window < 1:
             raise ValueError("window must be at least 1 character")
         self.window = window
-        self._re = (re.compile("|".join(f"(?:{p})" for p in self.patterns), re.IGNORECASE)
-                    if self.patterns else None)
+        self._re = re.compile("|".join(f"(?:{p})" for p in self.patterns), re.IGNORECASE) if self.patterns else None
 
     def match(self, text: str) -> str | None:
         if self._re is None or not isinstance(text, str):

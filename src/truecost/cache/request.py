@@ -47,7 +47,7 @@ ANSWER_NEUTRAL: dict[str, str] = {
     "user": "an end-user id for the provider's abuse monitoring; never shown to the model",
     "safety_identifier": "OpenAI's successor of `user`; never shown to the model",
     "metadata": "labels stored with the completion (OpenAI stored completions, Anthropic user_id); never "
-                "shown to the model",
+    "shown to the model",
     "store": "whether the provider keeps the completion for its evals; does not change the completion",
     "service_tier": "the provider's latency/price tier for the same model",
     "prompt_cache_key": "a routing hint for the provider's prompt cache; same prompt, same model",
@@ -57,30 +57,74 @@ ANSWER_NEUTRAL: dict[str, str] = {
 # Fields known to change the answer. They are in the scope like any unknown field; the list
 # documents them and lets an explicit ``null`` count as absent (the OpenAI-compatible meaning
 # of null for these). An unknown field's null is kept: nobody knows what it means there.
-KNOWN_SCOPE_PARAMS = frozenset({
-    # sampling
-    "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
-    "repetition_penalty", "length_penalty", "logit_bias", "n", "best_of", "use_beam_search",
-    # length and stopping
-    "max_tokens", "max_completion_tokens", "min_tokens", "stop", "stop_token_ids", "ignore_eos",
-    "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens",
-    # output shape
-    "response_format", "logprobs", "top_logprobs", "echo", "modalities", "audio", "prediction",
-    "verbosity", "reasoning_effort", "reasoning", "thinking",
-    # tools and functions
-    "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call",
-    # guided / structured decoding (vLLM, SGLang, TGI)
-    "guided_choice", "guided_regex", "guided_json", "guided_grammar", "guided_whitespace_pattern",
-    "guided_decoding_backend", "structured_outputs", "grammar", "json_schema", "regex", "ebnf",
-    # prompt construction (vLLM)
-    "chat_template", "chat_template_kwargs", "add_generation_prompt", "continue_final_message",
-    "documents", "system",
-})
+KNOWN_SCOPE_PARAMS = frozenset(
+    {
+        # sampling
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "length_penalty",
+        "logit_bias",
+        "n",
+        "best_of",
+        "use_beam_search",
+        # length and stopping
+        "max_tokens",
+        "max_completion_tokens",
+        "min_tokens",
+        "stop",
+        "stop_token_ids",
+        "ignore_eos",
+        "include_stop_str_in_output",
+        "skip_special_tokens",
+        "spaces_between_special_tokens",
+        # output shape
+        "response_format",
+        "logprobs",
+        "top_logprobs",
+        "echo",
+        "modalities",
+        "audio",
+        "prediction",
+        "verbosity",
+        "reasoning_effort",
+        "reasoning",
+        "thinking",
+        # tools and functions
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "functions",
+        "function_call",
+        # guided / structured decoding (vLLM, SGLang, TGI)
+        "guided_choice",
+        "guided_regex",
+        "guided_json",
+        "guided_grammar",
+        "guided_whitespace_pattern",
+        "guided_decoding_backend",
+        "structured_outputs",
+        "grammar",
+        "json_schema",
+        "regex",
+        "ebnf",
+        # prompt construction (vLLM)
+        "chat_template",
+        "chat_template_kwargs",
+        "add_generation_prompt",
+        "continue_final_message",
+        "documents",
+        "system",
+    }
+)
 
 # Fields whose presence makes a request uncacheable: their answer depends on the world at the time.
-UNCACHEABLE_PARAMS: dict[str, str] = {
-    "web_search_options": "the answer comes from a live web search",
-}
+UNCACHEABLE_PARAMS: dict[str, str] = {"web_search_options": "the answer comes from a live web search"}
 
 MAX_QUERY_CHARS = 20_000
 SCOPE_VERSION = 2  # bumped when what the scope holds changes: older entries are then never served
@@ -172,8 +216,7 @@ class CacheKey:
 
 def scope_params(body: Mapping[str, Any]) -> dict[str, Any]:
     """The top-level fields that partition the cache: all but the answer-neutral ones."""
-    return {k: v for k, v in body.items()
-            if k not in ANSWER_NEUTRAL and not (v is None and k in KNOWN_SCOPE_PARAMS)}
+    return {k: v for k, v in body.items() if k not in ANSWER_NEUTRAL and not (v is None and k in KNOWN_SCOPE_PARAMS)}
 
 
 def cache_key(body: Mapping[str, Any], scope: str | None) -> CacheKey:
@@ -192,12 +235,19 @@ def cache_key(body: Mapping[str, Any], scope: str | None) -> CacheKey:
         if body.get(name) is not None:
             raise NotCacheable(f"{name}: {why}")
     _check_parts(messages)
-    last_user = max((i for i, m in enumerate(messages) if isinstance(m, Mapping) and m.get("role") == "user"),
-                    default=None)
+    last_user = max(
+        (i for i, m in enumerate(messages) if isinstance(m, Mapping) and m.get("role") == "user"), default=None
+    )
     history = [m for i, m in enumerate(messages) if i != last_user]
-    scope_doc = {"v": SCOPE_VERSION, "partition": scope, "model": model, "history": history,
-                 "last_at": last_user, "last_extras": _last_turn_extras(messages[last_user]) if last_user is not None
-                 else None, "params": scope_params(body)}
+    scope_doc = {
+        "v": SCOPE_VERSION,
+        "partition": scope,
+        "model": model,
+        "history": history,
+        "last_at": last_user,
+        "last_extras": _last_turn_extras(messages[last_user]) if last_user is not None else None,
+        "params": scope_params(body),
+    }
     try:
         scope_hash = hashlib.sha256(_canonical(scope_doc).encode()).hexdigest()[:32]
     except UnicodeEncodeError:  # a lone surrogate: not text any store or embedder can take
@@ -227,8 +277,9 @@ def cache_key(body: Mapping[str, Any], scope: str | None) -> CacheKey:
 _DEFAULT = object()
 
 
-def cacheable_response(response: Mapping[str, Any], status: int = 200,
-                       refusals: RefusalDetector | None | object = _DEFAULT) -> str | None:
+def cacheable_response(
+    response: Mapping[str, Any], status: int = 200, refusals: RefusalDetector | None | object = _DEFAULT
+) -> str | None:
     """None when the response may be stored, else the reason it may not.
 
     Stored only: a 2xx whose every choice finished with ``stop``, without tool or function

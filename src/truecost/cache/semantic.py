@@ -70,12 +70,20 @@ class CacheLimits:
 
 
 class SemanticCache:
-    def __init__(self, embedder, index: VectorIndex, entries: EntryStore, policy: Policy,
-                 verifier: Verifier | Sequence[Verifier] | VerifierPanel | None = None,
-                 limits: CacheLimits | None = None, k: int = 10,
-                 kb_version: str | None = None, clock=time.time,
-                 refusal_patterns: Iterable[str] | RefusalDetector | None = DEFAULT_PATTERNS,
-                 remember_hits: int = 10_000) -> None:
+    def __init__(
+        self,
+        embedder,
+        index: VectorIndex,
+        entries: EntryStore,
+        policy: Policy,
+        verifier: Verifier | Sequence[Verifier] | VerifierPanel | None = None,
+        limits: CacheLimits | None = None,
+        k: int = 10,
+        kb_version: str | None = None,
+        clock=time.time,
+        refusal_patterns: Iterable[str] | RefusalDetector | None = DEFAULT_PATTERNS,
+        remember_hits: int = 10_000,
+    ) -> None:
         self.embedder, self.index, self.entries, self.policy = embedder, index, entries, policy
         self.verifiers = as_panel(verifier)
         self.limits = limits or CacheLimits()
@@ -99,12 +107,28 @@ class SemanticCache:
         self._served: OrderedDict[str, tuple[LookupResult, str]] = OrderedDict()  # request id -> (hit, query text)
         self._remember = remember_hits
         # refused: answers not stored (any reason); refused_refusal: of those, refusals (field or plain text)
-        self.stats = {"hit_exact": 0, "hit_semantic": 0, "miss": 0, "bypass": 0, "stored": 0, "refused": 0,
-                      "refused_refusal": 0, "feedback_right": 0, "feedback_wrong": 0, "feedback_unknown": 0}
+        self.stats = {
+            "hit_exact": 0,
+            "hit_semantic": 0,
+            "miss": 0,
+            "bypass": 0,
+            "stored": 0,
+            "refused": 0,
+            "refused_refusal": 0,
+            "feedback_right": 0,
+            "feedback_wrong": 0,
+            "feedback_unknown": 0,
+        }
 
     # -- lookup -------------------------------------------------------------------------
-    def lookup(self, body: Mapping[str, Any], scope: str | None = None, *, tenant: str | None = None,
-               request_id: str | None = None) -> LookupResult:
+    def lookup(
+        self,
+        body: Mapping[str, Any],
+        scope: str | None = None,
+        *,
+        tenant: str | None = None,
+        request_id: str | None = None,
+    ) -> LookupResult:
         """Look ``body`` up within the partition ``scope`` (an opaque string compared exactly).
 
         ``tenant=`` is the former name of ``scope``, kept for callers that pass it by keyword.
@@ -138,11 +162,16 @@ class SemanticCache:
         with self._lock:
             found = self.index.search(vector, self.k, key.scope)
             t2 = time.perf_counter()
-            live = [(e, sim) for entry_id, sim in found if (e := self._live(entry_id, now)) is not None
-                    and e.scope == key.scope]  # belt and braces: the index partitions already
+            live = [
+                (e, sim)
+                for entry_id, sim in found
+                if (e := self._live(entry_id, now)) is not None and e.scope == key.scope
+            ]  # belt and braces: the index partitions already
             scores = self._pair_scores(key.text, vector, [e for e, _ in live])
-            candidates = [Candidate(e.id, sim, e.class_id if e.class_id is not None else -e.id, p)
-                          for (e, sim), p in zip(live, scores)]
+            candidates = [
+                Candidate(e.id, sim, e.class_id if e.class_id is not None else -e.id, p)
+                for (e, sim), p in zip(live, scores)
+            ]
             decision = self.policy.decide(vector, candidates)
             t3 = time.perf_counter()
             timings = dict(embed_ms=(t1 - t0) * 1e3, search_ms=(t2 - t1) * 1e3, decide_ms=(t3 - t2) * 1e3)
@@ -157,8 +186,17 @@ class SemanticCache:
                     self._remember_hit(request_id, result)
                 return result
         self.stats["miss"] += 1
-        return LookupResult("miss", key, None, candidates[0].similarity if candidates else None, decision, vector,
-                            reason=decision.reason, candidates=candidates, **timings)
+        return LookupResult(
+            "miss",
+            key,
+            None,
+            candidates[0].similarity if candidates else None,
+            decision,
+            vector,
+            reason=decision.reason,
+            candidates=candidates,
+            **timings,
+        )
 
     def _hit(self, status, key, entry, sim, decision, now) -> LookupResult:
         entry.hits += 1
@@ -181,7 +219,8 @@ class SemanticCache:
     def _stale(self, e: CacheEntry, now: float) -> bool:
         """Expired, or produced from another knowledge-base version."""
         return (e.expires_at is not None and e.expires_at <= now) or (
-            self.kb_version is not None and e.kb_version is not None and e.kb_version != self.kb_version)
+            self.kb_version is not None and e.kb_version is not None and e.kb_version != self.kb_version
+        )
 
     def _register(self, e: CacheEntry) -> None:
         """Make a stored entry findable: exact map, vector index, policy classes, LRU, doc and scope maps."""
@@ -207,9 +246,17 @@ class SemanticCache:
         return e
 
     # -- store --------------------------------------------------------------------------
-    def store(self, lookup: LookupResult, response: Mapping[str, Any], *, status: int = 200,
-              usage: Mapping[str, Any] | None = None, model: str | None = None, doc_ids: Sequence[str] = (),
-              ttl_seconds: float | None = None) -> CacheEntry | None:
+    def store(
+        self,
+        lookup: LookupResult,
+        response: Mapping[str, Any],
+        *,
+        status: int = 200,
+        usage: Mapping[str, Any] | None = None,
+        model: str | None = None,
+        doc_ids: Sequence[str] = (),
+        ttl_seconds: float | None = None,
+    ) -> CacheEntry | None:
         """Store a fresh answer after a miss. Returns the entry, or None with the refusal counted."""
         if lookup.key is None or lookup.hit:
             return None
@@ -224,11 +271,21 @@ class SemanticCache:
         now = self.clock()
         with self._lock:
             class_id = self._classify(lookup, dict(response))
-            entry = CacheEntry(id=next(self._ids), scope=key.scope, fingerprint=key.fingerprint, text=key.text or "",
-                               answer=dict(response), vector=lookup.vector, model=model or response.get("model"),
-                               usage=dict(usage or response.get("usage") or {}), kb_version=self.kb_version,
-                               doc_ids=tuple(doc_ids), class_id=class_id, created_at=now,
-                               expires_at=now + ttl if ttl else None)
+            entry = CacheEntry(
+                id=next(self._ids),
+                scope=key.scope,
+                fingerprint=key.fingerprint,
+                text=key.text or "",
+                answer=dict(response),
+                vector=lookup.vector,
+                model=model or response.get("model"),
+                usage=dict(usage or response.get("usage") or {}),
+                kb_version=self.kb_version,
+                doc_ids=tuple(doc_ids),
+                class_id=class_id,
+                created_at=now,
+                expires_at=now + ttl if ttl else None,
+            )
             self.entries.put(entry)
             self._register(entry)
             self.stats["stored"] += 1
@@ -298,7 +355,9 @@ class SemanticCache:
             panel = self.verifiers
             if panel is not None and result.entry is not None and panel.lookup_sources:
                 pair = PairView(text, result.entry.text, result.vector, result.entry.vector)
-                panel.observe([v for s in panel.lookup_sources for v in s.verify([pair]) if v is not None], bool(correct))
+                panel.observe(
+                    [v for s in panel.lookup_sources for v in s.verify([pair]) if v is not None], bool(correct)
+                )
             return True
 
     # -- restart ------------------------------------------------------------------------------
@@ -343,8 +402,11 @@ class SemanticCache:
             if hasattr(self.entries, "set_meta"):
                 self.entries.set_meta("kb_version", version)
                 self._kb_checked = self.clock()
-            stale = [i for i in list(self._lru) if (e := self.entries.get(i)) is not None
-                     and e.kb_version is not None and e.kb_version != version]
+            stale = [
+                i
+                for i in list(self._lru)
+                if (e := self.entries.get(i)) is not None and e.kb_version is not None and e.kb_version != version
+            ]
             return self._drop(stale)
 
     def purge(self, scope: str) -> int:

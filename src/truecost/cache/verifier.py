@@ -82,9 +82,12 @@ class _AnswerVerifier:
         raise NotImplementedError
 
     def verify(self, pairs: Sequence[PairView]) -> list[Verdict | None]:
-        return [None if p.answer is None or p.other_answer is None else
-                Verdict(self.p_agree if self.same(p.answer, p.other_answer) else self.p_disagree, self.name)
-                for p in pairs]
+        return [
+            None
+            if p.answer is None or p.other_answer is None
+            else Verdict(self.p_agree if self.same(p.answer, p.other_answer) else self.p_disagree, self.name)
+            for p in pairs
+        ]
 
 
 class NormalisedMatch(_AnswerVerifier):
@@ -137,8 +140,14 @@ class KnownClassVerifier:
 
     capabilities = frozenset({QUERIES})
 
-    def __init__(self, classes: Mapping[str, str], never_same: Sequence[str] = (), unknown: str = "different",
-                 name: str = "known-class", confidence: float = 0.999) -> None:
+    def __init__(
+        self,
+        classes: Mapping[str, str],
+        never_same: Sequence[str] = (),
+        unknown: str = "different",
+        name: str = "known-class",
+        confidence: float = 0.999,
+    ) -> None:
         if unknown not in ("different", "abstain"):
             raise ValueError("unknown must be 'different' or 'abstain'")
         self.classes, self.never, self.unknown = classes, frozenset(never_same), unknown
@@ -178,11 +187,20 @@ class Budgeted:
     budget, pairs are passed to the wrapped verifier one call each; beyond it, it abstains.
     """
 
-    def __init__(self, inner: Verifier, requests_per_hour: int | None = None,
-                 dollars_per_day: Decimal | None = None, cost_per_call: Decimal | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        inner: Verifier,
+        requests_per_hour: int | None = None,
+        dollars_per_day: Decimal | None = None,
+        cost_per_call: Decimal | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.inner, self.clock = inner, clock
-        self.requests_per_hour, self.dollars_per_day, self.cost_per_call = requests_per_hour, dollars_per_day, cost_per_call
+        self.requests_per_hour, self.dollars_per_day, self.cost_per_call = (
+            requests_per_hour,
+            dollars_per_day,
+            cost_per_call,
+        )
         self.name = f"budgeted({inner.name})"
         self.capabilities = frozenset(inner.capabilities | {BUDGETED})
         self._calls: list[float] = []
@@ -203,7 +221,10 @@ class Budgeted:
                 self.refused += 1
                 return False
             cost = self.cost_per_call or Decimal(0)
-            if self.dollars_per_day is not None and sum((c for _, c in self._spend), Decimal(0)) + cost > self.dollars_per_day:
+            if (
+                self.dollars_per_day is not None
+                and sum((c for _, c in self._spend), Decimal(0)) + cost > self.dollars_per_day
+            ):
                 self.refused += 1
                 return False
             self._calls.append(now)

@@ -23,12 +23,14 @@ DEFAULT_OUT = ".truecost/reports"
 
 def _clean_errors(fn):
     """Bad input becomes one clear line and exit code 2, never a traceback."""
+
     @wraps(fn)
     def inner(*a, **kw):
         try:
             return fn(*a, **kw)
         except (TruecostError, ValueError, OSError) as exc:
             raise click.ClickException(str(exc)) from None
+
     return inner
 
 
@@ -60,19 +62,39 @@ def audit() -> None:
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "text", "ledger"]), help="default: by file suffix")
 @click.option("--text-field", default="text", show_default=True, help="the query column / JSON field")
 @click.option("--label-field", default=None, help="intent labels (e.g. 'intent'): reports false hits per threshold")
-@click.option("--threshold", "thresholds", multiple=True, type=float, help="cosine thresholds (default 0.85); repeat for several")
+@click.option(
+    "--threshold", "thresholds", multiple=True, type=float, help="cosine thresholds (default 0.85); repeat for several"
+)
 @click.option("--embedder", "embedder_name", default="static", show_default=True, help="static | minilm")
 @click.option("--limit", type=int, default=None, help="only the first N queries")
 @click.option("--model", default="gpt-4o-mini", show_default=True, help="the model whose calls a hit saves")
 @click.option("--requests-per-day", default=10_000, show_default=True)
-@click.option("--input-tokens", type=int, default=None, help="tokens per request in (default: the log's mean query length)")
+@click.option(
+    "--input-tokens", type=int, default=None, help="tokens per request in (default: the log's mean query length)"
+)
 @click.option("--output-tokens", default=300, show_default=True)
-@click.option("--embedding-model", default=None, help="price lookups with this catalog embedding model (default: local, free)")
+@click.option(
+    "--embedding-model", default=None, help="price lookups with this catalog embedding model (default: local, free)"
+)
 @click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the JSON instead of a summary")
 @_clean_errors
-def audit_cache(queries, fmt, text_field, label_field, thresholds, embedder_name, limit, model, requests_per_day,
-                input_tokens, output_tokens, embedding_model, out_dir, as_json) -> None:
+def audit_cache(
+    queries,
+    fmt,
+    text_field,
+    label_field,
+    thresholds,
+    embedder_name,
+    limit,
+    model,
+    requests_per_day,
+    input_tokens,
+    output_tokens,
+    embedding_model,
+    out_dir,
+    as_json,
+) -> None:
     """Cluster a query log and project the hit rate and savings of a semantic cache."""
     from truecost.audit.cache_report import SavingsInputs, run_cache_audit, write_cache_report
     from truecost.audit.sources import read_queries
@@ -80,22 +102,40 @@ def audit_cache(queries, fmt, text_field, label_field, thresholds, embedder_name
 
     thresholds = tuple(thresholds) or (0.85,)
     if any(not 0 < t < 1 for t in thresholds):
-        raise click.BadParameter("thresholds are cosine similarities strictly between 0 and 1", param_hint="--threshold")
+        raise click.BadParameter(
+            "thresholds are cosine similarities strictly between 0 and 1", param_hint="--threshold"
+        )
     rows, stats = read_queries(queries, text_field, label_field, fmt)
     rows = rows[:limit] if limit else rows
     embedder = make_embedder(embedder_name)
     console = Console(stderr=True)
     with progress_bar(console) as prog:
         task = prog.add_task(f"embedding + nearest neighbours ({embedder_name})", total=len(rows))
-        r = run_cache_audit(rows, stats, embedder.embed_batch, embedder.model_id, thresholds,
-                            SavingsInputs(model, requests_per_day, input_tokens, output_tokens, embedding_model),
-                            progress=lambda n, total: prog.update(task, completed=n), out_dir=out_dir, source=str(queries))
+        r = run_cache_audit(
+            rows,
+            stats,
+            embedder.embed_batch,
+            embedder.model_id,
+            thresholds,
+            SavingsInputs(model, requests_per_day, input_tokens, output_tokens, embedding_model),
+            progress=lambda n, total: prog.update(task, completed=n),
+            out_dir=out_dir,
+            source=str(queries),
+        )
     paths = write_cache_report(r, out_dir)
     h = r["thresholds"][0]
     fh = "" if h["false_hit_rate"] is None else f", false hits {h['false_hit_rate']:.2%}"
-    _emit(r, paths, as_json, [f"[bold]{r['recommendation']['recommendation']}[/bold]", r["recommendation"]["rule"],
-                              f"projected hit rate {h['hit_rate']:.1%} at cos >= {h['threshold']:g}{fh}; net savings "
-                              f"${r['savings']['monthly_net_savings_usd']}/month at {requests_per_day:,} requests/day on {model}"])
+    _emit(
+        r,
+        paths,
+        as_json,
+        [
+            f"[bold]{r['recommendation']['recommendation']}[/bold]",
+            r["recommendation"]["rule"],
+            f"projected hit rate {h['hit_rate']:.1%} at cos >= {h['threshold']:g}{fh}; net savings "
+            f"${r['savings']['monthly_net_savings_usd']}/month at {requests_per_day:,} requests/day on {model}",
+        ],
+    )
 
 
 @audit.command("routing")
@@ -104,9 +144,18 @@ def audit_cache(queries, fmt, text_field, label_field, thresholds, embedder_name
 @click.option("--seed", default=0, show_default=True)
 @click.option("--text-field", default=None, help="default: 'text', or 'prompt' for routing files")
 @click.option("--labels", "labels_csv", type=click.Path(dir_okay=False), help="CSV of human labels (id or text, label)")
-@click.option("--label-with", type=click.Choice(["csv", "interactive", "rules", "judge", "quality"]), default=None,
-              help="default: csv when --labels is given, else rules")
-@click.option("--label-file", default=".truecost/routing_labels.csv", show_default=True, help="where interactive labels are kept (resumable)")
+@click.option(
+    "--label-with",
+    type=click.Choice(["csv", "interactive", "rules", "judge", "quality"]),
+    default=None,
+    help="default: csv when --labels is given, else rules",
+)
+@click.option(
+    "--label-file",
+    default=".truecost/routing_labels.csv",
+    show_default=True,
+    help="where interactive labels are kept (resumable)",
+)
 @click.option("--judge-url", default=None, help="OpenAI-compatible base URL of the judge model")
 @click.option("--judge-model", default=None)
 @click.option("--weak", default=None, help="routing files: the weak model whose quality labels 'small'")
@@ -127,18 +176,28 @@ def audit_routing(**flags) -> None:
 
     o = RoutingAuditOptions(**flags)
     field = o.text_field or ("prompt" if o.routing_file else "text")
-    rows, _ = read_queries(o.sample_file, field, None, "jsonl" if o.routing_file else None,
-                           id_field="prompt_id" if o.routing_file else "id")
+    rows, _ = read_queries(
+        o.sample_file,
+        field,
+        None,
+        "jsonl" if o.routing_file else None,
+        id_field="prompt_id" if o.routing_file else "id",
+    )
     sample = ra.draw_sample(rows, o.n, o.seed)
     labels = _routing_labels(ra, sample, o)
-    prices = ra.Prices(o.small_model, o.large_model, o.input_tokens or estimate_tokens(sample), o.output_tokens,
-                       o.requests_per_day)
+    prices = ra.Prices(
+        o.small_model, o.large_model, o.input_tokens or estimate_tokens(sample), o.output_tokens, o.requests_per_day
+    )
     r = ra.run_routing_audit(sample, labels, prices, o.mode, source=str(o.sample_file))
     paths = ra.write_routing_report(r, o.out_dir)
     st = {s["strategy"]: s for s in r["strategies"]}
     lines = [f"[bold]{r['recommendation']['recommendation']}[/bold]", r["recommendation"]["rule"]]
-    lines += [f"{name}: ${s['monthly_usd']:,}/month, saves {s['saving_vs_large']:.1%} vs always large, "
-              f"misroutes {s['misrouted_share']:.1%}" for name, s in st.items() if name in ("rules router", "ideal router")]
+    lines += [
+        f"{name}: ${s['monthly_usd']:,}/month, saves {s['saving_vs_large']:.1%} vs always large, "
+        f"misroutes {s['misrouted_share']:.1%}"
+        for name, s in st.items()
+        if name in ("rules router", "ideal router")
+    ]
     _emit(r, paths, o.as_json, lines)
 
 
@@ -192,8 +251,11 @@ def _routing_labels(ra, sample, o: RoutingAuditOptions) -> dict[str, str]:
             raise click.UsageError("--label-with judge needs --judge-url and --judge-model")
         with progress_bar(Console(stderr=True)) as prog:
             task = prog.add_task("asking the judge", total=len(sample))
-            return ra.labels_from_judge(sample, ra.openai_judge(o.judge_url, o.judge_model),
-                                        progress=lambda i, t: prog.update(task, completed=i))
+            return ra.labels_from_judge(
+                sample,
+                ra.openai_judge(o.judge_url, o.judge_model),
+                progress=lambda i, t: prog.update(task, completed=i),
+            )
     return _label_interactively(ra, sample, o.label_file)
 
 
@@ -209,13 +271,19 @@ def _label_interactively(ra, sample, label_file):
 
     def read_key():
         return _click.getchar() if sys.stdin.isatty() else (sys.stdin.readline().strip()[:1] or "q")
+
     return ra.label_interactively(sample, ra.LabelFile(label_file), read_key, show)
 
 
 @audit.command("costs")
 @click.argument("source", type=click.Path(dir_okay=False), default=".truecost/demo.db")
-@click.option("--format", "fmt", type=click.Choice(["ledger", "otel", "litellm"]), default=None,
-              help="default: .json = OpenTelemetry export, .csv = LiteLLM spend log, else a truecost ledger")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["ledger", "otel", "litellm"]),
+    default=None,
+    help="default: .json = OpenTelemetry export, .csv = LiteLLM spend log, else a truecost ledger",
+)
 @click.option("--since", default=None, help="ISO date/time, inclusive")
 @click.option("--until", default=None, help="ISO date/time, exclusive")
 @click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True)
@@ -234,9 +302,17 @@ def audit_costs(source, fmt, since, until, out_dir, as_json) -> None:
     r["input"] = info
     paths = write_costs_report(r, out_dir)
     gs = r["generation_share"]
-    _emit(r, paths, as_json, [f"total ${r['total_usd']:.6f} over {r['requests']:,} requests; generation "
-                              f"{'n/a' if gs is None else f'{gs:.1%}'} of it; {r['unknown_requests']} requests with unknown prices",
-                              "by category: " + ", ".join(f"{c['category']} {c['share']:.1%}" for c in r["categories"] if c["share"] is not None)])
+    _emit(
+        r,
+        paths,
+        as_json,
+        [
+            f"total ${r['total_usd']:.6f} over {r['requests']:,} requests; generation "
+            f"{'n/a' if gs is None else f'{gs:.1%}'} of it; {r['unknown_requests']} requests with unknown prices",
+            "by category: "
+            + ", ".join(f"{c['category']} {c['share']:.1%}" for c in r["categories"] if c["share"] is not None),
+        ],
+    )
 
 
 @click.command("whatif")
@@ -251,10 +327,17 @@ def whatif(scenario, out_dir, as_json) -> None:
     r = run_whatif(load_scenario(scenario), source=str(scenario))
     paths = write_whatif_report(r, out_dir)
     top = r["sensitivity"][0] if r["sensitivity"] else None
-    _emit(r, paths, as_json, [f"[bold]${r['monthly_total_usd']:,}/month[/bold] (${r['cost_per_request_usd']:.6f}/request); "
-                              f"generation {r['generation_share']:.1%}",
-                              "stack: " + ", ".join(f"{s['step']} ${s['monthly_usd']:,}" for s in r["stack"]),
-                              f"biggest lever: {top['knob']} (swing ${top['swing_usd']:,})" if top else ""])
+    _emit(
+        r,
+        paths,
+        as_json,
+        [
+            f"[bold]${r['monthly_total_usd']:,}/month[/bold] (${r['cost_per_request_usd']:.6f}/request); "
+            f"generation {r['generation_share']:.1%}",
+            "stack: " + ", ".join(f"{s['step']} ${s['monthly_usd']:,}" for s in r["stack"]),
+            f"biggest lever: {top['knob']} (swing ${top['swing_usd']:,})" if top else "",
+        ],
+    )
 
 
 @click.command("reconcile")
@@ -272,8 +355,15 @@ def reconcile_cmd(bill, db, out_dir, as_json) -> None:
     r["source"] = str(bill)
     paths = write_reconcile_report(r, out_dir)
     t = r["totals"]
-    _emit(r, paths, as_json, [f"bill ${t['billed']:,.2f} vs ledger ${t['ledger']:,.2f}: matched ${t['matched']:,.2f}, "
-                              f"unattributed ${t['unattributed']:,.2f}, over-attributed ${t['over_attributed']:,.2f}"])
+    _emit(
+        r,
+        paths,
+        as_json,
+        [
+            f"bill ${t['billed']:,.2f} vs ledger ${t['ledger']:,.2f}: matched ${t['matched']:,.2f}, "
+            f"unattributed ${t['unattributed']:,.2f}, over-attributed ${t['over_attributed']:,.2f}"
+        ],
+    )
 
 
 @click.group("export")
@@ -293,5 +383,7 @@ def export_focus(db, out_path, since, until) -> None:
     from truecost.cli.report import parse_time
     from truecost.ledger.store import LedgerFilter
 
-    n = write_export(_open_ledger(db), out_path, LedgerFilter(since=parse_time(since, "--since"), until=parse_time(until, "--until")))
+    n = write_export(
+        _open_ledger(db), out_path, LedgerFilter(since=parse_time(since, "--since"), until=parse_time(until, "--until"))
+    )
     click.echo(f"wrote {n} FOCUS rows to {out_path}")

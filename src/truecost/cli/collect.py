@@ -63,10 +63,19 @@ def read_config(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: prices_files is a list of price files")
     from truecost.integrations.otlp_config import parse_config
 
-    return {"host": host, "port": int(port), "ledger": ledger, "ledger_schema": raw.get("ledger_schema"),
-            "spool": raw.get("spool"), "prices_files": [str(base / f) for f in files], "compute": raw.get("compute"),
-            "ingest_key_env": raw.get("ingest_key_env"), "pin": Attribution(**{k: str(v) for k, v in pin.items()}, tags=()),
-            "otlp": parse_config(raw.get("otlp")), "base": base}
+    return {
+        "host": host,
+        "port": int(port),
+        "ledger": ledger,
+        "ledger_schema": raw.get("ledger_schema"),
+        "spool": raw.get("spool"),
+        "prices_files": [str(base / f) for f in files],
+        "compute": raw.get("compute"),
+        "ingest_key_env": raw.get("ingest_key_env"),
+        "pin": Attribution(**{k: str(v) for k, v in pin.items()}, tags=()),
+        "otlp": parse_config(raw.get("otlp")),
+        "base": base,
+    }
 
 
 def _store_and_spool(cfg: dict[str, Any]):
@@ -76,10 +85,12 @@ def _store_and_spool(cfg: dict[str, Any]):
     if ledger.startswith(("postgresql://", "postgres://")):
         from truecost.ledger.postgres import PostgresLedgerStore
 
-        return PostgresLedgerStore(ledger, schema=cfg["ledger_schema"]), \
-            Path(cfg["spool"] or cfg["base"] / ".truecost/collect.spool.jsonl")
-    default = Path(ledger).with_suffix(".collect.spool.jsonl") if ledger != "memory:" else \
-        cfg["base"] / "collect.spool.jsonl"
+        return PostgresLedgerStore(ledger, schema=cfg["ledger_schema"]), Path(
+            cfg["spool"] or cfg["base"] / ".truecost/collect.spool.jsonl"
+        )
+    default = (
+        Path(ledger).with_suffix(".collect.spool.jsonl") if ledger != "memory:" else cfg["base"] / "collect.spool.jsonl"
+    )
     return open_store(ledger), Path(cfg["spool"]) if cfg["spool"] else default
 
 
@@ -143,7 +154,8 @@ def build_collector(cfg: dict[str, Any], key: str | None = None, workers: int = 
 
     def authorize(request):
         if expected is not None and not hmac.compare_digest(
-                (request.headers.get("authorization") or "").encode(), expected.encode()):
+            (request.headers.get("authorization") or "").encode(), expected.encode()
+        ):
             return None
         return pin or Attribution()
 
@@ -169,8 +181,13 @@ def worker_app():
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--host", help="override listen's host")
 @click.option("--port", type=int, help="override listen's port")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="receiver processes sharing the port (each with its own writer and journal)")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="receiver processes sharing the port (each with its own writer and journal)",
+)
 @click.option("--check", is_flag=True, help="validate the config, print what it says, and exit")
 def collect(config_path, host, port, workers, check) -> None:
     """Receive OpenTelemetry traces (OTLP/HTTP, protobuf or JSON) and price them into the ledger."""
@@ -183,21 +200,35 @@ def collect(config_path, host, port, workers, check) -> None:
     if cfg["ingest_key_env"]:
         key = os.environ.get(cfg["ingest_key_env"], "").strip()
         if not key:
-            raise click.ClickException(f"ingest_key_env {cfg['ingest_key_env']}: that environment variable "
-                                       "is empty or unset")
+            raise click.ClickException(
+                f"ingest_key_env {cfg['ingest_key_env']}: that environment variable is empty or unset"
+            )
     if check:
         o = cfg["otlp"]
-        click.echo(json.dumps({"listen": f"{cfg['host']}:{cfg['port']}", "ledger": cfg["ledger"].split("@")[-1],
-                               "rules": len(o.rules), "default_rules": o.defaults, "unmatched": o.unmatched,
-                               "ingest_key": bool(key)}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "listen": f"{cfg['host']}:{cfg['port']}",
+                    "ledger": cfg["ledger"].split("@")[-1],
+                    "rules": len(o.rules),
+                    "default_rules": o.defaults,
+                    "unmatched": o.unmatched,
+                    "ingest_key": bool(key),
+                },
+                indent=2,
+            )
+        )
         return
     try:
         import uvicorn  # noqa: F401
     except ImportError:
-        raise click.ClickException("the receiver needs the gateway extra: "
-                                   "pip install 'truecost[gateway,integrations]'") from None
-    click.echo(f"truecost collect: OTLP/HTTP on http://{cfg['host']}:{cfg['port']}/v1/traces -> "
-               f"{cfg['ledger'].split('@')[-1]}, {workers} process(es) (Ctrl-C to stop)")
+        raise click.ClickException(
+            "the receiver needs the gateway extra: pip install 'truecost[gateway,integrations]'"
+        ) from None
+    click.echo(
+        f"truecost collect: OTLP/HTTP on http://{cfg['host']}:{cfg['port']}/v1/traces -> "
+        f"{cfg['ledger'].split('@')[-1]}, {workers} process(es) (Ctrl-C to stop)"
+    )
     if workers == 1:
         from truecost.gateway.server import serve
 
@@ -210,5 +241,13 @@ def collect(config_path, host, port, workers, check) -> None:
     store.close()
     os.environ["TRUECOST_COLLECT_CONFIG"] = str(Path(config_path).resolve())
     os.environ["TRUECOST_COLLECT_WORKERS"] = str(workers)
-    uvicorn.run("truecost.cli.collect:worker_app", factory=True, host=cfg["host"], port=cfg["port"],
-                workers=workers, log_level="warning", access_log=False, server_header=False)
+    uvicorn.run(
+        "truecost.cli.collect:worker_app",
+        factory=True,
+        host=cfg["host"],
+        port=cfg["port"],
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+    )

@@ -19,14 +19,32 @@ from truecost.pricing import PriceCatalog
 from truecost.tracking import Tracker
 
 
-def run_demo(queries: int, data: str | None, db: str, as_json: bool, local_model: bool = True,
-             serve: bool = False, port: int = 8765, report_dir: str = ".truecost/reports", seed: int = 0) -> dict:
+def run_demo(
+    queries: int,
+    data: str | None,
+    db: str,
+    as_json: bool,
+    local_model: bool = True,
+    serve: bool = False,
+    port: int = 8765,
+    report_dir: str = ".truecost/reports",
+    seed: int = 0,
+) -> dict:
     import httpx
 
     from truecost.audit.costs import run_cost_audit, write_costs_report
     from truecost.cache.embedders import MiniLMEmbedder
-    from truecost.demo.live import (BASELINE, CACHE_POLICY, CACHE_VERIFIERS, OPTIMISED, PassStats, make_generate,
-                                    replay_pass, split_rows, start_stack)
+    from truecost.demo.live import (
+        BASELINE,
+        CACHE_POLICY,
+        CACHE_VERIFIERS,
+        OPTIMISED,
+        PassStats,
+        make_generate,
+        replay_pass,
+        split_rows,
+        start_stack,
+    )
     from truecost.demo.rag import PipelineConfig, RagPipeline, customer_stream, find_banking77, load_queries
 
     console = Console(stderr=as_json, width=None if Console().is_terminal else 130)
@@ -50,10 +68,18 @@ def run_demo(queries: int, data: str | None, db: str, as_json: bool, local_model
         with console.status("starting the local model and the gateway (first start loads the models)..."):
             gateway, upstream_label, gw_config = start_stack(stack, local_model, db_path, embedder.count_tokens)
             client = stack.enter_context(httpx.Client(base_url=gateway.url, timeout=180))
-            pipeline = RagPipeline(tracker, embedder, intents, db_path.parent / "demo-artifacts",
-                                   make_generate(client, BASELINE, True, BASELINE), config)
-        console.print(f"upstream: [bold]{'REPLAY upstream (--no-local-model)' if not local_model else upstream_label}[/bold]; "
-                      f"gateway at {gateway.url}")
+            pipeline = RagPipeline(
+                tracker,
+                embedder,
+                intents,
+                db_path.parent / "demo-artifacts",
+                make_generate(client, BASELINE, True, BASELINE),
+                config,
+            )
+        console.print(
+            f"upstream: [bold]{'REPLAY upstream (--no-local-model)' if not local_model else upstream_label}[/bold]; "
+            f"gateway at {gateway.url}"
+        )
         for stats, alias, bypass, judge in ((off, BASELINE, True, None), (on, OPTIMISED, False, {})):
             pipeline.generate = make_generate(client, alias, bypass, alias)
             with progress_bar(console) as prog:
@@ -63,8 +89,10 @@ def run_demo(queries: int, data: str | None, db: str, as_json: bool, local_model
         writer.close()
     # the gateway flushed its ledger writer on shutdown; everything is in the ledger now
     result = _summarise(store, rows, off, on, str(upstream_label), source, db_path, started)
-    result["cache_policy"] = (f"{CACHE_POLICY} error-bounded (target 1% false hits), learning from the {CACHE_VERIFIERS} "
-                              "verifier: no labelled pairs, no calibration")
+    result["cache_policy"] = (
+        f"{CACHE_POLICY} error-bounded (target 1% false hits), learning from the {CACHE_VERIFIERS} "
+        "verifier: no labelled pairs, no calibration"
+    )
     audit = run_cost_audit(store, source=str(db_path))
     _, html = write_costs_report(audit, report_dir)
     result["report"] = str(html.resolve())
@@ -85,22 +113,37 @@ def _pass_costs(store, feature: str, requests: int) -> dict:
     o = overview(store, make_filter(feature=feature))
     steps = {r["key"]: r["cost_usd"] for r in o["by_step"]}
     per_request = {k: v / requests for k, v in steps.items()} if requests else {}
-    return {"total_usd": o["total_usd"], "cost_per_request_usd": o["total_usd"] / requests if requests else None,
-            "by_step_per_request_usd": per_request, "generation_share": o["generation_share"],
-            "unknown_events": o["unknown_events"], "cache": o["cache"], "routing": o["routing"]}
+    return {
+        "total_usd": o["total_usd"],
+        "cost_per_request_usd": o["total_usd"] / requests if requests else None,
+        "by_step_per_request_usd": per_request,
+        "generation_share": o["generation_share"],
+        "unknown_events": o["unknown_events"],
+        "cache": o["cache"],
+        "routing": o["routing"],
+    }
 
 
 def _summarise(store, rows, off, on, upstream_label, source, db_path, started) -> dict:
     a, b = _pass_costs(store, off.name, off.requests), _pass_costs(store, on.name, on.requests)
-    saving = (a["cost_per_request_usd"] - b["cost_per_request_usd"]) if a["cost_per_request_usd"] and b["cost_per_request_usd"] else None
+    saving = (
+        (a["cost_per_request_usd"] - b["cost_per_request_usd"])
+        if a["cost_per_request_usd"] and b["cost_per_request_usd"]
+        else None
+    )
     cache = b["cache"]
     return {
-        "queries": len(rows), "data": str(source) if source else "bundled BANKING77 sample", "upstream": upstream_label,
+        "queries": len(rows),
+        "data": str(source) if source else "bundled BANKING77 sample",
+        "upstream": upstream_label,
         "strong_tier_note": "the strong tier (gpt-6.2-sol) is the local model standing in, priced at gpt-6.2-sol's list price",
-        "ledger": str(db_path), "off": {**off.as_dict(), **a}, "on": {**on.as_dict(), **b},
+        "ledger": str(db_path),
+        "off": {**off.as_dict(), **a},
+        "on": {**on.as_dict(), **b},
         "saving_per_request_usd": saving,
         "saving_share": float(saving / a["cost_per_request_usd"]) if saving is not None else None,
-        "cache_net_savings_usd": cache["net_savings_usd"], "routing_avoided_usd": b["routing"]["avoided_usd"],
+        "cache_net_savings_usd": cache["net_savings_usd"],
+        "routing_avoided_usd": b["routing"]["avoided_usd"],
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -111,8 +154,10 @@ def _print(console: Console, r: dict) -> None:
     t.add_column("step")
     t.add_column("cache+router off", justify="right")
     t.add_column("on", justify="right")
-    steps = sorted(set(off["by_step_per_request_usd"]) | set(on["by_step_per_request_usd"]),
-                   key=lambda s: -off["by_step_per_request_usd"].get(s, Decimal(0)))
+    steps = sorted(
+        set(off["by_step_per_request_usd"]) | set(on["by_step_per_request_usd"]),
+        key=lambda s: -off["by_step_per_request_usd"].get(s, Decimal(0)),
+    )
     for s in steps:
         cells = [off["by_step_per_request_usd"].get(s), on["by_step_per_request_usd"].get(s)]
         t.add_row(s, *("-" if c is None else usd(c, 8) for c in cells))
@@ -122,16 +167,25 @@ def _print(console: Console, r: dict) -> None:
     console.print(t)
     console.print(f"queries from: {r['data']}\nupstream: {r['upstream']}\nnote: {r['strong_tier_note']}")
     console.print(f"cache policy: {r['cache_policy']}")
-    console.print(f"cache (on): hit rate [bold]{on['cache_hit_rate']:.1%}[/bold], false hits {on['false_hits']} "
-                  f"({on['false_hit_rate']:.2%} of queries, judged by the known intents); net savings "
-                  f"{usd(r['cache_net_savings_usd'], 6)} after lookup costs {usd(on['cache']['lookup_cost_usd'], 6)}")
-    console.print(f"routing mix (on): " + ", ".join(f"{k} {v}" for k, v in on["served_by"].items())
-                  + f"; routing saved {usd(r['routing_avoided_usd'], 6)}")
+    console.print(
+        f"cache (on): hit rate [bold]{on['cache_hit_rate']:.1%}[/bold], false hits {on['false_hits']} "
+        f"({on['false_hit_rate']:.2%} of queries, judged by the known intents); net savings "
+        f"{usd(r['cache_net_savings_usd'], 6)} after lookup costs {usd(on['cache']['lookup_cost_usd'], 6)}"
+    )
+    console.print(
+        f"routing mix (on): "
+        + ", ".join(f"{k} {v}" for k, v in on["served_by"].items())
+        + f"; routing saved {usd(r['routing_avoided_usd'], 6)}"
+    )
     if r["saving_per_request_usd"] is not None:
-        console.print(f"[bold]cost per request {usd(off['cost_per_request_usd'], 6)} -> {usd(on['cost_per_request_usd'], 6)}: "
-                      f"{r['saving_share']:.1%} saved[/bold]; errors: {off['errors']} off, {on['errors']} on; ran in {r['seconds']} s")
+        console.print(
+            f"[bold]cost per request {usd(off['cost_per_request_usd'], 6)} -> {usd(on['cost_per_request_usd'], 6)}: "
+            f"{r['saving_share']:.1%} saved[/bold]; errors: {off['errors']} off, {on['errors']} on; ran in {r['seconds']} s"
+        )
     console.print(f"HTML report: file://{r['report']}")
-    console.print(f"dashboard:   truecost dashboard --db {r['ledger']}  ->  {r['dashboard']}  (or run the demo with --serve)")
+    console.print(
+        f"dashboard:   truecost dashboard --db {r['ledger']}  ->  {r['dashboard']}  (or run the demo with --serve)"
+    )
 
 
 def _serve_dashboard(store, port: int, console: Console) -> None:
@@ -146,5 +200,7 @@ def _serve_dashboard(store, port: int, console: Console) -> None:
     key = one_time_key()  # printed once; the dashboard keeps only its hash
     dash = create_dashboard(store, title="truecost demo", cache_target_error=0.01, auth=StaticKeyAuth(key_sha256(key)))
     app = Starlette(routes=[Route("/", lambda r: RedirectResponse("/ui/")), Mount("/ui", dash)])
-    console.print(f"serving the dashboard at http://127.0.0.1:{port}/ui/ (Ctrl-C to stop)\nlogin key: {key}", highlight=False)
+    console.print(
+        f"serving the dashboard at http://127.0.0.1:{port}/ui/ (Ctrl-C to stop)\nlogin key: {key}", highlight=False
+    )
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

@@ -33,7 +33,10 @@ def server_command(port: int, host: str = "127.0.0.1", n_ctx: int = 2048, thread
 def local_model(port, host, n_ctx) -> None:
     """Serve SmolLM2-135M-Instruct on an OpenAI-compatible endpoint (logprobs on)."""
     cmd = server_command(port, host, n_ctx)
-    click.echo(f"serving SmolLM2-135M-Instruct at http://{host}:{port}/v1 (model name 'SmolLM2-135M-Instruct'); "
-               "price it as self-hosted compute: candidates: [{upstream: local, model: SmolLM2-135M-Instruct, "
-               "self_hosted: true}] with `compute:` set", err=True)
+    click.echo(
+        f"serving SmolLM2-135M-Instruct at http://{host}:{port}/v1 (model name 'SmolLM2-135M-Instruct'); "
+        "price it as self-hosted compute: candidates: [{upstream: local, model: SmolLM2-135M-Instruct, "
+        "self_hosted: true}] with `compute:` set",
+        err=True,
+    )
     raise SystemExit(subprocess.call(cmd))

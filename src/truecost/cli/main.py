@@ -31,14 +31,21 @@ cli.add_command(whatif)
 cli.add_command(reconcile_cmd)
 cli.add_command(export)
 from truecost.cli.collect import collect  # noqa: E402  (issue #19: the OTLP receiver)
+
 cli.add_command(collect)
 
 
 @cli.command("demo")
 @click.option("--queries", default=200, show_default=True, help="customer queries per pass (two passes: off, on)")
-@click.option("--data", type=click.Path(dir_okay=False), help="BANKING77-style JSONL (default: ../shared/data, else a bundled sample)")
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False),
+    help="BANKING77-style JSONL (default: ../shared/data, else a bundled sample)",
+)
 @click.option("--db", default=".truecost/demo.db", show_default=True, help="SQLite ledger to write")
-@click.option("--no-local-model", is_flag=True, help="use the replay upstream (labelled) instead of SmolLM2 via llama.cpp")
+@click.option(
+    "--no-local-model", is_flag=True, help="use the replay upstream (labelled) instead of SmolLM2 via llama.cpp"
+)
 @click.option("--serve", is_flag=True, help="keep serving the dashboard after the run")
 @click.option("--port", default=8765, show_default=True, help="dashboard port with --serve")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
@@ -50,7 +57,9 @@ def demo(queries, data, db, no_local_model, serve, port, as_json) -> None:
     if queries < 1:
         raise click.BadParameter("at least one query", param_hint="--queries")
     try:
-        run_demo(queries=queries, data=data, db=db, as_json=as_json, local_model=not no_local_model, serve=serve, port=port)
+        run_demo(
+            queries=queries, data=data, db=db, as_json=as_json, local_model=not no_local_model, serve=serve, port=port
+        )
     except LocalModelMissing as exc:
         raise click.ClickException(f"{exc}; or run the demo with --no-local-model") from None
 
@@ -72,16 +81,20 @@ def serve(config_path, host, port) -> None:
     config = load_config(config_path)
     app = build(config)
     # header size limit and header read timeout at the HTTP protocol, before any of our code runs
-    serve_app(app, host, port, max_header_bytes=config.limits.max_header_bytes,
-              header_timeout=config.limits.header_timeout)
+    serve_app(
+        app, host, port, max_header_bytes=config.limits.max_header_bytes, header_timeout=config.limits.header_timeout
+    )
 
 
 @cli.command("dashboard")
 @click.option("--db", default=".truecost/demo.db", show_default=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True)
-@click.option("--admin-key-env", metavar="VAR", help="log in with the key in this environment variable "
-              "(default: a random one-time key, printed once at start)")
+@click.option(
+    "--admin-key-env",
+    metavar="VAR",
+    help="log in with the key in this environment variable (default: a random one-time key, printed once at start)",
+)
 def dashboard(db, host, port, admin_key_env) -> None:
     """Serve the read-only dashboard over a ledger at http://HOST:PORT/ui (behind a login)."""
     import os
@@ -106,8 +119,12 @@ def dashboard(db, host, port, admin_key_env) -> None:
         key = shown = one_time_key()
     auth = StaticKeyAuth(key_sha256(key))
     del key
-    app = Starlette(routes=[Route("/", lambda r: RedirectResponse("/ui/")),
-                            Mount("/ui", create_dashboard(SQLiteLedgerStore(db), title=f"truecost · {db}", auth=auth))])
+    app = Starlette(
+        routes=[
+            Route("/", lambda r: RedirectResponse("/ui/")),
+            Mount("/ui", create_dashboard(SQLiteLedgerStore(db), title=f"truecost · {db}", auth=auth)),
+        ]
+    )
     click.echo(f"dashboard: http://{host}:{port}/ui/  (ledger {db}; Ctrl-C to stop)\nlogin key: {shown}")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 

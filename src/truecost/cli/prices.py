@@ -41,8 +41,9 @@ def genai_snapshot(prices_dir: str | None = None, pin: str | None = None) -> Pat
     return latest(_prices_dir(prices_dir))
 
 
-def _catalog(files: tuple[str, ...], litellm: tuple[str, ...] = (), prices_dir: str | None = None,
-             pin: str | None = None) -> PriceCatalog:
+def _catalog(
+    files: tuple[str, ...], litellm: tuple[str, ...] = (), prices_dir: str | None = None, pin: str | None = None
+) -> PriceCatalog:
     catalog = PriceCatalog.load(*files, genai_snapshot=genai_snapshot(prices_dir, pin))
     for f in litellm:
         from truecost.pricing.litellm_import import import_litellm
@@ -50,8 +51,10 @@ def _catalog(files: tuple[str, ...], litellm: tuple[str, ...] = (), prices_dir: 
         result = import_litellm(f)
         catalog.add(result.entries)
         if result.unmapped:
-            catalog.notes.append(f"{f}: {len(result.unmapped)} models carry price keys truecost does not map "
-                                 f"(e.g. {next(iter(result.unmapped.items()))})")
+            catalog.notes.append(
+                f"{f}: {len(result.unmapped)} models carry price keys truecost does not map "
+                f"(e.g. {next(iter(result.unmapped.items()))})"
+            )
     return catalog  # (the litellm layer sits beneath the user's files whatever the order added)
 
 
@@ -67,11 +70,20 @@ def _at(value: str | None) -> datetime:
 
 _layer_options = [
     click.option("--prices-file", "files", multiple=True, type=click.Path(exists=True), help="user price file(s)"),
-    click.option("--litellm-file", "litellm", multiple=True, type=click.Path(exists=True),
-                 help="LiteLLM model_prices_and_context_window.json to layer over the bundled data (from today)"),
+    click.option(
+        "--litellm-file",
+        "litellm",
+        multiple=True,
+        type=click.Path(exists=True),
+        help="LiteLLM model_prices_and_context_window.json to layer over the bundled data (from today)",
+    ),
     click.option("--prices-dir", default=None, help=f"folder of saved genai-prices snapshots (default {DEFAULT_DIR})"),
-    click.option("--genai-snapshot", "pin", default=None,
-                 help="'bundled' to pin the package's data, or a snapshot file (default: newest saved, else bundled)"),
+    click.option(
+        "--genai-snapshot",
+        "pin",
+        default=None,
+        help="'bundled' to pin the package's data, or a snapshot file (default: newest saved, else bundled)",
+    ),
 ]
 
 
@@ -96,13 +108,22 @@ def list_prices(kind, provider, at_, files, litellm, prices_dir, pin, as_json) -
     """Every priced resource with the rates in force."""
     catalog, at = _catalog(files, litellm, prices_dir, pin), _at(at_)
     rows: list[dict[str, Any]] = []
-    for e in sorted(catalog.entries(kind, provider), key=lambda e: (e.resource.kind, e.resource.provider, e.resource.name)):
+    for e in sorted(
+        catalog.entries(kind, provider), key=lambda e: (e.resource.kind, e.resource.provider, e.resource.name)
+    ):
         v = catalog.price_for(e.resource, at)
-        rows.append({"kind": e.resource.kind, "provider": e.resource.provider, "name": e.resource.name,
-                     "rates": {k: str(r) for k, r in v.rates.items()} if v else None,
-                     "unit": next(iter(v.units.values())).label if v else None,
-                     "effective_from": None if v is None or v.undated else v.effective_from.date().isoformat(),
-                     "layer": v.origin if v else None, "source": v.source if v else None})
+        rows.append(
+            {
+                "kind": e.resource.kind,
+                "provider": e.resource.provider,
+                "name": e.resource.name,
+                "rates": {k: str(r) for k, r in v.rates.items()} if v else None,
+                "unit": next(iter(v.units.values())).label if v else None,
+                "effective_from": None if v is None or v.undated else v.effective_from.date().isoformat(),
+                "layer": v.origin if v else None,
+                "source": v.source if v else None,
+            }
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -111,8 +132,15 @@ def list_prices(kind, provider, at_, files, litellm, prices_dir, pin, as_json) -
         t.add_column(c)
     for r in rows:
         rates = ", ".join(f"{k} {v}" for k, v in r["rates"].items()) if r["rates"] else "[red]none in force[/red]"
-        t.add_row(r["kind"], r["provider"], r["name"], rates, r["unit"] or "", r["effective_from"] or "undated",
-                  r["layer"] or "")
+        t.add_row(
+            r["kind"],
+            r["provider"],
+            r["name"],
+            rates,
+            r["unit"] or "",
+            r["effective_from"] or "undated",
+            r["layer"] or "",
+        )
     Console().print(t)
 
 
@@ -120,18 +148,29 @@ def _version_dict(v) -> dict:
     def rates(m):
         return {k: str(r) for k, r in m.items()}
 
-    return {"effective_from": None if v.undated else v.effective_from.isoformat(),
-            "effective_to": v.effective_to.isoformat() if v.effective_to else None,
-            "layer": v.origin, "rates": rates(v.rates), "units": {k: u.label for k, u in v.units.items()},
-            "tiers": [{"above_prompt_tokens": t.above_prompt_tokens, "rates": rates(t.rates)} for t in v.tiers],
-            "variants": [{"when": dict(x.when), "rates": rates(x.rates),
-                          "tiers": [{"above_prompt_tokens": t.above_prompt_tokens, "rates": rates(t.rates)} for t in x.tiers],
-                          "multiplier": str(x.multiplier) if x.multiplier is not None else None,
-                          "source": x.source} for x in v.variants],
-            "free_per_month": str(v.free_per_month) if v.free_per_month is not None else None,
-            "source": v.source, "undated": v.undated,
-            "rate_sources": dict(v.attributes.get("rate_sources") or {}),  # rates a truecost rule supplied
-            "not_offered": dict(v.attributes.get("unavailable") or {})}
+    return {
+        "effective_from": None if v.undated else v.effective_from.isoformat(),
+        "effective_to": v.effective_to.isoformat() if v.effective_to else None,
+        "layer": v.origin,
+        "rates": rates(v.rates),
+        "units": {k: u.label for k, u in v.units.items()},
+        "tiers": [{"above_prompt_tokens": t.above_prompt_tokens, "rates": rates(t.rates)} for t in v.tiers],
+        "variants": [
+            {
+                "when": dict(x.when),
+                "rates": rates(x.rates),
+                "tiers": [{"above_prompt_tokens": t.above_prompt_tokens, "rates": rates(t.rates)} for t in x.tiers],
+                "multiplier": str(x.multiplier) if x.multiplier is not None else None,
+                "source": x.source,
+            }
+            for x in v.variants
+        ],
+        "free_per_month": str(v.free_per_month) if v.free_per_month is not None else None,
+        "source": v.source,
+        "undated": v.undated,
+        "rate_sources": dict(v.attributes.get("rate_sources") or {}),  # rates a truecost rule supplied
+        "not_offered": dict(v.attributes.get("unavailable") or {}),
+    }
 
 
 @prices.command("show")
@@ -148,28 +187,46 @@ def show_price(name, files, litellm, prices_dir, pin, as_json) -> None:
     now = datetime.now(timezone.utc)
     in_force = next((v for v in reversed(entry.versions) if v.in_force(now)), None)
     versions = [_version_dict(v) for v in entry.versions]
-    doc = {"query": name, "resource": entry.resource.key, "aliases": list(entry.aliases),
-           "layer_in_force": in_force.origin if in_force else None, "layers": entry.layers, "versions": versions}
+    doc = {
+        "query": name,
+        "resource": entry.resource.key,
+        "aliases": list(entry.aliases),
+        "layer_in_force": in_force.origin if in_force else None,
+        "layers": entry.layers,
+        "versions": versions,
+    }
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
     console = Console()
-    console.print(f"[bold]{entry.resource.key}[/bold]" + (f"  (from {name!r})" if name != entry.resource.name else "")
-                  + (f"  aliases: {', '.join(entry.aliases)}" if entry.aliases else ""))
-    console.print(f"layer in force now: {doc['layer_in_force'] or 'none'}; layers with versions: {', '.join(entry.layers)}")
+    console.print(
+        f"[bold]{entry.resource.key}[/bold]"
+        + (f"  (from {name!r})" if name != entry.resource.name else "")
+        + (f"  aliases: {', '.join(entry.aliases)}" if entry.aliases else "")
+    )
+    console.print(
+        f"layer in force now: {doc['layer_in_force'] or 'none'}; layers with versions: {', '.join(entry.layers)}"
+    )
     for v in versions:
         since = "undated (the source records no start)" if v["undated"] else v["effective_from"][:10]
-        console.print(f"\n  \\[{v['layer']}] from {since}" + (f" to {v['effective_to'][:10]}" if v["effective_to"] else ""))
+        console.print(
+            f"\n  \\[{v['layer']}] from {since}" + (f" to {v['effective_to'][:10]}" if v["effective_to"] else "")
+        )
         for k, r in v["rates"].items():
             console.print(f"    {k:<18} ${r} per {v['units'][k]}")
         for t in v["tiers"]:
-            console.print(f"    above {t['above_prompt_tokens']:,} prompt tokens: " + ", ".join(f"{k} ${r}" for k, r in t["rates"].items()))
+            console.print(
+                f"    above {t['above_prompt_tokens']:,} prompt tokens: "
+                + ", ".join(f"{k} ${r}" for k, r in t["rates"].items())
+            )
         for x in v["variants"]:
             what = ", ".join(f"{k} ${r}" for k, r in x["rates"].items()) or ""
             if x["multiplier"]:
                 what += (", " if what else "") + f"x{x['multiplier']} otherwise"
-            console.print(f"    when {', '.join(f'{k}={val}' for k, val in x['when'].items())}: {what}"
-                          + (f" [dim]({x['source']})[/dim]" if x["source"] else ""))
+            console.print(
+                f"    when {', '.join(f'{k}={val}' for k, val in x['when'].items())}: {what}"
+                + (f" [dim]({x['source']})[/dim]" if x["source"] else "")
+            )
         for k, src in v["rate_sources"].items():
             console.print(f"    [dim]{k}: supplied by truecost's rules ({src})[/dim]")
         for k, src in v["not_offered"].items():
@@ -198,10 +255,24 @@ def update_prices(url, prices_dir, as_json) -> None:
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"no update: {exc}") from None
     if as_json:
-        click.echo(json.dumps({"saved": str(result.path), "models": result.models,
-                               "changes": [{"model": c.model, "what": c.what, "old": str(c.old) if c.old is not None else None,
-                                            "new": str(c.new) if c.new is not None else None} for c in result.changes]},
-                              indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "saved": str(result.path),
+                    "models": result.models,
+                    "changes": [
+                        {
+                            "model": c.model,
+                            "what": c.what,
+                            "old": str(c.old) if c.old is not None else None,
+                            "new": str(c.new) if c.new is not None else None,
+                        }
+                        for c in result.changes
+                    ],
+                },
+                indent=2,
+            )
+        )
         return
     click.echo(f"saved {result.path} ({result.models} models); {len(result.changes)} changes against the data in use:")
     for c in result.changes[:200]:
@@ -224,8 +295,9 @@ def _ledger_records(path: str):
         base = {k: int(v) for k, v in tokens.items() if k in TokenUsage.__dataclass_fields__}
         extra = {k: int(v) for k, v in tokens.items() if k not in base}
         model = f"{e.provider}/{e.service}" if e.provider else e.service
-        yield UsageRecord(model, CallUsage(TokenUsage(**base), extra), spend=e.cost, at=e.ts,
-                          batch=bool(e.details.get("batch")))
+        yield UsageRecord(
+            model, CallUsage(TokenUsage(**base), extra), spend=e.cost, at=e.ts, batch=bool(e.details.get("batch"))
+        )
 
 
 def _spend_log_rows(path: Path):
@@ -281,8 +353,10 @@ def check_prices(log, files, litellm, prices_dir, pin, as_json) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    click.echo(f"{report['rows']} usage rows, {report['priced']} priced, {report['unpriced']} not "
-               f"(log spend ${report['spend_in_log']}, of it on unpriced rows ${report['spend_unpriced']})")
+    click.echo(
+        f"{report['rows']} usage rows, {report['priced']} priced, {report['unpriced']} not "
+        f"(log spend ${report['spend_in_log']}, of it on unpriced rows ${report['spend_unpriced']})"
+    )
     for g in report["gaps"]:
         fields = f" [fields: {', '.join(g['usage_fields'])}]" if g["usage_fields"] else ""
         click.echo(f"  {g['model']}: {g['rows']} rows, ${g['spend']}, {g['tokens']:,} tokens — {g['reason']}{fields}")

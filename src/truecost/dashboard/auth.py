@@ -91,8 +91,9 @@ class SessionStore:
     """Server-side sessions: random 32-byte tokens (the store keeps only their sha256), an expiry,
     and a bound on how many are kept (the oldest go first)."""
 
-    def __init__(self, ttl_seconds: float = 12 * 3600, max_sessions: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ttl_seconds: float = 12 * 3600, max_sessions: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if ttl_seconds <= 0 or max_sessions < 1:
             raise ValueError("ttl_seconds > 0 and max_sessions >= 1")
         self.ttl = ttl_seconds

@@ -44,8 +44,9 @@ class ServerThread:
         import uvicorn
 
         self.port = port or free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
-                                                    access_log=False, lifespan="on"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error", access_log=False, lifespan="on")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> "ServerThread":
@@ -115,30 +116,49 @@ def split_rows(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return rows[:half], rows[half:]
 
 
-def gateway_config(upstream_url: str, ledger: str, wire_model: str, cache_embedder: str = "minilm",
-                   cache_policy: str = CACHE_POLICY) -> dict[str, Any]:
+def gateway_config(
+    upstream_url: str, ledger: str, wire_model: str, cache_embedder: str = "minilm", cache_policy: str = CACHE_POLICY
+) -> dict[str, Any]:
     keys = tenant_keys()
     return {
-        "ledger": ledger, "compute": "aws/c7i.xlarge",
+        "ledger": ledger,
+        "compute": "aws/c7i.xlarge",
         "upstreams": {"local": {"base_url": upstream_url, "timeout": 120, "max_retries": 1}},
         "models": {
             # cache and router off: every request to the strong tier
             BASELINE: {"candidates": [{"upstream": "local", "model": STRONG, "upstream_model": wire_model}]},
             # cache and router on: questions up to ~64 characters to the small self-hosted model, longer ones to the strong tier
-            OPTIMISED: {"candidates": [{"upstream": "local", "model": WEAK, "upstream_model": wire_model, "self_hosted": True},
-                                       {"upstream": "local", "model": STRONG, "upstream_model": wire_model}],
-                        "route": {"strategy": "rules", "weak": WEAK, "strong": STRONG, "max_weak_tokens": 16}},
+            OPTIMISED: {
+                "candidates": [
+                    {"upstream": "local", "model": WEAK, "upstream_model": wire_model, "self_hosted": True},
+                    {"upstream": "local", "model": STRONG, "upstream_model": wire_model},
+                ],
+                "route": {"strategy": "rules", "weak": WEAK, "strong": STRONG, "max_weak_tokens": 16},
+            },
         },
-        "keys": [{"name": t, "key_sha256": hash_key(k), "tenant": t, "cost_center": "cx-support", "team": "support-bot",
-                  # the bot opened the request itself (the SDK): the gateway's steps join it under the same id
-                  "allow_attribution_headers": ["request_id"]}
-                 for t, k in keys.items()],
+        "keys": [
+            {
+                "name": t,
+                "key_sha256": hash_key(k),
+                "tenant": t,
+                "cost_center": "cx-support",
+                "team": "support-bot",
+                # the bot opened the request itself (the SDK): the gateway's steps join it under the same id
+                "allow_attribution_headers": ["request_id"],
+            }
+            for t, k in keys.items()
+        ],
         "budgets": [{"cost_center": "cx-support", "period": "month", "limit_usd": 50, "hard": False}],
         # the online policy learns from the query-pair verifier: no labelled pairs, no calibration before the run
         # (SmolLM2-135M's answers to two paraphrases agree about as little as to two different questions, so
         # answer agreement would teach it nothing)
-        "cache": {"enabled": True, "embedder": cache_embedder, "policy": cache_policy, "target_error": 0.01,
-                  "equivalence": CACHE_VERIFIERS},
+        "cache": {
+            "enabled": True,
+            "embedder": cache_embedder,
+            "policy": cache_policy,
+            "target_error": 0.01,
+            "equivalence": CACHE_VERIFIERS,
+        },
     }
 
 
@@ -155,9 +175,16 @@ class PassStats:
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"requests": self.requests, "cache_hits": self.hits, "cache_hit_rate": self.hits / self.requests if self.requests else None,
-                "false_hits": self.false_hits, "false_hit_rate": self.false_hits / self.requests if self.requests else None,
-                "errors": self.errors, "served_by": dict(self.served), "seconds": round(self.seconds, 1)}
+        return {
+            "requests": self.requests,
+            "cache_hits": self.hits,
+            "cache_hit_rate": self.hits / self.requests if self.requests else None,
+            "false_hits": self.false_hits,
+            "false_hit_rate": self.false_hits / self.requests if self.requests else None,
+            "errors": self.errors,
+            "served_by": dict(self.served),
+            "seconds": round(self.seconds, 1),
+        }
 
 
 def make_generate(client, alias: str, bypass_cache: bool, feature: str) -> Callable:
@@ -170,17 +197,28 @@ def make_generate(client, alias: str, bypass_cache: bool, feature: str) -> Calla
             headers["x-truecost-cache"] = "bypass"
         # one paragraph: an answer that ends at its stop sequence is complete and may be cached;
         # one cut at max_tokens is truncated and never is
-        body = {"model": alias, "temperature": 0, "max_tokens": 64, "stop": ["\n\n"],
-                "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}]}
+        body = {
+            "model": alias,
+            "temperature": 0,
+            "max_tokens": 64,
+            "stop": ["\n\n"],
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+        }
         resp = client.post("/v1/chat/completions", json=body, headers=headers)
         if resp.status_code != 200:
             raise RuntimeError(f"gateway answered {resp.status_code}: {resp.text[:300]}")
         return resp.json()["choices"][0]["message"]["content"] or "", dict(resp.headers)
+
     return generate
 
 
-def replay_pass(pipeline, rows: list[dict], stats: PassStats, answers_by_text: dict[str, str] | None,
-                progress: Callable[[int], None] | None = None) -> None:
+def replay_pass(
+    pipeline,
+    rows: list[dict],
+    stats: PassStats,
+    answers_by_text: dict[str, str] | None,
+    progress: Callable[[int], None] | None = None,
+) -> None:
     """Answer every row; with ``answers_by_text``, judge cache hits against the known intents."""
     from truecost.types import Attribution
 
@@ -189,8 +227,9 @@ def replay_pass(pipeline, rows: list[dict], stats: PassStats, answers_by_text: d
     tenants = random.Random(7).choices(TENANTS, weights=TENANT_SHARE, k=len(rows))  # the same in both passes
     t0 = time.perf_counter()
     for i, row in enumerate(rows):
-        attribution = Attribution(cost_center="cx-support", team="support-bot", feature=stats.name,
-                                  tenant=tenants[i], environment="demo")
+        attribution = Attribution(
+            cost_center="cx-support", team="support-bot", feature=stats.name, tenant=tenants[i], environment="demo"
+        )
         try:
             _req, answer, _top, headers = pipeline.answer(row["text"], attribution)
         except RuntimeError:
@@ -216,18 +255,30 @@ class ReplayLabel:
         self.counter = counter
 
     def __str__(self) -> str:
-        return (f"REPLAY upstream (--no-local-model; no model runs): {self.counter.recorded} answers recorded from "
-                f"SmolLM2-135M-Instruct, {self.counter.template} from a template; tokens counted with a real tokenizer")
+        return (
+            f"REPLAY upstream (--no-local-model; no model runs): {self.counter.recorded} answers recorded from "
+            f"SmolLM2-135M-Instruct, {self.counter.template} from a template; tokens counted with a real tokenizer"
+        )
 
 
-def start_stack(stack: ExitStack, local_model: bool, db: Path, count_tokens, cache_embedder: str = "minilm",
-                cache_policy: str = CACHE_POLICY):
+def start_stack(
+    stack: ExitStack,
+    local_model: bool,
+    db: Path,
+    count_tokens,
+    cache_embedder: str = "minilm",
+    cache_policy: str = CACHE_POLICY,
+):
     """Upstream + gateway; returns (gateway ServerThread, upstream label)."""
     from truecost.gateway.app import build
     from truecost.upstream.llama_local import MODEL_ALIAS
 
     if local_model:
-        upstream_url, wire, label = stack.enter_context(local_llama()), MODEL_ALIAS, "SmolLM2-135M-Instruct via llama.cpp (local)"
+        upstream_url, wire, label = (
+            stack.enter_context(local_llama()),
+            MODEL_ALIAS,
+            "SmolLM2-135M-Instruct via llama.cpp (local)",
+        )
     else:
         from truecost.demo.replay import REPLAY_MODEL, ReplayCounter, create_replay_app
 

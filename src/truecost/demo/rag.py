@@ -31,10 +31,13 @@ from truecost.tracking.infra import CapacityPool
 from truecost.pii import scrub
 from truecost.types import Attribution, TokenUsage
 
+
 def article_for(intent: str) -> str:
     title = intent.replace("_", " ").replace("?", "").strip().capitalize()
-    return (f"{title}. This help article covers {title.lower()}: what to check in the app first, how long it "
-            f"usually takes, which fees may apply, and how to reach support if it is still not resolved.")
+    return (
+        f"{title}. This help article covers {title.lower()}: what to check in the app first, how long it "
+        f"usually takes, which fees may apply, and how to reach support if it is still not resolved."
+    )
 
 
 @dataclass
@@ -55,8 +58,10 @@ class PipelineConfig:
     generation_tokens_per_second: float = 60.0
     requests_per_day: int = 100_000
     top_k: int = 3
-    system_prompt: str = ("You are a support assistant for a bank. Answer from the articles only, briefly, "
-                          "and never repeat personal data.")
+    system_prompt: str = (
+        "You are a support assistant for a bank. Answer from the articles only, briefly, "
+        "and never repeat personal data."
+    )
 
 
 # generate(system, question, request) -> (answer, response headers); the gateway prices the call
@@ -77,8 +82,12 @@ class RagPipeline:
         self.kb = self.embedder.embed_batch(self.articles)
         self.audit_path = self.workdir / "audit.jsonl"
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.pool = CapacityPool(self.tracker, self.config.capacity_resource, self.config.capacity_instances,
-                                 owner=Attribution(cost_center="platform", team="ml-infra"))
+        self.pool = CapacityPool(
+            self.tracker,
+            self.config.capacity_resource,
+            self.config.capacity_instances,
+            owner=Attribution(cost_center="platform", team="ml-infra"),
+        )
         self._window_start = self.tracker.clock.now()
 
     def answer(self, question: str, attribution: Attribution) -> tuple[RequestScope, str, str]:
@@ -91,7 +100,7 @@ class RagPipeline:
                 vec = self.embedder.embed_batch([clean])[0]
                 s.annotate(tokens=self.embedder.count_tokens([clean])[0])
             with req.step("vector_search", "knowledge base top-k") as s:
-                top = np.argsort(-(self.kb @ vec))[:cfg.top_k]
+                top = np.argsort(-(self.kb @ vec))[: cfg.top_k]
                 s.quantity(cfg.vector_db, "read_unit", cfg.read_units_per_query)
             with req.step("context_assembly") as s:
                 article = self.articles[top[0]]
@@ -108,12 +117,28 @@ class RagPipeline:
                 s.tokens(cfg.validation_model, TokenUsage(input=n_in, output=1))
                 s.annotate(passed=ok)
             with req.step("log_storage", "audit log") as s:
-                line = json.dumps({"request_id": req.id, "question": clean, "context": article, "answer": answer,
-                                   "attribution": attribution.as_dict(), "ts": time.time()}) + "\n"
+                line = (
+                    json.dumps(
+                        {
+                            "request_id": req.id,
+                            "question": clean,
+                            "context": article,
+                            "answer": answer,
+                            "attribution": attribution.as_dict(),
+                            "ts": time.time(),
+                        }
+                    )
+                    + "\n"
+                )
                 with open(self.audit_path, "a", encoding="utf-8") as fh:
                     fh.write(line)
-                s.log_storage(len(line.encode()), tier=cfg.log_tier, retention_days=cfg.log_retention_days,
-                              replicas=cfg.log_replicas, ingest=cfg.log_ingest)
+                s.log_storage(
+                    len(line.encode()),
+                    tier=cfg.log_tier,
+                    retention_days=cfg.log_retention_days,
+                    replicas=cfg.log_replicas,
+                    ingest=cfg.log_ingest,
+                )
             with req.step("egress", "model region -> app region") as s:
                 s.egress(len(prompt.encode()) + len(answer.encode()), cfg.model_region, cfg.app_region)
         return req, answer, self.intents[top[0]], headers
@@ -165,8 +190,12 @@ def customer_stream(rows: list[dict], n: int, seed: int = 0, zipf: float = 1.0) 
 
 def find_banking77(data_dir: str | None = None) -> Path | None:
     """BANKING77 under ``data_dir`` (the CLI passes $TRUECOST_DATA), else in shared/data beside the checkout."""
-    candidates = [data_dir or "", "../shared/data", "shared/data",
-                  str(Path(__file__).resolve().parents[4] / "shared" / "data")]
+    candidates = [
+        data_dir or "",
+        "../shared/data",
+        "shared/data",
+        str(Path(__file__).resolve().parents[4] / "shared" / "data"),
+    ]
     for c in candidates:
         p = Path(c) / "banking77" / "banking77.jsonl"
         if c and p.exists():

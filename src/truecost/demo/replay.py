@@ -32,8 +32,10 @@ def load_recording() -> dict[str, str]:
 
 def template_answer(article: str, question: str) -> str:
     title, _, body = article.partition(".")
-    return (f"[replay] About \"{question.strip()[:80]}\": see \"{title.strip()}\". {body.strip()[:160]} "
-            "Reply here if you need an agent.")
+    return (
+        f'[replay] About "{question.strip()[:80]}": see "{title.strip()}". {body.strip()[:160]} '
+        "Reply here if you need an agent."
+    )
 
 
 class ReplayCounter:
@@ -55,8 +57,9 @@ def create_replay_app(count_tokens: Callable[[Sequence[str]], list[int]], counte
             body = await request.json()
             messages = body["messages"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            return JSONResponse({"error": {"message": "expected an OpenAI chat body", "type": "invalid_request_error"}},
-                                status_code=400)
+            return JSONResponse(
+                {"error": {"message": "expected an OpenAI chat body", "type": "invalid_request_error"}}, status_code=400
+            )
         system = next((m.get("content") or "" for m in messages if m.get("role") == "system"), "")
         question = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
         article = system.split("Article:", 1)[-1].strip()
@@ -67,12 +70,20 @@ def create_replay_app(count_tokens: Callable[[Sequence[str]], list[int]], counte
         else:
             counter.recorded += 1
         p_tokens, c_tokens = count_tokens([" ".join(str(m.get("content") or "") for m in messages), answer])
-        return JSONResponse({"id": f"replay-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
-                             "model": REPLAY_MODEL,
-                             "choices": [{"index": 0, "finish_reason": "stop",
-                                          "message": {"role": "assistant", "content": answer}}],
-                             "usage": {"prompt_tokens": p_tokens, "completion_tokens": c_tokens,
-                                       "total_tokens": p_tokens + c_tokens}})
+        return JSONResponse(
+            {
+                "id": f"replay-{time.time_ns()}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": REPLAY_MODEL,
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
+                "usage": {
+                    "prompt_tokens": p_tokens,
+                    "completion_tokens": c_tokens,
+                    "total_tokens": p_tokens + c_tokens,
+                },
+            }
+        )
 
     async def models(request):
         return JSONResponse({"object": "list", "data": [{"id": REPLAY_MODEL, "object": "model"}]})

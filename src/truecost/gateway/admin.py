@@ -30,31 +30,52 @@ from starlette.routing import Route
 
 from truecost.errors import TruecostError
 from truecost.gateway.errors import GatewayError
-from truecost.gateway.keys import (InvalidKeySpec, KeyConflict, KeyNotFound, KeyStore, ReadOnlyKey, actor_for,
-                                   digest_of)
+from truecost.gateway.keys import InvalidKeySpec, KeyConflict, KeyNotFound, KeyStore, ReadOnlyKey, actor_for, digest_of
 from truecost.gateway.validation import parse_json_body, read_body
 
 MAX_BODY = 64 * 1024
-CREATE_FIELDS = ("name", "cost_center", "team", "tenant", "environment", "models", "rpm", "tpm", "expires_at",
-                 "scopes", "allow_attribution_headers")
+CREATE_FIELDS = (
+    "name",
+    "cost_center",
+    "team",
+    "tenant",
+    "environment",
+    "models",
+    "rpm",
+    "tpm",
+    "expires_at",
+    "scopes",
+    "allow_attribution_headers",
+)
 ROTATE_FIELDS = ("grace_seconds", "reason")
 REVOKE_FIELDS = ("reason",)
-_STATUS = {InvalidKeySpec: (400, "invalid_request_error", "invalid_key_spec"),
-           KeyNotFound: (404, "not_found_error", "key_not_found"),
-           KeyConflict: (409, "conflict_error", "key_conflict"),
-           ReadOnlyKey: (409, "conflict_error", "config_key_read_only")}
+_STATUS = {
+    InvalidKeySpec: (400, "invalid_request_error", "invalid_key_spec"),
+    KeyNotFound: (404, "not_found_error", "key_not_found"),
+    KeyConflict: (409, "conflict_error", "key_conflict"),
+    ReadOnlyKey: (409, "conflict_error", "config_key_read_only"),
+}
 _NO_STORE = {"cache-control": "no-store"}
 
 
 class AdminError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-                 headers: dict | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        headers: dict | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.headers = status, message, type_, code, headers or {}
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"message": self.message, "type": self.type, "code": self.code, "param": None}},
-                            status_code=self.status, headers={**_NO_STORE, **self.headers})
+        return JSONResponse(
+            {"error": {"message": self.message, "type": self.type, "code": self.code, "param": None}},
+            status_code=self.status,
+            headers={**_NO_STORE, **self.headers},
+        )
 
 
 class _FailureGate:
@@ -103,8 +124,9 @@ async def _body(request: Request, allowed: Iterable[str], optional: bool) -> dic
         raise AdminError(400, "request body must be a JSON object")
     unknown = sorted(set(body) - set(allowed))
     if unknown:
-        raise AdminError(400, f"unknown field(s): {', '.join(unknown)[:300]}; allowed: {', '.join(allowed)}",
-                         code="unknown_field")
+        raise AdminError(
+            400, f"unknown field(s): {', '.join(unknown)[:300]}; allowed: {', '.join(allowed)}", code="unknown_field"
+        )
     return body
 
 
@@ -119,19 +141,26 @@ class KeyAdmin:
     """The handlers of the key admin API over one KeyStore. ``on_action(action, target, outcome)`` is called
     after every call (for metrics); ``known_models``, when given, are the aliases a key's ``models`` may name."""
 
-    def __init__(self, store: KeyStore, admin_digest: str | None, *,
-                 on_action: Callable[[str, str | None, str], Any] | None = None,
-                 known_models: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        store: KeyStore,
+        admin_digest: str | None,
+        *,
+        on_action: Callable[[str, str | None, str], Any] | None = None,
+        known_models: Iterable[str] | None = None,
+    ) -> None:
         self.store, self.admin_digest, self.on_action = store, admin_digest, on_action
         self.models = None if known_models is None else tuple(known_models)
         self.gate = _FailureGate()
 
     def routes(self) -> list[Route]:
-        return [Route("/admin/keys", self.create, methods=["POST"]),
-                Route("/admin/keys", self.list_keys, methods=["GET"]),
-                Route("/admin/keys/{name}/rotate", self.rotate, methods=["POST"]),
-                Route("/admin/keys/{name}/revoke", self.revoke, methods=["POST"]),
-                Route("/admin/audit", self.audit, methods=["GET"])]
+        return [
+            Route("/admin/keys", self.create, methods=["POST"]),
+            Route("/admin/keys", self.list_keys, methods=["GET"]),
+            Route("/admin/keys/{name}/rotate", self.rotate, methods=["POST"]),
+            Route("/admin/keys/{name}/revoke", self.revoke, methods=["POST"]),
+            Route("/admin/audit", self.audit, methods=["GET"]),
+        ]
 
     def _notify(self, action: str, target: str | None, outcome: str) -> None:
         if self.on_action is not None:
@@ -141,25 +170,34 @@ class KeyAdmin:
         """The caller's audit name when it presented the admin key; else the refusal, audited (rate-limited)."""
         presented = _bearer(request)
         if self.admin_digest is None:
-            error = AdminError(403, "the admin API is off: set admin_key_sha256 in the config", "permission_error",
-                               "admin_api_off")
+            error = AdminError(
+                403, "the admin API is off: set admin_key_sha256 in the config", "permission_error", "admin_api_off"
+            )
         else:
             if is_admin(presented, self.admin_digest):
                 return actor_for(presented, "admin")
-            error = AdminError(401, "invalid admin key", "authentication_error", "invalid_admin_key",
-                               {"www-authenticate": "Bearer"})
+            error = AdminError(
+                401, "invalid admin key", "authentication_error", "invalid_admin_key", {"www-authenticate": "Bearer"}
+            )
         skipped = self.gate.admit()
         if skipped is not None:
             details = {"path": request.url.path[:200], "method": request.method, "status": error.status}
             if skipped:
                 details["rows_skipped_before"] = skipped
-            await run_in_threadpool(self.store.record_audit, actor_for(presented, "unauthenticated"), action, target,
-                                    details, "refused:" + ("admin_off" if error.status == 403 else "unauthorized"))
+            await run_in_threadpool(
+                self.store.record_audit,
+                actor_for(presented, "unauthenticated"),
+                action,
+                target,
+                details,
+                "refused:" + ("admin_off" if error.status == 403 else "unauthorized"),
+            )
         self._notify(action, target, "refused")
         raise error
 
-    async def _handle(self, request: Request, action: str, target: str | None,
-                      fn: Callable[[str], Awaitable[tuple[int, dict]]]) -> Response:
+    async def _handle(
+        self, request: Request, action: str, target: str | None, fn: Callable[[str], Awaitable[tuple[int, dict]]]
+    ) -> Response:
         """Authorize, run ``fn(actor)`` -> (status, payload); every outcome audited and notified."""
         actor = None
         try:
@@ -167,8 +205,14 @@ class KeyAdmin:
             status, payload = await fn(actor)
         except AdminError as exc:
             if actor is not None:  # refused logins were recorded (and notified) by _authorize
-                await run_in_threadpool(self.store.record_audit, actor, action, target, {"reason": exc.message},
-                                        f"refused:{exc.code or exc.status}")
+                await run_in_threadpool(
+                    self.store.record_audit,
+                    actor,
+                    action,
+                    target,
+                    {"reason": exc.message},
+                    f"refused:{exc.code or exc.status}",
+                )
                 self._notify(action, target, "refused")
             return exc.response()
         except tuple(_STATUS) as exc:  # the store wrote the audit row already
@@ -177,8 +221,9 @@ class KeyAdmin:
             return AdminError(status, str(exc), type_, code).response()
         except TruecostError:  # the database is unreachable: the store logged it
             self._notify(action, target, "error")
-            return AdminError(503, "the key store is unavailable; try again", "server_error",
-                              "key_store_unavailable").response()
+            return AdminError(
+                503, "the key store is unavailable; try again", "server_error", "key_store_unavailable"
+            ).response()
         self._notify(action, target, "ok")
         return JSONResponse(payload, status_code=status, headers=_NO_STORE)
 
@@ -188,8 +233,10 @@ class KeyAdmin:
             if "name" not in body:
                 raise AdminError(400, "missing field: name")
             record, secret = await run_in_threadpool(
-                lambda: self.store.create(**body, actor=actor, known_models=self.models))
+                lambda: self.store.create(**body, actor=actor, known_models=self.models)
+            )
             return 201, {"key": record.public(_now()), "secret": secret}
+
         return await self._handle(request, "key.create", None, go)
 
     async def rotate(self, request: Request) -> Response:
@@ -197,9 +244,11 @@ class KeyAdmin:
 
         async def go(actor: str) -> tuple[int, dict]:
             body = await _body(request, ROTATE_FIELDS, optional=True)
-            record, secret = await run_in_threadpool(lambda: self.store.rotate(
-                name, actor, grace_seconds=body.get("grace_seconds", 0), reason=_reason(body)))
+            record, secret = await run_in_threadpool(
+                lambda: self.store.rotate(name, actor, grace_seconds=body.get("grace_seconds", 0), reason=_reason(body))
+            )
             return 200, {"key": record.public(_now()), "secret": secret}
+
         return await self._handle(request, "key.rotate", name, go)
 
     async def revoke(self, request: Request) -> Response:
@@ -209,6 +258,7 @@ class KeyAdmin:
             body = await _body(request, REVOKE_FIELDS, optional=True)
             record = await run_in_threadpool(lambda: self.store.revoke(name, actor, reason=_reason(body)))
             return 200, {"key": record.public(_now())}
+
         return await self._handle(request, "key.revoke", name, go)
 
     async def list_keys(self, request: Request) -> Response:
@@ -219,6 +269,7 @@ class KeyAdmin:
             await run_in_threadpool(self.store.record_audit, actor, "key.list", None, {"count": len(records)})
             at = _now()
             return 200, {"keys": [r.public(at) for r in records]}
+
         return await self._handle(request, "key.list", None, go)
 
     async def audit(self, request: Request) -> Response:
@@ -231,6 +282,7 @@ class KeyAdmin:
                 raise AdminError(400, "limit must be a whole number from 1 to 1000")
             await run_in_threadpool(self.store.record_audit, actor, "audit.read", None, {"limit": int(raw)})
             return 200, {"entries": await run_in_threadpool(self.store.audit, int(raw))}
+
         return await self._handle(request, "audit.read", None, go)
 
 
@@ -238,8 +290,12 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def admin_routes(store: KeyStore, admin_digest: str | None, *,
-                 on_action: Callable[[str, str | None, str], Any] | None = None,
-                 known_models: Iterable[str] | None = None) -> list[Route]:
+def admin_routes(
+    store: KeyStore,
+    admin_digest: str | None,
+    *,
+    on_action: Callable[[str, str | None, str], Any] | None = None,
+    known_models: Iterable[str] | None = None,
+) -> list[Route]:
     """The /admin/keys and /admin/audit routes (see ``KeyAdmin``)."""
     return KeyAdmin(store, admin_digest, on_action=on_action, known_models=known_models).routes()

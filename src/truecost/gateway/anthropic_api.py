@@ -60,10 +60,16 @@ def to_openai(body: Any) -> dict:
 def from_openai(resp: dict, model: str) -> dict:
     choice = (resp.get("choices") or [{}])[0]
     usage = resp.get("usage") or {}
-    return {"id": f"msg_{resp.get('id', 'truecost')}", "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": (choice.get("message") or {}).get("content") or ""}],
-            "stop_reason": _STOP.get(choice.get("finish_reason"), "end_turn"), "stop_sequence": None,
-            "usage": {"input_tokens": usage.get("prompt_tokens", 0), "output_tokens": usage.get("completion_tokens", 0)}}
+    return {
+        "id": f"msg_{resp.get('id', 'truecost')}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": (choice.get("message") or {}).get("content") or ""}],
+        "stop_reason": _STOP.get(choice.get("finish_reason"), "end_turn"),
+        "stop_sequence": None,
+        "usage": {"input_tokens": usage.get("prompt_tokens", 0), "output_tokens": usage.get("completion_tokens", 0)},
+    }
 
 
 def _event(name: str, data: dict) -> bytes:
@@ -72,11 +78,26 @@ def _event(name: str, data: dict) -> bytes:
 
 async def stream_from_openai(chunks: AsyncIterator[bytes], model: str, request_id: str) -> AsyncIterator[bytes]:
     """Re-frame the pipeline's OpenAI SSE bytes as Anthropic stream events."""
-    yield _event("message_start", {"type": "message_start", "message": {
-        "id": f"msg_{request_id}", "type": "message", "role": "assistant", "model": model, "content": [],
-        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}})
-    yield _event("content_block_start", {"type": "content_block_start", "index": 0,
-                                         "content_block": {"type": "text", "text": ""}})
+    yield _event(
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": f"msg_{request_id}",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 0, "output_tokens": 0},
+            },
+        },
+    )
+    yield _event(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    )
     stop = "end_turn"
     usage: dict[str, Any] = {}
     async for raw in chunks:
@@ -86,13 +107,21 @@ async def stream_from_openai(chunks: AsyncIterator[bytes], model: str, request_i
             data = line[6:]
             if data == "[DONE]":
                 yield _event("content_block_stop", {"type": "content_block_stop", "index": 0})
-                yield _event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-                                               "usage": {"output_tokens": usage.get("completion_tokens", 0)}})
+                yield _event(
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": stop, "stop_sequence": None},
+                        "usage": {"output_tokens": usage.get("completion_tokens", 0)},
+                    },
+                )
                 yield _event("message_stop", {"type": "message_stop"})
                 return
             chunk = json.loads(data)
             if "error" in chunk:
-                yield _event("error", {"type": "error", "error": {"type": "api_error", "message": chunk["error"]["message"]}})
+                yield _event(
+                    "error", {"type": "error", "error": {"type": "api_error", "message": chunk["error"]["message"]}}
+                )
                 return
             usage = chunk.get("usage") or usage
             for c in chunk.get("choices") or []:
@@ -100,6 +129,8 @@ async def stream_from_openai(chunks: AsyncIterator[bytes], model: str, request_i
                     stop = _STOP.get(c["finish_reason"], "end_turn")
                 text = (c.get("delta") or {}).get("content")
                 if text:
-                    yield _event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                         "delta": {"type": "text_delta", "text": text}})
+                    yield _event(
+                        "content_block_delta",
+                        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+                    )
     yield _event("error", {"type": "error", "error": {"type": "api_error", "message": "stream ended early"}})

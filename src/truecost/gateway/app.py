@@ -26,8 +26,7 @@ from truecost.gateway.config import GatewayConfig
 from truecost.gateway.keys import KeyStore, open_key_store
 from truecost.gateway.pipeline import Pipeline
 from truecost.gateway.ratelimit import RateLimiter
-from truecost.gateway.registry import (BUDGET_GUARDS, CACHE_BACKENDS, LEDGERS, UPSTREAMS, budget_guard_name,
-                                       ledger_kind)
+from truecost.gateway.registry import BUDGET_GUARDS, CACHE_BACKENDS, LEDGERS, UPSTREAMS, budget_guard_name, ledger_kind
 from truecost.gateway.routes import GatewayRoutes, digest_matches
 from truecost.ledger import BatchWriter
 from truecost.pricing.catalog import PriceCatalog
@@ -36,8 +35,14 @@ from truecost.tracking.tracker import Tracker
 __all__ = ["build", "create_app", "GatewayDashboardAuth"]
 
 
-def create_app(config: GatewayConfig, pipeline: Pipeline, keys: KeyStore, on_shutdown: Iterable[Callable[[], Any]] = (),
-               dashboard: Any = None, sessions: SessionStore | None = None) -> Starlette:
+def create_app(
+    config: GatewayConfig,
+    pipeline: Pipeline,
+    keys: KeyStore,
+    on_shutdown: Iterable[Callable[[], Any]] = (),
+    dashboard: Any = None,
+    sessions: SessionStore | None = None,
+) -> Starlette:
     """The ASGI app: the gateway's routes, and the dashboard under /ui when given. ``on_shutdown`` callables
     (sync or async) run when the app stops."""
     routes = GatewayRoutes(config, pipeline, keys, sessions).routes()
@@ -81,8 +86,13 @@ def build(config: GatewayConfig) -> Starlette:
     # and replays the log when it starts again on the same folder
     writer = BatchWriter(store, spool_path=ledger.spool, wal_dir=ledger.spool.with_suffix(".wal"))
     writer.flush()  # what a crash left in the write-ahead log is in the store before budgets read it
-    tracker = Tracker(PriceCatalog.load(*config.prices_files), writer, compute=config.compute,
-                      otel_tracer=_tracer(config), source="gateway")
+    tracker = Tracker(
+        PriceCatalog.load(*config.prices_files),
+        writer,
+        compute=config.compute,
+        otel_tracer=_tracer(config),
+        source="gateway",
+    )
     upstreams = {name: UPSTREAMS[u.kind](u) for name, u in config.upstreams.items()}
     budgets = BUDGET_GUARDS[budget_guard_name(config)](config, store)
     keys = open_key_store(config.keys, config.ledger, config.ledger_schema)
@@ -97,10 +107,14 @@ def build(config: GatewayConfig) -> Starlette:
         store.close()
 
     sessions = SessionStore()  # per replica: several replicas behind a balancer need sticky sessions
-    dashboard = create_dashboard(store, [Budget(b.field, b.value, b.period, b.limit_usd) for b in config.budgets],
-                                 title="truecost gateway", auth=GatewayDashboardAuth(config.admin_key_sha256, keys),
-                                 sessions=sessions,
-                                 cache_target_error=config.cache.target_error if config.cache.enabled else None)
+    dashboard = create_dashboard(
+        store,
+        [Budget(b.field, b.value, b.period, b.limit_usd) for b in config.budgets],
+        title="truecost gateway",
+        auth=GatewayDashboardAuth(config.admin_key_sha256, keys),
+        sessions=sessions,
+        cache_target_error=config.cache.target_error if config.cache.enabled else None,
+    )
     app = create_app(config, pipeline, keys, on_shutdown=[close_all], dashboard=dashboard, sessions=sessions)
     app.state.pipeline, app.state.store, app.state.writer, app.state.keys = pipeline, store, writer, keys
     return app
@@ -126,6 +140,13 @@ def build_cache(config: GatewayConfig) -> SemanticCache | None:
     index, entries = CACHE_BACKENDS[c.backend](c, embedder.dims)
     same = make_verifiers(c.equivalence, embedder)
     refusals: dict[str, Any] = {} if c.refusal_patterns is None else {"refusal_patterns": c.refusal_patterns or None}
-    return SemanticCache(embedder, index, entries, make_policy(c.policy, c.target_error, 0), same,
-                         CacheLimits(max_entries=c.max_entries, ttl_seconds=c.ttl_seconds), kb_version=c.kb_version,
-                         **refusals)
+    return SemanticCache(
+        embedder,
+        index,
+        entries,
+        make_policy(c.policy, c.target_error, 0),
+        same,
+        CacheLimits(max_entries=c.max_entries, ttl_seconds=c.ttl_seconds),
+        kb_version=c.kb_version,
+        **refusals,
+    )

@@ -33,8 +33,10 @@ IN_FLIGHT_TTL = timedelta(minutes=15)
 
 class BudgetExceeded(Exception):
     def __init__(self, budget: BudgetConfig, spent: Decimal) -> None:
-        super().__init__(f"budget for {budget.field}={budget.value} ({budget.period}) is ${budget.limit_usd}; "
-                         f"${spent:.6f} is spent or in flight")
+        super().__init__(
+            f"budget for {budget.field}={budget.value} ({budget.period}) is ${budget.limit_usd}; "
+            f"${spent:.6f} is spent or in flight"
+        )
         self.budget = budget
 
 
@@ -42,8 +44,10 @@ class BudgetUnpriced(Exception):
     """A model without a price cannot be held to a hard budget (unless the budget says ``unpriced: allow``)."""
 
     def __init__(self, budget: BudgetConfig, model: str) -> None:
-        super().__init__(f"model {model!r} has no price in the catalog, and the hard budget for {budget.field}="
-                         f"{budget.value} cannot be enforced without one; add its price, or set unpriced: allow")
+        super().__init__(
+            f"model {model!r} has no price in the catalog, and the hard budget for {budget.field}="
+            f"{budget.value} cannot be enforced without one; add its price, or set unpriced: allow"
+        )
         self.budget = budget
 
 
@@ -57,12 +61,16 @@ def period_start(period: str, now: datetime) -> datetime:
     return day if period == "day" else day.replace(day=1)
 
 
-def matching(budgets: Sequence[BudgetConfig], attributions: Attributions,
-             now: datetime) -> list[tuple[BudgetConfig, tuple]]:
+def matching(
+    budgets: Sequence[BudgetConfig], attributions: Attributions, now: datetime
+) -> list[tuple[BudgetConfig, tuple]]:
     """Every budget any of the attributions falls under (the key's own and the billed one), once each."""
     atts = [attributions] if isinstance(attributions, Attribution) else list(attributions)
-    return [(b, (b.field, b.value, _period_key(b.period, now))) for b in budgets
-            if any(getattr(a, b.field) == b.value for a in atts)]
+    return [
+        (b, (b.field, b.value, _period_key(b.period, now)))
+        for b in budgets
+        if any(getattr(a, b.field) == b.value for a in atts)
+    ]
 
 
 def check_unpriced(matched: list[tuple[BudgetConfig, tuple]], unpriced_model: str | None) -> None:
@@ -101,8 +109,14 @@ class BudgetGuard(Protocol):
     def prime(self, now: datetime | None = None) -> None:
         """Load what the current periods already spent (at start-up)."""
 
-    def admit(self, attribution: Attributions, estimate: Decimal, now: datetime | None = None, *,
-              unpriced_model: str | None = None) -> list[tuple]: ...
+    def admit(
+        self,
+        attribution: Attributions,
+        estimate: Decimal,
+        now: datetime | None = None,
+        *,
+        unpriced_model: str | None = None,
+    ) -> list[tuple]: ...
 
     def settle(self, keys: list[tuple], estimate: Decimal, actual: Decimal | None) -> None: ...
 
@@ -161,8 +175,14 @@ class LocalBudgetGuard(_Alerts):
         if key not in self._spent:
             self._spent[key] = ledger_spend(self.store, b, now) if self.store is not None else ZERO
 
-    def admit(self, attribution: Attributions, estimate: Decimal, now: datetime | None = None, *,
-              unpriced_model: str | None = None) -> list[tuple]:
+    def admit(
+        self,
+        attribution: Attributions,
+        estimate: Decimal,
+        now: datetime | None = None,
+        *,
+        unpriced_model: str | None = None,
+    ) -> list[tuple]:
         now = now or datetime.now(timezone.utc)
         with self._lock:
             matched = matching(self.budgets, attribution, now)
@@ -213,8 +233,9 @@ class PostgresBudgetGuard(_Alerts):
 
     remote = True  # network I/O: the gateway calls it from a worker thread
 
-    def __init__(self, budgets: list[BudgetConfig], uri: str, schema: str | None = None,
-                 store: LedgerStore | None = None) -> None:
+    def __init__(
+        self, budgets: list[BudgetConfig], uri: str, schema: str | None = None, store: LedgerStore | None = None
+    ) -> None:
         import psycopg  # optional: the postgres extra
 
         super().__init__()
@@ -226,13 +247,19 @@ class PostgresBudgetGuard(_Alerts):
             c = self._connection()
             c.execute("SELECT pg_advisory_lock(hashtext('truecost-budgets-setup'))")
             try:
-                c.execute("CREATE TABLE IF NOT EXISTS budget_usage (field TEXT NOT NULL, value TEXT NOT NULL, "
-                          "period_key TEXT NOT NULL, spent NUMERIC NOT NULL DEFAULT 0, in_flight NUMERIC NOT NULL DEFAULT 0, "
-                          "PRIMARY KEY (field, value, period_key))")
-                c.execute("CREATE TABLE IF NOT EXISTS budget_in_flight (id TEXT PRIMARY KEY, field TEXT NOT NULL, "
-                          "value TEXT NOT NULL, period_key TEXT NOT NULL, amount NUMERIC NOT NULL, "
-                          "expires_at TIMESTAMPTZ NOT NULL)")
-                c.execute("CREATE INDEX IF NOT EXISTS budget_in_flight_key ON budget_in_flight (field, value, period_key)")
+                c.execute(
+                    "CREATE TABLE IF NOT EXISTS budget_usage (field TEXT NOT NULL, value TEXT NOT NULL, "
+                    "period_key TEXT NOT NULL, spent NUMERIC NOT NULL DEFAULT 0, in_flight NUMERIC NOT NULL DEFAULT 0, "
+                    "PRIMARY KEY (field, value, period_key))"
+                )
+                c.execute(
+                    "CREATE TABLE IF NOT EXISTS budget_in_flight (id TEXT PRIMARY KEY, field TEXT NOT NULL, "
+                    "value TEXT NOT NULL, period_key TEXT NOT NULL, amount NUMERIC NOT NULL, "
+                    "expires_at TIMESTAMPTZ NOT NULL)"
+                )
+                c.execute(
+                    "CREATE INDEX IF NOT EXISTS budget_in_flight_key ON budget_in_flight (field, value, period_key)"
+                )
             finally:
                 c.execute("SELECT pg_advisory_unlock(hashtext('truecost-budgets-setup'))")
 
@@ -262,8 +289,14 @@ class PostgresBudgetGuard(_Alerts):
                 self._conn = None
                 raise BudgetUnavailable(f"budget store went away ({type(exc).__name__})") from None
 
-    def admit(self, attribution: Attributions, estimate: Decimal, now: datetime | None = None, *,
-              unpriced_model: str | None = None) -> list[tuple]:
+    def admit(
+        self,
+        attribution: Attributions,
+        estimate: Decimal,
+        now: datetime | None = None,
+        *,
+        unpriced_model: str | None = None,
+    ) -> list[tuple]:
         now = now or datetime.now(timezone.utc)
         matched = matching(self.budgets, attribution, now)
         check_unpriced(matched, unpriced_model)
@@ -273,25 +306,38 @@ class PostgresBudgetGuard(_Alerts):
 
         def go(c):
             for b, key in matched:
-                created = c.execute("INSERT INTO budget_usage (field, value, period_key) VALUES (%s, %s, %s) "
-                                    "ON CONFLICT DO NOTHING RETURNING 1", key).fetchone()
+                created = c.execute(
+                    "INSERT INTO budget_usage (field, value, period_key) VALUES (%s, %s, %s) "
+                    "ON CONFLICT DO NOTHING RETURNING 1",
+                    key,
+                ).fetchone()
                 if created and self.store is not None:  # a new period: what the ledger already holds counts
-                    c.execute("UPDATE budget_usage SET spent = %s WHERE field = %s AND value = %s AND period_key = %s",
-                              (ledger_spend(self.store, b, now), *key))
-                (spent,) = c.execute("SELECT spent FROM budget_usage WHERE field = %s AND value = %s "
-                                     "AND period_key = %s FOR UPDATE", key).fetchone()
-                (in_flight,) = c.execute("SELECT COALESCE(SUM(amount), 0) FROM budget_in_flight WHERE field = %s AND "
-                                         "value = %s AND period_key = %s AND expires_at > %s", (*key, now)).fetchone()
+                    c.execute(
+                        "UPDATE budget_usage SET spent = %s WHERE field = %s AND value = %s AND period_key = %s",
+                        (ledger_spend(self.store, b, now), *key),
+                    )
+                (spent,) = c.execute(
+                    "SELECT spent FROM budget_usage WHERE field = %s AND value = %s AND period_key = %s FOR UPDATE", key
+                ).fetchone()
+                (in_flight,) = c.execute(
+                    "SELECT COALESCE(SUM(amount), 0) FROM budget_in_flight WHERE field = %s AND "
+                    "value = %s AND period_key = %s AND expires_at > %s",
+                    (*key, now),
+                ).fetchone()
                 committed = spent + in_flight
                 if committed + estimate > b.limit_usd:
                     if b.hard:
                         raise BudgetExceeded(b, committed)
                     self._alert(b)
             for i, (_b, key) in enumerate(matched):
-                c.execute("INSERT INTO budget_in_flight (id, field, value, period_key, amount, expires_at) "
-                          "VALUES (%s, %s, %s, %s, %s, %s)", (f"{admission}-{i}", *key, estimate, now + IN_FLIGHT_TTL))
+                c.execute(
+                    "INSERT INTO budget_in_flight (id, field, value, period_key, amount, expires_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    (f"{admission}-{i}", *key, estimate, now + IN_FLIGHT_TTL),
+                )
             c.execute("DELETE FROM budget_in_flight WHERE expires_at < %s", (now - IN_FLIGHT_TTL,))
             return [(*key, f"{admission}-{i}") for i, (_b, key) in enumerate(matched)]
+
         return self._tx(go)
 
     def settle(self, keys: list[tuple], estimate: Decimal, actual: Decimal | None) -> None:
@@ -302,21 +348,32 @@ class PostgresBudgetGuard(_Alerts):
         def go(c):
             for field, value, period_key, admission in keys:
                 c.execute("DELETE FROM budget_in_flight WHERE id = %s", (admission,))
-                c.execute("UPDATE budget_usage SET spent = spent + %s WHERE field = %s "
-                          "AND value = %s AND period_key = %s", (charge, field, value, period_key))
+                c.execute(
+                    "UPDATE budget_usage SET spent = spent + %s WHERE field = %s AND value = %s AND period_key = %s",
+                    (charge, field, value, period_key),
+                )
+
         self._tx(go)
 
     def spent(self, field: str, value: str, period: str, now: datetime | None = None) -> Decimal:
         key = (field, value, _period_key(period, now or datetime.now(timezone.utc)))
-        row = self._tx(lambda c: c.execute("SELECT spent FROM budget_usage WHERE field = %s AND value = %s AND "
-                                           "period_key = %s", key).fetchone())
+        row = self._tx(
+            lambda c: c.execute(
+                "SELECT spent FROM budget_usage WHERE field = %s AND value = %s AND period_key = %s", key
+            ).fetchone()
+        )
         return row[0] if row else ZERO
 
     def in_flight(self, field: str, value: str, period: str, now: datetime | None = None) -> Decimal:
         now = now or datetime.now(timezone.utc)
         key = (field, value, _period_key(period, now))
-        row = self._tx(lambda c: c.execute("SELECT COALESCE(SUM(amount), 0) FROM budget_in_flight WHERE field = %s AND "
-                                           "value = %s AND period_key = %s AND expires_at > %s", (*key, now)).fetchone())
+        row = self._tx(
+            lambda c: c.execute(
+                "SELECT COALESCE(SUM(amount), 0) FROM budget_in_flight WHERE field = %s AND "
+                "value = %s AND period_key = %s AND expires_at > %s",
+                (*key, now),
+            ).fetchone()
+        )
         return row[0]
 
     def close(self) -> None:

@@ -193,14 +193,53 @@ def _need(d: dict, key: str, where: str) -> Any:
     return d[key]
 
 
-TOP_LEVEL = ("upstreams", "models", "keys", "budgets", "ledger", "ledger_schema", "admin_key_sha256", "log_prompts",
-             "spool", "compute", "max_body_bytes", "prices_files", "cache", "otel", "metrics_token_sha256", "limits",
-             "otlp", "admin_key", "metrics_token")  # the last two only to say: store them hashed
-UPSTREAM_KEYS = ("base_url", "api_key_env", "kind", "timeout", "first_byte_timeout", "connect_timeout", "idle_timeout",
-                 "price_attributes",
-                 "max_retries")
-KEY_KEYS = ("name", "key_sha256", "cost_center", "team", "tenant", "environment", "revoked", "models", "rpm", "tpm",
-            "expires_at", "allow_attribution_headers", "scopes")
+TOP_LEVEL = (
+    "upstreams",
+    "models",
+    "keys",
+    "budgets",
+    "ledger",
+    "ledger_schema",
+    "admin_key_sha256",
+    "log_prompts",
+    "spool",
+    "compute",
+    "max_body_bytes",
+    "prices_files",
+    "cache",
+    "otel",
+    "metrics_token_sha256",
+    "limits",
+    "otlp",
+    "admin_key",
+    "metrics_token",
+)  # the last two only to say: store them hashed
+UPSTREAM_KEYS = (
+    "base_url",
+    "api_key_env",
+    "kind",
+    "timeout",
+    "first_byte_timeout",
+    "connect_timeout",
+    "idle_timeout",
+    "price_attributes",
+    "max_retries",
+)
+KEY_KEYS = (
+    "name",
+    "key_sha256",
+    "cost_center",
+    "team",
+    "tenant",
+    "environment",
+    "revoked",
+    "models",
+    "rpm",
+    "tpm",
+    "expires_at",
+    "allow_attribution_headers",
+    "scopes",
+)
 BUDGET_KEYS = ("cost_center", "team", "tenant", "feature", "period", "limit_usd", "hard", "unpriced")
 
 
@@ -211,7 +250,12 @@ def _no_unknown(d: dict, known: tuple[str, ...], where: str) -> None:
 
 
 def _positive(value: Any, where: str, kind: type = float) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (kind is int and value != int(value)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or value <= 0
+        or (kind is int and value != int(value))
+    ):
         raise ConfigError(f"{where}: a positive {'whole ' if kind is int else ''}number, got {value!r}")
     return kind(value)
 
@@ -225,15 +269,32 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
     keys = [_parse_key(k, i, f"{source}: keys[{i}]", models) for i, k in enumerate(doc.get("keys") or [])]
     names = [k.name for k in keys]
     if len(set(names)) != len(names):
-        raise ConfigError(f"{source}: keys: names must be unique; repeated: "
-                          f"{', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+        raise ConfigError(
+            f"{source}: keys: names must be unique; repeated: "
+            f"{', '.join(sorted({n for n in names if names.count(n) > 1}))}"
+        )
     budgets = [_parse_budget(b, f"{source}: budgets[{i}]") for i, b in enumerate(doc.get("budgets") or [])]
     limits = _parse_limits(doc, source)
-    return GatewayConfig(ups, models, keys, budgets, str(doc.get("ledger", ".truecost/gateway.db")),
-                         doc.get("ledger_schema"), _digest(doc, "admin_key", source), bool(doc.get("log_prompts", False)),
-                         doc.get("spool"), doc.get("compute"), limits.max_body_bytes,
-                         list(doc.get("prices_files") or []), _parse_cache(doc, source), routes, bool(doc.get("otel", False)),
-                         _digest(doc, "metrics_token", source), limits, _parse_otlp(doc, source))
+    return GatewayConfig(
+        ups,
+        models,
+        keys,
+        budgets,
+        str(doc.get("ledger", ".truecost/gateway.db")),
+        doc.get("ledger_schema"),
+        _digest(doc, "admin_key", source),
+        bool(doc.get("log_prompts", False)),
+        doc.get("spool"),
+        doc.get("compute"),
+        limits.max_body_bytes,
+        list(doc.get("prices_files") or []),
+        _parse_cache(doc, source),
+        routes,
+        bool(doc.get("otel", False)),
+        _digest(doc, "metrics_token", source),
+        limits,
+        _parse_otlp(doc, source),
+    )
 
 
 def _parse_otlp(doc: dict, source: str) -> Any:
@@ -271,11 +332,17 @@ def _parse_upstreams(doc: dict, source: str) -> dict[str, UpstreamConfig]:
         retries = u.get("max_retries", 2)
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
             raise ConfigError(f"{where}.max_retries: a whole number from 0 to 10, got {retries!r}")
-        ups[name] = UpstreamConfig(name, str(_need(u, "base_url", where)), u.get("api_key_env"),
-                                   _positive(first_byte, f"{where}.first_byte_timeout"), retries, kind,
-                                   _positive(u.get("connect_timeout", 5.0), f"{where}.connect_timeout"),
-                                   _positive(u.get("idle_timeout", 30.0), f"{where}.idle_timeout"),
-                                   _price_attributes(u.get("price_attributes"), f"{where}.price_attributes"))
+        ups[name] = UpstreamConfig(
+            name,
+            str(_need(u, "base_url", where)),
+            u.get("api_key_env"),
+            _positive(first_byte, f"{where}.first_byte_timeout"),
+            retries,
+            kind,
+            _positive(u.get("connect_timeout", 5.0), f"{where}.connect_timeout"),
+            _positive(u.get("idle_timeout", 30.0), f"{where}.idle_timeout"),
+            _price_attributes(u.get("price_attributes"), f"{where}.price_attributes"),
+        )
     if not ups:
         raise ConfigError(f"{source}: at least one upstream is needed")
     return ups
@@ -294,8 +361,14 @@ def _parse_models(doc: dict, source: str, ups: dict) -> tuple[dict[str, list[Can
             up = _need(c, "upstream", f"{where}.candidates[{i}]")
             if up not in ups:
                 raise ConfigError(f"{where}.candidates[{i}]: unknown upstream {up!r}; known: {', '.join(ups)}")
-            parsed.append(Candidate(up, str(_need(c, "model", f"{where}.candidates[{i}]")), c.get("upstream_model"),
-                                    bool(c.get("self_hosted", False))))
+            parsed.append(
+                Candidate(
+                    up,
+                    str(_need(c, "model", f"{where}.candidates[{i}]")),
+                    c.get("upstream_model"),
+                    bool(c.get("self_hosted", False)),
+                )
+            )
         models[alias] = parsed
         if m.get("route") is not None:
             routes[alias] = _parse_route(m["route"], f"{where}.route", {c.model for c in parsed})
@@ -304,8 +377,18 @@ def _parse_models(doc: dict, source: str, ups: dict) -> tuple[dict[str, list[Can
     return models, routes
 
 
-ROUTE_KEYS = ("strategy", "weak", "strong", "max_weak_tokens", "artifact", "threshold", "min_mean_logprob", "hold",
-              "share_window", "metadata_headers")
+ROUTE_KEYS = (
+    "strategy",
+    "weak",
+    "strong",
+    "max_weak_tokens",
+    "artifact",
+    "threshold",
+    "min_mean_logprob",
+    "hold",
+    "share_window",
+    "metadata_headers",
+)
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie", "x-api-key", "api-key")
 
@@ -320,17 +403,30 @@ def _parse_route(r: Any, where: str, names: set[str]) -> RouteConfig:
     artifact, threshold = _route_artifact(r, where)
     hold, window = r.get("hold", "threshold"), r.get("share_window", 1000)
     if hold not in ("threshold", "share") or (hold == "share" and r["strategy"] != "trained"):
-        raise ConfigError(f"{where}.hold: 'threshold' (the calibrated score threshold) or 'share' (the "
-                          f"calibrated strong-call share, trained routes only); got {hold!r}")
+        raise ConfigError(
+            f"{where}.hold: 'threshold' (the calibrated score threshold) or 'share' (the "
+            f"calibrated strong-call share, trained routes only); got {hold!r}"
+        )
     if isinstance(window, bool) or not isinstance(window, int) or window < 50:
         raise ConfigError(f"{where}.share_window: a whole number of recent requests >= 50; got {window!r}")
     min_lp = r.get("min_mean_logprob")
     if r["strategy"] == "cascade" and (isinstance(min_lp, bool) or not isinstance(min_lp, (int, float)) or min_lp > 0):
-        raise ConfigError(f"{where}.min_mean_logprob: a cascade needs a threshold <= 0 on the weak "
-                          f"answer's mean token log-probability (e.g. -0.5); got {min_lp!r}")
-    return RouteConfig(r["strategy"], r["weak"], r["strong"], int(r.get("max_weak_tokens", 400)), artifact, threshold,
-                       float(min_lp) if min_lp is not None else None, hold, window,
-                       _metadata_headers(r, f"{where}.metadata_headers"))
+        raise ConfigError(
+            f"{where}.min_mean_logprob: a cascade needs a threshold <= 0 on the weak "
+            f"answer's mean token log-probability (e.g. -0.5); got {min_lp!r}"
+        )
+    return RouteConfig(
+        r["strategy"],
+        r["weak"],
+        r["strong"],
+        int(r.get("max_weak_tokens", 400)),
+        artifact,
+        threshold,
+        float(min_lp) if min_lp is not None else None,
+        hold,
+        window,
+        _metadata_headers(r, f"{where}.metadata_headers"),
+    )
 
 
 def _route_artifact(r: dict, where: str) -> tuple[str | None, float | None]:
@@ -338,8 +434,10 @@ def _route_artifact(r: dict, where: str) -> tuple[str | None, float | None]:
     artifact, threshold = r.get("artifact"), r.get("threshold")
     if r["strategy"] == "trained":
         if not artifact or not Path(str(artifact)).is_file():
-            raise ConfigError(f"{where}.artifact: a trained router needs its artifact file "
-                              f"(`truecost router calibrate ... --out router.npz`); got {artifact!r}")
+            raise ConfigError(
+                f"{where}.artifact: a trained router needs its artifact file "
+                f"(`truecost router calibrate ... --out router.npz`); got {artifact!r}"
+            )
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
             raise ConfigError(f"{where}.threshold: a number, got {threshold!r}")
     return (str(artifact) if artifact else None), (float(threshold) if threshold is not None else None)
@@ -352,10 +450,13 @@ def _metadata_headers(r: dict, where: str) -> tuple[tuple[str, str], ...]:
         return ()
     if r["strategy"] != "trained":
         raise ConfigError(f"{where}: only a trained route's scorer reads request metadata")
-    if not isinstance(raw, dict) or not all(isinstance(f, str) and f and isinstance(h, str) and _HEADER_NAME.fullmatch(h)
-                                            for f, h in raw.items()):
-        raise ConfigError(f"{where}: a mapping of metadata field to request header name, e.g. "
-                          f"{{subject: x-truecost-subject}}; got {raw!r}")
+    if not isinstance(raw, dict) or not all(
+        isinstance(f, str) and f and isinstance(h, str) and _HEADER_NAME.fullmatch(h) for f, h in raw.items()
+    ):
+        raise ConfigError(
+            f"{where}: a mapping of metadata field to request header name, e.g. "
+            f"{{subject: x-truecost-subject}}; got {raw!r}"
+        )
     secret = sorted(h for h in raw.values() if h.lower() in CREDENTIAL_HEADERS)
     if secret:
         raise ConfigError(f"{where}: {', '.join(secret)} carries credentials, never routing metadata")
@@ -398,11 +499,21 @@ def _parse_key(k: Any, i: int, where: str, models: dict) -> KeyConfig:
     allowed_models = None if k.get("models") is None else _names(k.get("models"), f"{where}.models", tuple(models))
     rpm = None if k.get("rpm") is None else _positive(k["rpm"], f"{where}.rpm", int)
     tpm = None if k.get("tpm") is None else _positive(k["tpm"], f"{where}.tpm", int)
-    return KeyConfig(str(k.get("name") or f"key-{i}"), digest, k.get("cost_center"), k.get("team"), k.get("tenant"),
-                     k.get("environment"), bool(k.get("revoked", False)), allowed_models, rpm, tpm,
-                     _when(k.get("expires_at"), f"{where}.expires_at"),
-                     _names(k.get("allow_attribution_headers"), f"{where}.allow_attribution_headers", HEADER_GRANTS),
-                     _names(k.get("scopes"), f"{where}.scopes", KEY_SCOPES))
+    return KeyConfig(
+        str(k.get("name") or f"key-{i}"),
+        digest,
+        k.get("cost_center"),
+        k.get("team"),
+        k.get("tenant"),
+        k.get("environment"),
+        bool(k.get("revoked", False)),
+        allowed_models,
+        rpm,
+        tpm,
+        _when(k.get("expires_at"), f"{where}.expires_at"),
+        _names(k.get("allow_attribution_headers"), f"{where}.allow_attribution_headers", HEADER_GRANTS),
+        _names(k.get("scopes"), f"{where}.scopes", KEY_SCOPES),
+    )
 
 
 def _parse_budget(b: Any, where: str) -> BudgetConfig:
@@ -422,8 +533,9 @@ def _parse_budget(b: Any, where: str) -> BudgetConfig:
         raise ConfigError(f"{where}: limit_usd must be a number") from None
     if not limit.is_finite() or limit <= 0:
         raise ConfigError(f"{where}: limit_usd must be positive")
-    return BudgetConfig(fld, str(b[fld]), b.get("period", "month"), limit, bool(b.get("hard", True)),
-                        b.get("unpriced", "refuse"))
+    return BudgetConfig(
+        fld, str(b[fld]), b.get("period", "month"), limit, bool(b.get("hard", True)), b.get("unpriced", "refuse")
+    )
 
 
 def _parse_limits(doc: dict, source: str) -> LimitsConfig:
@@ -432,7 +544,13 @@ def _parse_limits(doc: dict, source: str) -> LimitsConfig:
         raise ConfigError(f"{source}: limits must be a mapping")
     _no_unknown(raw, tuple(LimitsConfig.__dataclass_fields__), f"{source}: limits")
     merged = {"max_body_bytes": doc.get("max_body_bytes", 1_000_000), **raw}
-    kinds = {"max_body_bytes": int, "max_json_depth": int, "max_header_bytes": int, "header_timeout": float, "max_n": int}
+    kinds = {
+        "max_body_bytes": int,
+        "max_json_depth": int,
+        "max_header_bytes": int,
+        "header_timeout": float,
+        "max_n": int,
+    }
     return LimitsConfig(**{k: _positive(v, f"{source}: limits.{k}", kinds[k]) for k, v in merged.items()})
 
 
@@ -453,11 +571,16 @@ def _parse_cache(doc: dict, source: str) -> CacheConfig:
             try:
                 re.compile(p)
             except re.error as exc:
-                raise ConfigError(f"{source}: cache.refusal_patterns: {p!r} is not a regular expression ({exc})") from None
+                raise ConfigError(
+                    f"{source}: cache.refusal_patterns: {p!r} is not a regular expression ({exc})"
+                ) from None
         c = {**c, "refusal_patterns": tuple(patterns)}
     cache = CacheConfig(**c)
-    for name, value, table in (("embedder", cache.embedder, EMBEDDERS), ("index", cache.index, CACHE_INDEXES),
-                               ("backend", cache.backend, CACHE_BACKENDS)):
+    for name, value, table in (
+        ("embedder", cache.embedder, EMBEDDERS),
+        ("index", cache.index, CACHE_INDEXES),
+        ("backend", cache.backend, CACHE_BACKENDS),
+    ):
         if value not in table:
             raise ConfigError(f"{source}: cache.{name} must be {known(table)}, got {value!r}")
     if cache.backend != "memory" and not cache.url:

@@ -64,8 +64,14 @@ class Exchange:
     def budget_actual(self) -> Decimal:
         """What the request's budgets are charged: the known costs, plus the estimate of each unknown cost
         the provider may bill (``budget_charge_usd``)."""
-        charged = sum((Decimal(e.details["budget_charge_usd"]) for e in self.req.events
-                       if e.cost is None and e.details.get("budget_charge_usd") is not None), ZERO)
+        charged = sum(
+            (
+                Decimal(e.details["budget_charge_usd"])
+                for e in self.req.events
+                if e.cost is None and e.details.get("budget_charge_usd") is not None
+            ),
+            ZERO,
+        )
         return self.req.total + charged
 
     def avoided(self) -> Decimal:
@@ -77,15 +83,25 @@ class Exchange:
         headers = {"x-request-id": self.req.id}
         model = self.body["model"]
         if isinstance(last_error, UpstreamAuthError):  # our credentials, not the client's
-            return GatewayError(502, f"every candidate for {model!r} failed: the gateway's own credentials "
-                                     "for the upstream were refused (an operator must fix the upstream API key)",
-                                "upstream_error", "upstream_auth_failed", headers)
+            return GatewayError(
+                502,
+                f"every candidate for {model!r} failed: the gateway's own credentials "
+                "for the upstream were refused (an operator must fix the upstream API key)",
+                "upstream_error",
+                "upstream_auth_failed",
+                headers,
+            )
         http = last_error if isinstance(last_error, UpstreamHTTPError) else None
         status = http.status if http is not None and 400 <= http.status < 500 else 502
         if status == 429 and http is not None and http.retry_after:
             headers["retry-after"] = str(max(1, int(http.retry_after + 0.999)))
-        return GatewayError(status, f"every candidate for {model!r} failed; last error: {last_error}",
-                            "upstream_error", "upstream_failed", headers)
+        return GatewayError(
+            status,
+            f"every candidate for {model!r} failed; last error: {last_error}",
+            "upstream_error",
+            "upstream_failed",
+            headers,
+        )
 
 
 @dataclass

@@ -85,9 +85,27 @@ class MemoryKeyBackend:
         pass
 
 
-_KEY_COLUMNS = ("name", "key_sha256", "cost_center", "team", "tenant", "environment", "revoked", "models", "rpm",
-                "tpm", "expires_at", "allow_attribution_headers", "scopes", "created_at", "created_by", "revoked_at",
-                "rotated_at", "previous_sha256", "previous_valid_until")
+_KEY_COLUMNS = (
+    "name",
+    "key_sha256",
+    "cost_center",
+    "team",
+    "tenant",
+    "environment",
+    "revoked",
+    "models",
+    "rpm",
+    "tpm",
+    "expires_at",
+    "allow_attribution_headers",
+    "scopes",
+    "created_at",
+    "created_by",
+    "revoked_at",
+    "rotated_at",
+    "previous_sha256",
+    "previous_valid_until",
+)
 _TIMES = ("expires_at", "created_at", "revoked_at", "rotated_at", "previous_valid_until")
 _AUDIT_COLUMNS = ("id", "ts", "actor", "action", "target", "outcome", "details")
 
@@ -135,10 +153,32 @@ _TABLES = """
     CREATE TABLE truecost_keys_version (id INTEGER PRIMARY KEY CHECK (id = 1), version {int} NOT NULL);
     INSERT INTO truecost_keys_version VALUES (1, 0)
 """
-_SQLITE_MIGRATIONS = [("001_keys_and_audit", _TABLES.format(
-    flag="INTEGER", false="0", int="INTEGER", time="TEXT", serial="INTEGER PRIMARY KEY AUTOINCREMENT", json="TEXT"))]
-_PG_MIGRATIONS = [("001_keys_and_audit", _TABLES.format(
-    flag="BOOLEAN", false="FALSE", int="BIGINT", time="TIMESTAMPTZ", serial="BIGSERIAL PRIMARY KEY", json="JSONB"))]
+_SQLITE_MIGRATIONS = [
+    (
+        "001_keys_and_audit",
+        _TABLES.format(
+            flag="INTEGER",
+            false="0",
+            int="INTEGER",
+            time="TEXT",
+            serial="INTEGER PRIMARY KEY AUTOINCREMENT",
+            json="TEXT",
+        ),
+    )
+]
+_PG_MIGRATIONS = [
+    (
+        "001_keys_and_audit",
+        _TABLES.format(
+            flag="BOOLEAN",
+            false="FALSE",
+            int="BIGINT",
+            time="TIMESTAMPTZ",
+            serial="BIGSERIAL PRIMARY KEY",
+            json="JSONB",
+        ),
+    )
+]
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -180,19 +220,30 @@ class _SQLKeyBackend:
         return None if row is None else _from_row(row)
 
     def _audit_insert(self, c, entry: dict) -> None:
-        c.execute(self._sql("INSERT INTO truecost_admin_audit (ts, actor, action, target, outcome, details) "
-                            "VALUES (?,?,?,?,?,?)"),
-                  (self._time(entry["ts"]), entry["actor"], entry["action"], entry["target"], entry["outcome"],
-                   json.dumps(entry["details"])))
+        c.execute(
+            self._sql(
+                "INSERT INTO truecost_admin_audit (ts, actor, action, target, outcome, details) VALUES (?,?,?,?,?,?)"
+            ),
+            (
+                self._time(entry["ts"]),
+                entry["actor"],
+                entry["action"],
+                entry["target"],
+                entry["outcome"],
+                json.dumps(entry["details"]),
+            ),
+        )
 
     def insert(self, record: KeyRecord, audit: dict) -> None:
-        sql = self._sql(f"INSERT INTO truecost_keys ({','.join(_KEY_COLUMNS)}) "
-                        f"VALUES ({','.join('?' * len(_KEY_COLUMNS))})")
+        sql = self._sql(
+            f"INSERT INTO truecost_keys ({','.join(_KEY_COLUMNS)}) VALUES ({','.join('?' * len(_KEY_COLUMNS))})"
+        )
 
         def go(c):
             c.execute(sql, _to_row(record, self._time))
             self._bump(c)
             self._audit_insert(c, audit)
+
         try:
             self._run(go, write=True)
         except self._unique:
@@ -203,12 +254,14 @@ class _SQLKeyBackend:
         sql = self._sql(f"UPDATE truecost_keys SET {sets} WHERE name = ? AND key_sha256 = ? AND revoked = ?")
 
         def go(c):  # compare and set: a concurrent rotation or revocation wins, this one is refused
-            n = c.execute(sql, (*_to_row(record, self._time)[1:], record.name, expect.key_sha256,
-                                self._flag(expect.revoked))).rowcount
+            n = c.execute(
+                sql, (*_to_row(record, self._time)[1:], record.name, expect.key_sha256, self._flag(expect.revoked))
+            ).rowcount
             if n:
                 self._bump(c)
                 self._audit_insert(c, audit)
             return n == 1
+
         return self._run(go, write=True)
 
     def append_audit(self, entry: dict) -> None:
@@ -235,8 +288,11 @@ class SQLiteKeyBackend(_SQLKeyBackend):
             self._conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"cannot open the key tables in {self.path}: {exc}") from None
-        self._run(lambda c: c.execute("CREATE TABLE IF NOT EXISTS _truecost_keys_migrations "
-                                      "(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"))
+        self._run(
+            lambda c: c.execute(
+                "CREATE TABLE IF NOT EXISTS _truecost_keys_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+        )
         for name, sql in _SQLITE_MIGRATIONS:
             self._run(functools.partial(self._apply, name=name, sql=sql), write=True)  # BEGIN IMMEDIATE: one applies it
 
@@ -244,8 +300,9 @@ class SQLiteKeyBackend(_SQLKeyBackend):
         if c.execute("SELECT 1 FROM _truecost_keys_migrations WHERE name = ?", (name,)).fetchone() is None:
             for stmt in filter(str.strip, sql.split(";")):
                 c.execute(stmt)
-            c.execute("INSERT INTO _truecost_keys_migrations VALUES (?, ?)",
-                      (name, datetime.now(timezone.utc).isoformat()))
+            c.execute(
+                "INSERT INTO _truecost_keys_migrations VALUES (?, ?)", (name, datetime.now(timezone.utc).isoformat())
+            )
 
     def _run(self, fn, write: bool = False):
         with self._lock:
@@ -333,16 +390,19 @@ class PostgresKeyBackend(_SQLKeyBackend):
         lock = f"truecost-keys-migrate-{self.schema}"
         c.execute("SELECT pg_advisory_lock(hashtext(%s))", (lock,))  # replicas start together
         try:
-            c.execute("CREATE TABLE IF NOT EXISTS _truecost_keys_migrations "
-                      "(name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS _truecost_keys_migrations "
+                "(name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
+            )
             done = {r[0] for r in c.execute("SELECT name FROM _truecost_keys_migrations")}
             for name, sql in _PG_MIGRATIONS:
                 if name not in done:
                     with c.transaction():
                         for stmt in filter(str.strip, sql.split(";")):
                             c.execute(stmt)
-                        c.execute("INSERT INTO _truecost_keys_migrations VALUES (%s, %s)",
-                                  (name, datetime.now(timezone.utc)))
+                        c.execute(
+                            "INSERT INTO _truecost_keys_migrations VALUES (%s, %s)", (name, datetime.now(timezone.utc))
+                        )
         finally:
             c.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock,))
 
@@ -355,7 +415,7 @@ class PostgresKeyBackend(_SQLKeyBackend):
 
 BACKENDS: dict[str, Callable[[str, str | None], KeyBackend]] = {
     "memory": lambda uri, schema: MemoryKeyBackend(),
-    "sqlite": lambda uri, schema: SQLiteKeyBackend(uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else uri),
+    "sqlite": lambda uri, schema: SQLiteKeyBackend(uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else uri),
     "postgresql": lambda uri, schema: PostgresKeyBackend(uri, schema=schema),
 }
 

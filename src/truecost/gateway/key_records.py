@@ -14,8 +14,20 @@ from truecost.gateway.config import HEADER_GRANTS as ATTRIBUTION_HEADER_FIELDS  
 from truecost.gateway.config import KEY_SCOPES as SCOPES
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_CONFIG_FIELDS = ("name", "cost_center", "team", "tenant", "environment", "revoked", "models", "rpm", "tpm",
-                  "expires_at", "allow_attribution_headers", "scopes")
+_CONFIG_FIELDS = (
+    "name",
+    "cost_center",
+    "team",
+    "tenant",
+    "environment",
+    "revoked",
+    "models",
+    "rpm",
+    "tpm",
+    "expires_at",
+    "allow_attribution_headers",
+    "scopes",
+)
 
 
 class KeyAdminError(TruecostError):
@@ -87,8 +99,15 @@ class KeyRecord:
         for name in ("models", "allow_attribution_headers", "scopes"):
             if given.get(name) is not None:
                 given[name] = tuple(given[name])
-        return cls(**{**given, "key_sha256": str(k.key_sha256).lower(), "revoked": bool(given.get("revoked")),
-                      "expires_at": aware_time(given.get("expires_at")), "source": "config"})
+        return cls(
+            **{
+                **given,
+                "key_sha256": str(k.key_sha256).lower(),
+                "revoked": bool(given.get("revoked")),
+                "expires_at": aware_time(given.get("expires_at")),
+                "source": "config",
+            }
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -128,6 +147,7 @@ def aware_time(t: Any) -> datetime | None:
 
 # -- validation (shared by create() and the admin API) ------------------------------------------------
 
+
 def _opt_text(name: str, v: Any) -> str | None:
     if v is None:
         return None
@@ -157,9 +177,21 @@ def _names(name: str, v: Any, allowed: Iterable[str] | None = None, nullable: bo
     return tuple(dict.fromkeys(v))
 
 
-def normalise_spec(now: datetime, *, cost_center=None, team=None, tenant=None, environment=None, models=None,
-                   rpm=None, tpm=None, expires_at=None, scopes=(), allow_attribution_headers=(),
-                   known_models: Iterable[str] | None = None) -> dict:
+def normalise_spec(
+    now: datetime,
+    *,
+    cost_center=None,
+    team=None,
+    tenant=None,
+    environment=None,
+    models=None,
+    rpm=None,
+    tpm=None,
+    expires_at=None,
+    scopes=(),
+    allow_attribution_headers=(),
+    known_models: Iterable[str] | None = None,
+) -> dict:
     """Check a new key's fields strictly (JSON types: no bools as numbers, no numbers as strings)."""
     if expires_at is not None:
         if isinstance(expires_at, str):
@@ -172,16 +204,25 @@ def normalise_spec(now: datetime, *, cost_center=None, team=None, tenant=None, e
         expires_at = expires_at.astimezone(timezone.utc)
         if expires_at <= now:
             raise InvalidKeySpec("expires_at is in the past")
-    return {"cost_center": _opt_text("cost_center", cost_center), "team": _opt_text("team", team),
-            "tenant": _opt_text("tenant", tenant), "environment": _opt_text("environment", environment),
-            "models": _names("models", models, known_models, nullable=True), "rpm": _opt_limit("rpm", rpm),
-            "tpm": _opt_limit("tpm", tpm), "expires_at": expires_at, "scopes": _names("scopes", scopes, SCOPES),
-            "allow_attribution_headers": _names("allow_attribution_headers", allow_attribution_headers,
-                                                ATTRIBUTION_HEADER_FIELDS)}
+    return {
+        "cost_center": _opt_text("cost_center", cost_center),
+        "team": _opt_text("team", team),
+        "tenant": _opt_text("tenant", tenant),
+        "environment": _opt_text("environment", environment),
+        "models": _names("models", models, known_models, nullable=True),
+        "rpm": _opt_limit("rpm", rpm),
+        "tpm": _opt_limit("tpm", tpm),
+        "expires_at": expires_at,
+        "scopes": _names("scopes", scopes, SCOPES),
+        "allow_attribution_headers": _names(
+            "allow_attribution_headers", allow_attribution_headers, ATTRIBUTION_HEADER_FIELDS
+        ),
+    }
 
 
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise InvalidKeySpec("name must be 1-64 characters: letters, digits, '.', '_' or '-', starting with a "
-                             "letter or digit")
+        raise InvalidKeySpec(
+            "name must be 1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     return name

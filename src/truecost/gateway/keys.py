@@ -32,12 +32,35 @@ from typing import Any, Callable, Iterable
 
 from truecost.errors import ConfigError, TruecostError
 from truecost.gateway.key_backends import BACKENDS, KeyBackend, MemoryKeyBackend, backend_name
-from truecost.gateway.key_records import (InvalidKeySpec, KeyAdminError, KeyConflict, KeyNotFound, KeyRecord,
-                                          ReadOnlyKey, actor_for, check_name, digest_of, fingerprint, iso_time,
-                                          normalise_spec)
+from truecost.gateway.key_records import (
+    InvalidKeySpec,
+    KeyAdminError,
+    KeyConflict,
+    KeyNotFound,
+    KeyRecord,
+    ReadOnlyKey,
+    actor_for,
+    check_name,
+    digest_of,
+    fingerprint,
+    iso_time,
+    normalise_spec,
+)
 
-__all__ = ["KeyStore", "open_key_store", "KeyRecord", "KeyAdminError", "InvalidKeySpec", "KeyNotFound", "KeyConflict",
-           "ReadOnlyKey", "actor_for", "digest_of", "fingerprint", "SECRET_PREFIX"]
+__all__ = [
+    "KeyStore",
+    "open_key_store",
+    "KeyRecord",
+    "KeyAdminError",
+    "InvalidKeySpec",
+    "KeyNotFound",
+    "KeyConflict",
+    "ReadOnlyKey",
+    "actor_for",
+    "digest_of",
+    "fingerprint",
+    "SECRET_PREFIX",
+]
 
 log = logging.getLogger("truecost.gateway.keys")
 
@@ -45,12 +68,17 @@ SECRET_PREFIX = "sk-tc-"
 MAX_GRACE_SECONDS = 30 * 86_400
 _BUCKET = 8  # hex characters of the hash that pick the comparison bucket
 _DUMMY = "0" * 64
-_REFUSALS: dict[type[Exception], str] = {KeyNotFound: "refused:not_found", KeyConflict: "refused:conflict",
-                                         ReadOnlyKey: "refused:read_only", InvalidKeySpec: "refused:invalid"}
+_REFUSALS: dict[type[Exception], str] = {
+    KeyNotFound: "refused:not_found",
+    KeyConflict: "refused:conflict",
+    ReadOnlyKey: "refused:read_only",
+    InvalidKeySpec: "refused:invalid",
+}
 
 
 def _bounded(details: dict | None) -> dict:
     """Audit details: JSON-safe and short (long strings and lists cut)."""
+
     def cut(v):
         if isinstance(v, (list, tuple)):
             return [cut(x) for x in list(v)[:50]]
@@ -60,6 +88,7 @@ def _bounded(details: dict | None) -> dict:
             return v
         v = iso_time(v) if isinstance(v, datetime) else str(v)
         return v if len(v) <= 200 else v[:200] + "…"
+
     return cut(dict(details or {}))
 
 
@@ -79,15 +108,22 @@ class _Index:
             self.buckets.setdefault(r.key_sha256[:_BUCKET], []).append((r.key_sha256, r, None))
             if r.previous_sha256 and r.previous_valid_until is not None:
                 self.buckets.setdefault(r.previous_sha256[:_BUCKET], []).append(
-                    (r.previous_sha256, r, r.previous_valid_until))
+                    (r.previous_sha256, r, r.previous_valid_until)
+                )
 
 
 class KeyStore:
     """Authenticate, create, rotate, revoke, list; every change and refusal goes to the audit table."""
 
-    def __init__(self, config_keys: Iterable[Any] = (), backend: KeyBackend | None = None, *, cache_ttl: float = 2.0,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+    def __init__(
+        self,
+        config_keys: Iterable[Any] = (),
+        backend: KeyBackend | None = None,
+        *,
+        cache_ttl: float = 2.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
         self._config: dict[str, KeyRecord] = {}
         for k in config_keys:
             r = k if isinstance(k, KeyRecord) else KeyRecord.from_config(k)
@@ -103,8 +139,10 @@ class KeyStore:
         self._version: int | None = None
         clash = sorted(r.name for r in self._backend.load() if r.name in self._config)
         if clash:
-            raise ConfigError(f"keys: {', '.join(map(repr, clash))} both in the config file and in the key store; "
-                              "rename the config key (names are unique across both)")
+            raise ConfigError(
+                f"keys: {', '.join(map(repr, clash))} both in the config file and in the key store; "
+                "rename the config key (names are unique across both)"
+            )
         self._refresh(self._monotonic())
 
     # -- authentication (hot path) -------------------------------------------------------------------
@@ -163,14 +201,27 @@ class KeyStore:
         return self._current().count > 0
 
     # -- administration ------------------------------------------------------------------------------
-    def _entry(self, actor: str, action: str, target: str | None, outcome: str, details: dict | None,
-               now: datetime) -> dict:
-        return {"ts": now, "actor": str(actor)[:100], "action": str(action)[:64],
-                "target": None if target is None else str(target)[:100], "outcome": str(outcome)[:64],
-                "details": _bounded(details)}
+    def _entry(
+        self, actor: str, action: str, target: str | None, outcome: str, details: dict | None, now: datetime
+    ) -> dict:
+        return {
+            "ts": now,
+            "actor": str(actor)[:100],
+            "action": str(action)[:64],
+            "target": None if target is None else str(target)[:100],
+            "outcome": str(outcome)[:64],
+            "details": _bounded(details),
+        }
 
-    def record_audit(self, actor: str, action: str, target: str | None = None, details: dict | None = None,
-                     outcome: str = "ok", now: datetime | None = None) -> bool:
+    def record_audit(
+        self,
+        actor: str,
+        action: str,
+        target: str | None = None,
+        details: dict | None = None,
+        outcome: str = "ok",
+        now: datetime | None = None,
+    ) -> bool:
         """Append one audit row; a failure to write is logged (and False returned), never raised."""
         try:
             self._backend.append_audit(self._entry(actor, action, target, outcome, details, now or self._now()))
@@ -190,64 +241,121 @@ class KeyStore:
             self.record_audit(actor, action, target, {"reason": reason}, outcome=kind, now=now)
             raise
 
-    def create(self, name: str, *, cost_center: str | None = None, team: str | None = None, tenant: str | None = None,
-               environment: str | None = None, models: Iterable[str] | None = None, rpm: int | None = None,
-               tpm: int | None = None, expires_at: datetime | str | None = None, scopes: Iterable[str] = (),
-               allow_attribution_headers: Iterable[str] = (), actor: str = "system", now: datetime | None = None,
-               known_models: Iterable[str] | None = None) -> tuple[KeyRecord, str]:
+    def create(
+        self,
+        name: str,
+        *,
+        cost_center: str | None = None,
+        team: str | None = None,
+        tenant: str | None = None,
+        environment: str | None = None,
+        models: Iterable[str] | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        expires_at: datetime | str | None = None,
+        scopes: Iterable[str] = (),
+        allow_attribution_headers: Iterable[str] = (),
+        actor: str = "system",
+        now: datetime | None = None,
+        known_models: Iterable[str] | None = None,
+    ) -> tuple[KeyRecord, str]:
         """A new key; its secret is returned here once and never stored."""
+
         def go(now):
             check_name(name)
-            spec = normalise_spec(now, cost_center=cost_center, team=team, tenant=tenant, environment=environment,
-                                  models=models, rpm=rpm, tpm=tpm, expires_at=expires_at, scopes=scopes,
-                                  known_models=known_models, allow_attribution_headers=allow_attribution_headers)
+            spec = normalise_spec(
+                now,
+                cost_center=cost_center,
+                team=team,
+                tenant=tenant,
+                environment=environment,
+                models=models,
+                rpm=rpm,
+                tpm=tpm,
+                expires_at=expires_at,
+                scopes=scopes,
+                known_models=known_models,
+                allow_attribution_headers=allow_attribution_headers,
+            )
             if name in self._config:
                 raise KeyConflict(f"a key named {name!r} exists in the config file; names are unique")
             secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-            record = KeyRecord(name=name, key_sha256=digest_of(secret), source="store", created_at=now,
-                               created_by=str(actor)[:100], **spec)
+            record = KeyRecord(
+                name=name,
+                key_sha256=digest_of(secret),
+                source="store",
+                created_at=now,
+                created_by=str(actor)[:100],
+                **spec,
+            )
             details = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.items()}
-            self._backend.insert(record, self._entry(actor, "key.create", name, "ok",
-                                                     {**details, "fingerprint": record.fingerprint}, now))
+            self._backend.insert(
+                record,
+                self._entry(actor, "key.create", name, "ok", {**details, "fingerprint": record.fingerprint}, now),
+            )
             self.invalidate()
             return record, secret
+
         return self._audited(actor, "key.create", name, now, go)
 
     def _stored(self, name: str, verb: str) -> KeyRecord:
         if name in self._config:
-            raise ReadOnlyKey(f"the key {name!r} comes from the config file: {verb} it by editing its entry under "
-                              "'keys:' in the config (key_sha256 / revoked) and restarting")
+            raise ReadOnlyKey(
+                f"the key {name!r} comes from the config file: {verb} it by editing its entry under "
+                "'keys:' in the config (key_sha256 / revoked) and restarting"
+            )
         record = self._backend.get(name)
         if record is None:
             raise KeyNotFound(f"no key named {name!r}")
         return record
 
-    def rotate(self, name: str, actor: str = "system", grace_seconds: float = 0, now: datetime | None = None,
-               reason: str | None = None) -> tuple[KeyRecord, str]:
+    def rotate(
+        self,
+        name: str,
+        actor: str = "system",
+        grace_seconds: float = 0,
+        now: datetime | None = None,
+        reason: str | None = None,
+    ) -> tuple[KeyRecord, str]:
         """A new secret for the key; the old one stops working now, or after ``grace_seconds``."""
+
         def go(now):
-            if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, (int, float)) or not (
-                    math.isfinite(grace_seconds) and 0 <= grace_seconds <= MAX_GRACE_SECONDS):
+            if (
+                isinstance(grace_seconds, bool)
+                or not isinstance(grace_seconds, (int, float))
+                or not (math.isfinite(grace_seconds) and 0 <= grace_seconds <= MAX_GRACE_SECONDS)
+            ):
                 raise InvalidKeySpec(f"grace_seconds must be a number from 0 to {MAX_GRACE_SECONDS}")
             old = self._stored(name, "rotate")
             if old.revoked:
                 raise KeyConflict(f"the key {name!r} is revoked; create a new key instead")
             secret = SECRET_PREFIX + secrets.token_urlsafe(32)
             grace = grace_seconds > 0
-            new = replace(old, key_sha256=digest_of(secret), rotated_at=now,
-                          previous_sha256=old.key_sha256 if grace else None,
-                          previous_valid_until=now + timedelta(seconds=grace_seconds) if grace else None)
-            details = {"fingerprint": new.fingerprint, "previous": old.fingerprint, "grace_seconds": grace_seconds,
-                       "reason": reason}
+            new = replace(
+                old,
+                key_sha256=digest_of(secret),
+                rotated_at=now,
+                previous_sha256=old.key_sha256 if grace else None,
+                previous_valid_until=now + timedelta(seconds=grace_seconds) if grace else None,
+            )
+            details = {
+                "fingerprint": new.fingerprint,
+                "previous": old.fingerprint,
+                "grace_seconds": grace_seconds,
+                "reason": reason,
+            }
             if not self._backend.replace(new, old, self._entry(actor, "key.rotate", name, "ok", details, now)):
                 raise KeyConflict(f"the key {name!r} changed meanwhile (another admin or replica); try again")
             self.invalidate()
             return new, secret
+
         return self._audited(actor, "key.rotate", name, now, go)
 
-    def revoke(self, name: str, actor: str = "system", now: datetime | None = None,
-               reason: str | None = None) -> KeyRecord:
+    def revoke(
+        self, name: str, actor: str = "system", now: datetime | None = None, reason: str | None = None
+    ) -> KeyRecord:
         """The key stops working at once on this replica, within ``cache_ttl`` on the others."""
+
         def go(now):
             old = self._stored(name, "revoke")
             if old.revoked:
@@ -259,6 +367,7 @@ class KeyStore:
                 raise KeyConflict(f"the key {name!r} changed meanwhile (another admin or replica); try again")
             self.invalidate()
             return new
+
         return self._audited(actor, "key.revoke", name, now, go)
 
     def audit(self, limit: int = 100) -> list[dict]:

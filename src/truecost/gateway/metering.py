@@ -30,8 +30,11 @@ CHUNK_ESTIMATE = "prompt: request characters / 4; output: one token per chunk re
 def safe_usage(usage: Any, depth: int = 0) -> Any:
     """The numbers of an upstream usage object, kept for the ledger; never free text an upstream wrote."""
     if isinstance(usage, dict) and depth < 3:
-        return {k: safe_usage(v, depth + 1) for k, v in list(usage.items())[:32]
-                if isinstance(k, str) and _USAGE_KEY.fullmatch(k)}
+        return {
+            k: safe_usage(v, depth + 1)
+            for k, v in list(usage.items())[:32]
+            if isinstance(k, str) and _USAGE_KEY.fullmatch(k)
+        }
     if isinstance(usage, (int, float)) and not isinstance(usage, bool):
         return usage
     return None
@@ -60,14 +63,22 @@ class StreamTally:
 class Meter:
     """Prices a request's steps on the tracker and counts its answers in the metrics."""
 
-    def __init__(self, tracker: Tracker, metrics: Metrics,
-                 price_attributes: Mapping[str, Mapping[str, str]] | None = None) -> None:
+    def __init__(
+        self, tracker: Tracker, metrics: Metrics, price_attributes: Mapping[str, Mapping[str, str]] | None = None
+    ) -> None:
         # per upstream: deployment facts that select a price (region=regional...), see UpstreamConfig
         self.tracker, self.metrics = tracker, metrics
         self.price_attributes = {n: dict(a) for n, a in (price_attributes or {}).items() if a}
 
-    def charge(self, ex: Exchange, step: StepScope, cand: Candidate, usage: Any, native: NativeUsage | None,
-               response: Any = None) -> Any:
+    def charge(
+        self,
+        ex: Exchange,
+        step: StepScope,
+        cand: Candidate,
+        usage: Any,
+        native: NativeUsage | None,
+        response: Any = None,
+    ) -> Any:
         """Price the upstream's usage (with the call's service tier, read from the response, and the upstream's
         configured price attributes); malformed or contradictory usage is recorded as unknown, with its numbers.
         Returns the (OpenAI-shaped) usage that was priced, or None."""
@@ -97,8 +108,9 @@ class Meter:
         step.tokens(model, TokenUsage(input=estimated_prompt_tokens(ex.body), output=chunks))
         step.annotate(usage_estimated_from_chunks=True, usage_estimate=CHUNK_ESTIMATE)
 
-    def charge_partial(self, ex: Exchange, step: StepScope, cand: Candidate, tally: StreamTally, exc: BaseException,
-                       hung_up: bool) -> None:
+    def charge_partial(
+        self, ex: Exchange, step: StepScope, cand: Candidate, tally: StreamTally, exc: BaseException, hung_up: bool
+    ) -> None:
         """A stream that ended early: the provider bills the prompt and what it generated, usage or not."""
         model = cand.model
         if tally.reported:
@@ -133,10 +145,18 @@ class Meter:
     def lookup(self, req: RequestScope, lookup: Any) -> Any:
         """Price a cache lookup; return the cached entry on a hit."""
         entry = lookup.entry if lookup.hit else None
-        record_cache_lookup(req, hit=lookup.hit, status=lookup.status, embed_model=None, embed_tokens=0,
-                            embed_ms=lookup.embed_ms, search_ms=lookup.search_ms + lookup.decide_ms,
-                            answer_model=entry.model if entry else None, answer_usage=entry.usage if entry else None,
-                            similarity=lookup.similarity)
+        record_cache_lookup(
+            req,
+            hit=lookup.hit,
+            status=lookup.status,
+            embed_model=None,
+            embed_tokens=0,
+            embed_ms=lookup.embed_ms,
+            search_ms=lookup.search_ms + lookup.decide_ms,
+            answer_model=entry.model if entry else None,
+            answer_usage=entry.usage if entry else None,
+            similarity=lookup.similarity,
+        )
         self.metrics.inc("truecost_cache_lookups_total", status=lookup.status)
         return entry
 
@@ -146,8 +166,13 @@ class Meter:
         m.inc("truecost_requests_total", model=model, cost_center=attribution.cost_center or "")
         for e in req.events:
             if e.cost is not None:
-                m.inc("truecost_cost_usd_total", float(e.cost), model=model, step=e.step,
-                      cost_center=attribution.cost_center or "")
+                m.inc(
+                    "truecost_cost_usd_total",
+                    float(e.cost),
+                    model=model,
+                    step=e.step,
+                    cost_center=attribution.cost_center or "",
+                )
             tokens = e.details.get("tokens")
             if tokens:
                 m.inc("truecost_tokens_total", sum(tokens.values()), model=model)

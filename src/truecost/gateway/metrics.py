@@ -37,8 +37,10 @@ class Metrics:
                     if name == n:
                         lab = ",".join(f'{k}="{str(val).replace(chr(34), chr(39))}"' for k, val in labels)
                         lines.append(f"{n}{{{lab}}} {v}" if lab else f"{n} {v}")
-            lines.append("# HELP truecost_overhead_ms the gateway's own time per answered request: the whole request "
-                         "minus the upstream calls; for a stream, the time before the first upstream call")
+            lines.append(
+                "# HELP truecost_overhead_ms the gateway's own time per answered request: the whole request "
+                "minus the upstream calls; for a stream, the time before the first upstream call"
+            )
             lines.append("# TYPE truecost_overhead_ms histogram")
             acc = 0
             for b, c in zip(_BUCKETS, self.overhead_buckets):

@@ -55,16 +55,26 @@ class Pipeline:
     """The request path. Its collaborators are built once by the composition root and passed in: the upstream
     clients by name, the cache (or None), the budget guard, the rate limiter (or None)."""
 
-    def __init__(self, config: GatewayConfig, tracker: Tracker, upstreams: Mapping[str, Upstream],
-                 metrics: Metrics | None = None, cache: Any = None, budgets: BudgetGuard | None = None,
-                 limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        tracker: Tracker,
+        upstreams: Mapping[str, Upstream],
+        metrics: Metrics | None = None,
+        cache: Any = None,
+        budgets: BudgetGuard | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.config, self.tracker, self.upstreams, self.cache = config, tracker, upstreams, cache
         self.metrics = metrics or Metrics()
         self.budgets: BudgetGuard = budgets if budgets is not None else LocalBudgetGuard(config.budgets)
         self.limiter = limiter
         self.routers = {alias: make_router(r, tracker) for alias, r in config.routes.items() if r.strategy != "cascade"}
-        self.cascades = {alias: LogprobCascade(r.min_mean_logprob) for alias, r in config.routes.items()
-                         if r.strategy == "cascade" and r.min_mean_logprob is not None}  # config: a cascade has one
+        self.cascades = {
+            alias: LogprobCascade(r.min_mean_logprob)
+            for alias, r in config.routes.items()
+            if r.strategy == "cascade" and r.min_mean_logprob is not None
+        }  # config: a cascade has one
         self.meter = Meter(tracker, self.metrics, {n: dict(u.price_attributes) for n, u in config.upstreams.items()})
 
     # -- entry points -----------------------------------------------------------------
@@ -108,28 +118,50 @@ class Pipeline:
     def _candidates(self, alias: str, key: Any) -> list[Candidate]:
         candidates = self.config.models.get(alias)
         if candidates is None:
-            raise GatewayError(404, f"unknown model {alias[:200]!r}; this gateway serves: "
-                                    f"{', '.join(sorted(self.visible(key)))}", code="model_not_found", param="model")
+            raise GatewayError(
+                404,
+                f"unknown model {alias[:200]!r}; this gateway serves: {', '.join(sorted(self.visible(key)))}",
+                code="model_not_found",
+                param="model",
+            )
         if key is not None and key.models is not None and alias not in key.models:
-            raise GatewayError(403, f"API key {key.name!r} may not use model {alias!r}", "permission_error",
-                               "model_not_allowed", param="model")
+            raise GatewayError(
+                403,
+                f"API key {key.name!r} may not use model {alias!r}",
+                "permission_error",
+                "model_not_allowed",
+                param="model",
+            )
         return candidates
 
     def visible(self, key: Any) -> list[str]:
         """The aliases ``key`` may call (every alias in development mode)."""
         return [a for a in self.config.models if key is None or key.models is None or a in key.models]
 
-    async def admit(self, body: dict, key: Any, headers: Mapping[str, str], models: list[str], t0: float,
-                    output_tokens: int | None = None) -> Exchange:
+    async def admit(
+        self,
+        body: dict,
+        key: Any,
+        headers: Mapping[str, str],
+        models: list[str],
+        t0: float,
+        output_tokens: int | None = None,
+    ) -> Exchange:
         try:
-            attribution = attribution_for(key, headers, on_ignored=lambda f: self.metrics.inc(
-                "truecost_attribution_headers_ignored_total", field=f))
+            attribution = attribution_for(
+                key,
+                headers,
+                on_ignored=lambda f: self.metrics.inc("truecost_attribution_headers_ignored_total", field=f),
+            )
         except InvalidAttributionError as exc:  # a tag or feature header the ledger cannot store faithfully
             raise GatewayError(400, f"attribution header refused: {exc}", code="invalid_attribution") from None
         limiter = self.limiter if key is not None and (key.rpm or key.tpm) else None
         limited = limiter is not None
-        est = (estimate(self.tracker, body, models, output_tokens) if (self.config.budgets or limited)
-               else Estimate(ZERO, 0))
+        est = (
+            estimate(self.tracker, body, models, output_tokens)
+            if (self.config.budgets or limited)
+            else Estimate(ZERO, 0)
+        )
         if limiter is not None:
             self._rate_limit(limiter, key, est.tokens)
         admission = Admission(estimate=est.cost, tokens=est.tokens, key_name=key.name if limited else None)
@@ -142,8 +174,13 @@ class Pipeline:
         # unguessable (128 random bits); the client's id only for a key trusted to join its own request
         req = self.tracker.request(client_id if joins else os.urandom(16).hex(), attribution, source="gateway")
         self.tracker.open_request(req)
-        scope = (f"tenant:{attribution.tenant}" if attribution.tenant else
-                 f"key:{key.name}" if key is not None else "anonymous")
+        scope = (
+            f"tenant:{attribution.tenant}"
+            if attribution.tenant
+            else f"key:{key.name}"
+            if key is not None
+            else "anonymous"
+        )
         return Exchange(body, key, headers, attribution, req, admission, scope, t0, None if joins else client_id)
 
     def _rate_limit(self, limiter: RateLimiter, key: Any, tokens: int) -> None:
@@ -152,14 +189,17 @@ class Pipeline:
         except RateLimited as exc:
             self.metrics.inc("truecost_rate_limited_total", limit=exc.which)
             headers = {"retry-after": exc.retry_after_header} if exc.retry_after_header else {}
-            raise GatewayError(429, f"API key {key.name!r}: {exc}", "rate_limit_error", "rate_limited",
-                               headers) from None
+            raise GatewayError(
+                429, f"API key {key.name!r}: {exc}", "rate_limit_error", "rate_limited", headers
+            ) from None
 
-    async def _admit_budgets(self, admission: Admission, attributions: list, est: Estimate,
-                             cost_center: str | None) -> None:
+    async def _admit_budgets(
+        self, admission: Admission, attributions: list, est: Estimate, cost_center: str | None
+    ) -> None:
         try:
-            admission.budget_keys = await self._budget_call(functools.partial(
-                self.budgets.admit, attributions, est.cost, unpriced_model=est.unpriced))
+            admission.budget_keys = await self._budget_call(
+                functools.partial(self.budgets.admit, attributions, est.cost, unpriced_model=est.unpriced)
+            )
         except BudgetExceeded as exc:
             self._release_tokens(admission)
             self.metrics.inc("truecost_budget_refusals_total", cost_center=cost_center or "")
@@ -196,8 +236,11 @@ class Pipeline:
                     ex.unknown(step, step.name or "", "interrupted before the upstream answered")
                 ex.finish(step, RuntimeError("interrupted"))
             if ex.admission.budget_keys:  # only budgeted requests pay for the sums below
-                await self._budget_call(functools.partial(self.budgets.settle, ex.admission.budget_keys,
-                                                          ex.admission.estimate, ex.budget_actual()))
+                await self._budget_call(
+                    functools.partial(
+                        self.budgets.settle, ex.admission.budget_keys, ex.admission.estimate, ex.budget_actual()
+                    )
+                )
         finally:
             if ex.admission.key_name is not None:
                 used = sum(sum(e.details.get("tokens", {}).values()) for e in ex.req.events if e.step == "generate")
@@ -205,8 +248,9 @@ class Pipeline:
             self.tracker.close_request(ex.req, None)
 
     # -- stages 2-4 for chat ------------------------------------------------------------
-    async def _serve_chat(self, ex: Exchange, candidates: list[Candidate], route: Any,
-                          cascade: LogprobCascade | None) -> Result:
+    async def _serve_chat(
+        self, ex: Exchange, candidates: list[Candidate], route: Any, cascade: LogprobCascade | None
+    ) -> Result:
         if self.cache is not None and ex.headers.get("x-truecost-cache", "").lower() != "bypass":
             try:
                 ex.lookup = await asyncio.to_thread(self.cache.lookup, ex.body, ex.scope)
@@ -218,16 +262,19 @@ class Pipeline:
             if hit is not None:
                 return self._cached(ex, hit)
         if ex.body.get("stream") and cascade is None:
-            return Result(stream=stream_answer(ex, candidates, self.upstreams, self.meter, self.settle),
-                          headers={"x-request-id": ex.req.id, "x-truecost-cache": "bypass"})
+            return Result(
+                stream=stream_answer(ex, candidates, self.upstreams, self.meter, self.settle),
+                headers={"x-request-id": ex.req.id, "x-truecost-cache": "bypass"},
+            )
         if cascade is not None:
             served = await self._cascade(ex, candidates, cascade)
         else:
             served = await self._call(ex, candidates, route)
         return await self._respond(ex, served, whole_answer=cascade is not None)
 
-    async def _generate(self, ex: Exchange, cand: Candidate, call: dict,
-                        fallback: bool) -> tuple[UpstreamResponse, Any, StepScope]:
+    async def _generate(
+        self, ex: Exchange, cand: Candidate, call: dict, fallback: bool
+    ) -> tuple[UpstreamResponse, Any, StepScope]:
         """One upstream call as a `generate` step (left open for the caller to annotate and finish)."""
         step = ex.step("generate", cand.model)
         t_up = time.perf_counter()
@@ -283,7 +330,7 @@ class Pipeline:
                 last_error = exc
                 continue
             resp = answer.body
-            if cand.model == rc.weak and any(c.model == rc.strong for c in candidates[i + 1:]):
+            if cand.model == rc.weak and any(c.model == rc.strong for c in candidates[i + 1 :]):
                 accepted, why = cascade.accept(resp)
                 step.annotate(route_strategy="cascade", route_reason=why, route_score=mean_logprob(resp))
                 if not accepted:  # the weak call is paid all the same: it stays on the request
@@ -299,8 +346,9 @@ class Pipeline:
             ex.finish(step)
             return Served(cand, resp, usage)
         if declined is not None:  # the escalation failed: the weak answer is better than none
-            log.warning("truecost: cascade escalation for %r failed (%s); serving the weak answer",
-                        ex.body["model"], last_error)
+            log.warning(
+                "truecost: cascade escalation for %r failed (%s); serving the weak answer", ex.body["model"], last_error
+            )
             return declined
         raise ex.all_failed(last_error)
 
@@ -322,9 +370,13 @@ class Pipeline:
         resp["model"] = resp.get("model") or cand.model
         if self.config.log_prompts:
             _log_exchange(ex.req.id, body, resp)
-        headers = {"x-request-id": ex.req.id, "x-truecost-cache": "miss" if ex.lookup is not None else "bypass",
-                   "x-truecost-model": cand.model, "x-truecost-cost-usd": str(cost) if cost is not None else "unknown",
-                   "x-truecost-overhead-ms": f"{overhead:.3f}"}
+        headers = {
+            "x-request-id": ex.req.id,
+            "x-truecost-cache": "miss" if ex.lookup is not None else "bypass",
+            "x-truecost-model": cand.model,
+            "x-truecost-cost-usd": str(cost) if cost is not None else "unknown",
+            "x-truecost-overhead-ms": f"{overhead:.3f}",
+        }
         if body.get("stream"):  # a cascade decided on the whole answer: replay it as a stream
             return Result(stream=replay(resp, body, usage), headers=headers)
         return Result(body=resp, headers=headers)
@@ -333,10 +385,14 @@ class Pipeline:
         req = ex.req
         avoided = ex.avoided()
         self.metrics.inc("truecost_cache_avoided_usd_total", float(avoided))
-        headers = {"x-request-id": req.id, "x-truecost-cache": "hit", "x-truecost-model": entry.model or "",
-                   "x-truecost-cost-usd": str(req.total) if req.unknown == 0 else "unknown",
-                   "x-truecost-avoided-usd": str(avoided),
-                   "x-truecost-overhead-ms": f"{(time.perf_counter() - ex.t0) * 1000:.3f}"}
+        headers = {
+            "x-request-id": req.id,
+            "x-truecost-cache": "hit",
+            "x-truecost-model": entry.model or "",
+            "x-truecost-cost-usd": str(req.total) if req.unknown == 0 else "unknown",
+            "x-truecost-avoided-usd": str(avoided),
+            "x-truecost-overhead-ms": f"{(time.perf_counter() - ex.t0) * 1000:.3f}",
+        }
         answer = {**entry.answer, "id": f"cached-{req.id}"}
         if ex.body.get("stream"):
             return Result(stream=replay(answer, ex.body), headers=headers)
@@ -360,19 +416,39 @@ class Pipeline:
                 last_error = exc
                 continue
             usage = answer.usage if isinstance(answer.usage, dict) else {}
-            self.meter.charge(ex, step, cand, {"prompt_tokens": usage.get("prompt_tokens")}
-                              if usage.get("prompt_tokens") is not None else None, None)
+            self.meter.charge(
+                ex,
+                step,
+                cand,
+                {"prompt_tokens": usage.get("prompt_tokens")} if usage.get("prompt_tokens") is not None else None,
+                None,
+            )
             ex.finish(step)
-            return Result(body=answer.body, headers={
-                "x-request-id": ex.req.id, "x-truecost-model": cand.model,
-                "x-truecost-cost-usd": str(ex.req.total) if ex.req.unknown == 0 else "unknown"})
+            return Result(
+                body=answer.body,
+                headers={
+                    "x-request-id": ex.req.id,
+                    "x-truecost-model": cand.model,
+                    "x-truecost-cost-usd": str(ex.req.total) if ex.req.unknown == 0 else "unknown",
+                },
+            )
         raise ex.all_failed(last_error)
 
 
 def _log_exchange(request_id: str, body: dict, resp: dict) -> None:
     """Only with ``log_prompts: true``: the last user message and the answer, PII-scrubbed."""
-    user = next((m.get("content") for m in reversed(body.get("messages") or [])
-                 if isinstance(m, dict) and m.get("role") == "user"), "")
+    user = next(
+        (
+            m.get("content")
+            for m in reversed(body.get("messages") or [])
+            if isinstance(m, dict) and m.get("role") == "user"
+        ),
+        "",
+    )
     prompt = user if isinstance(user, str) else json.dumps(user)
-    log.info("truecost: request %s prompt=%r answer=%r", request_id, scrub(prompt[:2000])[0],
-             scrub(answer_text(resp)[:2000])[0])
+    log.info(
+        "truecost: request %s prompt=%r answer=%r",
+        request_id,
+        scrub(prompt[:2000])[0],
+        scrub(answer_text(resp)[:2000])[0],
+    )

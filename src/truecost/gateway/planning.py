@@ -24,8 +24,10 @@ def load_router_artifact(path):
     scorer = read_artifact(path)
     inputs = ArtifactInputs.of(scorer)
     if inputs.weak_answer:
-        raise TruecostError(f"{path}: an answer-aware (cascade) scorer needs the weak model's answer; "
-                            "route requests with a prompt scorer (`truecost router calibrate --kind trained`)")
+        raise TruecostError(
+            f"{path}: an answer-aware (cascade) scorer needs the weak model's answer; "
+            "route requests with a prompt scorer (`truecost router calibrate --kind trained`)"
+        )
     if scorer.spec.embed:
         scorer.embedder = _embedder_with_id(path, inputs.embedder or "")
     return scorer
@@ -35,8 +37,10 @@ def _embedder_with_id(path, wanted: str):
     have = {name: make_embedder(name) for name in EMBEDDERS}  # constructing one loads nothing yet
     found = next((e for e in have.values() if e.model_id == wanted), None)
     if found is None:
-        raise TruecostError(f"{path}: trained with embedder {wanted!r}, which this install does not have "
-                            f"(it has {', '.join(e.model_id for e in have.values())})")
+        raise TruecostError(
+            f"{path}: trained with embedder {wanted!r}, which this install does not have "
+            f"(it has {', '.join(e.model_id for e in have.values())})"
+        )
     return found
 
 
@@ -46,13 +50,17 @@ def _metadata_headers(r, inputs: ArtifactInputs) -> tuple[tuple[str, str], ...]:
     missing = [f for f in inputs.metadata if f not in mapped]
     if missing:
         example = ", ".join(f"{f}: x-truecost-{f.replace('_', '-')}" for f in missing)
-        raise ConfigError(f"{r.artifact}: its scorer reads the request metadata {', '.join(missing)}, which this "
-                          f"route does not supply (without it every request would score as the average); map each "
-                          f"from a request header with route.metadata_headers: {{{example}}}, or train without it")
+        raise ConfigError(
+            f"{r.artifact}: its scorer reads the request metadata {', '.join(missing)}, which this "
+            f"route does not supply (without it every request would score as the average); map each "
+            f"from a request header with route.metadata_headers: {{{example}}}, or train without it"
+        )
     unused = sorted(set(mapped) - set(inputs.metadata))
     if unused:
-        raise ConfigError(f"{r.artifact}: route.metadata_headers maps {', '.join(unused)}, which its scorer does not "
-                          f"read (it reads: {', '.join(inputs.metadata) or 'no metadata'})")
+        raise ConfigError(
+            f"{r.artifact}: route.metadata_headers maps {', '.join(unused)}, which its scorer does not "
+            f"read (it reads: {', '.join(inputs.metadata) or 'no metadata'})"
+        )
     return tuple((f, mapped[f].lower()) for f in inputs.metadata)
 
 
@@ -63,8 +71,10 @@ def _strong_premium(tracker: Tracker, r, meta: Mapping[str, Any]):
     out_weak, out_strong = int(outputs.get("weak") or 1), int(outputs.get("strong") or 1)
     for model in (r.weak, r.strong):
         if tracker.price_version(model, None, tracker.clock.now())[0] is None:
-            raise ConfigError(f"{r.artifact}: ranks requests by gain per dollar, but {model!r} has no price in "
-                              "force; add it to the catalog or calibrate with --order gap")
+            raise ConfigError(
+                f"{r.artifact}: ranks requests by gain per dollar, but {model!r} has no price in "
+                "force; add it to the catalog or calibrate with --order gap"
+            )
 
     def premium(request: RouteRequest) -> float | None:
         at = tracker.clock.now()
@@ -84,8 +94,17 @@ class AliasRouter:
     metadata_headers: tuple[tuple[str, str], ...] = ()
 
     def request(self, body: dict, headers: Mapping[str, str]) -> RouteRequest:
-        text = next((m.get("content") for m in reversed(body["messages"])
-                     if m.get("role") == "user" and isinstance(m.get("content"), str)), "") or ""
+        text = (
+            next(
+                (
+                    m.get("content")
+                    for m in reversed(body["messages"])
+                    if m.get("role") == "user" and isinstance(m.get("content"), str)
+                ),
+                "",
+            )
+            or ""
+        )
         chars = sum(len(m["content"]) for m in body["messages"] if isinstance(m.get("content"), str))
         lowered = {k.lower(): v for k, v in headers.items()}
         metadata = {k: v for k, v in lowered.items() if k.startswith("x-truecost")}
@@ -104,18 +123,23 @@ def make_router(r, tracker: Tracker) -> AliasRouter:
     headers = _metadata_headers(r, ArtifactInputs.of(scorer))
     threshold = r.threshold if r.threshold is not None else scorer.meta.get("threshold")
     if threshold is None:
-        raise ConfigError(f"{r.artifact}: no calibrated threshold in the artifact; set route.threshold or "
-                          "save it with `truecost router calibrate ... --out`")
+        raise ConfigError(
+            f"{r.artifact}: no calibrated threshold in the artifact; set route.threshold or "
+            "save it with `truecost router calibrate ... --out`"
+        )
     extra_cost = _strong_premium(tracker, r, scorer.meta) if scorer.meta.get("order") == "gain-per-dollar" else None
     hold = None
     if r.hold == "share":
         share = scorer.meta.get("strong_share")
         if share is None:
-            raise ConfigError(f"{r.artifact}: hold: share needs the calibrated strong-call share; save the artifact "
-                              "with `truecost router calibrate ... --out`")
+            raise ConfigError(
+                f"{r.artifact}: hold: share needs the calibrated strong-call share; save the artifact "
+                "with `truecost router calibrate ... --out`"
+            )
         hold = ShareHolder(float(share), float(threshold), window=r.share_window)
-    return AliasRouter(ScoredRouter(scorer, r.weak, r.strong, float(threshold), extra_cost=extra_cost, hold=hold),
-                       headers)
+    return AliasRouter(
+        ScoredRouter(scorer, r.weak, r.strong, float(threshold), extra_cost=extra_cost, hold=hold), headers
+    )
 
 
 def plan(alias: AliasRouter | None, body: dict, candidates, headers: Mapping[str, str]):

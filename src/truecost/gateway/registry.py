@@ -30,12 +30,19 @@ if TYPE_CHECKING:
 
 # -- Upstream: `kind:` of an upstream --------------------------------------------------------------------
 
+
 def _client(cls: type) -> Callable[[UpstreamConfig], Upstream]:
     def make(u: UpstreamConfig) -> Upstream:
-        client: Upstream = cls(u.base_url, u.api_key(), connect_timeout=u.connect_timeout,
-                               first_byte_timeout=u.first_byte_timeout, idle_timeout=u.idle_timeout,
-                               max_retries=u.max_retries)
+        client: Upstream = cls(
+            u.base_url,
+            u.api_key(),
+            connect_timeout=u.connect_timeout,
+            first_byte_timeout=u.first_byte_timeout,
+            idle_timeout=u.idle_timeout,
+            max_retries=u.max_retries,
+        )
         return client
+
     return make
 
 
@@ -46,6 +53,7 @@ UPSTREAMS: dict[str, Callable[[UpstreamConfig], Upstream]] = {
 
 
 # -- LedgerStore: chosen by the `ledger:` URI ------------------------------------------------------------
+
 
 class Ledger(NamedTuple):
     store: LedgerStore
@@ -64,14 +72,17 @@ def _sqlite_ledger(config: GatewayConfig) -> Ledger:
 
 def _postgres_ledger(config: GatewayConfig) -> Ledger:
     # one spool per replica: set `spool:` in each replica's config
-    return Ledger(PostgresLedgerStore(config.ledger, schema=config.ledger_schema),
-                  Path(config.spool or ".truecost/gateway.spool.jsonl"))
+    return Ledger(
+        PostgresLedgerStore(config.ledger, schema=config.ledger_schema),
+        Path(config.spool or ".truecost/gateway.spool.jsonl"),
+    )
 
 
 LEDGERS: dict[str, Callable[[GatewayConfig], Ledger]] = {"sqlite": _sqlite_ledger, "postgresql": _postgres_ledger}
 
 
 # -- BudgetGuard: beside a PostgreSQL ledger when there are budgets, else in the process ---------------
+
 
 def _local_budgets(config: GatewayConfig, store: LedgerStore) -> BudgetGuard:
     guard = LocalBudgetGuard(config.budgets, store)

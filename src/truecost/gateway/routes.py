@@ -43,15 +43,19 @@ def error_response(exc: GatewayError) -> JSONResponse:
 
 
 def _anthropic_error(exc: GatewayError) -> JSONResponse:
-    return JSONResponse({"type": "error", "error": {"type": exc.type, "message": exc.message}},
-                        status_code=exc.status, headers=exc.headers)
+    return JSONResponse(
+        {"type": "error", "error": {"type": exc.type, "message": exc.message}},
+        status_code=exc.status,
+        headers=exc.headers,
+    )
 
 
 class SettlingStream(StreamingResponse):
     """A streamed answer whose admission is settled when the response ends, however it ends."""
 
-    def __init__(self, content: AsyncIterator[bytes], inner: Any, close: Callable[[], Awaitable[None]] | None,
-                 **kw: Any) -> None:
+    def __init__(
+        self, content: AsyncIterator[bytes], inner: Any, close: Callable[[], Awaitable[None]] | None, **kw: Any
+    ) -> None:
         super().__init__(content, media_type="text/event-stream", **kw)
         self._inner, self._close = inner, close
 
@@ -100,8 +104,9 @@ class Authenticator:
             raise GatewayError(401, "invalid API key", "authentication_error", "invalid_api_key")
         status = key.status(datetime.now(timezone.utc))
         if status != "active":
-            raise GatewayError(401, f"API key {key.name!r} has been {status}", "authentication_error",
-                               f"{status}_api_key")
+            raise GatewayError(
+                401, f"API key {key.name!r} has been {status}", "authentication_error", f"{status}_api_key"
+            )
         return key
 
 
@@ -110,9 +115,13 @@ def _invalidation(body: Any) -> tuple[list[str], str | None]:
     if not isinstance(body, dict):
         raise GatewayError(400, "request body must be a JSON object")
     doc_ids, version = body.get("doc_ids") or [], body.get("kb_version")
-    if not isinstance(doc_ids, list) or not all(isinstance(d, str) and d for d in doc_ids) or (
-            version is not None and not (isinstance(version, str) and version)) or not (doc_ids or version):
-        raise GatewayError(400, "send {\"doc_ids\": [\"...\"]} and/or {\"kb_version\": \"...\"}")
+    if (
+        not isinstance(doc_ids, list)
+        or not all(isinstance(d, str) and d for d in doc_ids)
+        or (version is not None and not (isinstance(version, str) and version))
+        or not (doc_ids or version)
+    ):
+        raise GatewayError(400, 'send {"doc_ids": ["..."]} and/or {"kb_version": "..."}')
     return doc_ids, version
 
 
@@ -126,17 +135,23 @@ class GatewayRoutes:
 
     def routes(self) -> list[BaseRoute]:
         config = self.config
-        return [Route("/v1/chat/completions", self.chat, methods=["POST"]),
-                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
-                Route("/v1/messages", self.messages, methods=["POST"]),
-                Route("/v1/models", self.models, methods=["GET"]),
-                Route("/healthz", self.healthz, methods=["GET"]),
-                Route("/admin/cache/invalidate", self.cache_invalidate, methods=["POST"]),
-                *admin_routes(self.keys, config.admin_key_sha256, on_action=self.on_admin, known_models=config.models),
-                *otlp_routes(self.pipeline.tracker, config.otlp, authorize=self.authorize_ingest,
-                             max_body_bytes=max(config.limits.max_body_bytes, 8_000_000)),
-                Route("/openapi.json", self.openapi, methods=["GET"]),
-                Route("/metrics", self.metrics, methods=["GET"])]
+        return [
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            Route("/v1/messages", self.messages, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/admin/cache/invalidate", self.cache_invalidate, methods=["POST"]),
+            *admin_routes(self.keys, config.admin_key_sha256, on_action=self.on_admin, known_models=config.models),
+            *otlp_routes(
+                self.pipeline.tracker,
+                config.otlp,
+                authorize=self.authorize_ingest,
+                max_body_bytes=max(config.limits.max_body_bytes, 8_000_000),
+            ),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+        ]
 
     async def _read_json(self, request: Request) -> Any:
         limits = self.config.limits
@@ -174,11 +189,16 @@ class GatewayRoutes:
             return _anthropic_error(exc)
         except Exception:
             log.exception("unhandled error in /v1/messages")
-            return JSONResponse({"type": "error", "error": {"type": "api_error", "message": "internal gateway error"}},
-                                status_code=500)
+            return JSONResponse(
+                {"type": "error", "error": {"type": "api_error", "message": "internal gateway error"}}, status_code=500
+            )
         if result.stream is not None:
-            return _stream_response(result, anthropic_api.stream_from_openai(
-                result.stream, body.get("model"), result.headers.get("x-request-id", "")))
+            return _stream_response(
+                result,
+                anthropic_api.stream_from_openai(
+                    result.stream, body.get("model"), result.headers.get("x-request-id", "")
+                ),
+            )
         return JSONResponse(anthropic_api.from_openai(result.body or {}, body.get("model")), headers=result.headers)
 
     async def models(self, request: Request) -> Response:
@@ -186,9 +206,15 @@ class GatewayRoutes:
             key = self.authenticate(request)
         except GatewayError as exc:
             return error_response(exc)
-        return JSONResponse({"object": "list", "data": [
-            {"id": alias, "object": "model", "created": 0, "owned_by": "truecost"}
-            for alias in sorted(self.pipeline.visible(key))]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": alias, "object": "model", "created": 0, "owned_by": "truecost"}
+                    for alias in sorted(self.pipeline.visible(key))
+                ],
+            }
+        )
 
     async def cache_invalidate(self, request: Request) -> Response:
         """Admin: drop the cache entries of changed documents and/or switch the knowledge-base version."""
@@ -197,8 +223,9 @@ class GatewayRoutes:
             if self.config.admin_key_sha256 is None:
                 raise GatewayError(403, "the admin API is off: set admin_key_sha256 in the config", "permission_error")
             if not digest_matches(presented, self.config.admin_key_sha256):
-                self.keys.record_audit(actor_for(presented, "unauthenticated"), "cache.invalidate", None,
-                                       outcome="refused:unauthorized")
+                self.keys.record_audit(
+                    actor_for(presented, "unauthenticated"), "cache.invalidate", None, outcome="refused:unauthorized"
+                )
                 raise GatewayError(401, "invalid admin key", "authentication_error", "invalid_admin_key")
             if cache is None:
                 raise GatewayError(409, "the cache is not enabled", code="cache_disabled")
@@ -208,8 +235,12 @@ class GatewayRoutes:
         dropped = await asyncio.to_thread(cache.invalidate, doc_ids) if doc_ids else 0
         if version is not None:
             dropped += await asyncio.to_thread(cache.set_kb_version, version)
-        self.keys.record_audit(actor_for(presented), "cache.invalidate", None,
-                               {"doc_ids": len(doc_ids), "kb_version": version, "invalidated": dropped})
+        self.keys.record_audit(
+            actor_for(presented),
+            "cache.invalidate",
+            None,
+            {"doc_ids": len(doc_ids), "kb_version": version, "invalidated": dropped},
+        )
         return JSONResponse({"invalidated": dropped, "kb_version": cache.kb_version})
 
     async def openapi(self, request: Request) -> Response:
@@ -221,8 +252,9 @@ class GatewayRoutes:
     async def metrics(self, request: Request) -> Response:
         token = self.config.metrics_token_sha256
         if token is not None and not digest_matches(bearer(request), token):
-            return PlainTextResponse("a bearer token is needed for /metrics\n", status_code=401,
-                                     headers={"www-authenticate": "Bearer"})
+            return PlainTextResponse(
+                "a bearer token is needed for /metrics\n", status_code=401, headers={"www-authenticate": "Bearer"}
+            )
         return PlainTextResponse(self.pipeline.metrics.render(), media_type="text/plain; version=0.0.4")
 
     def authorize_ingest(self, request: Request) -> Attribution | None:

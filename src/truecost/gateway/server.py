@@ -38,13 +38,17 @@ def _response(status: int, default_headers, text: str) -> bytes:
     lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode("ascii")]
     for name, value in default_headers:
         lines += [name, b": ", value, b"\r\n"]
-    lines += [b"content-type: text/plain; charset=utf-8\r\n",
-              b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
-              b"connection: close\r\n\r\n", body]
+    lines += [
+        b"content-type: text/plain; charset=utf-8\r\n",
+        b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+        b"connection: close\r\n\r\n",
+        body,
+    ]
     return b"".join(lines)
 
 
 if TYPE_CHECKING:
+
     class _UvicornHTTPProtocol(asyncio.Protocol):
         """What the guard uses of the uvicorn protocol it is mixed into (for the type checker only)."""
 
@@ -118,7 +122,7 @@ class _HeaderGuard(_UvicornHTTPProtocol):
             else:  # body bytes: fed in slices so that a pipelined request starting inside one is counted soon
                 chunk = data[:limit] if len(data) > limit else data
                 self._body_gap += len(chunk)
-            data = data[len(chunk):]
+            data = data[len(chunk) :]
             cycle = self.cycle
             super().data_received(chunk)
             if self.transport.is_closing() or self.transport.get_protocol() is not self:
@@ -155,15 +159,21 @@ class _HeaderGuard(_UvicornHTTPProtocol):
         if self.transport is None or self.transport.is_closing() or not self._idle():
             return
         if self._header_count:  # part of a request arrived: say why (best effort), then close
-            self.transport.write(_response(408, self.server_state.default_headers,
-                                           "Request header block not received in time"))
+            self.transport.write(
+                _response(408, self.server_state.default_headers, "Request header block not received in time")
+            )
         self.transport.close()
 
     def _reject_oversized(self) -> None:
         self._cancel_header_timer()
         self._discarding = True
-        self.transport.write(_response(431, self.server_state.default_headers,
-                                       f"Request header fields too large (limit {self.max_header_bytes} bytes)"))
+        self.transport.write(
+            _response(
+                431,
+                self.server_state.default_headers,
+                f"Request header fields too large (limit {self.max_header_bytes} bytes)",
+            )
+        )
         if self.transport.can_write_eof():
             self.transport.write_eof()
             # keep reading (and dropping) briefly so the client sees the 431 rather than a reset
@@ -175,8 +185,11 @@ class _HeaderGuard(_UvicornHTTPProtocol):
 _classes: dict[tuple[str, int, float], type] = {}
 
 
-def guarded_protocol(max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-                     header_timeout: float = DEFAULT_HEADER_TIMEOUT, kind: str | None = None) -> type:
+def guarded_protocol(
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    kind: str | None = None,
+) -> type:
     """uvicorn's HTTP protocol class with the header guards; ``kind`` 'httptools' or 'h11' (default:
     httptools when installed)."""
     if kind is None:
@@ -188,8 +201,11 @@ def guarded_protocol(max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
     key = (kind, int(max_header_bytes), float(header_timeout))
     if key in _classes:
         return _classes[key]
-    attrs: dict[str, Any] = {"max_header_bytes": int(max_header_bytes), "header_timeout": float(header_timeout),
-                             "http_kind": kind}
+    attrs: dict[str, Any] = {
+        "max_header_bytes": int(max_header_bytes),
+        "header_timeout": float(header_timeout),
+        "http_kind": kind,
+    }
     if kind == "httptools":
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -229,9 +245,17 @@ def guarded_protocol(max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
     return cls
 
 
-def make_config(app, host: str = "127.0.0.1", port: int = 8080, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-                header_timeout: float = DEFAULT_HEADER_TIMEOUT, log_level: str = "warning",
-                http_kind: str | None = None, **uvicorn_options):
+def make_config(
+    app,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    log_level: str = "warning",
+    http_kind: str | None = None,
+    **uvicorn_options,
+):
     """A ``uvicorn.Config`` running ``app`` with the guarded protocol (run it with ``uvicorn.Server(config)``)."""
     import uvicorn
 
@@ -243,10 +267,27 @@ def make_config(app, host: str = "127.0.0.1", port: int = 8080, *, max_header_by
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol, **options)
 
 
-def serve(app, host: str = "127.0.0.1", port: int = 8080, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-          header_timeout: float = DEFAULT_HEADER_TIMEOUT, log_level: str = "warning", **uvicorn_options) -> None:
+def serve(
+    app,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    log_level: str = "warning",
+    **uvicorn_options,
+) -> None:
     """Serve ``app`` until interrupted (what ``truecost serve`` runs)."""
     import uvicorn
 
-    uvicorn.Server(make_config(app, host, port, max_header_bytes=max_header_bytes, header_timeout=header_timeout,
-                               log_level=log_level, **uvicorn_options)).run()
+    uvicorn.Server(
+        make_config(
+            app,
+            host,
+            port,
+            max_header_bytes=max_header_bytes,
+            header_timeout=header_timeout,
+            log_level=log_level,
+            **uvicorn_options,
+        )
+    ).run()

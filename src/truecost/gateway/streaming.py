@@ -28,8 +28,13 @@ def event(data: Any) -> bytes:
     return b"data: " + json.dumps(data).encode() + b"\n\n"
 
 
-async def stream_answer(ex: Exchange, candidates: Sequence[Candidate], upstreams: Mapping[str, Upstream],
-                        meter: Meter, settle: Callable[[Exchange], Awaitable[None]]) -> AsyncIterator[bytes]:
+async def stream_answer(
+    ex: Exchange,
+    candidates: Sequence[Candidate],
+    upstreams: Mapping[str, Upstream],
+    meter: Meter,
+    settle: Callable[[Exchange], Awaitable[None]],
+) -> AsyncIterator[bytes]:
     """SSE bytes of the first candidate that starts answering; settles ``ex`` when it ends, however it ends."""
     sent_any = False
     last_error: Exception | None = None
@@ -55,8 +60,11 @@ async def stream_answer(ex: Exchange, candidates: Sequence[Candidate], upstreams
                 last_error = exc
                 meter.charge_partial(ex, step, cand, tally, exc, hung_up=False)
                 if sent_any or isinstance(exc, UpstreamStreamCut):
-                    yield event(GatewayError(502, f"upstream stream failed mid-way: {exc}", "upstream_error",
-                                             "stream_cut").body())
+                    yield event(
+                        GatewayError(
+                            502, f"upstream stream failed mid-way: {exc}", "upstream_error", "stream_cut"
+                        ).body()
+                    )
                     return
                 continue
             except BaseException as exc:  # the client went away (or we were cancelled): charge what was used
@@ -75,8 +83,9 @@ async def stream_answer(ex: Exchange, candidates: Sequence[Candidate], upstreams
         await settle(ex)
 
 
-def _charge_complete(ex: Exchange, step: StepScope, cand: Candidate, tally: StreamTally, meter: Meter,
-                     call_ms: float) -> None:
+def _charge_complete(
+    ex: Exchange, step: StepScope, cand: Candidate, tally: StreamTally, meter: Meter, call_ms: float
+) -> None:
     if tally.reported:
         meter.charge(ex, step, cand, tally.usage, tally.native, tally.last)
     else:  # some servers (llama.cpp) send no usage in streams: estimate, and say so

@@ -32,6 +32,7 @@ _INT64 = 2**63
 
 # ---------------------------------------------------------------- body parsing
 
+
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
@@ -45,14 +46,17 @@ def parse_json_body(raw: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     try:
         value = json.loads(text, parse_constant=_no_constants)
     except RecursionError:
-        raise GatewayError(400, f"request body is nested deeper than {max_depth} levels",
-                           code="invalid_body") from None
+        raise GatewayError(400, f"request body is nested deeper than {max_depth} levels", code="invalid_body") from None
     except json.JSONDecodeError as exc:  # msg is a fixed phrase of the parser; position only, no body text
-        raise GatewayError(400, f"request body is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})",
-                           code="invalid_body") from None
+        raise GatewayError(
+            400,
+            f"request body is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})",
+            code="invalid_body",
+        ) from None
     except ValueError:  # NaN/Infinity, integers past the interpreter's digit limit
-        raise GatewayError(400, "request body is not valid JSON: a number is out of range or not finite",
-                           code="invalid_body") from None
+        raise GatewayError(
+            400, "request body is not valid JSON: a number is out of range or not finite", code="invalid_body"
+        ) from None
     # strict UTF-8 never yields a surrogate, only a \\u escape can: without a backslash (a memchr) no
     # string needs a check
     _walk(value, max_depth, "\\" in text)
@@ -101,8 +105,9 @@ def _check_str(s: str) -> None:
     try:
         s.encode("utf-8")  # faster than a regex over the string, and exactly the property wanted
     except UnicodeEncodeError:
-        raise GatewayError(400, "request body contains invalid Unicode (a lone UTF-16 surrogate escape)",
-                           code="invalid_body") from None
+        raise GatewayError(
+            400, "request body contains invalid Unicode (a lone UTF-16 surrogate escape)", code="invalid_body"
+        ) from None
 
 
 async def read_body(request: Any, *, max_bytes: int) -> bytes:
@@ -124,6 +129,7 @@ async def read_json_body(request: Any, *, max_bytes: int, max_depth: int = MAX_J
 
 
 # ---------------------------------------------------------------- parameter checks
+
 
 def _kind(v: Any) -> str:
     if v is None:
@@ -203,8 +209,9 @@ def _model(body: dict) -> None:
     if type(m) is not str or not m:
         raise GatewayError(400, "'model' must be a non-empty string", code="invalid_model", param="model")
     if len(m) > MAX_MODEL_NAME:
-        raise GatewayError(400, f"'model' must be at most {MAX_MODEL_NAME} characters", code="invalid_model",
-                           param="model")
+        raise GatewayError(
+            400, f"'model' must be at most {MAX_MODEL_NAME} characters", code="invalid_model", param="model"
+        )
 
 
 def _stop(body: dict, name: str) -> None:
@@ -235,17 +242,26 @@ def validate_chat(body: Any, *, max_n: int = MAX_N) -> None:
         raise GatewayError(400, "'messages' must be a non-empty array", code="invalid_type", param="messages")
     for i, m in enumerate(msgs):
         if type(m) is not dict or type(m.get("role")) is not str or not m["role"]:
-            raise GatewayError(400, f"messages[{i}] must be an object with a 'role'", code="invalid_type",
-                               param=f"messages[{i}]")
+            raise GatewayError(
+                400, f"messages[{i}] must be an object with a 'role'", code="invalid_type", param=f"messages[{i}]"
+            )
         content = m.get("content")
         if type(content) is list:
             for j, part in enumerate(content):
                 if type(part) is not dict or type(part.get("type")) is not str:
-                    raise GatewayError(400, f"messages[{i}].content[{j}] must be an object with a 'type'",
-                                       code="invalid_type", param=f"messages[{i}].content[{j}]")
+                    raise GatewayError(
+                        400,
+                        f"messages[{i}].content[{j}] must be an object with a 'type'",
+                        code="invalid_type",
+                        param=f"messages[{i}].content[{j}]",
+                    )
         elif content is not None and type(content) is not str:
-            raise GatewayError(400, f"messages[{i}].content must be a string, an array of parts, or null",
-                               code="invalid_type", param=f"messages[{i}].content")
+            raise GatewayError(
+                400,
+                f"messages[{i}].content must be a string, an array of parts, or null",
+                code="invalid_type",
+                param=f"messages[{i}].content",
+            )
     if "stream" in body and type(body["stream"]) is not bool:
         raise _type_error("stream", "a boolean", body["stream"])
     _int(body, "n", 1, max_n)
@@ -320,8 +336,11 @@ def validate_embeddings(body: Any) -> None:
         else:
             ok = False
         if not ok:
-            raise _invalid("input", "must be a string, an array of strings, an array of token ids, "
-                                    "or an array of arrays of token ids", code="invalid_type")
+            raise _invalid(
+                "input",
+                "must be a string, an array of strings, an array of token ids, or an array of arrays of token ids",
+                code="invalid_type",
+            )
     else:
         raise GatewayError(400, "'input' must be a string or a non-empty array", code="invalid_type", param="input")
     fmt = body.get("encoding_format")
@@ -337,20 +356,26 @@ def validate_messages(body: Any) -> None:
     _model(body)
     mt = body.get("max_tokens")
     if mt is None:
-        raise GatewayError(400, "max_tokens: field required (a positive integer)", code="invalid_value",
-                           param="max_tokens")
+        raise GatewayError(
+            400, "max_tokens: field required (a positive integer)", code="invalid_value", param="max_tokens"
+        )
     _int(body, "max_tokens", 1, MAX_TOKENS_BOUND)
     msgs = body.get("messages")
     if type(msgs) is not list or not msgs:
         raise GatewayError(400, "messages: a non-empty array is required", code="invalid_type", param="messages")
     for i, m in enumerate(msgs):
         if type(m) is not dict or m.get("role") not in ("user", "assistant"):
-            raise GatewayError(400, f"messages[{i}]: role must be user or assistant", code="invalid_value",
-                               param=f"messages[{i}]")
+            raise GatewayError(
+                400, f"messages[{i}]: role must be user or assistant", code="invalid_value", param=f"messages[{i}]"
+            )
         content = m.get("content")
         if type(content) is not str and type(content) is not list:
-            raise GatewayError(400, f"messages[{i}]: content must be a string or an array of content blocks",
-                               code="invalid_type", param=f"messages[{i}].content")
+            raise GatewayError(
+                400,
+                f"messages[{i}]: content must be a string or an array of content blocks",
+                code="invalid_type",
+                param=f"messages[{i}].content",
+            )
     system = body.get("system")
     if system is not None and type(system) is not str and type(system) is not list:
         raise _type_error("system", "a string or an array of content blocks", system)

@@ -35,7 +35,8 @@ class RunBook:
         self._requests: dict[Hashable, RequestScope] = {}  # top-level run id -> its request
         self._steps: dict[Hashable, tuple[StepScope, bool]] = {}  # run id -> (step, owns a lone request)
         self.active: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar(
-            f"truecost_{source}_request", default=None)
+            f"truecost_{source}_request", default=None
+        )
 
     def start_run(self, run_id: Hashable, parent_id: Hashable | None, metadata: Any = None) -> None:
         """A chain or query run: the top-level one opens a request, nested ones join it."""
@@ -66,8 +67,9 @@ class RunBook:
             root = self._root.get(parent_id) if parent_id is not None else None
             return self._requests.get(root) if root is not None else None
 
-    def start_step(self, run_id: Hashable, parent_id: Hashable | None, kind: str, name: str | None,
-                   metadata: Any = None) -> StepScope:
+    def start_step(
+        self, run_id: Hashable, parent_id: Hashable | None, kind: str, name: str | None, metadata: Any = None
+    ) -> StepScope:
         req = self.request_for(parent_id) or self.active.get()
         lone = req is None
         if req is None:
@@ -104,8 +106,15 @@ class RunBook:
             return len(self._requests) + len(self._steps)
 
 
-def charge_tokens(step: StepScope, provider: str | None, model: str | None, usage: Any, *, flavour: str = "openai",
-                  missing: str = "the framework reported no token usage") -> None:
+def charge_tokens(
+    step: StepScope,
+    provider: str | None,
+    model: str | None,
+    usage: Any,
+    *,
+    flavour: str = "openai",
+    missing: str = "the framework reported no token usage",
+) -> None:
     """Price a model call on ``step``; a call without a model or usage is recorded unpriced, with a reason."""
     if model is None:
         step.cost(None, reason="the framework did not say which model answered")

@@ -27,24 +27,52 @@ from typing import Any, Mapping
 from truecost.pricing.usage import CallUsage
 from truecost.types import TokenUsage
 
-MODEL_KEYS = ("gen_ai.response.model", "gen_ai.request.model", "llm.model_name", "embedding.model_name",
-              "llm.response.model", "llm.request.model")
+MODEL_KEYS = (
+    "gen_ai.response.model",
+    "gen_ai.request.model",
+    "llm.model_name",
+    "embedding.model_name",
+    "llm.response.model",
+    "llm.request.model",
+)
 PROVIDER_KEYS = ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
-INPUT_KEYS = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt",
-              "llm.usage.prompt_tokens")
-OUTPUT_KEYS = ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.token_count.completion",
-               "llm.usage.completion_tokens")
+INPUT_KEYS = (
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.prompt_tokens",
+    "llm.token_count.prompt",
+    "llm.usage.prompt_tokens",
+)
+OUTPUT_KEYS = (
+    "gen_ai.usage.output_tokens",
+    "gen_ai.usage.completion_tokens",
+    "llm.token_count.completion",
+    "llm.usage.completion_tokens",
+)
 TOTAL_KEYS = ("gen_ai.usage.total_tokens", "llm.usage.total_tokens", "llm.token_count.total")
-CACHE_READ_KEYS = ("gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens",
-                   "llm.token_count.prompt_details.cache_read")
-CACHE_WRITE_KEYS = ("gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_creation_input_tokens",
-                    "llm.token_count.prompt_details.cache_write")
-REASONING_KEYS = ("gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens",
-                  "llm.usage.reasoning_tokens", "llm.token_count.completion_details.reasoning")
+CACHE_READ_KEYS = (
+    "gen_ai.usage.cache_read.input_tokens",
+    "gen_ai.usage.cache_read_input_tokens",
+    "llm.token_count.prompt_details.cache_read",
+)
+CACHE_WRITE_KEYS = (
+    "gen_ai.usage.cache_creation.input_tokens",
+    "gen_ai.usage.cache_creation_input_tokens",
+    "llm.token_count.prompt_details.cache_write",
+)
+REASONING_KEYS = (
+    "gen_ai.usage.reasoning.output_tokens",
+    "gen_ai.usage.reasoning_tokens",
+    "llm.usage.reasoning_tokens",
+    "llm.token_count.completion_details.reasoning",
+)
 AUDIO_IN_KEYS = ("llm.token_count.prompt_details.audio",)
 AUDIO_OUT_KEYS = ("llm.token_count.completion_details.audio",)
-SERVICE_TIER_KEYS = ("openai.response.service_tier", "gen_ai.openai.response.service_tier",
-                     "openai.request.service_tier", "gen_ai.openai.request.service_tier")
+SERVICE_TIER_KEYS = (
+    "openai.response.service_tier",
+    "gen_ai.openai.response.service_tier",
+    "openai.request.service_tier",
+    "gen_ai.openai.request.service_tier",
+)
 
 _TOKEN_KEYS = frozenset(INPUT_KEYS + OUTPUT_KEYS + TOTAL_KEYS)
 _EMBED_OPS = frozenset({"embeddings", "embedding", "embed"})
@@ -53,20 +81,45 @@ _OI_KINDS = {"LLM": "generate", "EMBEDDING": "embed"}
 
 # gen_ai.provider.name (and older spellings) -> the prefix truecost's price names understand.
 PROVIDER_PREFIX = {
-    "openai": "openai", "anthropic": "anthropic", "azure.ai.openai": "azure", "az.ai.openai": "azure",
-    "azure_openai": "azure", "azure": "azure", "azure.ai.inference": "azure_ai", "aws.bedrock": "bedrock",
-    "bedrock": "bedrock", "gcp.gemini": "gemini", "gcp.gen_ai": "gemini", "gemini": "gemini", "google": "google",
-    "gcp.vertex_ai": "vertex_ai", "vertex_ai": "vertex_ai", "vertexai": "vertex_ai", "mistral_ai": "mistral",
-    "mistralai": "mistral", "mistral": "mistral", "groq": "groq", "deepseek": "deepseek", "x_ai": "xai",
-    "xai": "xai", "cohere": "cohere", "together_ai": "together_ai", "together": "together_ai",
-    "fireworks": "fireworks", "openrouter": "openrouter", "cerebras": "cerebras",
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "azure.ai.openai": "azure",
+    "az.ai.openai": "azure",
+    "azure_openai": "azure",
+    "azure": "azure",
+    "azure.ai.inference": "azure_ai",
+    "aws.bedrock": "bedrock",
+    "bedrock": "bedrock",
+    "gcp.gemini": "gemini",
+    "gcp.gen_ai": "gemini",
+    "gemini": "gemini",
+    "google": "google",
+    "gcp.vertex_ai": "vertex_ai",
+    "vertex_ai": "vertex_ai",
+    "vertexai": "vertex_ai",
+    "mistral_ai": "mistral",
+    "mistralai": "mistral",
+    "mistral": "mistral",
+    "groq": "groq",
+    "deepseek": "deepseek",
+    "x_ai": "xai",
+    "xai": "xai",
+    "cohere": "cohere",
+    "together_ai": "together_ai",
+    "together": "together_ai",
+    "fireworks": "fireworks",
+    "openrouter": "openrouter",
+    "cerebras": "cerebras",
     # LangChain's ls_provider spellings
-    "google_genai": "gemini", "google_vertexai": "vertex_ai", "bedrock_converse": "bedrock",
+    "google_genai": "gemini",
+    "google_vertexai": "vertex_ai",
+    "bedrock_converse": "bedrock",
     "azure_openai_chat": "azure",
 }
 # Models served on one's own hardware: a token price does not apply (price them with a compute rule).
-SELF_HOSTED = frozenset({"ollama", "ollama_chat", "vllm", "hosted_vllm", "llama_cpp", "llama.cpp", "lmstudio",
-                         "lm_studio", "local", "tgi"})
+SELF_HOSTED = frozenset(
+    {"ollama", "ollama_chat", "vllm", "hosted_vllm", "llama_cpp", "llama.cpp", "lmstudio", "lm_studio", "local", "tgi"}
+)
 
 
 class UsageError(ValueError):
@@ -99,8 +152,16 @@ def _as_count(key: str, v: Any) -> int:
     return n
 
 
-_GROUPS = (INPUT_KEYS, OUTPUT_KEYS, TOTAL_KEYS, CACHE_READ_KEYS, CACHE_WRITE_KEYS, REASONING_KEYS, AUDIO_IN_KEYS,
-           AUDIO_OUT_KEYS)
+_GROUPS = (
+    INPUT_KEYS,
+    OUTPUT_KEYS,
+    TOTAL_KEYS,
+    CACHE_READ_KEYS,
+    CACHE_WRITE_KEYS,
+    REASONING_KEYS,
+    AUDIO_IN_KEYS,
+    AUDIO_OUT_KEYS,
+)
 # attribute key -> (group, rank within the group: the lower the rank, the newer the spelling)
 _KEY_INDEX = {k: (g, rank) for g, keys in enumerate(_GROUPS) for rank, k in enumerate(keys)}
 
@@ -150,8 +211,9 @@ def provider_of(attrs: Mapping[str, Any]) -> str | None:
 def price_name(provider: str | None, model: str) -> tuple[str | None, str | None]:
     """(the name to look the price up under, or None with a reason when no token price applies)."""
     if provider in SELF_HOSTED:
-        return None, (f"self-hosted provider {provider!r}: a token price does not apply; "
-                      "price these spans with a compute rule")
+        return None, (
+            f"self-hosted provider {provider!r}: a token price does not apply; price these spans with a compute rule"
+        )
     prefix = PROVIDER_PREFIX.get(provider or "")
     if prefix and not model.lower().startswith(prefix + "/"):
         return f"{prefix}/{model}", None
@@ -171,16 +233,25 @@ def usage_of(attrs: Mapping[str, Any], kind: str) -> tuple[CallUsage | None, str
     prompt, completion = prompt or 0, completion or 0
     cached, written, audio_in = cached or 0, written or 0, audio_in or 0
     reasoning, audio_out = reasoning or 0, audio_out or 0
-    call, note = inclusive_usage(prompt, completion, cached=cached, written=written, reasoning=reasoning,
-                                 audio_in=audio_in, audio_out=audio_out)
+    call, note = inclusive_usage(
+        prompt, completion, cached=cached, written=written, reasoning=reasoning, audio_in=audio_in, audio_out=audio_out
+    )
     tier = first(attrs, SERVICE_TIER_KEYS)
     if isinstance(tier, str) and tier:
         call = CallUsage(call.tokens, call.extra, {"service_tier": tier.lower()})
     return call, None, note
 
 
-def inclusive_usage(prompt: int, completion: int, *, cached: int = 0, written: int = 0, reasoning: int = 0,
-                    audio_in: int = 0, audio_out: int = 0) -> tuple[CallUsage, str | None]:
+def inclusive_usage(
+    prompt: int,
+    completion: int,
+    *,
+    cached: int = 0,
+    written: int = 0,
+    reasoning: int = 0,
+    audio_in: int = 0,
+    audio_out: int = 0,
+) -> tuple[CallUsage, str | None]:
     """Counts where input includes cache reads/writes and output includes reasoning (the GenAI
     conventions, LangChain's usage_metadata, LlamaIndex) -> disjoint billing classes."""
     note = None
@@ -189,7 +260,6 @@ def inclusive_usage(prompt: int, completion: int, *, cached: int = 0, written: i
     else:
         uncached = prompt - cached - written - audio_in
     output = completion - reasoning - audio_out if reasoning + audio_out <= completion else completion
-    tokens = TokenUsage(input=uncached, cached_input=cached, cache_write_5m=written, output=output,
-                        reasoning=reasoning)
+    tokens = TokenUsage(input=uncached, cached_input=cached, cache_write_5m=written, output=output, reasoning=reasoning)
     extra = {k: v for k, v in (("input_audio", audio_in), ("output_audio", audio_out)) if v}
     return CallUsage(tokens, extra), note

@@ -47,10 +47,15 @@ def usage_from_metadata(um: Any) -> Any:
     if not um or um.get("input_tokens") is None and um.get("output_tokens") is None:
         return None
     inp, out = um.get("input_token_details") or {}, um.get("output_token_details") or {}
-    call, _note = inclusive_usage(int(um.get("input_tokens") or 0), int(um.get("output_tokens") or 0),
-                                  cached=int(inp.get("cache_read") or 0), written=int(inp.get("cache_creation") or 0),
-                                  audio_in=int(inp.get("audio") or 0), reasoning=int(out.get("reasoning") or 0),
-                                  audio_out=int(out.get("audio") or 0))
+    call, _note = inclusive_usage(
+        int(um.get("input_tokens") or 0),
+        int(um.get("output_tokens") or 0),
+        cached=int(inp.get("cache_read") or 0),
+        written=int(inp.get("cache_creation") or 0),
+        audio_in=int(inp.get("audio") or 0),
+        reasoning=int(out.get("reasoning") or 0),
+        audio_out=int(out.get("audio") or 0),
+    )
     return call
 
 
@@ -167,8 +172,14 @@ def _embeddings_class() -> type:
     class TrackedEmbeddings(embeddings_base):
         """Embeddings that record an ``embed`` step in the handler's current request."""
 
-        def __init__(self, inner: Any, handler: Any, model: str | None, provider: str | None,
-                     count_tokens: Callable[[str], int] | None) -> None:
+        def __init__(
+            self,
+            inner: Any,
+            handler: Any,
+            model: str | None,
+            provider: str | None,
+            count_tokens: Callable[[str], int] | None,
+        ) -> None:
             self.inner, self.book, self.model, self.provider = inner, handler.book, model, provider
             self.count_tokens = count_tokens
 
@@ -185,8 +196,13 @@ def _embeddings_class() -> type:
             if self.count_tokens is not None:
                 usage = {"prompt_tokens": sum(int(self.count_tokens(t)) for t in texts)}
             step.annotate(texts=len(texts))
-            charge_tokens(step, self.provider, self.model, usage,
-                          missing="LangChain embeddings report no token usage (pass count_tokens)")
+            charge_tokens(
+                step,
+                self.provider,
+                self.model,
+                usage,
+                missing="LangChain embeddings report no token usage (pass count_tokens)",
+            )
             self.book.finish_step(key)
             return result
 
@@ -200,8 +216,14 @@ def _embeddings_class() -> type:
     return TrackedEmbeddings
 
 
-def track_embeddings(inner: Any, handler: Any, *, model: str | None = None, provider: str | None = "openai",
-                     count_tokens: Callable[[str], int] | None = None) -> Any:
+def track_embeddings(
+    inner: Any,
+    handler: Any,
+    *,
+    model: str | None = None,
+    provider: str | None = "openai",
+    count_tokens: Callable[[str], int] | None = None,
+) -> Any:
     """Wrap a LangChain ``Embeddings`` so each call is an ``embed`` step (see the module docstring)."""
     model = model or getattr(inner, "model", None) or getattr(inner, "model_name", None)
     return _embeddings_class()(inner, handler, model, provider, count_tokens)

@@ -33,8 +33,19 @@ from truecost.integrations.genai import inclusive_usage, price_name
 
 SOURCE = "litellm"
 _EMBED_CALLS = frozenset({"embedding", "aembedding"})
-_GENERATE_CALLS = frozenset({"completion", "acompletion", "text_completion", "atext_completion", "responses",
-                             "aresponses", "anthropic_messages", "generate_content", "agenerate_content"})
+_GENERATE_CALLS = frozenset(
+    {
+        "completion",
+        "acompletion",
+        "text_completion",
+        "atext_completion",
+        "responses",
+        "aresponses",
+        "anthropic_messages",
+        "generate_content",
+        "agenerate_content",
+    }
+)
 _classes: dict[str, type] = {}
 
 
@@ -60,10 +71,16 @@ def usage_of(response: Any) -> Any:
     if prompt is None and completion is None:
         return None
     cached = _int(_get(usage, "prompt_tokens_details", "cached_tokens") or _get(usage, "cache_read_input_tokens"))
-    written = _int(_get(usage, "prompt_tokens_details", "cache_creation_tokens")
-                   or _get(usage, "cache_creation_input_tokens"))
-    call, _note = inclusive_usage(_int(prompt), _int(completion), cached=cached, written=written,
-                                  reasoning=_int(_get(usage, "completion_tokens_details", "reasoning_tokens")))
+    written = _int(
+        _get(usage, "prompt_tokens_details", "cache_creation_tokens") or _get(usage, "cache_creation_input_tokens")
+    )
+    call, _note = inclusive_usage(
+        _int(prompt),
+        _int(completion),
+        cached=cached,
+        written=written,
+        reasoning=_int(_get(usage, "completion_tokens_details", "reasoning_tokens")),
+    )
     return call
 
 
@@ -85,8 +102,12 @@ def attribution_of(kwargs: dict, defaults: dict) -> dict[str, Any]:
     team = smeta.get("user_api_key_team_alias") or smeta.get("user_api_key_team_id") or meta.get("user_api_key_team_id")
     if team:
         out.setdefault("team", str(team))
-    user = (smeta.get("user_api_key_end_user_id") or slo.get("end_user") or kwargs.get("user")
-            or smeta.get("user_api_key_user_id"))
+    user = (
+        smeta.get("user_api_key_end_user_id")
+        or slo.get("end_user")
+        or kwargs.get("user")
+        or smeta.get("user_api_key_user_id")
+    )
     if user:
         out.setdefault("user", str(user))
     alias = smeta.get("user_api_key_alias")
@@ -100,8 +121,16 @@ def attribution_of(kwargs: dict, defaults: dict) -> dict[str, Any]:
     return out
 
 
-def record_call(tracker: Any, kwargs: dict, response: Any, start_time: Any, end_time: Any, *,
-                failed: bool = False, defaults: dict | None = None) -> list:
+def record_call(
+    tracker: Any,
+    kwargs: dict,
+    response: Any,
+    start_time: Any,
+    end_time: Any,
+    *,
+    failed: bool = False,
+    defaults: dict | None = None,
+) -> list:
     """One LiteLLM call -> its request's events (what the logger's hooks run)."""
     slo = kwargs.get("standard_logging_object") or {}
     call_type = str(kwargs.get("call_type") or slo.get("call_type") or "completion")
@@ -110,8 +139,9 @@ def record_call(tracker: Any, kwargs: dict, response: Any, start_time: Any, end_
     model = _get(response, "model") if not failed else None
     model = model or kwargs.get("model") or slo.get("model")
     request_id = kwargs.get("litellm_trace_id") or slo.get("trace_id") or kwargs.get("litellm_call_id") or slo.get("id")
-    req = tracker.request(str(request_id) if request_id else None, source=SOURCE,
-                          **attribution_of(kwargs, defaults or {}))
+    req = tracker.request(
+        str(request_id) if request_id else None, source=SOURCE, **attribution_of(kwargs, defaults or {})
+    )
     latency = None
     if isinstance(start_time, datetime) and isinstance(end_time, datetime):
         latency = (end_time - start_time).total_seconds() * 1000.0
@@ -126,8 +156,9 @@ def record_call(tracker: Any, kwargs: dict, response: Any, start_time: Any, end_
         error = kwargs.get("exception") or slo.get("error_str")
         return tracker.record(step, reason=f"call failed: {type(error).__name__ if error else 'error'}", **common)
     if slo.get("cache_hit") or _get(kwargs, "cache_hit"):
-        return tracker.record("cache_lookup", cost=Decimal(0), cache_hit=True,
-                              **{**common, "name": f"LiteLLM cache hit ({model})"})
+        return tracker.record(
+            "cache_lookup", cost=Decimal(0), cache_hit=True, **{**common, "name": f"LiteLLM cache hit ({model})"}
+        )
     if name is None:
         return tracker.record(step, reason=reason or "no model", **common)
     usage = usage_of(response)
@@ -184,8 +215,14 @@ def truecost_logger(tracker: Any = None, **attribution: Any) -> Any:
     return _logger_class()(tracker, **attribution)
 
 
-def ledger_logger(ledger: str, *, prices_files: tuple[str, ...] = (), spool: str | None = None,
-                  ledger_schema: str | None = None, **attribution: Any) -> Any:
+def ledger_logger(
+    ledger: str,
+    *,
+    prices_files: tuple[str, ...] = (),
+    spool: str | None = None,
+    ledger_schema: str | None = None,
+    **attribution: Any,
+) -> Any:
     """A logger with its own ledger (SQLite path or PostgreSQL URL), batch writer, spool and write-ahead
     log, closed at exit: the one line a LiteLLM proxy's callback module needs."""
     from pathlib import Path
@@ -210,6 +247,7 @@ def ledger_logger(ledger: str, *, prices_files: tuple[str, ...] = (), spool: str
     def close() -> None:
         writer.close()
         store.close()
+
     atexit.register(close)
     return logger
 

@@ -24,10 +24,21 @@ from truecost.integrations._runs import RunBook, charge_tokens
 SOURCE = "llamaindex"
 _classes: dict[str, type] = {}
 # LLM class names (LlamaIndex's class_name()) -> provider, for the price look-up.
-_PROVIDERS = {"openai_llm": "openai", "openai": "openai", "azure_openai_llm": "azure", "anthropic_llm": "anthropic",
-              "anthropic": "anthropic", "gemini_llm": "gemini", "googlegenai": "gemini", "vertex": "vertex_ai",
-              "bedrock_llm": "bedrock", "bedrock_converse_llm": "bedrock", "mistralai_llm": "mistral",
-              "groq_llm": "groq", "ollama_llm": "ollama"}
+_PROVIDERS = {
+    "openai_llm": "openai",
+    "openai": "openai",
+    "azure_openai_llm": "azure",
+    "anthropic_llm": "anthropic",
+    "anthropic": "anthropic",
+    "gemini_llm": "gemini",
+    "googlegenai": "gemini",
+    "vertex": "vertex_ai",
+    "bedrock_llm": "bedrock",
+    "bedrock_converse_llm": "bedrock",
+    "mistralai_llm": "mistral",
+    "groq_llm": "groq",
+    "ollama_llm": "ollama",
+}
 
 
 def _get(obj: Any, key: str) -> Any:
@@ -51,8 +62,10 @@ def usage_from_raw(raw: Any, extra: Any = None) -> tuple[Any, str]:
         return (meta.model_dump() if hasattr(meta, "model_dump") else meta), "google"
     extra = extra or {}
     if extra.get("prompt_tokens") is not None or extra.get("completion_tokens") is not None:
-        return {"prompt_tokens": extra.get("prompt_tokens") or 0,
-                "completion_tokens": extra.get("completion_tokens") or 0}, "openai"
+        return {
+            "prompt_tokens": extra.get("prompt_tokens") or 0,
+            "completion_tokens": extra.get("completion_tokens") or 0,
+        }, "openai"
     return None, ""
 
 
@@ -79,15 +92,17 @@ def _handler_class() -> type:
     class TruecostLlamaIndexHandler(BaseCallbackHandler):
         """Records every LlamaIndex trace as a truecost request (see the module docstring)."""
 
-        def __init__(self, tracker: Any = None, count_tokens: Callable[[str], int] | None = None,
-                     **attribution: Any) -> None:
+        def __init__(
+            self, tracker: Any = None, count_tokens: Callable[[str], int] | None = None, **attribution: Any
+        ) -> None:
             from truecost.tracking import get_tracker
 
             super().__init__(event_starts_to_ignore=[], event_ends_to_ignore=[])
             self.book = RunBook(tracker or get_tracker(), SOURCE, attribution)
             self.count_tokens = count_tokens
-            self._trace: contextvars.ContextVar[object | None] = contextvars.ContextVar("truecost_li_trace",
-                                                                                         default=None)
+            self._trace: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+                "truecost_li_trace", default=None
+            )
             self._models: dict[str, tuple[str | None, str | None]] = {}
 
         def start_trace(self, trace_id: str | None = None) -> None:
@@ -122,18 +137,30 @@ def _handler_class() -> type:
                 return
             if event_type == CBEventType.LLM:
                 response = payload.get(EventPayload.RESPONSE) or payload.get(EventPayload.COMPLETION)
-                usage, flavour = usage_from_raw(getattr(response, "raw", None),
-                                                getattr(response, "additional_kwargs", None))
-                charge_tokens(step, provider, model, usage, flavour=flavour or "openai",
-                              missing="the LLM's response carried no token usage")
+                usage, flavour = usage_from_raw(
+                    getattr(response, "raw", None), getattr(response, "additional_kwargs", None)
+                )
+                charge_tokens(
+                    step,
+                    provider,
+                    model,
+                    usage,
+                    flavour=flavour or "openai",
+                    missing="the LLM's response carried no token usage",
+                )
             elif event_type == CBEventType.EMBEDDING:
                 chunks = payload.get(EventPayload.CHUNKS) or []
                 usage = None
                 if self.count_tokens is not None:
                     usage = {"prompt_tokens": sum(int(self.count_tokens(str(c))) for c in chunks)}
                 step.annotate(texts=len(chunks))
-                charge_tokens(step, provider or "openai", model, usage,
-                              missing="LlamaIndex embedding events carry no token usage (pass count_tokens)")
+                charge_tokens(
+                    step,
+                    provider or "openai",
+                    model,
+                    usage,
+                    missing="LlamaIndex embedding events carry no token usage (pass count_tokens)",
+                )
             else:
                 step.annotate(nodes=len(payload.get(EventPayload.NODES) or []))
             self.book.finish_step(event_id)
@@ -142,8 +169,9 @@ def _handler_class() -> type:
     return TruecostLlamaIndexHandler
 
 
-def truecost_handler(tracker: Any = None, *, count_tokens: Callable[[str], int] | None = None,
-                     **attribution: Any) -> Any:
+def truecost_handler(
+    tracker: Any = None, *, count_tokens: Callable[[str], int] | None = None, **attribution: Any
+) -> Any:
     """A LlamaIndex callback handler that records into ``tracker`` (default: truecost's process tracker)."""
     return _handler_class()(tracker, count_tokens=count_tokens, **attribution)
 

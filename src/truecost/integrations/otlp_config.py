@@ -175,8 +175,12 @@ def parse_rule(raw: Any, where: str) -> Rule:
             raise ConfigError(f"{where}.price: needs resource and component (and quantity or quantity_from)")
         if price.get("quantity") is None and price.get("quantity_from") is None:
             raise ConfigError(f"{where}.price: give quantity (a number) or quantity_from (attribute keys)")
-        kw.update(resource=str(price["resource"]), component=str(price["component"]),
-                  resource_kind=price.get("kind"), scale=float(price.get("scale", 1.0)))
+        kw.update(
+            resource=str(price["resource"]),
+            component=str(price["component"]),
+            resource_kind=price.get("kind"),
+            scale=float(price.get("scale", 1.0)),
+        )
         if price.get("quantity") is not None:
             kw["quantity"] = float(price["quantity"])
         if price.get("quantity_from") is not None:
@@ -193,8 +197,13 @@ def parse_rule(raw: Any, where: str) -> Rule:
         kw["compute"] = raw["compute"] if isinstance(raw["compute"], str) else True
     if raw.get("cost_from") is not None:
         kw["cost_from"] = _keys(raw["cost_from"], f"{where}.cost_from")
-    return Rule(step=step, match=tuple(_matcher(str(k), v, where) for k, v in match.items()),
-                label=str(raw.get("name") or ""), skip=skip, **kw)
+    return Rule(
+        step=step,
+        match=tuple(_matcher(str(k), v, where) for k, v in match.items()),
+        label=str(raw.get("name") or ""),
+        skip=skip,
+        **kw,
+    )
 
 
 def parse_config(raw: Mapping[str, Any] | None) -> OTLPConfig:
@@ -217,29 +226,70 @@ def parse_config(raw: Mapping[str, Any] | None) -> OTLPConfig:
     unmatched = raw.get("unmatched", "unpriced")
     if unmatched not in UNMATCHED:
         raise ConfigError(f"otlp.unmatched: one of {', '.join(UNMATCHED)}")
-    return OTLPConfig(attribution=attribution, tags=dict(tags),
-                      rules=tuple(parse_rule(r, f"otlp.rules[{i}]") for i, r in enumerate(rules)),
-                      defaults=bool(raw.get("default_rules", True)), unmatched=unmatched)
+    return OTLPConfig(
+        attribution=attribution,
+        tags=dict(tags),
+        rules=tuple(parse_rule(r, f"otlp.rules[{i}]") for i, r in enumerate(rules)),
+        defaults=bool(raw.get("default_rules", True)),
+        unmatched=unmatched,
+    )
 
 
-_VECTOR_DBS = ["qdrant", "weaviate", "chroma", "chromadb", "milvus", "lancedb", "marqo", "pgvector", "redis",
-               "elasticsearch", "opensearch", "mongodb"]
+_VECTOR_DBS = [
+    "qdrant",
+    "weaviate",
+    "chroma",
+    "chromadb",
+    "milvus",
+    "lancedb",
+    "marqo",
+    "pgvector",
+    "redis",
+    "elasticsearch",
+    "opensearch",
+    "mongodb",
+]
 # Sensible defaults for common instrumentations, after the user's rules and the GenAI mapping.
-DEFAULT_RULES: tuple[Rule, ...] = tuple(parse_rule(r, f"default_rules[{i}]") for i, r in enumerate([
-    {"name": "pinecone", "match": {"db.system.name": "pinecone"}, "step": "vector_search",
-     "price": {"resource": "pinecone-serverless", "component": "read_unit",
-               "quantity_from": ["db.pinecone.usage.read_units", "pinecone.usage.read_units"]}},
-    {"name": "pinecone", "match": {"db.system": "pinecone"}, "step": "vector_search",
-     "price": {"resource": "pinecone-serverless", "component": "read_unit",
-               "quantity_from": ["db.pinecone.usage.read_units", "pinecone.usage.read_units"]}},
-    {"name": "vector database", "match": {"db.system.name": _VECTOR_DBS}, "step": "vector_search"},
-    {"name": "vector database", "match": {"db.system": _VECTOR_DBS}, "step": "vector_search"},
-    {"name": "retriever", "match": {"openinference.span.kind": ["retriever", "reranker"]}, "step": "vector_search"},
-    {"name": "guardrail", "match": {"openinference.span.kind": "guardrail"}, "step": "validate"},
-    {"name": "container", "match": {"openinference.span.kind": ["chain", "agent", "evaluator"]}, "skip": True},
-    {"name": "container", "match": {"traceloop.span.kind": ["workflow", "task", "agent"]}, "skip": True},
-    {"name": "container", "match": {"gen_ai.operation.name": ["invoke_agent", "create_agent", "invoke_workflow"]},
-     "skip": True},
-    {"name": "container", "match": {"kind": "server"}, "skip": True},
-]))
-
+DEFAULT_RULES: tuple[Rule, ...] = tuple(
+    parse_rule(r, f"default_rules[{i}]")
+    for i, r in enumerate(
+        [
+            {
+                "name": "pinecone",
+                "match": {"db.system.name": "pinecone"},
+                "step": "vector_search",
+                "price": {
+                    "resource": "pinecone-serverless",
+                    "component": "read_unit",
+                    "quantity_from": ["db.pinecone.usage.read_units", "pinecone.usage.read_units"],
+                },
+            },
+            {
+                "name": "pinecone",
+                "match": {"db.system": "pinecone"},
+                "step": "vector_search",
+                "price": {
+                    "resource": "pinecone-serverless",
+                    "component": "read_unit",
+                    "quantity_from": ["db.pinecone.usage.read_units", "pinecone.usage.read_units"],
+                },
+            },
+            {"name": "vector database", "match": {"db.system.name": _VECTOR_DBS}, "step": "vector_search"},
+            {"name": "vector database", "match": {"db.system": _VECTOR_DBS}, "step": "vector_search"},
+            {
+                "name": "retriever",
+                "match": {"openinference.span.kind": ["retriever", "reranker"]},
+                "step": "vector_search",
+            },
+            {"name": "guardrail", "match": {"openinference.span.kind": "guardrail"}, "step": "validate"},
+            {"name": "container", "match": {"openinference.span.kind": ["chain", "agent", "evaluator"]}, "skip": True},
+            {"name": "container", "match": {"traceloop.span.kind": ["workflow", "task", "agent"]}, "skip": True},
+            {
+                "name": "container",
+                "match": {"gen_ai.operation.name": ["invoke_agent", "create_agent", "invoke_workflow"]},
+                "skip": True,
+            },
+            {"name": "container", "match": {"kind": "server"}, "skip": True},
+        ]
+    )
+)

@@ -31,12 +31,36 @@ class OTLPPayloadError(ValueError):
 class SpanRecord:
     """One span, flattened: ids as lowercase hex, times in ns, attributes as a plain dict."""
 
-    __slots__ = ("trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "status_code",
-                 "status_message", "attrs", "resource", "scope")
+    __slots__ = (
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "name",
+        "kind",
+        "start_ns",
+        "end_ns",
+        "status_code",
+        "status_message",
+        "attrs",
+        "resource",
+        "scope",
+    )
 
-    def __init__(self, trace_id: str, span_id: str, parent_span_id: str | None, name: str, kind: int,
-                 start_ns: int, end_ns: int, status_code: int, status_message: str, attrs: dict,
-                 resource: dict, scope: str) -> None:
+    def __init__(
+        self,
+        trace_id: str,
+        span_id: str,
+        parent_span_id: str | None,
+        name: str,
+        kind: int,
+        start_ns: int,
+        end_ns: int,
+        status_code: int,
+        status_message: str,
+        attrs: dict,
+        resource: dict,
+        scope: str,
+    ) -> None:
         self.trace_id, self.span_id, self.parent_span_id = trace_id, span_id, parent_span_id
         self.name, self.kind, self.start_ns, self.end_ns = name, kind, start_ns, end_ns
         self.status_code, self.status_message = status_code, status_message
@@ -141,9 +165,22 @@ def decode_protobuf(body: bytes) -> list[SpanRecord]:
             scope = ss.scope.name
             for s in ss.spans:
                 parent = s.parent_span_id
-                append(SpanRecord(s.trace_id.hex(), s.span_id.hex(), parent.hex() if parent else None, s.name,
-                                  s.kind, s.start_time_unix_nano, s.end_time_unix_nano, s.status.code,
-                                  s.status.message, _pb_attrs(s.attributes), resource, scope))
+                append(
+                    SpanRecord(
+                        s.trace_id.hex(),
+                        s.span_id.hex(),
+                        parent.hex() if parent else None,
+                        s.name,
+                        s.kind,
+                        s.start_time_unix_nano,
+                        s.end_time_unix_nano,
+                        s.status.code,
+                        s.status.message,
+                        _pb_attrs(s.attributes),
+                        resource,
+                        scope,
+                    )
+                )
     return out
 
 
@@ -197,8 +234,9 @@ def _json_value(v: Any, path: list) -> Any:
     if "boolValue" in v:
         return bool(v["boolValue"])
     if "arrayValue" in v:
-        return [_json_value(x, path + [f"[{i}]"]) for i, x in
-                enumerate(_list(_obj(v["arrayValue"], path), "values", path))]
+        return [
+            _json_value(x, path + [f"[{i}]"]) for i, x in enumerate(_list(_obj(v["arrayValue"], path), "values", path))
+        ]
     if "kvlistValue" in v:
         return _json_attrs(_list(_obj(v["kvlistValue"], path), "values", path), path)
     if "bytesValue" in v:
@@ -254,12 +292,19 @@ def _json_spans(doc: dict) -> Iterator[SpanRecord]:
                 if not isinstance(name, str):
                     raise _where(r + [".name"], "must be a string")
                 yield SpanRecord(
-                    _hex(s.get("traceId"), r + [".traceId"]), _hex(s.get("spanId"), r + [".spanId"]),
-                    _hex(s.get("parentSpanId"), r + [".parentSpanId"]) or None, name,
+                    _hex(s.get("traceId"), r + [".traceId"]),
+                    _hex(s.get("spanId"), r + [".spanId"]),
+                    _hex(s.get("parentSpanId"), r + [".parentSpanId"]) or None,
+                    name,
                     _kind(s.get("kind", 0), r + [".kind"]),
                     _int(s.get("startTimeUnixNano"), r + [".startTimeUnixNano"]),
-                    _int(s.get("endTimeUnixNano"), r + [".endTimeUnixNano"]), code, str(status.get("message") or ""),
-                    _json_attrs(_list(s, "attributes", r), r), resource, str(scope))
+                    _int(s.get("endTimeUnixNano"), r + [".endTimeUnixNano"]),
+                    code,
+                    str(status.get("message") or ""),
+                    _json_attrs(_list(s, "attributes", r), r),
+                    resource,
+                    str(scope),
+                )
 
 
 def decode_json(body: bytes) -> list[SpanRecord]:

@@ -53,9 +53,15 @@ class MapStats:
                 self.reasons["(other reasons)"] += n
 
     def as_dict(self) -> dict[str, Any]:
-        return {"spans": self.spans, "priced": self.priced, "unpriced": self.unpriced, "skipped": self.skipped,
-                "rejected": self.rejected, "duplicates": self.duplicates,
-                "unpriced_reasons": dict(self.reasons.most_common(20))}
+        return {
+            "spans": self.spans,
+            "priced": self.priced,
+            "unpriced": self.unpriced,
+            "skipped": self.skipped,
+            "rejected": self.rejected,
+            "duplicates": self.duplicates,
+            "unpriced_reasons": dict(self.reasons.most_common(20)),
+        }
 
 
 class _Charge:
@@ -77,7 +83,7 @@ class SpanMapper:
         self.tracker = tracker
         self.config = config or OTLPConfig()
         self._user_rules = self.config.rules
-        self._default_rules = self.config.all_rules()[len(self._user_rules):]
+        self._default_rules = self.config.all_rules()[len(self._user_rules) :]
         self._lock = threading.Lock()
         self._trace_attr: dict[str, tuple] = {}  # trace id -> attribution values seen in earlier batches
         self._attr_memo: dict[tuple, Attribution] = {}
@@ -147,13 +153,12 @@ class SpanMapper:
             if attribution is None:
                 try:
                     fields = dict(zip(_FIELDS, vals))
-                    tags = tuple((n, v) for n, v in zip(tag_names, vals[len(_FIELDS):]) if v is not None)
+                    tags = tuple((n, v) for n, v in zip(tag_names, vals[len(_FIELDS) :]) if v is not None)
                     attribution = Attribution(**fields, tags=tags)
                 except ValueError:  # an attribute too long or not text: keep the trace, drop the bad values
                     attribution = Attribution()
                 if pinned is not None:
-                    attribution = attribution.merged(**{f: getattr(pinned, f) for f in _FIELDS},
-                                                     tags=dict(pinned.tags))
+                    attribution = attribution.merged(**{f: getattr(pinned, f) for f in _FIELDS}, tags=dict(pinned.tags))
                 if len(self._attr_memo) > _MEMO_MAX:
                     self._attr_memo.clear()
                 self._attr_memo[key] = attribution
@@ -161,8 +166,9 @@ class SpanMapper:
         return out
 
     # -- mapping ------------------------------------------------------------------------
-    def map(self, spans: list[SpanRecord], pinned: Attribution | None = None,
-            stats: MapStats | None = None) -> list[CostEvent]:
+    def map(
+        self, spans: list[SpanRecord], pinned: Attribution | None = None, stats: MapStats | None = None
+    ) -> list[CostEvent]:
         stats = stats if stats is not None else MapStats()
         attributions = self._attributions(spans, pinned)
         events: list[CostEvent] = []
@@ -222,8 +228,15 @@ class SpanMapper:
             value = to_decimal(str(cost), "cost")
         except ValueError:
             return _unpriced(f"truecost.cost_usd {cost!r} is not an amount", service)
-        return _Charge(a.get("gen_ai.provider.name"), service, None, ZERO, "", PricedCost(cost=value),
-                       {"priced_by": "exporting truecost SDK"})
+        return _Charge(
+            a.get("gen_ai.provider.name"),
+            service,
+            None,
+            ZERO,
+            "",
+            PricedCost(cost=value),
+            {"priced_by": "exporting truecost SDK"},
+        )
 
     def _genai(self, step: str, s: SpanRecord, ts: datetime) -> _Charge:
         a = s.attrs
@@ -258,8 +271,15 @@ class SpanMapper:
                 details["reported_cost"] = str(a[cost_key])
                 break
         t = usage.tokens
-        return _Charge(prov or provider, service if version is not None else model, None,
-                       Decimal(t.prompt_total + t.completion_total), "tokens", priced, details)
+        return _Charge(
+            prov or provider,
+            service if version is not None else model,
+            None,
+            Decimal(t.prompt_total + t.completion_total),
+            "tokens",
+            priced,
+            details,
+        )
 
     def _by_rule(self, rule: Rule, s: SpanRecord, ts: datetime) -> _Charge:
         label = rule.label or rule.step
@@ -289,8 +309,15 @@ class SpanMapper:
             if raw is None:
                 return _unpriced(f"rule {label!r}: no {' or '.join(rule.cost_from)} attribute")
             try:
-                return _Charge(None, None, None, ZERO, "", PricedCost(cost=to_decimal(str(raw), "cost")),
-                               {"priced_by": f"span attribute ({label})"})
+                return _Charge(
+                    None,
+                    None,
+                    None,
+                    ZERO,
+                    "",
+                    PricedCost(cost=to_decimal(str(raw), "cost")),
+                    {"priced_by": f"span attribute ({label})"},
+                )
             except ValueError as exc:
                 return _unpriced(f"rule {label!r}: {exc}")
         system = s.get("db.system.name") or s.get("db.system")
@@ -318,21 +345,42 @@ class SpanMapper:
         if version is not None and version.free_per_month:
             free = self.tracker.allowance_free((resource, ts.strftime("%Y-%m")), gb, version.free_per_month)
         priced = price_quantity(version, "transfer", gb, unknown_reason=why, free=free)
-        return _Charge(prov, service, f"{src}->{dst}", gb, "GB", priced,
-                       {"egress_path": path, "bytes": nbytes, "component": "transfer"})
+        return _Charge(
+            prov,
+            service,
+            f"{src}->{dst}",
+            gb,
+            "GB",
+            priced,
+            {"egress_path": path, "bytes": nbytes, "component": "transfer"},
+        )
 
     def _compute(self, resource: str | None, s: SpanRecord, ts: datetime) -> _Charge:
         seconds = Decimal(s.end_ns - s.start_ns) / Decimal(1_000_000_000)
         if resource is None:
-            return _Charge(None, None, None, seconds, "vCPU-seconds",
-                           PricedCost(cost=None, unknown_reason="compute rule but no compute resource configured"), {})
+            return _Charge(
+                None,
+                None,
+                None,
+                seconds,
+                "vCPU-seconds",
+                PricedCost(cost=None, unknown_reason="compute rule but no compute resource configured"),
+                {},
+            )
         version, why, prov, service = self.tracker.price_version(resource, "compute", ts)
         if version is None:
             return _Charge(prov, service, None, seconds, "vCPU-seconds", PricedCost(cost=None, unknown_reason=why), {})
         vcpus = Decimal(str(version.attributes.get("vcpus") or 1))
         cost = tidy(version.rates["instance"] * seconds / (Decimal(3600) * vcpus))
-        return _Charge(prov, service, None, seconds, "vCPU-seconds", PricedCost(cost=cost),
-                       {"priced_as": "wall-clock time on one vCPU"})
+        return _Charge(
+            prov,
+            service,
+            None,
+            seconds,
+            "vCPU-seconds",
+            PricedCost(cost=cost),
+            {"priced_as": "wall-clock time on one vCPU"},
+        )
 
     def _event(self, s: SpanRecord, step: Any, c: _Charge, ts: datetime, attribution: Attribution) -> CostEvent:
         kind = step.step if isinstance(step, Rule) else step
@@ -359,13 +407,27 @@ class SpanMapper:
         if isinstance(step, Rule) and step.label:
             details["rule"] = step.label
         return CostEvent(
-            id=f"{s.start_ns:016x}{s.trace_id[:8]}{s.span_id}", request_id=s.trace_id, ts=ts, step=kind,
+            id=f"{s.start_ns:016x}{s.trace_id[:8]}{s.span_id}",
+            request_id=s.trace_id,
+            ts=ts,
+            step=kind,
             name=s.name[:1024],
-            provider=c.provider, service=c.service, region=c.region, quantity=c.quantity, unit=c.unit,
-            unit_price=lines[0].unit_price if len(lines) == 1 else None, cost=priced.cost,
-            attribution=attribution, trace_id=s.trace_id, span_id=s.span_id, parent_span_id=s.parent_span_id,
-            latency_ms=(s.end_ns - s.start_ns) / 1e6, outcome="error" if s.status_code == 2 else "ok",
-            details=details, source=SOURCE)
+            provider=c.provider,
+            service=c.service,
+            region=c.region,
+            quantity=c.quantity,
+            unit=c.unit,
+            unit_price=lines[0].unit_price if len(lines) == 1 else None,
+            cost=priced.cost,
+            attribution=attribution,
+            trace_id=s.trace_id,
+            span_id=s.span_id,
+            parent_span_id=s.parent_span_id,
+            latency_ms=(s.end_ns - s.start_ns) / 1e6,
+            outcome="error" if s.status_code == 2 else "ok",
+            details=details,
+            source=SOURCE,
+        )
 
 
 def map_export_file(path: Any, tracker: Any, config: OTLPConfig | None = None) -> tuple[list[CostEvent], MapStats]:

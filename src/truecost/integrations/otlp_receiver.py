@@ -64,8 +64,11 @@ class PayloadJournal:
         return sorted(self.folder.glob("otlp-*.bin"))
 
     def write(self, body: bytes, content_type: str | None, encoding: str | None, pinned: Attribution | None) -> Path:
-        header = {"content_type": content_type, "content_encoding": encoding,
-                  "pinned": pinned.as_dict() if pinned is not None else None}
+        header = {
+            "content_type": content_type,
+            "content_encoding": encoding,
+            "pinned": pinned.as_dict() if pinned is not None else None,
+        }
         path = self.folder / f"otlp-{time.time_ns():020d}-{os.getpid()}-{threading.get_ident()}.bin"
         with open(path, "wb") as fh:
             fh.write(json.dumps(header).encode() + b"\n" + body)
@@ -119,8 +122,14 @@ def _writer_counts(sink: Any) -> tuple[int, int] | None:
 class OTLPReceiver:
     """Decode, de-duplicate, map and hand on. Safe to call from several threads."""
 
-    def __init__(self, tracker: Any, config: OTLPConfig | None = None, *, dedupe_window: int = 200_000,
-                 journal_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        tracker: Any,
+        config: OTLPConfig | None = None,
+        *,
+        dedupe_window: int = 200_000,
+        journal_dir: str | Path | None = None,
+    ) -> None:
         self.tracker = tracker
         self.journal = PayloadJournal(journal_dir) if journal_dir else None
         self.mapper = SpanMapper(tracker, config)
@@ -131,8 +140,15 @@ class OTLPReceiver:
         self._window = dedupe_window
         self._lock = threading.Lock()
 
-    def ingest(self, body: bytes, content_type: str | None, content_encoding: str | None = None,
-               pinned: Attribution | None = None, *, journal: bool = True) -> ExportResult:
+    def ingest(
+        self,
+        body: bytes,
+        content_type: str | None,
+        content_encoding: str | None = None,
+        pinned: Attribution | None = None,
+        *,
+        journal: bool = True,
+    ) -> ExportResult:
         """One export request. Raises OTLPPayloadError (nothing stored) or LedgerError (writer closed)."""
         try:
             spans = decode(decompress(body, content_encoding), content_type)
@@ -251,8 +267,9 @@ def success_body(result: ExportResult, as_json: bool) -> bytes:
     if as_json:
         if not result.rejected:
             return b"{}"
-        return json.dumps({"partialSuccess": {"rejectedSpans": str(result.rejected),
-                                              "errorMessage": result.message}}).encode()
+        return json.dumps(
+            {"partialSuccess": {"rejectedSpans": str(result.rejected), "errorMessage": result.message}}
+        ).encode()
     if not result.rejected:
         return b""
     text = result.message.encode("utf-8")
@@ -283,8 +300,9 @@ async def _authorized(authorize: Authorize | None, request: Any) -> tuple[bool, 
     return result is not None, result
 
 
-def make_endpoint(receiver: OTLPReceiver, *, authorize: Authorize | None = None,
-                  max_body_bytes: int = MAX_BODY_BYTES) -> Callable:
+def make_endpoint(
+    receiver: OTLPReceiver, *, authorize: Authorize | None = None, max_body_bytes: int = MAX_BODY_BYTES
+) -> Callable:
     from starlette.responses import Response
 
     async def traces(request: Any) -> Any:
@@ -320,9 +338,16 @@ def make_endpoint(receiver: OTLPReceiver, *, authorize: Authorize | None = None,
     return traces
 
 
-def otlp_routes(tracker: Any, config: OTLPConfig | None = None, *, authorize: Authorize | None = None,
-                path: str = "/v1/traces", max_body_bytes: int = MAX_BODY_BYTES,
-                receiver: OTLPReceiver | None = None, journal_dir: str | Path | None = None) -> list:
+def otlp_routes(
+    tracker: Any,
+    config: OTLPConfig | None = None,
+    *,
+    authorize: Authorize | None = None,
+    path: str = "/v1/traces",
+    max_body_bytes: int = MAX_BODY_BYTES,
+    receiver: OTLPReceiver | None = None,
+    journal_dir: str | Path | None = None,
+) -> list:
     """``[Route(path, POST)]`` for a Starlette app. ``authorize(request)`` returns the Attribution to
     pin (fields the sender cannot override), or None to refuse with 401; omit it for no check.
     ``journal_dir``: keep each payload on disk until stored (not needed when the tracker's
@@ -336,9 +361,15 @@ def otlp_routes(tracker: Any, config: OTLPConfig | None = None, *, authorize: Au
     return [Route(path, endpoint, methods=["POST"])]
 
 
-def otlp_app(tracker: Any, config: OTLPConfig | None = None, *, authorize: Authorize | None = None,
-             on_shutdown: tuple[Callable, ...] = (), max_body_bytes: int = MAX_BODY_BYTES,
-             journal_dir: str | Path | None = None) -> Any:
+def otlp_app(
+    tracker: Any,
+    config: OTLPConfig | None = None,
+    *,
+    authorize: Authorize | None = None,
+    on_shutdown: tuple[Callable, ...] = (),
+    max_body_bytes: int = MAX_BODY_BYTES,
+    journal_dir: str | Path | None = None,
+) -> Any:
     """The receiver as its own app (``truecost collect``): POST /v1/traces, GET /healthz, GET /stats.
     With ``journal_dir``, payloads a killed receiver left unstored are replayed first."""
     import contextlib
@@ -372,7 +403,9 @@ def otlp_app(tracker: Any, config: OTLPConfig | None = None, *, authorize: Autho
         receiver.settle_journal()
 
     routes = otlp_routes(tracker, config, authorize=authorize, receiver=receiver, max_body_bytes=max_body_bytes)
-    app = Starlette(routes=[*routes, Route("/stats", stats, methods=["GET"]),
-                            Route("/healthz", healthz, methods=["GET"])], lifespan=lifespan)
+    app = Starlette(
+        routes=[*routes, Route("/stats", stats, methods=["GET"]), Route("/healthz", healthz, methods=["GET"])],
+        lifespan=lifespan,
+    )
     app.state.receiver = receiver
     return app

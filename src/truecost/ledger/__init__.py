@@ -4,8 +4,19 @@ from truecost.ledger.events import GENERATION_STEPS, OUTCOMES, STEP_KINDS, CostE
 from truecost.ledger.store import AggregateRow, LedgerFilter, LedgerStore, MemoryLedgerStore
 from truecost.ledger.writer import BatchWriter, replay_spool
 
-__all__ = ["CostEvent", "STEP_KINDS", "OUTCOMES", "GENERATION_STEPS", "LedgerStore", "LedgerFilter",
-           "AggregateRow", "MemoryLedgerStore", "BatchWriter", "replay_spool", "open_store"]
+__all__ = [
+    "CostEvent",
+    "STEP_KINDS",
+    "OUTCOMES",
+    "GENERATION_STEPS",
+    "LedgerStore",
+    "LedgerFilter",
+    "AggregateRow",
+    "MemoryLedgerStore",
+    "BatchWriter",
+    "replay_spool",
+    "open_store",
+]
 
 
 def open_store(url: str) -> LedgerStore:
@@ -14,5 +25,5 @@ def open_store(url: str) -> LedgerStore:
         return MemoryLedgerStore()
     from truecost.ledger.sqlite import SQLiteLedgerStore
 
-    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else url
     return SQLiteLedgerStore(path)

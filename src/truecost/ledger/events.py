@@ -10,8 +10,20 @@ from typing import Any
 
 from truecost.types import CURRENCY, EMPTY_ATTRIBUTION, Attribution
 
-STEP_KINDS = ("sanitize", "embed", "vector_search", "context_assembly", "generate", "validate", "log_storage",
-              "egress", "cache_lookup", "cache_write", "reserved_capacity", "other")
+STEP_KINDS = (
+    "sanitize",
+    "embed",
+    "vector_search",
+    "context_assembly",
+    "generate",
+    "validate",
+    "log_storage",
+    "egress",
+    "cache_lookup",
+    "cache_write",
+    "reserved_capacity",
+    "other",
+)
 OUTCOMES = ("ok", "error", "cache_hit", "routed", "escalated")  # escalated: a weak answer a cascade declined
 # Steps that are "generation" when the bill is split into generation vs everything else.
 GENERATION_STEPS = frozenset({"generate"})
@@ -29,8 +41,10 @@ def check_source(source: object) -> str:
     """``source`` if it is a known source or a short lowercase name (letters, digits, ``_.-``), else ValueError."""
     if isinstance(source, str) and (source in _KNOWN_SOURCES or _SOURCE_NAME.fullmatch(source)):
         return source
-    raise ValueError(f"bad event source {source!r}: one of {', '.join(SOURCES)}, or a lowercase name of up to "
-                     "64 letters, digits, '_', '.', '-'")
+    raise ValueError(
+        f"bad event source {source!r}: one of {', '.join(SOURCES)}, or a lowercase name of up to "
+        "64 letters, digits, '_', '.', '-'"
+    )
 
 
 @dataclass(slots=True)

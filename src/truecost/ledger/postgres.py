@@ -23,11 +23,40 @@ from truecost.ledger.store import AggregateRow, LedgerFilter, check_group_by
 from truecost.types import ATTRIBUTION_FIELDS, Attribution
 
 T = TypeVar("T")
-_COLUMNS = ("id", "request_id", "ts", "step", "provider", "service", "region", "quantity", "unit", "unit_price", "cost",
-            "currency", "cost_center", "team", "feature", "tenant", "environment", "user_id", "tags", "trace_id",
-            "span_id", "parent_span_id", "name", "latency_ms", "outcome", "avoided", "details", "source")
+_COLUMNS = (
+    "id",
+    "request_id",
+    "ts",
+    "step",
+    "provider",
+    "service",
+    "region",
+    "quantity",
+    "unit",
+    "unit_price",
+    "cost",
+    "currency",
+    "cost_center",
+    "team",
+    "feature",
+    "tenant",
+    "environment",
+    "user_id",
+    "tags",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "name",
+    "latency_ms",
+    "outcome",
+    "avoided",
+    "details",
+    "source",
+)
 MIGRATIONS: list[tuple[str, str]] = [
-    ("001_cost_events", """
+    (
+        "001_cost_events",
+        """
         CREATE TABLE cost_events (
             id TEXT PRIMARY KEY, request_id TEXT, ts TIMESTAMPTZ NOT NULL, step TEXT NOT NULL,
             provider TEXT, service TEXT, region TEXT, quantity NUMERIC NOT NULL, unit TEXT NOT NULL,
@@ -36,18 +65,25 @@ MIGRATIONS: list[tuple[str, str]] = [
             tags JSONB NOT NULL DEFAULT '{}', trace_id TEXT, span_id TEXT, parent_span_id TEXT, name TEXT,
             latency_ms DOUBLE PRECISION, outcome TEXT NOT NULL, avoided NUMERIC, details JSONB NOT NULL DEFAULT '{}'
         )
-    """),
-    ("002_indexes", """
+    """,
+    ),
+    (
+        "002_indexes",
+        """
         CREATE INDEX ix_cost_events_request ON cost_events (request_id, cost);
         CREATE INDEX ix_cost_events_ts ON cost_events (ts)
-    """),
+    """,
+    ),
     # Where each event was recorded. Rows written before this read "unknown", except those whose
     # details name a source (the integrations put it there): that is back-filled.
-    ("003_source", f"""
+    (
+        "003_source",
+        f"""
         ALTER TABLE cost_events ADD COLUMN source TEXT NOT NULL DEFAULT 'unknown';
         UPDATE cost_events SET source = details->>'source'
             WHERE jsonb_typeof(details->'source') = 'string' AND details->>'source' ~ '{SOURCE_NAME_SQL}'
-    """),
+    """,
+    ),
 ]
 _BUCKETS = {
     "hour": "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:00')",
@@ -59,10 +95,36 @@ _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 def _row(e: CostEvent) -> tuple[Any, ...]:
     a = e.attribution
-    return (e.id, e.request_id, e.ts, e.step, e.provider, e.service, e.region, e.quantity, e.unit, e.unit_price,
-            e.cost, e.currency, a.cost_center, a.team, a.feature, a.tenant, a.environment, a.user,
-            json.dumps(dict(a.tags)), e.trace_id, e.span_id, e.parent_span_id, e.name, e.latency_ms, e.outcome,
-            e.avoided_cost, json.dumps(e.details, default=str), e.source)
+    return (
+        e.id,
+        e.request_id,
+        e.ts,
+        e.step,
+        e.provider,
+        e.service,
+        e.region,
+        e.quantity,
+        e.unit,
+        e.unit_price,
+        e.cost,
+        e.currency,
+        a.cost_center,
+        a.team,
+        a.feature,
+        a.tenant,
+        a.environment,
+        a.user,
+        json.dumps(dict(a.tags)),
+        e.trace_id,
+        e.span_id,
+        e.parent_span_id,
+        e.name,
+        e.latency_ms,
+        e.outcome,
+        e.avoided_cost,
+        json.dumps(e.details, default=str),
+        e.source,
+    )
 
 
 def _event(r: tuple[Any, ...]) -> CostEvent:
@@ -70,33 +132,65 @@ def _event(r: tuple[Any, ...]) -> CostEvent:
     tags = d["tags"] if isinstance(d["tags"], dict) else json.loads(d["tags"])
     details = d["details"] if isinstance(d["details"], dict) else json.loads(d["details"])
     return CostEvent(
-        id=d["id"], request_id=d["request_id"], ts=d["ts"].astimezone(timezone.utc), step=d["step"],
-        provider=d["provider"], service=d["service"], region=d["region"], quantity=d["quantity"], unit=d["unit"],
-        unit_price=d["unit_price"], cost=d["cost"], currency=d["currency"],
-        attribution=Attribution(cost_center=d["cost_center"], team=d["team"], feature=d["feature"], tenant=d["tenant"],
-                                environment=d["environment"], user=d["user_id"], tags=tuple(tags.items())),
-        trace_id=d["trace_id"], span_id=d["span_id"], parent_span_id=d["parent_span_id"], name=d["name"],
-        latency_ms=d["latency_ms"], outcome=d["outcome"], avoided_cost=d["avoided"], details=details,
-        source=d["source"])
+        id=d["id"],
+        request_id=d["request_id"],
+        ts=d["ts"].astimezone(timezone.utc),
+        step=d["step"],
+        provider=d["provider"],
+        service=d["service"],
+        region=d["region"],
+        quantity=d["quantity"],
+        unit=d["unit"],
+        unit_price=d["unit_price"],
+        cost=d["cost"],
+        currency=d["currency"],
+        attribution=Attribution(
+            cost_center=d["cost_center"],
+            team=d["team"],
+            feature=d["feature"],
+            tenant=d["tenant"],
+            environment=d["environment"],
+            user=d["user_id"],
+            tags=tuple(tags.items()),
+        ),
+        trace_id=d["trace_id"],
+        span_id=d["span_id"],
+        parent_span_id=d["parent_span_id"],
+        name=d["name"],
+        latency_ms=d["latency_ms"],
+        outcome=d["outcome"],
+        avoided_cost=d["avoided"],
+        details=details,
+        source=d["source"],
+    )
 
 
 def _where(f: LedgerFilter) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
-    for column, value in (("request_id", f.request_id), ("service", f.service), ("outcome", f.outcome),
-                          ("source", f.source)):
+    for column, value in (
+        ("request_id", f.request_id),
+        ("service", f.service),
+        ("outcome", f.outcome),
+        ("source", f.source),
+    ):
         if value is not None:
-            clauses.append(f"{column} = %s"); params.append(value)
+            clauses.append(f"{column} = %s")
+            params.append(value)
     if f.since is not None:
-        clauses.append("ts >= %s"); params.append(f.since)
+        clauses.append("ts >= %s")
+        params.append(f.since)
     if f.until is not None:
-        clauses.append("ts < %s"); params.append(f.until)
+        clauses.append("ts < %s")
+        params.append(f.until)
     if f.steps:
-        clauses.append("step = ANY(%s)"); params.append(list(f.steps))
+        clauses.append("step = ANY(%s)")
+        params.append(list(f.steps))
     for field_name, value in f.attribution:
         if field_name not in ATTRIBUTION_FIELDS:
             raise ValueError(f"cannot filter on {field_name!r}")
-        clauses.append(f"{'user_id' if field_name == 'user' else field_name} = %s"); params.append(value)
+        clauses.append(f"{'user_id' if field_name == 'user' else field_name} = %s")
+        params.append(value)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -121,7 +215,9 @@ class PostgresLedgerStore:
 
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = psycopg.connect(self.uri, connect_timeout=int(max(1, round(self.connect_timeout))), autocommit=True)
+                self._conn = psycopg.connect(
+                    self.uri, connect_timeout=int(max(1, round(self.connect_timeout))), autocommit=True
+                )
                 if self.schema is not None:  # else the connection's own search_path (public, or the URI's options)
                     self._conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                     self._conn.execute(f'SET search_path TO "{self.schema}"')
@@ -150,7 +246,9 @@ class PostgresLedgerStore:
 
     def _migrate(self) -> None:
         c = self._conn
-        c.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"truecost-migrate-{self.schema}",))  # replicas start together
+        c.execute(
+            "SELECT pg_advisory_lock(hashtext(%s))", (f"truecost-migrate-{self.schema}",)
+        )  # replicas start together
         try:
             c.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")
             done = {r[0] for r in c.execute("SELECT name FROM _migrations")}
@@ -183,8 +281,11 @@ class PostgresLedgerStore:
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:
-                raise LedgerError(f"ledger {self._where_am_i()}: could not append {len(rows)} events "
-                                  f"({exc.__class__.__name__}: {str(exc).splitlines()[0]}); nothing from this batch was stored") from None
+                raise LedgerError(
+                    f"ledger {self._where_am_i()}: could not append {len(rows)} events "
+                    f"({exc.__class__.__name__}: {str(exc).splitlines()[0]}); nothing from this batch was stored"
+                ) from None
+
         self._run(insert)
 
     def query(self, filter: LedgerFilter = LedgerFilter(), limit: int | None = None) -> list[CostEvent]:
@@ -194,20 +295,32 @@ class PostgresLedgerStore:
             sql += f" LIMIT {int(limit)}"
         return [_event(r) for r in self._run(lambda c: c.execute(sql, params).fetchall())]
 
-    def aggregate(self, group_by: Sequence[str], filter: LedgerFilter = LedgerFilter(),
-                  count_requests: bool = True) -> list[AggregateRow]:
+    def aggregate(
+        self, group_by: Sequence[str], filter: LedgerFilter = LedgerFilter(), count_requests: bool = True
+    ) -> list[AggregateRow]:
         check_group_by(group_by)
         cols = [_BUCKETS.get(g, "user_id" if g == "user" else g) for g in group_by]
         where, params = _where(filter)
         requests = "COUNT(DISTINCT request_id)" if count_requests else "NULL"
-        select = ", ".join(cols + ["SUM(cost)", "SUM(avoided)", "COUNT(*)", "COUNT(*) FILTER (WHERE cost IS NULL)", requests])
+        select = ", ".join(
+            cols + ["SUM(cost)", "SUM(avoided)", "COUNT(*)", "COUNT(*) FILTER (WHERE cost IS NULL)", requests]
+        )
         sql = f"SELECT {select} FROM cost_events{where}"
         if cols:
             sql += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(cols)))
         n = len(cols)
-        out = [AggregateRow(keys=tuple(r[:n]), cost=r[n] or Decimal(0), avoided_cost=r[n + 1] or Decimal(0),
-                            events=r[n + 2], unknown=r[n + 3], request_count=r[n + 4])
-               for r in self._run(lambda c: c.execute(sql, params).fetchall()) if r[n + 2]]
+        out = [
+            AggregateRow(
+                keys=tuple(r[:n]),
+                cost=r[n] or Decimal(0),
+                avoided_cost=r[n + 1] or Decimal(0),
+                events=r[n + 2],
+                unknown=r[n + 3],
+                request_count=r[n + 4],
+            )
+            for r in self._run(lambda c: c.execute(sql, params).fetchall())
+            if r[n + 2]
+        ]
         return sorted(out, key=lambda x: -x.cost)
 
     def request_stats(self, filter: LedgerFilter = LedgerFilter(), top: int = 10) -> tuple[list[AggregateRow], int]:
@@ -217,21 +330,45 @@ class PostgresLedgerStore:
         extra = " AND " if where else " WHERE "
 
         def q(c: Any) -> tuple[list[Any], int, dict[str, list[str]]]:
-            rows = c.execute(f"SELECT request_id, COALESCE(SUM(cost), 0) s, SUM(avoided), COUNT(*), "
-                             f"COUNT(*) FILTER (WHERE cost IS NULL) FROM cost_events{where}{extra}request_id IS NOT NULL "
-                             f"GROUP BY request_id ORDER BY s DESC LIMIT {int(top)}", params).fetchall()
-            unknown = c.execute(f"SELECT COUNT(DISTINCT request_id) FROM cost_events{where}{extra}cost IS NULL",
-                                params).fetchone()[0]
+            rows = c.execute(
+                f"SELECT request_id, COALESCE(SUM(cost), 0) s, SUM(avoided), COUNT(*), "
+                f"COUNT(*) FILTER (WHERE cost IS NULL) FROM cost_events{where}{extra}request_id IS NOT NULL "
+                f"GROUP BY request_id ORDER BY s DESC LIMIT {int(top)}",
+                params,
+            ).fetchall()
+            unknown = c.execute(
+                f"SELECT COUNT(DISTINCT request_id) FROM cost_events{where}{extra}cost IS NULL", params
+            ).fetchone()[0]
             ids = [r[0] for r in rows]
-            sources = dict(c.execute(f"SELECT request_id, array_agg(DISTINCT source) FROM cost_events{where}{extra}"
-                                     f"request_id = ANY(%s) GROUP BY request_id", [*params, ids]).fetchall()) if ids else {}
+            sources = (
+                dict(
+                    c.execute(
+                        f"SELECT request_id, array_agg(DISTINCT source) FROM cost_events{where}{extra}"
+                        f"request_id = ANY(%s) GROUP BY request_id",
+                        [*params, ids],
+                    ).fetchall()
+                )
+                if ids
+                else {}
+            )
             return rows, unknown, sources
-        rows, unknown, sources = self._run(q)
-        return [AggregateRow(keys=(r[0], tuple(sorted(sources.get(r[0]) or ()))), cost=r[1], avoided_cost=r[2] or Decimal(0),
-                             events=r[3], unknown=r[4], request_count=1) for r in rows], unknown
 
-    def requests_by(self, field: str, values: Sequence[Any],
-                    filter: LedgerFilter = LedgerFilter()) -> tuple[AggregateRow, dict[Any, int]]:
+        rows, unknown, sources = self._run(q)
+        return [
+            AggregateRow(
+                keys=(r[0], tuple(sorted(sources.get(r[0]) or ()))),
+                cost=r[1],
+                avoided_cost=r[2] or Decimal(0),
+                events=r[3],
+                unknown=r[4],
+                request_count=1,
+            )
+            for r in rows
+        ], unknown
+
+    def requests_by(
+        self, field: str, values: Sequence[Any], filter: LedgerFilter = LedgerFilter()
+    ) -> tuple[AggregateRow, dict[Any, int]]:
         """Totals with the distinct request count, and the distinct requests of each of ``values`` of ``field``
         (a request with events under two values counts under both), in one scan."""
         check_group_by([field])
@@ -240,11 +377,19 @@ class PostgresLedgerStore:
         col = "user_id" if field == "user" else field
         where, params = _where(filter)
         per = "".join(f", COUNT(DISTINCT request_id) FILTER (WHERE {col} IS NOT DISTINCT FROM %s)" for _ in values)
-        sql = (f"SELECT SUM(cost), SUM(avoided), COUNT(*), COUNT(*) FILTER (WHERE cost IS NULL), "
-               f"COUNT(DISTINCT request_id){per} FROM cost_events{where}")
+        sql = (
+            f"SELECT SUM(cost), SUM(avoided), COUNT(*), COUNT(*) FILTER (WHERE cost IS NULL), "
+            f"COUNT(DISTINCT request_id){per} FROM cost_events{where}"
+        )
         r = self._run(lambda c: c.execute(sql, [*values, *params]).fetchone())
-        head = AggregateRow(keys=(), cost=r[0] or Decimal(0), avoided_cost=r[1] or Decimal(0), events=r[2],
-                            unknown=r[3], request_count=r[4])
+        head = AggregateRow(
+            keys=(),
+            cost=r[0] or Decimal(0),
+            avoided_cost=r[1] or Decimal(0),
+            events=r[2],
+            unknown=r[3],
+            request_count=r[4],
+        )
         return head, dict(zip(values, r[5:]))
 
     def count(self) -> int:

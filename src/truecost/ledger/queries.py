@@ -59,12 +59,19 @@ class Summary:
         return self.total / self.requests if self.requests else None
 
 
-def summary(store: LedgerStore, filter: LedgerFilter = LedgerFilter(),
-            by_step: Sequence[AggregateRow] | None = None) -> Summary:
+def summary(
+    store: LedgerStore, filter: LedgerFilter = LedgerFilter(), by_step: Sequence[AggregateRow] | None = None
+) -> Summary:
     """Totals and generation share. Pass ``by_step`` rows (without request counts) if you have them."""
     by_step = store.aggregate(["step"], filter, count_requests=False) if by_step is None else by_step
     overall = store.aggregate([], filter)
     o = overall[0] if overall else AggregateRow(keys=())
     gen = sum((r.cost for r in by_step if r.keys[0] in GENERATION_STEPS), ZERO)
-    return Summary(total=o.cost, generation=gen, avoided=o.avoided_cost, events=o.events, unknown=o.unknown,
-                   requests=o.request_count or 0)
+    return Summary(
+        total=o.cost,
+        generation=gen,
+        avoided=o.avoided_cost,
+        events=o.events,
+        unknown=o.unknown,
+        requests=o.request_count or 0,
+    )

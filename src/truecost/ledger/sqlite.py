@@ -21,15 +21,46 @@ from truecost.ledger.store import AggregateRow, LedgerFilter, check_group_by
 from truecost.types import ATTRIBUTION_FIELDS, Attribution
 
 SCALE = Decimal(10) ** 10
-_COLUMNS = ("id", "request_id", "ts_us", "step", "provider", "service", "region", "quantity", "unit",
-            "unit_price", "cost", "cost_e10", "currency", "cost_center", "team", "feature", "tenant",
-            "environment", "user_id", "tags", "trace_id", "span_id", "parent_span_id", "name", "latency_ms",
-            "outcome", "avoided", "avoided_e10", "details", "source")
-_SOURCE_OK = ("length({v}) BETWEEN 1 AND 64 AND {v} GLOB '[a-z0-9]*' AND {v} NOT GLOB '*[^a-z0-9_.-]*'"
-              .format(v="json_extract(details, '$.source')"))  # events.check_source's rule, in SQL
+_COLUMNS = (
+    "id",
+    "request_id",
+    "ts_us",
+    "step",
+    "provider",
+    "service",
+    "region",
+    "quantity",
+    "unit",
+    "unit_price",
+    "cost",
+    "cost_e10",
+    "currency",
+    "cost_center",
+    "team",
+    "feature",
+    "tenant",
+    "environment",
+    "user_id",
+    "tags",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "name",
+    "latency_ms",
+    "outcome",
+    "avoided",
+    "avoided_e10",
+    "details",
+    "source",
+)
+_SOURCE_OK = "length({v}) BETWEEN 1 AND 64 AND {v} GLOB '[a-z0-9]*' AND {v} NOT GLOB '*[^a-z0-9_.-]*'".format(
+    v="json_extract(details, '$.source')"
+)  # events.check_source's rule, in SQL
 
 MIGRATIONS: list[tuple[str, str]] = [
-    ("001_cost_events", """
+    (
+        "001_cost_events",
+        """
         CREATE TABLE cost_events (
             id TEXT NOT NULL PRIMARY KEY, request_id TEXT, ts_us INTEGER NOT NULL, step TEXT NOT NULL,
             provider TEXT, service TEXT, region TEXT, quantity TEXT NOT NULL, unit TEXT NOT NULL,
@@ -39,16 +70,22 @@ MIGRATIONS: list[tuple[str, str]] = [
             latency_ms REAL, outcome TEXT NOT NULL, avoided TEXT, avoided_e10 INTEGER,
             details TEXT NOT NULL DEFAULT '{}'
         ) WITHOUT ROWID;
-    """),
-    ("002_indexes", """
+    """,
+    ),
+    (
+        "002_indexes",
+        """
         CREATE INDEX ix_cost_events_request ON cost_events(request_id);
         CREATE INDEX ix_cost_events_ts ON cost_events(ts_us);
-    """),
+    """,
+    ),
     # Hourly pre-aggregates, updated by append() in the inserting transaction (a batch is
     # all or nothing, so its rollup is exact): dashboards and reports over large ledgers read
     # these instead of scanning every event. NULL keys are stored as '' (a primary key cannot
     # hold NULL) and read back as NULL.
-    ("003_hourly_rollup", """
+    (
+        "003_hourly_rollup",
+        """
         CREATE TABLE rollup_hourly (
             hour INTEGER NOT NULL, cost_center TEXT NOT NULL, feature TEXT NOT NULL, tenant TEXT NOT NULL,
             step TEXT NOT NULL, service TEXT NOT NULL, outcome TEXT NOT NULL,
@@ -61,12 +98,15 @@ MIGRATIONS: list[tuple[str, str]] = [
             IFNULL(SUM(avoided_e10), 0), COUNT(*), SUM(cost_e10 IS NULL)
             FROM cost_events GROUP BY 1, 2, 3, 4, 5, 6, 7;
         CREATE INDEX ix_cost_events_request_cost ON cost_events(request_id, cost_e10);
-    """),
+    """,
+    ),
     # Where each event was recorded. Rows written before this migration read "unknown", except
     # those whose details name a source (the integrations put it there): that is back-filled.
     # The rollup gains the source as a key, so reports grouped or filtered by source stay fast;
     # it is rebuilt from the events in this transaction, so it stays exact.
-    ("004_source", f"""
+    (
+        "004_source",
+        f"""
         ALTER TABLE cost_events ADD COLUMN source TEXT NOT NULL DEFAULT 'unknown';
         UPDATE cost_events SET source = json_extract(details, '$.source')
             WHERE details LIKE '%"source"%' AND json_type(details, '$.source') = 'text' AND {_SOURCE_OK};
@@ -82,10 +122,12 @@ MIGRATIONS: list[tuple[str, str]] = [
             IFNULL(tenant, ''), step, IFNULL(service, ''), outcome, source, IFNULL(SUM(cost_e10), 0),
             IFNULL(SUM(avoided_e10), 0), COUNT(*), SUM(cost_e10 IS NULL)
             FROM cost_events GROUP BY 1, 2, 3, 4, 5, 6, 7, 8;
-    """),
+    """,
+    ),
 ]
-ROLLUP_KEYS = frozenset({"cost_center", "feature", "tenant", "step", "service", "outcome", "source", "hour", "day",
-                         "month"})
+ROLLUP_KEYS = frozenset(
+    {"cost_center", "feature", "tenant", "step", "service", "outcome", "source", "hour", "day", "month"}
+)
 _ROLLUP_BUCKETS = {
     "hour": "strftime('%Y-%m-%dT%H:00', hour * 3600, 'unixepoch')",
     "day": "strftime('%Y-%m-%d', hour * 3600, 'unixepoch')",
@@ -132,27 +174,71 @@ def _text(d: Decimal | None) -> str | None:
 
 def _row(e: CostEvent) -> tuple[Any, ...]:
     a = e.attribution
-    return (e.id, e.request_id, _us(e.ts), e.step, e.provider, e.service, e.region, str(e.quantity), e.unit,
-            _text(e.unit_price), _text(e.cost), _e10(e.cost), e.currency, a.cost_center, a.team, a.feature,
-            a.tenant, a.environment, a.user, json.dumps(dict(a.tags)) if a.tags else "{}", e.trace_id,
-            e.span_id, e.parent_span_id, e.name, e.latency_ms, e.outcome, _text(e.avoided_cost),
-            _e10(e.avoided_cost), json.dumps(e.details, default=str) if e.details else "{}", e.source)
+    return (
+        e.id,
+        e.request_id,
+        _us(e.ts),
+        e.step,
+        e.provider,
+        e.service,
+        e.region,
+        str(e.quantity),
+        e.unit,
+        _text(e.unit_price),
+        _text(e.cost),
+        _e10(e.cost),
+        e.currency,
+        a.cost_center,
+        a.team,
+        a.feature,
+        a.tenant,
+        a.environment,
+        a.user,
+        json.dumps(dict(a.tags)) if a.tags else "{}",
+        e.trace_id,
+        e.span_id,
+        e.parent_span_id,
+        e.name,
+        e.latency_ms,
+        e.outcome,
+        _text(e.avoided_cost),
+        _e10(e.avoided_cost),
+        json.dumps(e.details, default=str) if e.details else "{}",
+        e.source,
+    )
 
 
 def _event(r: sqlite3.Row) -> CostEvent:
     return CostEvent(
-        id=r["id"], request_id=r["request_id"],
+        id=r["id"],
+        request_id=r["request_id"],
         ts=datetime.fromtimestamp(r["ts_us"] / 1_000_000, tz=timezone.utc).replace(microsecond=r["ts_us"] % 1_000_000),
-        step=r["step"], provider=r["provider"], service=r["service"], region=r["region"],
-        quantity=Decimal(r["quantity"]), unit=r["unit"],
+        step=r["step"],
+        provider=r["provider"],
+        service=r["service"],
+        region=r["region"],
+        quantity=Decimal(r["quantity"]),
+        unit=r["unit"],
         unit_price=Decimal(r["unit_price"]) if r["unit_price"] is not None else None,
-        cost=Decimal(r["cost"]) if r["cost"] is not None else None, currency=r["currency"],
-        attribution=Attribution(cost_center=r["cost_center"], team=r["team"], feature=r["feature"],
-                                tenant=r["tenant"], environment=r["environment"], user=r["user_id"],
-                                tags=tuple(json.loads(r["tags"]).items())),
-        trace_id=r["trace_id"], span_id=r["span_id"], parent_span_id=r["parent_span_id"], name=r["name"],
-        latency_ms=r["latency_ms"], outcome=r["outcome"],
-        avoided_cost=Decimal(r["avoided"]) if r["avoided"] is not None else None, details=json.loads(r["details"]),
+        cost=Decimal(r["cost"]) if r["cost"] is not None else None,
+        currency=r["currency"],
+        attribution=Attribution(
+            cost_center=r["cost_center"],
+            team=r["team"],
+            feature=r["feature"],
+            tenant=r["tenant"],
+            environment=r["environment"],
+            user=r["user_id"],
+            tags=tuple(json.loads(r["tags"]).items()),
+        ),
+        trace_id=r["trace_id"],
+        span_id=r["span_id"],
+        parent_span_id=r["parent_span_id"],
+        name=r["name"],
+        latency_ms=r["latency_ms"],
+        outcome=r["outcome"],
+        avoided_cost=Decimal(r["avoided"]) if r["avoided"] is not None else None,
+        details=json.loads(r["details"]),
         source=r["source"],
     )
 
@@ -161,23 +247,31 @@ def _where(f: LedgerFilter) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     if f.request_id is not None:
-        clauses.append("request_id = ?"); params.append(f.request_id)
+        clauses.append("request_id = ?")
+        params.append(f.request_id)
     if f.since is not None:
-        clauses.append("ts_us >= ?"); params.append(_us(f.since))
+        clauses.append("ts_us >= ?")
+        params.append(_us(f.since))
     if f.until is not None:
-        clauses.append("ts_us < ?"); params.append(_us(f.until))
+        clauses.append("ts_us < ?")
+        params.append(_us(f.until))
     if f.steps:
-        clauses.append(f"step IN ({','.join('?' * len(f.steps))})"); params.extend(f.steps)
+        clauses.append(f"step IN ({','.join('?' * len(f.steps))})")
+        params.extend(f.steps)
     if f.service is not None:
-        clauses.append("service = ?"); params.append(f.service)
+        clauses.append("service = ?")
+        params.append(f.service)
     if f.outcome is not None:
-        clauses.append("outcome = ?"); params.append(f.outcome)
+        clauses.append("outcome = ?")
+        params.append(f.outcome)
     if f.source is not None:
-        clauses.append("source = ?"); params.append(f.source)
+        clauses.append("source = ?")
+        params.append(f.source)
     for field_name, value in f.attribution:
         if field_name not in ATTRIBUTION_FIELDS:
             raise ValueError(f"cannot filter on {field_name!r}")
-        clauses.append(f"{'user_id' if field_name == 'user' else field_name} = ?"); params.append(value)
+        clauses.append(f"{'user_id' if field_name == 'user' else field_name} = ?")
+        params.append(value)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -259,8 +353,10 @@ class SQLiteLedgerStore:
             except sqlite3.Error as exc:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
-                raise LedgerError(f"ledger {self.path}: could not append {len(rows)} events ({exc}); "
-                                  "nothing from this batch was stored") from None
+                raise LedgerError(
+                    f"ledger {self.path}: could not append {len(rows)} events ({exc}); "
+                    "nothing from this batch was stored"
+                ) from None
 
     def query(self, filter: LedgerFilter = LedgerFilter(), limit: int | None = None) -> list[CostEvent]:
         where, params = _where(filter)
@@ -271,8 +367,9 @@ class SQLiteLedgerStore:
             rows = self._conn.execute(sql, params).fetchall()
         return [_event(r) for r in rows]
 
-    def aggregate(self, group_by: Sequence[str], filter: LedgerFilter = LedgerFilter(),
-                  count_requests: bool = True) -> list[AggregateRow]:
+    def aggregate(
+        self, group_by: Sequence[str], filter: LedgerFilter = LedgerFilter(), count_requests: bool = True
+    ) -> list[AggregateRow]:
         check_group_by(group_by)
         if _rollup_answers(group_by, filter, count_requests):
             return self._aggregate_rollup(group_by, filter)
@@ -290,9 +387,14 @@ class SQLiteLedgerStore:
         for r in rows:
             if r[n + 2] == 0:
                 continue
-            row = AggregateRow(keys=tuple(r[:n]), cost=Decimal(r[n] or 0) / SCALE,
-                               avoided_cost=Decimal(r[n + 1] or 0) / SCALE, events=r[n + 2], unknown=r[n + 3],
-                               request_count=r[n + 4])
+            row = AggregateRow(
+                keys=tuple(r[:n]),
+                cost=Decimal(r[n] or 0) / SCALE,
+                avoided_cost=Decimal(r[n + 1] or 0) / SCALE,
+                events=r[n + 2],
+                unknown=r[n + 3],
+                request_count=r[n + 4],
+            )
             out.append(row)
         return sorted(out, key=lambda x: -x.cost)
 
@@ -301,14 +403,18 @@ class SQLiteLedgerStore:
         clauses: list[str] = []
         params: list[Any] = []
         if f.since is not None:
-            clauses.append("hour >= ?"); params.append(_us(f.since) // HOUR_US)
+            clauses.append("hour >= ?")
+            params.append(_us(f.since) // HOUR_US)
         if f.until is not None:
-            clauses.append("hour < ?"); params.append(_us(f.until) // HOUR_US)
+            clauses.append("hour < ?")
+            params.append(_us(f.until) // HOUR_US)
         if f.steps:
-            clauses.append(f"step IN ({','.join('?' * len(f.steps))})"); params.extend(f.steps)
+            clauses.append(f"step IN ({','.join('?' * len(f.steps))})")
+            params.extend(f.steps)
         for column, value in (("service", f.service), ("outcome", f.outcome), ("source", f.source), *f.attribution):
             if value is not None:
-                clauses.append(f"{column} = ?"); params.append(value)
+                clauses.append(f"{column} = ?")
+                params.append(value)
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         select = ", ".join(cols + ["SUM(cost_e10)", "SUM(avoided_e10)", "SUM(events)", "SUM(unknown)"])
         sql = f"SELECT {select} FROM rollup_hourly{where}"
@@ -317,8 +423,18 @@ class SQLiteLedgerStore:
         with self._lock:
             rows = self._conn.execute(sql, params).fetchall()
         n = len(cols)
-        out = [AggregateRow(keys=tuple(r[:n]), cost=Decimal(r[n] or 0) / SCALE, avoided_cost=Decimal(r[n + 1] or 0) / SCALE,
-                            events=r[n + 2], unknown=r[n + 3], request_count=None) for r in rows if r[n + 2]]
+        out = [
+            AggregateRow(
+                keys=tuple(r[:n]),
+                cost=Decimal(r[n] or 0) / SCALE,
+                avoided_cost=Decimal(r[n + 1] or 0) / SCALE,
+                events=r[n + 2],
+                unknown=r[n + 3],
+                request_count=None,
+            )
+            for r in rows
+            if r[n + 2]
+        ]
         return sorted(out, key=lambda x: -x.cost)
 
     def request_stats(self, filter: LedgerFilter = LedgerFilter(), top: int = 10) -> tuple[list[AggregateRow], int]:
@@ -329,30 +445,58 @@ class SQLiteLedgerStore:
         with self._lock:
             rows = self._conn.execute(
                 f"SELECT request_id, SUM(cost_e10) s, SUM(avoided_e10), COUNT(*), SUM(cost_e10 IS NULL) FROM cost_events"
-                f"{where}{extra}request_id IS NOT NULL GROUP BY request_id ORDER BY s DESC LIMIT {int(top)}", params).fetchall()
-            unknown = self._conn.execute(f"SELECT COUNT(DISTINCT request_id) FROM cost_events{where}{extra}cost_e10 IS NULL",
-                                         params).fetchone()[0]
+                f"{where}{extra}request_id IS NOT NULL GROUP BY request_id ORDER BY s DESC LIMIT {int(top)}",
+                params,
+            ).fetchall()
+            unknown = self._conn.execute(
+                f"SELECT COUNT(DISTINCT request_id) FROM cost_events{where}{extra}cost_e10 IS NULL", params
+            ).fetchone()[0]
             ids = [r[0] for r in rows]  # their sources: the request index finds them (the scan above stays covered)
-            sources = dict(self._conn.execute(
-                f"SELECT request_id, GROUP_CONCAT(DISTINCT source) FROM cost_events{where}{extra}request_id IN "
-                f"({','.join('?' * len(ids))}) GROUP BY request_id", [*params, *ids]).fetchall()) if ids else {}
-        return [AggregateRow(keys=(r[0], tuple(sorted(x for x in (sources.get(r[0]) or "").split(",") if x))),
-                             cost=Decimal(r[1] or 0) / SCALE, avoided_cost=Decimal(r[2] or 0) / SCALE,
-                             events=r[3], unknown=r[4], request_count=1) for r in rows], unknown
+            sources = (
+                dict(
+                    self._conn.execute(
+                        f"SELECT request_id, GROUP_CONCAT(DISTINCT source) FROM cost_events{where}{extra}request_id IN "
+                        f"({','.join('?' * len(ids))}) GROUP BY request_id",
+                        [*params, *ids],
+                    ).fetchall()
+                )
+                if ids
+                else {}
+            )
+        return [
+            AggregateRow(
+                keys=(r[0], tuple(sorted(x for x in (sources.get(r[0]) or "").split(",") if x))),
+                cost=Decimal(r[1] or 0) / SCALE,
+                avoided_cost=Decimal(r[2] or 0) / SCALE,
+                events=r[3],
+                unknown=r[4],
+                request_count=1,
+            )
+            for r in rows
+        ], unknown
 
-    def requests_by(self, field: str, values: Sequence[Any],
-                    filter: LedgerFilter = LedgerFilter()) -> tuple[AggregateRow, dict[Any, int]]:
+    def requests_by(
+        self, field: str, values: Sequence[Any], filter: LedgerFilter = LedgerFilter()
+    ) -> tuple[AggregateRow, dict[Any, int]]:
         """Totals with the distinct request count, and the distinct requests of each of ``values`` of ``field``
         (a request with events under two values counts under both), in one scan: no sort, as a GROUP BY needs."""
         col = _column(field)
         where, params = _where(filter)
         per = "".join(f", COUNT(DISTINCT request_id) FILTER (WHERE {col} IS ?)" for _ in values)
-        sql = (f"SELECT SUM(cost_e10), SUM(avoided_e10), COUNT(*), SUM(cost_e10 IS NULL), COUNT(DISTINCT request_id)"
-               f"{per} FROM cost_events{where}")
+        sql = (
+            f"SELECT SUM(cost_e10), SUM(avoided_e10), COUNT(*), SUM(cost_e10 IS NULL), COUNT(DISTINCT request_id)"
+            f"{per} FROM cost_events{where}"
+        )
         with self._lock:
             r = self._conn.execute(sql, [*values, *params]).fetchone()
-        head = AggregateRow(keys=(), cost=Decimal(r[0] or 0) / SCALE, avoided_cost=Decimal(r[1] or 0) / SCALE,
-                            events=r[2], unknown=r[3] or 0, request_count=r[4])
+        head = AggregateRow(
+            keys=(),
+            cost=Decimal(r[0] or 0) / SCALE,
+            avoided_cost=Decimal(r[1] or 0) / SCALE,
+            events=r[2],
+            unknown=r[3] or 0,
+            request_count=r[4],
+        )
         return head, dict(zip(values, r[5:]))
 
     def count(self) -> int:
@@ -362,4 +506,3 @@ class SQLiteLedgerStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
-

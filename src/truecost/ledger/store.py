@@ -12,8 +12,21 @@ from truecost.ledger.events import CostEvent
 from truecost.types import ATTRIBUTION_FIELDS, ZERO
 
 # Fields an aggregate may group by. Time buckets: 'hour', 'day', 'month'.
-GROUP_FIELDS = ("step", "provider", "service", "region", "outcome", "source", "unit", "request_id", "currency",
-                *ATTRIBUTION_FIELDS, "hour", "day", "month")
+GROUP_FIELDS = (
+    "step",
+    "provider",
+    "service",
+    "region",
+    "outcome",
+    "source",
+    "unit",
+    "request_id",
+    "currency",
+    *ATTRIBUTION_FIELDS,
+    "hour",
+    "day",
+    "month",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,15 +94,18 @@ class LedgerStore(Protocol):
     def query(self, filter: LedgerFilter = LedgerFilter(), limit: int | None = None) -> list[CostEvent]:
         """Events matching the filter, oldest first."""
 
-    def aggregate(self, group_by: Sequence[str], filter: LedgerFilter = LedgerFilter(),
-                  count_requests: bool = True) -> list[AggregateRow]:
+    def aggregate(
+        self, group_by: Sequence[str], filter: LedgerFilter = LedgerFilter(), count_requests: bool = True
+    ) -> list[AggregateRow]:
         """Sums of cost and avoided cost, with event and unknown-price counts, and (unless
         ``count_requests`` is False, which is cheaper on large ledgers) distinct request counts."""
 
     def close(self) -> None: ...
 
 
-def aggregate_events(events: Iterable[CostEvent], group_by: Sequence[str], count_requests: bool = True) -> list[AggregateRow]:
+def aggregate_events(
+    events: Iterable[CostEvent], group_by: Sequence[str], count_requests: bool = True
+) -> list[AggregateRow]:
     check_group_by(group_by)
     rows: dict[tuple[Any, ...], AggregateRow] = {}
     requests: dict[tuple[Any, ...], set[str | None]] = {}
@@ -138,8 +154,9 @@ class MemoryLedgerStore:
         out.sort(key=lambda e: e.ts)
         return out[:limit] if limit is not None else out
 
-    def aggregate(self, group_by: Sequence[str], filter: LedgerFilter = LedgerFilter(),
-                  count_requests: bool = True) -> list[AggregateRow]:
+    def aggregate(
+        self, group_by: Sequence[str], filter: LedgerFilter = LedgerFilter(), count_requests: bool = True
+    ) -> list[AggregateRow]:
         return aggregate_events(self.query(filter), group_by, count_requests)
 
     def close(self) -> None:

@@ -25,9 +25,17 @@ from truecost.ledger.wal import WriteAheadLog
 
 
 class BatchWriter:
-    def __init__(self, store: LedgerStore, *, batch_size: int = 2_000, interval: float = 0.25,
-                 max_queue: int = 200_000, spool_path: str | Path | None = None, max_backoff: float = 5.0,
-                 wal_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        store: LedgerStore,
+        *,
+        batch_size: int = 2_000,
+        interval: float = 0.25,
+        max_queue: int = 200_000,
+        spool_path: str | Path | None = None,
+        max_backoff: float = 5.0,
+        wal_dir: str | Path | None = None,
+    ) -> None:
         self.store = store
         self.batch_size = batch_size
         self.interval = interval
@@ -236,4 +244,3 @@ def _append_new(store: LedgerStore, events: list[CostEvent]) -> int:
             raise
     mid = len(events) // 2
     return _append_new(store, events[:mid]) + _append_new(store, events[mid:])
-

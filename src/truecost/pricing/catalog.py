@@ -25,7 +25,18 @@ import yaml
 
 from truecost.errors import UnknownModelError
 from truecost.pricing.model import (  # noqa: F401  (re-exported: the public names of this module)
-    KINDS, LAYERS, UNDATED, PriceEntry, PriceVersion, Tier, Unit, Variant, as_utc, layer_rank, merge_versions)
+    KINDS,
+    LAYERS,
+    UNDATED,
+    PriceEntry,
+    PriceVersion,
+    Tier,
+    Unit,
+    Variant,
+    as_utc,
+    layer_rank,
+    merge_versions,
+)
 from truecost.pricing.names import candidates, canon
 from truecost.pricing.pricefile import load_price_file, parse_price_document  # noqa: F401
 from truecost.types import Resource
@@ -84,8 +95,11 @@ def _rule_variant(version: PriceVersion, rule: dict[str, Any]) -> Variant:
     if not classes:
         return Variant(when=rule["when"], multiplier=m, source=rule["source"])
     rates = {c: version.rates[c] * m for c in classes if c in version.rates}
-    tiers = tuple(Tier(t.above_prompt_tokens, {c: t.rates[c] * m for c in classes if c in t.rates})
-                  for t in version.tiers if any(c in t.rates for c in classes))
+    tiers = tuple(
+        Tier(t.above_prompt_tokens, {c: t.rates[c] * m for c in classes if c in t.rates})
+        for t in version.tiers
+        if any(c in t.rates for c in classes)
+    )
     return Variant(when=rule["when"], rates=rates, tiers=tiers, source=rule["source"])
 
 
@@ -103,9 +117,12 @@ def _apply_rule(version: PriceVersion, rule: dict[str, Any]) -> PriceVersion:
             return version
         sources = dict(version.attributes.get("rate_sources") or {})
         sources.update({c: rule["source"] for c in added})
-        return replace(version, rates={**version.rates, **added},
-                       units={**version.units, **{c: version.units["input"] for c in added}},
-                       attributes={**version.attributes, "rate_sources": sources})
+        return replace(
+            version,
+            rates={**version.rates, **added},
+            units={**version.units, **{c: version.units["input"] for c in added}},
+            attributes={**version.attributes, "rate_sources": sources},
+        )
     unavailable = dict(version.attributes.get("unavailable") or {})
     for k, v in rule["unavailable"].items():
         unavailable.setdefault(f"{k}={v}", rule["source"])
@@ -118,8 +135,9 @@ def apply_rules(entry: PriceEntry, rules: list[dict[str, Any]]) -> PriceEntry:
 
     versions = entry.versions
     for r in rules:
-        if entry.resource.provider != r["provider"] or \
-                not any(fnmatch.fnmatchcase(entry.resource.name, g) for g in r["models"]):
+        if entry.resource.provider != r["provider"] or not any(
+            fnmatch.fnmatchcase(entry.resource.name, g) for g in r["models"]
+        ):
             continue
         versions = [_apply_rule(x, r) for x in versions]
     if all(a is b for a, b in zip(versions, entry.versions)):
@@ -134,8 +152,13 @@ def _claims(entry: PriceEntry, wire_name: str) -> bool:
 class PriceCatalog:
     """All prices, layered; later layers override earlier ones where they are in force."""
 
-    def __init__(self, entries: Iterable[PriceEntry] = (), *, homes: Iterable[tuple[str, Callable[[str], bool]]] = (),
-                 notes: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        entries: Iterable[PriceEntry] = (),
+        *,
+        homes: Iterable[tuple[str, Callable[[str], bool]]] = (),
+        notes: Iterable[str] = (),
+    ) -> None:
         self._entries: dict[str, PriceEntry] = {}
         self._by_merge: dict[tuple[str, str, str], str] = {}
         self._names: dict[str, list[str]] = {}
@@ -185,12 +208,17 @@ class PriceCatalog:
             if old_key is not None:
                 old = self._entries[old_key]
                 lower, upper = old.versions, e.versions
-                if max(map(layer_rank, (v.origin for v in upper)), default=0) < \
-                        max(map(layer_rank, (v.origin for v in lower)), default=0):
+                if max(map(layer_rank, (v.origin for v in upper)), default=0) < max(
+                    map(layer_rank, (v.origin for v in lower)), default=0
+                ):
                     lower, upper = upper, lower  # a lower layer added late still sits beneath
                 names = (*old.aliases, *e.aliases, e.resource.name)
-                e = PriceEntry(old.resource, tuple(n for n in dict.fromkeys(names) if n != old.resource.name),
-                               merge_versions(lower, upper), old.matcher or e.matcher)
+                e = PriceEntry(
+                    old.resource,
+                    tuple(n for n in dict.fromkeys(names) if n != old.resource.name),
+                    merge_versions(lower, upper),
+                    old.matcher or e.matcher,
+                )
             key = e.resource.key
             self._entries[key] = e
             self._by_merge[mk] = key
@@ -203,8 +231,11 @@ class PriceCatalog:
         self._resolve_memo.clear()
 
     def entries(self, kind: str | None = None, provider: str | None = None) -> list[PriceEntry]:
-        return [e for e in self._entries.values()
-                if (kind is None or e.resource.kind == kind) and (provider is None or e.resource.provider == provider)]
+        return [
+            e
+            for e in self._entries.values()
+            if (kind is None or e.resource.kind == kind) and (provider is None or e.resource.provider == provider)
+        ]
 
     # -- finding ---------------------------------------------------------------------------
     def resolve(self, name: str | Resource, kind: str | None = None) -> PriceEntry:
@@ -243,8 +274,11 @@ class PriceCatalog:
                 return keys[0]
             if len(keys) > 1:
                 raise UnknownModelError(f"{name!r} is ambiguous: {', '.join(sorted(keys))}; name it as provider/name")
-        raise UnknownModelError(f"unknown model or resource {name!r}" + (f" (kind {kind})" if kind else "")
-                                + "; add it to a price file or check `truecost prices list`")
+        raise UnknownModelError(
+            f"unknown model or resource {name!r}"
+            + (f" (kind {kind})" if kind else "")
+            + "; add it to a price file or check `truecost prices list`"
+        )
 
     def _lookup(self, name: str, kind: str | None, hint: str | None) -> list[str]:
         def ok(k: str) -> bool:
@@ -283,7 +317,9 @@ class PriceCatalog:
         return keys
 
     # -- pricing ---------------------------------------------------------------------------
-    def price_for(self, name: str | Resource, at: datetime | None = None, kind: str | None = None) -> PriceVersion | None:
+    def price_for(
+        self, name: str | Resource, at: datetime | None = None, kind: str | None = None
+    ) -> PriceVersion | None:
         """The version in force at ``at`` (default: now), or None when none is.
 
         Raises UnknownModelError when the resource itself is unknown.
@@ -295,7 +331,9 @@ class PriceCatalog:
                 return v
         return None
 
-    def price_or_none(self, name: str | Resource, at: datetime | None = None, kind: str | None = None) -> tuple[PriceVersion | None, str | None]:
+    def price_or_none(
+        self, name: str | Resource, at: datetime | None = None, kind: str | None = None
+    ) -> tuple[PriceVersion | None, str | None]:
         """Like price_for, but an unknown resource gives (None, reason) instead of raising."""
         try:
             version = self.price_for(name, at, kind)

@@ -40,8 +40,14 @@ class Gap:
     fields: set[str] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "reason": self.reason, "rows": self.rows, "spend": str(self.spend),
-                "tokens": self.tokens, "usage_fields": sorted(self.fields)}
+        return {
+            "model": self.model,
+            "reason": self.reason,
+            "rows": self.rows,
+            "spend": str(self.spend),
+            "tokens": self.tokens,
+            "usage_fields": sorted(self.fields),
+        }
 
 
 def _fields(priced: PricedCost | None, call: CallUsage | None) -> set[str]:
@@ -81,6 +87,12 @@ def check(catalog: PriceCatalog, records: Iterable[UsageRecord]) -> dict[str, An
     models: defaultdict[str, int] = defaultdict(int)
     for g in by_spend:
         models[g.model] += g.rows
-    return {"rows": total, "priced": priced_rows, "unpriced": total - priced_rows,
-            "spend_in_log": str(spend_total), "spend_unpriced": str(sum((g.spend for g in by_spend), Decimal(0))),
-            "models_unpriced": dict(models), "gaps": [g.as_dict() for g in by_spend]}
+    return {
+        "rows": total,
+        "priced": priced_rows,
+        "unpriced": total - priced_rows,
+        "spend_in_log": str(spend_total),
+        "spend_unpriced": str(sum((g.spend for g in by_spend), Decimal(0))),
+        "models_unpriced": dict(models),
+        "gaps": [g.as_dict() for g in by_spend],
+    }

@@ -55,7 +55,9 @@ def tidy(d: Decimal) -> Decimal:
     return d.quantize(Decimal(1)) if d == d.to_integral_value() else d.normalize()
 
 
-def _with_tiers(base: Mapping[str, Decimal], tiers: Iterable[Tier], prompt_tokens: int) -> tuple[dict[str, Decimal], int | None]:
+def _with_tiers(
+    base: Mapping[str, Decimal], tiers: Iterable[Tier], prompt_tokens: int
+) -> tuple[dict[str, Decimal], int | None]:
     """Long-context tiers switch the price of the WHOLE request, not just the excess."""
     rates = dict(base)
     crossed = None
@@ -67,15 +69,19 @@ def _with_tiers(base: Mapping[str, Decimal], tiers: Iterable[Tier], prompt_token
 
 
 def requested(attributes: Mapping[str, str] | None, batch: bool) -> dict[str, str]:
-    out = {str(k): str(v).lower() for k, v in (attributes or {}).items()
-           if v is not None and str(v).lower() not in STANDARD_VALUES}
+    out = {
+        str(k): str(v).lower()
+        for k, v in (attributes or {}).items()
+        if v is not None and str(v).lower() not in STANDARD_VALUES
+    }
     if batch:
         out["processing"] = "batch"
     return out
 
 
-def effective_rates(version: PriceVersion, prompt_tokens: int, attributes: Mapping[str, str]
-                    ) -> tuple[dict[str, Decimal] | None, list[str], str | None]:
+def effective_rates(
+    version: PriceVersion, prompt_tokens: int, attributes: Mapping[str, str]
+) -> tuple[dict[str, Decimal] | None, list[str], str | None]:
     """(rates, notes, unknown reason) for one call: tiers, then the variants its attributes select."""
     rates, crossed = _with_tiers(version.rates, version.tiers, prompt_tokens)
     notes = [f"long-context tier (> {crossed:,} prompt tokens)"] if crossed is not None else []
@@ -113,8 +119,10 @@ def _sanity(call: CallUsage) -> str | None:
     for cls, qty in call.as_dict().items():
         bound = MAX_TOKENS_PER_CALL if cls in _TOKEN_LIKE else MAX_FEES_PER_CALL
         if qty > bound:
-            return (f"implausible usage: {qty:,} {cls} in one call exceeds the sanity bound of {bound:,}; "
-                    "check the usage source (not priced)")
+            return (
+                f"implausible usage: {qty:,} {cls} in one call exceeds the sanity bound of {bound:,}; "
+                "check the usage source (not priced)"
+            )
     return None
 
 
@@ -171,8 +179,14 @@ def _not_offered(version: PriceVersion, attrs: Mapping[str, str]) -> str | None:
     return None
 
 
-def price_tokens(version: PriceVersion | None, usage: TokenUsage | CallUsage, *, batch: bool = False,
-                 attributes: Mapping[str, str] | None = None, unknown_reason: str | None = None) -> PricedCost:
+def price_tokens(
+    version: PriceVersion | None,
+    usage: TokenUsage | CallUsage,
+    *,
+    batch: bool = False,
+    attributes: Mapping[str, str] | None = None,
+    unknown_reason: str | None = None,
+) -> PricedCost:
     """Price a generation or embedding call (token classes, audio/image tokens, per-call fees)."""
     call = usage if isinstance(usage, CallUsage) else CallUsage(usage)
     if version is None:
@@ -180,7 +194,9 @@ def price_tokens(version: PriceVersion | None, usage: TokenUsage | CallUsage, *,
     insane = _sanity(call)
     if insane:
         return PricedCost(cost=None, unknown_reason=insane)
-    attrs = requested({**call.attributes, **(attributes or {})}, batch) if (call.attributes or attributes or batch) else {}
+    attrs = (
+        requested({**call.attributes, **(attributes or {})}, batch) if (call.attributes or attributes or batch) else {}
+    )
     offered = _not_offered(version, attrs)
     if offered is not None:
         return PricedCost(cost=None, unknown_reason=offered)
@@ -204,22 +220,39 @@ def price_tokens(version: PriceVersion | None, usage: TokenUsage | CallUsage, *,
         priced = table.get(cls)
         if priced is None:
             missing.append(cls)
-            lines.append(CostLine(cls, Decimal(qty), "tokens" if cls in _TOKEN_LIKE else "requests", None, None,
-                                  "no price for this class"))
+            lines.append(
+                CostLine(
+                    cls,
+                    Decimal(qty),
+                    "tokens" if cls in _TOKEN_LIKE else "requests",
+                    None,
+                    None,
+                    "no price for this class",
+                )
+            )
             continue
         unit_price, base, note = priced
         cost = unit_price * qty
         lines.append(CostLine(cls, Decimal(qty), base, unit_price, cost, note))
         total += cost
     if missing:
-        return PricedCost(cost=None, lines=lines,
-                          unknown_reason=f"{version.resource.name} has no price for {', '.join(missing)}"
-                                         + (" tokens" if all(m in _TOKEN_LIKE for m in missing) else ""))
+        return PricedCost(
+            cost=None,
+            lines=lines,
+            unknown_reason=f"{version.resource.name} has no price for {', '.join(missing)}"
+            + (" tokens" if all(m in _TOKEN_LIKE for m in missing) else ""),
+        )
     return PricedCost(cost=total, lines=lines)
 
 
-def price_quantity(version: PriceVersion | None, component: str, quantity: object, *,
-                   unknown_reason: str | None = None, free: Decimal = ZERO) -> PricedCost:
+def price_quantity(
+    version: PriceVersion | None,
+    component: str,
+    quantity: object,
+    *,
+    unknown_reason: str | None = None,
+    free: Decimal = ZERO,
+) -> PricedCost:
     """Price ``quantity`` (in the component's base unit, e.g. GB or read units).
 
     ``free`` is the part of the quantity covered by a free allowance.
@@ -230,8 +263,11 @@ def price_quantity(version: PriceVersion | None, component: str, quantity: objec
     rate = version.rate(component)
     unit = version.units.get(component)
     if rate is None or unit is None:
-        return PricedCost(cost=None, unknown_reason=f"{version.resource.name} has no {component!r} price",
-                          lines=[CostLine(component, qty, "?", None, None)])
+        return PricedCost(
+            cost=None,
+            unknown_reason=f"{version.resource.name} has no {component!r} price",
+            lines=[CostLine(component, qty, "?", None, None)],
+        )
     unit_price = rate / unit.scale
     billable = max(qty - free, ZERO)
     cost = tidy(unit_price * billable)
@@ -239,9 +275,15 @@ def price_quantity(version: PriceVersion | None, component: str, quantity: objec
     return PricedCost(cost=cost, lines=[CostLine(component, qty, unit.base, unit_price, cost, note)])
 
 
-def strong_call_premium(weak: PriceVersion | None, strong: PriceVersion | None, prompt_tokens: int,
-                        weak_output_tokens: int, strong_output_tokens: int, *,
-                        cascade: bool = False) -> Decimal | None:
+def strong_call_premium(
+    weak: PriceVersion | None,
+    strong: PriceVersion | None,
+    prompt_tokens: int,
+    weak_output_tokens: int,
+    strong_output_tokens: int,
+    *,
+    cascade: bool = False,
+) -> Decimal | None:
     """What sending one request to the strong model is expected to add, known before any call.
 
     The prompt at both prices plus expected output lengths; a cascade has already paid the

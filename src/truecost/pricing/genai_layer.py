@@ -26,15 +26,32 @@ from truecost.pricing.names import canon
 from truecost.types import Resource
 
 # genai-prices price key -> (truecost rate name, unit label)
-_SUFFIX_UNITS = (("_mtok", "1M tokens"), ("_kcount", "1K requests"), ("_hours", "hour"),
-                 ("_kpages", "1K pages"), ("_mchars", "1M characters"), ("_gpixels", "1B pixels"))
+_SUFFIX_UNITS = (
+    ("_mtok", "1M tokens"),
+    ("_kcount", "1K requests"),
+    ("_hours", "hour"),
+    ("_kpages", "1K pages"),
+    ("_mchars", "1M characters"),
+    ("_gpixels", "1B pixels"),
+)
 _RENAME = {
-    "input": "input", "output": "output", "cache_read": "cached_input", "cache_write": "cache_write",
-    "cache_write_5m": "cache_write_5m", "cache_write_1h": "cache_write_1h", "output_reasoning": "reasoning",
-    "cache_audio_read": "cached_input_audio", "cache_image_read": "cached_input_image",
-    "cache_text_read": "cached_input_text", "web_searches": "web_search", "storage_searches": "file_search",
-    "requests": "request", "code_executions": "code_execution", "input_audio_hours": "input_audio_hour",
-    "audio_hours": "audio_hour", "output_audio_hours": "output_audio_hour",
+    "input": "input",
+    "output": "output",
+    "cache_read": "cached_input",
+    "cache_write": "cache_write",
+    "cache_write_5m": "cache_write_5m",
+    "cache_write_1h": "cache_write_1h",
+    "output_reasoning": "reasoning",
+    "cache_audio_read": "cached_input_audio",
+    "cache_image_read": "cached_input_image",
+    "cache_text_read": "cached_input_text",
+    "web_searches": "web_search",
+    "storage_searches": "file_search",
+    "requests": "request",
+    "code_executions": "code_execution",
+    "input_audio_hours": "input_audio_hour",
+    "audio_hours": "audio_hour",
+    "output_audio_hours": "output_audio_hour",
 }
 
 
@@ -65,8 +82,11 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [plain(x) for x in obj]
     if dataclasses.is_dataclass(obj):
-        return {f.name.rstrip("_"): plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not f.name.startswith("_") and f.name != "extractors" and getattr(obj, f.name) is not None}
+        return {
+            f.name.rstrip("_"): plain(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not f.name.startswith("_") and f.name != "extractors" and getattr(obj, f.name) is not None
+        }
     if not hasattr(obj, "__dict__"):
         return str(obj)  # a time of day, an enum...
     values = {k: v for k, v in vars(obj).items() if not k.startswith("_") and v is not None}
@@ -118,7 +138,9 @@ def _dec(v: Any) -> Decimal:
     return v if isinstance(v, Decimal) else Decimal(str(v))
 
 
-def _prices(raw: Mapping[str, Any], units: dict[str, Unit], unmapped: set[str]) -> tuple[dict[str, Any], tuple[Tier, ...]]:
+def _prices(
+    raw: Mapping[str, Any], units: dict[str, Unit], unmapped: set[str]
+) -> tuple[dict[str, Any], tuple[Tier, ...]]:
     rates: dict[str, Decimal] = {}
     tiers: dict[int, dict[str, Decimal]] = {}
     for key, value in (raw or {}).items():
@@ -151,8 +173,14 @@ def _at(d: date) -> datetime:
     return datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
 
 
-def _versions(provider: Mapping[str, Any], model: Mapping[str, Any], resource: Resource, first: datetime, source: str,
-              notes: list[str]) -> list[PriceVersion]:
+def _versions(
+    provider: Mapping[str, Any],
+    model: Mapping[str, Any],
+    resource: Resource,
+    first: datetime,
+    source: str,
+    notes: list[str],
+) -> list[PriceVersion]:
     units: dict[str, Unit] = {}
     unmapped: set[str] = set()
     raw_prices = model.get("prices")
@@ -190,15 +218,26 @@ def _versions(provider: Mapping[str, Any], model: Mapping[str, Any], resource: R
             v_rates, v_tiers = _prices(v.get("prices") or {}, units, unmapped)
             if not v_rates and not v_tiers:
                 continue  # e.g. {'service_tier': 'default'} with no override: the standard price
-            vs.append(Variant(when={str(k): str(x) for k, x in (v.get("when") or {}).items()},
-                              rates=v_rates, tiers=v_tiers))
+            vs.append(
+                Variant(when={str(k): str(x) for k, x in (v.get("when") or {}).items()}, rates=v_rates, tiers=v_tiers)
+            )
         regional = _regional_variant(model)
         if regional is not None and not any("region" in v.when for v in vs):
             vs.append(regional)
-        versions.append(PriceVersion(
-            resource=resource, effective_from=start, effective_to=end, source=source, rates=rates,
-            units=dict(units), tiers=tiers, attributes=_attributes(provider, model, start is UNDATED),
-            origin="genai-prices", variants=tuple(vs)))
+        versions.append(
+            PriceVersion(
+                resource=resource,
+                effective_from=start,
+                effective_to=end,
+                source=source,
+                rates=rates,
+                units=dict(units),
+                tiers=tiers,
+                attributes=_attributes(provider, model, start is UNDATED),
+                origin="genai-prices",
+                variants=tuple(vs),
+            )
+        )
     if unmapped:
         notes.append(f"{resource.provider}/{resource.name}: price keys not mapped: {', '.join(sorted(unmapped))}")
     return versions
@@ -214,8 +253,11 @@ def _regional_variant(model: Mapping[str, Any]) -> Variant | None:
     text = str(model.get("price_comments") or "")
     if str(model.get("id", "")).startswith("regional.") or not _REGIONAL.search(text):
         return None
-    return Variant(when={"region": "regional"}, multiplier=Decimal("1.1"),
-                   source="genai-prices price comment: regional endpoints carry a 10% premium over the global endpoint")
+    return Variant(
+        when={"region": "regional"},
+        multiplier=Decimal("1.1"),
+        source="genai-prices price comment: regional endpoints carry a 10% premium over the global endpoint",
+    )
 
 
 def _attributes(provider: Mapping[str, Any], model: Mapping[str, Any], undated: bool) -> dict[str, Any]:
@@ -236,7 +278,9 @@ def _kind(model_id: str) -> str:
     return "embedding" if "embed" in model_id.lower() else "chat"
 
 
-def convert(providers: Iterable[Mapping[str, Any]], releases: Mapping[str, Any] | None = None, *, label: str = "genai-prices") -> GenaiLayer:
+def convert(
+    providers: Iterable[Mapping[str, Any]], releases: Mapping[str, Any] | None = None, *, label: str = "genai-prices"
+) -> GenaiLayer:
     """Plain provider mappings -> entries (one per provider and model), the home matchers, notes."""
     release_dates: dict[tuple[str | None, str], tuple[date, str]] = {}
     for r in (releases or {}).get("releases") or []:
@@ -297,8 +341,14 @@ def _load(snapshot: str | None, releases_json: str) -> GenaiLayer:
     try:
         providers, label = _bundled_providers()
     except ImportError:
-        return GenaiLayer([], [], ["genai-prices is not installed: only truecost's own and the user's prices are "
-                                   "available (pip install genai-prices)"])
+        return GenaiLayer(
+            [],
+            [],
+            [
+                "genai-prices is not installed: only truecost's own and the user's prices are "
+                "available (pip install genai-prices)"
+            ],
+        )
     return convert(providers, releases, label=label)
 
 

@@ -44,17 +44,31 @@ _BASES = {
 }
 _BASE_ORDER = sorted(_BASES, key=len, reverse=True)
 _REST = re.compile(r"^(?:_above_(\d+)k_tokens)?(?:_(batches|priority|flex))?$")
-_VARIANTS = {"batches": {"processing": "batch"}, "priority": {"service_tier": "priority"},
-             "flex": {"service_tier": "flex"}}
+_VARIANTS = {
+    "batches": {"processing": "batch"},
+    "priority": {"service_tier": "priority"},
+    "flex": {"service_tier": "flex"},
+}
 _MODES = {"chat": "chat", "completion": "chat", "responses": "chat", "embedding": "embedding"}
 # LiteLLM provider -> the provider id the other layers use (so the layers merge by resource)
-PROVIDERS = {"gemini": "google", "together_ai": "together", "bedrock": "aws", "bedrock_converse": "aws",
-             "azure_ai": "azure", "xai": "x-ai", "fireworks_ai": "fireworks", "text-completion-openai": "openai",
-             "vertex_ai-language-models": "vertex_ai", "vertex_ai-anthropic_models": "vertex_ai",
-             "vertex_ai-embedding-models": "vertex_ai"}
-_IGNORED = re.compile(r"^(max_|supports_|litellm_provider|mode$|source$|deprecation_|successor_|rpm$|tpm$|"
-                      r"supported_|tool_use_system_prompt|metadata|provider_specific_entry|prompt_cache_min|"
-                      r"output_vector_size|thinking_always_on|search_free_requests|comment)")
+PROVIDERS = {
+    "gemini": "google",
+    "together_ai": "together",
+    "bedrock": "aws",
+    "bedrock_converse": "aws",
+    "azure_ai": "azure",
+    "xai": "x-ai",
+    "fireworks_ai": "fireworks",
+    "text-completion-openai": "openai",
+    "vertex_ai-language-models": "vertex_ai",
+    "vertex_ai-anthropic_models": "vertex_ai",
+    "vertex_ai-embedding-models": "vertex_ai",
+}
+_IGNORED = re.compile(
+    r"^(max_|supports_|litellm_provider|mode$|source$|deprecation_|successor_|rpm$|tpm$|"
+    r"supported_|tool_use_system_prompt|metadata|provider_specific_entry|prompt_cache_min|"
+    r"output_vector_size|thinking_always_on|search_free_requests|comment)"
+)
 
 
 @dataclass
@@ -76,13 +90,15 @@ def _per_million(value: object, path: str, model: str, key: str) -> Decimal:
 def _split(key: str) -> tuple[str, int | None, str | None] | None:
     for base in _BASE_ORDER:
         if key.startswith(base):
-            m = _REST.match(key[len(base):])
+            m = _REST.match(key[len(base) :])
             if m:
                 return _BASES[base], (int(m.group(1)) * 1000 if m.group(1) else None), m.group(2)
     return None
 
 
-def _version(model: str, info: dict[str, Any], path: str, start: datetime, source: str) -> tuple[PriceVersion | None, list[str]]:
+def _version(
+    model: str, info: dict[str, Any], path: str, start: datetime, source: str
+) -> tuple[PriceVersion | None, list[str]]:
     token_unit, request_unit = Unit.parse("1M tokens"), Unit.parse("1K requests")
     base: dict[str, Decimal] = {}
     tiers: dict[int, dict[str, Decimal]] = {}
@@ -94,7 +110,11 @@ def _version(model: str, info: dict[str, Any], path: str, start: datetime, sourc
             continue
         parsed = _split(key)
         if parsed is None:
-            if key == "search_context_cost_per_query" and isinstance(value, dict) and value.get("search_context_size_medium") is not None:
+            if (
+                key == "search_context_cost_per_query"
+                and isinstance(value, dict)
+                and value.get("search_context_size_medium") is not None
+            ):
                 base["web_search"] = _per_million(value["search_context_size_medium"], path, model, key) / 1000
             elif "cost" in key:
                 unmapped.append(key)
@@ -104,19 +124,39 @@ def _version(model: str, info: dict[str, Any], path: str, start: datetime, sourc
         if var is None:
             (tiers.setdefault(above, {}) if above else base)[name] = price
         else:
-            (var_tiers.setdefault(var, {}).setdefault(above, {}) if above else var_rates.setdefault(var, {}))[name] = price
+            (var_tiers.setdefault(var, {}).setdefault(above, {}) if above else var_rates.setdefault(var, {}))[name] = (
+                price
+            )
     if "input" not in base:
         return None, unmapped
-    variants = tuple(Variant(when=_VARIANTS[var], rates=var_rates.get(var, {}),
-                             tiers=tuple(Tier(k, v) for k, v in sorted(var_tiers.get(var, {}).items())))
-                     for var in _VARIANTS if var in var_rates or var in var_tiers)
-    comps = set(base) | {c for t in tiers.values() for c in t} | {c for v in var_rates.values() for c in v} \
+    variants = tuple(
+        Variant(
+            when=_VARIANTS[var],
+            rates=var_rates.get(var, {}),
+            tiers=tuple(Tier(k, v) for k, v in sorted(var_tiers.get(var, {}).items())),
+        )
+        for var in _VARIANTS
+        if var in var_rates or var in var_tiers
+    )
+    comps = (
+        set(base)
+        | {c for t in tiers.values() for c in t}
+        | {c for v in var_rates.values() for c in v}
         | {c for vt in var_tiers.values() for t in vt.values() for c in t}
+    )
     units = {c: request_unit if c == "web_search" else token_unit for c in comps}
     resource = Resource(kind="chat", provider="?", name=model)  # filled in by the caller
-    return PriceVersion(resource=resource, effective_from=start, effective_to=None, source=source, rates=base,
-                        units=units, tiers=tuple(Tier(k, v) for k, v in sorted(tiers.items())),
-                        origin="litellm", variants=variants), unmapped
+    return PriceVersion(
+        resource=resource,
+        effective_from=start,
+        effective_to=None,
+        source=source,
+        rates=base,
+        units=units,
+        tiers=tuple(Tier(k, v) for k, v in sorted(tiers.items())),
+        origin="litellm",
+        variants=variants,
+    ), unmapped
 
 
 def import_litellm(path: str | Path, effective_from: date | None = None) -> LiteLLMImport:
@@ -146,7 +186,9 @@ def import_litellm(path: str | Path, effective_from: date | None = None) -> Lite
         head, _, tail = model.partition("/")
         name = tail if tail and head in (their, provider) else model
         resource = Resource(kind=kind, provider=provider, name=name)
-        version = PriceVersion(**{**{f: getattr(version, f) for f in version.__dataclass_fields__}, "resource": resource})
+        version = PriceVersion(
+            **{**{f: getattr(version, f) for f in version.__dataclass_fields__}, "resource": resource}
+        )
         if resource.key in entries:  # 'gpt-4o' and 'openai/gpt-4o': one model, one entry
             entries[resource.key].aliases += (model,) if model != name else ()
             continue

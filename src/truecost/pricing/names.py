@@ -23,17 +23,37 @@ from datetime import date
 
 # Gateway / SDK prefix -> the provider whose price applies (None: the prefix says nothing).
 PREFIXES: dict[str, str | None] = {
-    "openai": "openai", "azure": "azure", "azure_ai": "azure", "anthropic": "anthropic",
-    "gemini": "google", "google": "google", "models": "google", "vertex_ai": "google",
-    "vertex_ai_beta": "google", "google_genai": "google", "bedrock": "aws", "bedrock_converse": "aws",
-    "aws": "aws", "together_ai": "together", "together": "together", "openrouter": "openrouter",
-    "groq": "groq", "mistral": "mistral", "deepseek": "deepseek", "fireworks_ai": "fireworks",
-    "fireworks": "fireworks", "xai": "x-ai", "cohere": "cohere", "cerebras": "cerebras",
-    "litellm_proxy": None, "truecost": None,
+    "openai": "openai",
+    "azure": "azure",
+    "azure_ai": "azure",
+    "anthropic": "anthropic",
+    "gemini": "google",
+    "google": "google",
+    "models": "google",
+    "vertex_ai": "google",
+    "vertex_ai_beta": "google",
+    "google_genai": "google",
+    "bedrock": "aws",
+    "bedrock_converse": "aws",
+    "aws": "aws",
+    "together_ai": "together",
+    "together": "together",
+    "openrouter": "openrouter",
+    "groq": "groq",
+    "mistral": "mistral",
+    "deepseek": "deepseek",
+    "fireworks_ai": "fireworks",
+    "fireworks": "fireworks",
+    "xai": "x-ai",
+    "cohere": "cohere",
+    "cerebras": "cerebras",
+    "litellm_proxy": None,
+    "truecost": None,
 }
 _BEDROCK = re.compile(
     r"^(?:(?:us|eu|apac|ap|global|jp|au|ca|us-gov)\.)?"
-    r"(anthropic|meta|amazon|mistral|cohere|ai21|deepseek|openai|qwen|writer|moonshotai)\.(.+?)(?:-v\d+(?::\d+)?)?(?::\d+)?$")
+    r"(anthropic|meta|amazon|mistral|cohere|ai21|deepseek|openai|qwen|writer|moonshotai)\.(.+?)(?:-v\d+(?::\d+)?)?(?::\d+)?$"
+)
 _DATED = re.compile(r"^(.*?)(?:-|@)(20\d\d)-?(\d\d)-?(\d\d)$")
 _LATEST = re.compile(r"^(.*?)-latest$")
 

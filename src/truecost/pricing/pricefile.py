@@ -76,16 +76,30 @@ def _variants(v: Mapping[str, Any], path: str, name: str) -> list[Variant]:
         rates = _rates(raw.get("rates"), path, name, empty_ok=True)
         if not rates and mult is None:
             raise PriceFileError(path, name, "a variant needs 'rates' or a 'multiplier'")
-        out.append(Variant(when={str(k): str(x) for k, x in when.items()}, rates=rates,
-                           tiers=_tiers(raw.get("tiers"), path, name),
-                           multiplier=as_amount(mult, path, name, "multiplier") if mult is not None else None,
-                           source=str(raw["source"]) if raw.get("source") else None))
+        out.append(
+            Variant(
+                when={str(k): str(x) for k, x in when.items()},
+                rates=rates,
+                tiers=_tiers(raw.get("tiers"), path, name),
+                multiplier=as_amount(mult, path, name, "multiplier") if mult is not None else None,
+                source=str(raw["source"]) if raw.get("source") else None,
+            )
+        )
     if v.get("batch") is not None:
-        out.append(Variant(when={"processing": "batch"}, rates=_rates(v["batch"], path, name),
-                           tiers=_tiers(v.get("batch_tiers"), path, name)))
+        out.append(
+            Variant(
+                when={"processing": "batch"},
+                rates=_rates(v["batch"], path, name),
+                tiers=_tiers(v.get("batch_tiers"), path, name),
+            )
+        )
     elif v.get("batch_multiplier") is not None:
-        out.append(Variant(when={"processing": "batch"},
-                           multiplier=as_amount(v["batch_multiplier"], path, name, "batch_multiplier")))
+        out.append(
+            Variant(
+                when={"processing": "batch"},
+                multiplier=as_amount(v["batch_multiplier"], path, name, "batch_multiplier"),
+            )
+        )
     return out
 
 
@@ -100,8 +114,16 @@ def _components(rates: Mapping[str, Decimal], tiers: tuple[Tier, ...], variants:
     return comps
 
 
-def _version(v: Any, resource: Resource, unit_map: Mapping[str, Any], default_unit: Any, attributes: Mapping[str, Any],
-             path: str, name: str, origin: str) -> PriceVersion:
+def _version(
+    v: Any,
+    resource: Resource,
+    unit_map: Mapping[str, Any],
+    default_unit: Any,
+    attributes: Mapping[str, Any],
+    path: str,
+    name: str,
+    origin: str,
+) -> PriceVersion:
     if not isinstance(v, Mapping):
         raise PriceFileError(path, name, "each version must be a mapping")
     if not str(v.get("source") or "").strip():
@@ -126,10 +148,18 @@ def _version(v: Any, resource: Resource, unit_map: Mapping[str, Any], default_un
         raise PriceFileError(path, name, "effective_to must be after effective_from")
     fpm = v.get("free_per_month")
     return PriceVersion(
-        resource=resource, effective_from=start, effective_to=end, source=str(v["source"]).strip(),
-        rates=rates, units=units, tiers=tiers,
+        resource=resource,
+        effective_from=start,
+        effective_to=end,
+        source=str(v["source"]).strip(),
+        rates=rates,
+        units=units,
+        tiers=tiers,
         free_per_month=as_amount(fpm, path, name, "free_per_month") if fpm is not None else None,
-        attributes=dict(attributes), origin=origin, variants=tuple(variants))
+        attributes=dict(attributes),
+        origin=origin,
+        variants=tuple(variants),
+    )
 
 
 def close_open_versions(versions: list[PriceVersion], path: str, name: str) -> list[PriceVersion]:
@@ -165,10 +195,24 @@ def parse_price_document(doc: Any, path: str, origin: str = "truecost") -> list[
         raw_versions = raw.get("versions")
         if not isinstance(raw_versions, list) or not raw_versions:
             raise PriceFileError(path, name, "needs a non-empty 'versions' list")
-        versions = [_version(v, resource, dict(raw.get("units") or {}), raw.get("unit", doc.get("unit")),
-                             raw.get("attributes") or {}, path, name, origin) for v in raw_versions]
-        entries.append(PriceEntry(resource, tuple(str(x) for x in raw.get("aliases") or ()),
-                                  close_open_versions(versions, path, name)))
+        versions = [
+            _version(
+                v,
+                resource,
+                dict(raw.get("units") or {}),
+                raw.get("unit", doc.get("unit")),
+                raw.get("attributes") or {},
+                path,
+                name,
+                origin,
+            )
+            for v in raw_versions
+        ]
+        entries.append(
+            PriceEntry(
+                resource, tuple(str(x) for x in raw.get("aliases") or ()), close_open_versions(versions, path, name)
+            )
+        )
     return entries
 
 

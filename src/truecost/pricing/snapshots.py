@@ -90,8 +90,14 @@ def diff(old: GenaiLayer, new: GenaiLayer, at: datetime) -> list[Change]:
     return changes
 
 
-def update(folder: str | Path, url: str | None = None, *, fetch: Callable[[str], bytes] = fetch_url,
-           today: date | None = None, releases: dict[str, Any] | None = None) -> UpdateResult:
+def update(
+    folder: str | Path,
+    url: str | None = None,
+    *,
+    fetch: Callable[[str], bytes] = fetch_url,
+    today: date | None = None,
+    releases: dict[str, Any] | None = None,
+) -> UpdateResult:
     """Fetch genai-prices' data, check it converts, save it dated, and diff it against the data in use.
 
     The data in use is the newest saved snapshot, or the bundled package data. A download that

@@ -31,8 +31,17 @@ from truecost.errors import InvalidQuantityError
 from truecost.types import TokenUsage
 
 # Billing classes beyond TokenUsage's six: audio and image tokens, per-call fees.
-EXTRA_CLASSES = ("input_audio", "cached_input_audio", "output_audio", "input_image", "cached_input_image",
-                 "output_image", "web_search", "file_search", "code_execution")
+EXTRA_CLASSES = (
+    "input_audio",
+    "cached_input_audio",
+    "output_audio",
+    "input_image",
+    "cached_input_image",
+    "output_image",
+    "web_search",
+    "file_search",
+    "code_execution",
+)
 
 
 class MissingUsageError(InvalidQuantityError):
@@ -124,11 +133,18 @@ def openai_call(usage: Any, response: Any = None) -> CallUsage:
     reasoning = _first(usage, (*od, "reasoning_tokens"), (*ood, "reasoning_tokens"))
     audio_out = _first(usage, (*od, "audio_tokens"), (*ood, "audio_tokens"))
     _need(cached, prompt, "cached_tokens", "prompt_tokens")
-    _need(cached + written + audio_in + image_in, prompt, "cached + cache_write + audio + image tokens", "prompt_tokens")
+    _need(
+        cached + written + audio_in + image_in, prompt, "cached + cache_write + audio + image tokens", "prompt_tokens"
+    )
     _need(reasoning, completion, "reasoning_tokens", "completion_tokens")
     _need(reasoning + audio_out, completion, "reasoning + audio tokens", "completion_tokens")
-    tokens = TokenUsage(input=prompt - cached - written - audio_in - image_in, cached_input=cached,
-                        cache_write_5m=written, output=completion - reasoning - audio_out, reasoning=reasoning)
+    tokens = TokenUsage(
+        input=prompt - cached - written - audio_in - image_in,
+        cached_input=cached,
+        cache_write_5m=written,
+        output=completion - reasoning - audio_out,
+        reasoning=reasoning,
+    )
     extra = {k: v for k, v in (("input_audio", audio_in), ("input_image", image_in), ("output_audio", audio_out)) if v}
     searches = _count(usage, "web_search_requests")
     if searches:
@@ -146,9 +162,15 @@ def anthropic_call(usage: Any, response: Any = None) -> CallUsage:
         w5 = creation_total
     elif creation_total and w5 + w1 != creation_total:
         raise InvalidQuantityError(
-            f"cache_creation breakdown ({w5} + {w1}) does not add up to cache_creation_input_tokens ({creation_total})")
-    tokens = TokenUsage(input=_count(usage, "input_tokens"), cached_input=_count(usage, "cache_read_input_tokens"),
-                        cache_write_5m=w5, cache_write_1h=w1, output=_count(usage, "output_tokens"))
+            f"cache_creation breakdown ({w5} + {w1}) does not add up to cache_creation_input_tokens ({creation_total})"
+        )
+    tokens = TokenUsage(
+        input=_count(usage, "input_tokens"),
+        cached_input=_count(usage, "cache_read_input_tokens"),
+        cache_write_5m=w5,
+        cache_write_1h=w1,
+        output=_count(usage, "output_tokens"),
+    )
     extra = {}
     for ours, theirs in (("web_search", "web_search_requests"), ("code_execution", "code_execution_requests")):
         n = _count(usage, "server_tool_use", theirs)
@@ -185,10 +207,12 @@ def google_call(usage: Any, response: Any = None) -> CallUsage:
     audio_cached = _modality(usage, "cacheTokensDetails", "cache_tokens_details").get("audio", 0)
     _need(audio_cached, cached, "cached audio tokens", "cachedContentTokenCount")
     _need(audio_in - audio_cached, prompt - cached, "uncached audio tokens", "uncached prompt tokens")
-    tokens = TokenUsage(input=prompt - cached - (audio_in - audio_cached) + tool_prompt,
-                        cached_input=cached - audio_cached,
-                        output=c("candidatesTokenCount", "candidates_token_count"),
-                        reasoning=c("thoughtsTokenCount", "thoughts_token_count"))
+    tokens = TokenUsage(
+        input=prompt - cached - (audio_in - audio_cached) + tool_prompt,
+        cached_input=cached - audio_cached,
+        output=c("candidatesTokenCount", "candidates_token_count"),
+        reasoning=c("thoughtsTokenCount", "thoughts_token_count"),
+    )
     extra = {k: v for k, v in (("input_audio", audio_in - audio_cached), ("cached_input_audio", audio_cached)) if v}
     return CallUsage(tokens, extra, _service_attributes(usage, response))
 

@@ -61,11 +61,18 @@ def write_artifact(scorer: GapScorer, path: str | Path, **extra: Any) -> Path:
     p = artifact_path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     inputs = ArtifactInputs.of(scorer)
-    meta = {"spec": scorer.spec.__dict__ | {"categorical": list(scorer.spec.categorical)}, "l2": scorer.l2,
-            "prior": scorer.prior, "encodings": scorer.encodings,
-            "embedder": scorer.embedder.model_id if scorer.embedder is not None else None,
-            "prompt_features": list(scorer.prompt_features), **scorer.meta, **extra,
-            "version": ARTIFACT_VERSION, "inputs": inputs.as_dict()}
+    meta = {
+        "spec": scorer.spec.__dict__ | {"categorical": list(scorer.spec.categorical)},
+        "l2": scorer.l2,
+        "prior": scorer.prior,
+        "encodings": scorer.encodings,
+        "embedder": scorer.embedder.model_id if scorer.embedder is not None else None,
+        "prompt_features": list(scorer.prompt_features),
+        **scorer.meta,
+        **extra,
+        "version": ARTIFACT_VERSION,
+        "inputs": inputs.as_dict(),
+    }
     np.savez(p, mu=scorer.mu, sd=scorer.sd, w=scorer.w, meta=np.array(json.dumps(meta)))
     return p
 
@@ -78,10 +85,13 @@ def read_artifact(path: str | Path, embedder=None) -> GapScorer:
     except (OSError, ValueError, KeyError) as exc:
         raise TruecostError(f"{path}: not a truecost router artifact ({exc})") from None
     if meta.get("version") not in range(1, ARTIFACT_VERSION + 1):
-        raise TruecostError(f"{path}: artifact version {meta.get('version')}, this truecost reads 1 to {ARTIFACT_VERSION}")
+        raise TruecostError(
+            f"{path}: artifact version {meta.get('version')}, this truecost reads 1 to {ARTIFACT_VERSION}"
+        )
     spec_fields = {"embed_tail_chars": None, **meta["spec"]}  # version 1 embedded the whole prompt
-    scorer = GapScorer(FeatureSpec(**{**spec_fields, "categorical": tuple(meta["spec"]["categorical"])}),
-                       embedder, meta["l2"])
+    scorer = GapScorer(
+        FeatureSpec(**{**spec_fields, "categorical": tuple(meta["spec"]["categorical"])}), embedder, meta["l2"]
+    )
     scorer.mu, scorer.sd, scorer.w = data["mu"], data["sd"], data["w"]
     scorer.prompt_features = tuple(meta.get("prompt_features") or BASE_PROMPT_FEATURES)
     unknown = sorted(set(scorer.prompt_features) - set(PROMPT_FEATURES))
@@ -89,9 +99,13 @@ def read_artifact(path: str | Path, embedder=None) -> GapScorer:
         raise TruecostError(f"{path}: trained on prompt features this truecost does not compute: {', '.join(unknown)}")
     scorer.embed_weight = float(meta.get("embed_weight", 1.0))
     scorer.prior, scorer.encodings, scorer.meta = meta["prior"], meta["encodings"], meta
-    recorded, saved = meta.get("inputs"), ArtifactInputs.from_spec(scorer.spec, scorer.prompt_features,
-                                                                     meta.get("embedder")).as_dict()
+    recorded, saved = (
+        meta.get("inputs"),
+        ArtifactInputs.from_spec(scorer.spec, scorer.prompt_features, meta.get("embedder")).as_dict(),
+    )
     if recorded is not None and recorded != saved:
-        raise TruecostError(f"{path}: the artifact records the inputs {recorded}, but its scorer reads {saved}; "
-                            "it was altered after it was saved")
+        raise TruecostError(
+            f"{path}: the artifact records the inputs {recorded}, but its scorer reads {saved}; "
+            "it was altered after it was saved"
+        )
     return scorer

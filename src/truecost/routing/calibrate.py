@@ -31,8 +31,15 @@ def _block_means(x: np.ndarray, blocks: int) -> np.ndarray:
     return out
 
 
-def tradeoff_curve(scores: np.ndarray, q_weak: np.ndarray, q_strong: np.ndarray, c_weak: np.ndarray,
-                   c_strong: np.ndarray, cascade: bool = False, smooth: int = 0) -> Curve:
+def tradeoff_curve(
+    scores: np.ndarray,
+    q_weak: np.ndarray,
+    q_strong: np.ndarray,
+    c_weak: np.ndarray,
+    c_strong: np.ndarray,
+    cascade: bool = False,
+    smooth: int = 0,
+) -> Curve:
     """Send the top-k scores to the strong model, for k = 0..n. A cascade pays the weak call always.
 
     ``smooth=B`` (for calibration): the per-request gains, in score order, are averaged over
@@ -66,8 +73,13 @@ def point_at_quality(curve: Curve, target_quality: float) -> int | None:
     return int(ok[0]) if len(ok) else None
 
 
-def choose(curve: Curve, *, max_strong_share: float | None = None, min_quality: float | None = None,
-           max_cost: float | None = None) -> int | None:
+def choose(
+    curve: Curve,
+    *,
+    max_strong_share: float | None = None,
+    min_quality: float | None = None,
+    max_cost: float | None = None,
+) -> int | None:
     """Index of the curve point meeting the target (cheapest or best, as the target implies)."""
     if max_strong_share is not None:  # use the whole allowance: the last point within it
         ok = np.nonzero(curve.strong_share <= max_strong_share + 1e-12)[0]
@@ -87,8 +99,9 @@ def choose(curve: Curve, *, max_strong_share: float | None = None, min_quality: 
     raise ValueError("give one target: max_strong_share, min_quality or max_cost")
 
 
-def quality_range(scores: np.ndarray, q_weak: np.ndarray, q_strong: np.ndarray, share: float, n: int,
-                  rounds: int = 300, seed: int = 0) -> tuple[float, float, float]:
+def quality_range(
+    scores: np.ndarray, q_weak: np.ndarray, q_strong: np.ndarray, share: float, n: int, rounds: int = 300, seed: int = 0
+) -> tuple[float, float, float]:
     """5th, 50th and 95th percentile of quality / strong quality on ``n`` new requests.
 
     The calibration sample is resampled ``rounds`` times at the size of the traffic the

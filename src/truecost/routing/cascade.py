@@ -39,8 +39,13 @@ class LogprobCascade:
         return False, f"mean logprob {lp:.3f} < {self.threshold:.3f}: escalate"
 
     @classmethod
-    def calibrate(cls, logprobs: Sequence[float], weak_good: Sequence[bool], max_escalation: float | None = None,
-                  min_accepted_precision: float | None = None) -> "LogprobCascade":
+    def calibrate(
+        cls,
+        logprobs: Sequence[float],
+        weak_good: Sequence[bool],
+        max_escalation: float | None = None,
+        min_accepted_precision: float | None = None,
+    ) -> "LogprobCascade":
         """Pick the threshold on labelled weak answers: escalate at most a share, or keep accepted answers precise."""
         lp = np.asarray(logprobs, dtype=float)
         good = np.asarray(weak_good, dtype=bool)

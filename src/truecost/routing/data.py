@@ -46,7 +46,9 @@ class RoutingSchema:
             raise SchemaError(f"{self.source}: columns declared more than once: {', '.join(twice)}")
         reserved = sorted(set(self.features) & {*FORMAT_INPUTS, *FORMAT_LABELS})
         if reserved:
-            raise SchemaError(f"{self.source}: {', '.join(reserved)} belong to the routing format and cannot be features")
+            raise SchemaError(
+                f"{self.source}: {', '.join(reserved)} belong to the routing format and cannot be features"
+            )
 
     @classmethod
     def parse(cls, doc: Any, source: str) -> "RoutingSchema":
@@ -77,10 +79,12 @@ class RoutingSchema:
         """The row's declared features; an undeclared column is an error naming it."""
         undeclared = set(row) - {*FORMAT_INPUTS, *FORMAT_LABELS, *self.features, *self.labels, *self.ignore}
         if undeclared:
-            raise SchemaError(f"{where}: undeclared columns {', '.join(sorted(undeclared))} (schema: {self.source}). "
-                              "A router reads only declared features: declare each column as a feature, a label "
-                              "(derived from the outcome) or ignored, in a JSON schema file such as "
-                              '{"features": ["subject"], "labels": ["gold_answer"], "ignore": []}')
+            raise SchemaError(
+                f"{where}: undeclared columns {', '.join(sorted(undeclared))} (schema: {self.source}). "
+                "A router reads only declared features: declare each column as a feature, a label "
+                "(derived from the outcome) or ignored, in a JSON schema file such as "
+                '{"features": ["subject"], "labels": ["gold_answer"], "ignore": []}'
+            )
         return {k: str(row[k]) for k in self.features if isinstance(row.get(k), (str, int, float))}
 
 
@@ -119,14 +123,23 @@ def _model_entry(models: dict, name: str) -> dict | None:
 
 
 def _row(d: dict, w: dict, s: dict, metadata: dict) -> LabelledRow:
-    return LabelledRow(d["prompt"], int(d.get("prompt_tokens") or max(len(d["prompt"]) // 4, 1)),
-                       float(w["quality"]), float(s["quality"]), int(w.get("output_tokens") or 1),
-                       int(s.get("output_tokens") or 1), metadata, w.get("cost_usd"), s.get("cost_usd"),
-                       w.get("response") or w.get("output"))
+    return LabelledRow(
+        d["prompt"],
+        int(d.get("prompt_tokens") or max(len(d["prompt"]) // 4, 1)),
+        float(w["quality"]),
+        float(s["quality"]),
+        int(w.get("output_tokens") or 1),
+        int(s.get("output_tokens") or 1),
+        metadata,
+        w.get("cost_usd"),
+        s.get("cost_usd"),
+        w.get("response") or w.get("output"),
+    )
 
 
-def load_rows(path: str | Path, weak: str, strong: str,
-              schema: RoutingSchema | None = None) -> tuple[list[LabelledRow], int, list[str]]:
+def load_rows(
+    path: str | Path, weak: str, strong: str, schema: RoutingSchema | None = None
+) -> tuple[list[LabelledRow], int, list[str]]:
     """Rows with a quality for both models, how many lacked one, and every model the file names."""
     schema = schema if schema is not None else resolve_schema(path)
     rows, skipped, names = [], 0, set()
@@ -160,8 +173,15 @@ def attach_responses(rows: list[LabelledRow], data_path: Path, weak: str) -> str
     csv.field_size_limit(1 << 30)
     with open(csv_path, encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        col = next((c for c in reader.fieldnames or [] if c.lower().endswith(f"{weak.lower()}_response")
-                    or c.lower().split("/")[-1] == f"{weak.lower()}_response"), None)
+        col = next(
+            (
+                c
+                for c in reader.fieldnames or []
+                if c.lower().endswith(f"{weak.lower()}_response")
+                or c.lower().split("/")[-1] == f"{weak.lower()}_response"
+            ),
+            None,
+        )
         if col is None:
             return None
         answers = {r["prompt"].strip(): r[col] for r in reader}

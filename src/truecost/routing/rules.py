@@ -10,8 +10,11 @@ from truecost.routing.features import prompt_features
 
 _CODE = re.compile(r"```|\bdef |\bclass |\bfunction\b|\bSELECT\b|\breturn\b|=>|#include")
 _STRUCTURED = re.compile(r"^\s*[\[{]|\|.*\|.*\||<\w+>.*</\w+>", re.M | re.S)
-_HARD_WORDS = re.compile(r"\b(prove|derive|step by step|analy[sz]e|optimi[sz]e|debug|refactor|legal|contract|"
-                         r"diagnos\w*|calculate|compute|solve)\b", re.I)
+_HARD_WORDS = re.compile(
+    r"\b(prove|derive|step by step|analy[sz]e|optimi[sz]e|debug|refactor|legal|contract|"
+    r"diagnos\w*|calculate|compute|solve)\b",
+    re.I,
+)
 
 
 @dataclass
@@ -27,19 +30,25 @@ class RulesRouter:
         text = request.text
         f = prompt_features(text)
         tokens = request.prompt_tokens or len(text) // 4
-        return (min(tokens / self.max_weak_tokens, 2.0) + (1.0 if _CODE.search(text) else 0.0)
-                + (0.5 if _STRUCTURED.search(text) else 0.0) + 0.5 * min(len(_HARD_WORDS.findall(text)), 2)
-                + min(f[2], 1.0))
+        return (
+            min(tokens / self.max_weak_tokens, 2.0)
+            + (1.0 if _CODE.search(text) else 0.0)
+            + (0.5 if _STRUCTURED.search(text) else 0.0)
+            + 0.5 * min(len(_HARD_WORDS.findall(text)), 2)
+            + min(f[2], 1.0)
+        )
 
     def route(self, request: RouteRequest) -> RouteDecision:
         forced = forced_decision(request, self.force_header, self.weak, self.strong, "rules")
         if forced is not None:
             return forced
         if request.budget_used is not None and request.budget_used >= self.budget_downgrade_at:
-            return RouteDecision((self.weak, self.strong),
-                                 f"budget {request.budget_used:.0%} used: downgraded", None, "rules")
+            return RouteDecision(
+                (self.weak, self.strong), f"budget {request.budget_used:.0%} used: downgraded", None, "rules"
+            )
         s = self.score(request)
         if s >= 1.0:
-            return RouteDecision((self.strong, self.weak), f"difficulty {s:.2f} >= 1.0 (length, code, "
-                                                             "structure, task words)", s, "rules")
+            return RouteDecision(
+                (self.strong, self.weak), f"difficulty {s:.2f} >= 1.0 (length, code, structure, task words)", s, "rules"
+            )
         return RouteDecision((self.weak, self.strong), f"difficulty {s:.2f} < 1.0", s, "rules")

@@ -78,14 +78,15 @@ def _loo_squared_errors(z: np.ndarray, y: np.ndarray, grid: Sequence[float]) -> 
     uy = u.T @ y
     errors = {}
     for l2 in grid:
-        shrink = s ** 2 / (s ** 2 + l2)
-        h = np.minimum((u ** 2) @ shrink + 1.0 / len(y), 1 - 1e-9)
+        shrink = s**2 / (s**2 + l2)
+        h = np.minimum((u**2) @ shrink + 1.0 / len(y), 1 - 1e-9)
         errors[l2] = ((y - u @ (shrink * uy)) / (1 - h)) ** 2
     return errors
 
 
-def choose_embed_weight(z: np.ndarray, y: np.ndarray, embed_cols: slice,
-                        weights: Sequence[float] = EMBED_WEIGHTS) -> tuple[float, float]:
+def choose_embed_weight(
+    z: np.ndarray, y: np.ndarray, embed_cols: slice, weights: Sequence[float] = EMBED_WEIGHTS
+) -> tuple[float, float]:
     """(weight, penalty): the embedding block's weight and the ridge penalty, by leave-one-out.
 
     Equal weight (1.0) stays unless another weight's leave-one-out error is lower by more
@@ -147,8 +148,10 @@ class GapScorer:
         if not np.isfinite(y).all():
             raise TrainingDataError("quality gaps must be finite numbers")
         if np.all(y == y[0]):
-            raise TrainingDataError(f"degenerate labels: every example has the same quality gap ({y[0]}); "
-                                    "nothing tells easy from hard requests")
+            raise TrainingDataError(
+                f"degenerate labels: every example has the same quality gap ({y[0]}); "
+                "nothing tells easy from hard requests"
+            )
         self.prior = float(y.mean())
         for f in self.spec.categorical:
             sums: dict[str, float] = {}
@@ -178,15 +181,24 @@ class GapScorer:
         reg = self.l2 * np.eye(z.shape[1])
         reg[-1, -1] = 0.0
         self.w = np.linalg.solve(z.T @ z + reg, z.T @ y)
-        self.meta = {"trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "examples": len(examples),
-                     "mean_gap": self.prior, "l2": self.l2, "embed_weight": self.embed_weight,
-                     "l2_chosen_by": "leave-one-out" if self._choose_l2 else "given"}
+        self.meta = {
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "examples": len(examples),
+            "mean_gap": self.prior,
+            "l2": self.l2,
+            "embed_weight": self.embed_weight,
+            "l2_chosen_by": "leave-one-out" if self._choose_l2 else "given",
+        }
         return self
 
     def _embed_dims(self, x: np.ndarray) -> int:
         """Columns of ``x`` that are embedding dimensions (after the prompt features)."""
-        return x.shape[1] - len(self.prompt_features) - len(self.spec.categorical) - (
-            len(ANSWER_FEATURES) if self.spec.answer else 0)
+        return (
+            x.shape[1]
+            - len(self.prompt_features)
+            - len(self.spec.categorical)
+            - (len(ANSWER_FEATURES) if self.spec.answer else 0)
+        )
 
     def score(self, examples: Sequence[Example]) -> np.ndarray:
         if self.w is None:
@@ -249,9 +261,16 @@ class ScoredRouter:
     cost target is calibrated in; its threshold must come from a calibration in that order.
     """
 
-    def __init__(self, scorer: GapScorer, weak: str, strong: str, threshold: float,
-                 force_header: str = "x-truecost-route",
-                 extra_cost: Callable[[Any], float | None] | None = None, hold: ShareHolder | None = None) -> None:
+    def __init__(
+        self,
+        scorer: GapScorer,
+        weak: str,
+        strong: str,
+        threshold: float,
+        force_header: str = "x-truecost-route",
+        extra_cost: Callable[[Any], float | None] | None = None,
+        hold: ShareHolder | None = None,
+    ) -> None:
         self.scorer, self.weak, self.strong, self.threshold = scorer, weak, strong, threshold
         self.force_header, self.extra_cost, self.hold = force_header, extra_cost, hold
 
@@ -264,8 +283,13 @@ class ScoredRouter:
         if self.extra_cost is not None:
             extra = self.extra_cost(request)
             if extra is None:  # a price went missing: never save money blind
-                return RouteDecision((self.strong, self.weak), f"{what}; the strong call's extra cost is unknown "
-                                     "(no price in force), so the strong model keeps it", s, "trained")
+                return RouteDecision(
+                    (self.strong, self.weak),
+                    f"{what}; the strong call's extra cost is unknown "
+                    "(no price in force), so the strong model keeps it",
+                    s,
+                    "trained",
+                )
             s = float(gain_per_dollar(np.array([s]), np.array([extra]))[0])
             what = f"{what}, per expected extra ${extra:.6f}: {s:.4g}"
         threshold, strong = self.threshold, s >= self.threshold

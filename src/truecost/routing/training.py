@@ -14,8 +14,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from truecost.routing.calibrate import (CALIBRATION_BLOCKS, Curve, choose, gain_per_dollar, quality_range,
-                                        tradeoff_curve)
+from truecost.routing.calibrate import CALIBRATION_BLOCKS, Curve, choose, gain_per_dollar, quality_range, tradeoff_curve
 from truecost.routing.data import LabelledRow
 from truecost.routing.decision import RouteRequest
 from truecost.routing.rules import RulesRouter
@@ -30,8 +29,9 @@ class Pricer(Protocol):
 
     def call_costs(self, model: str, input_tokens: Sequence[int], output_tokens: Sequence[int]) -> np.ndarray: ...
 
-    def strong_premiums(self, weak: str, strong: str, input_tokens: Sequence[int], out_weak: int, out_strong: int,
-                        cascade: bool) -> np.ndarray: ...
+    def strong_premiums(
+        self, weak: str, strong: str, input_tokens: Sequence[int], out_weak: int, out_strong: int, cascade: bool
+    ) -> np.ndarray: ...
 
 
 # -- split and features ---------------------------------------------------------------------
@@ -50,8 +50,16 @@ def split(rows: Sequence[LabelledRow], train_frac: float, seed: int) -> tuple[li
 
 def categorical_features(rows: Sequence[LabelledRow]) -> tuple[str, ...]:
     """The declared metadata fields worth target-encoding on these rows: 2 to 200 distinct values."""
-    return tuple(sorted({k for r in rows for k in r.metadata
-                         if 2 <= len({str(x.metadata.get(k)) for x in rows}) <= MAX_CATEGORY_LEVELS}))
+    return tuple(
+        sorted(
+            {
+                k
+                for r in rows
+                for k in r.metadata
+                if 2 <= len({str(x.metadata.get(k)) for x in rows}) <= MAX_CATEGORY_LEVELS
+            }
+        )
+    )
 
 
 def examples(rows: Sequence[LabelledRow]) -> list[Example]:
@@ -70,8 +78,11 @@ def fit_scorer(strategy: str, train: Sequence[LabelledRow], embedder, categorica
     """Prompt features, embeddings and metadata for ``trained``; the weak answer's features for ``cascade``."""
     if strategy not in ("trained", "cascade"):
         raise ValueError(f"{strategy!r} trains no scorer; trained or cascade do")
-    spec = (FeatureSpec(embed=True, categorical=categorical) if strategy == "trained"
-            else FeatureSpec(embed=False, answer=True))
+    spec = (
+        FeatureSpec(embed=True, categorical=categorical)
+        if strategy == "trained"
+        else FeatureSpec(embed=False, answer=True)
+    )
     return GapScorer(spec, embedder if spec.embed else None).fit(examples(train))
 
 
@@ -94,8 +105,17 @@ def percentile_ranks(x: np.ndarray) -> np.ndarray:
     return (sums / counts)[inverse] / max(len(x) - 1, 1)
 
 
-def cross_val_scores(strategy: str, train: Sequence[LabelledRow], embedder, categorical, weak: str, strong: str,
-                     folds: int = 5, seed: int = 0, ranks: bool = True) -> np.ndarray:
+def cross_val_scores(
+    strategy: str,
+    train: Sequence[LabelledRow],
+    embedder,
+    categorical,
+    weak: str,
+    strong: str,
+    folds: int = 5,
+    seed: int = 0,
+    ranks: bool = True,
+) -> np.ndarray:
     """Out-of-fold scores on the training rows, as within-fold percentile ranks.
 
     Each fold's model scores on its own scale; ranking within the fold makes the folds
@@ -145,8 +165,9 @@ def row_costs(pricer: Pricer, model: str, rows: Sequence[LabelledRow], which: st
     return pricer.call_costs(model, [r.prompt_tokens for r in rows], outputs)
 
 
-def expected_extra_cost(pricer: Pricer, weak: str, strong: str, train: Sequence[LabelledRow],
-                        rows: Sequence[LabelledRow], cascade: bool) -> np.ndarray:
+def expected_extra_cost(
+    pricer: Pricer, weak: str, strong: str, train: Sequence[LabelledRow], rows: Sequence[LabelledRow], cascade: bool
+) -> np.ndarray:
     """What sending each request to the strong model is expected to add, known before any call:
     its prompt tokens at both prices, output at the training set's mean output lengths."""
     ow, os_ = mean_output_tokens(train)
@@ -165,8 +186,13 @@ class Labelled:
 
     @classmethod
     def priced(cls, rows: Sequence[LabelledRow], pricer: Pricer, weak: str, strong: str) -> "Labelled":
-        return cls(list(rows), np.array([r.q_weak for r in rows]), np.array([r.q_strong for r in rows]),
-                   row_costs(pricer, weak, rows, "weak"), row_costs(pricer, strong, rows, "strong"))
+        return cls(
+            list(rows),
+            np.array([r.q_weak for r in rows]),
+            np.array([r.q_strong for r in rows]),
+            row_costs(pricer, weak, rows, "weak"),
+            row_costs(pricer, strong, rows, "strong"),
+        )
 
     def curve(self, scores: np.ndarray, cascade: bool = False, smooth: int = 0) -> Curve:
         return tradeoff_curve(scores, self.q_weak, self.q_strong, self.c_weak, self.c_strong, cascade, smooth)
@@ -222,13 +248,24 @@ class Calibration:
         t, routed = self.test, self.routed_test
         extra = t.c_strong if self.kind == "cascade" else t.c_strong - t.c_weak
         cost = (t.c_weak + np.where(routed, extra, 0.0)).mean()
-        return {"strong_share": float(routed.mean()),
-                "quality_vs_strong": float(np.where(routed, t.q_strong, t.q_weak).mean() / t.q_strong.mean()),
-                "cost_per_1k_usd": float(cost * 1000)}
+        return {
+            "strong_share": float(routed.mean()),
+            "quality_vs_strong": float(np.where(routed, t.q_strong, t.q_weak).mean() / t.q_strong.mean()),
+            "cost_per_1k_usd": float(cost * 1000),
+        }
 
 
-def calibrate(train: Sequence[LabelledRow], test: Sequence[LabelledRow], weak: str, strong: str, kind: str,
-              target: Target, pricer: Pricer, embedder=None, order: str = "auto") -> Calibration:
+def calibrate(
+    train: Sequence[LabelledRow],
+    test: Sequence[LabelledRow],
+    weak: str,
+    strong: str,
+    kind: str,
+    target: Target,
+    pricer: Pricer,
+    embedder=None,
+    order: str = "auto",
+) -> Calibration:
     """The strong-call share meeting ``target`` on out-of-fold training scores, the scorer fitted on
     every training row, its threshold, and what that share does on the held-out rows."""
     order = target.default_order() if order == "auto" else order
@@ -238,8 +275,9 @@ def calibrate(train: Sequence[LabelledRow], test: Sequence[LabelledRow], weak: s
     if order == "gain-per-dollar":  # gains must stay gains (not within-fold ranks) to be divided by dollars
         extra_tr = expected_extra_cost(pricer, weak, strong, train, train, cascade)
         extra_te = expected_extra_cost(pricer, weak, strong, train, test, cascade)
-    oof = _in_order(cross_val_scores(kind, train, embedder, categorical, weak, strong, ranks=extra_tr is None),
-                    extra_tr)
+    oof = _in_order(
+        cross_val_scores(kind, train, embedder, categorical, weak, strong, ranks=extra_tr is None), extra_tr
+    )
     curve_tr = tr.curve(oof, cascade, CALIBRATION_BLOCKS)
     aim = target.on_curve(float(tr.q_strong.mean()))
     i = choose(curve_tr, **aim)
@@ -250,8 +288,20 @@ def calibrate(train: Sequence[LabelledRow], test: Sequence[LabelledRow], weak: s
     model = fit(kind, train, embedder, categorical)
     s_te = _in_order(scores(kind, model, test, weak, strong), extra_te)
     s_tr = _in_order(scores(kind, model, train, weak, strong), extra_tr)
-    return Calibration(kind, order, aim, share, threshold_for_share(s_tr, share), spread, model, tr, te, curve_tr,
-                       te.curve(s_te, cascade), route_top_share(s_te, share))
+    return Calibration(
+        kind,
+        order,
+        aim,
+        share,
+        threshold_for_share(s_tr, share),
+        spread,
+        model,
+        tr,
+        te,
+        curve_tr,
+        te.curve(s_te, cascade),
+        route_top_share(s_te, share),
+    )
 
 
 def _in_order(s: np.ndarray, extra_cost: np.ndarray | None) -> np.ndarray:

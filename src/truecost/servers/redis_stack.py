@@ -76,16 +76,36 @@ class RedisStack:
         libdir = openssl11_dir(self.workdir / "openssl11")
         env = dict(os.environ)  # the server inherits this process's environment, with the bundled OpenSSL 1.1 first
         env["LD_LIBRARY_PATH"] = f"{libdir}:{env.get('LD_LIBRARY_PATH', '')}".rstrip(":")
-        cmd = [str(server), "--port", str(self.port), "--bind", "127.0.0.1", "--protected-mode", "no",
-               "--daemonize", "no", "--dir", str(self.workdir), "--save", "", "--appendonly", "no",
-               "--loadmodule", str(modules / "redisearch.so"), "--loadmodule", str(modules / "rejson.so")]
+        cmd = [
+            str(server),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--loadmodule",
+            str(modules / "redisearch.so"),
+            "--loadmodule",
+            str(modules / "rejson.so"),
+        ]
         log = open(self.workdir / "redis.log", "ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise ServerError(f"redis-server exited ({self.proc.returncode}); see {self.workdir / 'redis.log'}:\n"
-                                  + (self.workdir / "redis.log").read_text(errors="replace")[-800:])
+                raise ServerError(
+                    f"redis-server exited ({self.proc.returncode}); see {self.workdir / 'redis.log'}:\n"
+                    + (self.workdir / "redis.log").read_text(errors="replace")[-800:]
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")

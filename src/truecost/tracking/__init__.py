@@ -23,9 +23,11 @@ class InMemoryLedgerWarning(UserWarning):
     """Tracked events are going to the default in-memory ledger (lost when the process exits)."""
 
 
-DEFAULT_STORE_WARNING = ("truecost: no tracker configured, so tracked events go to an in-memory ledger and are lost "
-                         "when the process exits; call truecost.tracking.configure(Tracker(catalog, sink)) with a "
-                         "ledger (e.g. SQLiteLedgerStore) to keep them")
+DEFAULT_STORE_WARNING = (
+    "truecost: no tracker configured, so tracked events go to an in-memory ledger and are lost "
+    "when the process exits; call truecost.tracking.configure(Tracker(catalog, sink)) with a "
+    "ledger (e.g. SQLiteLedgerStore) to keep them"
+)
 
 
 def configure(tracker: Tracker) -> Tracker:
@@ -68,22 +70,39 @@ def record(step_kind: str, **kw: Any):
 
 def tracked(kind: str, name: str | None = None) -> Callable:
     """Decorator: every call of the function is a step of the current request."""
+
     def wrap(fn: Callable) -> Callable:
         label = name or fn.__qualname__
         if inspect.iscoroutinefunction(fn):
+
             @functools.wraps(fn)
             async def awrapper(*args: Any, **kwargs: Any) -> Any:
                 async with step(kind, label):
                     return await fn(*args, **kwargs)
+
             return awrapper
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             with step(kind, label):
                 return fn(*args, **kwargs)
+
         return wrapper
+
     return wrap
 
 
-__all__ = ["Tracker", "InMemoryLedgerWarning", "RequestScope", "StepScope", "configure", "get_tracker", "request", "step", "record",
-           "tracked", "current_request", "current_step"]
+__all__ = [
+    "Tracker",
+    "InMemoryLedgerWarning",
+    "RequestScope",
+    "StepScope",
+    "configure",
+    "get_tracker",
+    "request",
+    "step",
+    "record",
+    "tracked",
+    "current_request",
+    "current_step",
+]

@@ -14,10 +14,20 @@ from truecost.tracking.scope import RequestScope
 from truecost.types import TokenUsage
 
 
-def record_cache_lookup(req: RequestScope, *, hit: bool, status: str, embed_model: str | None, embed_tokens: int,
-                        embed_ms: float, search_ms: float, answer_model: str | None = None,
-                        answer_usage: Mapping[str, Any] | TokenUsage | None = None, flavour: str = "openai",
-                        similarity: float | None = None) -> Decimal | None:
+def record_cache_lookup(
+    req: RequestScope,
+    *,
+    hit: bool,
+    status: str,
+    embed_model: str | None,
+    embed_tokens: int,
+    embed_ms: float,
+    search_ms: float,
+    answer_model: str | None = None,
+    answer_usage: Mapping[str, Any] | TokenUsage | None = None,
+    flavour: str = "openai",
+    similarity: float | None = None,
+) -> Decimal | None:
     """Record a ``cache_lookup`` step; return the avoided cost of a hit (None if unknown)."""
     with req.step("cache_lookup", status) as s:
         if embed_model and embed_tokens:

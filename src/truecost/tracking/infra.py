@@ -31,8 +31,16 @@ def egress_path(src_region: str, dst_region: str, src_zone: str | None = None, d
     return "same_zone"
 
 
-def charge_egress(step: "StepScope", nbytes: int, src_region: str, dst_region: str, *, provider: str = "aws",
-                  src_zone: str | None = None, dst_zone: str | None = None) -> PricedCost:
+def charge_egress(
+    step: "StepScope",
+    nbytes: int,
+    src_region: str,
+    dst_region: str,
+    *,
+    provider: str = "aws",
+    src_zone: str | None = None,
+    dst_zone: str | None = None,
+) -> PricedCost:
     """Bytes x the price of the path between two regions; monthly free allowances applied in-process."""
     gb = to_decimal(nbytes, "bytes") / GB
     path = egress_path(src_region, dst_region, src_zone, dst_zone)
@@ -47,8 +55,15 @@ def charge_egress(step: "StepScope", nbytes: int, src_region: str, dst_region: s
     return step.quantity(resource, "transfer", gb, kind="egress", region=f"{src_region}->{dst_region}", free=free)
 
 
-def charge_log_storage(step: "StepScope", nbytes: int, *, tier: str = "aws/s3-standard", retention_days: int = 30,
-                       replicas: int = 1, ingest: str | None = None) -> PricedCost:
+def charge_log_storage(
+    step: "StepScope",
+    nbytes: int,
+    *,
+    tier: str = "aws/s3-standard",
+    retention_days: int = 30,
+    replicas: int = 1,
+    ingest: str | None = None,
+) -> PricedCost:
     """Bytes x storage price x retention x replicas (+ ingest per GB when an ingest service is named).
 
     The whole retention period is charged to the request that wrote the bytes, so a
@@ -63,8 +78,11 @@ def charge_log_storage(step: "StepScope", nbytes: int, *, tier: str = "aws/s3-st
     if ingest:
         extra = step.quantity(ingest, "ingest", gb, kind="log_ingest")
         if priced.cost is None or extra.cost is None:
-            return PricedCost(cost=None, lines=priced.lines + extra.lines,
-                              unknown_reason=priced.unknown_reason or extra.unknown_reason)
+            return PricedCost(
+                cost=None,
+                lines=priced.lines + extra.lines,
+                unknown_reason=priced.unknown_reason or extra.unknown_reason,
+            )
         return PricedCost(cost=priced.cost + extra.cost, lines=priced.lines + extra.lines)
     return priced
 
@@ -85,8 +103,9 @@ class CapacityPool:
     (request_id None), so the pool's whole bill is always in the ledger.
     """
 
-    def __init__(self, tracker: "Tracker", resource: str, instances: int, *, owner: Attribution,
-                 name: str = "reserved capacity") -> None:
+    def __init__(
+        self, tracker: "Tracker", resource: str, instances: int, *, owner: Attribution, name: str = "reserved capacity"
+    ) -> None:
         if instances < 1:
             raise ValueError("instances must be >= 1")
         self.tracker, self.resource, self.instances, self.owner, self.name = tracker, resource, instances, owner, name
@@ -95,8 +114,9 @@ class CapacityPool:
 
     def use(self, request, busy_seconds: float) -> None:
         with self._lock:
-            self._uses.append(_Use(request.id, request.attribution, request.trace_id,
-                                   to_decimal(busy_seconds, "busy_seconds")))
+            self._uses.append(
+                _Use(request.id, request.attribution, request.trace_id, to_decimal(busy_seconds, "busy_seconds"))
+            )
 
     def settle(self, start: datetime, end: datetime) -> list[CostEvent]:
         """Emit the events for the window [start, end) and forget its uses."""
@@ -115,13 +135,24 @@ class CapacityPool:
         for u in uses:
             cost = None if hourly is None else tidy(hourly * u.busy_seconds * scale / Decimal(3600))
             allocated += cost or ZERO
-            events.append(self._event(u.request_id, u.attribution, u.trace_id, start, u.busy_seconds * scale,
-                                      per_s, cost, reason))
+            events.append(
+                self._event(u.request_id, u.attribution, u.trace_id, start, u.busy_seconds * scale, per_s, cost, reason)
+            )
         idle_s = capacity_s - busy * scale
         idle_cost = None if total is None else tidy(total - allocated)
-        events.append(self._event(None, self.owner, None, start, idle_s, per_s, idle_cost, reason,
-                                  extra={"unallocated": True, "utilisation": float(busy * scale / capacity_s)
-                                         if capacity_s else None}))
+        events.append(
+            self._event(
+                None,
+                self.owner,
+                None,
+                start,
+                idle_s,
+                per_s,
+                idle_cost,
+                reason,
+                extra={"unallocated": True, "utilisation": float(busy * scale / capacity_s) if capacity_s else None},
+            )
+        )
         for e in events:
             for sink in self.tracker.sinks:
                 sink(e)
@@ -133,8 +164,20 @@ class CapacityPool:
         if cost is None:
             details["unknown_reason"] = reason or "no price"
         details.update(extra or {})
-        return CostEvent(id=new_id(), request_id=request_id, ts=ts, step="reserved_capacity",
-                         name="unallocated idle capacity" if request_id is None else self.name,
-                         provider=version_provider, service=self.resource.split("/")[-1], quantity=seconds,
-                         unit="instance-seconds", unit_price=per_s, cost=cost, attribution=attribution,
-                         trace_id=trace_id, details=details, source=self.tracker.source)
+        return CostEvent(
+            id=new_id(),
+            request_id=request_id,
+            ts=ts,
+            step="reserved_capacity",
+            name="unallocated idle capacity" if request_id is None else self.name,
+            provider=version_provider,
+            service=self.resource.split("/")[-1],
+            quantity=seconds,
+            unit="instance-seconds",
+            unit_price=per_s,
+            cost=cost,
+            attribution=attribution,
+            trace_id=trace_id,
+            details=details,
+            source=self.tracker.source,
+        )

@@ -57,8 +57,11 @@ def start_step_span(tracker: "Tracker", s: "StepScope") -> None:
 
 def end_step_span(s: "StepScope", events: list["CostEvent"]) -> None:
     span = s._otel_span
-    attrs: dict[str, Any] = {"truecost.step": s.kind, "truecost.request_id": s.request.id,
-                             "truecost.outcome": s.outcome}
+    attrs: dict[str, Any] = {
+        "truecost.step": s.kind,
+        "truecost.request_id": s.request.id,
+        "truecost.outcome": s.outcome,
+    }
     if s.name:
         attrs["truecost.step_name"] = s.name
     known = [e.cost for e in events if e.cost is not None]
@@ -76,7 +79,9 @@ def end_step_span(s: "StepScope", events: list["CostEvent"]) -> None:
             attrs["gen_ai.provider.name"] = e.provider or "unknown"
             attrs["gen_ai.request.model"] = e.service or "unknown"
             attrs["gen_ai.operation.name"] = _OPERATION.get(s.kind, "chat")
-            attrs["gen_ai.usage.input_tokens"] = tokens["input"] + tokens["cached_input"] + tokens["cache_write_5m"] + tokens["cache_write_1h"]
+            attrs["gen_ai.usage.input_tokens"] = (
+                tokens["input"] + tokens["cached_input"] + tokens["cache_write_5m"] + tokens["cache_write_1h"]
+            )
             attrs["gen_ai.usage.output_tokens"] = tokens["output"] + tokens["reasoning"]
             attrs["gen_ai.usage.cache_read.input_tokens"] = tokens["cached_input"]
             attrs["gen_ai.usage.cache_creation.input_tokens"] = tokens["cache_write_5m"] + tokens["cache_write_1h"]

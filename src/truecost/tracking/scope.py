@@ -24,7 +24,9 @@ from truecost.types import ZERO, Attribution, PricedCost, TokenUsage
 if TYPE_CHECKING:
     from truecost.tracking.tracker import Tracker
 
-_current_request: contextvars.ContextVar["RequestScope | None"] = contextvars.ContextVar("truecost_request", default=None)
+_current_request: contextvars.ContextVar["RequestScope | None"] = contextvars.ContextVar(
+    "truecost_request", default=None
+)
 _current_step: contextvars.ContextVar["StepScope | None"] = contextvars.ContextVar("truecost_step", default=None)
 
 
@@ -47,8 +49,21 @@ class _Charge:
 class StepScope:
     """One step of a request. Record what it consumed; the event is emitted on exit."""
 
-    __slots__ = ("request", "kind", "name", "span_id", "outcome", "details", "source", "_charges", "_t0", "_token",
-                 "_otel_span", "_avoided", "_wall_start")
+    __slots__ = (
+        "request",
+        "kind",
+        "name",
+        "span_id",
+        "outcome",
+        "details",
+        "source",
+        "_charges",
+        "_t0",
+        "_token",
+        "_otel_span",
+        "_avoided",
+        "_wall_start",
+    )
 
     def __init__(self, request: "RequestScope", kind: str, name: str | None = None) -> None:
         if kind not in STEP_KINDS:
@@ -63,19 +78,36 @@ class StepScope:
         self._otel_span: Any = None  # (span, context) of the OpenTelemetry request span, when exporting
 
     # -- recording -------------------------------------------------------------------
-    def tokens(self, model: str, usage: Any, *, flavour: str = "openai", batch: bool = False,
-               provider: str | None = None) -> PricedCost:
+    def tokens(
+        self, model: str, usage: Any, *, flavour: str = "openai", batch: bool = False, provider: str | None = None
+    ) -> PricedCost:
         """Price a model call's usage (a provider usage object, or a TokenUsage)."""
         return self.request.tracker._charge_tokens(self, model, usage, flavour=flavour, batch=batch, provider=provider)
 
-    def quantity(self, resource: str, component: str, quantity: Any, *, kind: str | None = None,
-                 region: str | None = None, free: Decimal = ZERO) -> PricedCost:
+    def quantity(
+        self,
+        resource: str,
+        component: str,
+        quantity: Any,
+        *,
+        kind: str | None = None,
+        region: str | None = None,
+        free: Decimal = ZERO,
+    ) -> PricedCost:
         """Price a quantity of a catalog resource, e.g. ('pinecone-serverless', 'read_unit', 1)."""
-        return self.request.tracker._charge_quantity(self, resource, component, quantity, kind=kind,
-                                                     region=region, free=free)
+        return self.request.tracker._charge_quantity(
+            self, resource, component, quantity, kind=kind, region=region, free=free
+        )
 
-    def cost(self, amount: Decimal | None, *, service: str | None = None, quantity: Any = 0, unit: str = "",
-             reason: str | None = None) -> None:
+    def cost(
+        self,
+        amount: Decimal | None,
+        *,
+        service: str | None = None,
+        quantity: Any = 0,
+        unit: str = "",
+        reason: str | None = None,
+    ) -> None:
         """Record a cost measured elsewhere (None = unknown, with a reason)."""
         self.request.tracker._charge_cost(self, amount, service=service, quantity=quantity, unit=unit, reason=reason)
 
@@ -130,8 +162,9 @@ class StepScope:
 class RequestScope:
     """One request: an id, a trace, an attribution, where it was recorded, and the events of its steps."""
 
-    def __init__(self, tracker: "Tracker", request_id: str | None, attribution: Attribution,
-                 source: str | None = None) -> None:
+    def __init__(
+        self, tracker: "Tracker", request_id: str | None, attribution: Attribution, source: str | None = None
+    ) -> None:
         self.tracker = tracker
         self.source = tracker.source if source is None else source
         self.id = request_id or new_id()

@@ -27,9 +27,17 @@ class Tracker:
     integration sharing a tracker passes its own to ``request`` or ``record``.
     """
 
-    def __init__(self, catalog: PriceCatalog, sink: Sink | Iterable[Sink], *, clock: Clock | None = None,
-                 defaults: Attribution = EMPTY_ATTRIBUTION, compute: str | None = None,
-                 otel_tracer: Any = None, source: str = "sdk") -> None:
+    def __init__(
+        self,
+        catalog: PriceCatalog,
+        sink: Sink | Iterable[Sink],
+        *,
+        clock: Clock | None = None,
+        defaults: Attribution = EMPTY_ATTRIBUTION,
+        compute: str | None = None,
+        otel_tracer: Any = None,
+        source: str = "sdk",
+    ) -> None:
         self.catalog = catalog
         self.source = check_source(source)
         self.sinks: list[Sink] = [sink] if callable(sink) else list(sink)
@@ -42,17 +50,42 @@ class Tracker:
         self._version_memo: dict[tuple[Any, ...], tuple[PriceVersion | None, str | None, str | None, str]] = {}
 
     # -- public API -------------------------------------------------------------------
-    def request(self, request_id: str | None = None, attribution: Attribution | None = None, *,
-                source: str | None = None, **fields: Any) -> RequestScope:
+    def request(
+        self,
+        request_id: str | None = None,
+        attribution: Attribution | None = None,
+        *,
+        source: str | None = None,
+        **fields: Any,
+    ) -> RequestScope:
         base = attribution or self.defaults
-        return RequestScope(self, request_id, base.merged(**fields) if fields else base,
-                            self.source if source is None else check_source(source))
+        return RequestScope(
+            self,
+            request_id,
+            base.merged(**fields) if fields else base,
+            self.source if source is None else check_source(source),
+        )
 
-    def record(self, step: str, *, cost: Decimal | None = None, model: str | None = None, usage: Any = None,
-               flavour: str = "openai", resource: str | None = None, component: str | None = None,
-               quantity: Any = 0, unit: str = "", name: str | None = None, reason: str | None = None,
-               request: RequestScope | None = None, latency_ms: float | None = None,
-               avoided: Decimal | None = None, source: str | None = None, **details: Any) -> list[CostEvent]:
+    def record(
+        self,
+        step: str,
+        *,
+        cost: Decimal | None = None,
+        model: str | None = None,
+        usage: Any = None,
+        flavour: str = "openai",
+        resource: str | None = None,
+        component: str | None = None,
+        quantity: Any = 0,
+        unit: str = "",
+        name: str | None = None,
+        reason: str | None = None,
+        request: RequestScope | None = None,
+        latency_ms: float | None = None,
+        avoided: Decimal | None = None,
+        source: str | None = None,
+        **details: Any,
+    ) -> list[CostEvent]:
         """Record a step measured elsewhere, inside the current request or as a lone request.
         ``source``: where it was recorded (default: the request's)."""
         req = request or current_request() or self.request(source=source)
@@ -75,8 +108,9 @@ class Tracker:
         return req.events[before:]
 
     # -- pricing helpers used by scopes ---------------------------------------------
-    def price_version(self, name: str, kind: str | None, at: datetime
-                      ) -> tuple[PriceVersion | None, str | None, str | None, str]:
+    def price_version(
+        self, name: str, kind: str | None, at: datetime
+    ) -> tuple[PriceVersion | None, str | None, str | None, str]:
         key = (name, kind, at.date())
         hit = self._version_memo.get(key)
         if hit is None:
@@ -93,8 +127,9 @@ class Tracker:
             self._version_memo[key] = hit
         return hit
 
-    def _charge_tokens(self, s: StepScope, model: str, usage: Any, *, flavour: str, batch: bool,
-                       provider: str | None) -> PricedCost:
+    def _charge_tokens(
+        self, s: StepScope, model: str, usage: Any, *, flavour: str, batch: bool, provider: str | None
+    ) -> PricedCost:
         name = f"{provider}/{model}" if provider else model
         version, reason, prov, service = self.price_version(name, None, s._wall_start)
         try:
@@ -110,12 +145,24 @@ class Tracker:
             details["batch"] = True
         if call.attributes:
             details["price_attributes"] = dict(call.attributes)
-        s._charges.append(_Charge(prov, service, None, Decimal(tokens.prompt_total + tokens.completion_total),
-                                  "tokens", priced, details))
+        s._charges.append(
+            _Charge(
+                prov, service, None, Decimal(tokens.prompt_total + tokens.completion_total), "tokens", priced, details
+            )
+        )
         return priced
 
-    def _charge_quantity(self, s: StepScope, resource: str, component: str, quantity: Any, *, kind: str | None,
-                         region: str | None, free: Decimal) -> PricedCost:
+    def _charge_quantity(
+        self,
+        s: StepScope,
+        resource: str,
+        component: str,
+        quantity: Any,
+        *,
+        kind: str | None,
+        region: str | None,
+        free: Decimal,
+    ) -> PricedCost:
         qty = to_decimal(quantity)
         version, reason, prov, service = self.price_version(resource, kind, s._wall_start)
         priced = price_quantity(version, component, qty, unknown_reason=reason, free=free)
@@ -123,8 +170,9 @@ class Tracker:
         s._charges.append(_Charge(prov, service, region, qty, unit, priced, {"component": component}))
         return priced
 
-    def _charge_cost(self, s: StepScope, amount: Decimal | None, *, service: str | None, quantity: Any, unit: str,
-                     reason: str | None) -> None:
+    def _charge_cost(
+        self, s: StepScope, amount: Decimal | None, *, service: str | None, quantity: Any, unit: str, reason: str | None
+    ) -> None:
         cost = None if amount is None else to_decimal(amount, "cost")
         priced = PricedCost(cost=cost, unknown_reason=None if cost is not None else (reason or "cost not given"))
         s._charges.append(_Charge(None, service, None, to_decimal(quantity), unit, priced, {}))
@@ -138,13 +186,23 @@ class Tracker:
             return
         version, reason, prov, service = self.price_version(self.compute, "compute", s._wall_start)
         if version is None:
-            s._charges.append(_Charge(prov, service, None, seconds, "vCPU-seconds",
-                                      PricedCost(cost=None, unknown_reason=reason), {}))
+            s._charges.append(
+                _Charge(prov, service, None, seconds, "vCPU-seconds", PricedCost(cost=None, unknown_reason=reason), {})
+            )
             return
         vcpus = Decimal(str(version.attributes.get("vcpus") or 1))
         cost = tidy(version.rates["instance"] * seconds / (Decimal(3600) * vcpus))
-        s._charges.append(_Charge(prov, service, None, seconds, "vCPU-seconds",
-                                  PricedCost(cost=cost), {"priced_as": "wall-clock time on one vCPU"}))
+        s._charges.append(
+            _Charge(
+                prov,
+                service,
+                None,
+                seconds,
+                "vCPU-seconds",
+                PricedCost(cost=cost),
+                {"priced_as": "wall-clock time on one vCPU"},
+            )
+        )
 
     # -- emitting -------------------------------------------------------------------
     def _finish_step(self, s: StepScope, latency_ms: float | None) -> None:
@@ -162,15 +220,32 @@ class Tracker:
             lines = c.priced.lines
             unit_price = lines[0].unit_price if len(lines) == 1 else None
             if len(lines) > 1:  # per-class prices; with details["tokens"] they give each line's cost
-                details["unit_prices"] = {ln.component: None if ln.unit_price is None else str(ln.unit_price)
-                                          for ln in lines}
+                details["unit_prices"] = {
+                    ln.component: None if ln.unit_price is None else str(ln.unit_price) for ln in lines
+                }
             event = CostEvent(
-                id=new_id(), request_id=req.id, ts=ts, step=s.kind, name=s.name, provider=c.provider,
-                service=c.service, region=c.region, quantity=c.quantity, unit=c.unit, unit_price=unit_price,
-                cost=c.priced.cost, attribution=req.attribution, trace_id=req.trace_id,
-                span_id=s.span_id if n == 1 else f"{s.span_id}.{i}", parent_span_id=req.span_id,
-                latency_ms=latency_ms, outcome=s.outcome, avoided_cost=s._avoided if i == 0 else None,
-                details=details, source=s.source or req.source)
+                id=new_id(),
+                request_id=req.id,
+                ts=ts,
+                step=s.kind,
+                name=s.name,
+                provider=c.provider,
+                service=c.service,
+                region=c.region,
+                quantity=c.quantity,
+                unit=c.unit,
+                unit_price=unit_price,
+                cost=c.priced.cost,
+                attribution=req.attribution,
+                trace_id=req.trace_id,
+                span_id=s.span_id if n == 1 else f"{s.span_id}.{i}",
+                parent_span_id=req.span_id,
+                latency_ms=latency_ms,
+                outcome=s.outcome,
+                avoided_cost=s._avoided if i == 0 else None,
+                details=details,
+                source=s.source or req.source,
+            )
             req.events.append(event)
             for sink in self.sinks:
                 sink(event)
@@ -206,7 +281,7 @@ class Tracker:
         if s._otel_span is not None:
             from truecost.tracking.otel import end_step_span
 
-            end_step_span(s, s.request.events[-max(len(s._charges), 1):])
+            end_step_span(s, s.request.events[-max(len(s._charges), 1) :])
 
     def allowance_free(self, key: tuple, quantity: Decimal, allowance: Decimal) -> Decimal:
         """How much of ``quantity`` a monthly free allowance still covers (and use it up)."""

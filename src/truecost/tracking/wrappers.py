@@ -66,8 +66,13 @@ class _StreamRecorder:
         if complete and usage:
             self.step.tokens(self.model, usage, flavour=self.flavour)
         else:
-            self.step.cost(None, service=self.model, quantity=0, unit="tokens",
-                           reason=f"stream ended after {self.chunks} chunks before usage arrived")
+            self.step.cost(
+                None,
+                service=self.model,
+                quantity=0,
+                unit="tokens",
+                reason=f"stream ended after {self.chunks} chunks before usage arrived",
+            )
         if exc is None and not complete:
             exc = RuntimeError("stream closed before it completed")
         self.step.annotate(streamed_chunks=self.chunks)
@@ -142,6 +147,7 @@ def _instrument(create: Any, tracker: Tracker, kind: str, flavour: str, source: 
     Sync and async clients are told apart by what ``create`` returns (SDK methods are
     wrapped in decorators that hide ``async def`` from ``inspect``).
     """
+
     def record(step: StepScope, model: str | None, resp: Any, hide: bool, stream: bool, is_async: bool) -> Any:
         if stream:
             rec = _StreamRecorder(step, model or NO_MODEL, flavour, hide)
@@ -152,8 +158,11 @@ def _instrument(create: Any, tracker: Tracker, kind: str, flavour: str, source: 
         else:
             from truecost.pricing.usage import normalise_call  # the response says which service tier served it
 
-            step.tokens(model or getattr(resp, "model", None) or NO_MODEL, normalise_call(usage, flavour, response=resp),
-                        flavour=flavour)
+            step.tokens(
+                model or getattr(resp, "model", None) or NO_MODEL,
+                normalise_call(usage, flavour, response=resp),
+                flavour=flavour,
+            )
         step.finish()
         return resp
 
@@ -186,7 +195,9 @@ def _instrument(create: Any, tracker: Tracker, kind: str, flavour: str, source: 
                 failed(step, model, exc)
                 raise
             return record(step, model, result, hide, stream, True)
+
         return finish_async()
+
     return call
 
 
@@ -207,17 +218,21 @@ def wrap_openai(client: Any, tracker: Tracker, *, source: str | None = None) -> 
     """Record every chat completion and embedding call of an ``openai`` client (sync or async).
     ``source``: where the events say they were recorded (default: the current request's, else the tracker's)."""
     source = None if source is None else check_source(source)
-    completions = _Proxy(client.chat.completions,
-                         {"create": _instrument(client.chat.completions.create, tracker, "generate", "openai", source)})
+    completions = _Proxy(
+        client.chat.completions,
+        {"create": _instrument(client.chat.completions.create, tracker, "generate", "openai", source)},
+    )
     chat = _Proxy(client.chat, {"completions": completions})
-    embeddings = _Proxy(client.embeddings,
-                        {"create": _instrument(client.embeddings.create, tracker, "embed", "openai", source)})
+    embeddings = _Proxy(
+        client.embeddings, {"create": _instrument(client.embeddings.create, tracker, "embed", "openai", source)}
+    )
     return _Proxy(client, {"chat": chat, "embeddings": embeddings})
 
 
 def wrap_anthropic(client: Any, tracker: Tracker, *, source: str | None = None) -> Any:
     """Record every ``messages.create`` call of an ``anthropic`` client (sync or async); ``source`` as in wrap_openai."""
     source = None if source is None else check_source(source)
-    messages = _Proxy(client.messages,
-                      {"create": _instrument(client.messages.create, tracker, "generate", "anthropic", source)})
+    messages = _Proxy(
+        client.messages, {"create": _instrument(client.messages.create, tracker, "generate", "anthropic", source)}
+    )
     return _Proxy(client, {"messages": messages})

@@ -16,16 +16,27 @@ from truecost.upstream.base import NativeUsage, StreamChunk, UpstreamResponse
 from truecost.upstream.errors import UpstreamBadResponse, UpstreamStreamCut, UpstreamUnsupported, in_band_error
 from truecost.upstream.http import TransportClient
 
-_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
-           "refusal": "content_filter"}
+_FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
 
 
 def to_anthropic(body: dict) -> dict:
     system = [m.get("content") for m in body["messages"] if m.get("role") in ("system", "developer")]
-    msgs = [{"role": m["role"], "content": m.get("content") or ""} for m in body["messages"]
-            if m.get("role") in ("user", "assistant")]
-    out: dict[str, Any] = {"model": body["model"], "messages": msgs,
-                           "max_tokens": body.get("max_tokens") or body.get("max_completion_tokens") or 1024}
+    msgs = [
+        {"role": m["role"], "content": m.get("content") or ""}
+        for m in body["messages"]
+        if m.get("role") in ("user", "assistant")
+    ]
+    out: dict[str, Any] = {
+        "model": body["model"],
+        "messages": msgs,
+        "max_tokens": body.get("max_tokens") or body.get("max_completion_tokens") or 1024,
+    }
     if system:
         out["system"] = "\n\n".join(str(s) for s in system)
     for k in ("temperature", "top_p"):
@@ -45,8 +56,12 @@ def openai_usage(u: dict) -> dict:
     cached = _count(u.get("cache_read_input_tokens"))
     prompt = _count(u.get("input_tokens")) + cached + _count(u.get("cache_creation_input_tokens"))
     output = _count(u.get("output_tokens"))
-    return {"prompt_tokens": prompt, "completion_tokens": output,
-            "total_tokens": prompt + output, "prompt_tokens_details": {"cached_tokens": cached}}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": output,
+        "total_tokens": prompt + output,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
 def _is_error(answer: dict) -> bool:
@@ -56,14 +71,32 @@ def _is_error(answer: dict) -> bool:
 class AnthropicUpstream(TransportClient):
     supports_embeddings = False
 
-    def __init__(self, base_url: str = "https://api.anthropic.com/v1", api_key: str | None = None, *,
-                 version: str = "2023-06-01", connect_timeout: float = 5.0, first_byte_timeout: float = 60.0,
-                 idle_timeout: float = 30.0, max_retries: int = 2, backoff: float = 0.25, max_connections: int = 256,
-                 timeout: float | None = None) -> None:
-        super().__init__(base_url, {"anthropic-version": version, **({"x-api-key": api_key} if api_key else {})},
-                         api_key, connect_timeout=connect_timeout, first_byte_timeout=first_byte_timeout,
-                         idle_timeout=idle_timeout, max_retries=max_retries, backoff=backoff,
-                         max_connections=max_connections, timeout=timeout)
+    def __init__(
+        self,
+        base_url: str = "https://api.anthropic.com/v1",
+        api_key: str | None = None,
+        *,
+        version: str = "2023-06-01",
+        connect_timeout: float = 5.0,
+        first_byte_timeout: float = 60.0,
+        idle_timeout: float = 30.0,
+        max_retries: int = 2,
+        backoff: float = 0.25,
+        max_connections: int = 256,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            {"anthropic-version": version, **({"x-api-key": api_key} if api_key else {})},
+            api_key,
+            connect_timeout=connect_timeout,
+            first_byte_timeout=first_byte_timeout,
+            idle_timeout=idle_timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            max_connections=max_connections,
+            timeout=timeout,
+        )
 
     async def complete(self, body: dict) -> UpstreamResponse:
         resp = await self._http.post_json("/messages", to_anthropic(body))
@@ -76,10 +109,23 @@ class AnthropicUpstream(TransportClient):
         text = "".join(str(b.get("text", "")) for b in blocks if isinstance(b, dict) and b.get("type") == "text")
         usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
         shaped = openai_usage(usage)
-        return UpstreamResponse({"id": resp.get("id"), "object": "chat.completion", "model": resp.get("model"),
-                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                              "finish_reason": _FINISH.get(str(resp.get("stop_reason")), "stop")}],
-                                 "usage": shaped}, shaped, NativeUsage("anthropic", usage))
+        return UpstreamResponse(
+            {
+                "id": resp.get("id"),
+                "object": "chat.completion",
+                "model": resp.get("model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": _FINISH.get(str(resp.get("stop_reason")), "stop"),
+                    }
+                ],
+                "usage": shaped,
+            },
+            shaped,
+            NativeUsage("anthropic", usage),
+        )
 
     def stream(self, body: dict) -> AsyncGenerator[StreamChunk, None]:
         payload = {**to_anthropic(body), "stream": True}
@@ -127,16 +173,36 @@ class _EventParser:
             delta = event.get("delta")
             if isinstance(delta, dict) and delta.get("type") == "text_delta":
                 self.chunks += 1
-                return (StreamChunk({**self.base, "choices": [
-                    {"index": 0, "delta": {"content": str(delta.get("text", ""))}, "finish_reason": None}]}),)
+                return (
+                    StreamChunk(
+                        {
+                            **self.base,
+                            "choices": [
+                                {"index": 0, "delta": {"content": str(delta.get("text", ""))}, "finish_reason": None}
+                            ],
+                        }
+                    ),
+                )
         elif kind == "message_delta":
             usage = event.get("usage")
             self.usage.update(usage if isinstance(usage, dict) else {})
             given = event.get("delta")
             stop: dict[str, Any] = given if isinstance(given, dict) else {}
             self.chunks += 1
-            return (StreamChunk({**self.base, "choices": [
-                {"index": 0, "delta": {}, "finish_reason": _FINISH.get(str(stop.get("stop_reason")), "stop")}]}),)
+            return (
+                StreamChunk(
+                    {
+                        **self.base,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "delta": {},
+                                "finish_reason": _FINISH.get(str(stop.get("stop_reason")), "stop"),
+                            }
+                        ],
+                    }
+                ),
+            )
         elif kind == "error":
             err = in_band_error(event, self.secrets)
             if not self.chunks:
@@ -146,8 +212,11 @@ class _EventParser:
             self.done = True
             self.chunks += 1
             shaped = openai_usage(self.usage)
-            return (StreamChunk({**self.base, "choices": [], "usage": shaped}, shaped,
-                                NativeUsage("anthropic", self.usage)),)
+            return (
+                StreamChunk(
+                    {**self.base, "choices": [], "usage": shaped}, shaped, NativeUsage("anthropic", self.usage)
+                ),
+            )
         return ()
 
     def end(self) -> None:

@@ -7,8 +7,15 @@ upstream's body, a header, a URL with credentials or a path (see ``truecost.upst
 from __future__ import annotations
 
 from truecost.errors import UpstreamError
-from truecost.upstream.redact import (describe_failure, error_fields, is_connection_failure, is_malformed_http,
-                                      is_timeout, redact, safe_identifier)
+from truecost.upstream.redact import (
+    describe_failure,
+    error_fields,
+    is_connection_failure,
+    is_malformed_http,
+    is_timeout,
+    redact,
+    safe_identifier,
+)
 
 
 class UpstreamHTTPError(UpstreamError):
@@ -19,9 +26,18 @@ class UpstreamHTTPError(UpstreamError):
     An error inside a 200 has ``status`` 502 (the upstream failed) and ``in_band`` True.
     """
 
-    def __init__(self, status: int, body: str | dict | None = None, retry_after: float | None = None, *,
-                 error_type: str | None = None, in_band: bool = False, reason: str | None = None,
-                 detail: str | None = None, secrets: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        status: int,
+        body: str | dict | None = None,
+        retry_after: float | None = None,
+        *,
+        error_type: str | None = None,
+        in_band: bool = False,
+        reason: str | None = None,
+        detail: str | None = None,
+        secrets: tuple[str, ...] = (),
+    ) -> None:
         if body is not None:  # a raw body: keep only the identifier and a redacted excerpt
             found_type, found_message = error_fields(body)
             error_type = error_type or found_type
@@ -91,8 +107,14 @@ def in_band_error(answer: dict, secrets: tuple[str, ...] = ()) -> UpstreamHTTPEr
     return UpstreamHTTPError(200, answer, in_band=True, secrets=secrets)
 
 
-def translate(exc: BaseException, *, secrets: tuple[str, ...] = (), chunks: int = 0, usage: dict | None = None,
-              timed_out: str = "") -> UpstreamError:
+def translate(
+    exc: BaseException,
+    *,
+    secrets: tuple[str, ...] = (),
+    chunks: int = 0,
+    usage: dict | None = None,
+    timed_out: str = "",
+) -> UpstreamError:
     """The one place an exception raised while talking to an upstream becomes an UpstreamError.
 
     aiohttp, httpx, asyncio and OS exceptions carry request info, headers and URLs; the message built here is
@@ -125,8 +147,11 @@ def _status_of(exc: BaseException) -> int | None:
     names = {c.__name__ for c in type(exc).__mro__}
     if "HTTPStatusError" in names:
         status = getattr(getattr(exc, "response", None), "status_code", None)
-    elif "ClientResponseError" in names and not is_malformed_http(exc) \
-            and not names & {"TooManyRedirects", "ContentTypeError", "WSServerHandshakeError"}:
+    elif (
+        "ClientResponseError" in names
+        and not is_malformed_http(exc)
+        and not names & {"TooManyRedirects", "ContentTypeError", "WSServerHandshakeError"}
+    ):
         status = getattr(exc, "status", None)
     else:
         return None

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from truecost.errors import ConfigError, MissingExtraError, UpstreamError
 from truecost.upstream.base import StreamChunk
-from truecost.upstream.errors import (UpstreamAuthError, UpstreamBadResponse, UpstreamHTTPError, translate)
+from truecost.upstream.errors import UpstreamAuthError, UpstreamBadResponse, UpstreamHTTPError, translate
 
 MAX_ERROR_BODY = 64 * 1024  # bytes of an error answer read to find its error type
 MAX_ANSWER_BODY = 256 * 1024 * 1024  # a non-streaming answer larger than this is refused
@@ -51,8 +51,7 @@ class Timeouts:
     def __post_init__(self) -> None:
         for name in ("connect", "first_byte", "idle"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"upstream {name}_timeout must be a positive number of seconds, not {value!r}")
 
 
@@ -72,8 +71,17 @@ class StreamParser(Protocol):
 
 
 class HTTPTransport:
-    def __init__(self, base_url: str, headers: dict[str, str], secrets: Iterable[str | None], timeouts: Timeouts,
-                 *, max_retries: int = 2, backoff: float = 0.25, max_connections: int = 256) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        headers: dict[str, str],
+        secrets: Iterable[str | None],
+        timeouts: Timeouts,
+        *,
+        max_retries: int = 2,
+        backoff: float = 0.25,
+        max_connections: int = 256,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.headers, self.timeouts = dict(headers), timeouts
         try:  # credentials in the base URL are secrets too
@@ -89,10 +97,12 @@ class HTTPTransport:
         aiohttp = aiohttp_module()
         if self._session is None or self._session.closed:  # created inside the running loop
             self._session = aiohttp.ClientSession(
-                headers=self.headers, json_serialize=json.dumps,
+                headers=self.headers,
+                json_serialize=json.dumps,
                 connector=aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300),
                 # no total: the first-byte and idle timeouts are enforced per phase below
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect))
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect),
+            )
         return self._session
 
     async def aclose(self) -> None:
@@ -141,7 +151,7 @@ class HTTPTransport:
         raise cls(status, body, retry_after, secrets=self.secrets)
 
     def _delay(self, err: Exception, attempt: int) -> float:
-        delay = getattr(err, "retry_after", None) or self.backoff * (2 ** attempt)
+        delay = getattr(err, "retry_after", None) or self.backoff * (2**attempt)
         return min(delay, MAX_RETRY_DELAY)
 
     def _timeout_note(self, exc: BaseException, phase: str) -> str:
@@ -154,8 +164,9 @@ class HTTPTransport:
 
     # ------------------------------------------------------------------------------------------ streams
 
-    async def stream(self, path: str, payload: dict,
-                     parser: Callable[[], StreamParser]) -> AsyncGenerator[StreamChunk, None]:
+    async def stream(
+        self, path: str, payload: dict, parser: Callable[[], StreamParser]
+    ) -> AsyncGenerator[StreamChunk, None]:
         """POST and yield the chunks ``parser`` makes of the answer's lines; retried before the first chunk."""
         attempt = 0
         while True:
@@ -199,8 +210,13 @@ class HTTPTransport:
         except UpstreamError:
             raise
         except Exception as exc:
-            raise translate(exc, secrets=self.secrets, chunks=state.chunks, usage=state.cut_usage,
-                            timed_out=self._timeout_note(exc, phase)) from None
+            raise translate(
+                exc,
+                secrets=self.secrets,
+                chunks=state.chunks,
+                usage=state.cut_usage,
+                timed_out=self._timeout_note(exc, phase),
+            ) from None
         finally:
             if resp is not None:
                 if clean:
@@ -219,7 +235,7 @@ async def _read_body(resp, limit: int, truncate: bool = False) -> bytes:
         size += len(data)
         if size > limit:
             if truncate:
-                parts.append(data[:len(data) - (size - limit)])
+                parts.append(data[: len(data) - (size - limit)])
                 return b"".join(parts)
             raise UpstreamBadResponse(f"upstream answer is larger than {limit} bytes")
         parts.append(data)
@@ -233,8 +249,7 @@ def _retry_after(value: str | None) -> float | None:
     return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
 
 
-def timeouts(connect_timeout: float, first_byte_timeout: float, idle_timeout: float,
-             timeout: float | None) -> Timeouts:
+def timeouts(connect_timeout: float, first_byte_timeout: float, idle_timeout: float, timeout: float | None) -> Timeouts:
     """``timeout`` is the legacy name of ``first_byte_timeout``."""
     return Timeouts(connect_timeout, first_byte_timeout if timeout is None else timeout, idle_timeout)
 
@@ -242,12 +257,29 @@ def timeouts(connect_timeout: float, first_byte_timeout: float, idle_timeout: fl
 class TransportClient:
     """What every model-API client shares: one redacting transport, its timeouts, repr and close."""
 
-    def __init__(self, base_url: str, headers: dict[str, str], api_key: str | None, *, connect_timeout: float,
-                 first_byte_timeout: float, idle_timeout: float, max_retries: int, backoff: float,
-                 max_connections: int, timeout: float | None) -> None:
-        self._http = HTTPTransport(base_url, headers, (api_key,),
-                                   timeouts(connect_timeout, first_byte_timeout, idle_timeout, timeout),
-                                   max_retries=max_retries, backoff=backoff, max_connections=max_connections)
+    def __init__(
+        self,
+        base_url: str,
+        headers: dict[str, str],
+        api_key: str | None,
+        *,
+        connect_timeout: float,
+        first_byte_timeout: float,
+        idle_timeout: float,
+        max_retries: int,
+        backoff: float,
+        max_connections: int,
+        timeout: float | None,
+    ) -> None:
+        self._http = HTTPTransport(
+            base_url,
+            headers,
+            (api_key,),
+            timeouts(connect_timeout, first_byte_timeout, idle_timeout, timeout),
+            max_retries=max_retries,
+            backoff=backoff,
+            max_connections=max_connections,
+        )
         self.base_url, self.max_retries = self._http.base_url, max_retries
         self.timeouts = self._http.timeouts
         self.timeout = self.timeouts.first_byte  # the legacy attribute
@@ -257,4 +289,3 @@ class TransportClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
-

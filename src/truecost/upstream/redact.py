@@ -31,33 +31,46 @@ LIMIT = 200
 MASK = "[redacted]"
 _WORK_LIMIT = 4000  # the regex rules run on at most this much text (after known secrets and dumps are gone)
 
-_HEADER_NAMES = (r"(?:proxy-)?authorization|x-api-key|api-key|x-goog-api-key|anthropic-api-key|x-auth-token|"
-                 r"(?:set-)?cookie|openai-organization|openai-project|x-amz-security-token")
+_HEADER_NAMES = (
+    r"(?:proxy-)?authorization|x-api-key|api-key|x-goog-api-key|anthropic-api-key|x-auth-token|"
+    r"(?:set-)?cookie|openai-organization|openai-project|x-amz-security-token"
+)
 # a credential header with its value, as a header line, a dict item or a (name, value) pair: to the end of the line
 _HEADER_LINE = re.compile(rf"(?i)(?<![\w-])(?:{_HEADER_NAMES})(?![\w-])['\"]?\s*[:=,]\s*[^\r\n]*")
 # the words themselves, even inside identifiers ("authorization_error"): a reader must never see them echoed
 _HEADER_WORD = re.compile(rf"(?i)authorization|bearer|(?<![\w-])(?:{_HEADER_NAMES})(?![\w-])")
-_DUMP_START = re.compile(r"<?\b(?:CIMultiDictProxy|CIMultiDict|MultiDictProxy|MultiDict|RequestInfo|Headers|"
-                         r"ClientResponse|HeadersDict|RawHeaders)\(")
+_DUMP_START = re.compile(
+    r"<?\b(?:CIMultiDictProxy|CIMultiDict|MultiDictProxy|MultiDict|RequestInfo|Headers|"
+    r"ClientResponse|HeadersDict|RawHeaders)\("
+)
 _URL = re.compile(r"(?i)\b[a-z][a-z0-9+.\-]{1,15}://[^\s'\"<>\\`]*")
-_AUTH_SCHEME = re.compile(r"(?i)\b(?:(?:bearer|digest)\s+(?:\[redacted\]|[^\s,'\";)\]}]+)"
-                          r"|basic\s+(?:\[redacted\]|[A-Za-z0-9+/]{8,}={0,2}))")
+_AUTH_SCHEME = re.compile(
+    r"(?i)\b(?:(?:bearer|digest)\s+(?:\[redacted\]|[^\s,'\";)\]}]+)"
+    r"|basic\s+(?:\[redacted\]|[A-Za-z0-9+/]{8,}={0,2}))"
+)
 _TOKENS = re.compile(
     r"(?<![A-Za-z0-9])(?:"
-    r"(?:sk|rk|pk)[-_][A-Za-z0-9_\-]{3,}"          # OpenAI / Anthropic / Stripe style keys
+    r"(?:sk|rk|pk)[-_][A-Za-z0-9_\-]{3,}"  # OpenAI / Anthropic / Stripe style keys
     r"|org-[A-Za-z0-9_\-]{3,}|proj_[A-Za-z0-9_\-]{3,}"  # organisation and project ids
     r"|eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]*)?"  # JWTs
     r"|AKIA[0-9A-Z]{12,}|AIza[0-9A-Za-z_\-]{12,}|gh[pousr]_[A-Za-z0-9]{12,}|xox[abprs]-[A-Za-z0-9\-]{8,}"
     r"|hf_[A-Za-z0-9]{12,}|glpat-[A-Za-z0-9_\-]{12,}"
-    r")")
-_KEY_VALUE = re.compile(r"(?i)\b(password|passwd|pwd|secret|client_secret|token|access_token|refresh_token|"
-                        r"api_?key|apikey|key|sig|signature|credentials?)(['\"]?[ \t]*[=:][ \t]*)['\"]?"
-                        r"[^\s'\"&,;)}\]]+")
+    r")"
+)
+_KEY_VALUE = re.compile(
+    r"(?i)\b(password|passwd|pwd|secret|client_secret|token|access_token|refresh_token|"
+    r"api_?key|apikey|key|sig|signature|credentials?)(['\"]?[ \t]*[=:][ \t]*)['\"]?"
+    r"[^\s'\"&,;)}\]]+"
+)
 _LONG_RUN = re.compile(r"[A-Za-z0-9_\-+/=]{24,}")
-_PRIVATE_IP = re.compile(r"(?<![\d.])(?:10\.\d{1,3}|172\.(?:1[6-9]|2\d|3[01])|192\.168|169\.254)\.\d{1,3}\.\d{1,3}"
-                         r"(?![\d.])")
-_INTERNAL_HOST = re.compile(r"(?i)\b(?:[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?\.)+(?:internal|local|localdomain|corp|lan|"
-                            r"intranet|intra|svc|priv|private|home\.arpa)\b")
+_PRIVATE_IP = re.compile(
+    r"(?<![\d.])(?:10\.\d{1,3}|172\.(?:1[6-9]|2\d|3[01])|192\.168|169\.254)\.\d{1,3}\.\d{1,3}"
+    r"(?![\d.])"
+)
+_INTERNAL_HOST = re.compile(
+    r"(?i)\b(?:[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?\.)+(?:internal|local|localdomain|corp|lan|"
+    r"intranet|intra|svc|priv|private|home\.arpa)\b"
+)
 _POSIX_PATH = re.compile(r"(?<![\w/.:~\-\]])~?/(?=[\w.~\-])[^\s'\"()<>\[\]{},;]*")
 _WINDOWS_PATH = re.compile(r"(?i)(?<![\w])[a-z]:\\[^\s'\"<>]*|\\\\[\w.\-]+\\[^\s'\"<>]*")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -93,14 +106,14 @@ def redact(text: Any, secrets: Iterable[str | None] = ()) -> str:
     text = _POSIX_PATH.sub("[path]", text)
     text = _HEADER_WORD.sub(MASK, text)
     text = _SPACE.sub(" ", _CONTROL.sub("", text)).strip()
-    return text if len(text) <= LIMIT else text[:LIMIT - 1] + "…"
+    return text if len(text) <= LIMIT else text[: LIMIT - 1] + "…"
 
 
 def _drop_dumps(text: str) -> str:
     """Remove ``<CIMultiDict(...)>``-like dumps whole (balanced parentheses, quotes respected)."""
     out, pos = [], 0
     while (m := _DUMP_START.search(text, pos)) is not None:
-        out.append(text[pos:m.start()])
+        out.append(text[pos : m.start()])
         end = _close_paren(text, m.end())
         if end < len(text) and text[end] == ">":
             end += 1
@@ -138,12 +151,12 @@ def _url_origin(m: re.Match) -> str:
     for placeholder in ("[host]", MASK):  # already redacted (redact() is idempotent)
         scheme, _, rest = raw.partition("://")
         if rest.startswith(placeholder):
-            after = rest[len(placeholder):]
+            after = rest[len(placeholder) :]
             port = re.match(r":\d{1,5}", after)
-            tail = after[len(after.rstrip(").,;:]}!?")):]
+            tail = after[len(after.rstrip(").,;:]}!?")) :]
             return f"{scheme}://{placeholder}" + (port.group(0) if port else "") + tail
     stripped = raw.rstrip(").,;:]}!?")
-    tail, raw = raw[len(stripped):], stripped
+    tail, raw = raw[len(stripped) :], stripped
     try:
         parts = urlsplit(raw)
         host, port = parts.hostname or "", parts.port
@@ -197,6 +210,7 @@ def error_fields(body: Any) -> tuple[str | None, str | None]:
 
 # ----------------------------------------------------------------------------------------------- exceptions
 
+
 def _names(exc: BaseException) -> set[str]:
     return {c.__name__ for c in type(exc).__mro__}
 
@@ -208,8 +222,7 @@ def is_timeout(exc: BaseException) -> bool:
 def is_malformed_http(exc: BaseException) -> bool:
     """The upstream's bytes were not valid HTTP (bad status line, bad header, bad chunking...)."""
     names = _names(exc)
-    if names & {"HttpProcessingError", "RemoteProtocolError", "ProtocolError", "ClientPayloadError",
-                "DecodingError"}:
+    if names & {"HttpProcessingError", "RemoteProtocolError", "ProtocolError", "ClientPayloadError", "DecodingError"}:
         return True
     if "ClientResponseError" in names and not names & {"TooManyRedirects", "ContentTypeError"}:
         return getattr(exc, "status", 0) in (0, 400)  # raised by the response parser, not an HTTP status
@@ -217,8 +230,7 @@ def is_malformed_http(exc: BaseException) -> bool:
 
 
 def is_connection_failure(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) or bool(_names(exc) & {"ClientConnectionError", "NetworkError",
-                                                           "TransportError"})
+    return isinstance(exc, OSError) or bool(_names(exc) & {"ClientConnectionError", "NetworkError", "TransportError"})
 
 
 def describe_failure(exc: BaseException, secrets: Iterable[str | None] = ()) -> str:
@@ -296,7 +308,7 @@ def _short(message: object, n: int = 80) -> str:
     if not isinstance(message, str):
         return ""
     text = redact(message)
-    return text if len(text) <= n else text[:n - 1] + "…"
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _safe_str(exc: BaseException) -> str:

@@ -4,8 +4,14 @@ from decimal import Decimal
 import numpy as np
 import pytest
 
-from truecost.audit.cache_feasibility import (components, figures_at, nearest_earlier, recommend, size_distribution,
-                                               top_clusters)
+from truecost.audit.cache_feasibility import (
+    components,
+    figures_at,
+    nearest_earlier,
+    recommend,
+    size_distribution,
+    top_clusters,
+)
 from truecost.audit.cache_report import SavingsInputs, projected_savings, run_cache_audit
 from truecost.audit.sources import AuditInputError, QueryRow, ReadStats, read_queries
 from truecost.pricing.catalog import PriceCatalog
@@ -14,6 +20,7 @@ from truecost.pricing.catalog import PriceCatalog
 def table_embedder(vectors: dict[str, list[float]]):
     def embed(texts):
         return np.array([vectors[t] for t in texts], dtype=np.float32)
+
     return embed
 
 
@@ -56,6 +63,7 @@ def test_figures_by_hand():
     class NB:
         index = np.array([-1, 0, 1, -1, 3])
         sim = np.array([-1.0, 0.95, 0.9, -1.0, 0.8], dtype=np.float32)
+
     nb = NB()
     assert components(nb, 0.85).tolist() == [0, 0, 0, 3, 4]
     f = figures_at(nb, 0.85, labels=["x", "x", "y", "z", "z"])
@@ -75,6 +83,7 @@ def test_oos_label_is_never_a_correct_hit():
     class NB:
         index = np.array([-1, 0])
         sim = np.array([-1.0, 0.99], dtype=np.float32)
+
     assert figures_at(NB(), 0.9, labels=["oos", "oos"]).false_hit_rate == 0.5
 
 
@@ -96,7 +105,12 @@ def test_savings_priced_from_catalog_and_unknown_model_is_reported_not_zero():
 
 
 def test_unlabelled_audit_writes_borderline_pairs(tmp_path):
-    vec = {"refund policy": [1, 0, 0], "money back": [0.86, 0.51, 0], "cancel order": [0, 1, 0], "cancel sub": [0, 0.85, 0.53]}
+    vec = {
+        "refund policy": [1, 0, 0],
+        "money back": [0.86, 0.51, 0],
+        "cancel order": [0, 1, 0],
+        "cancel sub": [0, 0.85, 0.53],
+    }
     rows = [QueryRow(str(i), t) for i, t in enumerate(vec)]
     r = run_cache_audit(rows, ReadStats(rows=4, kept=4), table_embedder(vec), "table", (0.85,), out_dir=tmp_path)
     assert r["labelled"] is False and r["thresholds"][0]["false_hit_rate"] is None
@@ -107,8 +121,10 @@ def test_unlabelled_audit_writes_borderline_pairs(tmp_path):
 
 def test_read_queries_formats_and_bad_input(tmp_path):
     j = tmp_path / "q.jsonl"
-    j.write_bytes(b'{"id": "1", "text": "hello", "intent": "greet"}\n{"id": "1", "text": "caf\xe9"}\nnot json\n'
-                  b'{"other": 1}\n{"id": "3", "text": ""}\n' + b'{"id": "4", "text": "' + b"x" * 100_000 + b'"}\n')
+    j.write_bytes(
+        b'{"id": "1", "text": "hello", "intent": "greet"}\n{"id": "1", "text": "caf\xe9"}\nnot json\n'
+        b'{"other": 1}\n{"id": "3", "text": ""}\n' + b'{"id": "4", "text": "' + b"x" * 100_000 + b'"}\n'
+    )
     rows, st = read_queries(j, label_field="intent")
     assert [r.text[:4] for r in rows] == ["hell", "caf\xe9", "xxxx"]
     assert st.skipped == {"invalid_json": 1, "no_text_field": 1, "empty_text": 1}

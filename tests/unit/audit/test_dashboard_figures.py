@@ -19,11 +19,26 @@ AT = datetime(2026, 11, 20, 9, 17, tzinfo=timezone.utc)
 E_NOTATION = re.compile(r"(?<![\w.-])\d+(?:\.\d+)?[eE][-+]?\d+\b")
 
 
-@pytest.mark.parametrize("value, shown", [
-    (2.022e-05, "$0.0000202"), (Decimal("0.00002022"), "$0.0000202"), (Decimal("2.022E-7"), "$0.000000202"),
-    (0.5, "$0.50"), (0.1234, "$0.123"), (0.0412, "$0.0412"), (0.99999, "$1.00"), (0, "$0.00"), (Decimal(0), "$0.00"),
-    (1234.5, "$1,234.50"), (Decimal("12.346"), "$12.35"), (-2.5e-05, "-$0.000025"), (-3, "-$3.00"), (None, "n/a"),
-    (float("nan"), "n/a")])
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        (2.022e-05, "$0.0000202"),
+        (Decimal("0.00002022"), "$0.0000202"),
+        (Decimal("2.022E-7"), "$0.000000202"),
+        (0.5, "$0.50"),
+        (0.1234, "$0.123"),
+        (0.0412, "$0.0412"),
+        (0.99999, "$1.00"),
+        (0, "$0.00"),
+        (Decimal(0), "$0.00"),
+        (1234.5, "$1,234.50"),
+        (Decimal("12.346"), "$12.35"),
+        (-2.5e-05, "-$0.000025"),
+        (-3, "-$3.00"),
+        (None, "n/a"),
+        (float("nan"), "n/a"),
+    ],
+)
 def test_usd_never_uses_scientific_notation(value, shown):
     assert charts.usd(value) == shown
 
@@ -35,7 +50,9 @@ def test_small_numbers_on_axes_are_fixed_point():
 
 
 def test_a_line_chart_with_one_bucket_draws_a_point():
-    svg = charts.lines([0], {"generate": [2.022e-05], "embed": [1e-6]}, "Spend per hour", "hour", "USD", fmt_y=charts.usd)
+    svg = charts.lines(
+        [0], {"generate": [2.022e-05], "embed": [1e-6]}, "Spend per hour", "hour", "USD", fmt_y=charts.usd
+    )
     marks = re.findall(r'<circle [^>]*data-series="([^"]+)" data-value="([^"]+)"', svg)
     assert marks == [("generate", "2.022e-05"), ("embed", "1e-06")]
     assert "$0.0000202" in svg
@@ -66,8 +83,8 @@ def test_routing_mix_counts_models_not_the_compute_they_ran_on(kind, tmp_path):
     assert data["routing"]["mix"] == {"gpt-6-luna": 3, "gpt-6.2-sol": 1}
     assert overview(store, make_filter(tenant="acme"), now=AT)["routing"]["mix"] == {"gpt-6-luna": 3, "gpt-6.2-sol": 1}
     html = render_overview("/ui", data, {"by": "cost_center"}, "t")
-    mix_chart = html[html.index("Generations by model served"):]
-    assert "c7i.xlarge" not in mix_chart[:mix_chart.index("</svg>")]
+    mix_chart = html[html.index("Generations by model served") :]
+    assert "c7i.xlarge" not in mix_chart[: mix_chart.index("</svg>")]
     rid = store.query()[0].request_id
     assert request_detail(store, rid)["served_by"] == "gpt-6-luna"
     store.close()
@@ -79,8 +96,8 @@ def test_spend_over_one_hour_is_drawn():
     data = overview(store, now=AT, series_by="step")
     assert data["bucket"] == "hour" and len(data["spend_over_time"]["buckets"]) == 1
     html = render_overview("/ui", data, {"by": "step"}, "t")
-    chart = html[html.index('data-key="unknown_requests"'):]  # the chart after the overview's figures
-    chart = chart[chart.index("<svg"):chart.index("</svg>")]
+    chart = html[html.index('data-key="unknown_requests"') :]  # the chart after the overview's figures
+    chart = chart[chart.index("<svg") : chart.index("</svg>")]
     assert "Spend" in chart and "hour" in chart
     marks = re.findall(r'data-label="([^"]+)" data-value="([^"]+)"', chart)
     assert [m[0] for m in marks] == ["generate"] and float(marks[0][1]) == pytest.approx(float(data["total_usd"]))

@@ -11,8 +11,17 @@ def _routing_file(path, n=40):
     with open(path, "w") as fh:
         for i in range(n):
             weak_ok = i % 4 != 0  # a quarter needs the strong model
-            fh.write(json.dumps({"prompt_id": f"p{i}", "prompt": f"question {i}", "prompt_tokens": 5,
-                                 "models": {"weak-m": {"quality": int(weak_ok)}, "strong-m": {"quality": 1}}}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "prompt_id": f"p{i}",
+                        "prompt": f"question {i}",
+                        "prompt_tokens": 5,
+                        "models": {"weak-m": {"quality": int(weak_ok)}, "strong-m": {"quality": 1}},
+                    }
+                )
+                + "\n"
+            )
 
 
 def _audit(*args):
@@ -22,8 +31,18 @@ def _audit(*args):
 def test_quality_labels_from_a_routing_file(tmp_path):
     f = tmp_path / "r.jsonl"
     _routing_file(f)
-    res = _audit(str(f), "--weak", "weak-m", "--strong", "strong-m", "--out", str(tmp_path / "out"), "--json",
-                 "--requests-per-day", "100")
+    res = _audit(
+        str(f),
+        "--weak",
+        "weak-m",
+        "--strong",
+        "strong-m",
+        "--out",
+        str(tmp_path / "out"),
+        "--json",
+        "--requests-per-day",
+        "100",
+    )
     assert res.exit_code == 0, res.output
     r = json.loads(res.output)
     assert r["label_source"] == "quality" and r["labelled"] == 40 and r["small_capable_share"] == 0.75

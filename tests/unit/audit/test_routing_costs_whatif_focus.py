@@ -21,12 +21,20 @@ T0 = datetime(2025, 5, 10, tzinfo=timezone.utc)
 
 
 def ev(step="generate", cost="0.01", request_id="r1", service="gpt-4o", **kw):
-    return CostEvent(id=kw.pop("id", f"{request_id}-{step}-{service}"), request_id=request_id, ts=kw.pop("ts", T0),
-                     step=step, service=service, provider=kw.pop("provider", "openai"),
-                     cost=None if cost is None else Decimal(cost), **kw)
+    return CostEvent(
+        id=kw.pop("id", f"{request_id}-{step}-{service}"),
+        request_id=request_id,
+        ts=kw.pop("ts", T0),
+        step=step,
+        service=service,
+        provider=kw.pop("provider", "openai"),
+        cost=None if cost is None else Decimal(cost),
+        **kw,
+    )
 
 
 # ---------------------------------------------------------------- routing audit
+
 
 def test_wilson_interval_known_value():
     lo, hi = ra.wilson(50, 100)
@@ -86,12 +94,18 @@ def test_judge_labels_parse_replies():
 
 # ---------------------------------------------------------------- costs
 
+
 def test_cost_audit_by_hand():
     store = MemoryLedgerStore()
     a = Attribution(cost_center="cc1", feature="faq")
-    store.append([ev("generate", "0.006", attribution=a), ev("egress", "0.002", service="aws/inter_region", attribution=a),
-                  ev("log_storage", "0.002", service="s3", attribution=a),
-                  ev("generate", None, request_id="r2", service="mystery", details={"unknown_reason": "no price"})])
+    store.append(
+        [
+            ev("generate", "0.006", attribution=a),
+            ev("egress", "0.002", service="aws/inter_region", attribution=a),
+            ev("log_storage", "0.002", service="s3", attribution=a),
+            ev("generate", None, request_id="r2", service="mystery", details={"unknown_reason": "no price"}),
+        ]
+    )
     r = run_cost_audit(store)
     assert r["total_usd"] == Decimal("0.010") and r["requests"] == 2
     assert r["generation_share"] == pytest.approx(0.6)
@@ -106,11 +120,23 @@ def test_otel_import_prices_tokens_when_no_cost(tmp_path):
     def attr(k, v):
         key = "intValue" if isinstance(v, int) else "stringValue"
         return {"key": k, "value": {key: str(v) if key == "intValue" else v}}
-    spans = [{"traceId": "t1", "spanId": "s1", "name": "chat", "startTimeUnixNano": "1747000000000000000",
-              "endTimeUnixNano": "1747000000500000000",
-              "attributes": [attr("gen_ai.request.model", "gpt-4o"), attr("gen_ai.usage.input_tokens", 1000),
-                             attr("gen_ai.usage.output_tokens", 100), attr("truecost.attribution.team", "t")]},
-             {"traceId": "t1", "spanId": "s2", "name": "noise", "attributes": []}]
+
+    spans = [
+        {
+            "traceId": "t1",
+            "spanId": "s1",
+            "name": "chat",
+            "startTimeUnixNano": "1747000000000000000",
+            "endTimeUnixNano": "1747000000500000000",
+            "attributes": [
+                attr("gen_ai.request.model", "gpt-4o"),
+                attr("gen_ai.usage.input_tokens", 1000),
+                attr("gen_ai.usage.output_tokens", 100),
+                attr("truecost.attribution.team", "t"),
+            ],
+        },
+        {"traceId": "t1", "spanId": "s2", "name": "noise", "attributes": []},
+    ]
     f = tmp_path / "otel.json"
     f.write_text(json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}))
     events, skipped = events_from_otel(f, PriceCatalog.bundled())
@@ -124,12 +150,15 @@ def test_litellm_csv_needs_its_columns(tmp_path):
     f.write_text("request_id,model\nx,gpt-4o\n")
     with pytest.raises(AuditInputError, match="missing column.*spend"):
         events_from_litellm_csv(f)
-    f.write_text('request_id,model,spend,total_tokens,startTime,metadata\nx,gpt-4o,0.5,10,2025-05-01T00:00:00Z,"{""feature"": ""faq""}"\n')
+    f.write_text(
+        'request_id,model,spend,total_tokens,startTime,metadata\nx,gpt-4o,0.5,10,2025-05-01T00:00:00Z,"{""feature"": ""faq""}"\n'
+    )
     events, _ = events_from_litellm_csv(f)
     assert events[0].cost == Decimal("0.5") and events[0].attribution.feature == "faq" and events[0].source == "litellm"
 
 
 # ---------------------------------------------------------------- what-if
+
 
 def test_seed_scenario_log_storage_by_hand():
     sc = load_scenario(ROOT / "examples" / "whatif_support_bot.yaml")
@@ -156,12 +185,24 @@ def test_scenario_with_unknown_model_names_it(tmp_path):
 
 # ---------------------------------------------------------------- FOCUS
 
+
 def solora_event(request_id, input_tokens, output_tokens, ts=T0):
     cost = Decimal(input_tokens) * Decimal("0.000005") + Decimal(output_tokens) * Decimal("0.000025")
-    return CostEvent(id=request_id, request_id=request_id, ts=ts, step="generate", provider="solora",
-                     service="solora-saturn-4.8", quantity=Decimal(input_tokens + output_tokens), unit="tokens",
-                     cost=cost, details={"tokens": {"input": input_tokens, "output": output_tokens},
-                                         "unit_prices": {"input": "0.000005", "output": "0.000025"}})
+    return CostEvent(
+        id=request_id,
+        request_id=request_id,
+        ts=ts,
+        step="generate",
+        provider="solora",
+        service="solora-saturn-4.8",
+        quantity=Decimal(input_tokens + output_tokens),
+        unit="tokens",
+        cost=cost,
+        details={
+            "tokens": {"input": input_tokens, "output": output_tokens},
+            "unit_prices": {"input": "0.000005", "output": "0.000025"},
+        },
+    )
 
 
 def test_lines_of_split_add_up_exactly():
@@ -209,11 +250,19 @@ def test_focus_export_round_trips_through_reconcile(tmp_path):
 
 
 def test_rules_curve_spans_always_large_to_always_small():
-    texts = ["hi", "what is my balance", "please analyze and derive step by step the optimal tax strategy " * 3,
-             "def f(x): return x", "card lost", "compute the integral of x^2 step by step"]
+    texts = [
+        "hi",
+        "what is my balance",
+        "please analyze and derive step by step the optimal tax strategy " * 3,
+        "def f(x): return x",
+        "card lost",
+        "compute the integral of x^2 step by step",
+    ]
     sample = [QueryRow(str(i), t) for i, t in enumerate(texts)]
     labels = ["small", "small", "large", "large", "small", "large"]
-    r = ra.run_routing_audit(sample, dict(zip(map(str, range(6)), labels)), ra.Prices("gpt-4o-mini", "gpt-4o", 100, 100, 1), "t")
+    r = ra.run_routing_audit(
+        sample, dict(zip(map(str, range(6)), labels)), ra.Prices("gpt-4o-mini", "gpt-4o", 100, 100, 1), "t"
+    )
     curve = r["rules_curve"]
     assert curve[0]["small_share"] == 0 and curve[-1]["small_share"] == 1
     assert curve[-1]["misrouted_share"] == 0.5  # everything small: the three large-needed ones are misrouted

@@ -14,8 +14,11 @@ def _module():
 
 
 def _result(direct_rps, truecost_rps, litellm_rps=None, gen="wrk"):
-    r = {"direct": {"c64": {"rps": direct_rps, "load_generator": gen}},
-         "truecost": {"c64": {"rps": truecost_rps}}, "truecost_secured": {"c64": {"rps": truecost_rps * 0.9}}}
+    r = {
+        "direct": {"c64": {"rps": direct_rps, "load_generator": gen}},
+        "truecost": {"c64": {"rps": truecost_rps}},
+        "truecost_secured": {"c64": {"rps": truecost_rps * 0.9}},
+    }
     if litellm_rps is not None:
         r["litellm"] = {"c64": {"rps": litellm_rps}}
     return r

@@ -18,8 +18,9 @@ from truecost.cache.semantic import SemanticCache
 
 def greedy(**kw):
     """A cache whose policy hits on anything in its own scope: only the scope keeps answers apart."""
-    return SemanticCache(HashEmbedder(), ExactIndex(64), MemoryEntryStore(), FixedThreshold(-1.0), NormalisedMatch(),
-                         **kw)
+    return SemanticCache(
+        HashEmbedder(), ExactIndex(64), MemoryEntryStore(), FixedThreshold(-1.0), NormalisedMatch(), **kw
+    )
 
 
 # -- strategies shared with tests/contract/test_cache_isolation.py ----------------------------------------------
@@ -31,11 +32,19 @@ UNKNOWN_NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,11}", fullmatch=True).filter(_u
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-3, 3) | st.floats(-2, 2, allow_nan=False, width=32) | st.text(max_size=6),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
-    max_leaves=5)
+    max_leaves=5,
+)
 UNKNOWN_PARAMS = st.dictionaries(UNKNOWN_NAMES, JSON_VALUES, max_size=2)
 # fields that never change the answer: they may vary freely without splitting a scope
-NEUTRAL = st.sampled_from([{}, {"user": "u-1"}, {"stream": True}, {"metadata": {"trace": "abc"}},
-                           {"stream": True, "stream_options": {"include_usage": True}}])
+NEUTRAL = st.sampled_from(
+    [
+        {},
+        {"user": "u-1"},
+        {"stream": True},
+        {"metadata": {"trace": "abc"}},
+        {"stream": True, "stream_options": {"include_usage": True}},
+    ]
+)
 WORDS = ["cancel", "my", "order", "refund", "card", "please", "now"]
 QUERIES = st.lists(st.sampled_from(WORDS), min_size=1, max_size=4).map(" ".join)
 
@@ -49,8 +58,10 @@ def ops_strategy(partitions, max_ops):
     so plain requests meet requests carrying unknown parameters, in both orders."""
     return st.tuples(
         st.lists(UNKNOWN_PARAMS, min_size=1, max_size=3).map(lambda pool: [{}] + pool),
-        st.lists(st.tuples(st.sampled_from(partitions), QUERIES, st.integers(0, 3), NEUTRAL), min_size=4,
-                 max_size=max_ops))
+        st.lists(
+            st.tuples(st.sampled_from(partitions), QUERIES, st.integers(0, 3), NEUTRAL), min_size=4, max_size=max_ops
+        ),
+    )
 
 
 def run_isolation_ops(cache, pool, ops):
@@ -91,7 +102,7 @@ FINDING_PARAMS = {
     "top_k": 5,
     "x_vendor_knob": "anything",  # a parameter nobody has heard of
     "min_p": 0.2,
-    "guided_grammar": "root ::= \"yes\" | \"no\"",
+    "guided_grammar": 'root ::= "yes" | "no"',
     "chat_template_kwargs": {"enable_thinking": False},
 }
 
@@ -115,16 +126,32 @@ def test_an_answer_made_with_a_parameter_is_never_served_without_it(name, direct
 def test_answer_neutral_fields_do_not_split_the_scope():
     c = greedy()
     c.store(c.lookup(body("cancel my order", temperature=0), "acme"), answer("done"))
-    for neutral in [{"stream": True, "stream_options": {"include_usage": True}}, {"user": "u-9"},
-                    {"metadata": {"k": "v"}}, {"store": True}, {"service_tier": "flex"},
-                    {"safety_identifier": "h"}, {"prompt_cache_key": "p"}]:
+    for neutral in [
+        {"stream": True, "stream_options": {"include_usage": True}},
+        {"user": "u-9"},
+        {"metadata": {"k": "v"}},
+        {"store": True},
+        {"service_tier": "flex"},
+        {"safety_identifier": "h"},
+        {"prompt_cache_key": "p"},
+    ]:
         assert c.lookup(body("cancel my order", temperature=0, **neutral), "acme").status == "hit_exact", neutral
     # a known parameter sent as null is the same as absent; an unknown one's null is not
     assert c.lookup(body("cancel my order", temperature=0, top_k=None), "acme").status == "hit_exact"
     assert not c.lookup(body("cancel my order", temperature=0, x_mystery=None), "acme").hit
-    assert set(ANSWER_NEUTRAL) == {"model", "messages", "stream", "stream_options", "user", "safety_identifier",
-                                   "metadata", "store", "service_tier", "prompt_cache_key",
-                                   "prompt_cache_retention"}  # widening this list is a reviewed decision
+    assert set(ANSWER_NEUTRAL) == {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "user",
+        "safety_identifier",
+        "metadata",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+    }  # widening this list is a reviewed decision
 
 
 def test_fields_of_the_last_user_message_other_than_its_text_are_scope():
@@ -133,8 +160,12 @@ def test_fields_of_the_last_user_message_other_than_its_text_are_scope():
     c.store(c.lookup(plain, "acme"), answer("I don't know your name"))
     named = {"model": "m", "messages": [{"role": "user", "content": "what is my name", "name": "bob"}]}
     assert not c.lookup(named, "acme").hit
-    marked = {"model": "m", "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "what is my name", "x_hint": "pirate voice"}]}]}
+    marked = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "what is my name", "x_hint": "pirate voice"}]}
+        ],
+    }
     assert not c.lookup(marked, "acme").hit
     as_parts = {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "what is my name"}]}]}
     assert c.lookup(as_parts, "acme").status == "hit_exact"  # the same text as parts is the same request
@@ -142,29 +173,57 @@ def test_fields_of_the_last_user_message_other_than_its_text_are_scope():
 
 def test_an_assistant_prefill_after_the_question_is_not_history_before_it():
     c = greedy()
-    before = {"model": "m", "messages": [{"role": "assistant", "content": "Hello!"},
-                                         {"role": "user", "content": "tell me a joke"}]}
-    after = {"model": "m", "messages": [{"role": "user", "content": "tell me a joke"},
-                                        {"role": "assistant", "content": "Hello!"}]}
+    before = {
+        "model": "m",
+        "messages": [{"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "tell me a joke"}],
+    }
+    after = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "tell me a joke"}, {"role": "assistant", "content": "Hello!"}],
+    }
     c.store(c.lookup(before, "acme"), answer("a joke"))
     assert not c.lookup(after, "acme").hit
 
 
 def test_remote_content_and_live_search_are_not_cached_inline_content_only_exactly():
-    remote = {"model": "m", "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "what is in this picture"},
-        {"type": "image_url", "image_url": {"url": "https://example.com/latest.jpg"}}]}]}
+    remote = {
+        "model": "m",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is in this picture"},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/latest.jpg"}},
+                ],
+            }
+        ],
+    }
     c = greedy()
     r = c.lookup(remote, "acme")
     assert r.status == "bypass" and "remote content" in r.reason
     assert c.store(r, answer("a cat")) is None
-    in_history = {"model": "m", "messages": [remote["messages"][0], {"role": "assistant", "content": "a cat"},
-                                             {"role": "user", "content": "and now?"}]}
+    in_history = {
+        "model": "m",
+        "messages": [
+            remote["messages"][0],
+            {"role": "assistant", "content": "a cat"},
+            {"role": "user", "content": "and now?"},
+        ],
+    }
     assert c.lookup(in_history, "acme").status == "bypass"
     assert c.lookup(body("latest news", web_search_options={}), "acme").status == "bypass"
-    inline = {"model": "m", "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "what is in this picture"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]}
+    inline = {
+        "model": "m",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is in this picture"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                ],
+            }
+        ],
+    }
     r = c.lookup(inline, "acme")
     assert r.status == "miss" and r.key.text is None
     c.store(r, answer("a dot"))
@@ -248,8 +307,9 @@ def test_benign_answers_that_look_apologetic_are_stored(text):
 
 def test_one_refusing_choice_keeps_the_whole_answer_out():
     resp = answer("Here you go.")
-    resp["choices"].append({"index": 1, "message": {"role": "assistant", "content": "I can't help with that."},
-                            "finish_reason": "stop"})
+    resp["choices"].append(
+        {"index": 1, "message": {"role": "assistant", "content": "I can't help with that."}, "finish_reason": "stop"}
+    )
     assert "refusal" in cacheable_response(resp)
 
 
@@ -261,8 +321,12 @@ def test_the_detector_is_configurable():
     assert off.store(off.lookup(body("q"), "t"), answer("I can't help with that.")) is not None
     assert cacheable_response(answer("I can't help with that."), 200, None) is None
     # the structured refusal field and the other rules still apply with the detector off
-    assert cacheable_response({"choices": [{"message": {"content": "x", "refusal": "no"}, "finish_reason": "stop"}]},
-                              200, None) == "refusal"
+    assert (
+        cacheable_response(
+            {"choices": [{"message": {"content": "x", "refusal": "no"}, "finish_reason": "stop"}]}, 200, None
+        )
+        == "refusal"
+    )
     short = RefusalDetector(DEFAULT_PATTERNS, window=10)
     assert short.match("Well, well. I can't help with that.") is None
     assert RefusalDetector().match("Well, well. I can't help with that.") == "i can't help"

@@ -10,14 +10,22 @@ import pytest
 
 from truecost.cache.embedders import MiniLMEmbedder
 
-TEXTS = ["What is the refund policy?", "How do I get my money back?", "cancel my order",
-         "cancel my subscription", "I am still waiting on my card?"]
-REFERENCE_COS = np.array([
-    [1.0, 0.5218, 0.307, 0.2479, 0.1137],
-    [0.5218, 1.0, 0.3891, 0.2979, 0.2805],
-    [0.307, 0.3891, 1.0, 0.6494, 0.3864],
-    [0.2479, 0.2979, 0.6494, 1.0, 0.3372],
-    [0.1137, 0.2805, 0.3864, 0.3372, 1.0]])
+TEXTS = [
+    "What is the refund policy?",
+    "How do I get my money back?",
+    "cancel my order",
+    "cancel my subscription",
+    "I am still waiting on my card?",
+]
+REFERENCE_COS = np.array(
+    [
+        [1.0, 0.5218, 0.307, 0.2479, 0.1137],
+        [0.5218, 1.0, 0.3891, 0.2979, 0.2805],
+        [0.307, 0.3891, 1.0, 0.6494, 0.3864],
+        [0.2479, 0.2979, 0.6494, 1.0, 0.3372],
+        [0.1137, 0.2805, 0.3864, 0.3372, 1.0],
+    ]
+)
 REFERENCE_FIRST_DIMS = [[-0.09239, 0.0538, 0.04621, 0.02938], [-0.01478, 0.04772, -0.01467, -0.00596]]
 
 

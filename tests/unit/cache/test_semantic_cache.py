@@ -32,13 +32,17 @@ def body(text, model="m", system=None, **params):
 
 
 def answer(text, finish="stop"):
-    return {"model": "m", "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                       "finish_reason": finish}], "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
+    return {
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+    }
 
 
 def make(policy=None, **kw):
-    return SemanticCache(HashEmbedder(), ExactIndex(64), MemoryEntryStore(), policy or FixedThreshold(0.8),
-                         NormalisedMatch(), **kw)
+    return SemanticCache(
+        HashEmbedder(), ExactIndex(64), MemoryEntryStore(), policy or FixedThreshold(0.8), NormalisedMatch(), **kw
+    )
 
 
 def test_exact_then_semantic_hit():
@@ -55,21 +59,30 @@ def test_scope_separates_tenant_model_system_prompt_and_params():
     c = make()
     r = c.lookup(body("cancel my order", system="be brief", temperature=0), tenant="t1")
     c.store(r, answer("done"))
-    for b, tenant in [(body("cancel my order", system="be brief", temperature=0), "t2"),
-                      (body("cancel my order", model="other", system="be brief", temperature=0), "t1"),
-                      (body("cancel my order", system="be verbose", temperature=0), "t1"),
-                      (body("cancel my order", system="be brief", temperature=1), "t1")]:
+    for b, tenant in [
+        (body("cancel my order", system="be brief", temperature=0), "t2"),
+        (body("cancel my order", model="other", system="be brief", temperature=0), "t1"),
+        (body("cancel my order", system="be verbose", temperature=0), "t1"),
+        (body("cancel my order", system="be brief", temperature=1), "t1"),
+    ]:
         assert not c.lookup(b, tenant=tenant).hit
     assert c.lookup(body("cancel my order", system="be brief", temperature=0, user="x"), tenant="t1").hit
 
 
-@pytest.mark.parametrize("resp,status,reason", [
-    (answer("partial", finish="length"), 200, "finish_reason"),
-    (answer("x"), 500, "status"),
-    ({"choices": [{"message": {"content": None, "tool_calls": [{"id": "1"}]}, "finish_reason": "stop"}]}, 200, "tool"),
-    ({"choices": [{"message": {"content": "", "refusal": "I can't"}, "finish_reason": "stop"}]}, 200, "refusal"),
-    (answer("   "), 200, "empty"),
-])
+@pytest.mark.parametrize(
+    "resp,status,reason",
+    [
+        (answer("partial", finish="length"), 200, "finish_reason"),
+        (answer("x"), 500, "status"),
+        (
+            {"choices": [{"message": {"content": None, "tool_calls": [{"id": "1"}]}, "finish_reason": "stop"}]},
+            200,
+            "tool",
+        ),
+        ({"choices": [{"message": {"content": "", "refusal": "I can't"}, "finish_reason": "stop"}]}, 200, "refusal"),
+        (answer("   "), 200, "empty"),
+    ],
+)
 def test_only_complete_successful_answers_are_stored(resp, status, reason):
     assert reason in cacheable_response(resp, status)
     c = make()
@@ -117,6 +130,7 @@ def test_nan_vector_from_a_broken_embedder_is_a_miss_not_a_wrong_hit():
     class Broken(HashEmbedder):
         def embed_batch(self, texts):
             return np.full((len(texts), self.dims), np.nan, dtype=np.float32)
+
     c = SemanticCache(Broken(), ExactIndex(64), MemoryEntryStore(), FixedThreshold(0.0))
     r = c.lookup(body("anything"))
     assert r.status == "miss" and "invalid vector" in r.reason
@@ -169,8 +183,9 @@ def test_online_policy_learns_to_hit_within_the_bound():
 
 
 def test_replay_stream_reassembles_the_answer():
-    chunks = list(replay_chunks(answer("The refund takes five to seven working days."), chunk_chars=7,
-                                include_usage=True))
+    chunks = list(
+        replay_chunks(answer("The refund takes five to seven working days."), chunk_chars=7, include_usage=True)
+    )
     text = "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks if ch["choices"])
     assert text == "The refund takes five to seven working days."
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["usage"]["total_tokens"] == 0
@@ -211,6 +226,7 @@ def test_thousands_of_near_duplicates_from_two_tenants_never_cross():
 
 def test_concurrent_lookups_and_stores_lose_nothing():
     import threading
+
     c = make(policy=FixedThreshold(0.999))
     stored, lock = [], threading.Lock()
 
@@ -221,6 +237,7 @@ def test_concurrent_lookups_and_stores_lose_nothing():
             if not r.hit and c.store(r, answer(text)) is not None:
                 with lock:
                     stored.append(text)
+
     threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
     [t.start() for t in threads]
     [t.join() for t in threads]

@@ -23,21 +23,39 @@ READ = Principal("acme-reader", admin=False, tenant="acme", cost_center="cx")
 
 
 def _event(i, tenant, cost_center, cost):
-    return CostEvent(id=f"e{i}", request_id=f"req-{tenant}-{i}", ts=T, step="generate", service="gpt-6-luna",
-                     cost=Decimal(cost), attribution=Attribution(cost_center=cost_center, tenant=tenant, feature="bot"))
+    return CostEvent(
+        id=f"e{i}",
+        request_id=f"req-{tenant}-{i}",
+        ts=T,
+        step="generate",
+        service="gpt-6-luna",
+        cost=Decimal(cost),
+        attribution=Attribution(cost_center=cost_center, tenant=tenant, feature="bot"),
+    )
 
 
 @pytest.fixture
 def store():
     s = MemoryLedgerStore()
-    s.append([_event(1, "acme", "cx", "0.25"), _event(2, "acme", "ops", "0.5"), _event(3, "globex", "cx", "4"),
-              _event(4, "acme", "cx", "0.125")])
+    s.append(
+        [
+            _event(1, "acme", "cx", "0.25"),
+            _event(2, "acme", "ops", "0.5"),
+            _event(3, "globex", "cx", "4"),
+            _event(4, "acme", "cx", "0.125"),
+        ]
+    )
     return s
 
 
 def _auth():
-    return KeyTableAuth([(key_sha256(ADMIN), Principal("admin", admin=True)), (key_sha256(READER), READ),
-                         (key_sha256(NO_TENANT), Principal("odd", admin=False, cost_center="cx"))])
+    return KeyTableAuth(
+        [
+            (key_sha256(ADMIN), Principal("admin", admin=True)),
+            (key_sha256(READER), READ),
+            (key_sha256(NO_TENANT), Principal("odd", admin=False, cost_center="cx")),
+        ]
+    )
 
 
 def _client(store, scheme="http", **kw):
@@ -66,9 +84,13 @@ def test_every_page_needs_a_session(store):
                 assert r.status_code == 303 and r.headers["location"] == "/ui/login", path
             r = await c.get("/ui/login")
             assert r.status_code == 200 and 'name="key"' in r.text and 'type="password"' in r.text
-            assert r.headers["cache-control"] == "no-store" and "frame-ancestors 'none'" in r.headers["content-security-policy"]
+            assert (
+                r.headers["cache-control"] == "no-store"
+                and "frame-ancestors 'none'" in r.headers["content-security-policy"]
+            )
             c.cookies.set(COOKIE, "forged-token", domain="dash", path="/ui")
             assert (await c.get("/ui/")).status_code == 303
+
     run(go())
 
 
@@ -81,9 +103,13 @@ def test_wrong_key_is_a_401_that_says_nothing_more(store):
                 assert r.status_code == 401 and COOKIE not in r.headers.get("set-cookie", "")
                 texts.append(r.text)
             assert len(set(texts)) == 1  # an unknown key and a key without a scope look the same
-            r = await c.post("/ui/login", content=b"key=" + b"x" * 20000,
-                             headers={"content-type": "application/x-www-form-urlencoded"})
+            r = await c.post(
+                "/ui/login",
+                content=b"key=" + b"x" * 20000,
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            )
             assert r.status_code == 413
+
     run(go())
 
 
@@ -106,6 +132,7 @@ def test_login_sets_a_strict_httponly_cookie_and_logout_ends_the_session(store):
         async with _client(store, scheme="https") as c:
             r = await _login(c, ADMIN)
             assert "Secure" in r.headers["set-cookie"]
+
     run(go())
 
 
@@ -127,6 +154,7 @@ def test_a_scoped_principal_sees_only_its_tenant_and_cost_center(store):
                 assert r.status_code == 404 and "4.00" not in r.text
             r = await c.get("/ui/?feature=nothing")  # narrowing further is fine
             assert Decimal(_figure(r.text, "total_usd")) == 0
+
     run(go())
 
 
@@ -137,6 +165,7 @@ def test_an_admin_sees_every_tenant_and_request(store):
             r = await c.get("/ui/?tenant=globex")
             assert Decimal(_figure(r.text, "total_usd")) == Decimal(4)
             assert (await c.get("/ui/request/req-globex-3")).status_code == 200
+
     run(go())
 
 
@@ -148,6 +177,7 @@ def test_without_auth_the_dashboard_fails_closed_and_opens_only_when_asked(store
             assert r.status_code == 401 and "No dashboard credentials" in r.text
         async with _client(store, auth=None, insecure_open=True) as c:
             assert (await c.get("/ui/")).status_code == 200
+
     run(go())
 
 
@@ -179,6 +209,7 @@ def test_a_revoked_key_loses_its_sessions(store):
             assert (await c.get("/ui/")).status_code == 200
             sessions.revoke_principal(READ.name)  # what the gateway does when the key is revoked or rotated
             assert (await c.get("/ui/")).status_code == 303
+
     run(go())
 
 
@@ -188,11 +219,13 @@ def test_the_requests_list_is_scoped_too(store):
             await _login(c, READER)
             r = await c.get("/ui/requests?tenant=globex&cost_center=ops")
             assert r.status_code == 200
-            assert set(re.findall(r'/ui/request/(req-[\w-]+)', r.text)) == {"req-acme-1", "req-acme-4"}
+            assert set(re.findall(r"/ui/request/(req-[\w-]+)", r.text)) == {"req-acme-1", "req-acme-4"}
             assert (await c.get("/ui/requests?since=yesterday")).status_code == 400
         async with _client(store) as c:
             await _login(c, ADMIN)
             r = await c.get("/ui/requests")
-            assert set(re.findall(r'/ui/request/(req-[\w-]+)', r.text)) == {f"req-{t}-{i}" for t, i in
-                                                                          (("acme", 1), ("acme", 2), ("globex", 3), ("acme", 4))}
+            assert set(re.findall(r"/ui/request/(req-[\w-]+)", r.text)) == {
+                f"req-{t}-{i}" for t, i in (("acme", 1), ("acme", 2), ("globex", 3), ("acme", 4))
+            }
+
     run(go())

@@ -19,18 +19,34 @@ from truecost.types import Attribution
 
 T = datetime(2026, 11, 20, 9, tzinfo=timezone.utc)
 ROWS = [  # (request, step, cost, source): rq-1 is an SDK step joined to the gateway's call by its request id
-    ("rq-1", "embed", "0.25", "sdk"), ("rq-1", "generate", "1.5", "gateway"), ("rq-2", "generate", "0.5", "gateway"),
-    ("rq-3", "generate", "2", "langchain"), ("rq-4", "generate", "0.125", "otlp"), ("rq-5", "generate", None, "litellm"),
-    ("rq-6", "embed", "0.0625", "llamaindex")]
+    ("rq-1", "embed", "0.25", "sdk"),
+    ("rq-1", "generate", "1.5", "gateway"),
+    ("rq-2", "generate", "0.5", "gateway"),
+    ("rq-3", "generate", "2", "langchain"),
+    ("rq-4", "generate", "0.125", "otlp"),
+    ("rq-5", "generate", None, "litellm"),
+    ("rq-6", "embed", "0.0625", "llamaindex"),
+]
 
 
 @pytest.fixture(params=["memory", "sqlite"])
 def store(request, tmp_path):
     s = MemoryLedgerStore() if request.param == "memory" else SQLiteLedgerStore(tmp_path / "l.db")
-    s.append([CostEvent(id=f"e{i}", request_id=rid, ts=T, step=step, service="gpt-6-luna",
-                        cost=None if cost is None else Decimal(cost), source=source,
-                        attribution=Attribution(tenant="acme", cost_center="cx"))
-              for i, (rid, step, cost, source) in enumerate(ROWS)])
+    s.append(
+        [
+            CostEvent(
+                id=f"e{i}",
+                request_id=rid,
+                ts=T,
+                step=step,
+                service="gpt-6-luna",
+                cost=None if cost is None else Decimal(cost),
+                source=source,
+                attribution=Attribution(tenant="acme", cost_center="cx"),
+            )
+            for i, (rid, step, cost, source) in enumerate(ROWS)
+        ]
+    )
     yield s
     s.close()
 
@@ -40,24 +56,34 @@ def _get(store, *paths):
         app = Starlette(routes=[Mount("/ui", create_dashboard(store, insecure_open=True))])
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash") as c:
             return [await c.get(p) for p in paths]
+
     responses = asyncio.run(go())
     assert all(r.status_code == 200 for r in responses), [r.status_code for r in responses]
     return [r.text for r in responses]
 
 
 def _by_source(html):
-    table = html[html.index("<table id='by-source'>"):]
-    table = table[:table.index("</table>")]
-    return {m[0]: (int(m[1]), int(m[2]), Decimal(m[3])) for m in re.findall(
-        r'<tr data-source="([^"]+)" data-requests="(\d+)" data-events="(\d+)" data-cost-usd="([^"]+)">', table)}
+    table = html[html.index("<table id='by-source'>") :]
+    table = table[: table.index("</table>")]
+    return {
+        m[0]: (int(m[1]), int(m[2]), Decimal(m[3]))
+        for m in re.findall(
+            r'<tr data-source="([^"]+)" data-requests="(\d+)" data-events="(\d+)" data-cost-usd="([^"]+)">', table
+        )
+    }
 
 
 def test_the_overview_breaks_requests_and_spend_down_by_source(store):
     (html,) = _get(store, "/ui/")
     assert "By source" in html
-    assert _by_source(html) == {"gateway": (2, 2, Decimal("2.0")), "langchain": (1, 1, Decimal(2)),
-                                "sdk": (1, 1, Decimal("0.25")), "otlp": (1, 1, Decimal("0.125")),
-                                "llamaindex": (1, 1, Decimal("0.0625")), "litellm": (1, 1, Decimal(0))}
+    assert _by_source(html) == {
+        "gateway": (2, 2, Decimal("2.0")),
+        "langchain": (1, 1, Decimal(2)),
+        "sdk": (1, 1, Decimal("0.25")),
+        "otlp": (1, 1, Decimal("0.125")),
+        "llamaindex": (1, 1, Decimal("0.0625")),
+        "litellm": (1, 1, Decimal(0)),
+    }
     assert re.search(r'data-key="requests" data-value="6"', html)  # the joined request counts once in the total
     (by_gateway,) = _get(store, "/ui/?source=gateway&by=source")
     assert _by_source(by_gateway) == {"gateway": (2, 2, Decimal("2.0"))}
@@ -68,12 +94,18 @@ def test_the_overview_breaks_requests_and_spend_down_by_source(store):
 def test_the_requests_list_and_a_request_name_their_sources(store):
     listing, one = _get(store, "/ui/requests", "/ui/request/rq-1")
     rows = dict(re.findall(r'>(rq-\d)</a></td><td class="source">([^<]*)</td>', listing))
-    assert rows == {"rq-1": "gateway, sdk", "rq-2": "gateway", "rq-3": "langchain", "rq-4": "otlp", "rq-5": "litellm",
-                    "rq-6": "llamaindex"}
+    assert rows == {
+        "rq-1": "gateway, sdk",
+        "rq-2": "gateway",
+        "rq-3": "langchain",
+        "rq-4": "otlp",
+        "rq-5": "litellm",
+        "rq-6": "llamaindex",
+    }
     assert re.search(r'data-key="source" data-value="gateway, sdk"', one)
-    steps = one[one.index("<h2>Steps</h2>"):]
-    assert "<th class=\"\">source</th>" in steps
-    cells = re.findall(r"<tr><td(.*?)</tr>", steps[:steps.index("</table>")])
+    steps = one[one.index("<h2>Steps</h2>") :]
+    assert '<th class="">source</th>' in steps
+    cells = re.findall(r"<tr><td(.*?)</tr>", steps[: steps.index("</table>")])
     assert [re.findall(r">([^<]*)</td>", c)[-1] for c in cells] == ["sdk", "gateway"]
 
 

@@ -9,10 +9,16 @@ import pytest
 
 from truecost.errors import ConfigError, LedgerError
 from truecost.gateway import keys as keys_mod
-from truecost.gateway.key_backends import (BACKENDS, MemoryKeyBackend, PostgresKeyBackend, SQLiteKeyBackend,
-                                           backend_name)
-from truecost.gateway.keys import (InvalidKeySpec, KeyConflict, KeyNotFound, KeyRecord, KeyStore, ReadOnlyKey,
-                                   open_key_store)
+from truecost.gateway.key_backends import BACKENDS, MemoryKeyBackend, PostgresKeyBackend, SQLiteKeyBackend, backend_name
+from truecost.gateway.keys import (
+    InvalidKeySpec,
+    KeyConflict,
+    KeyNotFound,
+    KeyRecord,
+    KeyStore,
+    ReadOnlyKey,
+    open_key_store,
+)
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 YAML_SECRET = "sk-yaml-support"
@@ -59,16 +65,30 @@ def mono():
 
 @pytest.fixture
 def store(location, mono):
-    s = KeyStore([OldKeyConfig("support", hashlib.sha256(YAML_SECRET.encode()).hexdigest(), cost_center="cx")],
-                 location(), monotonic=mono, now=lambda: T0)
+    s = KeyStore(
+        [OldKeyConfig("support", hashlib.sha256(YAML_SECRET.encode()).hexdigest(), cost_center="cx")],
+        location(),
+        monotonic=mono,
+        now=lambda: T0,
+    )
     yield s
     s.close()
 
 
 def test_create_returns_a_secret_once_and_stores_only_its_hash(store):
-    record, secret = store.create("team-a", cost_center="cc", team="t", tenant="acme", environment="prod",
-                                  models=["support-bot"], rpm=60, tpm=1000, scopes=["read"],
-                                  allow_attribution_headers=["cost_center"], actor="admin:sha256:00000000")
+    record, secret = store.create(
+        "team-a",
+        cost_center="cc",
+        team="t",
+        tenant="acme",
+        environment="prod",
+        models=["support-bot"],
+        rpm=60,
+        tpm=1000,
+        scopes=["read"],
+        allow_attribution_headers=["cost_center"],
+        actor="admin:sha256:00000000",
+    )
     assert secret.startswith("sk-tc-") and len(secret) > 40
     assert record.key_sha256 == hashlib.sha256(secret.encode()).hexdigest()
     assert record.source == "store" and record.created_at == T0
@@ -152,11 +172,23 @@ def test_expiry(store):
         store.create("naive", expires_at="2027-01-01T00:00:00", actor="admin:x")
 
 
-@pytest.mark.parametrize("fields, match", [
-    ({"rpm": True}, "rpm"), ({"rpm": "10"}, "rpm"), ({"tpm": 0}, "tpm"), ({"tpm": 1.5}, "tpm"),
-    ({"scopes": ["write"]}, "scopes"), ({"scopes": "read"}, "scopes"), ({"models": "support-bot"}, "models"),
-    ({"allow_attribution_headers": ["feature"]}, "allow_attribution_headers"), ({"cost_center": 7}, "cost_center"),
-    ({"tenant": ""}, "tenant"), ({"expires_at": "tomorrow"}, "expires_at"), ({"models": ["nope"]}, "nope")])
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"rpm": True}, "rpm"),
+        ({"rpm": "10"}, "rpm"),
+        ({"tpm": 0}, "tpm"),
+        ({"tpm": 1.5}, "tpm"),
+        ({"scopes": ["write"]}, "scopes"),
+        ({"scopes": "read"}, "scopes"),
+        ({"models": "support-bot"}, "models"),
+        ({"allow_attribution_headers": ["feature"]}, "allow_attribution_headers"),
+        ({"cost_center": 7}, "cost_center"),
+        ({"tenant": ""}, "tenant"),
+        ({"expires_at": "tomorrow"}, "expires_at"),
+        ({"models": ["nope"]}, "nope"),
+    ],
+)
 def test_fields_are_checked_strictly(fields, match):
     s = KeyStore([], now=lambda: T0)
     with pytest.raises(InvalidKeySpec, match=match):
@@ -208,8 +240,9 @@ def test_a_stale_change_loses_to_a_concurrent_one(location):
     a.revoke("k", "admin:x")
     from dataclasses import replace
 
-    assert not b._backend.replace(replace(stale, key_sha256="f" * 64), stale, b._entry("x", "key.rotate", "k", "ok",
-                                                                                         {}, T0))
+    assert not b._backend.replace(
+        replace(stale, key_sha256="f" * 64), stale, b._entry("x", "key.rotate", "k", "ok", {}, T0)
+    )
     assert b._backend.get("k").revoked  # the revocation was not undone by a rotation based on stale data
     with pytest.raises(KeyConflict):
         b.rotate("k", "admin:x")
@@ -225,8 +258,12 @@ def test_every_change_and_refusal_is_audited_without_secrets(store):
     assert store.record_audit("admin:sha256:aaaaaaaa", "cache.invalidate", "kb", {"kb_version": "v2"})
     rows = store.audit(10)
     assert [(r["action"], r["target"], r["outcome"]) for r in rows] == [
-        ("cache.invalidate", "kb", "ok"), ("key.revoke", "support", "refused:read_only"), ("key.revoke", "k", "ok"),
-        ("key.rotate", "k", "ok"), ("key.create", "k", "ok")]
+        ("cache.invalidate", "kb", "ok"),
+        ("key.revoke", "support", "refused:read_only"),
+        ("key.revoke", "k", "ok"),
+        ("key.rotate", "k", "ok"),
+        ("key.create", "k", "ok"),
+    ]
     assert all(r["actor"] == "admin:sha256:aaaaaaaa" and r["ts"] == "2026-11-01T12:00:00Z" for r in rows)
     assert rows[0]["details"] == {"kb_version": "v2"} and rows[3]["details"]["reason"] == "routine"
     assert rows[4]["details"]["tenant"] == "acme"
@@ -255,6 +292,7 @@ def test_an_unreadable_store_keeps_the_last_snapshot():
 
     def down():
         raise LedgerError("server went away")
+
     backend.load = backend.version = down
     mono.t += 5
     assert s.authenticate(secret, T0).name == "k"
@@ -280,8 +318,11 @@ def test_a_reload_reads_the_table_only_when_a_key_changed(location, mono):
 def test_new_config_fields_are_read_and_backends_chosen_by_uri(tmp_path):
     from truecost.gateway.config import KeyConfig
 
-    r = KeyRecord.from_config(KeyConfig("n", "A" * 64, models=("a",), rpm=5, expires_at=T0,
-                                        allow_attribution_headers=("team",), scopes=("read",)))
+    r = KeyRecord.from_config(
+        KeyConfig(
+            "n", "A" * 64, models=("a",), rpm=5, expires_at=T0, allow_attribution_headers=("team",), scopes=("read",)
+        )
+    )
     assert (r.models, r.rpm, r.expires_at) == (("a",), 5, T0)
     assert (r.allow_attribution_headers, r.scopes) == (("team",), ("read",))
     assert r.key_sha256 == "a" * 64 and r.status(T0) == "expired"
@@ -295,4 +336,6 @@ def test_new_config_fields_are_read_and_backends_chosen_by_uri(tmp_path):
     conn = sqlite3.connect(tmp_path / "gw.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")} >= {
-        "truecost_keys", "truecost_admin_audit"}
+        "truecost_keys",
+        "truecost_admin_audit",
+    }

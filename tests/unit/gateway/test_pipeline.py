@@ -21,11 +21,19 @@ from truecost.upstream.memory import MemoryUpstream
 
 MSG = [{"role": "user", "content": "How long does a refund take?"}]
 # Anthropic's own counts: input 1,000 + cache read 20,000 + 5m write 4,000 + 1h write 1,000 + output 800
-NATIVE = {"input_tokens": 1000, "output_tokens": 800, "cache_read_input_tokens": 20000,
-          "cache_creation_input_tokens": 5000,
-          "cache_creation": {"ephemeral_5m_input_tokens": 4000, "ephemeral_1h_input_tokens": 1000}}
-SHAPED = {"prompt_tokens": 26000, "completion_tokens": 800, "total_tokens": 26800,
-          "prompt_tokens_details": {"cached_tokens": 20000}}
+NATIVE = {
+    "input_tokens": 1000,
+    "output_tokens": 800,
+    "cache_read_input_tokens": 20000,
+    "cache_creation_input_tokens": 5000,
+    "cache_creation": {"ephemeral_5m_input_tokens": 4000, "ephemeral_1h_input_tokens": 1000},
+}
+SHAPED = {
+    "prompt_tokens": 26000,
+    "completion_tokens": 800,
+    "total_tokens": 26800,
+    "prompt_tokens_details": {"cached_tokens": 20000},
+}
 
 
 class NativeUpstream(MemoryUpstream):
@@ -45,8 +53,9 @@ class NativeUpstream(MemoryUpstream):
 
 
 def make(upstreams, models, guard=None, **doc):
-    config = parse_config({"upstreams": {name: {"base_url": "http://unused.invalid/v1"} for name in upstreams},
-                           "models": models, **doc})
+    config = parse_config(
+        {"upstreams": {name: {"base_url": "http://unused.invalid/v1"} for name in upstreams}, "models": models, **doc}
+    )
     store = MemoryLedgerStore()
     tracker = Tracker(PriceCatalog.bundled(), lambda e: store.append([e]), source="gateway")
     return Pipeline(config, tracker, upstreams, budgets=guard), store
@@ -74,11 +83,13 @@ def test_a_stream_sends_each_chunk_as_it_came_and_prices_the_native_usage():
     pipeline, store = make({"claude": NativeUpstream()}, {"sonnet": alias(("claude", "claude-sonnet-5.5"))})
 
     async def go():
-        result = await pipeline.chat({"model": "sonnet", "messages": MSG, "stream": True,
-                                      "stream_options": {"include_usage": True}}, None, {})
+        result = await pipeline.chat(
+            {"model": "sonnet", "messages": MSG, "stream": True, "stream_options": {"include_usage": True}}, None, {}
+        )
         out = b"".join([part async for part in result.stream])
         await result.close()
         return out
+
     raw = asyncio.run(go())
     events_ = [line[6:] for line in raw.decode().split("\n\n") if line]
     assert events_[-1] == "[DONE]" and b"_truecost" not in raw
@@ -91,9 +102,13 @@ def test_a_stream_sends_each_chunk_as_it_came_and_prices_the_native_usage():
 
 def test_an_upstream_without_embeddings_is_never_called_for_them():
     chat_only, embedder = MemoryUpstream(supports_embeddings=False), MemoryUpstream()
-    pipeline, store = make({"chat": chat_only, "emb": embedder},
-                           {"embed": alias(("chat", "text-embedding-3-small"), ("emb", "text-embedding-3-small")),
-                            "chat-only": alias(("chat", "text-embedding-3-small"))})
+    pipeline, store = make(
+        {"chat": chat_only, "emb": embedder},
+        {
+            "embed": alias(("chat", "text-embedding-3-small"), ("emb", "text-embedding-3-small")),
+            "chat-only": alias(("chat", "text-embedding-3-small")),
+        },
+    )
     result = asyncio.run(pipeline.embeddings({"model": "embed", "input": ["a b", "c"]}, None, {}))
     assert len(result.body["data"]) == 2 and result.headers["x-truecost-model"] == "text-embedding-3-small"
     assert chat_only.calls == [] and len(embedder.calls) == 1
@@ -107,8 +122,15 @@ def test_an_upstream_without_embeddings_is_never_called_for_them():
 
 def test_the_budget_guard_passed_in_is_the_one_that_admits():
     budgets = [{"cost_center": "cx", "limit_usd": "5"}]
-    guard = LocalBudgetGuard(parse_config({"upstreams": {"m": {"base_url": "http://x"}},
-                                           "models": {"a": alias(("m", "gpt-6-luna"))}, "budgets": budgets}).budgets)
+    guard = LocalBudgetGuard(
+        parse_config(
+            {
+                "upstreams": {"m": {"base_url": "http://x"}},
+                "models": {"a": alias(("m", "gpt-6-luna"))},
+                "budgets": budgets,
+            }
+        ).budgets
+    )
     pipeline, _store = make({"m": MemoryUpstream()}, {"a": alias(("m", "gpt-6-luna"))}, guard, budgets=budgets)
     assert pipeline.budgets is guard
     result = asyncio.run(pipeline.chat({"model": "a", "messages": MSG}, None, {"x-truecost-cost-center": "cx"}))

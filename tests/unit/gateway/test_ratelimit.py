@@ -113,6 +113,7 @@ def test_concurrent_checks_admit_exactly_the_limit():
             except RateLimited:
                 pass
         admitted.append(n)
+
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for t in threads:
         t.start()

@@ -24,8 +24,12 @@ MODELS = {"m": {"candidates": [{"upstream": "a", "model": "gpt-6-luna"}]}}
 
 
 def doc(tmp_path, **extra):
-    return {"upstreams": {"a": {"base_url": "http://127.0.0.1:9/v1", **extra.pop("upstream", {})}}, "models": MODELS,
-            "ledger": str(tmp_path / "ledger.db"), **extra}
+    return {
+        "upstreams": {"a": {"base_url": "http://127.0.0.1:9/v1", **extra.pop("upstream", {})}},
+        "models": MODELS,
+        "ledger": str(tmp_path / "ledger.db"),
+        **extra,
+    }
 
 
 def test_every_upstream_kind_config_accepts_builds_an_upstream(tmp_path):
@@ -62,6 +66,7 @@ def test_the_budget_guard_is_built_once_from_its_table_and_handed_to_the_pipelin
     def local(config, store: LedgerStore) -> BudgetGuard:
         built.append(LocalBudgetGuard(config.budgets, store))
         return built[-1]
+
     monkeypatch.setitem(registry.BUDGET_GUARDS, "local", local)
     config = parse_config(doc(tmp_path, budgets=[{"cost_center": "cx", "limit_usd": "1"}]))
     assert registry.budget_guard_name(config) == "local"
@@ -74,8 +79,13 @@ def test_the_budget_guard_is_built_once_from_its_table_and_handed_to_the_pipelin
 def test_the_ledger_and_shared_budgets_follow_the_ledger_uri(tmp_path):
     config = parse_config(doc(tmp_path, budgets=[{"cost_center": "cx", "limit_usd": "1"}]))
     assert registry.ledger_kind(config.ledger) == "sqlite" and registry.budget_guard_name(config) == "local"
-    pg = parse_config({**doc(tmp_path), "ledger": "postgresql://u@127.0.0.1:9/db",
-                       "budgets": [{"cost_center": "cx", "limit_usd": "1"}]})
+    pg = parse_config(
+        {
+            **doc(tmp_path),
+            "ledger": "postgresql://u@127.0.0.1:9/db",
+            "budgets": [{"cost_center": "cx", "limit_usd": "1"}],
+        }
+    )
     assert registry.ledger_kind(pg.ledger) == "postgresql" and registry.budget_guard_name(pg) == "postgresql"
     assert registry.budget_guard_name(parse_config({**doc(tmp_path), "ledger": "postgres://x/db"})) == "local"
     ledger = registry.LEDGERS["sqlite"](config)

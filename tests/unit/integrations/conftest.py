@@ -11,7 +11,6 @@ from truecost.tracking import Tracker
 from .spans import PRICES
 
 
-
 @pytest.fixture(scope="session")
 def catalog(tmp_path_factory):
     path = tmp_path_factory.mktemp("prices") / "test-prices.yaml"

@@ -43,10 +43,32 @@ def span_id(n: int | None = None) -> str:
     return f"{n if n is not None else next(_ids):016x}"
 
 
-def record(attrs: dict, *, name: str = "span", kind: int = 1, resource: dict | None = None, trace: str | None = None,
-           parent: str | None = None, duration_ms: float = 10.0, status: int = 0, scope: str = "test") -> SpanRecord:
-    return SpanRecord(trace or trace_id(), span_id(), parent, name, kind, T0, T0 + int(duration_ms * 1e6), status, "",
-                      attrs, resource or {}, scope)
+def record(
+    attrs: dict,
+    *,
+    name: str = "span",
+    kind: int = 1,
+    resource: dict | None = None,
+    trace: str | None = None,
+    parent: str | None = None,
+    duration_ms: float = 10.0,
+    status: int = 0,
+    scope: str = "test",
+) -> SpanRecord:
+    return SpanRecord(
+        trace or trace_id(),
+        span_id(),
+        parent,
+        name,
+        kind,
+        T0,
+        T0 + int(duration_ms * 1e6),
+        status,
+        "",
+        attrs,
+        resource or {},
+        scope,
+    )
 
 
 def _value(v) -> dict:
@@ -65,19 +87,41 @@ def attributes(d: dict) -> list:
     return [{"key": k, "value": _value(v)} for k, v in d.items()]
 
 
-def json_span(attrs: dict, *, name: str = "span", trace: str | None = None, span: str | None = None,
-              kind: int = 3, start: int = T0, duration_ms: float = 10.0, parent: str | None = None) -> dict:
-    out = {"traceId": trace or trace_id(), "spanId": span or span_id(), "name": name, "kind": kind,
-           "startTimeUnixNano": str(start), "endTimeUnixNano": str(start + int(duration_ms * 1e6)),
-           "attributes": attributes(attrs), "status": {}}
+def json_span(
+    attrs: dict,
+    *,
+    name: str = "span",
+    trace: str | None = None,
+    span: str | None = None,
+    kind: int = 3,
+    start: int = T0,
+    duration_ms: float = 10.0,
+    parent: str | None = None,
+) -> dict:
+    out = {
+        "traceId": trace or trace_id(),
+        "spanId": span or span_id(),
+        "name": name,
+        "kind": kind,
+        "startTimeUnixNano": str(start),
+        "endTimeUnixNano": str(start + int(duration_ms * 1e6)),
+        "attributes": attributes(attrs),
+        "status": {},
+    }
     if parent:
         out["parentSpanId"] = parent
     return out
 
 
 def json_doc(spans: list[dict], resource: dict | None = None, scope: str = "test") -> dict:
-    return {"resourceSpans": [{"resource": {"attributes": attributes(resource or {})},
-                               "scopeSpans": [{"scope": {"name": scope}, "spans": spans}]}]}
+    return {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": attributes(resource or {})},
+                "scopeSpans": [{"scope": {"name": scope}, "spans": spans}],
+            }
+        ]
+    }
 
 
 def json_body(spans: list[dict], resource: dict | None = None) -> bytes:
@@ -104,5 +148,10 @@ def protobuf_body(spans: list[dict], resource: dict | None = None) -> bytes:
     return json_format.ParseDict(doc, ExportTraceServiceRequest()).SerializeToString()
 
 
-GENAI = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "tc-chat",
-         "gen_ai.usage.input_tokens": 1000, "gen_ai.usage.output_tokens": 200}
+GENAI = {
+    "gen_ai.operation.name": "chat",
+    "gen_ai.provider.name": "openai",
+    "gen_ai.request.model": "tc-chat",
+    "gen_ai.usage.input_tokens": 1000,
+    "gen_ai.usage.output_tokens": 200,
+}

@@ -10,8 +10,10 @@ from truecost.errors import ConfigError
 
 def test_check_prints_what_the_config_says(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("listen: 127.0.0.1:4999\nledger: l.db\npin: {cost_center: platform}\n"
-                   "otlp: {unmatched: skip, rules: [{match: {name: 'pii.*'}, step: sanitize, compute: true}]}\n")
+    cfg.write_text(
+        "listen: 127.0.0.1:4999\nledger: l.db\npin: {cost_center: platform}\n"
+        "otlp: {unmatched: skip, rules: [{match: {name: 'pii.*'}, step: sanitize, compute: true}]}\n"
+    )
     out = CliRunner().invoke(cli, ["collect", "--config", str(cfg), "--check"])
     assert out.exit_code == 0, out.output
     shown = json.loads(out.output)
@@ -19,13 +21,16 @@ def test_check_prints_what_the_config_says(tmp_path):
     assert read_config(str(cfg))["pin"].cost_center == "platform"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("listen: nope\n", "HOST:PORT"),
-    ("colour: red\n", "unknown key"),
-    ("pin: {colour: red}\n", "attribution fields"),
-    ("otlp: {rules: [{match: {kind: sideways}}]}\n", "otlp.rules\\[0\\].match.kind"),
-    ("- a list\n", "mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("listen: nope\n", "HOST:PORT"),
+        ("colour: red\n", "unknown key"),
+        ("pin: {colour: red}\n", "attribution fields"),
+        ("otlp: {rules: [{match: {kind: sideways}}]}\n", "otlp.rules\\[0\\].match.kind"),
+        ("- a list\n", "mapping"),
+    ],
+)
 def test_config_errors_name_the_setting(tmp_path, text, message):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(text)

@@ -5,21 +5,41 @@ from decimal import Decimal
 
 from truecost.integrations.litellm import attribution_of, record_call, usage_of
 
-USAGE = {"prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200,
-         "prompt_tokens_details": {"cached_tokens": 400, "cache_creation_tokens": 100},
-         "completion_tokens_details": {"reasoning_tokens": 50}}
+USAGE = {
+    "prompt_tokens": 1000,
+    "completion_tokens": 200,
+    "total_tokens": 1200,
+    "prompt_tokens_details": {"cached_tokens": 400, "cache_creation_tokens": 100},
+    "completion_tokens_details": {"reasoning_tokens": 50},
+}
 T = datetime(2026, 11, 20, 12, 0)
 
 
 def kwargs(**over):
-    slo = {"id": "call-1", "trace_id": "trace-1", "call_type": "acompletion", "custom_llm_provider": "openai",
-           "response_cost": 0.00123, "request_tags": ["faq", "beta"], "end_user": "",
-           "metadata": {"user_api_key_alias": "support-key", "user_api_key_team_alias": "support",
-                        "user_api_key_team_id": "team-123", "user_api_key_user_id": "u-7",
-                        "requester_metadata": {"feature": "refunds"}}}
-    out = {"model": "tc-chat", "call_type": "acompletion", "litellm_call_id": "call-1", "litellm_trace_id": "trace-1",
-           "litellm_params": {"custom_llm_provider": "openai", "metadata": {"cost_center": "cc-9"}},
-           "standard_logging_object": slo}
+    slo = {
+        "id": "call-1",
+        "trace_id": "trace-1",
+        "call_type": "acompletion",
+        "custom_llm_provider": "openai",
+        "response_cost": 0.00123,
+        "request_tags": ["faq", "beta"],
+        "end_user": "",
+        "metadata": {
+            "user_api_key_alias": "support-key",
+            "user_api_key_team_alias": "support",
+            "user_api_key_team_id": "team-123",
+            "user_api_key_user_id": "u-7",
+            "requester_metadata": {"feature": "refunds"},
+        },
+    }
+    out = {
+        "model": "tc-chat",
+        "call_type": "acompletion",
+        "litellm_call_id": "call-1",
+        "litellm_trace_id": "trace-1",
+        "litellm_params": {"custom_llm_provider": "openai", "metadata": {"cost_center": "cc-9"}},
+        "standard_logging_object": slo,
+    }
     out.update(over)
     return out
 
@@ -50,15 +70,25 @@ def test_a_call_is_a_priced_step_with_litellm_cost_kept_beside(ledger):
 
 def test_embeddings_failures_missing_usage_and_cache_hits(ledger):
     tracker, store = ledger
-    (emb,) = record_call(tracker, kwargs(call_type="embedding", model="tc-embed"),
-                         {"model": "tc-embed", "usage": {"prompt_tokens": 5000, "total_tokens": 5000}}, T, T)
+    (emb,) = record_call(
+        tracker,
+        kwargs(call_type="embedding", model="tc-embed"),
+        {"model": "tc-embed", "usage": {"prompt_tokens": 5000, "total_tokens": 5000}},
+        T,
+        T,
+    )
     assert emb.step == "embed" and emb.cost == Decimal("0.0001")
     (fail,) = record_call(tracker, kwargs(exception=TimeoutError("x")), None, T, T, failed=True)
     assert fail.cost is None and "TimeoutError" in fail.details["unknown_reason"]
     (none,) = record_call(tracker, kwargs(), {"model": "tc-chat"}, T, T)
     assert none.cost is None and "reported no usage" in none.details["unknown_reason"]
-    (local,) = record_call(tracker, kwargs(litellm_params={"custom_llm_provider": "ollama"}, model="llama3",
-                                           standard_logging_object={}), {"model": "llama3", "usage": USAGE}, T, T)
+    (local,) = record_call(
+        tracker,
+        kwargs(litellm_params={"custom_llm_provider": "ollama"}, model="llama3", standard_logging_object={}),
+        {"model": "llama3", "usage": USAGE},
+        T,
+        T,
+    )
     assert local.cost is None and "self-hosted" in local.details["unknown_reason"]
     hit = kwargs()
     hit["standard_logging_object"]["cache_hit"] = True

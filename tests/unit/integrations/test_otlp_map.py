@@ -18,7 +18,9 @@ def _map(tracker, spans, config=None, pinned=None):
 
 def test_a_genai_span_is_a_priced_generate_step(ledger):
     tracker, _ = ledger
-    span = record(GENAI, name="chat tc-chat", kind=3, resource={"service.name": "rag", "deployment.environment.name": "prod"})
+    span = record(
+        GENAI, name="chat tc-chat", kind=3, resource={"service.name": "rag", "deployment.environment.name": "prod"}
+    )
     (e,), stats = _map(tracker, [span])
     assert e.step == "generate" and e.service == "tc-chat" and e.provider == "openai"
     assert e.cost == Decimal("0.0018")  # 1000 x 1/1M + 200 x 4/1M
@@ -40,11 +42,19 @@ def test_cache_reads_and_writes_are_priced_at_their_own_rates(ledger):
 
 def test_anthropic_span_and_embedding_span(ledger):
     tracker, _ = ledger
-    claude = record({"gen_ai.provider.name": "anthropic", "gen_ai.request.model": "tc-claude",
-                     "gen_ai.usage.input_tokens": 26000, "gen_ai.usage.output_tokens": 800,
-                     "gen_ai.usage.cache_read.input_tokens": 20000, "gen_ai.usage.cache_creation.input_tokens": 5000})
-    embed = record({"openinference.span.kind": "EMBEDDING", "embedding.model_name": "tc-embed",
-                    "llm.token_count.total": 5000})
+    claude = record(
+        {
+            "gen_ai.provider.name": "anthropic",
+            "gen_ai.request.model": "tc-claude",
+            "gen_ai.usage.input_tokens": 26000,
+            "gen_ai.usage.output_tokens": 800,
+            "gen_ai.usage.cache_read.input_tokens": 20000,
+            "gen_ai.usage.cache_creation.input_tokens": 5000,
+        }
+    )
+    embed = record(
+        {"openinference.span.kind": "EMBEDDING", "embedding.model_name": "tc-embed", "llm.token_count.total": 5000}
+    )
     (c, e), _ = _map(tracker, [claude, embed])
     # 1000 x 3 + 20000 x 0.3 + 5000 x 3.75 + 800 x 15 (per 1M)
     assert c.cost == Decimal("0.03975")
@@ -53,11 +63,13 @@ def test_anthropic_span_and_embedding_span(ledger):
 
 def test_unpriced_spans_are_recorded_with_a_reason_never_zero(ledger):
     tracker, _ = ledger
-    spans = [record({"gen_ai.request.model": "no-such-model-xyz", "gen_ai.usage.input_tokens": 5}),
-             record({"gen_ai.request.model": "tc-chat"}),
-             record({"gen_ai.system": "ollama", "gen_ai.request.model": "llama3", "gen_ai.usage.input_tokens": 5}),
-             record({"gen_ai.request.model": "tc-chat", "gen_ai.usage.input_tokens": -3}),
-             record({"http.request.method": "GET"}, name="GET /x", kind=3)]
+    spans = [
+        record({"gen_ai.request.model": "no-such-model-xyz", "gen_ai.usage.input_tokens": 5}),
+        record({"gen_ai.request.model": "tc-chat"}),
+        record({"gen_ai.system": "ollama", "gen_ai.request.model": "llama3", "gen_ai.usage.input_tokens": 5}),
+        record({"gen_ai.request.model": "tc-chat", "gen_ai.usage.input_tokens": -3}),
+        record({"http.request.method": "GET"}, name="GET /x", kind=3),
+    ]
     events, stats = _map(tracker, spans)
     assert len(events) == 5 and all(e.cost is None for e in events)
     reasons = [e.details["unknown_reason"] for e in events]
@@ -71,17 +83,32 @@ def test_unpriced_spans_are_recorded_with_a_reason_never_zero(ledger):
 
 def test_container_spans_are_counted_not_recorded(ledger):
     tracker, _ = ledger
-    spans = [record({"http.route": "/chat"}, kind=2), record({"openinference.span.kind": "CHAIN"}),
-             record({"traceloop.span.kind": "workflow"}), record(GENAI)]
+    spans = [
+        record({"http.route": "/chat"}, kind=2),
+        record({"openinference.span.kind": "CHAIN"}),
+        record({"traceloop.span.kind": "workflow"}),
+        record(GENAI),
+    ]
     events, stats = _map(tracker, spans)
     assert [e.step for e in events] == ["generate"] and stats.skipped == 3
 
 
 def test_default_pinecone_rule_prices_read_units(ledger):
     tracker, _ = ledger
-    config = {"rules": [{"match": {"db.system.name": "pinecone"}, "step": "vector_search",
-                         "price": {"resource": "tc-vdb", "component": "read_unit", "kind": "vector_db",
-                                   "quantity_from": "db.pinecone.usage.read_units"}}]}
+    config = {
+        "rules": [
+            {
+                "match": {"db.system.name": "pinecone"},
+                "step": "vector_search",
+                "price": {
+                    "resource": "tc-vdb",
+                    "component": "read_unit",
+                    "kind": "vector_db",
+                    "quantity_from": "db.pinecone.usage.read_units",
+                },
+            }
+        ]
+    }
     (e,), _ = _map(tracker, [record({"db.system.name": "pinecone", "db.pinecone.usage.read_units": 5}, kind=3)], config)
     assert e.step == "vector_search" and e.cost == Decimal("0.00008") and e.unit == "read units"
     (m,), _ = _map(tracker, [record({"db.system.name": "pinecone"}, kind=3)], config)
@@ -90,18 +117,36 @@ def test_default_pinecone_rule_prices_read_units(ledger):
 
 def test_egress_compute_cost_from_and_name_rules(ledger):
     tracker, _ = ledger
-    config = {"rules": [
-        {"match": {"kind": "client", "server.address": "*.eu-west-1.amazonaws.com"}, "step": "egress",
-         "egress": {"bytes_from": ["http.request.body.size", "http.response.body.size"], "src_region": "us-east-1",
-                    "dst_region_from": "cloud.region"}},
-        {"match": {"name": "pii.*"}, "step": "sanitize", "compute": True},
-        {"match": {"name": "judge"}, "step": "validate", "cost_from": "app.cost_usd"},
-        {"match": {"name": "noise*"}, "skip": True}]}
-    spans = [record({"server.address": "s3.eu-west-1.amazonaws.com", "http.request.body.size": 400_000_000,
-                     "http.response.body.size": 100_000_000}, kind=3, resource={"cloud.region": "eu-west-1"}),
-             record({}, name="pii.scrub", duration_ms=500),
-             record({"app.cost_usd": "0.0042"}, name="judge"),
-             record({}, name="noise.tick")]
+    config = {
+        "rules": [
+            {
+                "match": {"kind": "client", "server.address": "*.eu-west-1.amazonaws.com"},
+                "step": "egress",
+                "egress": {
+                    "bytes_from": ["http.request.body.size", "http.response.body.size"],
+                    "src_region": "us-east-1",
+                    "dst_region_from": "cloud.region",
+                },
+            },
+            {"match": {"name": "pii.*"}, "step": "sanitize", "compute": True},
+            {"match": {"name": "judge"}, "step": "validate", "cost_from": "app.cost_usd"},
+            {"match": {"name": "noise*"}, "skip": True},
+        ]
+    }
+    spans = [
+        record(
+            {
+                "server.address": "s3.eu-west-1.amazonaws.com",
+                "http.request.body.size": 400_000_000,
+                "http.response.body.size": 100_000_000,
+            },
+            kind=3,
+            resource={"cloud.region": "eu-west-1"},
+        ),
+        record({}, name="pii.scrub", duration_ms=500),
+        record({"app.cost_usd": "0.0042"}, name="judge"),
+        record({}, name="noise.tick"),
+    ]
     events, stats = _map(tracker, spans, config)
     egress, pii, judge = events
     assert egress.step == "egress" and egress.region == "us-east-1->eu-west-1"
@@ -115,24 +160,38 @@ def test_egress_compute_cost_from_and_name_rules(ledger):
 def test_user_rules_come_before_the_genai_mapping(ledger):
     tracker, _ = ledger
     config = {"rules": [{"match": {"gen_ai.system": "ollama"}, "step": "generate", "compute": "acme/tc-cpu"}]}
-    (e,), _ = _map(tracker, [record({"gen_ai.system": "ollama", "gen_ai.request.model": "llama3",
-                                     "gen_ai.usage.input_tokens": 5}, duration_ms=1000)], config)
+    (e,), _ = _map(
+        tracker,
+        [
+            record(
+                {"gen_ai.system": "ollama", "gen_ai.request.model": "llama3", "gen_ai.usage.input_tokens": 5},
+                duration_ms=1000,
+            )
+        ],
+        config,
+    )
     assert e.cost == Decimal("0.0001") and e.unit == "vCPU-seconds"
 
 
 def test_attribution_is_per_trace_from_spans_resource_and_association_properties(ledger):
     tracker, _ = ledger
     t = trace_id()
-    spans = [record(GENAI, trace=t, resource={"service.name": "rag"}),
-             record({"traceloop.association.properties.tenant.id": "acme", "team": "search"}, trace=t,
-                    name="root", kind=2)]
+    spans = [
+        record(GENAI, trace=t, resource={"service.name": "rag"}),
+        record({"traceloop.association.properties.tenant.id": "acme", "team": "search"}, trace=t, name="root", kind=2),
+    ]
     events, _ = _map(tracker, spans)
     (e,) = events
     assert (e.attribution.tenant, e.attribution.team) == ("acme", "search")
     config = {"attribution": {"cost_center": ["app.cc"], "feature": "app.feature"}, "tags": {"svc": "service.name"}}
-    (f,), _ = _map(tracker, [record({**GENAI, "app.cc": "cc-7", "app.feature": "faq"},
-                                    resource={"service.name": "bot"})], config)
-    assert (f.attribution.cost_center, f.attribution.feature, dict(f.attribution.tags)) == ("cc-7", "faq", {"svc": "bot"})
+    (f,), _ = _map(
+        tracker, [record({**GENAI, "app.cc": "cc-7", "app.feature": "faq"}, resource={"service.name": "bot"})], config
+    )
+    assert (f.attribution.cost_center, f.attribution.feature, dict(f.attribution.tags)) == (
+        "cc-7",
+        "faq",
+        {"svc": "bot"},
+    )
 
 
 def test_attribution_carries_to_later_batches_of_the_same_trace(ledger):
@@ -169,17 +228,20 @@ def test_error_status_and_unmatched_policies(ledger):
     assert c.cost == Decimal("0.0002")
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"rules": [{"match": {}, "step": "generate"}]}, "non-empty"),
-    ({"rules": [{"match": {"a": "b"}, "step": "nope"}]}, "step"),
-    ({"rules": [{"match": {"kind": "sideways"}}]}, "kind"),
-    ({"rules": [{"match": {"a": "b"}, "price": {"resource": "x"}}]}, "resource and component"),
-    ({"rules": [{"match": {"a": "b"}, "compute": True, "cost_from": "c"}]}, "one of"),
-    ({"rules": [{"match": {"a": "b"}, "egress": {"bytes_from": "n", "src_region": "a"}}]}, "dst_region"),
-    ({"unmatched": "drop"}, "unmatched"),
-    ({"attribution": {"colour": "x"}}, "not an attribution field"),
-    ({"surprise": 1}, "unknown key"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"rules": [{"match": {}, "step": "generate"}]}, "non-empty"),
+        ({"rules": [{"match": {"a": "b"}, "step": "nope"}]}, "step"),
+        ({"rules": [{"match": {"kind": "sideways"}}]}, "kind"),
+        ({"rules": [{"match": {"a": "b"}, "price": {"resource": "x"}}]}, "resource and component"),
+        ({"rules": [{"match": {"a": "b"}, "compute": True, "cost_from": "c"}]}, "one of"),
+        ({"rules": [{"match": {"a": "b"}, "egress": {"bytes_from": "n", "src_region": "a"}}]}, "dst_region"),
+        ({"unmatched": "drop"}, "unmatched"),
+        ({"attribution": {"colour": "x"}}, "not an attribution field"),
+        ({"surprise": 1}, "unknown key"),
+    ],
+)
 def test_config_is_validated_with_the_place_named(bad, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(bad)

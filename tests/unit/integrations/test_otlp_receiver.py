@@ -43,16 +43,22 @@ def test_protobuf_and_json_decode_to_the_same_spans():
 
 def test_gzip_bodies_are_accepted(client):
     c, store = client
-    r = c.post("/v1/traces", content=gzip.compress(json_body([json_span(GENAI)])),
-               headers={**JS, "content-encoding": "gzip"})
+    r = c.post(
+        "/v1/traces", content=gzip.compress(json_body([json_span(GENAI)])), headers={**JS, "content-encoding": "gzip"}
+    )
     assert r.status_code == 200 and len(store.query()) == 1
 
 
 def test_malformed_payloads_get_a_clear_400_and_lose_nothing_already_accepted(client):
     c, store = client
     assert c.post("/v1/traces", content=json_body([json_span(GENAI)]), headers=JS).status_code == 200
-    bad_json = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [json_span(GENAI),
-                                                                         {**json_span(GENAI), "startTimeUnixNano": "soon"}]}]}]})
+    bad_json = json.dumps(
+        {
+            "resourceSpans": [
+                {"scopeSpans": [{"spans": [json_span(GENAI), {**json_span(GENAI), "startTimeUnixNano": "soon"}]}]}
+            ]
+        }
+    )
     r = c.post("/v1/traces", content=bad_json, headers=JS)
     assert r.status_code == 400
     assert r.json()["code"] == 3 and "spans[1].startTimeUnixNano" in r.json()["message"]
@@ -126,8 +132,10 @@ def test_a_closed_writer_answers_503_so_the_exporter_retries(catalog):
 
 def test_json_errors_name_the_place():
     with pytest.raises(OTLPPayloadError, match=r"resourceSpans\[0\].scopeSpans\[0\].spans\[0\].attributes\[0\]"):
-        decode(json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [{"attributes": [{"value": {}}]}]}]}]}).encode(),
-               "application/json")
+        decode(
+            json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [{"attributes": [{"value": {}}]}]}]}]}).encode(),
+            "application/json",
+        )
 
 
 class _StuckStore:

@@ -76,9 +76,11 @@ def test_replay_twice_does_not_double(tmp_path):
 def test_concurrent_producers():
     store = MemoryLedgerStore()
     w = BatchWriter(store, batch_size=64, interval=0.01, max_queue=100)
+
     def work(t):
         for i in range(500):
             w.submit(ev(f"{t}-{i}"))
+
     threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
     [t.start() for t in threads]
     [t.join() for t in threads]

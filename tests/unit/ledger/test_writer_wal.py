@@ -92,8 +92,17 @@ def test_a_replay_appends_new_events_in_bulk_around_stored_ones(tmp_path):
         def append(self, events):
             Counting.calls += 1
             super().append(events)
-    events = [CostEvent(id=f"e{i}", request_id=f"r{i}", ts=datetime(2026, 11, 1, tzinfo=timezone.utc), step="generate",
-                        cost=Decimal("0.001")) for i in range(2000)]
+
+    events = [
+        CostEvent(
+            id=f"e{i}",
+            request_id=f"r{i}",
+            ts=datetime(2026, 11, 1, tzinfo=timezone.utc),
+            step="generate",
+            cost=Decimal("0.001"),
+        )
+        for i in range(2000)
+    ]
     store = Counting(tmp_path / "l.db")
     store.append(events[:300])  # a crash had stored the first batches of the file
     store.append(events[900:950])

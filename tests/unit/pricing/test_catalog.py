@@ -27,9 +27,19 @@ def test_catalog_covers_every_kind():
 
 def test_models_used_by_the_shared_data_are_priced():
     c = PriceCatalog.bundled()
-    for m in ["gpt-4-1106-preview", "gpt-3.5-turbo-1106", "Mixtral-8x7B-Instruct-v0.1", "claude-v2", "claude-instant-v1",
-              "llama-2-70b-chat", "mixtral-8x7b-chat", "Yi-34B-Chat", "code-llama-instruct-34b-chat",
-              "mistral-7b-chat", "WizardLM-13B-V1.2"]:
+    for m in [
+        "gpt-4-1106-preview",
+        "gpt-3.5-turbo-1106",
+        "Mixtral-8x7B-Instruct-v0.1",
+        "claude-v2",
+        "claude-instant-v1",
+        "llama-2-70b-chat",
+        "mixtral-8x7b-chat",
+        "Yi-34B-Chat",
+        "code-llama-instruct-34b-chat",
+        "mistral-7b-chat",
+        "WizardLM-13B-V1.2",
+    ]:
         assert c.price_for(m, datetime(2024, 6, 1, tzinfo=timezone.utc)) is not None, m
 
 
@@ -63,16 +73,37 @@ entries:
     assert c.price_for("our-private-model", AT).source == "internal chargeback"
 
 
-@pytest.mark.parametrize("body,problem", [
-    ("entries: [{name: x, provider: p, kind: chat, unit: 1M tokens, versions: [{effective_from: 2026-01-01, rates: {input: 1}}]}]", "source"),
-    ("entries: [{name: x, provider: p, kind: chat, unit: 1M tokens, versions: [{source: s, rates: {input: 1}}]}]", "effective_from"),
-    ("entries: [{name: x, provider: p, kind: chat, unit: 1M tokens, versions: [{effective_from: 2026-01-01, source: s, rates: {input: -1}}]}]", "non-negative"),
-    ("entries: [{name: x, provider: p, kind: chat, unit: 1M tokens, versions: [{effective_from: 2026-01-01, source: s, rates: {input: abc}}]}]", "must be a number"),
-    ("entries: [{name: x, provider: p, kind: spaceship, versions: []}]", "kind must be one of"),
-    ("entries: [{name: x, provider: p, kind: chat, unit: 1M tokens, versions: [{effective_from: 2026-01-01, source: s, rates: {input: 1}}, {effective_from: 2025-06-01, effective_to: 2026-06-01, source: s, rates: {input: 1}}]}]", "overlap"),
-    ("entries: [{name: x, provider: p, kind: chat, unit: 1M tokens, versions: [{effective_from: yesterday, source: s, rates: {input: 1}}]}]", "date"),
-    ("{{{{", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "body,problem",
+    [
+        (
+            "entries: [{name: x, provider: p, kind: chat, unit: 1M tokens, versions: [{effective_from: 2026-01-01, rates: {input: 1}}]}]",
+            "source",
+        ),
+        (
+            "entries: [{name: x, provider: p, kind: chat, unit: 1M tokens, versions: [{source: s, rates: {input: 1}}]}]",
+            "effective_from",
+        ),
+        (
+            "entries: [{name: x, provider: p, kind: chat, unit: 1M tokens, versions: [{effective_from: 2026-01-01, source: s, rates: {input: -1}}]}]",
+            "non-negative",
+        ),
+        (
+            "entries: [{name: x, provider: p, kind: chat, unit: 1M tokens, versions: [{effective_from: 2026-01-01, source: s, rates: {input: abc}}]}]",
+            "must be a number",
+        ),
+        ("entries: [{name: x, provider: p, kind: spaceship, versions: []}]", "kind must be one of"),
+        (
+            "entries: [{name: x, provider: p, kind: chat, unit: 1M tokens, versions: [{effective_from: 2026-01-01, source: s, rates: {input: 1}}, {effective_from: 2025-06-01, effective_to: 2026-06-01, source: s, rates: {input: 1}}]}]",
+            "overlap",
+        ),
+        (
+            "entries: [{name: x, provider: p, kind: chat, unit: 1M tokens, versions: [{effective_from: yesterday, source: s, rates: {input: 1}}]}]",
+            "date",
+        ),
+        ("{{{{", "not valid YAML"),
+    ],
+)
 def test_malformed_price_file_names_file_and_entry(tmp_path, body, problem):
     f = tmp_path / "bad.yaml"
     f.write_text(body)
@@ -83,14 +114,23 @@ def test_malformed_price_file_names_file_and_entry(tmp_path, body, problem):
 
 def test_litellm_import_converts_per_token_floats_exactly(tmp_path):
     f = tmp_path / "prices.json"
-    f.write_text(json.dumps({
-        "sample_spec": {"input_cost_per_token": 0},
-        "acme-chat": {"litellm_provider": "acme", "mode": "chat", "input_cost_per_token": 3e-07,
-                      "output_cost_per_token": 1.5e-06, "cache_read_input_token_cost": 3e-08,
-                      "input_cost_per_token_above_200k_tokens": 6e-07},
-        "acme/embedder": {"litellm_provider": "acme", "mode": "embedding", "input_cost_per_token": 2e-08},
-        "image-thing": {"mode": "image_generation", "output_cost_per_image": 0.04},
-    }))
+    f.write_text(
+        json.dumps(
+            {
+                "sample_spec": {"input_cost_per_token": 0},
+                "acme-chat": {
+                    "litellm_provider": "acme",
+                    "mode": "chat",
+                    "input_cost_per_token": 3e-07,
+                    "output_cost_per_token": 1.5e-06,
+                    "cache_read_input_token_cost": 3e-08,
+                    "input_cost_per_token_above_200k_tokens": 6e-07,
+                },
+                "acme/embedder": {"litellm_provider": "acme", "mode": "embedding", "input_cost_per_token": 2e-08},
+                "image-thing": {"mode": "image_generation", "output_cost_per_image": 0.04},
+            }
+        )
+    )
     entries, skipped = import_litellm_prices(f, effective_from=date(2026, 1, 1))
     c = PriceCatalog(entries)
     v = c.price_for("acme-chat", AT)

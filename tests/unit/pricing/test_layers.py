@@ -48,17 +48,29 @@ def test_truecost_history_sits_above_genai_prices_without_dropping_it(catalog):
 
 def test_litellm_import_keeps_every_tier_batch_and_tier_cache_price(tmp_path):
     f = tmp_path / "prices.json"
-    f.write_text(json.dumps({
-        "acme-chat": {"litellm_provider": "acme", "mode": "chat", "input_cost_per_token": 1e-06,
-                      "output_cost_per_token": 5e-06, "cache_read_input_token_cost": 1e-07,
-                      "cache_creation_input_token_cost": 1.25e-06,
-                      "input_cost_per_token_above_128k_tokens": 2e-06, "input_cost_per_token_above_272k_tokens": 3e-06,
-                      "cache_read_input_token_cost_above_272k_tokens": 3e-07,
-                      "input_cost_per_token_batches": 5e-07, "output_cost_per_token_batches": 2.5e-06,
-                      "input_cost_per_token_flex": 5e-07, "input_cost_per_audio_token": 3.2e-05,
-                      "output_cost_per_second": 0.01},
-        "acme/acme-chat": {"litellm_provider": "acme", "mode": "chat", "input_cost_per_token": 1e-06},
-    }))
+    f.write_text(
+        json.dumps(
+            {
+                "acme-chat": {
+                    "litellm_provider": "acme",
+                    "mode": "chat",
+                    "input_cost_per_token": 1e-06,
+                    "output_cost_per_token": 5e-06,
+                    "cache_read_input_token_cost": 1e-07,
+                    "cache_creation_input_token_cost": 1.25e-06,
+                    "input_cost_per_token_above_128k_tokens": 2e-06,
+                    "input_cost_per_token_above_272k_tokens": 3e-06,
+                    "cache_read_input_token_cost_above_272k_tokens": 3e-07,
+                    "input_cost_per_token_batches": 5e-07,
+                    "output_cost_per_token_batches": 2.5e-06,
+                    "input_cost_per_token_flex": 5e-07,
+                    "input_cost_per_audio_token": 3.2e-05,
+                    "output_cost_per_second": 0.01,
+                },
+                "acme/acme-chat": {"litellm_provider": "acme", "mode": "chat", "input_cost_per_token": 1e-06},
+            }
+        )
+    )
     result = import_litellm(f, effective_from=date(2026, 1, 1))
     (entry,) = result.entries  # 'acme-chat' and 'acme/acme-chat': one model, one entry
     assert entry.aliases == ("acme/acme-chat",)
@@ -75,8 +87,18 @@ def test_litellm_import_keeps_every_tier_batch_and_tier_cache_price(tmp_path):
 
 def test_litellm_layer_never_drops_bundled_history_or_tiers(tmp_path, catalog):
     f = tmp_path / "prices.json"
-    f.write_text(json.dumps({"gpt-6.2-sol": {"litellm_provider": "openai", "mode": "chat",
-                                             "input_cost_per_token": 2.2e-06, "output_cost_per_token": 1.1e-05}}))
+    f.write_text(
+        json.dumps(
+            {
+                "gpt-6.2-sol": {
+                    "litellm_provider": "openai",
+                    "mode": "chat",
+                    "input_cost_per_token": 2.2e-06,
+                    "output_cost_per_token": 1.1e-05,
+                }
+            }
+        )
+    )
     c = PriceCatalog.bundled()
     c.add(import_litellm(f, effective_from=date(2026, 12, 1)).entries)
     before = c.price_for("gpt-6.2-sol", AT)
@@ -86,8 +108,10 @@ def test_litellm_layer_never_drops_bundled_history_or_tiers(tmp_path, catalog):
 
 def test_user_file_sits_above_a_litellm_import_added_later(tmp_path):
     user = tmp_path / "ours.yaml"
-    user.write_text("provider: openai\nkind: chat\nunit: 1M tokens\nentries:\n  - name: gpt-6.2-sol\n    versions:\n"
-                    "      - {effective_from: 2026-01-01, source: contract, rates: {input: '1', output: '5'}}\n")
+    user.write_text(
+        "provider: openai\nkind: chat\nunit: 1M tokens\nentries:\n  - name: gpt-6.2-sol\n    versions:\n"
+        "      - {effective_from: 2026-01-01, source: contract, rates: {input: '1', output: '5'}}\n"
+    )
     lite = tmp_path / "prices.json"
     lite.write_text(json.dumps({"gpt-6.2-sol": {"litellm_provider": "openai", "input_cost_per_token": 9e-06}}))
     c = PriceCatalog.load(user)
@@ -128,8 +152,9 @@ def test_prices_update_saves_a_dated_snapshot_and_prints_the_diff(tmp_path):
     # the CLI's catalog now uses the saved snapshot; pinning 'bundled' goes back to the package's data
     now = CliRunner().invoke(prices, ["show", "gpt-6-luna", "--json", "--prices-dir", str(folder)])
     assert json.loads(now.output)["versions"][-1]["rates"]["output"] == "0.40"
-    pinned = CliRunner().invoke(prices, ["show", "gpt-6-luna", "--json", "--prices-dir", str(folder),
-                                         "--genai-snapshot", "bundled"])
+    pinned = CliRunner().invoke(
+        prices, ["show", "gpt-6-luna", "--json", "--prices-dir", str(folder), "--genai-snapshot", "bundled"]
+    )
     assert json.loads(pinned.output)["versions"][-1]["rates"]["output"] == "0.5"
 
 
@@ -141,13 +166,31 @@ def test_update_refuses_data_that_is_not_a_snapshot(tmp_path):
 
 def test_prices_check_on_a_litellm_spend_log(tmp_path):
     log = tmp_path / "spend.json"
-    log.write_text(json.dumps([
-        {"model": "claude-haiku-4-5-20251001", "spend": 0.0015, "prompt_tokens": 1000, "completion_tokens": 100},
-        {"model": "acme-secret-model", "spend": 0.5, "prompt_tokens": 10, "completion_tokens": 10},
-        {"model": "gpt-6.2-sol", "spend": 0.01, "metadata": {"usage_object": {
-            "prompt_tokens": 1000, "completion_tokens": 10, "prompt_tokens_details": {"audio_tokens": 500}}}},
-        {"model": "gpt-6-luna", "spend": 0.2},
-    ]))
+    log.write_text(
+        json.dumps(
+            [
+                {
+                    "model": "claude-haiku-4-5-20251001",
+                    "spend": 0.0015,
+                    "prompt_tokens": 1000,
+                    "completion_tokens": 100,
+                },
+                {"model": "acme-secret-model", "spend": 0.5, "prompt_tokens": 10, "completion_tokens": 10},
+                {
+                    "model": "gpt-6.2-sol",
+                    "spend": 0.01,
+                    "metadata": {
+                        "usage_object": {
+                            "prompt_tokens": 1000,
+                            "completion_tokens": 10,
+                            "prompt_tokens_details": {"audio_tokens": 500},
+                        }
+                    },
+                },
+                {"model": "gpt-6-luna", "spend": 0.2},
+            ]
+        )
+    )
     out = CliRunner().invoke(prices, ["check", str(log), "--json", "--genai-snapshot", "bundled"])
     assert out.exit_code == 0, out.output
     doc = json.loads(out.output)

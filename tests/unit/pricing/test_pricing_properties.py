@@ -43,8 +43,12 @@ def test_costs_are_exact_non_negative_and_lines_add_up(model, usage, batch):
 
 
 @settings(max_examples=200, deadline=None)
-@given(model=st.sampled_from(MODELS), usage=usages, cls=st.sampled_from(TOKEN_CLASSES),
-       extra=st.integers(min_value=1, max_value=10_000))
+@given(
+    model=st.sampled_from(MODELS),
+    usage=usages,
+    cls=st.sampled_from(TOKEN_CLASSES),
+    extra=st.integers(min_value=1, max_value=10_000),
+)
 def test_more_tokens_never_cost_less(model, usage, cls, extra):
     version = CATALOG.price_for(model, AT)
     if version is None:

@@ -63,7 +63,9 @@ def test_quality_target_is_read_where_the_curve_settles_not_where_it_first_touch
     assert choose(curve, min_quality=0.9) is None
     # block smoothing spreads a block's gains evenly over its rows, keeping the block totals
     smooth = tradeoff_curve(scores, qw, qs, np.ones(10), np.ones(10) * 5, smooth=2)
-    assert smooth.quality[5] == pytest.approx(curve.quality[5]) and smooth.quality[-1] == pytest.approx(curve.quality[-1])
+    assert smooth.quality[5] == pytest.approx(curve.quality[5]) and smooth.quality[-1] == pytest.approx(
+        curve.quality[-1]
+    )
     assert np.allclose(np.diff(smooth.quality[:6]), 0.02) and np.allclose(np.diff(smooth.quality[5:]), 0.04)
 
 
@@ -91,9 +93,14 @@ def test_scorer_learns_ranks_saves_and_loads(tmp_path):
     assert router.route(RouteRequest("prove step by step " * 3 + "x" * 300, metadata={"topic": "math"})).model == "s"
 
 
-@pytest.mark.parametrize("examples,match", [([], "at least 10"),
-                                             ([Example("a", 1.0)] * 20, "degenerate labels"),
-                                             ([Example("a", float("nan"))] * 20, "finite")])
+@pytest.mark.parametrize(
+    "examples,match",
+    [
+        ([], "at least 10"),
+        ([Example("a", 1.0)] * 20, "degenerate labels"),
+        ([Example("a", float("nan"))] * 20, "finite"),
+    ],
+)
 def test_scorer_refuses_bad_training_sets(examples, match):
     with pytest.raises(TrainingDataError, match=match):
         GapScorer(FeatureSpec(embed=False)).fit(examples)
@@ -113,12 +120,27 @@ def _write_routing_file(path, n=200, weak="gpt-3.5-turbo-1106", strong="gpt-4-11
     with open(path, "w") as fh:
         for i in range(n):
             hard = rng.random() < 0.5
-            prompt = ("Compute step by step: " + " + ".join(str(x) for x in rng.integers(0, 99, 12))) if hard \
+            prompt = (
+                ("Compute step by step: " + " + ".join(str(x) for x in rng.integers(0, 99, 12)))
+                if hard
                 else f"Say hello to person {i}"
-            fh.write(json.dumps({"prompt_id": str(i), "prompt": prompt, "prompt_tokens": len(prompt) // 4,
-                                 "category": "math" if hard else "chat", "quality_kind": "correct_0_1",
-                                 "models": {weak: {"quality": 0 if hard and rng.random() < 0.8 else 1, "output_tokens": 20},
-                                            strong: {"quality": 1, "output_tokens": 30}}}) + "\n")
+            )
+            fh.write(
+                json.dumps(
+                    {
+                        "prompt_id": str(i),
+                        "prompt": prompt,
+                        "prompt_tokens": len(prompt) // 4,
+                        "category": "math" if hard else "chat",
+                        "quality_kind": "correct_0_1",
+                        "models": {
+                            weak: {"quality": 0 if hard and rng.random() < 0.8 else 1, "output_tokens": 20},
+                            strong: {"quality": 1, "output_tokens": 30},
+                        },
+                    }
+                )
+                + "\n"
+            )
     path.with_suffix(".schema.json").write_text(json.dumps({"features": ["category"]}))
 
 
@@ -130,8 +152,21 @@ def run(*args, **kwargs):
 def test_bench_router_cli_end_to_end(tmp_path):
     f = tmp_path / "r.jsonl"
     _write_routing_file(f)
-    res = CliRunner().invoke(cli, ["bench", "router", "--data", str(f), "--weak", "gpt-3.5-turbo-1106", "--strong",
-                                   "gpt-4-1106-preview", "--json"], catch_exceptions=False)
+    res = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            "router",
+            "--data",
+            str(f),
+            "--weak",
+            "gpt-3.5-turbo-1106",
+            "--strong",
+            "gpt-4-1106-preview",
+            "--json",
+        ],
+        catch_exceptions=False,
+    )
     d = json.loads(res.output)
     assert d["test"] == 100 and d["strategies"]["cascade"]["available"] is False
     assert d["strategies"]["trained"]["apgr"] > d["random"]["apgr"] + 0.2
@@ -144,7 +179,9 @@ def test_bench_router_names_unknown_models(tmp_path):
     _write_routing_file(f, weak="our-private-llm")
     with pytest.raises(UnknownModelError, match="our-private-llm"):
         run(f, "our-private-llm", "gpt-4-1106-preview")
-    res = CliRunner().invoke(cli, ["bench", "router", "--data", str(f), "--weak", "nope", "--strong", "gpt-4-1106-preview"])
+    res = CliRunner().invoke(
+        cli, ["bench", "router", "--data", str(f), "--weak", "nope", "--strong", "gpt-4-1106-preview"]
+    )
     assert res.exit_code == 1 and "model 'nope' is not in" in res.output
 
 
@@ -162,31 +199,64 @@ def test_calibration_meets_targets_on_the_held_out_half(tmp_path):
 def test_router_calibrate_cli(tmp_path):
     f = tmp_path / "r.jsonl"
     _write_routing_file(f, n=400, seed=4)
-    res = CliRunner().invoke(cli, ["router", "calibrate", str(f), "--weak", "gpt-3.5-turbo-1106", "--strong",
-                                   "gpt-4-1106-preview", "--kind", "rules", "--max-strong-share", "0.25"],
-                             catch_exceptions=False)
+    res = CliRunner().invoke(
+        cli,
+        [
+            "router",
+            "calibrate",
+            str(f),
+            "--weak",
+            "gpt-3.5-turbo-1106",
+            "--strong",
+            "gpt-4-1106-preview",
+            "--kind",
+            "rules",
+            "--max-strong-share",
+            "0.25",
+        ],
+        catch_exceptions=False,
+    )
     d = json.loads(res.output)
     assert abs(d["test"]["strong_share"] - 0.25) <= 0.01 and d["curve_test"]
     band = d["quality_vs_strong_expected_90pct"]
     assert band["requests"] == 200 and band["low"] <= band["median"] <= band["high"]
     assert d["order"] == "gap"  # a strong-share target ranks by the predicted gap
-    res = CliRunner().invoke(cli, ["router", "calibrate", str(f), "--weak", "gpt-3.5-turbo-1106", "--strong",
-                                   "gpt-4-1106-preview", "--kind", "trained", "--min-quality", "0.95",
-                                   "--report", str(tmp_path / "rep")], catch_exceptions=False)
+    res = CliRunner().invoke(
+        cli,
+        [
+            "router",
+            "calibrate",
+            str(f),
+            "--weak",
+            "gpt-3.5-turbo-1106",
+            "--strong",
+            "gpt-4-1106-preview",
+            "--kind",
+            "trained",
+            "--min-quality",
+            "0.95",
+            "--report",
+            str(tmp_path / "rep"),
+        ],
+        catch_exceptions=False,
+    )
     d = json.loads(res.output)
     assert d["order"] == "gain-per-dollar" and len(d["curve_test"]) == 21
     page = (tmp_path / "rep" / "router_calibration.html").read_text()
     assert page.count("<svg") == 2 and "Cost-quality curve" in page and "quality &gt;= 95% of strong" in page
     assert json.loads((tmp_path / "rep" / "router_calibration.json").read_text())["strong_share"] == d["strong_share"]
-    bad = CliRunner().invoke(cli, ["router", "calibrate", str(f), "--weak", "gpt-3.5-turbo-1106", "--strong",
-                                   "gpt-4-1106-preview"])
+    bad = CliRunner().invoke(
+        cli, ["router", "calibrate", str(f), "--weak", "gpt-3.5-turbo-1106", "--strong", "gpt-4-1106-preview"]
+    )
     assert bad.exit_code != 0 and "exactly one" in bad.output
 
 
 def test_logprob_cascade_accepts_confident_answers_and_calibrates():
     from truecost.routing.cascade import LogprobCascade, mean_logprob
 
-    confident = {"choices": [{"logprobs": {"content": [{"token": "a", "logprob": -0.1}, {"token": "b", "logprob": -0.3}]}}]}
+    confident = {
+        "choices": [{"logprobs": {"content": [{"token": "a", "logprob": -0.1}, {"token": "b", "logprob": -0.3}]}}]
+    }
     unsure = {"choices": [{"logprobs": {"content": [{"token": "a", "logprob": -2.5}]}}]}
     assert mean_logprob(confident) == pytest.approx(-0.2) and mean_logprob({"choices": [{}]}) is None
     c = LogprobCascade(threshold=-1.0)
@@ -229,8 +299,22 @@ def test_ridge_penalty_chosen_by_leave_one_out_follows_the_signal():
 def test_bench_router_rejects_an_unknown_embedder(tmp_path):
     f = tmp_path / "r.jsonl"
     _write_routing_file(f)
-    res = CliRunner().invoke(cli, ["bench", "router", "--data", str(f), "--weak", "gpt-3.5-turbo-1106", "--strong",
-                                   "gpt-4-1106-preview", "--embedder", "word2vec", "--json"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            "router",
+            "--data",
+            str(f),
+            "--weak",
+            "gpt-3.5-turbo-1106",
+            "--strong",
+            "gpt-4-1106-preview",
+            "--embedder",
+            "word2vec",
+            "--json",
+        ],
+    )
     assert res.exit_code == 2 and "unknown embedder 'word2vec'" in res.output
 
 
@@ -238,8 +322,10 @@ def test_artifact_round_trip_keeps_the_embedding_tail(tmp_path):
     from truecost.cache.embedders import StaticEmbedder
 
     rng = np.random.default_rng(1)
-    train = [Example("preamble " * 300 + ("hard proof " if i % 2 else "hi ") + str(i), float(i % 2) + rng.normal(0, .1))
-             for i in range(60)]
+    train = [
+        Example("preamble " * 300 + ("hard proof " if i % 2 else "hi ") + str(i), float(i % 2) + rng.normal(0, 0.1))
+        for i in range(60)
+    ]
     emb = StaticEmbedder()
     s = GapScorer(FeatureSpec(embed=True, embed_tail_chars=200), emb).fit(train)
     p = write_artifact(s, tmp_path / "r.npz")
@@ -263,7 +349,10 @@ def test_bench_router_reports_both_orders_and_the_oracle(tmp_path):
     _write_routing_file(f, n=400, seed=5)
     d = run(f, "gpt-3.5-turbo-1106", "gpt-4-1106-preview", "trained")
     t = d["strategies"]["trained"]
-    assert t["cost_aware"]["cost_saving_at_95"] is not None and d["cost_saving_at_95"] == t["cost_aware"]["cost_saving_at_95"]
+    assert (
+        t["cost_aware"]["cost_saving_at_95"] is not None
+        and d["cost_saving_at_95"] == t["cost_aware"]["cost_saving_at_95"]
+    )
     assert d["cost_saving_at_95_share_ranked"] == t["cost_saving_at_95"]
     assert d["oracle"]["cost_aware"]["cost_saving_at_95"] >= t["cost_aware"]["cost_saving_at_95"]
 
@@ -273,10 +362,19 @@ def test_bench_router_warns_when_prompts_carry_no_signal(tmp_path):
     f = tmp_path / "noise.jsonl"
     with open(f, "w") as fh:
         for i in range(300):  # who needs the strong model is a coin flip, unrelated to the prompt
-            fh.write(json.dumps({"prompt": f"question number {i} about {rng.choice(['cats', 'tax', 'code'])}",
-                                 "prompt_tokens": 8, "models": {
-                                     "gpt-3.5-turbo-1106": {"quality": int(rng.random() < 0.6), "output_tokens": 10},
-                                     "gpt-4-1106-preview": {"quality": int(rng.random() < 0.9), "output_tokens": 10}}}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "prompt": f"question number {i} about {rng.choice(['cats', 'tax', 'code'])}",
+                        "prompt_tokens": 8,
+                        "models": {
+                            "gpt-3.5-turbo-1106": {"quality": int(rng.random() < 0.6), "output_tokens": 10},
+                            "gpt-4-1106-preview": {"quality": int(rng.random() < 0.9), "output_tokens": 10},
+                        },
+                    }
+                )
+                + "\n"
+            )
     d = run(f, "gpt-3.5-turbo-1106", "gpt-4-1106-preview")
     assert d["signal_out_of_fold"] is False and "no strategy beats random" in d["warning"]
     g = tmp_path / "signal.jsonl"
@@ -288,7 +386,7 @@ def test_choice_features_read_the_last_item_only():
     from truecost.routing.features import CHOICE_FEATURES, choice_features
 
     shot = "Which is a fruit?\nA) apple\nB) car\nC) road\nD) wall\nAnswer:\nA"
-    item = ("Which of these is NOT a prime?\nA. 2\nB. 3\nC. 9\nD. all of the above\nAnswer:")
+    item = "Which of these is NOT a prime?\nA. 2\nB. 3\nC. 9\nD. all of the above\nAnswer:"
     f = dict(zip(CHOICE_FEATURES, choice_features(shot + "\n\n" + item)))
     assert f["options"] == 4 and f["negated_stem"] == 1.0 and f["all_of_the_above"] == 1.0
     assert f["numeric_options"] == 0.75 and f["statements"] == 0.0
@@ -296,7 +394,9 @@ def test_choice_features_read_the_last_item_only():
     assert choice_features(shot + "\n\n" + item) == choice_features(item)
     plain = dict(zip(CHOICE_FEATURES, choice_features("Tell me a story about a dragon.")))
     assert plain["options"] == 0 and plain["option_overlap"] == 0.0
-    two = dict(zip(CHOICE_FEATURES, choice_features("Statement 1 | x. Statement 2 | y.\nA. True, True\nB. True, False")))
+    two = dict(
+        zip(CHOICE_FEATURES, choice_features("Statement 1 | x. Statement 2 | y.\nA. True, True\nB. True, False"))
+    )
     assert two["statements"] == 1.0 and two["option_overlap"] == pytest.approx(1 / 3)
 
 

@@ -12,8 +12,13 @@ from truecost.cache.embedders import StaticEmbedder
 from truecost.cli.main import cli
 from truecost.errors import TruecostError
 from truecost.routing import training
-from truecost.routing.artifacts import (ARTIFACT_VERSION, BASE_PROMPT_FEATURES, ArtifactInputs, read_artifact,
-                                        write_artifact)
+from truecost.routing.artifacts import (
+    ARTIFACT_VERSION,
+    BASE_PROMPT_FEATURES,
+    ArtifactInputs,
+    read_artifact,
+    write_artifact,
+)
 from truecost.routing.data import RoutingSchema, SchemaError, load_rows, resolve_schema
 from truecost.routing.features import PROMPT_FEATURES
 from truecost.routing.scorer import Example, FeatureSpec, GapScorer
@@ -28,8 +33,13 @@ def _examples(n=300, seed=0):
     for i in range(n):
         hard = rng.random() < 0.4
         text = ("prove step by step " * 3 + "x" * 300) if hard else f"hi there {i}"
-        out.append(Example(text + " " + "preamble " * (i % 7), 1.0 if hard and rng.random() < 0.9 else 0.0,
-                           {"topic": "math" if hard else "chat"}))
+        out.append(
+            Example(
+                text + " " + "preamble " * (i % 7),
+                1.0 if hard and rng.random() < 0.9 else 0.0,
+                {"topic": "math" if hard else "chat"},
+            )
+        )
     return out
 
 
@@ -74,8 +84,12 @@ def test_a_new_artifact_records_its_inputs_and_an_altered_record_is_refused(tmp_
     assert path.name == "r.npz"
     meta = json.loads(str(np.load(path)["meta"]))
     assert meta["version"] == ARTIFACT_VERSION == 4
-    assert meta["inputs"] == {"prompt_features": list(PROMPT_FEATURES), "metadata": ["topic"], "embedder": None,
-                              "weak_answer": False}
+    assert meta["inputs"] == {
+        "prompt_features": list(PROMPT_FEATURES),
+        "metadata": ["topic"],
+        "embedder": None,
+        "weak_answer": False,
+    }
     data = dict(np.load(path))
     meta["inputs"]["metadata"] = []  # claims to need nothing: a server would skip the header it needs
     np.savez(tmp_path / "altered.npz", **{**data, "meta": np.array(json.dumps(meta))})
@@ -102,11 +116,18 @@ def _leaky_file(path: Path, n=600, seed=0) -> None:
     with open(path, "w") as fh:
         for i in range(n):
             weak_ok = int(rng.random() < 0.6)
-            row = {"prompt_id": f"p{i}", "prompt": f"Question {i} about {rng.choice(['tax', 'cats', 'maps'])}",
-                   "prompt_tokens": 8, "team": rng.choice(["north", "south"]), "quality_kind": "correct_0_1",
-                   "verdict": "fine" if weak_ok else "escalate",
-                   "models": {WEAK: {"quality": weak_ok, "output_tokens": 10},
-                              STRONG: {"quality": 1, "output_tokens": 10}}}
+            row = {
+                "prompt_id": f"p{i}",
+                "prompt": f"Question {i} about {rng.choice(['tax', 'cats', 'maps'])}",
+                "prompt_tokens": 8,
+                "team": rng.choice(["north", "south"]),
+                "quality_kind": "correct_0_1",
+                "verdict": "fine" if weak_ok else "escalate",
+                "models": {
+                    WEAK: {"quality": weak_ok, "output_tokens": 10},
+                    STRONG: {"quality": 1, "output_tokens": 10},
+                },
+            }
             fh.write(json.dumps(row) + "\n")
 
 
@@ -140,8 +161,9 @@ def test_an_undeclared_column_is_refused_by_name(tmp_path):
     _leaky_file(data, n=30)
     with pytest.raises(SchemaError, match="undeclared columns team, verdict"):
         load_rows(data, WEAK, STRONG)
-    res = CliRunner().invoke(cli, ["router", "calibrate", str(data), "--weak", WEAK, "--strong", STRONG,
-                                   "--max-strong-share", "0.3"])
+    res = CliRunner().invoke(
+        cli, ["router", "calibrate", str(data), "--weak", WEAK, "--strong", STRONG, "--max-strong-share", "0.3"]
+    )
     assert res.exit_code == 1 and "undeclared columns team, verdict" in res.output
     (tmp_path / "traffic.schema.json").write_text(json.dumps({"features": ["team"], "labels": ["verdict"]}))
     assert resolve_schema(data).labels == ("verdict",)  # the schema beside the data file is found
@@ -149,10 +171,15 @@ def test_an_undeclared_column_is_refused_by_name(tmp_path):
     assert rows[0].metadata == {"team": json.loads(data.read_text().splitlines()[0])["team"]}
 
 
-@pytest.mark.parametrize("doc,match", [({"features": ["a"], "labels": ["a"]}, "more than once"),
-                                       ({"features": ["quality_kind"]}, "belong to the routing format"),
-                                       ({"labels": "gold"}, "must be a list"),
-                                       ({"label": ["gold"]}, "unknown keys label")])
+@pytest.mark.parametrize(
+    "doc,match",
+    [
+        ({"features": ["a"], "labels": ["a"]}, "more than once"),
+        ({"features": ["quality_kind"]}, "belong to the routing format"),
+        ({"labels": "gold"}, "must be a list"),
+        ({"label": ["gold"]}, "unknown keys label"),
+    ],
+)
 def test_a_bad_schema_is_refused(doc, match):
     with pytest.raises(SchemaError, match=match):
         RoutingSchema.parse(doc, "s.json")
@@ -163,8 +190,23 @@ def test_router_train_records_the_schema_and_the_inputs_in_its_artifact(tmp_path
     _leaky_file(data, n=120)
     schema = tmp_path / "declared.json"
     schema.write_text(json.dumps({"features": ["team"], "labels": ["verdict"]}))
-    res = CliRunner().invoke(cli, ["router", "train", str(data), "--weak", WEAK, "--strong", STRONG,
-                                   "--out", str(tmp_path / "r.npz"), "--schema", str(schema)], catch_exceptions=False)
+    res = CliRunner().invoke(
+        cli,
+        [
+            "router",
+            "train",
+            str(data),
+            "--weak",
+            WEAK,
+            "--strong",
+            STRONG,
+            "--out",
+            str(tmp_path / "r.npz"),
+            "--schema",
+            str(schema),
+        ],
+        catch_exceptions=False,
+    )
     out = json.loads(res.output)
     assert out["categorical_features"] == ["team"] and out["examples"] == 120
     meta = read_artifact(tmp_path / "r.npz").meta
@@ -191,7 +233,9 @@ def test_target_needs_exactly_one_aim_and_picks_its_order():
 
 def test_threshold_for_share_covers_the_ends():
     s = np.arange(10.0)
-    assert training.threshold_for_share(s, 0.0) == float("inf") and training.threshold_for_share(s, 1.0) == float("-inf")
+    assert training.threshold_for_share(s, 0.0) == float("inf") and training.threshold_for_share(s, 1.0) == float(
+        "-inf"
+    )
     assert (s >= training.threshold_for_share(s, 0.3)).sum() == 3
 
 
@@ -200,8 +244,11 @@ def test_no_module_of_the_package_imports_the_benchmarks():
     bad = []
     for path in SRC.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             bad += [f"{path}: {n}" for n in names if n.split(".")[0] in ("bench", "truecost_bench")]
     assert bad == []
     assert not (SRC / "audit" / "routing_bench.py").exists()

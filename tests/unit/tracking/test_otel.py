@@ -20,8 +20,10 @@ def test_one_span_per_step_with_genai_and_cost_attributes():
     tracker = Tracker(PriceCatalog.bundled(), lambda e: store.append([e]), otel_tracer=provider.get_tracer("t"))
     with tracker.request(cost_center="cc1", tenant="acme") as req:
         with req.step("generate") as s:
-            s.tokens("gpt-6-luna", {"prompt_tokens": 1000, "completion_tokens": 100,
-                                    "prompt_tokens_details": {"cached_tokens": 400}})
+            s.tokens(
+                "gpt-6-luna",
+                {"prompt_tokens": 1000, "completion_tokens": 100, "prompt_tokens_details": {"cached_tokens": 400}},
+            )
         with req.step("egress") as s:
             s.egress(10**9, "us-east-1", "eu-west-1")
     spans = {s.name: s for s in exporter.get_finished_spans()}

@@ -84,6 +84,7 @@ def test_contextvars_flow_through_async_and_decorators(env):
             return req.id, rid
 
     from truecost.tracking import configure
+
     configure(tracker)
     req_id, seen = asyncio.run(main())
     assert req_id == seen
@@ -159,10 +160,17 @@ def test_cache_lookup_records_lookup_cost_and_avoided_cost(env):
     tracker, store = env
     tracker.compute = "aws/m7i.large"
     with tracker.request(tenant="acme") as req:
-        avoided = record_cache_lookup(req, hit=True, status="hit_semantic", embed_model="text-embedding-3-small",
-                                      embed_tokens=1000, embed_ms=5.0, search_ms=3600_000.0,
-                                      answer_model="gpt-6.2-sol",
-                                      answer_usage={"prompt_tokens": 1000, "completion_tokens": 200})
+        avoided = record_cache_lookup(
+            req,
+            hit=True,
+            status="hit_semantic",
+            embed_model="text-embedding-3-small",
+            embed_tokens=1000,
+            embed_ms=5.0,
+            search_ms=3600_000.0,
+            answer_model="gpt-6.2-sol",
+            answer_usage={"prompt_tokens": 1000, "completion_tokens": 200},
+        )
     # avoided: 1000 x 2/1M + 200 x 10/1M = 0.004; embedding 1000 x 0.02/1M = 0.00002;
     # search: one vCPU-hour of m7i.large (2 vCPU, $0.1008/h) = 0.0504
     assert avoided == Decimal("0.004")
@@ -183,8 +191,12 @@ def test_events_say_where_they_were_recorded(env):
             s.tokens("text-embedding-3-small", {"prompt_tokens": 5})
     tracker.record("other", cost=Decimal("0.003"), source="litellm")  # a lone request of its own
     assert [(e.step, e.source) for e in store.query()] == [
-        ("generate", "sdk"), ("vector_search", "sdk"), ("validate", "my-batch"), ("embed", "langchain"),
-        ("other", "litellm")]
+        ("generate", "sdk"),
+        ("vector_search", "sdk"),
+        ("validate", "my-batch"),
+        ("embed", "langchain"),
+        ("other", "litellm"),
+    ]
     assert "source" not in store.query()[-1].details
     gateway = Tracker(PriceCatalog.bundled(), lambda e: store.append([e]), clock=FixedClock(AT), source="gateway")
     pool = CapacityPool(gateway, "aws/g5.xlarge", instances=1, owner=Attribution(cost_center="platform"))

@@ -14,15 +14,31 @@ need("aiohttp", "gateway")
 from truecost.errors import UpstreamError  # noqa: E402
 from truecost.upstream import NativeUsage, Upstream  # noqa: E402
 from truecost.upstream.anthropic import AnthropicUpstream  # noqa: E402
-from truecost.upstream.errors import (UpstreamAuthError, UpstreamBadResponse, UpstreamConnectionError,  # noqa: E402
-                                      UpstreamHTTPError, UpstreamStreamCut, UpstreamTimeout, UpstreamUnsupported)
+from truecost.upstream.errors import (
+    UpstreamAuthError,
+    UpstreamBadResponse,
+    UpstreamConnectionError,  # noqa: E402
+    UpstreamHTTPError,
+    UpstreamStreamCut,
+    UpstreamTimeout,
+    UpstreamUnsupported,
+)
 from truecost.upstream.openai_compat import OpenAICompatibleUpstream  # noqa: E402
 
 from tests.support.hostile_upstream import SECRETS, HostileUpstream  # noqa: E402
 
 KEY = "sk-SECRET-hostile-test-key-0123456789abcdef"
-FORBIDDEN = (KEY, "sk-SECRET", "authorization", "bearer", "x-api-key", "hunter2", "CIMultiDict", "RequestInfo",
-             "api_key=") + SECRETS
+FORBIDDEN = (
+    KEY,
+    "sk-SECRET",
+    "authorization",
+    "bearer",
+    "x-api-key",
+    "hunter2",
+    "CIMultiDict",
+    "RequestInfo",
+    "api_key=",
+) + SECRETS
 KINDS = {"openai": OpenAICompatibleUpstream, "anthropic": AnthropicUpstream}
 MSG = [{"role": "user", "content": "hello"}]
 
@@ -67,8 +83,19 @@ def run(coro):
     return asyncio.run(coro)
 
 
-BEHAVIOURS = ["malformed-status", "header-space", "redirect-loop", "secret-500", "secret-429", "unauthorized",
-              "forbidden", "error-in-200", "not-json", "garbage", "close"]
+BEHAVIOURS = [
+    "malformed-status",
+    "header-space",
+    "redirect-loop",
+    "secret-500",
+    "secret-429",
+    "unauthorized",
+    "forbidden",
+    "error-in-200",
+    "not-json",
+    "garbage",
+    "close",
+]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
@@ -137,8 +164,9 @@ def test_normal_answers_usage_oddities_pass_through(hostile, kind):
         assert "usage" in answer.body
         chunks, exc = run(call(make(hostile, kind), model, stream=True))
         assert exc is None and chunks[-1].usage and chunks[-1].data["usage"] == chunks[-1].usage
-        assert "".join(c.data["choices"][0]["delta"].get("content", "") for c in chunks
-                       if c.data["choices"]).startswith("The")
+        assert "".join(
+            c.data["choices"][0]["delta"].get("content", "") for c in chunks if c.data["choices"]
+        ).startswith("The")
     answer, _ = run(call(make(hostile, "anthropic"), "usage-float"))
     assert answer.native_usage == NativeUsage("anthropic", {"input_tokens": 12.5, "output_tokens": 5.25})
     assert "_truecost_usage" not in answer.body and answer.usage == answer.body["usage"]
@@ -166,6 +194,7 @@ def test_both_clients_are_upstreams_and_only_openai_embeds(hostile):
 
 
 # ---------------------------------------------------------------------------------------------- timeouts
+
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 def test_idle_timeout_cuts_a_stalled_stream(hostile, kind):

@@ -6,16 +6,35 @@ from tests.support.requires import need
 import pytest
 
 from truecost.errors import UpstreamError
-from truecost.upstream.errors import (UpstreamAuthError, UpstreamBadResponse, UpstreamConnectionError,
-                                      UpstreamHTTPError, UpstreamStreamCut, UpstreamTimeout, in_band_error, translate)
+from truecost.upstream.errors import (
+    UpstreamAuthError,
+    UpstreamBadResponse,
+    UpstreamConnectionError,
+    UpstreamHTTPError,
+    UpstreamStreamCut,
+    UpstreamTimeout,
+    in_band_error,
+    translate,
+)
 from truecost.upstream.redact import LIMIT, describe_failure, error_fields, redact, safe_identifier
 
 from tests.support.hostile_upstream import SECRET_MESSAGE, SECRETS
 
 KEY = "sk-SECRET-test-key-0123456789abcdef"
 URL = "https://admin:hunter2@api.example.com:8443/v1/secret/path?api_key=sk-query-SECRET-1234&x=1"
-FORBIDDEN = (KEY, "sk-SECRET", "authorization", "bearer", "hunter2", "/v1/secret", "api_key=sk", "sk-query",
-             "CIMultiDict", "RequestInfo", "x-api-key: ")
+FORBIDDEN = (
+    KEY,
+    "sk-SECRET",
+    "authorization",
+    "bearer",
+    "hunter2",
+    "/v1/secret",
+    "api_key=sk",
+    "sk-query",
+    "CIMultiDict",
+    "RequestInfo",
+    "x-api-key: ",
+)
 
 
 def assert_clean(text: str) -> None:
@@ -31,27 +50,31 @@ def assert_exception_clean(exc: BaseException) -> None:
 
 # ---------------------------------------------------------------------------------------------- redact()
 
-@pytest.mark.parametrize("text", [
-    f"authorization: Bearer {KEY}",
-    f"Authorization=Bearer {KEY}\nnext",
-    f"{{'authorization': 'Bearer {KEY}', 'content-type': 'application/json'}}",
-    f"[(b'Authorization', b'Bearer {KEY}')]",
-    f"<CIMultiDictProxy('Host': 'x', 'Authorization': 'Bearer {KEY}', 'User-Agent': 'aiohttp')>",
-    f"<CIMultiDictProxy('Authorization': 'Bearer a)b\\'c', 'x-api-key': '{KEY}')>",
-    f"RequestInfo(url=URL('{URL}'), method='POST', headers=<CIMultiDictProxy('authorization': 'Bearer {KEY}')>)",
-    f"Headers({{'authorization': '[secure]', 'x-api-key': '{KEY}'}})",
-    f"x-api-key: {KEY}",
-    f"api-key: {KEY}",
-    f"Cookie: session={KEY}",
-    f"failed to reach {URL}",
-    "Bearer sk-SECRET",
-    "token sk-SECRET-abcdef used",
-    "sk-ant-api03-SECRET and sk-proj-SECRET",
-    SECRET_MESSAGE,
-    f'{{"error": {{"message": "{SECRET_MESSAGE}"}}}}',
-    "password=hunter2 and api_key=sk-query-SECRET-1234",
-    "the key " + KEY[:20],  # a prefix of a key is still a key
-])
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"authorization: Bearer {KEY}",
+        f"Authorization=Bearer {KEY}\nnext",
+        f"{{'authorization': 'Bearer {KEY}', 'content-type': 'application/json'}}",
+        f"[(b'Authorization', b'Bearer {KEY}')]",
+        f"<CIMultiDictProxy('Host': 'x', 'Authorization': 'Bearer {KEY}', 'User-Agent': 'aiohttp')>",
+        f"<CIMultiDictProxy('Authorization': 'Bearer a)b\\'c', 'x-api-key': '{KEY}')>",
+        f"RequestInfo(url=URL('{URL}'), method='POST', headers=<CIMultiDictProxy('authorization': 'Bearer {KEY}')>)",
+        f"Headers({{'authorization': '[secure]', 'x-api-key': '{KEY}'}})",
+        f"x-api-key: {KEY}",
+        f"api-key: {KEY}",
+        f"Cookie: session={KEY}",
+        f"failed to reach {URL}",
+        "Bearer sk-SECRET",
+        "token sk-SECRET-abcdef used",
+        "sk-ant-api03-SECRET and sk-proj-SECRET",
+        SECRET_MESSAGE,
+        f'{{"error": {{"message": "{SECRET_MESSAGE}"}}}}',
+        "password=hunter2 and api_key=sk-query-SECRET-1234",
+        "the key " + KEY[:20],  # a prefix of a key is still a key
+    ],
+)
 def test_redact_removes_credentials(text):
     out = redact(text, [KEY])
     assert_clean(out)
@@ -63,30 +86,43 @@ def test_redact_removes_the_known_secret_whatever_it_looks_like():
     assert "p%40ss" not in redact("url?x=p%40ss", ["p@ss"])
 
 
-@pytest.mark.parametrize("text", [SECRET_MESSAGE, URL, f"<CIMultiDict('Authorization': 'Bearer {KEY}')> at /srv/x",
-                                  "upstream answered 429 (rate_limit_exceeded)", "a b  c\n\td"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        SECRET_MESSAGE,
+        URL,
+        f"<CIMultiDict('Authorization': 'Bearer {KEY}')> at /srv/x",
+        "upstream answered 429 (rate_limit_exceeded)",
+        "a b  c\n\td",
+    ],
+)
 def test_redact_is_idempotent(text):
     once = redact(text)
     assert redact(once) == once
 
 
 def test_redact_keeps_useful_words_and_bounds_length():
-    assert redact("upstream answered 429 (rate_limit_exceeded) for gpt-4.1-mini") == \
-        "upstream answered 429 (rate_limit_exceeded) for gpt-4.1-mini"
+    assert (
+        redact("upstream answered 429 (rate_limit_exceeded) for gpt-4.1-mini")
+        == "upstream answered 429 (rate_limit_exceeded) for gpt-4.1-mini"
+    )
     assert redact("see https://api.openai.com/v1/chat/completions?key=1 now") == "see https://api.openai.com now"
     assert redact("HTTP/1.1 500, 3/4 done") == "HTTP/1.1 500, 3/4 done"
     assert len(redact("word " * 1000)) == LIMIT
     assert redact(None) == "" and redact(b"bytes sk-SECRETbytes") == "bytes [redacted]"
 
 
-@pytest.mark.parametrize("path", ["/srv/inference/app.py", "/home/bob/.ssh/id_rsa", "~/keys/openai",
-                                  "C:\\Users\\bob\\key.txt", "/etc/passwd"])
+@pytest.mark.parametrize(
+    "path",
+    ["/srv/inference/app.py", "/home/bob/.ssh/id_rsa", "~/keys/openai", "C:\\Users\\bob\\key.txt", "/etc/passwd"],
+)
 def test_redact_removes_filesystem_paths(path):
     assert path not in redact(f"error in {path}: boom")
 
 
-@pytest.mark.parametrize("host", ["db-7.internal.corp", "10.2.3.4", "192.168.1.20", "172.20.0.5",
-                                  "vault.svc", "model-7.internal"])
+@pytest.mark.parametrize(
+    "host", ["db-7.internal.corp", "10.2.3.4", "192.168.1.20", "172.20.0.5", "vault.svc", "model-7.internal"]
+)
 def test_redact_removes_internal_hosts(host):
     assert host not in redact(f"cannot reach {host}:5432")
 
@@ -101,26 +137,44 @@ def test_redact_is_linear_on_hostile_input():
 
 # ---------------------------------------------------------------------------------------------- error bodies
 
+
 def test_error_fields_reads_openai_anthropic_and_plain_bodies():
-    assert error_fields('{"error": {"message": "m", "type": "invalid_request_error", "code": "rate_limit_exceeded"}}') \
-        == ("rate_limit_exceeded", "m")
-    assert error_fields('{"type": "error", "error": {"type": "overloaded_error", "message": "m"}}') == \
-        ("overloaded_error", "m")
+    assert error_fields(
+        '{"error": {"message": "m", "type": "invalid_request_error", "code": "rate_limit_exceeded"}}'
+    ) == ("rate_limit_exceeded", "m")
+    assert error_fields('{"type": "error", "error": {"type": "overloaded_error", "message": "m"}}') == (
+        "overloaded_error",
+        "m",
+    )
     assert error_fields({"error": "model_not_found"}) == ("model_not_found", "model_not_found")
     assert error_fields("<html>oops</html>") == (None, "<html>oops</html>")
     assert error_fields('{"error": {"code": "sk-abcdef123456", "type": "org-Secret42"}}')[0] is None
 
 
-@pytest.mark.parametrize("value", ["sk-abcdef123", "org-AbcDef", "Bearer", "authorization", "authorization_error",
-                                   "x-api-key", "has space",
-                                   "x" * 100, 42, None, "/srv/path"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "sk-abcdef123",
+        "org-AbcDef",
+        "Bearer",
+        "authorization",
+        "authorization_error",
+        "x-api-key",
+        "has space",
+        "x" * 100,
+        42,
+        None,
+        "/srv/path",
+    ],
+)
 def test_safe_identifier_refuses_what_is_not_an_identifier(value):
     assert safe_identifier(value) is None
 
 
 def test_http_error_never_carries_the_body():
-    body = '{"error": {"message": "%s", "type": "server_error", "code": "internal_error"}}' % \
-        SECRET_MESSAGE.replace('"', "")
+    body = '{"error": {"message": "%s", "type": "server_error", "code": "internal_error"}}' % SECRET_MESSAGE.replace(
+        '"', ""
+    )
     exc = UpstreamHTTPError(500, body + f" authorization: Bearer {KEY}", secrets=(KEY,))
     assert str(exc) == "upstream answered 500" and exc.error_type is None  # not JSON any more: no type
     exc = UpstreamHTTPError(500, body, secrets=(KEY,))
@@ -131,8 +185,9 @@ def test_http_error_never_carries_the_body():
 
 
 def test_auth_redirect_and_in_band_errors():
-    auth = UpstreamAuthError(401, f'{{"error": {{"code": "invalid_api_key", "message": "bad key {KEY}"}}}}',
-                             secrets=(KEY,))
+    auth = UpstreamAuthError(
+        401, f'{{"error": {{"code": "invalid_api_key", "message": "bad key {KEY}"}}}}', secrets=(KEY,)
+    )
     assert isinstance(auth, UpstreamHTTPError) and auth.status == 401 and not auth.retryable
     assert "credentials" in str(auth) and "invalid_api_key" in str(auth)
     assert_exception_clean(auth)
@@ -145,12 +200,17 @@ def test_auth_redirect_and_in_band_errors():
 
 
 def test_every_upstream_error_message_is_redacted_at_construction():
-    for exc in (UpstreamTimeout(f"timed out {URL}"), UpstreamConnectionError(f"authorization: Bearer {KEY}"),
-                UpstreamBadResponse(SECRET_MESSAGE), UpstreamStreamCut(f"cut {URL}", 2, None)):
+    for exc in (
+        UpstreamTimeout(f"timed out {URL}"),
+        UpstreamConnectionError(f"authorization: Bearer {KEY}"),
+        UpstreamBadResponse(SECRET_MESSAGE),
+        UpstreamStreamCut(f"cut {URL}", 2, None),
+    ):
         assert_exception_clean(exc)
 
 
 # ---------------------------------------------------------------------------------------------- aiohttp
+
 
 def _aiohttp_exceptions():
     aiohttp = need("aiohttp", "gateway")
@@ -159,8 +219,11 @@ def _aiohttp_exceptions():
     from multidict import CIMultiDict, CIMultiDictProxy
     from yarl import URL as YURL
 
-    headers = CIMultiDictProxy(CIMultiDict({"Host": "api.example.com", "Authorization": f"Bearer {KEY}",
-                                            "x-api-key": KEY, "Cookie": f"s={KEY}"}))
+    headers = CIMultiDictProxy(
+        CIMultiDict(
+            {"Host": "api.example.com", "Authorization": f"Bearer {KEY}", "x-api-key": KEY, "Cookie": f"s={KEY}"}
+        )
+    )
     url = YURL(URL)
     try:
         info = aiohttp.RequestInfo(url, "POST", headers, url)
@@ -171,14 +234,16 @@ def _aiohttp_exceptions():
     out = {
         "ClientResponseError": lambda: ce.ClientResponseError(**resp_kw),
         "ClientResponseError-parser": lambda: ce.ClientResponseError(
-            info, (), status=400, message=f"Invalid header value char: b'X Leak: Bearer {KEY}'", headers=headers),
+            info, (), status=400, message=f"Invalid header value char: b'X Leak: Bearer {KEY}'", headers=headers
+        ),
         "TooManyRedirects": lambda: ce.TooManyRedirects(**{**resp_kw, "status": 302}),
         "ContentTypeError": lambda: ce.ContentTypeError(**resp_kw),
         "WSServerHandshakeError": lambda: ce.WSServerHandshakeError(**resp_kw),
         "ClientHttpProxyError": lambda: ce.ClientHttpProxyError(**resp_kw),
         "ServerDisconnectedError": lambda: ce.ServerDisconnectedError(message=leak),
         "ClientPayloadError": lambda: ce.ClientPayloadError(
-            f"Response payload is not completed: <TransferEncodingError: 400, message='{leak}'>"),
+            f"Response payload is not completed: <TransferEncodingError: 400, message='{leak}'>"
+        ),
         "InvalidURL": lambda: ce.InvalidURL(url, f"bad {leak}") if _takes_two(ce.InvalidURL) else ce.InvalidURL(url),
         "ClientOSError": lambda: ce.ClientOSError(104, f"Connection reset by peer {leak}"),
         "ServerTimeoutError": lambda: ce.ServerTimeoutError(f"Timeout on reading data from socket {leak}"),
@@ -189,22 +254,35 @@ def _aiohttp_exceptions():
     try:
         from aiohttp.client_reqrep import ConnectionKey
 
-        fields = dict(host="api.example.com", port=8443, is_ssl=True, ssl=True, proxy=url,
-                      proxy_auth=aiohttp.BasicAuth("admin", "hunter2"), proxy_headers_hash=None)
+        fields = dict(
+            host="api.example.com",
+            port=8443,
+            is_ssl=True,
+            ssl=True,
+            proxy=url,
+            proxy_auth=aiohttp.BasicAuth("admin", "hunter2"),
+            proxy_headers_hash=None,
+        )
         key = ConnectionKey(**{k: v for k, v in fields.items() if k in ConnectionKey._fields})
         os_error = OSError(111, f"Connect call failed {leak}")
         out["ClientConnectorError"] = lambda: ce.ClientConnectorError(key, os_error)
         out["ClientProxyConnectionError"] = lambda: ce.ClientProxyConnectionError(key, os_error)
         out["ClientConnectorSSLError"] = lambda: ce.ClientConnectorSSLError(key, os_error)
         out["ClientConnectorCertificateError"] = lambda: ce.ClientConnectorCertificateError(
-            key, Exception(f"certificate verify failed {leak}"))
+            key, Exception(f"certificate verify failed {leak}")
+        )
     except (ImportError, TypeError, AttributeError):
         pass
     for name in ("ConnectionTimeoutError", "SocketTimeoutError", "ClientConnectionResetError"):
         if hasattr(ce, name):
             out[name] = (lambda cls: lambda: cls(leak))(getattr(ce, name))
-    for name in ("InvalidUrlClientError", "RedirectClientError", "NonHttpUrlClientError",
-                 "InvalidUrlRedirectClientError", "NonHttpUrlRedirectClientError"):
+    for name in (
+        "InvalidUrlClientError",
+        "RedirectClientError",
+        "NonHttpUrlClientError",
+        "InvalidUrlRedirectClientError",
+        "NonHttpUrlRedirectClientError",
+    ):
         if hasattr(ce, name):
             out[name] = (lambda cls: lambda: cls(url, leak))(getattr(ce, name))
     out["BadStatusLine"] = lambda: he.BadStatusLine(f"HTTP/1.1 2x0 Bearer {KEY}")
@@ -225,15 +303,40 @@ def _takes_two(cls) -> bool:
         return False
 
 
-AIOHTTP_NAMES = ["ClientResponseError", "ClientResponseError-parser", "TooManyRedirects", "ContentTypeError",
-                 "WSServerHandshakeError", "ClientHttpProxyError", "ServerDisconnectedError", "ClientPayloadError",
-                 "InvalidURL", "ClientOSError", "ServerTimeoutError", "ServerFingerprintMismatch",
-                 "ClientConnectionError", "ClientError", "ClientConnectorError", "ClientProxyConnectionError",
-                 "ClientConnectorSSLError", "ClientConnectorCertificateError", "ConnectionTimeoutError",
-                 "SocketTimeoutError", "ClientConnectionResetError", "InvalidUrlClientError", "RedirectClientError",
-                 "NonHttpUrlClientError", "InvalidUrlRedirectClientError", "NonHttpUrlRedirectClientError",
-                 "BadStatusLine", "InvalidHeader", "LineTooLong", "BadHttpMessage", "TransferEncodingError",
-                 "ContentLengthError"]
+AIOHTTP_NAMES = [
+    "ClientResponseError",
+    "ClientResponseError-parser",
+    "TooManyRedirects",
+    "ContentTypeError",
+    "WSServerHandshakeError",
+    "ClientHttpProxyError",
+    "ServerDisconnectedError",
+    "ClientPayloadError",
+    "InvalidURL",
+    "ClientOSError",
+    "ServerTimeoutError",
+    "ServerFingerprintMismatch",
+    "ClientConnectionError",
+    "ClientError",
+    "ClientConnectorError",
+    "ClientProxyConnectionError",
+    "ClientConnectorSSLError",
+    "ClientConnectorCertificateError",
+    "ConnectionTimeoutError",
+    "SocketTimeoutError",
+    "ClientConnectionResetError",
+    "InvalidUrlClientError",
+    "RedirectClientError",
+    "NonHttpUrlClientError",
+    "InvalidUrlRedirectClientError",
+    "NonHttpUrlRedirectClientError",
+    "BadStatusLine",
+    "InvalidHeader",
+    "LineTooLong",
+    "BadHttpMessage",
+    "TransferEncodingError",
+    "ContentLengthError",
+]
 
 
 @pytest.mark.parametrize("name", AIOHTTP_NAMES)
@@ -241,8 +344,9 @@ def test_aiohttp_exceptions_are_described_without_secrets(name):
     factories = _aiohttp_exceptions()
     assert name in factories, f"this aiohttp has no {name}: update AIOHTTP_NAMES for the installed version"
     exc = factories[name]()
-    assert KEY in repr(exc) + str(exc) + repr(getattr(exc, "request_info", "")) + str(getattr(exc, "headers", "")) \
-        or name in ("ServerFingerprintMismatch",)  # the hazard is real: the raw exception does carry the key
+    assert KEY in repr(exc) + str(exc) + repr(getattr(exc, "request_info", "")) + str(
+        getattr(exc, "headers", "")
+    ) or name in ("ServerFingerprintMismatch",)  # the hazard is real: the raw exception does carry the key
     text = describe_failure(exc)
     assert text.startswith(type(exc).__name__)
     assert_clean(text)
@@ -270,15 +374,16 @@ def test_aiohttp_failures_map_to_the_right_upstream_errors():
 
 # ---------------------------------------------------------------------------------------------- httpx
 
+
 def _httpx_exceptions():
     httpx = need("httpx", "gateway")
     request = httpx.Request("POST", URL, headers={"authorization": f"Bearer {KEY}", "x-api-key": KEY})
-    response = httpx.Response(500, request=request, headers={"set-cookie": f"s={KEY}"},
-                              content=SECRET_MESSAGE.encode())
+    response = httpx.Response(500, request=request, headers={"set-cookie": f"s={KEY}"}, content=SECRET_MESSAGE.encode())
     leak = f"for url '{URL}' with headers {request.headers!r} authorization: Bearer {KEY}"
     out = {
-        "HTTPStatusError": lambda: httpx.HTTPStatusError(f"Server error '500' {leak}", request=request,
-                                                         response=response),
+        "HTTPStatusError": lambda: httpx.HTTPStatusError(
+            f"Server error '500' {leak}", request=request, response=response
+        ),
         "ConnectError": lambda: httpx.ConnectError(f"[Errno 111] {leak}", request=request),
         "ConnectTimeout": lambda: httpx.ConnectTimeout(leak, request=request),
         "ReadTimeout": lambda: httpx.ReadTimeout(leak, request=request),
@@ -297,9 +402,23 @@ def _httpx_exceptions():
     return out
 
 
-HTTPX_NAMES = ["HTTPStatusError", "ConnectError", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout",
-               "ReadError", "WriteError", "RemoteProtocolError", "LocalProtocolError", "ProxyError",
-               "UnsupportedProtocol", "TooManyRedirects", "DecodingError", "InvalidURL"]
+HTTPX_NAMES = [
+    "HTTPStatusError",
+    "ConnectError",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "WriteTimeout",
+    "PoolTimeout",
+    "ReadError",
+    "WriteError",
+    "RemoteProtocolError",
+    "LocalProtocolError",
+    "ProxyError",
+    "UnsupportedProtocol",
+    "TooManyRedirects",
+    "DecodingError",
+    "InvalidURL",
+]
 
 
 @pytest.mark.parametrize("name", HTTPX_NAMES)
