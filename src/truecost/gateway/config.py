@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import os
-import re
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -19,178 +14,24 @@ from truecost.cache.panel import parse_verifier_spec
 from truecost.errors import ConfigError, TruecostError
 from truecost.gateway.registry import CACHE_BACKENDS, CACHE_INDEXES, UPSTREAMS, known
 from truecost.integrations.otlp_config import parse_config as parse_otlp
-
-
-@dataclass(frozen=True)
-class UpstreamConfig:
-    name: str
-    base_url: str
-    api_key_env: str | None = None
-    first_byte_timeout: float = 60.0  # until the response starts (a whole non-streamed answer); `timeout:` in YAML
-    max_retries: int = 2
-    kind: str = "openai"  # openai (any OpenAI-compatible endpoint) | anthropic
-    connect_timeout: float = 5.0
-    idle_timeout: float = 30.0  # the longest gap between two chunks of a stream (never a cap on its total length)
-    # Facts of this deployment that select a price and no response states, e.g. {region: regional} for an
-    # OpenAI project with data residency or a Vertex regional endpoint (+10%). The response's own wins.
-    price_attributes: tuple[tuple[str, str], ...] = ()
-
-    def api_key(self) -> str | None:
-        if not self.api_key_env:
-            return None
-        value = os.environ.get(self.api_key_env)
-        if value is None:
-            raise ConfigError(f"upstream {self.name}: environment variable {self.api_key_env} is not set")
-        return value
-
-
-@dataclass(frozen=True)
-class Candidate:
-    upstream: str
-    model: str  # the catalog name used for pricing, and the model sent upstream unless upstream_model says otherwise
-    upstream_model: str | None = None
-    self_hosted: bool = False  # price its wall-clock time on the gateway's compute resource, besides tokens
-
-    @property
-    def wire_model(self) -> str:
-        return self.upstream_model or self.model
-
-
-@dataclass(frozen=True)
-class RouteConfig:
-    """Route an alias between a weak and a strong candidate (both must be among its candidates)."""
-
-    strategy: str  # rules | trained | cascade
-    weak: str
-    strong: str
-    max_weak_tokens: int = 400
-    artifact: str | None = None  # trained: a scorer saved by `truecost router calibrate --out` (or `router train`)
-    threshold: float | None = None  # trained: overrides the artifact's calibrated threshold
-    min_mean_logprob: float | None = None  # cascade: accept the weak answer at or above this mean token logprob
-    hold: str = "threshold"  # trained: keep the calibrated threshold, or hold the calibrated strong-call share
-    share_window: int = 1000  # hold: share -- the threshold is read from this many recent scores
-    # trained: the request header that supplies each metadata field the artifact's scorer reads,
-    # e.g. ((subject, x-truecost-subject),); start-up refuses an artifact reading a field not mapped here
-    metadata_headers: tuple[tuple[str, str], ...] = ()
-
-
-ATTRIBUTION_HEADER_FIELDS = ("cost_center", "team", "tenant", "environment")
-# what allow_attribution_headers may grant: those fields, and `request_id` -- the client's x-request-id becomes
-# the ledger's request id (for a trusted service that opened the request itself, e.g. an SDK-tracked pipeline)
-HEADER_GRANTS = (*ATTRIBUTION_HEADER_FIELDS, "request_id")
-KEY_SCOPES = ("read",)
-
-
-@dataclass(frozen=True)
-class KeyConfig:
-    name: str
-    key_sha256: str
-    cost_center: str | None = None
-    team: str | None = None
-    tenant: str | None = None
-    environment: str | None = None
-    revoked: bool = False
-    models: tuple[str, ...] | None = None  # the aliases this key may call; None = every alias
-    rpm: int | None = None  # requests per minute (per replica)
-    tpm: int | None = None  # tokens per minute, estimated at admission (per replica)
-    expires_at: datetime | None = None
-    # attribution fields a client header may set for this key (feature and tags are always allowed)
-    allow_attribution_headers: tuple[str, ...] = ()
-    scopes: tuple[str, ...] = ()  # "read": may log in to the dashboard and see its own tenant and cost center
-
-    def expired(self, now: datetime) -> bool:
-        return self.expires_at is not None and now >= self.expires_at
-
-
-@dataclass(frozen=True)
-class BudgetConfig:
-    field: str  # attribution field, e.g. cost_center
-    value: str
-    period: str  # day | month
-    limit_usd: Decimal
-    hard: bool = True
-    unpriced: str = "refuse"  # refuse | allow: a model without a price under a hard budget
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    enabled: bool = False
-    embedder: str = "minilm"  # minilm (the higher hit rate within 10 ms) | static (sub-millisecond)
-    policy: str = "online"  # online | fixed:<cosine>
-    target_error: float = 0.01
-    ttl_seconds: float | None = None
-    max_entries: int | None = 100_000
-    index: str = "exact"  # exact | hnsw
-    # the verifier sources the online policy learns from, most trusted first, joined by '+'
-    # (truecost.cache.panel.VERIFIERS): normalised (answers equal after folding) | embedding[:cosine] (answer
-    # embeddings; default 0.92) | query (the shipped query-pair verifier) | feedback (client reports), e.g.
-    # "embedding:0.9+query"
-    equivalence: str = "normalised"
-    # where entries and vectors live: memory (per process) | postgres (pgvector) | redis (RediSearch);
-    # postgres and redis are shared by every replica pointing at the same url and prefix
-    backend: str = "memory"
-    # the knowledge-base version new entries are stamped with; POST /admin/cache/invalidate {"kb_version": ...}
-    # switches it (for every replica when the backend is shared), and older entries are no longer served
-    kb_version: str = "v0"
-    url: str | None = None
-    prefix: str = "truecost_cache"
-    # answers that open with one of these (regular expressions, case-insensitive) are never stored;
-    # None = the documented defaults of truecost.cache.refusal, [] = store refusals too
-    refusal_patterns: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True)
-class LimitsConfig:
-    """Edge limits: what a client may send before the gateway refuses it."""
-
-    max_body_bytes: int = 1_000_000
-    max_json_depth: int = 64
-    max_header_bytes: int = 16_384
-    header_timeout: float = 10.0
-    max_n: int = 16
-
-
-@dataclass
-class GatewayConfig:
-    upstreams: dict[str, UpstreamConfig]
-    models: dict[str, list[Candidate]]
-    keys: list[KeyConfig] = field(default_factory=list)
-    budgets: list[BudgetConfig] = field(default_factory=list)
-    ledger: str = ".truecost/gateway.db"  # a SQLite path, or postgresql://... shared by replicas
-    ledger_schema: str | None = None  # PostgreSQL ledger only: the schema to keep the tables in
-    admin_key_sha256: str | None = None  # the admin API (/admin/...) answers only to this key; off when unset
-    log_prompts: bool = False  # prompts and answers never reach the log unless this is on, and then PII-scrubbed
-    spool: str | None = None  # this replica's durable spool (default: beside a SQLite ledger, else .truecost/)
-    compute: str | None = None
-    max_body_bytes: int = 1_000_000
-    prices_files: list[str] = field(default_factory=list)
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    routes: dict[str, RouteConfig] = field(default_factory=dict)
-    otel: bool = False
-    metrics_token_sha256: str | None = None  # /metrics answers only to this bearer token when set
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    otlp: Any = None  # POST /v1/traces: span-to-step rules and attribution keys (truecost.integrations.otlp_config)
-
-    def key_for(self, presented: str | None) -> KeyConfig | None:
-        """The configured key whose hash matches, compared in constant time against every key."""
-        if presented is None:
-            return None
-        digest = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).hexdigest()
-        found = None
-        for k in self.keys:
-            if hmac.compare_digest(k.key_sha256, digest):
-                found = k
-        return found
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def _need(d: dict, key: str, where: str) -> Any:
-    if key not in d or d[key] in (None, ""):
-        raise ConfigError(f"{where}: missing '{key}'")
-    return d[key]
+from truecost.gateway.config_routes import _parse_models
+from truecost.gateway.config_types import (  # noqa: F401  (re-exported: config's public names)
+    ATTRIBUTION_HEADER_FIELDS,
+    HEADER_GRANTS,
+    KEY_SCOPES,
+    BudgetConfig,
+    CacheConfig,
+    Candidate,
+    GatewayConfig,
+    KeyConfig,
+    LimitsConfig,
+    RouteConfig,
+    UpstreamConfig,
+    _need,
+    _no_unknown,
+    _positive,
+    hash_key,
+)
 
 
 TOP_LEVEL = (
@@ -241,23 +82,6 @@ KEY_KEYS = (
     "scopes",
 )
 BUDGET_KEYS = ("cost_center", "team", "tenant", "feature", "period", "limit_usd", "hard", "unpriced")
-
-
-def _no_unknown(d: dict, known: tuple[str, ...], where: str) -> None:
-    unknown = sorted(str(k) for k in set(d) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown settings {', '.join(unknown)}; known: {', '.join(known)}")
-
-
-def _positive(value: Any, where: str, kind: type = float) -> Any:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or value <= 0
-        or (kind is int and value != int(value))
-    ):
-        raise ConfigError(f"{where}: a positive {'whole ' if kind is int else ''}number, got {value!r}")
-    return kind(value)
 
 
 def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
@@ -346,121 +170,6 @@ def _parse_upstreams(doc: dict, source: str) -> dict[str, UpstreamConfig]:
     if not ups:
         raise ConfigError(f"{source}: at least one upstream is needed")
     return ups
-
-
-def _parse_models(doc: dict, source: str, ups: dict) -> tuple[dict[str, list[Candidate]], dict[str, RouteConfig]]:
-    models = {}
-    routes: dict[str, RouteConfig] = {}
-    for alias, m in (doc.get("models") or {}).items():
-        where = f"{source}: models.{alias}"
-        cands = (m or {}).get("candidates") if isinstance(m, dict) else None
-        if not isinstance(cands, list) or not cands:
-            raise ConfigError(f"{where}: needs a non-empty 'candidates' list")
-        parsed = []
-        for i, c in enumerate(cands):
-            up = _need(c, "upstream", f"{where}.candidates[{i}]")
-            if up not in ups:
-                raise ConfigError(f"{where}.candidates[{i}]: unknown upstream {up!r}; known: {', '.join(ups)}")
-            parsed.append(
-                Candidate(
-                    up,
-                    str(_need(c, "model", f"{where}.candidates[{i}]")),
-                    c.get("upstream_model"),
-                    bool(c.get("self_hosted", False)),
-                )
-            )
-        models[alias] = parsed
-        if m.get("route") is not None:
-            routes[alias] = _parse_route(m["route"], f"{where}.route", {c.model for c in parsed})
-    if not models:
-        raise ConfigError(f"{source}: at least one model alias is needed under 'models'")
-    return models, routes
-
-
-ROUTE_KEYS = (
-    "strategy",
-    "weak",
-    "strong",
-    "max_weak_tokens",
-    "artifact",
-    "threshold",
-    "min_mean_logprob",
-    "hold",
-    "share_window",
-    "metadata_headers",
-)
-_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
-CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie", "x-api-key", "api-key")
-
-
-def _parse_route(r: Any, where: str, names: set[str]) -> RouteConfig:
-    if not isinstance(r, dict) or r.get("strategy") not in ("rules", "trained", "cascade"):
-        raise ConfigError(f"{where}: strategy must be 'rules', 'trained' or 'cascade'")
-    _no_unknown(r, ROUTE_KEYS, where)
-    for side in ("weak", "strong"):
-        if r.get(side) not in names:
-            raise ConfigError(f"{where}.{side}: {r.get(side)!r} is not one of the candidates {sorted(names)}")
-    artifact, threshold = _route_artifact(r, where)
-    hold, window = r.get("hold", "threshold"), r.get("share_window", 1000)
-    if hold not in ("threshold", "share") or (hold == "share" and r["strategy"] != "trained"):
-        raise ConfigError(
-            f"{where}.hold: 'threshold' (the calibrated score threshold) or 'share' (the "
-            f"calibrated strong-call share, trained routes only); got {hold!r}"
-        )
-    if isinstance(window, bool) or not isinstance(window, int) or window < 50:
-        raise ConfigError(f"{where}.share_window: a whole number of recent requests >= 50; got {window!r}")
-    min_lp = r.get("min_mean_logprob")
-    if r["strategy"] == "cascade" and (isinstance(min_lp, bool) or not isinstance(min_lp, (int, float)) or min_lp > 0):
-        raise ConfigError(
-            f"{where}.min_mean_logprob: a cascade needs a threshold <= 0 on the weak "
-            f"answer's mean token log-probability (e.g. -0.5); got {min_lp!r}"
-        )
-    return RouteConfig(
-        r["strategy"],
-        r["weak"],
-        r["strong"],
-        int(r.get("max_weak_tokens", 400)),
-        artifact,
-        threshold,
-        float(min_lp) if min_lp is not None else None,
-        hold,
-        window,
-        _metadata_headers(r, f"{where}.metadata_headers"),
-    )
-
-
-def _route_artifact(r: dict, where: str) -> tuple[str | None, float | None]:
-    """A trained route's artifact file (which must exist) and its optional threshold override."""
-    artifact, threshold = r.get("artifact"), r.get("threshold")
-    if r["strategy"] == "trained":
-        if not artifact or not Path(str(artifact)).is_file():
-            raise ConfigError(
-                f"{where}.artifact: a trained router needs its artifact file "
-                f"(`truecost router calibrate ... --out router.npz`); got {artifact!r}"
-            )
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
-            raise ConfigError(f"{where}.threshold: a number, got {threshold!r}")
-    return (str(artifact) if artifact else None), (float(threshold) if threshold is not None else None)
-
-
-def _metadata_headers(r: dict, where: str) -> tuple[tuple[str, str], ...]:
-    """{field: header}: the request header that supplies each metadata field a trained scorer reads."""
-    raw = r.get("metadata_headers")
-    if raw is None:
-        return ()
-    if r["strategy"] != "trained":
-        raise ConfigError(f"{where}: only a trained route's scorer reads request metadata")
-    if not isinstance(raw, dict) or not all(
-        isinstance(f, str) and f and isinstance(h, str) and _HEADER_NAME.fullmatch(h) for f, h in raw.items()
-    ):
-        raise ConfigError(
-            f"{where}: a mapping of metadata field to request header name, e.g. "
-            f"{{subject: x-truecost-subject}}; got {raw!r}"
-        )
-    secret = sorted(h for h in raw.values() if h.lower() in CREDENTIAL_HEADERS)
-    if secret:
-        raise ConfigError(f"{where}: {', '.join(secret)} carries credentials, never routing metadata")
-    return tuple(sorted((f, h.lower()) for f, h in raw.items()))
 
 
 def _when(value: Any, where: str) -> datetime | None:
