@@ -233,10 +233,7 @@ def _require_object(body: Any) -> dict:
     return body
 
 
-def validate_chat(body: Any, *, max_n: int = MAX_N) -> None:
-    """An OpenAI chat-completions body: shape and every parameter the gateway prices, routes or forwards."""
-    body = _require_object(body)
-    _model(body)
+def _messages(body: dict[str, Any]) -> None:
     msgs = body.get("messages")
     if type(msgs) is not list or not msgs:
         raise GatewayError(400, "'messages' must be a non-empty array", code="invalid_type", param="messages")
@@ -262,26 +259,9 @@ def validate_chat(body: Any, *, max_n: int = MAX_N) -> None:
                 code="invalid_type",
                 param=f"messages[{i}].content",
             )
-    if "stream" in body and type(body["stream"]) is not bool:
-        raise _type_error("stream", "a boolean", body["stream"])
-    _int(body, "n", 1, max_n)
-    _int(body, "max_tokens", 1, MAX_TOKENS_BOUND)
-    _int(body, "max_completion_tokens", 1, MAX_TOKENS_BOUND)
-    _number(body, "temperature", 0, 2)
-    _number(body, "top_p", 0, 1)
-    _number(body, "presence_penalty", -2, 2)
-    _number(body, "frequency_penalty", -2, 2)
-    _int(body, "seed", -_INT64, _INT64 - 1)
-    _bool(body, "logprobs")
-    _int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
-    _bool(body, "parallel_tool_calls")
-    _stop(body, "stop")
-    _str(body, "user")
-    bias = _object(body, "logit_bias")
-    if bias:
-        for v in bias.values():
-            if not _is_number(v) or not -100 <= v <= 100:
-                raise _invalid("logit_bias", "each bias must be a number between -100 and 100")
+
+
+def _tools(body: dict[str, Any]) -> None:
     tools = body.get("tools")
     if tools is not None:
         if type(tools) is not list:
@@ -308,6 +288,34 @@ def validate_chat(body: Any, *, max_n: int = MAX_N) -> None:
                 raise _invalid("tool_choice", "must be 'none', 'auto', 'required' or an object")
         elif type(choice) is not dict or type(choice.get("type")) is not str:
             raise _invalid("tool_choice", "must be 'none', 'auto', 'required' or an object with a 'type'")
+
+
+def validate_chat(body: Any, *, max_n: int = MAX_N) -> None:
+    """An OpenAI chat-completions body: shape and every parameter the gateway prices, routes or forwards."""
+    body = _require_object(body)
+    _model(body)
+    _messages(body)
+    if "stream" in body and type(body["stream"]) is not bool:
+        raise _type_error("stream", "a boolean", body["stream"])
+    _int(body, "n", 1, max_n)
+    _int(body, "max_tokens", 1, MAX_TOKENS_BOUND)
+    _int(body, "max_completion_tokens", 1, MAX_TOKENS_BOUND)
+    _number(body, "temperature", 0, 2)
+    _number(body, "top_p", 0, 1)
+    _number(body, "presence_penalty", -2, 2)
+    _number(body, "frequency_penalty", -2, 2)
+    _int(body, "seed", -_INT64, _INT64 - 1)
+    _bool(body, "logprobs")
+    _int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    _bool(body, "parallel_tool_calls")
+    _stop(body, "stop")
+    _str(body, "user")
+    bias = _object(body, "logit_bias")
+    if bias:
+        for v in bias.values():
+            if not _is_number(v) or not -100 <= v <= 100:
+                raise _invalid("logit_bias", "each bias must be a number between -100 and 100")
+    _tools(body)
     fmt = _object(body, "response_format")
     if fmt is not None and (type(fmt.get("type")) is not str or not fmt["type"]):
         raise _invalid("response_format", "must be an object with a 'type'")
