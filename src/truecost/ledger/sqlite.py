@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from truecost.errors import LedgerError
 from truecost.ledger.events import CostEvent
+from truecost.ledger.sqlite_schema import MIGRATIONS, statements
 from truecost.ledger.store import AggregateRow, LedgerFilter, check_group_by
 from truecost.types import ATTRIBUTION_FIELDS, Attribution
 
@@ -53,78 +54,6 @@ _COLUMNS = (
     "details",
     "source",
 )
-_SOURCE_OK = "length({v}) BETWEEN 1 AND 64 AND {v} GLOB '[a-z0-9]*' AND {v} NOT GLOB '*[^a-z0-9_.-]*'".format(
-    v="json_extract(details, '$.source')"
-)  # events.check_source's rule, in SQL
-
-MIGRATIONS: list[tuple[str, str]] = [
-    (
-        "001_cost_events",
-        """
-        CREATE TABLE cost_events (
-            id TEXT NOT NULL PRIMARY KEY, request_id TEXT, ts_us INTEGER NOT NULL, step TEXT NOT NULL,
-            provider TEXT, service TEXT, region TEXT, quantity TEXT NOT NULL, unit TEXT NOT NULL,
-            unit_price TEXT, cost TEXT, cost_e10 INTEGER, currency TEXT NOT NULL,
-            cost_center TEXT, team TEXT, feature TEXT, tenant TEXT, environment TEXT, user_id TEXT,
-            tags TEXT NOT NULL DEFAULT '{}', trace_id TEXT, span_id TEXT, parent_span_id TEXT, name TEXT,
-            latency_ms REAL, outcome TEXT NOT NULL, avoided TEXT, avoided_e10 INTEGER,
-            details TEXT NOT NULL DEFAULT '{}'
-        ) WITHOUT ROWID;
-    """,
-    ),
-    (
-        "002_indexes",
-        """
-        CREATE INDEX ix_cost_events_request ON cost_events(request_id);
-        CREATE INDEX ix_cost_events_ts ON cost_events(ts_us);
-    """,
-    ),
-    # Hourly pre-aggregates, updated by append() in the inserting transaction (a batch is
-    # all or nothing, so its rollup is exact): dashboards and reports over large ledgers read
-    # these instead of scanning every event. NULL keys are stored as '' (a primary key cannot
-    # hold NULL) and read back as NULL.
-    (
-        "003_hourly_rollup",
-        """
-        CREATE TABLE rollup_hourly (
-            hour INTEGER NOT NULL, cost_center TEXT NOT NULL, feature TEXT NOT NULL, tenant TEXT NOT NULL,
-            step TEXT NOT NULL, service TEXT NOT NULL, outcome TEXT NOT NULL,
-            cost_e10 INTEGER NOT NULL DEFAULT 0, avoided_e10 INTEGER NOT NULL DEFAULT 0,
-            events INTEGER NOT NULL DEFAULT 0, unknown INTEGER NOT NULL DEFAULT 0,
-            PRIMARY KEY (hour, cost_center, feature, tenant, step, service, outcome)
-        ) WITHOUT ROWID;
-        INSERT INTO rollup_hourly SELECT ts_us / 3600000000, IFNULL(cost_center, ''), IFNULL(feature, ''),
-            IFNULL(tenant, ''), step, IFNULL(service, ''), outcome, IFNULL(SUM(cost_e10), 0),
-            IFNULL(SUM(avoided_e10), 0), COUNT(*), SUM(cost_e10 IS NULL)
-            FROM cost_events GROUP BY 1, 2, 3, 4, 5, 6, 7;
-        CREATE INDEX ix_cost_events_request_cost ON cost_events(request_id, cost_e10);
-    """,
-    ),
-    # Where each event was recorded. Rows written before this migration read "unknown", except
-    # those whose details name a source (the integrations put it there): that is back-filled.
-    # The rollup gains the source as a key, so reports grouped or filtered by source stay fast;
-    # it is rebuilt from the events in this transaction, so it stays exact.
-    (
-        "004_source",
-        f"""
-        ALTER TABLE cost_events ADD COLUMN source TEXT NOT NULL DEFAULT 'unknown';
-        UPDATE cost_events SET source = json_extract(details, '$.source')
-            WHERE details LIKE '%"source"%' AND json_type(details, '$.source') = 'text' AND {_SOURCE_OK};
-        DROP TABLE rollup_hourly;
-        CREATE TABLE rollup_hourly (
-            hour INTEGER NOT NULL, cost_center TEXT NOT NULL, feature TEXT NOT NULL, tenant TEXT NOT NULL,
-            step TEXT NOT NULL, service TEXT NOT NULL, outcome TEXT NOT NULL, source TEXT NOT NULL,
-            cost_e10 INTEGER NOT NULL DEFAULT 0, avoided_e10 INTEGER NOT NULL DEFAULT 0,
-            events INTEGER NOT NULL DEFAULT 0, unknown INTEGER NOT NULL DEFAULT 0,
-            PRIMARY KEY (hour, cost_center, feature, tenant, step, service, outcome, source)
-        ) WITHOUT ROWID;
-        INSERT INTO rollup_hourly SELECT ts_us / 3600000000, IFNULL(cost_center, ''), IFNULL(feature, ''),
-            IFNULL(tenant, ''), step, IFNULL(service, ''), outcome, source, IFNULL(SUM(cost_e10), 0),
-            IFNULL(SUM(avoided_e10), 0), COUNT(*), SUM(cost_e10 IS NULL)
-            FROM cost_events GROUP BY 1, 2, 3, 4, 5, 6, 7, 8;
-    """,
-    ),
-]
 ROLLUP_KEYS = frozenset(
     {"cost_center", "feature", "tenant", "step", "service", "outcome", "source", "hour", "day", "month"}
 )
@@ -147,20 +76,6 @@ _BUCKETS = {
 
 def _e10(amount: Decimal | None) -> int | None:
     return None if amount is None else int((amount * SCALE).to_integral_value(ROUND_HALF_EVEN))
-
-
-def _statements(script: str) -> list[str]:
-    """Split a migration into statements; a trigger body's inner ';' does not end its statement."""
-    out, buf = [], ""
-    for piece in script.split(";"):
-        buf += piece + ";"
-        if sqlite3.complete_statement(buf):
-            if buf.strip(" \n;"):
-                out.append(buf.strip())
-            buf = ""
-    if buf.strip(" \n;"):
-        out.append(buf.strip())
-    return out
 
 
 def _us(ts: datetime) -> int:
@@ -319,7 +234,7 @@ class SQLiteLedgerStore:
                 continue
             c.execute("BEGIN IMMEDIATE")
             try:
-                for stmt in _statements(sql):
+                for stmt in statements(sql):
                     c.execute(stmt)
                 c.execute("INSERT INTO _migrations VALUES (?, ?)", (name, datetime.now(timezone.utc).isoformat()))
                 c.execute("COMMIT")
