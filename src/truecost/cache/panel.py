@@ -177,7 +177,7 @@ def _embedding_match(arg: str | None, embedder):
 def _query_pair(arg: str | None, embedder):
     from truecost.cache.query_verifier import QueryPairVerifier
 
-    return QueryPairVerifier(embedder)
+    return QueryPairVerifier(embedder).check()  # built at start-up: an embedder without a head is refused there
 
 
 def _normalised(arg: str | None, embedder):

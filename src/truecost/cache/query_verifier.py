@@ -84,6 +84,11 @@ class QueryPairVerifier:
             self._head = head
             return head, self.lexical
 
+    def check(self) -> "QueryPairVerifier":
+        """Load now (a gateway at start-up): a missing head is refused before the first request, not in it."""
+        self._load()
+        return self
+
     # -- scoring ----------------------------------------------------------------------
     def probabilities(self, texts_a: Sequence[str], texts_b: Sequence[str], vectors_a: np.ndarray | None = None,
                       vectors_b: np.ndarray | None = None) -> np.ndarray:

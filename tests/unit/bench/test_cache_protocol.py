@@ -37,13 +37,15 @@ def test_bench_cache_reports_every_feedback_mode_beside_the_hindsight_baseline(t
         row = rows[mode]
         assert row["hits"] >= 30 and 0 <= row["false_hit_rate"] <= 1  # the repeats hit the exact tier
         assert row["ratio_vs_baseline"] == row["hit_rate"] / d["baseline_fixed_hindsight"]["hit_rate"]
-    assert rows["label"]["false_hits"] == 0 and "answers:normalised" in rows["label"]["verifiers"]
+    assert rows["label"]["false_hits"] == 0 and rows["label"]["verifiers"] == ["answers:normalised"]
     assert rows["verifier"]["verifiers"] == ["query-pair(truecost/minilm-l6-v2-static-256)"]
     assert rows["none"]["policy"].startswith("verifier-only")
     assert d["baseline_fixed_hindsight"]["curve"] and d["verifier_artifact"]["training_data"]["benchmark_files_used"] == []
-    both = {e["embedder"]: e for e in d["embedders"]}
-    assert set(both) == {"truecost/minilm-l6-v2-static-256", "sentence-transformers/all-MiniLM-L6-v2"}
-    assert all(len(e["feedback"]) == 4 and e["baseline_fixed_hindsight"]["threshold"] for e in both.values())
+    both = {e["embedder"]: e for e in d["embedders"]}  # every embedder of the table, the chosen one first
+    assert d["embedders"][0]["embedder"] == "truecost/minilm-l6-v2-static-256"
+    assert "sentence-transformers/all-MiniLM-L6-v2" in both
+    assert all(len(e["feedback"]) == 4 and e["baseline_fixed_hindsight"]["threshold"] for e in both.values()
+               if "error" not in e)
 
 
 def test_verifier_and_none_modes_never_see_the_intent():

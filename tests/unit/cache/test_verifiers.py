@@ -195,6 +195,10 @@ def test_query_pair_verifier_refuses_an_embedder_it_was_not_trained_for():
 
     with pytest.raises(TruecostError, match="no head for the embedder 'test/hash-bow'"):
         QueryPairVerifier(HashEmbedder()).probabilities(["a"], ["b"])
+    from truecost.cache.panel import make_verifiers
+
+    with pytest.raises(TruecostError, match="no head"):  # a gateway refuses it at start-up, not in a request
+        make_verifiers("embedding:0.9+query", HashEmbedder())
 
 
 def test_artifact_records_its_training_data_and_never_a_benchmark_file():
