@@ -163,7 +163,7 @@ def _print(r: dict) -> None:
         b = e["baseline_fixed_hindsight"]
         for row in e["feedback"]:
             if "hit_rate" not in row:
-                t.add_row(e["embedder"], row["feedback"], row["status"], "", "", "")
+                t.add_row(e["embedder"], row["feedback"], row["status"].split(" (")[0].split(":")[0][:48], "", "", "")
                 continue
             t.add_row(e["embedder"], row["feedback"], f"{row['hit_rate']:.1%}", f"{row['false_hit_rate']:.2%}",
                       f"{row['ratio_vs_baseline'] or 0:.2f}", f"{row['lookup_ms_p50']:.2f}")
