@@ -123,11 +123,10 @@ def run_cache_audit(
     return result
 
 
-def render_cache_html(r: dict[str, Any]) -> str:
+def _headline_figures(r: dict[str, Any]) -> list[Figure]:
     head = r["thresholds"][0]
     s = r["savings"]
-    rec = r["recommendation"]
-    figs = [
+    return [
         Figure("queries", "queries", r["queries"], lambda v: f"{v:,}"),
         Figure(
             "clustered_share",
@@ -144,6 +143,17 @@ def render_cache_html(r: dict[str, Any]) -> str:
             lambda v: charts.usd(float(v)),
         ),
     ]
+
+
+def _verdict_section(r: dict[str, Any]) -> Section:
+    rec = r["recommendation"]
+    return Section(
+        "Verdict",
+        [f'<p class="rec">{rec["recommendation"]}</p><p class="note">{rec["rule"]}</p>', figures(_headline_figures(r))],
+    )
+
+
+def _threshold_section(r: dict[str, Any]) -> Section:
     curve = r["curve"]
     series: dict[str, Sequence[float | None]] = {
         "projected hit rate": [c["hit_rate"] for c in curve],
@@ -151,113 +161,121 @@ def render_cache_html(r: dict[str, Any]) -> str:
     }
     if r["labelled"]:
         series["false-hit rate"] = [c["false_hit_rate"] for c in curve]
+    return Section(
+        "Hit rate vs threshold",
+        [
+            charts.lines(
+                [c["threshold"] for c in curve],
+                series,
+                "Projected hit rate and false hits by cosine threshold",
+                "cosine threshold",
+                "share of queries",
+                fmt_x=lambda v: f"{v:.2f}",
+                fmt_y=charts.pct,
+                y_max=1.0,
+                marker=r["primary_threshold"],
+            ),
+            table(
+                ["threshold", "hit rate", "in clusters", "clusters", "false hits"],
+                [
+                    [
+                        t["threshold"],
+                        charts.pct(t["hit_rate"]),
+                        charts.pct(t["clustered_share"]),
+                        f"{t['clusters']:,}",
+                        "n/a" if t["false_hit_rate"] is None else charts.pct(t["false_hit_rate"]),
+                    ]
+                    for t in r["thresholds"]
+                ],
+                numeric=(1, 2, 3, 4),
+            ),
+        ],
+    )
+
+
+def _cluster_sections(r: dict[str, Any]) -> list[Section]:
     dist = r["size_distribution"]
+    sizes = Section(
+        "Cluster sizes",
+        [
+            charts.histogram(
+                [d["size"] for d in dist],
+                [d["clusters"] for d in dist],
+                f"Clusters by size at cos >= {r['primary_threshold']:g}",
+            ),
+            table(
+                ["size", "clusters", "queries", "share of volume"],
+                [[d["size"], d["clusters"], d["queries"], charts.pct(d["volume_share"])] for d in dist],
+                numeric=(1, 2, 3),
+            ),
+        ],
+    )
+    top = Section(
+        "Top clusters",
+        [
+            table(
+                ["size", "share", "label (purity)", "examples"],
+                [
+                    [
+                        c["size"],
+                        charts.pct(c["volume_share"]),
+                        f"{c.get('majority_label', '')} ({charts.pct(c['purity'])})" if "purity" in c else "",
+                        " | ".join(c["examples"]),
+                    ]
+                    for c in r["top_clusters"]
+                ],
+                numeric=(0, 1),
+            )
+        ],
+    )
+    return [sizes, top]
+
+
+def _savings_section(s: dict[str, Any]) -> Section:
+    return Section(
+        "Projected savings",
+        [
+            table(
+                ["item", "value"],
+                [
+                    ["model", s["model"]],
+                    ["requests per day", f"{s['requests_per_day']:,}"],
+                    ["tokens per request (in / out)", f"{s['input_tokens']} / {s['output_tokens']}"],
+                    [
+                        "cost per request",
+                        s["cost_per_request_usd"]
+                        if s["cost_per_request_usd"] is not None
+                        else f"unknown: {s['unknown_price']}",
+                    ],
+                    ["avoided per month", s["monthly_avoided_usd"]],
+                    ["lookup cost per month", s["monthly_lookup_usd"]],
+                    ["net savings per month", s["monthly_net_savings_usd"]],
+                    ["lookup pricing", s["lookup_pricing"]],
+                ],
+            )
+        ],
+    )
+
+
+def _input_section(i: dict[str, Any]) -> Section:
+    return Section(
+        "Input",
+        [
+            table(
+                ["read", "kept", "skipped", "altered"],
+                [[i["rows"], i["kept"], i["skipped"] or "none", i["notes"] or "none"]],
+            )
+        ],
+    )
+
+
+def render_cache_html(r: dict[str, Any]) -> str:
     sections = [
-        Section(
-            "Verdict", [f'<p class="rec">{rec["recommendation"]}</p><p class="note">{rec["rule"]}</p>', figures(figs)]
-        ),
-        Section(
-            "Hit rate vs threshold",
-            [
-                charts.lines(
-                    [c["threshold"] for c in curve],
-                    series,
-                    "Projected hit rate and false hits by cosine threshold",
-                    "cosine threshold",
-                    "share of queries",
-                    fmt_x=lambda v: f"{v:.2f}",
-                    fmt_y=charts.pct,
-                    y_max=1.0,
-                    marker=r["primary_threshold"],
-                ),
-                table(
-                    ["threshold", "hit rate", "in clusters", "clusters", "false hits"],
-                    [
-                        [
-                            t["threshold"],
-                            charts.pct(t["hit_rate"]),
-                            charts.pct(t["clustered_share"]),
-                            f"{t['clusters']:,}",
-                            "n/a" if t["false_hit_rate"] is None else charts.pct(t["false_hit_rate"]),
-                        ]
-                        for t in r["thresholds"]
-                    ],
-                    numeric=(1, 2, 3, 4),
-                ),
-            ],
-        ),
-        Section(
-            "Cluster sizes",
-            [
-                charts.histogram(
-                    [d["size"] for d in dist],
-                    [d["clusters"] for d in dist],
-                    f"Clusters by size at cos >= {r['primary_threshold']:g}",
-                ),
-                table(
-                    ["size", "clusters", "queries", "share of volume"],
-                    [[d["size"], d["clusters"], d["queries"], charts.pct(d["volume_share"])] for d in dist],
-                    numeric=(1, 2, 3),
-                ),
-            ],
-        ),
-        Section(
-            "Top clusters",
-            [
-                table(
-                    ["size", "share", "label (purity)", "examples"],
-                    [
-                        [
-                            c["size"],
-                            charts.pct(c["volume_share"]),
-                            f"{c.get('majority_label', '')} ({charts.pct(c['purity'])})" if "purity" in c else "",
-                            " | ".join(c["examples"]),
-                        ]
-                        for c in r["top_clusters"]
-                    ],
-                    numeric=(0, 1),
-                )
-            ],
-        ),
-        Section(
-            "Projected savings",
-            [
-                table(
-                    ["item", "value"],
-                    [
-                        ["model", s["model"]],
-                        ["requests per day", f"{s['requests_per_day']:,}"],
-                        ["tokens per request (in / out)", f"{s['input_tokens']} / {s['output_tokens']}"],
-                        [
-                            "cost per request",
-                            s["cost_per_request_usd"]
-                            if s["cost_per_request_usd"] is not None
-                            else f"unknown: {s['unknown_price']}",
-                        ],
-                        ["avoided per month", s["monthly_avoided_usd"]],
-                        ["lookup cost per month", s["monthly_lookup_usd"]],
-                        ["net savings per month", s["monthly_net_savings_usd"]],
-                        ["lookup pricing", s["lookup_pricing"]],
-                    ],
-                )
-            ],
-        ),
-        Section(
-            "Input",
-            [
-                table(
-                    ["read", "kept", "skipped", "altered"],
-                    [
-                        [
-                            r["input"]["rows"],
-                            r["input"]["kept"],
-                            r["input"]["skipped"] or "none",
-                            r["input"]["notes"] or "none",
-                        ]
-                    ],
-                )
-            ],
-        ),
+        _verdict_section(r),
+        _threshold_section(r),
+        *_cluster_sections(r),
+        _savings_section(r["savings"]),
+        _input_section(r["input"]),
     ]
     return page(
         "truecost · cache feasibility",

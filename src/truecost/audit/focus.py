@@ -132,29 +132,25 @@ def _day(ts: datetime) -> datetime:
     return ts.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def export_rows(events: Iterable[CostEvent], account: str = "truecost") -> Iterator[dict[str, Any]]:
-    """FOCUS 1.2 rows, aggregated per day, provider, service, component, region and attribution."""
+def _tags_of(e: CostEvent) -> tuple[tuple[str, str], ...]:
+    """The event's tags with its attribution dimensions merged in (dimensions win), as a sorted, hashable tuple."""
+    a = e.attribution
+    dims = (
+        ("cost_center", a.cost_center),
+        ("team", a.team),
+        ("feature", a.feature),
+        ("tenant", a.tenant),
+        ("environment", a.environment),
+    )
+    return tuple(sorted({**dict(a.tags), **{k: v for k, v in dims if v}}.items()))
+
+
+def _daily_groups(events: Iterable[CostEvent]) -> dict[tuple, list]:
+    """[quantity, cost, unit price, unknown-price lines] per day, provider, service, component, step, region,
+    currency and tags."""
     groups: dict[tuple, list] = defaultdict(lambda: [Decimal(0), Decimal(0), None, 0])
     for e in events:
-        a = e.attribution
-        tags = tuple(
-            sorted(
-                {
-                    **dict(a.tags),
-                    **{
-                        k: v
-                        for k, v in (
-                            ("cost_center", a.cost_center),
-                            ("team", a.team),
-                            ("feature", a.feature),
-                            ("tenant", a.tenant),
-                            ("environment", a.environment),
-                        )
-                        if v
-                    },
-                }.items()
-            )
-        )
+        tags = _tags_of(e)
         for ln in lines_of(e):
             key = (
                 _day(e.ts),
@@ -171,52 +167,65 @@ def export_rows(events: Iterable[CostEvent], account: str = "truecost") -> Itera
             g[1] += ln.cost or Decimal(0)
             g[2] = ln.unit_price if ln.unit_price is not None else g[2]
             g[3] += 1 if ln.cost is None else 0
-    for (day, provider, service, comp, step, region, currency, tags), (qty, cost, up, unknown) in sorted(
-        groups.items()
-    ):
-        meter, direction, action = TOKEN_SKUS.get(comp, (comp, None, None))
-        details = {"ModelId": service} if comp in TOKEN_SKUS else {"Step": step}
-        if direction:
-            details["TokenDirection"] = direction
-        if action:
-            details["TokenCacheAction"] = action
-        if unknown:
-            details["truecost.unknown_price_events"] = unknown
-        month = day.replace(day=1)
-        nxt = (month + timedelta(days=32)).replace(day=1)
-        cost_s, qty_s = _money(cost), _money(qty)
-        yield {
-            "BilledCost": cost_s,
-            "BillingAccountId": account,
-            "BillingCurrency": currency,
-            "BillingPeriodStart": month.isoformat().replace("+00:00", "Z"),
-            "BillingPeriodEnd": nxt.isoformat().replace("+00:00", "Z"),
-            "ChargeCategory": "Usage",
-            "ChargeClass": "",
-            "ChargeDescription": f"{meter} for {service}",
-            "ChargeFrequency": "Usage-Based",
-            "ChargePeriodStart": day.isoformat().replace("+00:00", "Z"),
-            "ChargePeriodEnd": (day + timedelta(days=1)).isoformat().replace("+00:00", "Z"),
-            "ConsumedQuantity": qty_s,
-            "ConsumedUnit": "Tokens" if comp in TOKEN_SKUS else comp,
-            "ContractedCost": cost_s,
-            "EffectiveCost": cost_s,
-            "ListCost": cost_s,
-            "ListUnitPrice": _money(up),
-            "PricingCategory": "Standard",
-            "PricingQuantity": qty_s,
-            "PricingUnit": "Tokens" if comp in TOKEN_SKUS else comp,
-            "RegionId": region,
-            "ServiceCategory": SERVICE_CATEGORY.get(step, "Other"),
-            "ServiceName": service,
-            "ServiceProviderName": provider,
-            "HostProviderName": provider,
-            "InvoiceIssuerName": provider,
-            "SkuId": f"{service}-{comp}",
-            "SkuMeter": meter,
-            "SkuPriceDetails": json.dumps(details, sort_keys=True),
-            "Tags": json.dumps(dict(tags), sort_keys=True),
-        }
+    return groups
+
+
+def _iso_z(ts: datetime) -> str:
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+def _focus_row(key: tuple, totals: list, account: str) -> dict[str, Any]:
+    day, provider, service, comp, step, region, currency, tags = key
+    qty, cost, up, unknown = totals
+    meter, direction, action = TOKEN_SKUS.get(comp, (comp, None, None))
+    details = {"ModelId": service} if comp in TOKEN_SKUS else {"Step": step}
+    if direction:
+        details["TokenDirection"] = direction
+    if action:
+        details["TokenCacheAction"] = action
+    if unknown:
+        details["truecost.unknown_price_events"] = unknown
+    month = day.replace(day=1)
+    nxt = (month + timedelta(days=32)).replace(day=1)
+    cost_s, qty_s = _money(cost), _money(qty)
+    return {
+        "BilledCost": cost_s,
+        "BillingAccountId": account,
+        "BillingCurrency": currency,
+        "BillingPeriodStart": _iso_z(month),
+        "BillingPeriodEnd": _iso_z(nxt),
+        "ChargeCategory": "Usage",
+        "ChargeClass": "",
+        "ChargeDescription": f"{meter} for {service}",
+        "ChargeFrequency": "Usage-Based",
+        "ChargePeriodStart": _iso_z(day),
+        "ChargePeriodEnd": _iso_z(day + timedelta(days=1)),
+        "ConsumedQuantity": qty_s,
+        "ConsumedUnit": "Tokens" if comp in TOKEN_SKUS else comp,
+        "ContractedCost": cost_s,
+        "EffectiveCost": cost_s,
+        "ListCost": cost_s,
+        "ListUnitPrice": _money(up),
+        "PricingCategory": "Standard",
+        "PricingQuantity": qty_s,
+        "PricingUnit": "Tokens" if comp in TOKEN_SKUS else comp,
+        "RegionId": region,
+        "ServiceCategory": SERVICE_CATEGORY.get(step, "Other"),
+        "ServiceName": service,
+        "ServiceProviderName": provider,
+        "HostProviderName": provider,
+        "InvoiceIssuerName": provider,
+        "SkuId": f"{service}-{comp}",
+        "SkuMeter": meter,
+        "SkuPriceDetails": json.dumps(details, sort_keys=True),
+        "Tags": json.dumps(dict(tags), sort_keys=True),
+    }
+
+
+def export_rows(events: Iterable[CostEvent], account: str = "truecost") -> Iterator[dict[str, Any]]:
+    """FOCUS 1.2 rows, aggregated per day, provider, service, component, region and attribution."""
+    for key, totals in sorted(_daily_groups(events).items()):
+        yield _focus_row(key, totals, account)
 
 
 def write_export(

@@ -154,6 +154,73 @@ def by_source(rows: Sequence[AggregateRow], col: int, requests: dict[Any, int], 
     ]
 
 
+def _cost_by(rows: Sequence[AggregateRow], i: int) -> list[dict]:
+    """Cost per value of the key at ``i``, largest first (a missing value shows as "-")."""
+    acc: dict[Any, Decimal] = {}
+    for r in rows:
+        acc[r.keys[i]] = acc.get(r.keys[i], ZERO) + r.cost
+    return [{"key": k if k is not None else "-", "cost_usd": v} for k, v in sorted(acc.items(), key=lambda kv: -kv[1])]
+
+
+def _spend_over_time(rows: Sequence[AggregateRow], series_by: str) -> dict[str, Any]:
+    """Cost per time bucket (key 0), one series per value of ``series_by``."""
+    col = {"cost_center": 1, "feature": 2, "step": 3, "model": 4, "source": 6}.get(series_by, 1)
+    series: dict[str, dict[str, Decimal]] = {}
+    for r in rows:
+        name = r.keys[col] or "-"
+        series.setdefault(name, {})
+        series[name][r.keys[0]] = series[name].get(r.keys[0], ZERO) + r.cost
+    buckets = sorted({r.keys[0] for r in rows})
+    return {
+        "by": series_by,
+        "buckets": buckets,
+        "series": {k: [v.get(b, ZERO) for b in buckets] for k, v in series.items()},
+    }
+
+
+def _cache_figures(rows: Sequence[AggregateRow], cache_target_error: float | None) -> dict[str, Any]:
+    """Lookups, hits, cost avoided and the lookups' own cost, from rows keyed with step at 3, outcome at 5."""
+    lookups = [r for r in rows if r.keys[3] == "cache_lookup"]
+    n_lookups = sum(r.events for r in lookups)
+    n_hits = sum(r.events for r in lookups if r.keys[5] == "cache_hit")
+    cache_avoided = sum((r.avoided_cost for r in lookups), ZERO)
+    lookup_cost = _sum(lookups, lambda r: True)
+    return {
+        "lookups": n_lookups,
+        "hits": n_hits,
+        "hit_rate": n_hits / n_lookups if n_lookups else None,
+        "avoided_usd": cache_avoided,
+        "lookup_cost_usd": lookup_cost,
+        "net_savings_usd": cache_avoided - lookup_cost,
+        # the policy bounds false hits per lookup; the estimate is that bound applied to the lookups
+        "false_hit_bound": None if cache_target_error is None else cache_target_error * n_lookups,
+    }
+
+
+def _budget_rows(store: LedgerStore, budgets: Sequence[Budget], now: datetime) -> list[dict[str, Any]]:
+    """Each budget's spend in its current period against its limit."""
+    out = []
+    for b in budgets:
+        spent = _sum(
+            store.aggregate(
+                [],
+                LedgerFilter(since=period_start(b.period, now), attribution=((b.field, b.value),)),
+                count_requests=False,
+            ),
+            lambda r: True,
+        )
+        out.append(
+            {
+                "budget": f"{b.field}={b.value}",
+                "period": b.period,
+                "limit_usd": b.limit_usd,
+                "spent_usd": spent,
+                "used": float(spent / b.limit_usd) if b.limit_usd else None,
+            }
+        )
+    return out
+
+
 def overview(
     store: LedgerStore,
     flt: LedgerFilter = LedgerFilter(),
@@ -168,51 +235,11 @@ def overview(
     rows = store.aggregate(keys, flt, count_requests=False)
     h, source_requests = requests_by(store, flt, "source", sorted({r.keys[6] for r in rows}))
     total = h.cost
-
-    def by(i: int) -> list[dict]:
-        acc: dict[Any, Decimal] = {}
-        for r in rows:
-            acc[r.keys[i]] = acc.get(r.keys[i], ZERO) + r.cost
-        return [
-            {"key": k if k is not None else "-", "cost_usd": v} for k, v in sorted(acc.items(), key=lambda kv: -kv[1])
-        ]
-
-    col = {"cost_center": 1, "feature": 2, "step": 3, "model": 4, "source": 6}.get(series_by, 1)
-    series: dict[str, dict[str, Decimal]] = {}
-    for r in rows:
-        name = r.keys[col] or "-"
-        series.setdefault(name, {})
-        series[name][r.keys[0]] = series[name].get(r.keys[0], ZERO) + r.cost
-    buckets = sorted({r.keys[0] for r in rows})
-    lookups = [r for r in rows if r.keys[3] == "cache_lookup"]
-    n_lookups = sum(r.events for r in lookups)
-    n_hits = sum(r.events for r in lookups if r.keys[5] == "cache_hit")
-    cache_avoided = sum((r.avoided_cost for r in lookups), ZERO)
-    lookup_cost = _sum(lookups, lambda r: True)
     gens = [r for r in rows if r.keys[3] in GENERATION_STEPS]
     mix = served_mix(store, flt, gens)
     route_avoided = sum((r.avoided_cost for r in gens if r.keys[5] == "routed"), ZERO)
     expensive, unknown_requests = request_stats(store, flt, top)
-    now = now or datetime.now(timezone.utc)
-    budget_rows = []
-    for b in budgets:
-        spent = _sum(
-            store.aggregate(
-                [],
-                LedgerFilter(since=period_start(b.period, now), attribution=((b.field, b.value),)),
-                count_requests=False,
-            ),
-            lambda r: True,
-        )
-        budget_rows.append(
-            {
-                "budget": f"{b.field}={b.value}",
-                "period": b.period,
-                "limit_usd": b.limit_usd,
-                "spent_usd": spent,
-                "used": float(spent / b.limit_usd) if b.limit_usd else None,
-            }
-        )
+    budget_rows = _budget_rows(store, budgets, now or datetime.now(timezone.utc))
     gen_cost = _sum(gens, lambda r: True)
     return {
         "total_usd": total,
@@ -223,25 +250,12 @@ def overview(
         "cost_per_request_usd": total / h.request_count if h.request_count else None,
         "generation_share": float(gen_cost / total) if total else None,
         "bucket": bucket,
-        "spend_over_time": {
-            "by": series_by,
-            "buckets": buckets,
-            "series": {k: [v.get(b, ZERO) for b in buckets] for k, v in series.items()},
-        },
-        "by_cost_center": by(1),
-        "by_feature": by(2),
-        "by_step": by(3),
+        "spend_over_time": _spend_over_time(rows, series_by),
+        "by_cost_center": _cost_by(rows, 1),
+        "by_feature": _cost_by(rows, 2),
+        "by_step": _cost_by(rows, 3),
         "by_source": by_source(rows, 6, source_requests, total),
-        "cache": {
-            "lookups": n_lookups,
-            "hits": n_hits,
-            "hit_rate": n_hits / n_lookups if n_lookups else None,
-            "avoided_usd": cache_avoided,
-            "lookup_cost_usd": lookup_cost,
-            "net_savings_usd": cache_avoided - lookup_cost,
-            # the policy bounds false hits per lookup; the estimate is that bound applied to the lookups
-            "false_hit_bound": None if cache_target_error is None else cache_target_error * n_lookups,
-        },
+        "cache": _cache_figures(rows, cache_target_error),
         "routing": {"mix": mix, "avoided_usd": route_avoided},
         "budgets": budget_rows,
         "expensive_requests": [_request_row(r) for r in expensive],
