@@ -15,11 +15,8 @@ import math
 import random
 from dataclasses import dataclass
 from decimal import Decimal
-from html import escape
 from pathlib import Path
 from typing import Any, Callable, Sequence
-
-import numpy as np
 
 from truecost.audit import charts
 from truecost.audit.html import Figure, Section, figures, page, table, write_report
@@ -222,6 +219,64 @@ def _per_request(catalog: PriceCatalog, model: str, p: Prices) -> Decimal:
     return cost
 
 
+def _blend(share: float, c_small: Decimal, c_large: Decimal) -> Decimal:
+    """Cost per request when ``share`` of requests go to the small model and the rest to the large one."""
+    d = Decimal(str(round(share, 6)))
+    return d * c_small + (1 - d) * c_large
+
+
+def _rules_agreement(
+    sample: Sequence[QueryRow], labels: Sequence[str | None], rules: RulesRouter
+) -> tuple[float, float]:
+    """Over the labelled queries: the share the rules router sends small, and the share it misroutes
+    (sends small where the label says large)."""
+    rule_small = [rules.route(RouteRequest(r.text)).model == rules.weak for r in sample]
+    rated_rows = [(lab, rs) for lab, rs in zip(labels, rule_small) if lab in ("small", "large")]
+    share = sum(rs for _, rs in rated_rows) / len(rated_rows)
+    misroute = sum(1 for lab, rs in rated_rows if rs and lab == "large") / len(rated_rows)
+    return share, misroute
+
+
+def _strategy_rows(
+    share: float, rules: tuple[float, float], c_small: Decimal, c_large: Decimal, requests_per_day: int
+) -> list[dict[str, Any]]:
+    """Cost per request and per month, saving, small share and misrouted share of each routing strategy."""
+    rules_share, rules_misroute = rules
+    d = Decimal(str(round(share, 6)))
+    monthly = Decimal(requests_per_day * 30)
+    strategies = {
+        "always large": (c_large, 0.0, 0.0),
+        "always small": (c_small, 1.0, 1 - share),
+        "rules router": (_blend(rules_share, c_small, c_large), rules_share, rules_misroute),
+        "ideal router": (d * c_small + (1 - d) * c_large, share, 0.0),
+        "ideal cascade (small first)": (c_small + (1 - d) * c_large, 1.0, 0.0),
+    }
+    return [
+        {
+            "strategy": k,
+            "cost_per_request_usd": v[0],
+            "monthly_usd": (v[0] * monthly).quantize(Decimal("0.01")),
+            "saving_vs_large": float(1 - v[0] / c_large) if c_large else None,
+            "small_share": v[1],
+            "misrouted_share": v[2],
+        }
+        for k, v in strategies.items()
+    ]
+
+
+def _routing_recommendation(share: float, lo: float, hi: float) -> dict[str, str]:
+    worth = share > 0.5
+    return {
+        "level": "build" if worth else "skip",
+        "recommendation": (
+            "a router is worth building: start with rules, then train a scorer on these labels"
+            if worth
+            else "most requests need the large model: a router would save little"
+        ),
+        "rule": f"{share:.1%} small-capable (95% CI {lo:.1%}-{hi:.1%}); rule: > 50% -> build a router",
+    }
+
+
 def run_routing_audit(
     sample: Sequence[QueryRow],
     labels: dict[str, str],
@@ -246,36 +301,7 @@ def run_routing_audit(
         _per_request(catalog, prices.large_model, prices),
     )
     rules = RulesRouter(prices.small_model, prices.large_model)
-    rule_small = [rules.route(RouteRequest(r.text)).model == rules.weak for r in sample]
-    rated_rows = [(lab, rs) for lab, rs in zip(got, rule_small) if lab in ("small", "large")]
-    rules_share = sum(rs for _, rs in rated_rows) / len(rated_rows)
-    rules_misroute = sum(1 for lab, rs in rated_rows if rs and lab == "large") / len(rated_rows)
-    d = Decimal(str(round(share, 6)))
-    monthly = Decimal(prices.requests_per_day * 30)
-    strategies = {
-        "always large": (c_large, 0.0, 0.0),
-        "always small": (c_small, 1.0, 1 - share),
-        "rules router": (
-            Decimal(str(round(rules_share, 6))) * c_small + (1 - Decimal(str(round(rules_share, 6)))) * c_large,
-            rules_share,
-            rules_misroute,
-        ),
-        "ideal router": (d * c_small + (1 - d) * c_large, share, 0.0),
-        "ideal cascade (small first)": (c_small + (1 - d) * c_large, 1.0, 0.0),
-    }
-    rows = [
-        {
-            "strategy": k,
-            "cost_per_request_usd": v[0],
-            "monthly_usd": (v[0] * monthly).quantize(Decimal("0.01")),
-            "saving_vs_large": float(1 - v[0] / c_large) if c_large else None,
-            "small_share": v[1],
-            "misrouted_share": v[2],
-        }
-        for k, v in strategies.items()
-    ]
-    curve = rules_curve(sample, got, rules, c_small, c_large)
-    worth = share > 0.5
+    rows = _strategy_rows(share, _rules_agreement(sample, got, rules), c_small, c_large, prices.requests_per_day)
     return {
         "kind": "routing_audit",
         "source": source,
@@ -296,16 +322,8 @@ def run_routing_audit(
             "large_cost_per_request_usd": c_large,
         },
         "strategies": rows,
-        "rules_curve": curve,
-        "recommendation": {
-            "level": "build" if worth else "skip",
-            "recommendation": (
-                "a router is worth building: start with rules, then train a scorer on these labels"
-                if worth
-                else "most requests need the large model: a router would save little"
-            ),
-            "rule": f"{share:.1%} small-capable (95% CI {lo:.1%}-{hi:.1%}); rule: > 50% -> build a router",
-        },
+        "rules_curve": rules_curve(sample, got, rules, c_small, c_large),
+        "recommendation": _routing_recommendation(share, lo, hi),
     }
 
 
@@ -338,8 +356,7 @@ def rules_curve(
                 "cut": None if cut in (float("inf"), float("-inf")) else cut,
                 "small_share": share,
                 "misrouted_share": sum(1 for x, lab in small if x and lab == "large") / len(small),
-                "cost_per_request_usd": Decimal(str(round(share, 6))) * c_small
-                + (1 - Decimal(str(round(share, 6)))) * c_large,
+                "cost_per_request_usd": _blend(share, c_small, c_large),
             }
         )
     return sorted(out, key=lambda p: p["small_share"])
@@ -411,96 +428,3 @@ def render_routing_html(r: dict[str, Any]) -> str:
 
 def write_routing_report(r: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     return write_report(out_dir, "routing_audit", r, render_routing_html(r))
-
-
-def render_calibration_html(r: dict[str, Any]) -> str:
-    """`truecost router calibrate --report`: the chosen point on the cost-quality curve, and its spread."""
-    test, band = r["test"], r["quality_vs_strong_expected_90pct"]
-    figs = [
-        Figure("strong_share", "strong-call share chosen", r["strong_share"], charts.pct),
-        Figure("quality_vs_strong", "quality vs strong (held out)", test["quality_vs_strong"], charts.pct),
-        Figure("cost_per_1k", "USD per 1,000 requests (held out)", test["cost_per_1k_usd"], lambda v: f"${v:.4f}"),
-        Figure("band_low", f"90% range low, {band['requests']} requests", band["low"], charts.pct),
-        Figure("band_high", "90% range high", band["high"], charts.pct),
-    ]
-    curve = r["curve_test"]
-    strong_q = r["strong_quality_test"]
-    shares = [p["strong_share"] for p in curve]
-    train_q = r["strong_quality_train"]
-    train = r["curve_train_out_of_fold"]
-    quality = {
-        "held-out half": [p["quality"] / strong_q for p in curve],
-        "train, out of fold": np.interp(
-            shares, [p["strong_share"] for p in train], [p["quality"] / train_q for p in train]
-        ).tolist(),
-    }
-    floor = math.floor(min(v for series in quality.values() for v in series if v is not None) * 20) / 20
-    target = r["target"]
-    aim = (
-        f"strong share <= {target['max_strong_share']:.0%}"
-        if "max_strong_share" in target
-        else f"quality >= {target['min_quality'] / train_q:.0%} of strong"
-        if "min_quality" in target
-        else f"cost <= ${target['max_cost'] * 1000:.4f} per 1,000"
-    )
-    headline = f"Target: {aim}; ranked by {r['order']}"
-    sections = [
-        Section(
-            "Chosen threshold",
-            [
-                f'<p class="rec">{escape(headline)}; '
-                f"threshold {r['threshold_on_train_scores']:.6g} on the scorer's scale.</p>"
-                '<p class="note">The 90% range is what sampling alone does to the quality ratio on '
-                "that many new requests.</p>",
-                figures(figs),
-            ],
-        ),
-        Section(
-            "Cost-quality curve",
-            [
-                charts.lines(
-                    shares,
-                    quality,
-                    "Quality vs the strong model, by strong-call share",
-                    "share of requests sent to the strong model",
-                    "quality / strong",
-                    fmt_x=charts.pct,
-                    fmt_y=charts.pct,
-                    y_max=1.02,
-                    y_min=floor,
-                    marker=r["strong_share"],
-                ),
-                charts.lines(
-                    [p["cost_per_1k_usd"] for p in curve],
-                    {"held-out half": quality["held-out half"]},
-                    "Quality vs cost (held-out half)",
-                    "USD per 1,000 requests",
-                    "quality / strong",
-                    fmt_x=lambda v: f"${v:.3f}",
-                    fmt_y=charts.pct,
-                    y_max=1.02,
-                    y_min=floor,
-                    marker=test["cost_per_1k_usd"],
-                ),
-                table(
-                    ["strong share", "quality / strong", "USD per 1,000"],
-                    [
-                        [
-                            charts.pct(p["strong_share"]),
-                            charts.pct(p["quality"] / strong_q),
-                            f"${p['cost_per_1k_usd']:.4f}",
-                        ]
-                        for p in curve
-                    ],
-                    numeric=(0, 1, 2),
-                ),
-            ],
-        ),
-    ]
-    return page(
-        "truecost · router calibration", f"{r['data']} · {r['kind']} · {r['weak']} vs {r['strong']}", sections, data=r
-    )
-
-
-def write_calibration_report(r: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    return write_report(out_dir, "router_calibration", r, render_calibration_html(r))

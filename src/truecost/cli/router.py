@@ -157,7 +157,7 @@ def calibrate(
     artifact = _save(cal, out_path, data, weak, strong, train_rows, declared) if out_path else None
     result = _result(cal, data, weak, strong, artifact)
     if report_dir:
-        from truecost.audit.routing_audit import write_calibration_report
+        from truecost.audit.calibration_report import write_calibration_report
 
         result["report"] = [str(p) for p in write_calibration_report(result, report_dir)]
     click.echo(json.dumps(result, indent=2))
