@@ -77,6 +77,31 @@ def _model_of(serialized: Any) -> tuple[str | None, str | None]:
     return (str(model) if model else None), provider
 
 
+def _charge_llm(step: Any, provider: str | None, model: str | None, response: Any) -> None:
+    """Price an LLM step from the usage in its response (provider's raw response, else additional_kwargs)."""
+    usage, flavour = usage_from_raw(getattr(response, "raw", None), getattr(response, "additional_kwargs", None))
+    charge_tokens(
+        step, provider, model, usage, flavour=flavour or "openai", missing="the LLM's response carried no token usage"
+    )
+
+
+def _charge_embedding(
+    step: Any, provider: str | None, model: str | None, chunks: list, count_tokens: Callable[[str], int] | None
+) -> None:
+    """Price an embedding step from ``count_tokens`` over its chunks; without it, record it unpriced."""
+    usage = None
+    if count_tokens is not None:
+        usage = {"prompt_tokens": sum(int(count_tokens(str(c))) for c in chunks)}
+    step.annotate(texts=len(chunks))
+    charge_tokens(
+        step,
+        provider or "openai",
+        model,
+        usage,
+        missing="LlamaIndex embedding events carry no token usage (pass count_tokens)",
+    )
+
+
 def _handler_class() -> type:
     if "handler" in _classes:
         return _classes["handler"]
@@ -137,30 +162,10 @@ def _handler_class() -> type:
                 return
             if event_type == CBEventType.LLM:
                 response = payload.get(EventPayload.RESPONSE) or payload.get(EventPayload.COMPLETION)
-                usage, flavour = usage_from_raw(
-                    getattr(response, "raw", None), getattr(response, "additional_kwargs", None)
-                )
-                charge_tokens(
-                    step,
-                    provider,
-                    model,
-                    usage,
-                    flavour=flavour or "openai",
-                    missing="the LLM's response carried no token usage",
-                )
+                _charge_llm(step, provider, model, response)
             elif event_type == CBEventType.EMBEDDING:
                 chunks = payload.get(EventPayload.CHUNKS) or []
-                usage = None
-                if self.count_tokens is not None:
-                    usage = {"prompt_tokens": sum(int(self.count_tokens(str(c))) for c in chunks)}
-                step.annotate(texts=len(chunks))
-                charge_tokens(
-                    step,
-                    provider or "openai",
-                    model,
-                    usage,
-                    missing="LlamaIndex embedding events carry no token usage (pass count_tokens)",
-                )
+                _charge_embedding(step, provider, model, chunks, self.count_tokens)
             else:
                 step.annotate(nodes=len(payload.get(EventPayload.NODES) or []))
             self.book.finish_step(event_id)
