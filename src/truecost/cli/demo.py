@@ -32,7 +32,6 @@ def run_demo(
 ) -> dict:
     import httpx
 
-    from truecost.audit.costs import run_cost_audit, write_costs_report
     from truecost.cache.embedders import MiniLMEmbedder
     from truecost.demo.live import (
         BASELINE,
@@ -55,11 +54,7 @@ def run_demo(
     rows = customer_stream(traffic, queries, seed)
     intents = sorted({r["intent"] for r in everything})
     db_path = Path(db)
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in (db_path, db_path.with_suffix(".spool.jsonl"), db_path.parent / "demo-artifacts" / "audit.jsonl"):
-        stale.unlink(missing_ok=True)  # a demo run starts from an empty ledger and an empty audit log
-    store = SQLiteLedgerStore(db_path)
-    writer = BatchWriter(store, spool_path=db_path.with_suffix(".bot.spool.jsonl"))
+    store, writer = _fresh_ledger(db_path)
     config = PipelineConfig()
     tracker = Tracker(PriceCatalog.bundled(), writer, compute=config.compute)
     embedder = MiniLMEmbedder()
@@ -84,7 +79,7 @@ def run_demo(
             pipeline.generate = make_generate(client, alias, bypass, alias)
             with progress_bar(console) as prog:
                 task = prog.add_task(f"{alias}: cache and router {'off' if bypass else 'on'}", total=len(rows))
-                replay_pass(pipeline, rows, stats, judge, progress=lambda n: prog.update(task, completed=n))
+                replay_pass(pipeline, rows, stats, judge, progress=lambda n, t=task: prog.update(t, completed=n))
         pipeline.settle_capacity(2 * len(rows))
         writer.close()
     # the gateway flushed its ledger writer on shutdown; everything is in the ledger now
@@ -93,9 +88,7 @@ def run_demo(
         f"{CACHE_POLICY} error-bounded (target 1% false hits), learning from the {CACHE_VERIFIERS} "
         "verifier: no labelled pairs, no calibration"
     )
-    audit = run_cost_audit(store, source=str(db_path))
-    _, html = write_costs_report(audit, report_dir)
-    result["report"] = str(html.resolve())
+    result["report"] = _write_report(store, db_path, report_dir)
     result["dashboard"] = f"http://127.0.0.1:{port}/ui/"
     if as_json:
         print(json.dumps(result, indent=2, default=str))
@@ -105,6 +98,22 @@ def run_demo(
         _serve_dashboard(store, port, console)
     store.close()
     return result
+
+
+def _fresh_ledger(db_path: Path) -> tuple[SQLiteLedgerStore, BatchWriter]:
+    """A demo run starts from an empty ledger and an empty audit log."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (db_path, db_path.with_suffix(".spool.jsonl"), db_path.parent / "demo-artifacts" / "audit.jsonl"):
+        stale.unlink(missing_ok=True)
+    store = SQLiteLedgerStore(db_path)
+    return store, BatchWriter(store, spool_path=db_path.with_suffix(".bot.spool.jsonl"))
+
+
+def _write_report(store: SQLiteLedgerStore, db_path: Path, report_dir: str) -> str:
+    from truecost.audit.costs import run_cost_audit, write_costs_report
+
+    _, html = write_costs_report(run_cost_audit(store, source=str(db_path)), report_dir)
+    return str(html.resolve())
 
 
 def _pass_costs(store, feature: str, requests: int) -> dict:
@@ -173,7 +182,7 @@ def _print(console: Console, r: dict) -> None:
         f"{usd(r['cache_net_savings_usd'], 6)} after lookup costs {usd(on['cache']['lookup_cost_usd'], 6)}"
     )
     console.print(
-        f"routing mix (on): "
+        "routing mix (on): "
         + ", ".join(f"{k} {v}" for k, v in on["served_by"].items())
         + f"; routing saved {usd(r['routing_avoided_usd'], 6)}"
     )
