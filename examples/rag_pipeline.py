@@ -61,8 +61,10 @@ def main(n: int = 20) -> None:
     last = requests[-1]
     console.print(request_table(store.query(LedgerFilter(request_id=last.id)), f"request {last.id}"))
     s = summary(store)
-    console.print(f"{s.requests} requests, cost per request ${s.cost_per_request:.6f}, "
-                  f"generation share {s.generation_share:.1%}, unknown prices: {s.unknown}")
+    console.print(
+        f"{s.requests} requests, cost per request ${s.cost_per_request:.6f}, "
+        f"generation share {s.generation_share:.1%}, unknown prices: {s.unknown}"
+    )
     console.print(f"ledger: {workdir / 'ledger.db'}; audit log: {pipeline.audit_path}")
 
 

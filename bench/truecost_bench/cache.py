@@ -41,8 +41,10 @@ from truecost.cache.semantic import SemanticCache
 from truecost.cache.verifier import NormalisedMatch
 
 FEEDBACK_MODES = ("verifier", "label", "none", "judge")
-JUDGE_NOT_CONFIGURED = ("not configured: no LLM judge runs offline on this machine (the local SmolLM2-135M "
-                        "cannot tell banking intents apart, and each call takes seconds); pass judge= to run_mode")
+JUDGE_NOT_CONFIGURED = (
+    "not configured: no LLM judge runs offline on this machine (the local SmolLM2-135M "
+    "cannot tell banking intents apart, and each call takes seconds); pass judge= to run_mode"
+)
 
 
 @dataclass
@@ -51,8 +53,9 @@ class Query:
     intent: str
 
 
-def load_intent_file(path: str | Path, limit: int | None, seed: int, text_field: str = "text",
-                     label_field: str = "intent") -> list[Query]:
+def load_intent_file(
+    path: str | Path, limit: int | None, seed: int, text_field: str = "text", label_field: str = "intent"
+) -> list[Query]:
     rows: list[Query] = []
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
@@ -62,7 +65,9 @@ def load_intent_file(path: str | Path, limit: int | None, seed: int, text_field:
                 d = json.loads(line)
                 rows.append(Query(str(d[text_field]), str(d[label_field])))
             except (ValueError, KeyError) as exc:
-                raise ValueError(f"{path} line {n}: needs JSON with '{text_field}' and '{label_field}' ({exc})") from None
+                raise ValueError(
+                    f"{path} line {n}: needs JSON with '{text_field}' and '{label_field}' ({exc})"
+                ) from None
     if not rows:
         raise ValueError(f"{path} has no queries")
     random.Random(seed).shuffle(rows)
@@ -74,9 +79,13 @@ def answer_for(q: Query, i: int, canonical: bool) -> dict:
         content = f"[answer #{i}]"
     else:
         content = f"[answer for an out-of-scope query #{i}]" if q.intent == "oos" else f"[answer for intent {q.intent}]"
-    return {"id": f"bench-{i}", "object": "chat.completion", "model": "bench-model",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 20, "completion_tokens": 80, "total_tokens": 100}}
+    return {
+        "id": f"bench-{i}",
+        "object": "chat.completion",
+        "model": "bench-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 80, "total_tokens": 100},
+    }
 
 
 def correct(a: Query, b_intent: str) -> bool:
@@ -113,8 +122,16 @@ def sources_for(mode: str, embedder, judge=None) -> tuple[str, list]:
     raise ValueError(f"unknown feedback mode {mode!r}; one of {', '.join(FEEDBACK_MODES)}")
 
 
-def run_mode(queries: list[Query], embedder, mode: str, target_error: float = 0.01, seed: int = 0,
-             index: str = "exact", judge=None, progress: Callable[[int], None] | None = None) -> dict:
+def run_mode(
+    queries: list[Query],
+    embedder,
+    mode: str,
+    target_error: float = 0.01,
+    seed: int = 0,
+    index: str = "exact",
+    judge=None,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
     """Stream the queries through a cache with the mode's policy and verifiers; count hits and false hits."""
     policy_name, sources = sources_for(mode, embedder, judge)
     policy = make_policy(policy_name, target_error, seed)
@@ -139,18 +156,29 @@ def run_mode(queries: list[Query], embedder, mode: str, target_error: float = 0.
         if progress:
             progress(i + 1)
     n = len(queries)
-    return {"feedback": mode, "queries": n, "hits": hits, "false_hits": false_hits, "hit_rate": hits / n,
-            "false_hit_rate": false_hits / n, "meets_error_bound": false_hits / n <= target_error,
-            "verifications": cache.verifications, "policy": policy.name,
-            "verifiers": [s.name for s in sources], "index": index,
-            "lookup_ms_p50": float(np.percentile(lookup_ms, 50)), "lookup_ms_p99": float(np.percentile(lookup_ms, 99)),
-            "embed_ms_p50": float(np.percentile(embed_ms, 50)),
-            "policy_state": policy.state() if hasattr(policy, "state") else None,
-            "verifier_reliability": cache.verifiers.state() if cache.verifiers else None}
+    return {
+        "feedback": mode,
+        "queries": n,
+        "hits": hits,
+        "false_hits": false_hits,
+        "hit_rate": hits / n,
+        "false_hit_rate": false_hits / n,
+        "meets_error_bound": false_hits / n <= target_error,
+        "verifications": cache.verifications,
+        "policy": policy.name,
+        "verifiers": [s.name for s in sources],
+        "index": index,
+        "lookup_ms_p50": float(np.percentile(lookup_ms, 50)),
+        "lookup_ms_p99": float(np.percentile(lookup_ms, 99)),
+        "embed_ms_p50": float(np.percentile(embed_ms, 50)),
+        "policy_state": policy.state() if hasattr(policy, "state") else None,
+        "verifier_reliability": cache.verifiers.state() if cache.verifiers else None,
+    }
 
 
-def hindsight_fixed(vectors: np.ndarray, queries: list[Query], target_error: float,
-                    thresholds: np.ndarray | None = None) -> dict:
+def hindsight_fixed(
+    vectors: np.ndarray, queries: list[Query], target_error: float, thresholds: np.ndarray | None = None
+) -> dict:
     """Sweep fixed cosine thresholds with hindsight; return the best within the target and the curve."""
     thresholds = np.round(np.arange(0.50, 1.0001, 0.01), 2) if thresholds is None else thresholds
     n = len(queries)
@@ -179,7 +207,7 @@ def hindsight_fixed(vectors: np.ndarray, queries: list[Query], target_error: flo
 def embed_all(embedder, queries: list[Query], progress: Callable[[int], None] | None = None) -> np.ndarray:
     vectors = np.zeros((len(queries), embedder.dims), dtype=np.float32)
     for start in range(0, len(queries), 256):
-        vectors[start:start + 256] = embedder.embed_batch([q.text for q in queries[start:start + 256]])
+        vectors[start : start + 256] = embedder.embed_batch([q.text for q in queries[start : start + 256]])
         if progress:
             progress(min(start + 256, len(queries)))
     return vectors

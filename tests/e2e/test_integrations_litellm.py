@@ -15,7 +15,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.support.mock_upstream import ServerThread, free_port, make_app
 from tests.unit.integrations.spans import write_prices

@@ -206,7 +206,9 @@ def test_every_admitted_request_is_settled_exactly_once(request, which):
         with ThreadPoolExecutor(4) as pool:
             list(
                 pool.map(
-                    lambda i: post_chat(gw, k, chat_body("chat", f"settle-b{round_}-{i} {i * 'x'}", max_tokens=big)),
+                    lambda i, r=round_: post_chat(
+                        gw, k, chat_body("chat", f"settle-b{r}-{i} {i * 'x'}", max_tokens=big)
+                    ),
                     range(4),
                 )
             )

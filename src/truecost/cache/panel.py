@@ -56,8 +56,12 @@ class Reliability:
         return (self.prior_pairs + self.pairs * measured) / (self.prior_pairs + self.pairs)
 
     def as_dict(self) -> dict:
-        return {"pairs": self.pairs, "agreement": self.agreed / self.pairs if self.pairs else None,
-                "claimed": self.claimed / self.pairs if self.pairs else None, "weight": round(self.weight(), 4)}
+        return {
+            "pairs": self.pairs,
+            "agreement": self.agreed / self.pairs if self.pairs else None,
+            "claimed": self.claimed / self.pairs if self.pairs else None,
+            "weight": round(self.weight(), 4),
+        }
 
 
 @dataclass
@@ -99,8 +103,12 @@ class VerifierPanel:
 
     def pool(self, verdicts: Sequence[Verdict]) -> float:
         with self._lock:
-            z = sum(self.reliability[v.source].weight() * _logit(v.p_same) if v.source in self.reliability
-                    else _logit(v.p_same) for v in verdicts)
+            z = sum(
+                self.reliability[v.source].weight() * _logit(v.p_same)
+                if v.source in self.reliability
+                else _logit(v.p_same)
+                for v in verdicts
+            )
         return _sigmoid(z)
 
     def lookup_scores(self, pairs: Sequence[PairView]) -> list[float | None]:
@@ -206,10 +214,10 @@ def _no_arg(arg: str | None) -> None:
 
 # name -> (argument check, factory(arg, embedder)); a spec lists sources most trusted first, joined by '+'
 VERIFIERS = {
-    "feedback": (_no_arg, _feedback),          # client reports on served hits
-    "normalised": (_no_arg, _normalised),      # answer agreement: the same text after folding
+    "feedback": (_no_arg, _feedback),  # client reports on served hits
+    "normalised": (_no_arg, _normalised),  # answer agreement: the same text after folding
     "embedding": (_cosine_arg, _embedding_match),  # answer agreement: answer embeddings at cosine >= arg (0.92)
-    "query": (_no_arg, _query_pair),           # the shipped query-pair verifier, on the cache's embedder
+    "query": (_no_arg, _query_pair),  # the shipped query-pair verifier, on the cache's embedder
 }
 
 
@@ -219,8 +227,10 @@ def parse_verifier_spec(spec: str) -> list[tuple[str, str | None]]:
     for part in str(spec).split("+"):
         name, sep, arg = part.strip().partition(":")
         if name not in VERIFIERS:
-            raise ValueError(f"unknown verifier {name!r} in {spec!r}; sources are {', '.join(VERIFIERS)} "
-                             "(most trusted first, joined by '+', e.g. 'feedback+embedding:0.9+query')")
+            raise ValueError(
+                f"unknown verifier {name!r} in {spec!r}; sources are {', '.join(VERIFIERS)} "
+                "(most trusted first, joined by '+', e.g. 'feedback+embedding:0.9+query')"
+            )
         try:
             VERIFIERS[name][0](arg if sep else None)
         except ValueError:

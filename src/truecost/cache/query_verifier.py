@@ -71,14 +71,18 @@ class QueryPairVerifier:
                 with self._open() as z:
                     arrays = {k: z[k] for k in z.files}
             except (OSError, ValueError) as exc:
-                raise TruecostError(f"the query-pair verifier's artifact could not be read ({exc}); "
-                                    "reinstall truecost or run scripts/train_verifier.py") from None
+                raise TruecostError(
+                    f"the query-pair verifier's artifact could not be read ({exc}); "
+                    "reinstall truecost or run scripts/train_verifier.py"
+                ) from None
             head = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(key + "/")}
             if not head:
                 trained = sorted({k.split("/", 1)[0] for k in arrays if "/" in k})
-                raise TruecostError(f"the query-pair verifier has no head for the embedder {self.embedder.model_id!r} "
-                                    f"(trained for: {', '.join(trained)}); train one with "
-                                    "`python scripts/train_verifier.py --embedders <name>`")
+                raise TruecostError(
+                    f"the query-pair verifier has no head for the embedder {self.embedder.model_id!r} "
+                    f"(trained for: {', '.join(trained)}); train one with "
+                    "`python scripts/train_verifier.py --embedders <name>`"
+                )
             idf = dict(zip(arrays["idf_words"].tolist(), arrays["idf_values"].astype(float).tolist()))
             self.lexical = LexicalFeatures(idf, float(arrays["idf_unknown"][0]))
             self._head = head
@@ -90,8 +94,13 @@ class QueryPairVerifier:
         return self
 
     # -- scoring ----------------------------------------------------------------------
-    def probabilities(self, texts_a: Sequence[str], texts_b: Sequence[str], vectors_a: np.ndarray | None = None,
-                      vectors_b: np.ndarray | None = None) -> np.ndarray:
+    def probabilities(
+        self,
+        texts_a: Sequence[str],
+        texts_b: Sequence[str],
+        vectors_a: np.ndarray | None = None,
+        vectors_b: np.ndarray | None = None,
+    ) -> np.ndarray:
         """P(same answer) for each pair (texts_a[i], texts_b[i]); vectors are embedded when not given."""
         h, lexical = self._load()
         if len(texts_a) != len(texts_b):
@@ -109,7 +118,10 @@ class QueryPairVerifier:
         if not pairs:
             return []
         with_vectors = all(p.vector is not None and p.other_vector is not None for p in pairs)
-        probs = self.probabilities([p.query for p in pairs], [p.other for p in pairs],
-                                   np.stack([np.asarray(p.vector) for p in pairs]) if with_vectors else None,
-                                   np.stack([np.asarray(p.other_vector) for p in pairs]) if with_vectors else None)
+        probs = self.probabilities(
+            [p.query for p in pairs],
+            [p.other for p in pairs],
+            np.stack([np.asarray(p.vector) for p in pairs]) if with_vectors else None,
+            np.stack([np.asarray(p.other_vector) for p in pairs]) if with_vectors else None,
+        )
         return [Verdict(float(q), self.name) for q in probs]

@@ -15,8 +15,10 @@ from rich.console import Console
 from truecost.cli.render import progress_bar
 from truecost.errors import TruecostError
 
-TARGETS = {"verifier": {"max_false_hit_rate": 0.01, "min_ratio_vs_baseline": 1.5},
-           "label": {"max_false_hit_rate": 0.01, "min_ratio_vs_baseline": 2.0}}
+TARGETS = {
+    "verifier": {"max_false_hit_rate": 0.01, "min_ratio_vs_baseline": 1.5},
+    "label": {"max_false_hit_rate": 0.01, "min_ratio_vs_baseline": 2.0},
+}
 
 
 def _modes(value: str) -> list[str]:
@@ -29,23 +31,38 @@ def _modes(value: str) -> list[str]:
 
 
 @click.command("cache")
-@click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="intent-labelled JSON Lines (text, intent)")
+@click.option(
+    "--data",
+    "data",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="intent-labelled JSON Lines (text, intent)",
+)
 @click.option("--limit", type=int, default=None)
 @click.option("--seed", type=int, default=0)
 @click.option("--target-error", type=float, default=0.01, show_default=True)
-@click.option("--feedback", "feedback", default="verifier,label,none,judge", show_default=True,
-              help="what the policy learns from: verifier (the shipped query-pair verifier; never the intent) | "
-                   "label (answers are the intent's canonical text: the label in disguise) | none (no feedback: "
-                   "the verifier's opinion alone) | judge (an LLM judge; not configured offline)")
+@click.option(
+    "--feedback",
+    "feedback",
+    default="verifier,label,none,judge",
+    show_default=True,
+    help="what the policy learns from: verifier (the shipped query-pair verifier; never the intent) | "
+    "label (answers are the intent's canonical text: the label in disguise) | none (no feedback: "
+    "the verifier's opinion alone) | judge (an LLM judge; not configured offline)",
+)
 @click.option("--embedder", "embedder_name", default="minilm", show_default=True, help="minilm | static")
 @click.option("--index", "index_name", default="exact", show_default=True, help="exact | hnsw")
 @click.option("--peers/--no-peers", default=True, show_default=True, help="run GPTCache side by side")
-@click.option("--compare-embedders/--no-compare-embedders", default=True, show_default=True,
-              help="also run every mode with the other embedder")
+@click.option(
+    "--compare-embedders/--no-compare-embedders",
+    default=True,
+    show_default=True,
+    help="also run every mode with the other embedder",
+)
 @click.option("--json", "as_json", is_flag=True)
-def bench_cache(data, limit, seed, target_error, feedback, embedder_name, index_name, peers, compare_embedders,
-                as_json) -> None:
+def bench_cache(
+    data, limit, seed, target_error, feedback, embedder_name, index_name, peers, compare_embedders, as_json
+) -> None:
     """Hit rate and false-hit rate per feedback mode, against a hindsight-tuned fixed threshold and GPTCache."""
     from truecost.cache.embedders import EMBEDDERS, make_embedder
     from truecost.cli.bench import load_bench_module
@@ -64,24 +81,44 @@ def bench_cache(data, limit, seed, target_error, feedback, embedder_name, index_
     rows = [_run_embedder(protocol, queries, embedders[0], modes, target_error, seed, index_name, console)]
     for name in others:
         try:
-            rows.append(_run_embedder(protocol, queries, make_embedder(name), modes, target_error, seed, index_name,
-                                      console))
+            rows.append(
+                _run_embedder(protocol, queries, make_embedder(name), modes, target_error, seed, index_name, console)
+            )
         except TruecostError as exc:  # e.g. a distilled table not built on this machine
             rows.append({"embedder": name, "error": str(exc)})
     first = rows[0]
     primary: dict = next((r for r in first["feedback"] if "hit_rate" in r), {})
-    result = {"data": data, "seed": seed, "target_error": target_error, "queries": len(queries),
-              "embedder": first["embedder"], "primary_feedback": primary.get("feedback"),
-              **{k: primary.get(k) for k in ("hit_rate", "false_hit_rate", "lookup_ms_p50", "lookup_ms_p99",
-                                             "policy", "ratio_vs_baseline", "meets_error_bound")},
-              "baseline_fixed_hindsight": first["baseline_fixed_hindsight"], "feedback": first["feedback"],
-              "embedders": [{k: v for k, v in r.items() if k != "vectors"} for r in rows],
-              "targets": TARGETS, "verifier_artifact": _artifact_summary()}
+    result = {
+        "data": data,
+        "seed": seed,
+        "target_error": target_error,
+        "queries": len(queries),
+        "embedder": first["embedder"],
+        "primary_feedback": primary.get("feedback"),
+        **{
+            k: primary.get(k)
+            for k in (
+                "hit_rate",
+                "false_hit_rate",
+                "lookup_ms_p50",
+                "lookup_ms_p99",
+                "policy",
+                "ratio_vs_baseline",
+                "meets_error_bound",
+            )
+        },
+        "baseline_fixed_hindsight": first["baseline_fixed_hindsight"],
+        "feedback": first["feedback"],
+        "embedders": [{k: v for k, v in r.items() if k != "vectors"} for r in rows],
+        "targets": TARGETS,
+        "verifier_artifact": _artifact_summary(),
+    }
     for r in result["embedders"]:
         if "error" in r:
             continue
-        r["baseline_fixed_hindsight"] = {k: r["baseline_fixed_hindsight"][k] for k in ("threshold", "hit_rate",
-                                                                                       "false_hit_rate")}
+        r["baseline_fixed_hindsight"] = {
+            k: r["baseline_fixed_hindsight"][k] for k in ("threshold", "hit_rate", "false_hit_rate")
+        }
     if peers:
         result["peers"] = _peers(protocol, queries, first["vectors"], first["baseline_fixed_hindsight"], console)
     result["seconds"] = round(time.perf_counter() - started, 1)
@@ -99,8 +136,15 @@ def _run_embedder(protocol, queries, embedder, modes, target_error, seed, index_
             task = prog.add_task(f"{embedder.model_id}: feedback {mode}", total=len(queries))
             reused = bool(memo.memo)
             try:
-                row = protocol.run_mode(queries, memo, mode, target_error, seed, index_name,
-                                        progress=lambda k, t=task: prog.update(t, completed=k))
+                row = protocol.run_mode(
+                    queries,
+                    memo,
+                    mode,
+                    target_error,
+                    seed,
+                    index_name,
+                    progress=lambda k, t=task: prog.update(t, completed=k),
+                )
             except (LookupError, TruecostError) as exc:  # no judge; no verifier head for this embedder
                 out["feedback"].append({"feedback": mode, "status": str(exc)})
                 continue
@@ -117,8 +161,10 @@ def _run_embedder(protocol, queries, embedder, modes, target_error, seed, index_
             row["ratio_vs_baseline"] = row["hit_rate"] / base_rate if base_rate else None
             target = TARGETS.get(row["feedback"])
             if target:
-                row["meets_target"] = (row["false_hit_rate"] <= target["max_false_hit_rate"]
-                                       and (row["ratio_vs_baseline"] or 0) >= target["min_ratio_vs_baseline"])
+                row["meets_target"] = (
+                    row["false_hit_rate"] <= target["max_false_hit_rate"]
+                    and (row["ratio_vs_baseline"] or 0) >= target["min_ratio_vs_baseline"]
+                )
     out["baseline_fixed_hindsight"] = {**baseline["best"], "curve": baseline["curve"]}
     out["vectors"] = vectors
     return out
@@ -131,8 +177,12 @@ def _artifact_summary() -> dict | None:
         meta = artifact_metadata()
     except (OSError, ValueError):
         return None
-    return {"training_data": meta["training_data"], "seed": meta["seed"], "command": meta["command"],
-            "heads": {k: {"test": v["test"], "cosine_only_test": v["cosine_only_test"]} for k, v in meta["heads"].items()}}
+    return {
+        "training_data": meta["training_data"],
+        "seed": meta["seed"],
+        "command": meta["command"],
+        "heads": {k: {"test": v["test"], "cosine_only_test": v["cosine_only_test"]} for k, v in meta["heads"].items()},
+    }
 
 
 def _peers(protocol, queries, vectors, baseline, console) -> list[dict]:
@@ -144,9 +194,14 @@ def _peers(protocol, queries, vectors, baseline, console) -> list[dict]:
         rows.append({"setting": "default", **peers.run_gptcache(queries, vectors, 0.8, protocol.correct)})
     if baseline["threshold"] is not None:
         with console.status("GPTCache at the best fixed threshold..."):
-            rows.append({"setting": "best fixed (hindsight)",
-                         **peers.run_gptcache(queries, vectors, peers.gptcache_threshold_for_cosine(baseline["threshold"]),
-                                              protocol.correct)})
+            rows.append(
+                {
+                    "setting": "best fixed (hindsight)",
+                    **peers.run_gptcache(
+                        queries, vectors, peers.gptcache_threshold_for_cosine(baseline["threshold"]), protocol.correct
+                    ),
+                }
+            )
     return rows
 
 
@@ -165,14 +220,32 @@ def _print(r: dict) -> None:
             if "hit_rate" not in row:
                 t.add_row(e["embedder"], row["feedback"], row["status"].split(" (")[0].split(":")[0][:48], "", "", "")
                 continue
-            t.add_row(e["embedder"], row["feedback"], f"{row['hit_rate']:.1%}", f"{row['false_hit_rate']:.2%}",
-                      f"{row['ratio_vs_baseline'] or 0:.2f}", f"{row['lookup_ms_p50']:.2f}")
-        t.add_row(e["embedder"], f"fixed cos>={b['threshold']} (hindsight)", f"{b['hit_rate']:.1%}",
-                  f"{b['false_hit_rate']:.2%}", "1.00", "")
+            t.add_row(
+                e["embedder"],
+                row["feedback"],
+                f"{row['hit_rate']:.1%}",
+                f"{row['false_hit_rate']:.2%}",
+                f"{row['ratio_vs_baseline'] or 0:.2f}",
+                f"{row['lookup_ms_p50']:.2f}",
+            )
+        t.add_row(
+            e["embedder"],
+            f"fixed cos>={b['threshold']} (hindsight)",
+            f"{b['hit_rate']:.1%}",
+            f"{b['false_hit_rate']:.2%}",
+            "1.00",
+            "",
+        )
     for p in r.get("peers", []):
         if "error" in p:
             t.add_row("", p["peer"], p["error"], "", "", "")
         else:
-            t.add_row("", f"{p['peer']} {p['setting']} (t={p['threshold']:.3f})", f"{p['hit_rate']:.1%}",
-                      f"{p['false_hit_rate']:.2%}", "", f"{p['lookup_ms_p50_excluding_embedding']:.2f}+embed")
+            t.add_row(
+                "",
+                f"{p['peer']} {p['setting']} (t={p['threshold']:.3f})",
+                f"{p['hit_rate']:.1%}",
+                f"{p['false_hit_rate']:.2%}",
+                "",
+                f"{p['lookup_ms_p50_excluding_embedding']:.2f}+embed",
+            )
     Console().print(t)

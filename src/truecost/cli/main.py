@@ -71,7 +71,7 @@ def demo(queries, data, db, no_local_model, serve, port, as_json) -> None:
 def serve(config_path, host, port) -> None:
     """Run the OpenAI-compatible gateway."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (only: is the gateway extra installed?)
     except ImportError:
         raise click.ClickException("the gateway needs its extra: pip install 'truecost[gateway]'") from None
     from truecost.gateway.app import build

@@ -24,8 +24,13 @@ def test_bench_cache_reports_bad_input_clearly(tmp_path):
 
 def test_bench_cache_reports_every_feedback_mode_beside_the_hindsight_baseline(tmp_path):
     ok = tmp_path / "ok.jsonl"
-    ok.write_text("".join(json.dumps({"text": f"how do I {v} my card {i % 15}", "intent": v}) + "\n"
-                          for i in range(30) for v in ("activate", "cancel")))  # every text twice
+    ok.write_text(
+        "".join(
+            json.dumps({"text": f"how do I {v} my card {i % 15}", "intent": v}) + "\n"
+            for i in range(30)
+            for v in ("activate", "cancel")
+        )
+    )  # every text twice
     r = CliRunner().invoke(cli, ["bench", "cache", "--data", str(ok), "--embedder", "static", "--no-peers", "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
@@ -40,12 +45,17 @@ def test_bench_cache_reports_every_feedback_mode_beside_the_hindsight_baseline(t
     assert rows["label"]["false_hits"] == 0 and rows["label"]["verifiers"] == ["answers:normalised"]
     assert rows["verifier"]["verifiers"] == ["query-pair(truecost/minilm-l6-v2-static-256)"]
     assert rows["none"]["policy"].startswith("verifier-only")
-    assert d["baseline_fixed_hindsight"]["curve"] and d["verifier_artifact"]["training_data"]["benchmark_files_used"] == []
+    assert (
+        d["baseline_fixed_hindsight"]["curve"] and d["verifier_artifact"]["training_data"]["benchmark_files_used"] == []
+    )
     both = {e["embedder"]: e for e in d["embedders"]}  # every embedder of the table, the chosen one first
     assert d["embedders"][0]["embedder"] == "truecost/minilm-l6-v2-static-256"
     assert "sentence-transformers/all-MiniLM-L6-v2" in both
-    assert all(len(e["feedback"]) == 4 and e["baseline_fixed_hindsight"]["threshold"] for e in both.values()
-               if "error" not in e)
+    assert all(
+        len(e["feedback"]) == 4 and e["baseline_fixed_hindsight"]["threshold"]
+        for e in both.values()
+        if "error" not in e
+    )
 
 
 def test_verifier_and_none_modes_never_see_the_intent():

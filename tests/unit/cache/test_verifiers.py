@@ -12,8 +12,16 @@ from truecost.cache.index import ExactIndex
 from truecost.cache.panel import VerifierPanel
 from truecost.cache.policy import Candidate, OnlineErrorBounded, VerifierOnly, make_policy
 from truecost.cache.semantic import SemanticCache
-from truecost.cache.verifier import (ANSWERS, QUERIES, Budgeted, ClientFeedback, KnownClassVerifier, NormalisedMatch,
-                                     PairView, Verdict)
+from truecost.cache.verifier import (
+    ANSWERS,
+    QUERIES,
+    Budgeted,
+    ClientFeedback,
+    KnownClassVerifier,
+    NormalisedMatch,
+    PairView,
+    Verdict,
+)
 
 from tests.contract.test_verifier import HashEmbedder
 
@@ -36,8 +44,11 @@ def body(text):
 
 
 def answer(text):
-    return {"model": "m", "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                       "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+    return {
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+    }
 
 
 # -- the panel ------------------------------------------------------------------------------
@@ -179,8 +190,12 @@ def minilm_verifier():
 
 def test_query_pair_verifier_tells_a_changed_key_term_from_a_paraphrase(minilm_verifier):
     a = ["cancel my order", "How do I learn Python?", "My card payment was declined", "How do I reset my password?"]
-    b = ["cancel my subscription", "How do I learn Java?", "My transfer was declined",
-         "I forgot my password, how can I change it?"]
+    b = [
+        "cancel my subscription",
+        "How do I learn Java?",
+        "My transfer was declined",
+        "I forgot my password, how can I change it?",
+    ]
     p = minilm_verifier.probabilities(a, b)
     assert p[0] < 0.5 and p[1] < 0.5 and p[2] < 0.5  # one key term changed: a different answer
     assert p[3] >= 0.5  # reworded, same request

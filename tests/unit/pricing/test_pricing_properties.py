@@ -5,7 +5,6 @@ and a request's total is the exact sum of its events."""
 from datetime import datetime, timezone
 from decimal import Decimal
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -1,7 +1,6 @@
 from tests.support.requires import need
 from decimal import Decimal
 
-import pytest
 
 from truecost.ledger import MemoryLedgerStore
 from truecost.pricing import PriceCatalog

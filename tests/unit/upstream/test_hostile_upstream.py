@@ -14,7 +14,7 @@ need("aiohttp", "gateway")
 from truecost.errors import UpstreamError  # noqa: E402
 from truecost.upstream import NativeUsage, Upstream  # noqa: E402
 from truecost.upstream.anthropic import AnthropicUpstream  # noqa: E402
-from truecost.upstream.errors import (
+from truecost.upstream.errors import (  # noqa: E402
     UpstreamAuthError,
     UpstreamBadResponse,
     UpstreamConnectionError,  # noqa: E402
