@@ -10,7 +10,7 @@ import hashlib
 import json
 import threading
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -99,9 +99,10 @@ class ExactIndex(_Partitioned):
     def search(self, vector: np.ndarray, k: int, scope: str) -> list[tuple[int, float]]:
         q = check_vectors(vector, self.dims)[0]
         with self._lock:
-            keys, mat, n = self._scopes.get(scope, (None, None, 0))
-            if n == 0:
+            found = self._scopes.get(scope)
+            if found is None or found[2] == 0:
                 return []
+            keys, mat, n = found
             sims = mat[:n] @ q
             k = min(k, n)
             top = np.argpartition(-sims, k - 1)[:k]
@@ -150,7 +151,7 @@ class HNSWIndex(_Partitioned):
             raise MissingExtraError("the HNSW vector index", "pip install 'truecost[ann]' (usearch)") from None
         self.dims, self.connectivity = dims, connectivity
         self.expansion_add, self.expansion_search, self.dtype = expansion_add, expansion_search, dtype
-        self._scopes: dict[str, object] = {}
+        self._scopes: dict[str, Any] = {}  # scope -> usearch Index (imported lazily)
         self._where: dict[int, str] = {}
         self._lock = threading.Lock()
 
@@ -201,13 +202,13 @@ class HNSWIndex(_Partitioned):
         return 0 if index is None else len(index)
 
     def memory_bytes(self) -> int:
-        return sum(int(ix.memory_usage) for ix in self._scopes.values())
+        return sum((int(ix.memory_usage) for ix in self._scopes.values()), 0)
 
     # -- persistence ------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        manifest = {"dims": self.dims, "dtype": self.dtype, "scopes": {}}
+        manifest: dict[str, Any] = {"dims": self.dims, "dtype": self.dtype, "scopes": {}}
         with self._lock:
             for n, (scope, index) in enumerate(self._scopes.items()):
                 path = folder / f"scope-{n}.usearch"
@@ -234,7 +235,7 @@ class HNSWIndex(_Partitioned):
             index = Index.restore(str(path))
             if index is None:
                 raise CorruptIndexError(f"index file {path} could not be read")
-            index.expansion_search = self.expansion_search
+            index.expansion_search = self.expansion_search  # type: ignore[misc]  # usearch types it read-only; it is settable
             self._scopes[scope] = index
             for key in index.keys:
                 self._where[int(key)] = scope

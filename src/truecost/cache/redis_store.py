@@ -193,8 +193,8 @@ class RedisEntryStore:
             },
         )
         pipe.sadd(f"{self.prefix}:e:ids", int(entry.id))
-        for d in entry.doc_ids:
-            pipe.sadd(f"{self.prefix}:doc:{d}", int(entry.id))
+        for doc in entry.doc_ids:
+            pipe.sadd(f"{self.prefix}:doc:{doc}", int(entry.id))
         if entry.expires_at is not None:
             pipe.zadd(self._exp, {str(int(entry.id)): float(entry.expires_at)})
         else:

@@ -33,7 +33,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 from truecost.cache.refusal import RefusalDetector, default_detector
 
@@ -291,7 +291,8 @@ def cacheable_response(
     choices = response.get("choices")
     if not isinstance(choices, list) or not choices:
         return "no choices"
-    detector = default_detector() if refusals is _DEFAULT else refusals
+    # refusals is the _DEFAULT sentinel, a detector, or None (no detection)
+    detector = default_detector() if refusals is _DEFAULT else cast("RefusalDetector | None", refusals)
     for c in choices:
         if not isinstance(c, Mapping):
             return "malformed choice"
