@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import json
 import os
 import time
@@ -79,7 +82,7 @@ def run_demo(
             pipeline.generate = make_generate(client, alias, bypass, alias)
             with progress_bar(console) as prog:
                 task = prog.add_task(f"{alias}: cache and router {'off' if bypass else 'on'}", total=len(rows))
-                replay_pass(pipeline, rows, stats, judge, progress=lambda n, t=task: prog.update(t, completed=n))
+                replay_pass(pipeline, rows, stats, judge, progress=functools.partial(_advance, prog, task))
         pipeline.settle_capacity(2 * len(rows))
         writer.close()
     # the gateway flushed its ledger writer on shutdown; everything is in the ledger now
@@ -98,6 +101,10 @@ def run_demo(
         _serve_dashboard(store, port, console)
     store.close()
     return result
+
+
+def _advance(prog: Any, task: Any, done: int) -> None:
+    prog.update(task, completed=done)
 
 
 def _fresh_ledger(db_path: Path) -> tuple[SQLiteLedgerStore, BatchWriter]:

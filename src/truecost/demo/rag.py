@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -68,10 +68,16 @@ class PipelineConfig:
 GenerateFn = Callable[[str, str, RequestScope], tuple[str, dict]]
 
 
+class CountingEmbedder(Embedder, Protocol):
+    """An embedder that can also count its tokens (MiniLM can): the demo prices embedding by tokens."""
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+
 @dataclass
 class RagPipeline:
     tracker: Tracker
-    embedder: Embedder
+    embedder: CountingEmbedder
     intents: list[str]
     workdir: Path
     generate: GenerateFn
@@ -90,7 +96,7 @@ class RagPipeline:
         )
         self._window_start = self.tracker.clock.now()
 
-    def answer(self, question: str, attribution: Attribution) -> tuple[RequestScope, str, str]:
+    def answer(self, question: str, attribution: Attribution) -> tuple[RequestScope, str, str, dict]:
         cfg = self.config
         with self.tracker.request(attribution=attribution) as req:
             with req.step("sanitize", "regex PII scrub") as s:
