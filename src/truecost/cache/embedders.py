@@ -14,7 +14,7 @@ import importlib.util
 import json
 import threading
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -152,9 +152,9 @@ class MiniLMEmbedder:
         length = max(len(x) for x in ids_list)
         ids = np.zeros((b, length), dtype=np.int64)
         mask = np.zeros((b, length), dtype=np.float32)
-        for i, x in enumerate(ids_list):
-            ids[i, : len(x)] = x
-            mask[i, : len(x)] = 1.0
+        for i, row in enumerate(ids_list):
+            ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1.0
         x = self.word[ids] + self.pos[:length] + self.type0
         x = _layer_norm(x, *self.emb_ln, self.eps)
         h, dh = self.heads, self.dims // self.heads
@@ -326,7 +326,11 @@ def _tuned_static() -> Embedder:
 
 
 # name -> factory (no arguments; nothing loads until the first embed_batch)
-EMBEDDERS = {"minilm": MiniLMEmbedder, "static": StaticEmbedder, "static-tuned": _tuned_static}
+EMBEDDERS: dict[str, Callable[[], Embedder]] = {
+    "minilm": MiniLMEmbedder,
+    "static": StaticEmbedder,
+    "static-tuned": _tuned_static,
+}
 
 
 def make_embedder(name: str) -> Embedder:

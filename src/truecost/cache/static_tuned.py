@@ -17,7 +17,7 @@ import json
 import threading
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -55,7 +55,7 @@ class TunedStaticEmbedder:
         self.max_tokens = max_tokens
         self._lock = threading.Lock()
         self._table: np.ndarray | None = None
-        self.tokenizer = None
+        self.tokenizer: Any = None  # a tokenizers.Tokenizer, loaded on first use
 
     def _open(self):
         if self._path is not None:
