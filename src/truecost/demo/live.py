@@ -273,6 +273,7 @@ def start_stack(
     from truecost.gateway.app import build
     from truecost.upstream.llama_local import MODEL_ALIAS
 
+    label: str | ReplayLabel  # a fixed text, or the replay's counts when shown
     if local_model:
         upstream_url, wire, label = (
             stack.enter_context(local_llama()),
