@@ -15,4 +15,7 @@ else
 fi
 bash scripts/setup.sh "$EXTRAS"
 export HF_HUB_OFFLINE=1
+# One BLAS thread for the bot's and the gateway's MiniLM: OpenBLAS threads spin while they wait, and on a
+# shared 2-CPU machine (llama.cpp beside them, other work too) two threads embedded 10x slower than one.
+export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec .venv/bin/truecost demo "$@"

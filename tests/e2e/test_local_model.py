@@ -29,9 +29,7 @@ def _port() -> int:
 @pytest.fixture(scope="module")
 def local_model():
     port = _port()
-    proc = subprocess.Popen(
-        server_command(port, n_ctx=1024, threads=2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    proc = subprocess.Popen(server_command(port, n_ctx=1024), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -142,3 +140,23 @@ def test_cascade_reads_the_real_local_models_logprobs(local_model, tmp_path, min
             local = [e for e in events if e.service == "SmolLM2-135M-Instruct"]
             assert local and local[0].details["route_score"] < 0  # a real mean token log-probability
             assert local[0].outcome == ("routed" if served.startswith("Smol") else "escalated")
+
+
+def test_the_demos_local_model_keeps_no_logits_unless_a_cascade_reads_them(tmp_path):
+    from truecost.demo.live import gateway_config, local_llama, needs_logprobs
+    from truecost.upstream.llama_local import MODEL_ALIAS, default_threads
+    from truecost.upstream.llama_local import server_command as llama_command
+
+    demo = gateway_config("http://127.0.0.1:1/v1", str(tmp_path / "demo.db"), MODEL_ALIAS)["models"]
+    assert not needs_logprobs(demo)  # rules routing: nobody reads logprobs
+    assert needs_logprobs({**demo, "smart": {"candidates": [], "route": {"strategy": "cascade"}}})
+    cmd = llama_command(1, logprobs=False)
+    assert cmd[cmd.index("--logits_all") + 1] == "false"
+    # generation and the prompt both on half the CPUs: llama.cpp's spinning threads lose on a busy machine
+    assert cmd[cmd.index("--n_threads") + 1] == cmd[cmd.index("--n_threads_batch") + 1] == str(default_threads())
+    with local_llama(logprobs=False) as url:
+        body = {"model": MODEL_ALIAS, "max_tokens": 8, "messages": [{"role": "user", "content": "Say hello."}]}
+        answer = httpx.post(url + "/chat/completions", json=body, timeout=120)
+        assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] > 0
+        asked = httpx.post(url + "/chat/completions", json={**body, "logprobs": True, "top_logprobs": 1}, timeout=120)
+        assert asked.status_code != 200  # the server really keeps no logits: only a cascade pays for them

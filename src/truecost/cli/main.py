@@ -36,7 +36,12 @@ cli.add_command(collect)
 
 
 @cli.command("demo")
-@click.option("--queries", default=200, show_default=True, help="customer queries per pass (two passes: off, on)")
+@click.option(
+    "--queries",
+    default=80,
+    show_default=True,
+    help="customer queries per pass (two passes: off, on); 1-2 s a query with the local model on 2 busy CPUs",
+)
 @click.option(
     "--data",
     type=click.Path(dir_okay=False),

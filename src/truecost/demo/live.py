@@ -68,15 +68,16 @@ class ServerThread:
 
 
 @contextmanager
-def local_llama(threads: int = 2, timeout: float = 180.0) -> Iterator[str]:
-    """Start llama.cpp's server with SmolLM2; yield its base URL (…/v1)."""
+def local_llama(threads: int | None = None, timeout: float = 180.0, logprobs: bool = False) -> Iterator[str]:
+    """Start llama.cpp's server with SmolLM2; yield its base URL (…/v1). ``logprobs``: for a cascade route."""
     import httpx
 
     from truecost.upstream.llama_local import server_command
 
     port = free_port()
     log = tempfile.TemporaryFile()  # llama.cpp logs a lot: a pipe nobody reads would fill up and block it
-    proc = subprocess.Popen(server_command(port, n_ctx=1024, threads=threads), stdout=log, stderr=subprocess.STDOUT)
+    cmd = server_command(port, n_ctx=1024, threads=threads, logprobs=logprobs)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.time() + timeout
@@ -261,6 +262,11 @@ class ReplayLabel:
         )
 
 
+def needs_logprobs(models: dict[str, Any]) -> bool:
+    """Whether a model alias routes by cascade: the only reader of the weak model's logprobs."""
+    return any((m.get("route") or {}).get("strategy") == "cascade" for m in models.values())
+
+
 def start_stack(
     stack: ExitStack,
     local_model: bool,
@@ -275,8 +281,11 @@ def start_stack(
 
     label: str | ReplayLabel  # a fixed text, or the replay's counts when shown
     if local_model:
+        # llama.cpp keeps every token's logits only if a cascade will ask for logprobs: an answer with them
+        # costs about 3x the CPU here, and keeping them costs some even when nobody asks
+        logprobs = needs_logprobs(gateway_config("http://127.0.0.1:1/v1", str(db), MODEL_ALIAS)["models"])
         upstream_url, wire, label = (
-            stack.enter_context(local_llama()),
+            stack.enter_context(local_llama(logprobs=logprobs)),
             MODEL_ALIAS,
             "SmolLM2-135M-Instruct via llama.cpp (local)",
         )
