@@ -38,7 +38,7 @@ cli.add_command(collect)
 @cli.command("demo")
 @click.option(
     "--queries",
-    default=80,
+    default=60,
     show_default=True,
     help="customer queries per pass (two passes: off, on); 1-2 s a query with the local model on 2 busy CPUs",
 )
