@@ -18,6 +18,7 @@ from truecost.gateway.config_routes import _parse_models
 from truecost.gateway.config_types import (  # noqa: F401  (re-exported: config's public names)
     ATTRIBUTION_HEADER_FIELDS,
     HEADER_GRANTS,
+    KEY_KEYS,
     KEY_SCOPES,
     BudgetConfig,
     CacheConfig,
@@ -65,21 +66,6 @@ UPSTREAM_KEYS = (
     "idle_timeout",
     "price_attributes",
     "max_retries",
-)
-KEY_KEYS = (
-    "name",
-    "key_sha256",
-    "cost_center",
-    "team",
-    "tenant",
-    "environment",
-    "revoked",
-    "models",
-    "rpm",
-    "tpm",
-    "expires_at",
-    "allow_attribution_headers",
-    "scopes",
 )
 BUDGET_KEYS = ("cost_center", "team", "tenant", "feature", "period", "limit_usd", "hard", "unpriced")
 

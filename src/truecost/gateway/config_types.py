@@ -200,3 +200,21 @@ def _positive(value: Any, where: str, kind: type = float) -> Any:
     ):
         raise ConfigError(f"{where}: a positive {'whole ' if kind is int else ''}number, got {value!r}")
     return kind(value)
+
+
+# a key's settings in the config file (the key store's table has these columns and its own)
+KEY_KEYS = (
+    "name",
+    "key_sha256",
+    "cost_center",
+    "team",
+    "tenant",
+    "environment",
+    "revoked",
+    "models",
+    "rpm",
+    "tpm",
+    "expires_at",
+    "allow_attribution_headers",
+    "scopes",
+)

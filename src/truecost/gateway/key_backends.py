@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from truecost.errors import LedgerError
+from truecost.gateway.config_types import KEY_KEYS
 from truecost.gateway.key_records import KeyConflict, KeyRecord, aware_time, iso_time
 
 
@@ -86,19 +87,7 @@ class MemoryKeyBackend:
 
 
 _KEY_COLUMNS = (
-    "name",
-    "key_sha256",
-    "cost_center",
-    "team",
-    "tenant",
-    "environment",
-    "revoked",
-    "models",
-    "rpm",
-    "tpm",
-    "expires_at",
-    "allow_attribution_headers",
-    "scopes",
+    *KEY_KEYS,
     "created_at",
     "created_by",
     "revoked_at",
