@@ -232,7 +232,7 @@ class Pipeline:
         ex.admission.settled = True
         try:
             for step in list(ex.open_steps):  # interrupted mid-call: the provider may bill it, so it is recorded
-                if not step._charges:
+                if not step.charged:
                     ex.unknown(step, step.name or "", "interrupted before the upstream answered")
                 ex.finish(step, RuntimeError("interrupted"))
             if ex.admission.budget_keys:  # only budgeted requests pay for the sums below

@@ -77,6 +77,11 @@ class StepScope:
         self._avoided: Decimal | None = None
         self._otel_span: Any = None  # (span, context) of the OpenTelemetry request span, when exporting
 
+    @property
+    def charged(self) -> bool:
+        """Whether anything has been recorded on this step yet (a price, a quantity, a cost, a reason)."""
+        return bool(self._charges)
+
     # -- recording -------------------------------------------------------------------
     def tokens(
         self, model: str, usage: Any, *, flavour: str = "openai", batch: bool = False, provider: str | None = None
