@@ -1,11 +1,11 @@
 """The cache: exact tier, then semantic tier (Embedder -> VectorIndex -> Policy -> EntryStore).
 
     cache = SemanticCache(embedder, index, entries, policy, verifier)
-    result = cache.lookup(body, "acme", request_id="r-1")  # hit or miss, with timings
+    result = cache.lookup(body, "acme", request_id="r-1", owner="key:support")  # hit or miss, with timings
     if not result.hit:
         answer = call_the_model(body)
         cache.store(result, answer, status=200, usage=..., doc_ids=("kb-17",))
-    cache.feedback("r-1", correct=False)                 # a client says a served hit was wrong
+    cache.feedback("r-1", correct=False, owner="key:support")  # the client says the hit was wrong
 
 ``verifier`` is one ``Verifier`` (``truecost.cache.verifier``), a list of them (most trusted
 first) or a ``VerifierPanel``: lookup-time sources (the query-pair verifier) score every
@@ -21,6 +21,12 @@ Only complete, successful answers are stored, and never a refusal written as pla
 (``truecost.cache.refusal``; ``refusal_patterns=None`` disables that check). Every entry
 records the knowledge-base version and the documents that produced it, so
 ``invalidate(doc_ids=...)`` and ``set_kb_version`` drop exactly the affected entries.
+
+Client feedback (``truecost.cache.served``): a hit looked up with a ``request_id`` is remembered
+with its ``owner``, and only that owner may report on it, once (``report``/``feedback``). With
+``regenerate_window`` set, the same client asking again within that many seconds for a request
+the same entry would answer (or skipping the cache for the same request: ``skipped``) reports
+the earlier hit wrong, and that lookup answers ``regenerate``: not a hit, and nothing is stored.
 """
 
 from __future__ import annotations
@@ -40,12 +46,13 @@ from truecost.cache.panel import VerifierPanel, as_panel
 from truecost.cache.policy import Candidate, Decision, Policy
 from truecost.cache.refusal import DEFAULT_PATTERNS, RefusalDetector
 from truecost.cache.request import CacheKey, NotCacheable, cache_key, cacheable_response
+from truecost.cache.served import HitFeedback, ServedHit, ServedHits, end_user
 from truecost.cache.verifier import PairView, Verifier, answer_text
 
 
 @dataclass(slots=True)
 class LookupResult:
-    status: str  # "hit_exact", "hit_semantic", "miss", "bypass"
+    status: str  # "hit_exact", "hit_semantic", "miss", "bypass", "regenerate"
     key: CacheKey | None
     entry: CacheEntry | None = None
     similarity: float | None = None
@@ -56,6 +63,7 @@ class LookupResult:
     decide_ms: float = 0.0
     reason: str | None = None
     candidates: list[Candidate] = field(default_factory=list)
+    regenerate_of: str | None = None  # "regenerate": the request id of the hit the client asked again after
 
     @property
     def hit(self) -> bool:
@@ -69,7 +77,7 @@ class CacheLimits:
     ttl_seconds: float | None = None
 
 
-class SemanticCache:
+class SemanticCache(HitFeedback):
     def __init__(
         self,
         embedder,
@@ -83,6 +91,7 @@ class SemanticCache:
         clock=time.time,
         refusal_patterns: Iterable[str] | RefusalDetector | None = DEFAULT_PATTERNS,
         remember_hits: int = 10_000,
+        regenerate_window: float | None = None,
     ) -> None:
         self.embedder, self.index, self.entries, self.policy = embedder, index, entries, policy
         self.verifiers = as_panel(verifier)
@@ -104,8 +113,8 @@ class SemanticCache:
         self._lock = threading.RLock()
         self._kb_checked = float("-inf")
         self.verifications = 0
-        self._served: OrderedDict[str, tuple[LookupResult, str]] = OrderedDict()  # request id -> (hit, query text)
-        self._remember = remember_hits
+        self.served = ServedHits(remember_hits)
+        self.regenerate_window = regenerate_window or None  # seconds; None (or 0): no regenerate detection
         # refused: answers not stored (any reason); refused_refusal: of those, refusals (field or plain text)
         self.stats = {
             "hit_exact": 0,
@@ -118,6 +127,7 @@ class SemanticCache:
             "feedback_right": 0,
             "feedback_wrong": 0,
             "feedback_unknown": 0,
+            "regenerate": 0,
         }
 
     # -- lookup -------------------------------------------------------------------------
@@ -128,11 +138,15 @@ class SemanticCache:
         *,
         tenant: str | None = None,
         request_id: str | None = None,
+        owner: str | None = None,
     ) -> LookupResult:
         """Look ``body`` up within the partition ``scope`` (an opaque string compared exactly).
 
         ``tenant=`` is the former name of ``scope``, kept for callers that pass it by keyword.
-        ``request_id``: a semantic hit is remembered under it, so ``feedback`` can report on it.
+        ``request_id``: a hit is remembered under it and ``owner`` (who was served: the gateway
+        passes its key), so ``report`` can take that owner's verdict on it. With
+        ``regenerate_window``, a hit on an entry the same client was served within the window is
+        answered ``regenerate`` instead, and the earlier hit counts as wrong.
         """
         if tenant is not None:
             if scope is not None and scope != tenant:
@@ -143,16 +157,20 @@ class SemanticCache:
         except NotCacheable as exc:
             self.stats["bypass"] += 1
             return LookupResult("bypass", None, reason=str(exc))
+        asker = (request_id, owner, (owner, end_user(body)))
         now = self.clock()
         with self._lock:
             self._refresh_kb_version(now)
             eid = self._exact.get(key.fingerprint)
             entry = self._live(eid, now) if eid is not None else None
             if entry is not None:
-                return self._hit("hit_exact", key, entry, 1.0, None, now)
+                return self._serve(LookupResult("hit_exact", key, entry, 1.0), now, asker)
         if key.text is None:
             self.stats["miss"] += 1
             return LookupResult("miss", key, reason=key.reason)
+        return self._semantic(key, now, asker)
+
+    def _semantic(self, key: CacheKey, now: float, asker: tuple) -> LookupResult:
         t0 = time.perf_counter()
         vector = self.embedder.embed_batch([key.text])[0]
         t1 = time.perf_counter()
@@ -174,37 +192,38 @@ class SemanticCache:
             ]
             decision = self.policy.decide(vector, candidates)
             t3 = time.perf_counter()
-            timings = dict(embed_ms=(t1 - t0) * 1e3, search_ms=(t2 - t1) * 1e3, decide_ms=(t3 - t2) * 1e3)
             entry = self.entries.get(decision.entry_id) if decision.hit and decision.entry_id is not None else None
             if entry is not None:
                 sim = next(c.similarity for c in candidates if c.entry_id == decision.entry_id)
-                result = self._hit("hit_semantic", key, entry, sim, decision, now)
-                result.vector, result.candidates = vector, candidates
-                for k, v in timings.items():
-                    setattr(result, k, v)
-                if request_id is not None:
-                    self._remember_hit(request_id, result)
-                return result
+                hit = LookupResult("hit_semantic", key, entry, sim, decision, vector, candidates=candidates)
+                return self._serve(_timed(hit, t0, t1, t2, t3), now, asker)
         self.stats["miss"] += 1
-        return LookupResult(
-            "miss",
-            key,
-            None,
-            candidates[0].similarity if candidates else None,
-            decision,
-            vector,
-            reason=decision.reason,
-            candidates=candidates,
-            **timings,
-        )
+        top = candidates[0].similarity if candidates else None
+        miss = LookupResult("miss", key, None, top, decision, vector, reason=decision.reason, candidates=candidates)
+        return _timed(miss, t0, t1, t2, t3)
 
-    def _hit(self, status, key, entry, sim, decision, now) -> LookupResult:
+    def _serve(self, result: LookupResult, now: float, asker: tuple) -> LookupResult:
+        """A hit, served and remembered; or a regenerate, when the same client was served this entry just now."""
+        request_id, owner, client = asker
+        entry, key = result.entry, result.key
+        assert entry is not None and key is not None
+        if self.regenerate_window is not None:
+            earlier = self.served.take_recent(client, now - self.regenerate_window, entry_id=entry.id)
+            if earlier is not None:
+                self._regenerated(earlier)
+                result.status, result.entry, result.regenerate_of = "regenerate", None, earlier.request_id
+                result.reason = f"the same client asked again {now - earlier.at:.1f} s after a hit on this entry"
+                return result
         entry.hits += 1
         entry.last_hit_at = now
         if entry.id in self._lru:
             self._lru.move_to_end(entry.id)
-        self.stats[status] += 1
-        return LookupResult(status, key, entry, sim, decision)
+        self.stats[result.status] += 1
+        if request_id is not None:
+            self.served.remember(
+                ServedHit(request_id, owner, client, result, key.text or "", now, entry.id, key.fingerprint)
+            )
+        return result
 
     def _refresh_kb_version(self, now: float) -> None:
         """Pick up a version another replica set (shared stores only; at most once a KB_VERSION_REFRESH_S)."""
@@ -257,8 +276,11 @@ class SemanticCache:
         doc_ids: Sequence[str] = (),
         ttl_seconds: float | None = None,
     ) -> CacheEntry | None:
-        """Store a fresh answer after a miss. Returns the entry, or None with the refusal counted."""
-        if lookup.key is None or lookup.hit:
+        """Store a fresh answer after a miss. Returns the entry, or None with the refusal counted.
+
+        Only after a miss: a hit, a bypass or a regenerate (the client refused the entry it was
+        served; the entry stays, the policy has learned the hit was wrong) store nothing."""
+        if lookup.key is None or lookup.status != "miss":
             return None
         refusal = cacheable_response(response, status, self.refusals)
         if refusal is not None:
@@ -328,37 +350,6 @@ class SemanticCache:
             return [None] * len(entries)
         pairs = [PairView(text, e.text, vector, e.vector) for e in entries]
         return panel.lookup_scores(pairs)
-
-    # -- feedback ---------------------------------------------------------------------------
-    def _remember_hit(self, request_id: str, result: LookupResult) -> None:
-        self._served[request_id] = (result, (result.key.text if result.key is not None else None) or "")
-        self._served.move_to_end(request_id)
-        while len(self._served) > self._remember:
-            self._served.popitem(last=False)
-
-    def feedback(self, request_id: str, correct: bool) -> bool:
-        """A client's verdict on a semantic hit served under ``request_id``: evidence for the policy.
-
-        A wrong hit is negative evidence exactly where the policy answers; the lookup-time
-        verifiers are scored against it too. Returns False when the request id is unknown
-        (not a semantic hit, or forgotten: the last ``remember_hits`` hits are kept).
-        """
-        with self._lock:
-            found = self._served.pop(request_id, None)
-            if found is None:
-                self.stats["feedback_unknown"] += 1
-                return False
-            result, text = found
-            self.stats["feedback_right" if correct else "feedback_wrong"] += 1
-            if result.decision is not None:
-                self.policy.learn(result.decision, bool(correct))
-            panel = self.verifiers
-            if panel is not None and result.entry is not None and panel.lookup_sources:
-                pair = PairView(text, result.entry.text, result.vector, result.entry.vector)
-                panel.observe(
-                    [v for s in panel.lookup_sources for v in s.verify([pair]) if v is not None], bool(correct)
-                )
-            return True
 
     # -- restart ------------------------------------------------------------------------------
     def rebuild(self) -> int:
@@ -459,6 +450,12 @@ class SemanticCache:
 
 
 KB_VERSION_REFRESH_S = 1.0  # the bound on how stale another replica's view of the kb version can be
+
+
+def _timed(result: LookupResult, t0: float, t1: float, t2: float, t3: float) -> LookupResult:
+    """The lookup's timings in ms: embed (t0-t1), search (t1-t2), decide (t2-t3)."""
+    result.embed_ms, result.search_ms, result.decide_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
+    return result
 
 
 def _random_ids():
