@@ -27,6 +27,9 @@ with its ``owner``, and only that owner may report on it, once (``report``/``fee
 ``regenerate_window`` set, the same client asking again within that many seconds for a request
 the same entry would answer (or skipping the cache for the same request: ``skipped``) reports
 the earlier hit wrong, and that lookup answers ``regenerate``: not a hit, and nothing is stored.
+The client is the owner and the request's end user (``user``/``safety_identifier``); with
+``regenerate_by="user"`` (the default) a request naming no end user is never a regenerate, since
+one owner (a service's key) may stand for many people asking the same popular question.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from truecost.cache.panel import VerifierPanel, as_panel
 from truecost.cache.policy import Candidate, Decision, Policy
 from truecost.cache.refusal import DEFAULT_PATTERNS, RefusalDetector
 from truecost.cache.request import CacheKey, NotCacheable, cache_key, cacheable_response
-from truecost.cache.served import HitFeedback, ServedHit, ServedHits, end_user
+from truecost.cache.served import REGENERATE_BY, HitFeedback, ServedHit, ServedHits, end_user
 from truecost.cache.verifier import PairView, Verifier, answer_text
 
 
@@ -92,6 +95,7 @@ class SemanticCache(HitFeedback):
         refusal_patterns: Iterable[str] | RefusalDetector | None = DEFAULT_PATTERNS,
         remember_hits: int = 10_000,
         regenerate_window: float | None = None,
+        regenerate_by: str = "user",
     ) -> None:
         self.embedder, self.index, self.entries, self.policy = embedder, index, entries, policy
         self.verifiers = as_panel(verifier)
@@ -115,6 +119,9 @@ class SemanticCache(HitFeedback):
         self.verifications = 0
         self.served = ServedHits(remember_hits)
         self.regenerate_window = regenerate_window or None  # seconds; None (or 0): no regenerate detection
+        if regenerate_by not in REGENERATE_BY:
+            raise ValueError(f"regenerate_by must be {' or '.join(REGENERATE_BY)}, got {regenerate_by!r}")
+        self.regenerate_by = regenerate_by
         # refused: answers not stored (any reason); refused_refusal: of those, refusals (field or plain text)
         self.stats = {
             "hit_exact": 0,
@@ -207,8 +214,9 @@ class SemanticCache(HitFeedback):
         request_id, owner, client = asker
         entry, key = result.entry, result.key
         assert entry is not None and key is not None
-        if self.regenerate_window is not None:
-            earlier = self.served.take_recent(client, now - self.regenerate_window, entry_id=entry.id)
+        window = self._window_for(client)
+        if window is not None:
+            earlier = self.served.take_recent(client, now - window, entry_id=entry.id)
             if earlier is not None:
                 self._regenerated(earlier)
                 result.status, result.entry, result.regenerate_of = "regenerate", None, earlier.request_id

@@ -8,7 +8,9 @@ out once: by a report, or by a regenerate.
 *Regenerate*: the same client asks again soon after a hit, for a request the same entry would
 answer (or for the same request, skipping the cache). The client is the owner plus the request's
 end-user id (OpenAI's ``safety_identifier`` or ``user``, hashed), so two end users behind one
-service key are two clients when the service sends that field.
+service key are two clients when the service sends that field. ``regenerate_by="user"``: a
+request without that field is never a regenerate (its owner may stand for many people);
+``"key"``: the owner alone is the client when the request names no end user.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from truecost.cache.panel import VerifierPanel
 from truecost.cache.policy import Policy
 from truecost.cache.request import NotCacheable, cache_key
 from truecost.cache.verifier import PairView
+
+
+REGENERATE_BY = ("user", "key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +122,7 @@ class HitFeedback:
 
     served: ServedHits
     regenerate_window: float | None
+    regenerate_by: str
     policy: Policy
     verifiers: VerifierPanel | None
     stats: dict[str, int]
@@ -159,7 +165,9 @@ class HitFeedback:
         """A request that skipped the cache (the gateway's ``x-truecost-cache: bypass``). When the same client
         was served this very request from the cache within ``regenerate_window``, that hit counts as wrong
         (once); its request id is returned."""
-        if self.regenerate_window is None:
+        client = (owner, end_user(body))
+        window = self._window_for(client)
+        if window is None:
             return None
         try:
             key = cache_key(body, scope)
@@ -167,12 +175,15 @@ class HitFeedback:
             return None
         now = self.clock()
         with self._lock:
-            client = (owner, end_user(body))
-            hit = self.served.take_recent(client, now - self.regenerate_window, fingerprint=key.fingerprint)
+            hit = self.served.take_recent(client, now - window, fingerprint=key.fingerprint)
             if hit is None:
                 return None
             self._regenerated(hit)
             return hit.request_id
+
+    def _window_for(self, client: tuple) -> float | None:
+        """The regenerate window for this client: None when there is none, or the client is not identified."""
+        return self.regenerate_window if client[1] is not None or self.regenerate_by == "key" else None
 
     def _regenerated(self, hit: ServedHit) -> None:
         """The client asked again: its earlier hit was wrong. One-sided evidence, so the verifiers are not scored."""

@@ -40,7 +40,7 @@ class Clock:
         return self.t
 
 
-def make(window=None):
+def make(window=None, by="user"):
     clock = Clock()
     cache = SemanticCache(
         HashEmbedder(),
@@ -50,6 +50,7 @@ def make(window=None):
         [ClientFeedback(), Always()],
         clock=clock,
         regenerate_window=window,
+        regenerate_by=by,
     )
     cache.store(cache.lookup(body("how long does a refund take")), answer("five days"))
     return cache, clock
@@ -108,7 +109,7 @@ def test_the_feedback_shortcut_keeps_its_meaning():
 
 def test_asking_again_within_the_window_is_a_regenerate_once():
     cache, clock = make(window=120)
-    near = body("how long does a refund take please")
+    near = body("how long does a refund take please", user="alice")
     first = cache.lookup(near, request_id="r1", owner="key:a")
     assert first.status == "hit_semantic"
     clock.t += 30
@@ -139,14 +140,27 @@ def test_a_regenerate_needs_the_same_client_the_same_entry_and_the_window():
 
 def test_no_window_no_regenerate():
     cache, _ = make()
-    near = body("how long does a refund take please")
+    near = body("how long does a refund take please", user="alice")
     cache.lookup(near, request_id="r1", owner="key:a")
     assert cache.lookup(near, request_id="r2", owner="key:a").status == "hit_semantic"
     assert cache.skipped(near, owner="key:a") is None
 
 
+def test_without_an_end_user_the_owner_is_a_client_only_when_asked_to_be():
+    near = body("how long does a refund take please")  # no user: a service key may stand for many people
+    cache, _ = make(window=120)
+    cache.lookup(near, request_id="r1", owner="key:a")
+    assert cache.lookup(near, request_id="r2", owner="key:a").status == "hit_semantic"
+    assert cache.skipped(near, owner="key:a") is None and cache.stats["regenerate"] == 0
+    cache, _ = make(window=120, by="key")
+    cache.lookup(near, request_id="r1", owner="key:a")
+    assert cache.lookup(near, request_id="r2", owner="key:a").status == "regenerate"
+    with pytest.raises(ValueError, match="regenerate_by"):
+        make(by="tenant")
+
+
 def test_an_exact_regenerate_serves_fresh_and_learns_nothing():
-    cache, clock = make(window=120)
+    cache, clock = make(window=120, by="key")
     same = body("how long does a refund take")
     assert cache.lookup(same, request_id="r1", owner="key:a").status == "hit_exact"
     assert cache.lookup(same, request_id="r2", owner="key:a").status == "regenerate"
@@ -155,9 +169,9 @@ def test_an_exact_regenerate_serves_fresh_and_learns_nothing():
 
 def test_skipping_the_cache_for_the_same_request_within_the_window_reports_the_hit():
     cache, clock = make(window=120)
-    near = body("how long does a refund take please")
+    near = body("how long does a refund take please", user="alice")
     cache.lookup(near, request_id="r1", owner="key:a")
-    assert cache.skipped(body("how long does a refund take, please?"), owner="key:a") is None  # not the same request
+    assert cache.skipped(body("how long does a refund take, please?", user="alice"), owner="key:a") is None
     assert cache.skipped(near, owner="key:b") is None
     clock.t += 60
     assert cache.skipped(near, owner="key:a") == "r1"
@@ -167,7 +181,7 @@ def test_skipping_the_cache_for_the_same_request_within_the_window_reports_the_h
     clock.t += 121
     assert cache.skipped(near, owner="key:a") is None  # outside the window
     assert cache.report("r2", False, owner="key:a") is not None  # still reportable
-    assert cache.skipped({"model": "m"}, owner="key:a") is None  # not cacheable: nothing to match
+    assert cache.skipped({"model": "m", "user": "alice"}, owner="key:a") is None  # not cacheable: nothing to match
 
 
 def test_served_hits_forget_the_oldest_and_keep_their_indexes_consistent():
