@@ -63,6 +63,7 @@ class Decision:
 
 class Policy(Protocol):
     name: str
+    learns: bool  # declared: whether ``learn`` changes anything (client feedback reports it)
 
     def decide(self, vector: np.ndarray, candidates: Sequence[Candidate]) -> Decision: ...
 
@@ -101,6 +102,8 @@ def _class_order(candidates: Sequence[Candidate]) -> list[tuple[int, int]]:
 
 
 class FixedThreshold:
+    learns = False
+
     def __init__(self, threshold: float, checks: int = 0) -> None:
         if not -1.0 <= threshold <= 1.0:
             raise ValueError("threshold is a cosine similarity in [-1, 1]")
@@ -217,6 +220,7 @@ class OnlineErrorBounded:
     """Learns per-neighbourhood thresholds online and keeps false hits / lookups <= target_error."""
 
     n_features = 13
+    learns = True
 
     def __init__(
         self,
@@ -377,6 +381,8 @@ class VerifierOnly:
     holds as far as the verifiers' probabilities are calibrated on this traffic: nothing here
     can check that, which is why the online policy with feedback is the default.
     """
+
+    learns = False
 
     def __init__(
         self,

@@ -36,7 +36,7 @@ class Report:
 
     request_id: str
     status: str  # the hit it was about: hit_exact | hit_semantic
-    learned: bool  # passed to the policy (a semantic hit, with learning allowed)
+    learned: bool  # taught the policy: a semantic hit, learning allowed, a policy that learns
 
 
 @dataclass(slots=True)
@@ -192,7 +192,7 @@ class HitFeedback:
 
     def _learn(self, hit: ServedHit, correct: bool, score_verifiers: bool) -> bool:
         result = hit.result
-        if result.status != "hit_semantic" or result.decision is None:
+        if result.status != "hit_semantic" or result.decision is None or not self.policy.learns:
             return False
         self.policy.learn(result.decision, correct)
         panel = self.verifiers

@@ -15,6 +15,8 @@ from tests.unit.cache.test_semantic_cache import HashEmbedder, answer, body
 class Recording(FixedThreshold):
     """Hits at cosine >= 0.8 (near-duplicates of the hash embedder), and keeps every label it is taught."""
 
+    learns = True
+
     def __init__(self):
         super().__init__(0.8)
         self.learned = []
@@ -98,6 +100,14 @@ def test_an_exact_hit_is_reportable_but_teaches_the_policy_nothing():
     report = cache.report("r1", False, owner="key:a")
     assert report is not None and report.status == "hit_exact" and not report.learned
     assert cache.policy.learned == []
+
+
+def test_a_policy_that_does_not_learn_is_not_said_to_have_learned():
+    cache, _ = make()
+    cache.policy = FixedThreshold(0.8)  # learns nothing from anything
+    cache.lookup(body("how long does a refund take please"), request_id="r1", owner="key:a")
+    report = cache.report("r1", False, owner="key:a")
+    assert report is not None and report.status == "hit_semantic" and not report.learned
 
 
 def test_the_feedback_shortcut_keeps_its_meaning():
