@@ -148,5 +148,7 @@ def build_cache(config: GatewayConfig) -> SemanticCache | None:
         same,
         CacheLimits(max_entries=c.max_entries, ttl_seconds=c.ttl_seconds),
         kb_version=c.kb_version,
+        regenerate_window=c.feedback.regenerate_window_seconds if c.feedback.enabled else None,
+        regenerate_by=c.feedback.regenerate_by,
         **refusals,
     )

@@ -11,6 +11,7 @@ import yaml
 
 from truecost.cache.embedders import EMBEDDERS
 from truecost.cache.panel import parse_verifier_spec
+from truecost.cache.served import REGENERATE_BY
 from truecost.errors import ConfigError, TruecostError
 from truecost.gateway.registry import CACHE_BACKENDS, CACHE_INDEXES, UPSTREAMS, known
 from truecost.integrations.otlp_config import parse_config as parse_otlp
@@ -23,6 +24,7 @@ from truecost.gateway.config_types import (  # noqa: F401  (re-exported: config'
     BudgetConfig,
     CacheConfig,
     Candidate,
+    FeedbackConfig,
     GatewayConfig,
     KeyConfig,
     LimitsConfig,
@@ -270,6 +272,8 @@ def _parse_cache(doc: dict, source: str) -> CacheConfig:
                     f"{source}: cache.refusal_patterns: {p!r} is not a regular expression ({exc})"
                 ) from None
         c = {**c, "refusal_patterns": tuple(patterns)}
+    if "feedback" in c:
+        c = {**c, "feedback": _parse_feedback(c["feedback"], f"{source}: cache.feedback")}
     cache = CacheConfig(**c)
     for name, value, table in (
         ("embedder", cache.embedder, EMBEDDERS),
@@ -285,6 +289,24 @@ def _parse_cache(doc: dict, source: str) -> CacheConfig:
     except ValueError as exc:
         raise ConfigError(f"{source}: cache.equivalence: {exc}") from None
     return cache
+
+
+def _parse_feedback(raw: Any, where: str) -> FeedbackConfig:
+    if raw is None:
+        return FeedbackConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a mapping, e.g. {{accept_right: false, regenerate_window_seconds: 120}}")
+    _no_unknown(raw, tuple(FeedbackConfig.__dataclass_fields__), where)
+    for name in ("enabled", "accept_right"):
+        if name in raw and not isinstance(raw[name], bool):
+            raise ConfigError(f"{where}.{name}: true or false, got {raw[name]!r}")
+    window = raw.get("regenerate_window_seconds", 120.0)
+    if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 <= window <= 86_400:
+        raise ConfigError(f"{where}.regenerate_window_seconds: seconds from 0 (off) to 86400, got {window!r}")
+    by = raw.get("regenerate_by", "user")
+    if by not in REGENERATE_BY:
+        raise ConfigError(f"{where}.regenerate_by: {' or '.join(REGENERATE_BY)}, got {by!r}")
+    return FeedbackConfig(raw.get("enabled", True), raw.get("accept_right", False), float(window), by)
 
 
 def _digest(doc: dict, name: str, source: str) -> str | None:

@@ -105,6 +105,28 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class FeedbackConfig:
+    """Client feedback on cache hits: POST /v1/cache/feedback, and the regenerate pattern."""
+
+    enabled: bool = True  # false: the endpoint answers 409 and a repeat is an ordinary lookup
+    # "wrong" reports always teach the online policy: each is an error on a hit it served, which tightens its
+    # error budget. "right" reports are accepted and counted, but teach it only with accept_right: true -- the
+    # policy is one model shared by every key and tenant, and clients calling every hit right could otherwise
+    # make it answer more for all of them (its budget grows up to 1.5 x target_error when the hits it checked
+    # erred less than predicted). With accept_right, and `feedback` in `equivalence`, reports also score the
+    # lookup-time verifiers (only then do verdicts arrive both ways).
+    accept_right: bool = False
+    # the same client asking again within this many seconds for what the entry it was just served would
+    # answer -- or for the same request with x-truecost-cache: bypass -- reports that hit wrong and is answered
+    # by the upstream (the answer is not stored); 0: off
+    regenerate_window_seconds: float = 120.0
+    # who "the same client" is: user -- the key and the request's `user` / `safety_identifier` (a request
+    # without one is never a regenerate: a service's key may relay many people asking the same question);
+    # key -- the key alone, for keys that each stand for one person
+    regenerate_by: str = "user"
+
+
+@dataclass(frozen=True)
 class CacheConfig:
     enabled: bool = False
     embedder: str = "minilm"  # minilm (the higher hit rate within 10 ms) | static (sub-millisecond)
@@ -129,6 +151,7 @@ class CacheConfig:
     # answers that open with one of these (regular expressions, case-insensitive) are never stored;
     # None = the documented defaults of truecost.cache.refusal, [] = store refusals too
     refusal_patterns: tuple[str, ...] | None = None
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
 
 
 @dataclass(frozen=True)

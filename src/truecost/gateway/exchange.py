@@ -42,11 +42,14 @@ class Exchange:
     upstream_ms: float = 0.0
     lookup: Any = None
     open_steps: list[StepScope] = field(default_factory=list)
+    regenerate_of: str | None = None  # the request id of the cache hit this client just refused by asking again
 
     def step(self, kind: str, name: str | None) -> StepScope:
         s = StepScope(self.req, kind, name).begin()
         if self.client_id:
             s.annotate(client_request_id=self.client_id)
+        if self.regenerate_of:
+            s.annotate(regenerate_of=self.regenerate_of)
         self.open_steps.append(s)
         return s
 

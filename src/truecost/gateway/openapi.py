@@ -73,6 +73,17 @@ _ANTHROPIC = {
         "stream": {"type": "boolean"},
     },
 }
+_FEEDBACK = {
+    "type": "object",
+    "required": ["request_id"],
+    "description": "send correct or verdict (one of them)",
+    "properties": {
+        "request_id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+        "correct": {"type": "boolean"},
+        "verdict": {"type": "string", "enum": ["wrong", "right"]},
+    },
+    "additionalProperties": False,
+}
 _INVALIDATE = {
     "type": "object",
     "properties": {"doc_ids": {"type": "array", "items": {"type": "string"}}, "kb_version": {"type": "string"}},
@@ -113,6 +124,20 @@ def openapi_spec() -> dict[str, Any]:
             "/v1/embeddings": {"post": _op("embeddings", _EMBED)},
             "/v1/messages": {"post": _op("Anthropic messages", _ANTHROPIC)},
             "/v1/models": {"get": _op("the aliases this gateway serves")},
+            "/v1/cache/feedback": {
+                "post": {
+                    **_op("report a cache hit this key was served (x-request-id) as wrong or right", _FEEDBACK),
+                    "responses": {
+                        "200": {"description": "accepted: {accepted, request_id, verdict, cache, learned}"},
+                        "400": _ERROR,
+                        "401": _ERROR,
+                        "404": _ERROR,
+                        "409": _ERROR,
+                        "413": _ERROR,
+                        "429": _ERROR,
+                    },
+                }
+            },
             "/healthz": {"get": {"summary": "liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/metrics": {
                 "get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text"}}}

@@ -31,6 +31,7 @@ from truecost.gateway.budgets import BudgetExceeded, BudgetGuard, BudgetUnavaila
 from truecost.gateway.config import Candidate, GatewayConfig
 from truecost.gateway.errors import GatewayError
 from truecost.gateway.exchange import Exchange, Result, Served
+from truecost.gateway.feedback import owner_of
 from truecost.gateway.metering import Meter
 from truecost.gateway.metrics import Metrics
 from truecost.gateway.planning import load_router_artifact, make_router, plan  # noqa: F401  (re-exported)
@@ -183,6 +184,11 @@ class Pipeline:
         )
         return Exchange(body, key, headers, attribution, req, admission, scope, t0, None if joins else client_id)
 
+    def check_rate(self, key: Any) -> None:
+        """One request (no tokens) against the key's per-minute limits: what a cache feedback report costs it."""
+        if key is not None and self.limiter is not None and (key.rpm or key.tpm):
+            self._rate_limit(self.limiter, key, 0)
+
     def _rate_limit(self, limiter: RateLimiter, key: Any, tokens: int) -> None:
         try:
             limiter.check(key.name, key.rpm, key.tpm, tokens, time.time())
@@ -251,12 +257,8 @@ class Pipeline:
     async def _serve_chat(
         self, ex: Exchange, candidates: list[Candidate], route: Any, cascade: LogprobCascade | None
     ) -> Result:
-        if self.cache is not None and ex.headers.get("x-truecost-cache", "").lower() != "bypass":
-            try:
-                ex.lookup = await asyncio.to_thread(self.cache.lookup, ex.body, ex.scope)
-            except TruecostError as exc:  # the cache's store is down: answer from upstream, say so in metrics
-                log.warning("truecost: cache lookup skipped: %s", type(exc).__name__)
-                self.metrics.inc("truecost_cache_errors_total", op="lookup")
+        if self.cache is not None:
+            await self._look_up(ex, self.cache)
         if ex.lookup is not None:
             hit = self.meter.lookup(ex.req, ex.lookup)
             if hit is not None:
@@ -264,13 +266,32 @@ class Pipeline:
         if ex.body.get("stream") and cascade is None:
             return Result(
                 stream=stream_answer(ex, candidates, self.upstreams, self.meter, self.settle),
-                headers={"x-request-id": ex.req.id, "x-truecost-cache": "bypass"},
+                headers={"x-request-id": ex.req.id, "x-truecost-cache": "regenerate" if ex.regenerate_of else "bypass"},
             )
         if cascade is not None:
             served = await self._cascade(ex, candidates, cascade)
         else:
             served = await self._call(ex, candidates, route)
         return await self._respond(ex, served, whole_answer=cascade is not None)
+
+    async def _look_up(self, ex: Exchange, cache: Any) -> None:
+        """Stage 2. A hit is remembered under the request id and the key (who alone may report on it); the same
+        client asking again for what it was just served (or skipping the cache for it) is a regenerate."""
+        owner = owner_of(ex.key)
+        try:
+            if ex.headers.get("x-truecost-cache", "").lower() == "bypass":
+                via = "bypass"
+                if cache.regenerate_window is not None:
+                    ex.regenerate_of = await asyncio.to_thread(cache.skipped, ex.body, ex.scope, owner=owner)
+            else:
+                via = "repeat"
+                ex.lookup = await asyncio.to_thread(cache.lookup, ex.body, ex.scope, request_id=ex.req.id, owner=owner)
+                ex.regenerate_of = ex.lookup.regenerate_of
+        except TruecostError as exc:  # the cache's store is down: answer from upstream, say so in metrics
+            log.warning("truecost: cache lookup skipped: %s", type(exc).__name__)
+            self.metrics.inc("truecost_cache_errors_total", op="lookup")
+        if ex.regenerate_of is not None:  # the client did not take the hit: it goes upstream, and is not stored
+            self.metrics.inc("truecost_cache_regenerations_total", via=via)
 
     async def _generate(
         self, ex: Exchange, cand: Candidate, call: dict, fallback: bool
@@ -372,7 +393,7 @@ class Pipeline:
             _log_exchange(ex.req.id, body, resp)
         headers = {
             "x-request-id": ex.req.id,
-            "x-truecost-cache": "miss" if ex.lookup is not None else "bypass",
+            "x-truecost-cache": "regenerate" if ex.regenerate_of else "miss" if ex.lookup is not None else "bypass",
             "x-truecost-model": cand.model,
             "x-truecost-cost-usd": str(cost) if cost is not None else "unknown",
             "x-truecost-overhead-ms": f"{overhead:.3f}",

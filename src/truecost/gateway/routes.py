@@ -26,6 +26,7 @@ from truecost.gateway.admission import own_attribution
 from truecost.gateway.config import GatewayConfig
 from truecost.gateway.errors import GatewayError
 from truecost.gateway.exchange import Result
+from truecost.gateway.feedback import FeedbackDesk
 from truecost.gateway.keys import KeyRecord, KeyStore, actor_for
 from truecost.gateway.openapi import openapi_spec
 from truecost.gateway.pipeline import Pipeline
@@ -126,12 +127,13 @@ def _invalidation(body: Any) -> tuple[list[str], str | None]:
 
 
 class GatewayRoutes:
-    """The handlers of one gateway: the OpenAI and Anthropic APIs, models, cache invalidation, health,
-    metrics and the OpenAPI document; the key admin API and the OTLP receiver are mounted beside them."""
+    """The handlers of one gateway: the OpenAI and Anthropic APIs, models, cache feedback and invalidation,
+    health, metrics and the OpenAPI document; the key admin API and the OTLP receiver are mounted beside them."""
 
     def __init__(self, config: GatewayConfig, pipeline: Pipeline, keys: KeyStore, sessions: Any = None) -> None:
         self.config, self.pipeline, self.keys, self.sessions = config, pipeline, keys, sessions
         self.authenticate = Authenticator(keys)
+        self.feedback = FeedbackDesk(pipeline, keys.record_audit)
 
     def routes(self) -> list[BaseRoute]:
         config = self.config
@@ -141,6 +143,7 @@ class GatewayRoutes:
             Route("/v1/messages", self.messages, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/v1/cache/feedback", self.cache_feedback, methods=["POST"]),
             Route("/admin/cache/invalidate", self.cache_invalidate, methods=["POST"]),
             *admin_routes(self.keys, config.admin_key_sha256, on_action=self.on_admin, known_models=config.models),
             *otlp_routes(
@@ -177,6 +180,10 @@ class GatewayRoutes:
 
     async def embeddings(self, request: Request) -> Response:
         return await self._run(request, self.pipeline.embeddings)
+
+    async def cache_feedback(self, request: Request) -> Response:
+        """A key reports a cache hit it was served as wrong or right (``truecost.gateway.feedback``)."""
+        return await self._run(request, self.feedback)
 
     async def messages(self, request: Request) -> Response:
         """The Anthropic Messages API over the same pipeline, with Anthropic-shaped answers and errors."""
