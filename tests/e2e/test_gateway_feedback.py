@@ -111,7 +111,13 @@ class Gw:
         raise AssertionError(f"no cache hit for {intent}: the warm-up did not teach the policy")
 
     def observations(self):
+        """The policy's training samples (verifications)."""
         return self.cache.policy.state()["observations"]
+
+    def reports(self):
+        """Client verdicts that reached the policy."""
+        state = self.cache.policy.state()
+        return state["reported_wrong"] + state["reported_right"]
 
     def metric(self, name, **labels):
         text = httpx.get(self.url + "/metrics").text
@@ -189,17 +195,19 @@ def test_a_wrong_report_teaches_the_policy_to_stop_answering_there(gateway):
         "cache": "hit_semantic",
         "learned": True,
     }
-    assert gw.observations() == before + 1 and gw.cache.stats["feedback_wrong"] == 1
+    assert gw.cache.stats["feedback_wrong"] == 1 and gw.cache.policy.state()["reported_wrong"] == 1
+    assert gw.observations() == before  # evidence about the hit's class, not a one-sided training sample
     assert gw.metric("truecost_cache_feedback_total", outcome="learned", verdict="wrong") == 1
     (row,) = [a for a in gw.app.state.keys.audit(20) if a["action"] == "cache.feedback"]
     assert (row["actor"], row["target"], row["outcome"]) == ("key:a", rid, "ok")
 
 
-def test_wrong_reports_make_the_policy_answer_less(gateway):
+def test_wrong_reports_stop_the_reported_topic_and_leave_the_others_alone(gateway):
     """The same traffic on two identical gateways; then, on one of them, every refund hit is reported wrong.
 
-    The policy is one model shared by every key and tenant: the reports move its threshold for all of them
-    (here: refund probes 9 -> 7 of 9 answered, opening-hours probes 8 -> 0 of 9), not only where they came from.
+    The reports count against the class of the hits they name: refund questions stop being answered from
+    the cache, while opening-hours questions are answered as before (the threshold does not move: a
+    client's one-sided reports never become training samples for the shared model).
     """
     quiet, told = gateway(), gateway()
     _refund_hits(quiet)
@@ -207,11 +215,12 @@ def test_wrong_reports_make_the_policy_answer_less(gateway):
     tau, seen = told.cache.policy.tau, told.observations()
     for rid in reported:
         assert told.report("a", {"request_id": rid, "verdict": "wrong"}).status_code == 200
-    assert len(reported) >= 25 and told.observations() == seen + len(reported)
-    assert told.cache.policy.tau > tau == quiet.cache.policy.tau  # it refitted on the reports, and only there
-    baseline = _hits(quiet, "refund") + _hits(quiet, "hours")
-    after = _hits(told, "refund") + _hits(told, "hours")
-    assert baseline >= 12 and after <= baseline - 6, (baseline, after)
+    assert len(reported) >= 25 and told.observations() == seen
+    assert told.cache.policy.tau == tau == quiet.cache.policy.tau
+    refund = (_hits(quiet, "refund"), _hits(told, "refund"))
+    hours = (_hits(quiet, "hours"), _hits(told, "hours"))
+    assert refund[0] >= 6 and refund[1] <= 1, refund
+    assert hours[0] >= 6 and hours[1] >= hours[0] - 1, hours
 
 
 def test_a_key_reports_only_on_its_own_hits_once_and_every_other_id_looks_the_same(gateway):
@@ -220,7 +229,7 @@ def test_a_key_reports_only_on_its_own_hits_once_and_every_other_id_looks_the_sa
     rid = hit.headers["x-request-id"]
     miss = gw.chat("a", "what is the weather like in Lisbon", "t2")
     assert miss.headers["x-truecost-cache"] == "miss"
-    seen = gw.observations()
+    seen = gw.reports()
     unknown = gw.report("a", {"request_id": UNKNOWN_ID, "correct": False})
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_request"
     attempts = {
@@ -230,12 +239,12 @@ def test_a_key_reports_only_on_its_own_hits_once_and_every_other_id_looks_the_sa
     }
     for what, r in attempts.items():
         assert (r.status_code, r.json()) == (404, unknown.json()), what  # nothing tells them apart
-    assert gw.observations() == seen  # none of them reached the policy
+    assert gw.reports() == seen  # none of them reached the policy
     ok = gw.report("a", {"request_id": rid, "correct": False})  # the attempts consumed nothing
-    assert ok.status_code == 200 and ok.json()["learned"] and gw.observations() == seen + 1
+    assert ok.status_code == 200 and ok.json()["learned"] and gw.reports() == seen + 1
     again = gw.report("a", {"request_id": rid, "correct": False})
     assert (again.status_code, again.json()) == (404, unknown.json())  # each hit counts once
-    assert gw.observations() == seen + 1
+    assert gw.reports() == seen + 1
     rows = [(a["actor"], a["outcome"]) for a in gw.app.state.keys.audit(50) if a["action"] == "cache.feedback"]
     assert ("key:b", "refused:unknown_request") in rows and ("key:a2", "refused:unknown_request") in rows
     assert rows.count(("key:a", "ok")) == 1
@@ -249,52 +258,53 @@ def test_an_exact_hit_is_accepted_but_teaches_the_policy_nothing(gateway):
     assert first.headers["x-truecost-cache"] == "miss"  # a new question: answered upstream, stored
     second = gw.chat("a", text, "t3-other-user")  # the same request again: the exact tier
     assert second.headers["x-truecost-cache"] == "hit"
-    seen = gw.observations()
+    seen = gw.reports()
     r = gw.report("a", {"request_id": second.headers["x-request-id"], "verdict": "wrong"})
     assert r.status_code == 200 and r.json()["cache"] == "hit_exact" and r.json()["learned"] is False
-    assert gw.observations() == seen
+    assert gw.reports() == seen
     assert gw.metric("truecost_cache_feedback_total", outcome="recorded", verdict="wrong") == 1
 
 
 def test_right_reports_are_accepted_but_do_not_teach_the_policy_unless_allowed(gateway):
     default = gateway()
     _, hit = default.semantic_hit("a", "shipping", "t4")
-    seen = default.observations()
+    seen = default.reports()
     r = default.report("a", {"request_id": hit.headers["x-request-id"], "verdict": "right"})
     assert r.status_code == 200 and r.json()["verdict"] == "right" and r.json()["learned"] is False
-    assert default.observations() == seen and default.cache.stats["feedback_right"] == 1
+    assert default.reports() == seen and default.cache.stats["feedback_right"] == 1
     assert default.metric("truecost_cache_feedback_total", outcome="recorded", verdict="right") == 1
     trusting = gateway(feedback={"accept_right": True})
     _, hit = trusting.semantic_hit("a", "shipping", "t4")
-    seen = trusting.observations()
+    seen = trusting.reports()
     r = trusting.report("a", {"request_id": hit.headers["x-request-id"], "correct": True})
-    assert r.status_code == 200 and r.json()["learned"] is True and trusting.observations() == seen + 1
+    assert r.status_code == 200 and r.json()["learned"] is True and trusting.reports() == seen + 1
 
 
 def test_asking_again_within_the_window_is_answered_upstream_and_counts_the_hit_wrong_once(gateway):
     gw = gateway(feedback={"regenerate_window_seconds": 30})
     probe, hit = gw.semantic_hit("a", "password", "t5")
-    rid, seen, calls = hit.headers["x-request-id"], gw.observations(), gw.calls
+    rid, seen, calls = hit.headers["x-request-id"], gw.reports(), gw.calls
     again = gw.chat("a", probe, "t5")
     assert again.status_code == 200 and again.headers["x-truecost-cache"] == "regenerate"
     assert gw.calls == calls + 1 and again.json()["id"].startswith("cmpl-")  # from the upstream, not the cache
-    assert gw.observations() == seen + 1  # the earlier hit, learned as wrong
+    assert gw.reports() == seen + 1  # the earlier hit, learned as wrong
     assert gw.metric("truecost_cache_regenerations_total", via="repeat") == 1
     steps = {e.step: e for e in gw.ledger(again.headers["x-request-id"])}
     assert steps["generate"].details["regenerate_of"] == rid and steps["cache_lookup"].name == "regenerate"
     assert gw.report("a", {"request_id": rid, "correct": False}).status_code == 404  # counted once already
-    third = gw.chat("a", probe, "t5")  # the regenerate took the earlier hit: this one is served from the cache
-    assert third.headers["x-truecost-cache"] == "hit" and gw.calls == calls + 1 and gw.observations() == seen + 1
+    third = gw.chat("a", probe, "t5")  # the regenerate took the earlier hit: asking again is no second one
+    assert third.headers["x-truecost-cache"] in ("hit", "miss") and gw.reports() == seen + 1
     # another end user of the same key asking the same thing is no regenerate
-    assert gw.chat("a", probe, "t5-someone-else").headers["x-truecost-cache"] == "hit"
+    assert gw.chat("a", probe, "t5-someone-else").headers["x-truecost-cache"] in ("hit", "miss")
+    assert gw.reports() == seen + 1
     # skipping the cache for the very request just served is a regenerate too
     probe, hit = gw.semantic_hit("a", "cancel", "t5b")
     bypass = gw.chat("a", probe, "t5b", headers={"x-truecost-cache": "bypass"})
-    assert bypass.headers["x-truecost-cache"] == "regenerate" and gw.observations() == seen + 2
+    assert bypass.headers["x-truecost-cache"] == "regenerate" and gw.reports() == seen + 2
     assert gw.metric("truecost_cache_regenerations_total", via="bypass") == 1
     assert gw.report("a", {"request_id": hit.headers["x-request-id"], "correct": False}).status_code == 404
     plain_bypass = gw.chat("a", probe, "t5b", headers={"x-truecost-cache": "bypass"})
-    assert plain_bypass.headers["x-truecost-cache"] == "bypass" and gw.observations() == seen + 2
+    assert plain_bypass.headers["x-truecost-cache"] == "bypass" and gw.reports() == seen + 2
 
 
 def test_without_an_end_user_a_repeat_is_a_regenerate_only_when_the_key_is_the_client(gateway):
@@ -311,10 +321,10 @@ def test_without_an_end_user_a_repeat_is_a_regenerate_only_when_the_key_is_the_c
 def test_asking_again_after_the_window_is_an_ordinary_hit(gateway):
     gw = gateway(feedback={"regenerate_window_seconds": 1})
     probe, hit = gw.semantic_hit("a", "hours", "t6")
-    seen = gw.observations()
+    seen = gw.reports()
     time.sleep(1.3)
     again = gw.chat("a", probe, "t6")
-    assert again.headers["x-truecost-cache"] == "hit" and gw.observations() == seen
+    assert again.headers["x-truecost-cache"] == "hit" and gw.reports() == seen
     assert gw.metric("truecost_cache_regenerations_total", via="repeat") == 0
     assert gw.report("a", {"request_id": hit.headers["x-request-id"], "correct": False}).status_code == 200
 

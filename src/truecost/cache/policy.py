@@ -26,6 +26,8 @@ also sees the region it answers in. Among the verified lookups near and above th
 threshold, observed errors are compared with predicted ones: an upper confidence bound on
 that ratio scales the budget (tighter when the model under-predicts errors or has seen few
 samples; at most ``max_boost`` x looser when many samples show it over-predicts).
+Client reports on served hits (``report``) are one-sided, so they are not training samples:
+they count against the reported class's served hits, and cap that class's P(correct).
 This is our own construction after the idea of vCache (Schroeder
 et al., ICLR 2026: per-neighbourhood thresholds learned online under an error bound).
 """
@@ -69,6 +71,9 @@ class Policy(Protocol):
 
     def learn(self, decision: Decision, first_check_correct: bool | float | None) -> None:
         """Feedback on ``decision``: True/False, or P(correct) from verifiers that are not certain."""
+
+    def report(self, decision: Decision, correct: bool) -> None:
+        """A client's verdict on a hit the policy served (one-sided: clients mostly report what was wrong)."""
 
     def add_member(self, class_id: int, vector: np.ndarray) -> None: ...
 
@@ -134,6 +139,9 @@ class FixedThreshold:
         )
 
     def learn(self, decision: Decision, first_check_correct: bool | float | None) -> None:
+        pass
+
+    def report(self, decision: Decision, correct: bool) -> None:
         pass
 
     def add_member(self, class_id: int, vector: np.ndarray) -> None:
@@ -249,6 +257,9 @@ class OnlineErrorBounded:
         self.name = f"online-error-bounded(target={target_error})"
         self.classes = _ClassBook()
         self._stats: dict[int, list[float]] = {}  # class -> [verified correct, verified total, sum of correct sims]
+        # class -> [opportunities, errors, reported wrong, reported right]: its served hits and (once a hit of it
+        # was reported wrong) its later verifications, and how many of them were wrong
+        self._served: dict[int, list[float]] = {}
         self._x: list[np.ndarray] = []
         self._y: list[float] = []
         self._recent: deque[np.ndarray] = deque(maxlen=window)
@@ -303,11 +314,13 @@ class OnlineErrorBounded:
         x, c1, checks = self._features(vector, candidates)
         self._recent.append(x)
         p = float(self._model.predict(x)[0]) if self._model is not None else 0.0
+        p = min(p, self._served_accuracy(c1))
         best = _best_member(candidates[: self.k], c1)
         if p >= self.tau:
             # Exploration decays as verified would-be hits accumulate (~1/sqrt(n)), never below explore_min.
             eps = max(self.explore_min, self.explore * min(1.0, math.sqrt(100.0 / (len(self._explored) + 1))))
             if self._rng.random() >= eps:
+                self._served.setdefault(c1, [0, 0, 0, 0])[0] += 1
                 return Decision(True, best, p, f"P(correct) {p:.3f} >= {self.tau:.3f}", c1, [], x)
             return Decision(
                 False,
@@ -335,6 +348,10 @@ class OnlineErrorBounded:
         st[1] += 1
         st[0] += y
         st[2] += y * float(x[0])
+        served = self._served.get(c1)
+        if served is not None and served[2]:  # a reported class recovers as verifications find it right again
+            served[0] += 1
+            served[1] += 1 - y
         if decision.explored:
             self._explored.append((decision.score, y))
         if decision.score >= self.floor:  # verified lookups near or above the threshold: calibration data
@@ -342,6 +359,36 @@ class OnlineErrorBounded:
         n = len(self._y)
         if n >= self.min_observations and n % self.refit_every == 0 and 0 < sum(self._y) < n:
             self._refit()
+
+    def report(self, decision: Decision, correct: bool) -> None:
+        """A client's verdict on a served hit: evidence about that hit's class, not a training sample.
+
+        Reports arrive one-sided (clients say when an answer was wrong, rarely when it was right),
+        so they never enter the logistic model (whose samples come from verifications, explored
+        would-be hits included, which see both outcomes) and never loosen the global threshold.
+        They are counted against the class's served hits: a class whose hits are reported wrong
+        more often than the policy's bound allows stops being answered (``_served_accuracy``),
+        and the other classes keep their hits. A client can only report on hits it was served.
+        """
+        if decision.predicted_class is None or not decision.hit:
+            return
+        served = self._served.setdefault(decision.predicted_class, [1, 0, 0, 0])
+        served[0] = max(served[0], served[2] + served[3] + 1)  # a reported hit was served, whatever we counted
+        served[3 if correct else 2] += 1
+        if not correct:
+            served[1] += 1
+
+    def _served_accuracy(self, class_id: int) -> float:
+        """The share of this class's answers that were right, once a client reported one wrong (1.0 before).
+
+        (n - wrong + 1) / (n + 2) over its served hits and, after the first wrong report, its later
+        verifications (misses checked against it): a class stopped by reports is answered again once
+        enough verifications find it right, and a single report weighs little on a class that served many.
+        """
+        served = self._served.get(class_id)
+        if served is None or not served[2]:
+            return 1.0
+        return (served[0] - served[1] + 1) / (served[0] + 2)
 
     def _refit(self) -> None:
         model = _Logistic(self.n_features)
@@ -369,6 +416,8 @@ class OnlineErrorBounded:
             "explored": len(self._explored),
             "explored_errors": round(sum(1 - ok for _, ok in self._explored), 2),
             "classes": len(self.classes.sizes),
+            "reported_wrong": int(sum(v[2] for v in self._served.values())),
+            "reported_right": int(sum(v[3] for v in self._served.values())),
         }
 
 
@@ -421,6 +470,9 @@ class VerifierOnly:
         self.tau = float(p[ok.max()]) if len(ok) else 1.01
 
     def learn(self, decision: Decision, first_check_correct: bool | float | None) -> None:
+        pass
+
+    def report(self, decision: Decision, correct: bool) -> None:
         pass
 
     def add_member(self, class_id: int, vector: np.ndarray) -> None:

@@ -194,7 +194,7 @@ class HitFeedback:
         result = hit.result
         if result.status != "hit_semantic" or result.decision is None or not self.policy.learns:
             return False
-        self.policy.learn(result.decision, correct)
+        self.policy.report(result.decision, correct)
         panel = self.verifiers
         if score_verifiers and panel is not None and result.entry is not None and panel.lookup_sources:
             pair = PairView(hit.text, result.entry.text, result.vector, result.entry.vector)

@@ -13,7 +13,7 @@ from tests.unit.cache.test_semantic_cache import HashEmbedder, answer, body
 
 
 class Recording(FixedThreshold):
-    """Hits at cosine >= 0.8 (near-duplicates of the hash embedder), and keeps every label it is taught."""
+    """Hits at cosine >= 0.8 (near-duplicates of the hash embedder), and keeps every verdict it is given."""
 
     learns = True
 
@@ -23,6 +23,9 @@ class Recording(FixedThreshold):
 
     def learn(self, decision, label):
         self.learned.append((decision.hit, label))
+
+    def report(self, decision, correct):  # a client's verdict reaches the policy through report, not learn
+        self.learned.append((decision.hit, correct))
 
 
 class Always:

@@ -153,7 +153,7 @@ def test_feedback_on_a_served_hit_reaches_the_policy_and_scores_the_verifiers():
 
     scripted = Scripted(lambda q, o: 0.9)
     pol = Recording(0.05)
-    pol.tau = 0.0  # hit on anything with a model
+    pol.tau = 0.5  # an untrained model says P(correct) 0.5 for anything: a hit
     from truecost.cache.policy import _Logistic
 
     pol._model = _Logistic(pol.n_features)
@@ -162,11 +162,16 @@ def test_feedback_on_a_served_hit_reaches_the_policy_and_scores_the_verifiers():
     cache.store(cache.lookup(body("cancel my order")), answer("cancelled"))
     hit = cache.lookup(body("cancel my order now"), request_id="req-1")
     assert hit.status == "hit_semantic"
+    n_learned = len(learned)
     assert cache.feedback("req-1", correct=False) is True
-    assert learned[-1] == (True, False)
+    assert len(learned) == n_learned  # a one-sided report is not a training sample
+    assert pol.state()["reported_wrong"] == 1
     assert cache.verifiers.reliability["scripted"].pairs == 1 and cache.verifiers.reliability["scripted"].agreed == 0
     assert cache.feedback("req-1", correct=True) is False  # reported once; unknown afterwards
     assert cache.stats["feedback_wrong"] == 1 and cache.stats["feedback_unknown"] == 1
+    # that class's hits were reported wrong: it is no longer answered from (P capped at 1/3 < 0.5)
+    again = cache.lookup(body("cancel my order now"), request_id="req-2")
+    assert again.status == "miss" and again.decision.score < 0.5
 
 
 def test_answer_verifier_still_classifies_after_a_miss():
