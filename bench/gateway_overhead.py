@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -269,9 +270,7 @@ def main() -> None:
         }
         ll_bin = ROOT / ".venv-litellm" / "bin" / "litellm"
         if args.no_litellm or not ll_bin.exists():
-            result["litellm"] = {
-                "skipped": "run bench/setup_litellm.sh first" if not ll_bin.exists() else "--no-litellm"
-            }
+            result["litellm"] = {"skipped": "--no-litellm" if args.no_litellm else "run bench/setup_litellm.sh first"}
         else:
             ll_cfg = work / "litellm.yaml"
             ll_cfg.write_text(
@@ -329,6 +328,7 @@ def main() -> None:
     finally:
         for p in procs:
             stop(p)
+        shutil.rmtree(work, ignore_errors=True)  # configs, ledgers and logs of this run
     print(json.dumps(result, indent=2))
 
 

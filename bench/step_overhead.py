@@ -7,6 +7,7 @@ the BatchWriter sink into SQLite. Target: <= 20 µs per step.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import sys
 import tempfile
@@ -57,22 +58,25 @@ class _Discard(list):
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=N, help="steps per timed run (best of 3)")
+    n = ap.parse_args().steps
     with tempfile.TemporaryDirectory() as d:
         store = SQLiteLedgerStore(Path(d) / "l.db")
         writer = BatchWriter(store)
         tracker = Tracker(PriceCatalog.bundled(), writer, compute="aws/c7i.xlarge")
         tracked(2_000, tracker, True)  # warm up caches
-        base = min(untracked(N) for _ in range(3))
-        plain = min(tracked(N, tracker, False) for _ in range(3))
-        tokens = min(tracked(N, tracker, True) for _ in range(3))
+        base = min(untracked(n) for _ in range(3))
+        plain = min(tracked(n, tracker, False) for _ in range(3))
+        tokens = min(tracked(n, tracker, True) for _ in range(3))
         writer.close()
         stored = store.count()
-    per = lambda t: (t - base) / N * 1e6  # noqa: E731
+    per = lambda t: (t - base) / n * 1e6  # noqa: E731
     emit(
         {
             "benchmark": "step_overhead",
-            "steps": N,
-            "untracked_us_per_call": round(base / N * 1e6, 3),
+            "steps": n,
+            "untracked_us_per_call": round(base / n * 1e6, 3),
             "tracked_step_overhead_us": round(per(plain), 2),
             "tracked_step_with_tokens_overhead_us": round(per(tokens), 2),
             "ratio_tracked_vs_untracked": round(tokens / base, 1),

@@ -29,3 +29,9 @@ def test_ledger_and_report_benches_run_small():
     assert ingest["naive_commit_per_event_events_per_s"] > 0
     report = _run("report_scale.py", "--events", "4000")
     assert report["events"] == 4000 and report["requests"] == 500 and report["report_lines"] > 10
+
+
+def test_step_overhead_bench_runs_small():
+    out = _run("step_overhead.py", "--steps", "500")
+    assert out["steps"] == 500 and out["events_stored"] == 2000 + 6 * 500
+    assert out["tracked_step_overhead_us"] > 0 and out["untracked_us_per_call"] > 0
