@@ -53,6 +53,28 @@ def _query_pair():
     return QueryPairVerifier(MiniLMEmbedder())
 
 
+def _llm_judge():
+    """The LLM judge over a scripted model that reads the two quoted requests from the prompt and says yes when
+    their known classes match (the prompt's format is what it parses)."""
+    import json
+    import re
+
+    from truecost.cache.judge import LLMJudge
+
+    def complete(messages):
+        quoted = re.findall(
+            r'(?:New request|Stored request|Request A|Request B): ("(?:[^"\\]|\\.)*")', messages[-1]["content"]
+        )
+        a, b = (CLASSES.get(json.loads(q)) for q in quoted[:2])
+        return (
+            ("Yes." if a is not None and a == b and a != "oos" else "No"),
+            {"prompt_tokens": 60, "completion_tokens": 1},
+            "m",
+        )
+
+    return LLMJudge(complete)
+
+
 FACTORIES = {
     "normalised": NormalisedMatch,
     "embedding": lambda: EmbeddingMatch(HashEmbedder(), 0.9),
@@ -61,6 +83,7 @@ FACTORIES = {
     "client-feedback": ClientFeedback,
     "budgeted": lambda: Budgeted(KnownClassVerifier(CLASSES), requests_per_hour=100),
     "query-pair": _query_pair,
+    "llm-judge": _llm_judge,
 }
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Sequence, cast
+from typing import Mapping, Sequence, cast
 
 from truecost.cache.verifier import ANSWERS, BUDGETED, FEEDBACK, QUERIES, PairView, Verdict, Verifier
 
@@ -127,11 +127,28 @@ class VerifierPanel:
             out.append(self.pool(vs) if vs else None)
         return out
 
-    def judge(self, pairs: Sequence[PairView], allow_budgeted: bool = True) -> list[PanelVerdict | None]:
-        """After a miss: every source that can judge the pairs (budgeted ones only if allowed)."""
-        verdicts: list[list[Verdict]] = [[] for _ in pairs]
+    @property
+    def budgeted_sources(self) -> list[Verifier]:
+        return [s for s in self.sources if BUDGETED in s.capabilities and s.capabilities - {FEEDBACK}]
+
+    def prejudge(self, pair: PairView) -> list[Verdict]:
+        """The budgeted sources' verdicts on one pair, asked ahead (an LLM judge may take seconds: the cache
+        asks before it takes its lock, then hands them to ``judge(..., budgeted=...)``)."""
+        return [v for s in self.budgeted_sources for v in s.verify([pair]) if v is not None]
+
+    def judge(
+        self,
+        pairs: Sequence[PairView],
+        allow_budgeted: bool = True,
+        budgeted: Sequence[Sequence[Verdict]] | None = None,
+    ) -> list[PanelVerdict | None]:
+        """After a miss: every source that can judge the pairs (budgeted ones only if allowed; ``budgeted``:
+        their verdicts already asked with ``prejudge``, one list per pair, and they are not asked again)."""
+        verdicts: list[list[Verdict]] = [list(budgeted[i]) if budgeted is not None else [] for i in range(len(pairs))]
         for s in self.sources:
-            if not s.capabilities - {FEEDBACK} or (BUDGETED in s.capabilities and not allow_budgeted):
+            if not s.capabilities - {FEEDBACK} or (
+                BUDGETED in s.capabilities and (not allow_budgeted or budgeted is not None)
+            ):
                 continue
             for i, v in enumerate(s.verify(pairs)):
                 if v is not None:
@@ -200,6 +217,10 @@ def _feedback(arg: str | None, embedder):
     return ClientFeedback()
 
 
+def _supplied(arg: str | None, embedder):
+    raise LookupError("built by the composer (an LLM judge needs an upstream): pass it to make_verifiers")
+
+
 def _cosine_arg(arg: str | None) -> None:
     if arg is not None and not 0 < float(arg) < 1:
         raise ValueError
@@ -218,6 +239,7 @@ VERIFIERS = {
     "normalised": (_no_arg, _normalised),  # answer agreement: the same text after folding
     "embedding": (_cosine_arg, _embedding_match),  # answer agreement: answer embeddings at cosine >= arg (0.92)
     "query": (_no_arg, _query_pair),  # the shipped query-pair verifier, on the cache's embedder
+    "judge": (_no_arg, _supplied),  # an LLM judge (truecost.cache.judge), budgeted; the composer supplies it
 }
 
 
@@ -241,6 +263,16 @@ def parse_verifier_spec(spec: str) -> list[tuple[str, str | None]]:
     return out
 
 
-def make_verifiers(spec: str, embedder) -> VerifierPanel:
-    """The panel a spec names, built on the cache's embedder."""
-    return VerifierPanel([VERIFIERS[name][1](arg, embedder) for name, arg in parse_verifier_spec(spec)])
+def make_verifiers(spec: str, embedder, supplied: Mapping[str, Verifier] | None = None) -> VerifierPanel:
+    """The panel a spec names, built on the cache's embedder; ``supplied``: sources built by the composer, by
+    name (e.g. ``{"judge": Budgeted(LLMJudge(complete), ...)}``). A name it needs and lacks is a LookupError."""
+    supplied = supplied or {}
+    sources = []
+    for name, arg in parse_verifier_spec(spec):
+        if name in supplied:
+            sources.append(supplied[name])
+        elif VERIFIERS[name][1] is _supplied:
+            raise LookupError(f"verifier {name!r} in {spec!r} is not configured")
+        else:
+            sources.append(VERIFIERS[name][1](arg, embedder))
+    return VerifierPanel(sources)

@@ -182,9 +182,11 @@ class ClientFeedback:
 class Budgeted:
     """Wrap a costly verifier (an LLM judge) with a budget: requests per hour and dollars per day.
 
-    ``cost_per_call`` is the price of one verdict in USD (Decimal); an unknown price (None)
-    with a dollar limit set means no call at all (``refused_unpriced`` counts them). Within
-    budget, pairs are passed to the wrapped verifier one call each; beyond it, it abstains.
+    ``cost_per_call`` is the price of one verdict in USD (Decimal), or a function of the pair
+    giving it (an estimate before the call: an LLM judge's prompt grows with the texts); an
+    unknown price (None) with a dollar limit set means no call at all (``refused_unpriced``
+    counts them). Within budget, pairs are passed to the wrapped verifier one call each; beyond
+    it, it abstains. A call that then fails still counts: the provider may bill it.
     """
 
     def __init__(
@@ -192,7 +194,7 @@ class Budgeted:
         inner: Verifier,
         requests_per_hour: int | None = None,
         dollars_per_day: Decimal | None = None,
-        cost_per_call: Decimal | None = None,
+        cost_per_call: Decimal | Callable[[PairView], Decimal | None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.inner, self.clock = inner, clock
@@ -209,18 +211,19 @@ class Budgeted:
         self.calls = self.refused = self.refused_unpriced = 0
         self.spent_usd = Decimal(0)
 
-    def _admit(self) -> bool:
+    def _admit(self, pair: PairView) -> bool:
         now = self.clock()
+        price = self.cost_per_call(pair) if callable(self.cost_per_call) else self.cost_per_call
         with self._lock:
             self._calls = [t for t in self._calls if t > now - 3600]
             self._spend = [(t, c) for t, c in self._spend if t > now - 86400]
-            if self.dollars_per_day is not None and self.cost_per_call is None:
+            if self.dollars_per_day is not None and price is None:
                 self.refused_unpriced += 1
                 return False
             if self.requests_per_hour is not None and len(self._calls) >= self.requests_per_hour:
                 self.refused += 1
                 return False
-            cost = self.cost_per_call or Decimal(0)
+            cost = price or Decimal(0)
             if (
                 self.dollars_per_day is not None
                 and sum((c for _, c in self._spend), Decimal(0)) + cost > self.dollars_per_day
@@ -236,6 +239,6 @@ class Budgeted:
     def verify(self, pairs: Sequence[PairView]) -> list[Verdict | None]:
         out: list[Verdict | None] = []
         for p in pairs:
-            v = self.inner.verify([p])[0] if self._admit() else None
+            v = self.inner.verify([p])[0] if self._admit(p) else None
             out.append(None if v is None else Verdict(v.p_same, self.name))
         return out
