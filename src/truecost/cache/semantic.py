@@ -49,7 +49,7 @@ from truecost.cache.panel import VerifierPanel, as_panel
 from truecost.cache.policy import Candidate, Decision, Policy
 from truecost.cache.refusal import DEFAULT_PATTERNS, RefusalDetector
 from truecost.cache.request import CacheKey, NotCacheable, cache_key, cacheable_response
-from truecost.cache.served import REGENERATE_BY, HitFeedback, ServedHit, ServedHits, end_user
+from truecost.cache.served import REGENERATE_BY, HitFeedback, ServedHit, ServedHits, end_user, slim
 from truecost.cache.verifier import PairView, Verifier, answer_text
 
 
@@ -94,6 +94,7 @@ class SemanticCache(HitFeedback):
         clock=time.time,
         refusal_patterns: Iterable[str] | RefusalDetector | None = DEFAULT_PATTERNS,
         remember_hits: int = 10_000,
+        remember_bytes: int = 64 << 20,
         regenerate_window: float | None = None,
         regenerate_by: str = "user",
     ) -> None:
@@ -117,7 +118,7 @@ class SemanticCache(HitFeedback):
         self._lock = threading.RLock()
         self._kb_checked = float("-inf")
         self.verifications = 0
-        self.served = ServedHits(remember_hits)
+        self.served = ServedHits(remember_hits, remember_bytes)
         self.regenerate_window = regenerate_window or None  # seconds; None (or 0): no regenerate detection
         if regenerate_by not in REGENERATE_BY:
             raise ValueError(f"regenerate_by must be {' or '.join(REGENERATE_BY)}, got {regenerate_by!r}")
@@ -229,7 +230,7 @@ class SemanticCache(HitFeedback):
         self.stats[result.status] += 1
         if request_id is not None:
             self.served.remember(
-                ServedHit(request_id, owner, client, result, key.text or "", now, entry.id, key.fingerprint)
+                ServedHit(request_id, owner, client, slim(result), key.text or "", now, entry.id, key.fingerprint)
             )
         return result
 

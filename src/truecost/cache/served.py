@@ -16,9 +16,10 @@ request without that field is never a regenerate (its owner may stand for many p
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 from truecost.cache.panel import VerifierPanel
@@ -63,31 +64,47 @@ def end_user(body: Mapping[str, Any]) -> str | None:
 class ServedHits:
     """The hits served under request ids, by owner; and, per client, the latest hit of each entry and request.
 
+    Bounded by count (``capacity``) and by the bytes the hits hold (``max_bytes``: their texts and
+    vectors; answers are never kept, see ``slim``). When full, the owner holding the most bytes
+    forgets its oldest hit: one key asking the same question over and over (exact hits cost it
+    nothing) forgets its own hits, never another tenant's.
+
     Not thread-safe on its own: ``SemanticCache`` calls it under its lock.
     """
 
-    def __init__(self, capacity: int = 10_000) -> None:
-        self.capacity = capacity
-        self._hits: OrderedDict[tuple[str | None, str], ServedHit] = OrderedDict()
+    def __init__(self, capacity: int = 10_000, max_bytes: int = 64 << 20) -> None:
+        self.capacity, self.max_bytes = capacity, max_bytes
+        self.nbytes = 0
+        self._hits: dict[tuple[str | None, str], ServedHit] = {}
+        self._owned: dict[str | None, OrderedDict[str, int]] = {}  # owner -> request id -> bytes, oldest first
+        self._owner_bytes: dict[str | None, int] = {}
         self._by_entry: dict[tuple, tuple[str | None, str]] = {}  # (client, entry id) -> (owner, request id)
         self._by_request: dict[tuple, tuple[str | None, str]] = {}  # (client, fingerprint) -> (owner, request id)
 
     def remember(self, hit: ServedHit) -> None:
         ref = (hit.owner, hit.request_id)
-        old = self._hits.pop(ref, None)
-        if old is not None:
-            self._unindex(old)
+        self.take(*ref)
+        size = _size(hit)
         self._hits[ref] = hit
+        self._owned.setdefault(hit.owner, OrderedDict())[hit.request_id] = size
+        self._owner_bytes[hit.owner] = self._owner_bytes.get(hit.owner, 0) + size
+        self.nbytes += size
         self._by_entry[(hit.client, hit.entry_id)] = ref
         self._by_request[(hit.client, hit.fingerprint)] = ref
-        while len(self._hits) > self.capacity:
-            _, gone = self._hits.popitem(last=False)
-            self._unindex(gone)
+        while self._hits and (len(self._hits) > self.capacity or self.nbytes > self.max_bytes):
+            owner = max(self._owner_bytes, key=self._owner_bytes.__getitem__)  # owners are keys: few
+            self.take(owner, next(iter(self._owned[owner])))
 
     def take(self, owner: str | None, request_id: str) -> ServedHit | None:
         """The hit served to ``owner`` under ``request_id``, forgotten as it is returned (None: no such hit)."""
         hit = self._hits.pop((owner, request_id), None)
         if hit is not None:
+            owned = self._owned[owner]
+            size = owned.pop(request_id)
+            self.nbytes -= size
+            self._owner_bytes[owner] -= size
+            if not owned:
+                del self._owned[owner], self._owner_bytes[owner]
             self._unindex(hit)
         return hit
 
@@ -115,6 +132,24 @@ class ServedHits:
 
     def __len__(self) -> int:
         return len(self._hits)
+
+
+def slim(result: Any) -> Any:
+    """What a report needs of a hit (status, decision, vectors, texts): a copy without the answer, the
+    candidates or the key, so that remembered hits never pin answers (a shared store returns a copy per hit)."""
+    entry = result.entry
+    if entry is not None:
+        entry = replace(entry, answer={}, usage={}, doc_ids=())
+    return replace(result, entry=entry, key=None, candidates=[])
+
+
+def _size(hit: ServedHit) -> int:
+    """The bytes a remembered hit holds, roughly: its texts and vectors, and a fixed share for the rest."""
+    entry, vector = getattr(hit.result, "entry", None), getattr(hit.result, "vector", None)
+    size = 1024 + sys.getsizeof(hit.text) + (vector.nbytes if vector is not None else 0)
+    if entry is not None:
+        size += sys.getsizeof(entry.text) + (entry.vector.nbytes if entry.vector is not None else 0)
+    return size
 
 
 class HitFeedback:

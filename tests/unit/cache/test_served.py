@@ -214,3 +214,46 @@ def test_end_users_are_hashed_to_a_bounded_id(field):
     assert len(end_user({field: long})) == 32 and end_user({field: long}) != end_user({field: long + "x"})
     assert end_user({"user": 5}) is None and end_user({}) is None
     assert end_user({"user": "a", "safety_identifier": "b"}) == end_user({"safety_identifier": "b"})
+
+
+def test_remembered_hits_pin_no_answers_even_from_a_store_that_copies_each_entry(tmp_path):
+    """A shared store (SQLite here; Redis and pgvector alike) returns a fresh copy of the entry on every hit:
+    the remembered hits must not keep those copies' answers (was: 200 hits of one 100 kB answer held 20 MB)."""
+    import tracemalloc
+
+    from truecost.cache.entries import SQLiteEntryStore
+
+    cache = SemanticCache(HashEmbedder(), ExactIndex(64), SQLiteEntryStore(tmp_path / "e.db"), Recording())
+    question = body("how long does a refund take")
+    cache.store(cache.lookup(question), answer("five days. " + "x" * 100_000))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(200):
+            assert cache.lookup(question, request_id=f"r{i}", owner="key:a").status == "hit_exact"
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(cache.served) == 200 and held < 2_000_000, held
+    report = cache.report("r7", False, owner="key:a")  # still a hit to report on
+    assert report is not None and report.status == "hit_exact"
+
+
+def test_remembered_hits_are_bounded_in_bytes_and_a_flooding_owner_forgets_its_own():
+    served = ServedHits(capacity=1_000, max_bytes=400_000)
+    served.remember(ServedHit("v1", "key:victim", ("key:victim", None), None, "refund?", 0.0, 1, "fv"))
+    long_text = "\U0001f600" * 20_000  # the longest embedded text, 4 bytes a character
+    for i in range(100):
+        served.remember(ServedHit(f"f{i}", "key:flood", ("key:flood", None), None, long_text, 1.0 + i, 2, f"f{i}"))
+    assert served.nbytes <= 400_000 and 1 < len(served) < 10
+    assert served.take("key:flood", "f0") is None and served.take("key:flood", "f99") is not None  # oldest first
+    assert served.take("key:victim", "v1") is not None  # never the victim's: the flooder holds the most
+    for rid in [f"f{i}" for i in range(100)]:
+        served.take("key:flood", rid)
+    assert len(served) == 0 and served.nbytes == 0  # the byte count follows every hit taken
+    # a full table by count: the same rule
+    served = ServedHits(capacity=5)
+    served.remember(ServedHit("v1", "key:victim", ("key:victim", None), None, "", 0.0, 1, "fv"))
+    for i in range(50):
+        served.remember(ServedHit(f"f{i}", "key:flood", ("key:flood", None), None, "", 1.0 + i, 2, f"f{i}"))
+    assert len(served) == 5 and served.take("key:victim", "v1") is not None
