@@ -10,10 +10,13 @@ gateway returned with it: ``{"request_id": "...", "correct": false}`` (or ``"ver
 * "wrong" always reaches the policy; "right" only with ``cache.feedback.accept_right`` (the
   policy is shared: clients calling every hit right must not make it answer more for everyone).
 * A report passes the key's request rate limit, never its budgets: it changes nothing anyone pays.
-* Every report, accepted or refused, is an audit row (action ``cache.feedback``, the request id
-  as target) and a count in ``truecost_cache_feedback_total{verdict, outcome}``.
+* Every report is a count in ``truecost_cache_feedback_total{verdict, outcome}`` and, accepted or
+  refused, an audit row (action ``cache.feedback``, the request id as target); refused ones at most
+  30 a minute per key and replica (the next row written counts those left out), so no key can bury
+  the admin rows under its guesses.
 
-Hits are remembered per replica (the last 10,000): a report must reach the replica that answered.
+Hits are remembered per replica (up to 10,000; when full, the key holding the most forgets its oldest):
+a report must reach the replica that answered.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import re
 from typing import Any, Callable, Mapping
 
+from truecost.gateway.admin import _FailureGate
 from truecost.gateway.errors import GatewayError
 from truecost.gateway.exchange import Result
 
@@ -72,6 +76,7 @@ class FeedbackDesk:
 
     def __init__(self, pipeline: Any, audit: Callable[..., Any] | None = None) -> None:
         self.pipeline, self.audit = pipeline, audit
+        self._gates: dict[str, _FailureGate] = {}  # refused reports' audit rows, per key (keys are few)
 
     async def __call__(self, body: Any, key: Any, headers: Mapping[str, str]) -> Result:
         cache, settings = self.pipeline.cache, self.pipeline.config.cache.feedback
@@ -94,7 +99,10 @@ class FeedbackDesk:
         verdict = "right" if correct else "wrong"
         if report is None:
             self._count(verdict, "unknown_request")
-            await self._audit(key, request_id, {"verdict": verdict}, "refused:unknown_request")
+            skipped = self._gates.setdefault(owner_of(key), _FailureGate()).admit()
+            if skipped is not None:
+                details = {"verdict": verdict, **({"rows_skipped_before": skipped} if skipped else {})}
+                await self._audit(key, request_id, details, "refused:unknown_request")
             raise GatewayError(404, UNKNOWN_REQUEST, code="unknown_request", param="request_id")
         self._count(verdict, "learned" if report.learned else "recorded")
         answer = {
