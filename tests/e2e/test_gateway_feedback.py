@@ -389,3 +389,32 @@ def test_without_the_cache_there_is_nothing_to_report_on(gateway):
     r = gw.report("a", {"request_id": UNKNOWN_ID, "correct": False})
     assert r.status_code == 409 and r.json()["error"]["code"] == "cache_disabled"
     assert "/v1/cache/feedback" in httpx.get(gw.url + "/openapi.json").json()["paths"]
+
+
+def test_one_tenants_wrong_reports_leave_another_tenants_answers_alone(gateway):
+    """Cache classes never span scopes (a class grows only from candidates of the entry's own scope), and
+    reports never move the shared threshold: tenant globex reporting every one of its refund hits wrong
+    stops refund answers in globex and leaves acme's exactly as on a gateway without the reports."""
+    quiet, told = gateway(), gateway()
+    for gw in (quiet, told):  # the same warm-up for globex (key b) as the fixture gave acme (key a)
+        rng = random.Random(1)
+        for i in range(160):
+            text = rng.choice(PRE) + rng.choice(INTENTS[rng.choice(list(INTENTS))]) + rng.choice(SUF)
+            assert gw.chat("b", text, f"warm-b-{i}").status_code == 200
+    sent = [told.chat("b", text, f"b-traffic-{i}") for i, text in enumerate(novel("refund"))]
+    reported = [r.headers["x-request-id"] for r in sent if r.headers["x-truecost-cache"] == "hit"]
+    for i, text in enumerate(novel("refund")):  # the same traffic on the quiet gateway, unreported
+        quiet.chat("b", text, f"b-traffic-{i}")
+    tau = told.cache.policy.tau
+    assert len(reported) >= 10
+    for rid in reported:
+        assert told.report("b", {"request_id": rid, "verdict": "wrong"}).status_code == 200
+    assert told.cache.policy.tau == tau  # reports never move the shared threshold
+    acme = (_hits(quiet, "refund"), _hits(told, "refund"))
+    assert acme[0] >= 6 and acme[1] == acme[0], acme  # acme: untouched (measured: 9 and 9, after 58 reports)
+    probes = [f"{p}{core}!!" for p in ("ok ", "well ", "now ") for core in INTENTS["refund"]]
+    globex = [
+        sum(gw.chat("b", t, f"b-probe-{j}").headers["x-truecost-cache"] == "hit" for j, t in enumerate(probes))
+        for gw in (quiet, told)
+    ]
+    assert globex[0] >= 6 and globex[1] <= 1, globex  # globex: stopped where it reported (measured: 9 -> 0)
