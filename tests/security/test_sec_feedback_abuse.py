@@ -307,3 +307,26 @@ def test_duplicate_keys_in_a_report_take_the_last_and_the_answer_says_which(gate
     r = gw.report("a", None, raw=raw)
     assert r.status_code == 200 and r.json()["verdict"] == "wrong"  # what was taken is echoed back
     assert json.loads(r.text)["request_id"] == rid
+
+
+def test_a_flood_of_wrong_admin_keys_at_cache_invalidate_cannot_flush_the_audit_log(gateway):
+    """Was broken: every wrong admin key at ``POST /admin/cache/invalidate`` wrote an audit row, unthrottled and
+    open to callers with no key at all; now refusals there are throttled like the admin API's own."""
+    gw = gateway()
+    assert httpx.get(gw.url + "/admin/keys", headers={"authorization": f"Bearer {ADMIN}"}).status_code == 200
+    t0 = time.monotonic()
+    for i in range(200):
+        r = httpx.post(
+            gw.url + "/admin/cache/invalidate", json={"doc_ids": ["kb-1"]}, headers={"authorization": f"Bearer x{i}"}
+        )
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_admin_key"
+    refill = (time.monotonic() - t0) / 2
+    rows = [r for r in gw.app.state.keys.audit(500) if r["action"] == "cache.invalidate"]
+    assert 30 <= len(rows) <= 31 + refill < 60, (len(rows), refill)
+    assert any(r["action"] == "key.list" for r in gw.app.state.keys.audit(100))  # still on the first page
+    ok = httpx.post(
+        gw.url + "/admin/cache/invalidate", json={"doc_ids": ["kb-1"]}, headers={"authorization": f"Bearer {ADMIN}"}
+    )
+    assert ok.status_code == 200
+    last = [r for r in gw.app.state.keys.audit(5) if r["action"] == "cache.invalidate"][0]
+    assert last["outcome"] == "ok"  # an admin's action is always audited, flood or not

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import BaseRoute, Route
 
 from truecost.gateway import anthropic_api
-from truecost.gateway.admin import admin_routes
+from truecost.gateway.admin import _FailureGate, admin_routes
 from truecost.gateway.admission import own_attribution
 from truecost.gateway.config import GatewayConfig
 from truecost.gateway.errors import GatewayError
@@ -134,6 +134,7 @@ class GatewayRoutes:
         self.config, self.pipeline, self.keys, self.sessions = config, pipeline, keys, sessions
         self.authenticate = Authenticator(keys)
         self.feedback = FeedbackDesk(pipeline, keys.record_audit)
+        self.refused_invalidations = _FailureGate()  # audit rows for wrong admin keys: at most 30 a minute
 
     def routes(self) -> list[BaseRoute]:
         config = self.config
@@ -230,9 +231,16 @@ class GatewayRoutes:
             if self.config.admin_key_sha256 is None:
                 raise GatewayError(403, "the admin API is off: set admin_key_sha256 in the config", "permission_error")
             if not digest_matches(presented, self.config.admin_key_sha256):
-                self.keys.record_audit(
-                    actor_for(presented, "unauthenticated"), "cache.invalidate", None, outcome="refused:unauthorized"
-                )
+                skipped = self.refused_invalidations.admit()
+                if skipped is not None:  # a flood of wrong keys cannot bury the admin rows
+                    details = {"rows_skipped_before": skipped} if skipped else None
+                    self.keys.record_audit(
+                        actor_for(presented, "unauthenticated"),
+                        "cache.invalidate",
+                        None,
+                        details,
+                        outcome="refused:unauthorized",
+                    )
                 raise GatewayError(401, "invalid admin key", "authentication_error", "invalid_admin_key")
             if cache is None:
                 raise GatewayError(409, "the cache is not enabled", code="cache_disabled")
