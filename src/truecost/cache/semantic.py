@@ -50,7 +50,7 @@ from truecost.cache.policy import Candidate, Decision, Policy
 from truecost.cache.refusal import DEFAULT_PATTERNS, RefusalDetector
 from truecost.cache.request import CacheKey, NotCacheable, cache_key, cacheable_response
 from truecost.cache.served import REGENERATE_BY, HitFeedback, ServedHit, ServedHits, end_user, slim
-from truecost.cache.verifier import PairView, Verifier, answer_text
+from truecost.cache.verifier import PairView, Verdict, Verifier, answer_text
 
 
 @dataclass(slots=True)
@@ -300,8 +300,9 @@ class SemanticCache(HitFeedback):
         key = lookup.key
         ttl = ttl_seconds if ttl_seconds is not None else self.limits.ttl_seconds
         now = self.clock()
+        asked = self._ask_budgeted(lookup, dict(response))  # an LLM judge takes seconds: never under the lock
         with self._lock:
-            class_id = self._classify(lookup, dict(response))
+            class_id = self._classify(lookup, dict(response), asked)
             entry = CacheEntry(
                 id=next(self._ids),
                 scope=key.scope,
@@ -323,11 +324,27 @@ class SemanticCache(HitFeedback):
             self._evict()
         return entry
 
-    def _classify(self, lookup: LookupResult, response: dict) -> int:
+    def _pair(self, lookup: LookupResult, fresh: str, rep_id: int) -> PairView | None:
+        rep = self.entries.get(rep_id)
+        if rep is None:
+            return None
+        text = lookup.key.text if lookup.key is not None else ""
+        return PairView(text or "", rep.text, lookup.vector, rep.vector, fresh, answer_text(rep.answer))
+
+    def _ask_budgeted(self, lookup: LookupResult, response: dict) -> list[Verdict] | None:
+        """The budgeted sources' verdicts on the first candidate class, asked before the store takes the lock."""
+        decision, panel = lookup.decision, self.verifiers
+        if decision is None or not decision.check_classes or panel is None or not panel.budgeted_sources:
+            return None
+        pair = self._pair(lookup, answer_text(response), decision.check_classes[0][1])
+        return [] if pair is None else panel.prejudge(pair)
+
+    def _classify(self, lookup: LookupResult, response: dict, asked: list[Verdict] | None = None) -> int:
         """Judge the fresh request against the candidate classes; learn from the first judgement.
 
         The first class is judged by every source (budgeted ones too: it is the pair the policy
-        learns from); the others only by the cheap ones, until one is judged the same.
+        learns from, and ``asked`` holds their verdicts when they were asked ahead); the others
+        only by the cheap ones, until one is judged the same.
         """
         decision, panel = lookup.decision, self.verifiers
         if decision is None or not decision.check_classes or panel is None or not panel.judges:
@@ -335,13 +352,12 @@ class SemanticCache(HitFeedback):
         fresh = answer_text(response)
         first: float | None = None
         for i, (class_id, rep_id) in enumerate(decision.check_classes):
-            rep = self.entries.get(rep_id)
-            if rep is None:
+            pair = self._pair(lookup, fresh, rep_id)
+            if pair is None:
                 continue
             self.verifications += 1
-            text = lookup.key.text if lookup.key is not None else None
-            pair = PairView(text or "", rep.text, lookup.vector, rep.vector, fresh, answer_text(rep.answer))
-            verdict = panel.judge([pair], allow_budgeted=i == 0)[0]
+            ahead = [asked] if i == 0 and asked is not None else None
+            verdict = panel.judge([pair], allow_budgeted=i == 0, budgeted=ahead)[0]
             if verdict is None:
                 continue
             if i == 0:

@@ -137,3 +137,41 @@ def test_judge_is_a_name_in_the_spec_that_only_the_composer_can_build():
     assert panel.sources[0] is judge and panel.lookup_sources == []
     with pytest.raises(ValueError, match="argument"):
         parse_verifier_spec("judge:0.5")
+
+
+def test_the_cache_asks_its_judge_once_per_miss_and_never_while_holding_its_lock():
+    import threading
+
+    from truecost.cache.entries import MemoryEntryStore
+    from truecost.cache.index import ExactIndex
+    from truecost.cache.policy import make_policy
+    from truecost.cache.semantic import SemanticCache
+
+    def body(text):
+        return {"model": "m", "messages": [{"role": "user", "content": text}]}
+
+    def answer(text):
+        message = {"role": "assistant", "content": text}
+        return {"model": "m", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": {}}
+
+    lookups_during_calls = []
+
+    def complete(messages):  # while the judge thinks, another client's lookup must not wait for it
+        done = []
+        t = threading.Thread(target=lambda: done.append(cache.lookup(body("an unrelated question"), "s")))
+        t.start()
+        t.join(timeout=5)
+        lookups_during_calls.append(bool(done))
+        return "yes", {"prompt_tokens": 50, "completion_tokens": 1}, "m"
+
+    judge = Budgeted(LLMJudge(complete), requests_per_hour=10)
+    cache = SemanticCache(
+        HashEmbedder(), ExactIndex(64), MemoryEntryStore(), make_policy("online", 0.05), [NormalisedMatch(), judge]
+    )
+    cache.store(cache.lookup(body("please cancel my order"), "s"), answer("Cancelled."))
+    miss = cache.lookup(body("cancel my order now"), "s")
+    assert miss.status == "miss" and miss.decision.check_classes  # a neighbour class to judge against
+    cache.store(miss, answer("Cancelled."))
+    assert lookups_during_calls == [True] and judge.calls == 1
+    state = VerifierPanel.state(cache.verifiers)[judge.name]
+    assert state["pairs"] == 1 and state["agreement"] == 1.0  # asked ahead, weighed all the same
