@@ -37,6 +37,7 @@ CATEGORIES = {
     "log_storage": "observability",
     "cache_lookup": "caching",
     "cache_write": "caching",
+    "cache_judge": "caching",
     "reserved_capacity": "capacity",
     "other": "other",
 }

@@ -84,6 +84,7 @@ SERVICE_CATEGORY = {
     "vector_search": "Databases",
     "reserved_capacity": "Compute",
     "cache_lookup": "Databases",
+    "cache_judge": "AI and Machine Learning",
 }
 BILL_REQUIRED = ("ChargePeriodStart", "ChargePeriodEnd", "ServiceName")
 

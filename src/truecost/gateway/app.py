@@ -22,8 +22,10 @@ from truecost.cache.policy import make_policy
 from truecost.cache.semantic import CacheLimits, SemanticCache
 from truecost.dashboard.app import Budget, create_dashboard
 from truecost.dashboard.auth import Principal, SessionStore
+from truecost.gateway.cache_judge import build_judge
 from truecost.gateway.config import GatewayConfig
 from truecost.gateway.keys import KeyStore, open_key_store
+from truecost.gateway.metrics import Metrics
 from truecost.gateway.pipeline import Pipeline
 from truecost.gateway.ratelimit import RateLimiter
 from truecost.gateway.registry import BUDGET_GUARDS, CACHE_BACKENDS, LEDGERS, UPSTREAMS, budget_guard_name, ledger_kind
@@ -96,7 +98,10 @@ def build(config: GatewayConfig) -> Starlette:
     upstreams = {name: UPSTREAMS[u.kind](u) for name, u in config.upstreams.items()}
     budgets = BUDGET_GUARDS[budget_guard_name(config)](config, store)
     keys = open_key_store(config.keys, config.ledger, config.ledger_schema)
-    pipeline = Pipeline(config, tracker, upstreams, cache=build_cache(config), budgets=budgets, limiter=RateLimiter())
+    metrics = Metrics()
+    judge = build_judge(config, upstreams, tracker, metrics)  # the cache's LLM judge calls a configured upstream
+    cache = build_cache(config, {"judge": judge} if judge is not None else None)
+    pipeline = Pipeline(config, tracker, upstreams, metrics, cache, budgets=budgets, limiter=RateLimiter())
 
     async def close_all() -> None:
         for u in upstreams.values():
@@ -129,16 +134,16 @@ def _tracer(config: GatewayConfig) -> Any:
     return trace.get_tracer("truecost.gateway")
 
 
-def build_cache(config: GatewayConfig) -> SemanticCache | None:
+def build_cache(config: GatewayConfig, supplied: dict[str, Any] | None = None) -> SemanticCache | None:
     """The semantic cache the config describes (None when it is off); its embedder is loaded now, not in the
-    first request."""
+    first request. ``supplied``: verifier sources the composition root built (the LLM judge), by name."""
     c = config.cache
     if not c.enabled:
         return None
     embedder = make_embedder(c.embedder)
     embedder.embed_batch(["warm-up"])  # load (or build, once per machine) at start-up, not in the first request
     index, entries = CACHE_BACKENDS[c.backend](c, embedder.dims)
-    same = make_verifiers(c.equivalence, embedder)
+    same = make_verifiers(c.equivalence, embedder, supplied)
     refusals: dict[str, Any] = {} if c.refusal_patterns is None else {"refusal_patterns": c.refusal_patterns or None}
     return SemanticCache(
         embedder,

@@ -26,6 +26,7 @@ from truecost.gateway.config_types import (  # noqa: F401  (re-exported: config'
     Candidate,
     FeedbackConfig,
     GatewayConfig,
+    JudgeConfig,
     KeyConfig,
     LimitsConfig,
     RouteConfig,
@@ -100,7 +101,7 @@ def parse_config(doc: Any, source: str = "config") -> GatewayConfig:
         doc.get("compute"),
         limits.max_body_bytes,
         list(doc.get("prices_files") or []),
-        _parse_cache(doc, source),
+        _parse_cache(doc, source, models),
         routes,
         bool(doc.get("otel", False)),
         _digest(doc, "metrics_token", source),
@@ -251,7 +252,7 @@ def _parse_limits(doc: dict, source: str) -> LimitsConfig:
     return LimitsConfig(**{k: _positive(v, f"{source}: limits.{k}", kinds[k]) for k, v in merged.items()})
 
 
-def _parse_cache(doc: dict, source: str) -> CacheConfig:
+def _parse_cache(doc: dict, source: str, models: dict[str, list[Candidate]]) -> CacheConfig:
     c = doc.get("cache") or {}
     if not isinstance(c, dict):
         raise ConfigError(f"{source}: cache must be a mapping")
@@ -274,6 +275,8 @@ def _parse_cache(doc: dict, source: str) -> CacheConfig:
         c = {**c, "refusal_patterns": tuple(patterns)}
     if "feedback" in c:
         c = {**c, "feedback": _parse_feedback(c["feedback"], f"{source}: cache.feedback")}
+    if c.get("judge") is not None:
+        c = {**c, "judge": _parse_judge(c["judge"], f"{source}: cache.judge", models)}
     cache = CacheConfig(**c)
     for name, value, table in (
         ("embedder", cache.embedder, EMBEDDERS),
@@ -285,10 +288,72 @@ def _parse_cache(doc: dict, source: str) -> CacheConfig:
     if cache.backend != "memory" and not cache.url:
         raise ConfigError(f"{source}: cache.backend {cache.backend} needs cache.url")
     try:
-        parse_verifier_spec(cache.equivalence)
+        names = [name for name, _ in parse_verifier_spec(cache.equivalence)]
     except ValueError as exc:
         raise ConfigError(f"{source}: cache.equivalence: {exc}") from None
+    if "judge" in names and cache.judge is None:
+        raise ConfigError(
+            f"{source}: cache.equivalence names judge, but there is no cache.judge block "
+            "(e.g. judge: {upstream: openai, model: gpt-4o-mini, requests_per_hour: 60, dollars_per_day: '1.00'})"
+        )
+    if cache.judge is not None and "judge" not in names:
+        raise ConfigError(
+            f"{source}: cache.judge is set but cache.equivalence ({cache.equivalence!r}) does not name judge: "
+            "add it (e.g. 'judge+query') or remove the block"
+        )
     return cache
+
+
+JUDGE_KEYS = tuple(JudgeConfig.__dataclass_fields__)
+
+
+def _parse_judge(raw: Any, where: str, models: dict[str, list[Candidate]]) -> JudgeConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a mapping, e.g. {{upstream: openai, model: gpt-4o-mini}}")
+    _no_unknown(raw, JUDGE_KEYS, where)
+    upstream, model = str(_need(raw, "upstream", where)), str(_need(raw, "model", where))
+    used = sorted({c.upstream for cands in models.values() for c in cands})
+    if upstream not in used:
+        raise ConfigError(
+            f"{where}.upstream: unknown upstream {upstream!r}; upstreams serving models: {', '.join(used)}"
+        )
+    served = {c.model for cands in models.values() for c in cands if c.upstream == upstream}
+    if model not in served:
+        raise ConfigError(
+            f"{where}.model: {model!r} is not a model served by upstream {upstream!r} "
+            f"(its models under 'models': {', '.join(sorted(served))})"
+        )
+    rph = raw.get("requests_per_hour", 60)
+    rph = None if rph is None else _positive(rph, f"{where}.requests_per_hour", int)
+    dollars = _dollars(raw.get("dollars_per_day", "1.00"), f"{where}.dollars_per_day")
+    if rph is None and dollars is None:
+        raise ConfigError(f"{where}: set requests_per_hour or dollars_per_day (or both): the judge needs a budget")
+    p_yes, p_no = (_positive(raw.get(k, d), f"{where}.{k}") for k, d in (("p_yes", 0.95), ("p_no", 0.05)))
+    if not 0 < p_no < 0.5 < p_yes < 1:
+        raise ConfigError(f"{where}: need 0 < p_no < 0.5 < p_yes < 1, got p_no={p_no}, p_yes={p_yes}")
+    return JudgeConfig(
+        upstream,
+        model,
+        rph,
+        dollars,
+        _positive(raw.get("timeout", 10.0), f"{where}.timeout"),
+        _positive(raw.get("max_tokens", 4), f"{where}.max_tokens", int),
+        p_yes,
+        p_no,
+    )
+
+
+def _dollars(value: Any, where: str) -> Decimal | None:
+    """A positive amount of US dollars, or None (null: no such limit)."""
+    if value is None:
+        return None
+    try:
+        amount = Decimal(str(value)) if not isinstance(value, bool) else Decimal("NaN")
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    if not amount.is_finite() or amount <= 0:
+        raise ConfigError(f"{where}: a positive number of US dollars (or null: no limit), got {value!r}")
+    return amount
 
 
 def _parse_feedback(raw: Any, where: str) -> FeedbackConfig:

@@ -127,6 +127,26 @@ class FeedbackConfig:
 
 
 @dataclass(frozen=True)
+class JudgeConfig:
+    """An LLM judge the online policy learns from (truecost.cache.judge): `judge` in cache.equivalence.
+
+    Called after a miss about the one pair the policy learns from, within a budget per replica; each call is a
+    `cache_judge` step on the request whose miss triggered it, priced from its usage."""
+
+    upstream: str  # a configured upstream
+    model: str  # the catalog name of a model some alias routes to on that upstream (its wire name is used)
+    # the budget, per replica (null: no limit of that kind; at least one is set). Dollars are checked before each
+    # call against an estimate of its cost from the catalog (prompt characters / 3, max_tokens out); an unpriced
+    # model with a dollar limit is never called
+    requests_per_hour: int | None = 60
+    dollars_per_day: Decimal | None = Decimal("1.00")
+    timeout: float = 10.0  # seconds for one call; a judge that does not answer in time abstains
+    max_tokens: int = 4  # the reply is one word
+    p_yes: float = 0.95  # the probability a "yes" stands for before the panel measures the judge
+    p_no: float = 0.05
+
+
+@dataclass(frozen=True)
 class CacheConfig:
     enabled: bool = False
     embedder: str = "minilm"  # minilm (the higher hit rate within 10 ms) | static (sub-millisecond)
@@ -138,8 +158,9 @@ class CacheConfig:
     # the verifier sources the online policy learns from, most trusted first, joined by '+'
     # (truecost.cache.panel.VERIFIERS): normalised (answers equal after folding) | embedding[:cosine] (answer
     # embeddings; default 0.92) | query (the shipped query-pair verifier) | feedback (client reports), e.g.
-    # "embedding:0.9+query"
+    # "embedding:0.9+query"; judge (an LLM judge: needs the judge block below), e.g. "judge+query"
     equivalence: str = "normalised"
+    judge: JudgeConfig | None = None
     # where entries and vectors live: memory (per process) | postgres (pgvector) | redis (RediSearch);
     # postgres and redis are shared by every replica pointing at the same url and prefix
     backend: str = "memory"

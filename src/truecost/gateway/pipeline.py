@@ -27,6 +27,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 from truecost.cache.verifier import answer_text
 from truecost.errors import InvalidAttributionError, TruecostError, UpstreamError
 from truecost.gateway.admission import Admission, Estimate, attribution_for, estimate, own_attribution
+from truecost.gateway.cache_judge import judging_for
 from truecost.gateway.budgets import BudgetExceeded, BudgetGuard, BudgetUnavailable, BudgetUnpriced, LocalBudgetGuard
 from truecost.gateway.config import Candidate, GatewayConfig
 from truecost.gateway.errors import GatewayError
@@ -380,8 +381,11 @@ class Pipeline:
                 choice.pop("logprobs", None)
         if served.cacheable and usage is not None and ex.lookup is not None and ex.lookup.key is not None:
             docs = [d.strip() for d in ex.headers.get("x-truecost-doc-ids", "").split(",") if d.strip()]
-            try:
-                await asyncio.to_thread(self.cache.store, ex.lookup, resp, usage=usage, model=cand.model, doc_ids=docs)
+            try:  # before settle: an LLM judge the store asks is a step of this request (cache_judge.py)
+                with judging_for(ex):
+                    await asyncio.to_thread(
+                        self.cache.store, ex.lookup, resp, usage=usage, model=cand.model, doc_ids=docs
+                    )
             except TruecostError as exc:  # not stored this time; the answer still goes out
                 log.warning("truecost: cache store skipped: %s", type(exc).__name__)
                 self.metrics.inc("truecost_cache_errors_total", op="store")

@@ -21,6 +21,7 @@ STEP_KINDS = (
     "egress",
     "cache_lookup",
     "cache_write",
+    "cache_judge",  # an LLM judge the semantic cache asked after a miss (gateway: truecost.gateway.cache_judge)
     "reserved_capacity",
     "other",
 )
