@@ -15,8 +15,11 @@ is stored. What the policy may learn from is the feedback mode:
   lookup time and judges the fresh request after a miss. The intent is never seen.
 * ``none``: no feedback at all: the ``verifier-only`` policy hits on the verifier's
   probability under the expected-error budget. The intent is never seen.
-* ``judge``: an LLM judge; reported as not configured when none is given (no capable judge
-  runs offline here).
+* ``judge``: an LLM judge (``truecost.cache.judge``) asked after each miss about the nearest
+  class, shown the two requests only (the protocol's stored answers are placeholders), with the
+  query-pair verifier at lookup time; reported as not configured when none is given (no capable
+  judge runs offline here). ``openai_judge`` builds one over any OpenAI-compatible endpoint, and
+  ``judge_agreement`` measures it against the intents on balanced same/different pairs.
 
 Every check is counted. The fixed-threshold baseline is swept with hindsight on the same
 embeddings: the best hit rate whose false-hit rate stays within the target.
@@ -38,7 +41,8 @@ from truecost.cache.index import ExactIndex, HNSWIndex
 from truecost.cache.policy import make_policy
 from truecost.cache.query_verifier import QueryPairVerifier
 from truecost.cache.semantic import SemanticCache
-from truecost.cache.verifier import NormalisedMatch
+from truecost.cache.judge import LLMJudge
+from truecost.cache.verifier import Budgeted, NormalisedMatch, PairView
 
 FEEDBACK_MODES = ("verifier", "label", "none", "judge")
 JUDGE_NOT_CONFIGURED = (
@@ -211,3 +215,76 @@ def embed_all(embedder, queries: list[Query], progress: Callable[[int], None] | 
         if progress:
             progress(min(start + 256, len(queries)))
     return vectors
+
+
+class RequestsOnly:
+    """The judge shown the two requests only: the protocol's stored answers ("[answer #12]") mean nothing."""
+
+    def __init__(self, judge) -> None:
+        self.judge, self.name, self.capabilities = judge, judge.name, judge.capabilities
+
+    def verify(self, pairs):
+        return self.judge.verify([PairView(p.query, p.other, p.vector, p.other_vector) for p in pairs])
+
+
+def openai_judge(
+    base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0, max_calls: int | None = None
+) -> Budgeted:
+    """An ``LLMJudge`` over an OpenAI-compatible ``/chat/completions`` endpoint (one word out, temperature 0),
+    at most ``max_calls`` calls (within the run: a requests-per-hour budget) and shown requests only."""
+    import httpx
+
+    client = httpx.Client(
+        base_url=base_url.rstrip("/"),
+        timeout=timeout,
+        headers={"authorization": f"Bearer {api_key}"} if api_key else {},
+    )
+
+    def complete(messages: list[dict]):
+        resp = client.post(
+            "/chat/completions", json={"model": model, "messages": messages, "max_tokens": 4, "temperature": 0}
+        )
+        resp.raise_for_status()
+        body = resp.json()
+        return body["choices"][0]["message"]["content"] or "", body.get("usage"), body.get("model")
+
+    judge = LLMJudge(complete, name=f"judge:{model}")
+    return Budgeted(RequestsOnly(judge), requests_per_hour=max_calls)
+
+
+def judge_agreement(queries: list[Query], judge: LLMJudge, pairs: int = 100, seed: int = 0) -> dict:
+    """The judge's verdicts on ``pairs`` request pairs, half of one intent, half of two (never ``oos``), against
+    the intents: accuracy over the pairs it answered, and how many it abstained on."""
+    rng = random.Random(seed)
+    by_intent: dict[str, list[str]] = {}
+    for q in queries:
+        if q.intent != "oos":
+            by_intent.setdefault(q.intent, []).append(q.text)
+    several = [i for i, texts in by_intent.items() if len(set(texts)) > 1]
+    if not several or len(by_intent) < 2:
+        raise ValueError("judge_agreement needs two intents, one of them with two different texts")
+    sample = []
+    for k in range(pairs):
+        if k % 2 == 0:
+            a, b = rng.sample(sorted(set(by_intent[rng.choice(several)])), 2)
+            sample.append((a, b, True))
+        else:
+            i, j = rng.sample(sorted(by_intent), 2)
+            sample.append((rng.choice(by_intent[i]), rng.choice(by_intent[j]), False))
+    counts = {"same": {"yes": 0, "no": 0, "abstained": 0}, "different": {"yes": 0, "no": 0, "abstained": 0}}
+    t0 = time.perf_counter()
+    for a, b, same in sample:
+        v = judge.verify([PairView(a, b)])[0]
+        verdict = "abstained" if v is None else "yes" if v.same else "no"
+        counts["same" if same else "different"][verdict] += 1
+    right = counts["same"]["yes"] + counts["different"]["no"]
+    answered = right + counts["same"]["no"] + counts["different"]["yes"]
+    return {
+        "pairs": len(sample),
+        "by_truth": counts,
+        "answered": answered,
+        "accuracy_answered": right / answered if answered else None,
+        "precision_yes": counts["same"]["yes"] / max(1, counts["same"]["yes"] + counts["different"]["yes"]),
+        "recall_yes": counts["same"]["yes"] / max(1, sum(counts["same"].values())),
+        "seconds_per_call": (time.perf_counter() - t0) / max(1, len(sample)),
+    }

@@ -7,6 +7,7 @@ The protocol lives in the repository's bench/ folder (``truecost_bench.cache``),
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import click
@@ -48,7 +49,22 @@ def _modes(value: str) -> list[str]:
     show_default=True,
     help="what the policy learns from: verifier (the shipped query-pair verifier; never the intent) | "
     "label (answers are the intent's canonical text: the label in disguise) | none (no feedback: "
-    "the verifier's opinion alone) | judge (an LLM judge; not configured offline)",
+    "the verifier's opinion alone) | judge (an LLM judge: not configured unless --judge-url and --judge-model)",
+)
+@click.option(
+    "--judge-url", default=None, help="OpenAI-compatible base URL of an LLM judge (e.g. http://127.0.0.1:8080/v1)"
+)
+@click.option("--judge-model", default=None, help="the judge's model name at that URL")
+@click.option("--judge-api-key-env", default=None, help="environment variable holding the judge's API key")
+@click.option(
+    "--judge-max-calls", type=int, default=500, show_default=True, help="judge calls per feedback row at most"
+)
+@click.option(
+    "--judge-pairs",
+    type=int,
+    default=100,
+    show_default=True,
+    help="also measure the judge on this many balanced same/different-intent pairs (0: skip)",
 )
 @click.option("--embedder", "embedder_name", default="minilm", show_default=True, help="minilm | static")
 @click.option("--index", "index_name", default="exact", show_default=True, help="exact | hnsw")
@@ -61,7 +77,21 @@ def _modes(value: str) -> list[str]:
 )
 @click.option("--json", "as_json", is_flag=True)
 def bench_cache(
-    data, limit, seed, target_error, feedback, embedder_name, index_name, peers, compare_embedders, as_json
+    data,
+    limit,
+    seed,
+    target_error,
+    feedback,
+    judge_url,
+    judge_model,
+    judge_api_key_env,
+    judge_max_calls,
+    judge_pairs,
+    embedder_name,
+    index_name,
+    peers,
+    compare_embedders,
+    as_json,
 ) -> None:
     """Hit rate and false-hit rate per feedback mode, against a hindsight-tuned fixed threshold and GPTCache."""
     from truecost.cache.embedders import EMBEDDERS, make_embedder
@@ -69,6 +99,12 @@ def bench_cache(
 
     protocol = load_bench_module("cache")
     modes = _modes(feedback)
+    if bool(judge_url) != bool(judge_model):
+        raise click.UsageError("--judge-url and --judge-model go together")
+    judge = None
+    if judge_url:
+        key = os.environ.get(judge_api_key_env) if judge_api_key_env else None
+        judge = lambda: protocol.openai_judge(judge_url, judge_model, key, max_calls=judge_max_calls)  # noqa: E731
     console = Console(stderr=True)
     try:
         queries = protocol.load_intent_file(data, limit, seed)
@@ -78,12 +114,11 @@ def bench_cache(
         raise click.ClickException(str(exc)) from None
     others = [n for n in EMBEDDERS if n != embedder_name] if compare_embedders else []
     started = time.perf_counter()
-    rows = [_run_embedder(protocol, queries, embedders[0], modes, target_error, seed, index_name, console)]
+    run = (modes, target_error, seed, index_name, console, judge)
+    rows = [_run_embedder(protocol, queries, embedders[0], *run)]
     for name in others:
         try:
-            rows.append(
-                _run_embedder(protocol, queries, make_embedder(name), modes, target_error, seed, index_name, console)
-            )
+            rows.append(_run_embedder(protocol, queries, make_embedder(name), *run))
         except TruecostError as exc:  # e.g. a distilled table not built on this machine
             rows.append({"embedder": name, "error": str(exc)})
     first = rows[0]
@@ -119,6 +154,13 @@ def bench_cache(
         r["baseline_fixed_hindsight"] = {
             k: r["baseline_fixed_hindsight"][k] for k in ("threshold", "hit_rate", "false_hit_rate")
         }
+    if judge is not None and judge_pairs > 0:
+        with console.status(f"asking the judge about {judge_pairs} same/different-intent pairs..."):
+            result["judge_agreement"] = {
+                "url": judge_url,
+                "model": judge_model,
+                **protocol.judge_agreement(queries, judge().inner.judge, judge_pairs, seed),
+            }
     if peers:
         result["peers"] = _peers(protocol, queries, first["vectors"], first["baseline_fixed_hindsight"], console)
     result["seconds"] = round(time.perf_counter() - started, 1)
@@ -128,13 +170,14 @@ def bench_cache(
         _print(result)
 
 
-def _run_embedder(protocol, queries, embedder, modes, target_error, seed, index_name, console) -> dict:
+def _run_embedder(protocol, queries, embedder, modes, target_error, seed, index_name, console, judge=None) -> dict:
     memo = protocol.MemoEmbedder(embedder)
     out: dict = {"embedder": embedder.model_id, "feedback": []}
     with progress_bar(console) as prog:
         for mode in modes:
             task = prog.add_task(f"{embedder.model_id}: feedback {mode}", total=len(queries))
             reused = bool(memo.memo)
+            asked = judge() if judge is not None and mode == "judge" else None
             try:
                 row = protocol.run_mode(
                     queries,
@@ -143,11 +186,14 @@ def _run_embedder(protocol, queries, embedder, modes, target_error, seed, index_
                     target_error,
                     seed,
                     index_name,
+                    judge=asked,
                     progress=lambda k, t=task: prog.update(t, completed=k),
                 )
             except (LookupError, TruecostError) as exc:  # no judge; no verifier head for this embedder
                 out["feedback"].append({"feedback": mode, "status": str(exc)})
                 continue
+            if asked is not None:  # what the judge answered: a judge that never answers is visible here
+                row["judge_calls"] = {**asked.inner.judge.stats, "refused_by_budget": asked.refused}
             if reused:  # vectors memoised by the first run: no embedding in these timings
                 row["lookup_ms_note"] = "vectors reused from the first mode: excludes embedding"
             out["feedback"].append(row)

@@ -75,3 +75,50 @@ def test_hindsight_baseline_picks_the_best_threshold_within_the_error_target():
     # at 0.5, "b" would hit "a" (a false hit); at 0.9 only "a2" hits "a"; at 0.99 nothing hits
     assert [c["hit_rate"] for c in out["curve"]] == [0.5, 0.25, 0.0]
     assert out["best"]["threshold"] == 0.9 and out["best"]["false_hit_rate"] == 0.0
+
+
+def test_bench_cache_measures_a_judge_when_one_is_given(tmp_path):
+    import re
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from tests.support.mock_upstream import ServerThread
+
+    asked = []
+
+    async def chat(request: Request) -> JSONResponse:  # yes when both quoted requests name the same verb
+        body = await request.json()
+        quoted = re.findall(r'(?:Request A|Request B): ("(?:[^"\\]|\\.)*")', body["messages"][-1]["content"])
+        verbs = [next(v for v in ("activate", "cancel") if v in json.loads(q)) for q in quoted]
+        asked.append(body["model"])
+        reply = "Yes" if len(verbs) == 2 and verbs[0] == verbs[1] else "No"
+        return JSONResponse({"choices": [{"message": {"role": "assistant", "content": reply}}], "usage": {}})
+
+    data = tmp_path / "ok.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"text": f"{p}how do I {v} my card {i % 15}", "intent": v}) + "\n"
+            for i in range(30)
+            for v in ("activate", "cancel")
+            for p in ("", "please, ")
+        )
+    )
+    args = ["bench", "cache", "--data", str(data), "--embedder", "static", "--no-peers", "--no-compare-embedders"]
+    r = CliRunner().invoke(cli, [*args, "--feedback", "judge", "--judge-url", "http://127.0.0.1:9/v1"])
+    assert r.exit_code == 2 and "go together" in r.output
+    with ServerThread(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])) as judge:
+        flags = ["--judge-url", judge.url + "/v1", "--judge-model", "rule-judge", "--judge-pairs", "20"]
+        r = CliRunner().invoke(cli, [*args, "--feedback", "judge", *flags, "--judge-max-calls", "7", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    row = d["feedback"][0]
+    assert row["feedback"] == "judge" and "hit_rate" in row and row["verifiers"][0] == "budgeted(judge:rule-judge)"
+    assert row["judge_calls"]["yes"] + row["judge_calls"]["no"] == 7 and row["judge_calls"]["refused_by_budget"] > 0
+    assert row["verifier_reliability"]["budgeted(judge:rule-judge)"]["pairs"] == 0  # the most trusted: the reference
+    agreement = d["judge_agreement"]
+    assert agreement["pairs"] == 20 and agreement["answered"] == 20 and agreement["accuracy_answered"] == 1.0
+    assert agreement["by_truth"]["same"]["yes"] == 10 and agreement["by_truth"]["different"]["no"] == 10
+    assert len(asked) == 7 + 20 and set(asked) == {"rule-judge"}
