@@ -101,10 +101,7 @@ def bench_cache(
     modes = _modes(feedback)
     if bool(judge_url) != bool(judge_model):
         raise click.UsageError("--judge-url and --judge-model go together")
-    judge = None
-    if judge_url:
-        key = os.environ.get(judge_api_key_env) if judge_api_key_env else None
-        judge = lambda: protocol.openai_judge(judge_url, judge_model, key, max_calls=judge_max_calls)  # noqa: E731
+    judge = _judge_factory(protocol, judge_url, judge_model, judge_api_key_env, judge_max_calls)
     console = Console(stderr=True)
     try:
         queries = protocol.load_intent_file(data, limit, seed)
@@ -121,6 +118,26 @@ def bench_cache(
             rows.append(_run_embedder(protocol, queries, make_embedder(name), *run))
         except TruecostError as exc:  # e.g. a distilled table not built on this machine
             rows.append({"embedder": name, "error": str(exc)})
+    result = _result(data, seed, target_error, queries, rows)
+    first = rows[0]
+    if judge is not None and judge_pairs > 0:
+        with console.status(f"asking the judge about {judge_pairs} same/different-intent pairs..."):
+            result["judge_agreement"] = {
+                "url": judge_url,
+                "model": judge_model,
+                **protocol.judge_agreement(queries, judge().inner.judge, judge_pairs, seed),
+            }
+    if peers:
+        result["peers"] = _peers(protocol, queries, first["vectors"], first["baseline_fixed_hindsight"], console)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        _print(result)
+
+
+def _result(data, seed, target_error, queries, rows) -> dict:
+    """The JSON of a run: the chosen embedder's rows first, the others' without their vectors."""
     first = rows[0]
     primary: dict = next((r for r in first["feedback"] if "hit_rate" in r), {})
     result = {
@@ -154,20 +171,15 @@ def bench_cache(
         r["baseline_fixed_hindsight"] = {
             k: r["baseline_fixed_hindsight"][k] for k in ("threshold", "hit_rate", "false_hit_rate")
         }
-    if judge is not None and judge_pairs > 0:
-        with console.status(f"asking the judge about {judge_pairs} same/different-intent pairs..."):
-            result["judge_agreement"] = {
-                "url": judge_url,
-                "model": judge_model,
-                **protocol.judge_agreement(queries, judge().inner.judge, judge_pairs, seed),
-            }
-    if peers:
-        result["peers"] = _peers(protocol, queries, first["vectors"], first["baseline_fixed_hindsight"], console)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    else:
-        _print(result)
+    return result
+
+
+def _judge_factory(protocol, url, model, key_env, max_calls):
+    """A new budgeted judge per feedback row (None without --judge-url)."""
+    if not url:
+        return None
+    key = os.environ.get(key_env) if key_env else None
+    return lambda: protocol.openai_judge(url, model, key, max_calls=max_calls)
 
 
 def _run_embedder(protocol, queries, embedder, modes, target_error, seed, index_name, console, judge=None) -> dict:
