@@ -129,7 +129,7 @@ def gateway(tmp_path, upstreams):
     intents, judge_server = upstreams
     started = []
 
-    def make(mode="rule", equivalence="normalised+judge", **judge):
+    def make(mode="rule", equivalence="normalised+judge", budgets=(), **judge):
         judge_server.server.config.app.state.judge.update(calls=0, mode=mode)
         judge_conf = {"upstream": "judges", "model": "gpt-5-nano", "requests_per_hour": 1000, "timeout": 1, **judge}
         config = parse_config(
@@ -145,6 +145,7 @@ def gateway(tmp_path, upstreams):
                     "judge": {"candidates": [{"upstream": "judges", "model": judge_conf["model"]}]},
                 },
                 "keys": [{"name": "a", "key_sha256": hash_key(KEY), "tenant": "acme", "cost_center": "cc-judge"}],
+                "budgets": list(budgets),
                 "cache": {
                     "enabled": True,
                     "embedder": "static-tuned",
@@ -240,3 +241,33 @@ def test_an_unpriced_judge_budgeted_by_requests_alone_records_an_unknown_cost_ne
     events = gw.judge_events()
     assert gw.judge_state["calls"] == 3 and len(events) == 3
     assert all(e.cost is None and e.details.get("unknown_reason") for e in events)
+
+
+def test_a_hard_budget_holds_the_judge_call_a_miss_may_make(gateway):
+    """Admission holds the most one judge call may cost on top of the request's own estimate: the judge's
+    calls are the request's steps, so without that a request admitted with a little headroom left could
+    pass a hard limit by its judge call (an expensive judge here: o1-pro)."""
+
+    def budget(limit):
+        return {"cost_center": "cc-judge", "period": "day", "limit_usd": str(limit), "hard": True}
+
+    tight = gateway(model="o1-pro", budgets=[budget("0.5")])
+    reserve = tight.app.state.pipeline.judge_reserve
+    assert Decimal("0.5") < reserve < Decimal("2")  # ~6,100 prompt tokens at $150/M: the worst a call can cost
+    r = tight.chat("how long does a refund take", "b-0")  # its own estimate (~$0.004) fits; with the judge's, not
+    assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded", r.text
+    assert tight.judge_state["calls"] == 0
+    limit = reserve + Decimal("0.3")
+    gw = gateway(model="o1-pro", budgets=[budget(limit)])
+    rng, codes = random.Random(3), []
+    for i in range(200):
+        r = gw.chat(rng.choice(PRE) + rng.choice(INTENTS[rng.choice(list(INTENTS))]) + rng.choice(SUF), f"b-{i}")
+        codes.append(r.status_code)
+        if r.status_code != 200:
+            assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded", r.text
+            break
+    judged = gw.judge_events()
+    assert codes[-1] == 429 and len(judged) >= 5 and max(e.cost for e in judged) < reserve
+    gw.app.state.writer.flush()
+    spent = sum(e.cost for e in gw.app.state.store.query(LedgerFilter()) if e.cost is not None)
+    assert spent <= limit, spent

@@ -33,6 +33,7 @@ from truecost.gateway.routes import GatewayRoutes, digest_matches
 from truecost.ledger import BatchWriter
 from truecost.pricing.catalog import PriceCatalog
 from truecost.tracking.tracker import Tracker
+from truecost.types import ZERO
 
 __all__ = ["build", "create_app", "GatewayDashboardAuth"]
 
@@ -101,7 +102,16 @@ def build(config: GatewayConfig) -> Starlette:
     metrics = Metrics()
     judge = build_judge(config, upstreams, tracker, metrics)  # the cache's LLM judge calls a configured upstream
     cache = build_cache(config, {"judge": judge} if judge is not None else None)
-    pipeline = Pipeline(config, tracker, upstreams, metrics, cache, budgets=budgets, limiter=RateLimiter())
+    pipeline = Pipeline(
+        config,
+        tracker,
+        upstreams,
+        metrics,
+        cache,
+        budgets=budgets,
+        limiter=RateLimiter(),
+        judge_reserve=judge.reserve if judge is not None else ZERO,
+    )
 
     async def close_all() -> None:
         for u in upstreams.values():

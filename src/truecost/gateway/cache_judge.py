@@ -86,6 +86,15 @@ class GatewayJudge:
         version, reason, _p, _s = self.tracker.price_version(self.cand.model, None, self.tracker.clock.now())
         return price_tokens(version, tokens, unknown_reason=reason).cost
 
+    def reserve(self) -> Decimal:
+        """The most one call may cost: every quoted text at its cut, each character escaped (6 characters).
+
+        Admission holds it on top of a cacheable request's own estimate, since that request's miss may ask the
+        judge, so a hard budget is not passed by a judge call (0 when the model has no price: see build_judge).
+        """
+        worst = "\x01" * self.judge.max_chars
+        return self.estimate(PairView(worst, worst, other_answer=worst)) or Decimal(0)
+
     def unpriced_reason(self) -> str | None:
         """Why the judge's calls cannot be priced (None when its model has a price)."""
         version, reason, _p, _s = self.tracker.price_version(self.cand.model, None, self.tracker.clock.now())
@@ -98,7 +107,7 @@ class GatewayJudge:
             dollars_per_day=self.conf.dollars_per_day,
             cost_per_call=self.estimate,
         )
-        return CountedBudget(budgeted, self.metrics)
+        return CountedBudget(budgeted, self.metrics, self.reserve())
 
     # -- one call, from the cache's worker thread --------------------------------------------------------
     def __call__(self, messages: list[dict]) -> tuple[str, Any, str]:
@@ -157,9 +166,10 @@ def _text(body: Any) -> str:
 class CountedBudget:
     """The budgeted judge as the panel sees it, counting the calls its budget refused in the metrics."""
 
-    def __init__(self, inner: Budgeted, metrics: Metrics) -> None:
+    def __init__(self, inner: Budgeted, metrics: Metrics, reserve: Decimal = Decimal(0)) -> None:
         self.inner, self.metrics = inner, metrics
         self.name, self.capabilities = inner.name, inner.capabilities
+        self.reserve = reserve  # the most one call may cost, held at admission (GatewayJudge.reserve)
 
     def verify(self, pairs: Sequence[PairView]) -> list[Verdict | None]:
         refused, unpriced = self.inner.refused, self.inner.refused_unpriced

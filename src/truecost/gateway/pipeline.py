@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import time
+from decimal import Decimal
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from truecost.cache.verifier import answer_text
@@ -66,8 +67,10 @@ class Pipeline:
         cache: Any = None,
         budgets: BudgetGuard | None = None,
         limiter: RateLimiter | None = None,
+        judge_reserve: Decimal = ZERO,
     ) -> None:
         self.config, self.tracker, self.upstreams, self.cache = config, tracker, upstreams, cache
+        self.judge_reserve = judge_reserve  # held at admission for the cache judge a miss may ask (cache_judge.py)
         self.metrics = metrics or Metrics()
         self.budgets: BudgetGuard = budgets if budgets is not None else LocalBudgetGuard(config.budgets)
         self.limiter = limiter
@@ -164,6 +167,8 @@ class Pipeline:
             if (self.config.budgets or limited)
             else Estimate(ZERO, 0)
         )
+        if self.judge_reserve and self.config.budgets and output_tokens is None:  # a miss may ask the judge
+            est = Estimate(est.cost + self.judge_reserve, est.tokens, est.unpriced)
         if limiter is not None:
             self._rate_limit(limiter, key, est.tokens)
         admission = Admission(estimate=est.cost, tokens=est.tokens, key_name=key.name if limited else None)
