@@ -221,6 +221,9 @@ def test_a_failing_judge_abstains_the_client_never_sees_it_and_its_words_are_kep
             assert e.cost == _catalog_cost("gpt-5-nano", JUDGE_USAGE)
         else:
             assert e.cost is None and e.outcome == "error" and outcome in e.details["unknown_reason"]
+        # a timed-out call may be billed: its budget is charged what admission held for it; an error is not
+        held = gw.app.state.pipeline.judge_reserve
+        assert e.details.get("budget_charge_usd") == (str(held) if outcome == "timeout" else None)
     assert SECRET not in json.dumps([e.details for e in events]) and SECRET not in caplog.text
     assert gw.judge_state_of_panel()["pairs"] == 0  # an abstention is no evidence
     if mode == "slow":  # four timeouts of one second each, not four of the judge upstream's three

@@ -141,6 +141,8 @@ class GatewayJudge:
             ex.unknown(step, cand.model, f"cache judge call failed ({outcome}: {type(exc).__name__})", billable=False)
             step.outcome = "error"
             step.annotate(judge_outcome=outcome, may_be_billed=timed_out)
+            if timed_out:  # the provider may bill it: the budget is charged what admission held for it
+                step.annotate(budget_charge_usd=str(self.reserve()))
             ex.finish(step)
             self.metrics.inc(METRIC, outcome=outcome)
             raise JudgeUnavailable(outcome) from None
