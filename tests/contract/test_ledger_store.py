@@ -336,3 +336,23 @@ def test_postgres_migrations_are_named_and_applied_once(postgres_server):
     assert s2.migrations() == ["001_cost_events", "002_indexes", "003_source"]
     assert s2.aggregate([])[0].events == 1
     s2.close()
+
+
+def test_request_stats_and_requests_by_agree_with_the_reference_answer(store):
+    """Every store answers the two overview questions itself (declared in the LedgerStore protocol, never
+    probed), and agrees with the answer computed from ``aggregate`` alone."""
+    from truecost.ledger.store import request_stats_of, requests_by_of
+
+    store.append(_random_events(600, seed=5))
+    flt = LedgerFilter(attribution=(("tenant", "t1"),))
+    for f in (LedgerFilter(), flt):
+        top, unknown = store.request_stats(f, 7)
+        ref_top, ref_unknown = request_stats_of(store, f, 7)
+        assert unknown == ref_unknown > 0
+        assert [(r.keys, r.cost, r.events, r.unknown) for r in top] == [
+            (r.keys, r.cost, r.events, r.unknown) for r in ref_top
+        ]
+        head, per = store.requests_by("source", ["gateway", "sdk", "otlp", "absent"], f)
+        ref_head, ref_per = requests_by_of(store, "source", ["gateway", "sdk", "otlp", "absent"], f)
+        assert (head.cost, head.request_count) == (ref_head.cost, ref_head.request_count) and per == ref_per
+        assert per["absent"] == 0 and 0 < per["sdk"] <= head.request_count

@@ -100,6 +100,16 @@ class LedgerStore(Protocol):
         """Sums of cost and avoided cost, with event and unknown-price counts, and (unless
         ``count_requests`` is False, which is cheaper on large ledgers) distinct request counts."""
 
+    def request_stats(self, filter: LedgerFilter = LedgerFilter(), top: int = 10) -> tuple[list[AggregateRow], int]:
+        """The ``top`` most expensive requests (keys: request id, its sorted sources) and the number of
+        requests with an unknown price (``request_stats_of`` is the reference answer)."""
+
+    def requests_by(
+        self, field: str, values: Sequence[Any], filter: LedgerFilter = LedgerFilter()
+    ) -> tuple[AggregateRow, dict[Any, int]]:
+        """Totals with the distinct request count, and the distinct requests under each of ``values`` of
+        ``field`` (a request under two values counts under both); ``requests_by_of`` is the reference."""
+
     def close(self) -> None: ...
 
 
@@ -159,8 +169,44 @@ class MemoryLedgerStore:
     ) -> list[AggregateRow]:
         return aggregate_events(self.query(filter), group_by, count_requests)
 
+    def request_stats(self, filter: LedgerFilter = LedgerFilter(), top: int = 10) -> tuple[list[AggregateRow], int]:
+        return request_stats_of(self, filter, top)
+
+    def requests_by(
+        self, field: str, values: Sequence[Any], filter: LedgerFilter = LedgerFilter()
+    ) -> tuple[AggregateRow, dict[Any, int]]:
+        return requests_by_of(self, field, values, filter)
+
     def close(self) -> None:
         pass
+
+
+def request_stats_of(store: LedgerStore, flt: LedgerFilter, top: int) -> tuple[list[AggregateRow], int]:
+    """``LedgerStore.request_stats`` from ``aggregate`` alone: any store's answer, for stores without a faster one."""
+    per_request: dict[str, AggregateRow] = {}
+    for r in store.aggregate(["request_id", "source"], flt, count_requests=False):
+        if r.keys[0] is None:
+            continue
+        acc = per_request.setdefault(r.keys[0], AggregateRow(keys=(r.keys[0], ()), request_count=1))
+        acc.keys = (r.keys[0], tuple(sorted((*acc.keys[1], r.keys[1]))))
+        acc.cost += r.cost
+        acc.avoided_cost += r.avoided_cost
+        acc.events += r.events
+        acc.unknown += r.unknown
+    rows = per_request.values()
+    return sorted(rows, key=lambda r: -r.cost)[:top], sum(1 for r in rows if r.unknown)
+
+
+def requests_by_of(
+    store: LedgerStore, field: str, values: Sequence[Any], flt: LedgerFilter
+) -> tuple[AggregateRow, dict[Any, int]]:
+    """``LedgerStore.requests_by`` from ``aggregate`` alone (two scans)."""
+    rows = store.aggregate([], flt)
+    head = rows[0] if rows else AggregateRow(keys=(), request_count=0)
+    if not values:
+        return head, {}
+    per = {r.keys[0]: r.request_count or 0 for r in store.aggregate([field], flt)}
+    return head, {v: per.get(v, 0) for v in values}
 
 
 def rollup(rows: Sequence[AggregateRow], group_by: Sequence[str], keep: Sequence[str]) -> list[AggregateRow]:
