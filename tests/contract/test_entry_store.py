@@ -33,6 +33,14 @@ def entry(i, **kw):
     )
 
 
+def test_a_store_declares_whether_replicas_share_it(store, request):
+    """Declared, never probed: the shared stores (PostgreSQL, Redis) say so and carry the shared methods; the
+    per-process ones (memory, SQLite) say not, and the cache never asks them for another replica's state."""
+    assert store.shared is (request.node.callspec.params["store"] in ("postgres", "redis"))
+    if store.shared:
+        assert all(callable(getattr(store, m)) for m in ("get_meta", "set_meta", "ids_for_docs"))
+
+
 def test_put_get_roundtrip(store):
     e = entry(1, doc_ids=("kb-1", "kb-2"), kb_version="v3", usage={"prompt_tokens": 5}, class_id=7, expires_at=99.0)
     store.put(e)

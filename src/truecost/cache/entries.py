@@ -38,6 +38,9 @@ class CacheEntry:
 
 @runtime_checkable
 class EntryStore(Protocol):
+    # declared, never probed: a shared store (several replicas use one) is also a SharedEntryStore
+    shared: bool
+
     def get(self, entry_id: int) -> CacheEntry | None: ...
 
     def put(self, entry: CacheEntry) -> None: ...
@@ -51,7 +54,20 @@ class EntryStore(Protocol):
         """Every stored entry (``SemanticCache.rebuild`` reads them after a restart)."""
 
 
+class SharedEntryStore(EntryStore, Protocol):
+    """An entry store several replicas share: settings every replica reads, and entries by document."""
+
+    def get_meta(self, key: str) -> str | None: ...
+
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    def ids_for_docs(self, doc_ids: Iterable[str]) -> list[int]:
+        """Every stored entry built from any of these documents, whichever replica stored it."""
+
+
 class MemoryEntryStore:
+    shared = False
+
     def __init__(self) -> None:
         self._d: dict[int, CacheEntry] = {}
         self._lock = threading.Lock()
@@ -83,6 +99,8 @@ class MemoryEntryStore:
 
 class SQLiteEntryStore:
     """Entries on disk (WAL); vectors kept as float32 bytes so an index can be rebuilt from here."""
+
+    shared = False  # one process's file
 
     def __init__(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -224,6 +224,8 @@ class PgVectorIndex(_PgBase):
 class PgEntryStore(_PgBase):
     """Cache entries in PostgreSQL; vectors kept so an index can be rebuilt from here."""
 
+    shared = True  # a SharedEntryStore: every replica on the same database, schema and prefix
+
     def __init__(self, uri: str, prefix: str = "truecost_cache", schema: str = "public") -> None:
         super().__init__(uri, prefix, schema)
         self._table = t = f"{prefix}_entries"

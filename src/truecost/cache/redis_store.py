@@ -160,6 +160,8 @@ class RedisVectorIndex:
 
 
 class RedisEntryStore:
+    shared = True  # a SharedEntryStore: every replica on the same url and prefix
+
     def __init__(self, url: str, prefix: str = "truecost") -> None:
         if not _PREFIX.match(prefix):
             raise CacheBackendError(f"invalid key prefix {prefix!r}")

@@ -39,11 +39,11 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, cast
 
 import numpy as np
 
-from truecost.cache.entries import CacheEntry, EntryStore
+from truecost.cache.entries import CacheEntry, EntryStore, SharedEntryStore
 from truecost.cache.index import VectorIndex
 from truecost.cache.panel import VerifierPanel, as_panel
 from truecost.cache.policy import Candidate, Decision, Policy
@@ -236,11 +236,10 @@ class SemanticCache(HitFeedback):
 
     def _refresh_kb_version(self, now: float) -> None:
         """Pick up a version another replica set (shared stores only; at most once a KB_VERSION_REFRESH_S)."""
-        get = getattr(self.entries, "get_meta", None)
-        if get is None or now - self._kb_checked < KB_VERSION_REFRESH_S:
+        if not self.entries.shared or now - self._kb_checked < KB_VERSION_REFRESH_S:
             return
         self._kb_checked = now
-        shared = get("kb_version")
+        shared = cast(SharedEntryStore, self.entries).get_meta("kb_version")
         if shared is not None:
             self.kb_version = shared
 
@@ -397,26 +396,25 @@ class SemanticCache(HitFeedback):
     def invalidate(self, doc_ids: Iterable[str]) -> int:
         """Drop every entry produced from any of these knowledge-base documents.
 
-        With a shared entry store (``ids_for_docs``), that includes entries other replicas stored.
+        With a shared entry store, that includes entries other replicas stored.
         """
         doc_ids = list(doc_ids)
         with self._lock:
             ids = set().union(*(self._by_doc.get(d, set()) for d in doc_ids)) if doc_ids else set()
-            shared = getattr(self.entries, "ids_for_docs", None)
-            if shared is not None and doc_ids:
-                ids |= set(shared(doc_ids))
+            if self.entries.shared and doc_ids:
+                ids |= set(cast(SharedEntryStore, self.entries).ids_for_docs(doc_ids))
             return self._drop(ids)
 
     def set_kb_version(self, version: str) -> int:
         """Switch the knowledge-base version: entries of other versions are dropped.
 
-        With a shared entry store (``set_meta``), every replica sees the new version within
+        With a shared entry store, every replica sees the new version within
         ``KB_VERSION_REFRESH_S`` and stops serving older entries from then on.
         """
         with self._lock:
             self.kb_version = version
-            if hasattr(self.entries, "set_meta"):
-                self.entries.set_meta("kb_version", version)
+            if self.entries.shared:
+                cast(SharedEntryStore, self.entries).set_meta("kb_version", version)
                 self._kb_checked = self.clock()
             stale = [
                 i
