@@ -226,13 +226,9 @@ class OTLPReceiver:
         return n
 
     def _emit(self, events: list) -> None:
-        for sink in self.tracker.sinks:
-            many = getattr(sink, "submit_many", None)
-            if many is not None:
-                many(events)
-            else:
-                for e in events:
-                    sink(e)
+        for sink in self.tracker.sinks:  # a sink is a callable of one event (BatchWriter's submit_many loops too)
+            for e in events:
+                sink(e)
 
     def stats(self) -> dict[str, Any]:
         self.settle_journal()
