@@ -118,7 +118,8 @@ class Admission:
     """What admission reserved for one request; released exactly once by ``Pipeline.settle``."""
 
     budget_keys: list = field(default_factory=list)
-    estimate: Decimal = ZERO
+    estimate: Decimal = ZERO  # the request's own calls: what an unknown billable cost of it is charged
+    reserve: Decimal = ZERO  # held beside it for the cache judge its miss may ask (charged only by a judge call)
     tokens: int = 0
     key_name: str | None = None
     settled: bool = False

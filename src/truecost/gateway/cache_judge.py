@@ -22,7 +22,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import logging
-import math
+import threading
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -31,6 +31,7 @@ from typing import Any, Iterator, Sequence
 from truecost.cache.judge import LLMJudge, parse_verdict
 from truecost.cache.verifier import Budgeted, PairView, Verdict
 from truecost.errors import UpstreamError
+from truecost.errors import ConfigError
 from truecost.gateway.config import Candidate, GatewayConfig, JudgeConfig
 from truecost.gateway.exchange import Exchange
 from truecost.gateway.metering import Meter
@@ -43,6 +44,7 @@ from truecost.upstream.errors import UpstreamTimeout
 
 log = logging.getLogger("truecost.gateway")
 METRIC = "truecost_cache_judge_calls_total"
+MAX_IN_FLIGHT = 2  # judge calls at once per replica; more are skipped (outcome "busy"), never queued
 
 
 @dataclass(frozen=True)
@@ -77,17 +79,27 @@ class GatewayJudge:
         self.conf, self.cand, self.upstream = conf, cand, upstream
         self.tracker, self.meter, self.metrics = tracker, meter, metrics
         self.judge = LLMJudge(self, p_yes=conf.p_yes, p_no=conf.p_no, name=f"judge:{cand.model}")
+        # calls in flight at once: each holds a worker of the default executor (lookups share it) for up to timeout
+        self._slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
 
     # -- the budget ----------------------------------------------------------------------------------
     def estimate(self, pair: PairView) -> Decimal | None:
-        """An upper estimate of one call's cost in USD (None: the model has no price in the catalog)."""
-        chars = sum(len(m["content"]) for m in self.judge.messages(pair))
-        tokens = TokenUsage(input=math.ceil(chars / 3) + 16, output=self.conf.max_tokens)
+        """An upper bound of one call's cost in USD (None: the model has no price in the catalog).
+
+        Input tokens are bounded by the prompt's UTF-8 bytes (no byte-level BPE or byte-fallback token is shorter
+        than a byte: characters / 3 is not a bound, control characters and emoji take several tokens each) plus
+        each message's template tokens; priced with the upstream's configured price attributes (a regional
+        uplift), as its calls are.
+        """
+        messages = self.judge.messages(pair)
+        size = sum(len(m["content"].encode("utf-8", "surrogatepass")) for m in messages)
+        tokens = TokenUsage(input=size + 16 * len(messages), output=self.conf.max_tokens)
         version, reason, _p, _s = self.tracker.price_version(self.cand.model, None, self.tracker.clock.now())
-        return price_tokens(version, tokens, unknown_reason=reason).cost
+        attributes = self.meter.price_attributes.get(self.cand.upstream)
+        return price_tokens(version, tokens, attributes=attributes, unknown_reason=reason).cost
 
     def reserve(self) -> Decimal:
-        """The most one call may cost: every quoted text at its cut, each character escaped (6 characters).
+        """The most one call may cost: every quoted text at its cut, each character escaped (6 bytes).
 
         Admission holds it on top of a cacheable request's own estimate, since that request's miss may ask the
         judge, so a hard budget is not passed by a judge call (0 when the model has no price: see build_judge).
@@ -115,13 +127,19 @@ class GatewayJudge:
         if bound is None or bound.ex.admission.settled:
             self.metrics.inc(METRIC, outcome="unbound")
             raise JudgeUnavailable("no request to charge the call to")
-        future = asyncio.run_coroutine_threadsafe(self._call(bound.ex, messages), bound.loop)
+        if not self._slots.acquire(blocking=False):  # busy: skip it rather than stall the cache's other work
+            self.metrics.inc(METRIC, outcome="busy")
+            raise JudgeUnavailable("busy")
         try:
-            return future.result(timeout=self.conf.timeout + 5)
-        except concurrent.futures.TimeoutError:  # the loop did not run it in time: give up, it is cancelled there
-            future.cancel()
-            self.metrics.inc(METRIC, outcome="timeout")
-            raise JudgeUnavailable("timed out") from None
+            future = asyncio.run_coroutine_threadsafe(self._call(bound.ex, messages), bound.loop)
+            try:
+                return future.result(timeout=self.conf.timeout + 5)
+            except concurrent.futures.TimeoutError:  # the loop did not run it in time: give up, cancelled there
+                future.cancel()
+                self.metrics.inc(METRIC, outcome="timeout")
+                raise JudgeUnavailable("timed out") from None
+        finally:
+            self._slots.release()
 
     async def _call(self, ex: Exchange, messages: list[dict]) -> tuple[str, Any, str]:
         if ex.admission.settled:  # the request ended while the call waited: nothing is added after settle
@@ -196,6 +214,13 @@ def build_judge(
     prices = {n: dict(u.price_attributes) for n, u in config.upstreams.items()}
     judge = GatewayJudge(conf, cand, upstreams[conf.upstream], tracker, Meter(tracker, metrics, prices), metrics)
     reason = judge.unpriced_reason()
+    refusing = [b for b in config.budgets if b.hard and b.unpriced == "refuse"]
+    if reason is not None and refusing:  # its calls would be a request's unpriced spend that budget never sees
+        raise ConfigError(
+            f"cache.judge: model {conf.model!r} has no price ({reason}) and a hard budget refuses unpriced models "
+            f"({refusing[0].field}={refusing[0].value}): price the model (a user price file) or set that "
+            "budget's unpriced: allow"
+        )
     if reason is not None and conf.dollars_per_day is not None:
         log.warning(
             "truecost: cache judge %r has no price (%s) and a dollar budget is set: it will never be called "

@@ -61,8 +61,9 @@ class Exchange:
     def unknown(self, step: StepScope, model: str, reason: str, billable: bool = True) -> None:
         """A cost we cannot know; if the provider may bill it, the budget is charged the admission estimate."""
         step.cost(None, service=model, reason=reason)
-        if billable:
-            step.annotate(budget_charge_usd=str(self.admission.estimate))
+        if billable:  # a cache judge's call was held apart from the request's own (Admission.reserve)
+            held = self.admission.reserve if step.kind == "cache_judge" else self.admission.estimate
+            step.annotate(budget_charge_usd=str(held))
 
     def budget_actual(self) -> Decimal:
         """What the request's budgets are charged: the known costs, plus the estimate of each unknown cost

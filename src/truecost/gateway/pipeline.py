@@ -167,14 +167,16 @@ class Pipeline:
             if (self.config.budgets or limited)
             else Estimate(ZERO, 0)
         )
-        if self.judge_reserve and self.config.budgets and output_tokens is None:  # a miss may ask the judge
-            est = Estimate(est.cost + self.judge_reserve, est.tokens, est.unpriced)
+        reserve = self.judge_reserve if self.config.budgets and self._may_judge(body, headers, output_tokens) else ZERO
         if limiter is not None:
             self._rate_limit(limiter, key, est.tokens)
-        admission = Admission(estimate=est.cost, tokens=est.tokens, key_name=key.name if limited else None)
+        admission = Admission(
+            estimate=est.cost, reserve=reserve, tokens=est.tokens, key_name=key.name if limited else None
+        )
         own = own_attribution(key)
         attributions = [attribution] if own is None or own is attribution else [own, attribution]
-        await self._admit_budgets(admission, attributions, est, attribution.cost_center)
+        held = Estimate(est.cost + reserve, est.tokens, est.unpriced)
+        await self._admit_budgets(admission, attributions, held, attribution.cost_center)
         client_id = headers.get("x-request-id")
         client_id = client_id if client_id and _CLIENT_ID.fullmatch(client_id) else None
         joins = client_id is not None and (key is None or "request_id" in key.allow_attribution_headers)
@@ -189,6 +191,17 @@ class Pipeline:
             else "anonymous"
         )
         return Exchange(body, key, headers, attribution, req, admission, scope, t0, None if joins else client_id)
+
+    def _may_judge(self, body: Mapping[str, Any], headers: Mapping[str, str], output_tokens: int | None) -> bool:
+        """Can this request's miss ask the cache judge? Only a chat answer the cache may store: not a stream, not
+        a request that skips the cache, not embeddings."""
+        return (
+            bool(self.judge_reserve)
+            and self.cache is not None
+            and output_tokens is None
+            and not body.get("stream")
+            and headers.get("x-truecost-cache", "").strip().lower() != "bypass"
+        )
 
     def check_rate(self, key: Any) -> None:
         """One request (no tokens) against the key's per-minute limits: what a cache feedback report costs it."""
@@ -250,7 +263,10 @@ class Pipeline:
             if ex.admission.budget_keys:  # only budgeted requests pay for the sums below
                 await self._budget_call(
                     functools.partial(
-                        self.budgets.settle, ex.admission.budget_keys, ex.admission.estimate, ex.budget_actual()
+                        self.budgets.settle,
+                        ex.admission.budget_keys,
+                        ex.admission.estimate + ex.admission.reserve,
+                        ex.budget_actual(),
                     )
                 )
         finally:
