@@ -226,7 +226,12 @@ class HostileUpstream:
             if model == "slow-headers":
                 await asyncio.sleep(self.slow_seconds)
             if ex.body.get("stream"):
-                await self._stream(ex, model, anthropic)
+                try:
+                    await self._stream(ex, model, anthropic)
+                except (ConnectionError, OSError):  # the client hung up before the stall began: a hang-up all the same
+                    if model == "stall":
+                        self.disconnects += 1
+                    raise
             elif model == "stall":
                 answer = json.dumps(self._answer(model, anthropic)).encode()
                 await ex.raw(
