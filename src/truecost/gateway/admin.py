@@ -148,10 +148,11 @@ class KeyAdmin:
         *,
         on_action: Callable[[str, str | None, str], Any] | None = None,
         known_models: Iterable[str] | None = None,
+        gate: _FailureGate | None = None,
     ) -> None:
         self.store, self.admin_digest, self.on_action = store, admin_digest, on_action
         self.models = None if known_models is None else tuple(known_models)
-        self.gate = _FailureGate()
+        self.gate = gate or _FailureGate()  # audit rows for refused admin keys, shared by every admin route
 
     def routes(self) -> list[Route]:
         return [
@@ -296,6 +297,7 @@ def admin_routes(
     *,
     on_action: Callable[[str, str | None, str], Any] | None = None,
     known_models: Iterable[str] | None = None,
+    gate: _FailureGate | None = None,
 ) -> list[Route]:
     """The /admin/keys and /admin/audit routes (see ``KeyAdmin``)."""
-    return KeyAdmin(store, admin_digest, on_action=on_action, known_models=known_models).routes()
+    return KeyAdmin(store, admin_digest, on_action=on_action, known_models=known_models, gate=gate).routes()

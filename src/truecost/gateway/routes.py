@@ -134,7 +134,7 @@ class GatewayRoutes:
         self.config, self.pipeline, self.keys, self.sessions = config, pipeline, keys, sessions
         self.authenticate = Authenticator(keys)
         self.feedback = FeedbackDesk(pipeline, keys.record_audit)
-        self.refused_invalidations = _FailureGate()  # audit rows for wrong admin keys: at most 30 a minute
+        self.refused_admin = _FailureGate()  # audit rows for wrong admin keys, every admin route: 30 a minute
 
     def routes(self) -> list[BaseRoute]:
         config = self.config
@@ -146,7 +146,13 @@ class GatewayRoutes:
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/v1/cache/feedback", self.cache_feedback, methods=["POST"]),
             Route("/admin/cache/invalidate", self.cache_invalidate, methods=["POST"]),
-            *admin_routes(self.keys, config.admin_key_sha256, on_action=self.on_admin, known_models=config.models),
+            *admin_routes(
+                self.keys,
+                config.admin_key_sha256,
+                on_action=self.on_admin,
+                known_models=config.models,
+                gate=self.refused_admin,
+            ),
             *otlp_routes(
                 self.pipeline.tracker,
                 config.otlp,
@@ -231,7 +237,7 @@ class GatewayRoutes:
             if self.config.admin_key_sha256 is None:
                 raise GatewayError(403, "the admin API is off: set admin_key_sha256 in the config", "permission_error")
             if not digest_matches(presented, self.config.admin_key_sha256):
-                skipped = self.refused_invalidations.admit()
+                skipped = self.refused_admin.admit()
                 if skipped is not None:  # a flood of wrong keys cannot bury the admin rows
                     details = {"rows_skipped_before": skipped} if skipped else None
                     self.keys.record_audit(
