@@ -1,7 +1,8 @@
 """Cache lookup at scale and hit rate per embedder, side by side in one run (issue #18 item 3).
 
-A. lookup at 100,000 entries, per embedder (MiniLM in NumPy, the static table distilled from
-   it, the static table tuned on Quora pairs): a SemanticCache (usearch HNSW, memory entries,
+A. lookup at 100,000 entries, per embedder (MiniLM on ONNX Runtime when the onnx extra is
+   installed, MiniLM in NumPy, the static table distilled from it, the static table tuned on
+   Quora pairs): a SemanticCache (usearch HNSW, memory entries,
    the online error-bounded policy at 1%, normalised answer match) filled with 100,000 entries,
    then held-out real questions looked up in turn, the embedders interleaved query by query
    so that machine load hits them alike: p50/p99 of the whole lookup (embed + search + decide)
@@ -31,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit  # noqa: E402
 
-from truecost.cache.embedders import make_embedder  # noqa: E402
+from truecost.cache.embedders import MiniLMEmbedder, make_embedder  # noqa: E402
 from truecost.cache.entries import MemoryEntryStore  # noqa: E402
 from truecost.cache.index import HNSWIndex  # noqa: E402
 from truecost.cache.policy import OnlineErrorBounded  # noqa: E402
@@ -39,7 +40,15 @@ from truecost.cache.semantic import SemanticCache  # noqa: E402
 from truecost.cache.verifier import NormalisedMatch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-EMBEDDERS = ("minilm", "static", "static-tuned")
+EMBEDDERS = ("minilm", "minilm-numpy", "static", "static-tuned")
+
+
+def make(name: str):
+    """The gateway's embedders by name, plus ``minilm-numpy``: MiniLM forced onto its NumPy pass (``minilm`` is
+    MiniLM on ONNX Runtime when the onnx extra is installed, the same vectors)."""
+    if name == "minilm-numpy":
+        return MiniLMEmbedder(backend="numpy")
+    return make_embedder(name)
 
 
 def questions(path: Path, n: int) -> tuple[list[str], dict[str, str]]:
@@ -107,9 +116,9 @@ class Given:
 
 
 def fill(name: str, texts: list[str], cluster: dict[str, str], n: int, rng) -> tuple[SemanticCache, dict]:
-    emb = make_embedder(name)
+    emb = make(name)
     t0 = time.perf_counter()
-    real = texts[:n] if name != "minilm" else texts[: min(10_000, n)]
+    real = texts[:n] if not name.startswith("minilm") else texts[: min(10_000, n)]
     base = np.vstack([emb.embed_batch(real[s : s + 512]) for s in range(0, len(real), 512)])
     vecs, keys, answers = base, list(real), [cluster[t] for t in real]
     if len(real) < n:  # MiniLM: jittered copies of the real vectors, each its own entry
@@ -134,6 +143,7 @@ def fill(name: str, texts: list[str], cluster: dict[str, str], n: int, rng) -> t
         "embed_s": round(embed_s, 1),
         "fill_s": round(time.perf_counter() - t0, 1),
         "embedder": emb.model_id,
+        "backend": getattr(emb, "backend", None),
         "dims": emb.dims,
     }
 
@@ -179,7 +189,7 @@ def part_b(files: list[str], names, limit: int, seed: int, modes: list[str]) -> 
         queries = load_intent_file(path, limit, seed)
         rows = {}
         for name in names:
-            emb = make_embedder(name)
+            emb = make(name)
             for mode in modes:
                 try:
                     r = run_mode(queries, emb, mode, 0.01, seed)

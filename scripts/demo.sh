@@ -4,9 +4,9 @@
 # on 2 cores, once); `scripts/demo.sh --no-local-model` skips it and uses the labelled replay upstream.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="embed,gateway,local"
+EXTRAS="embed,onnx,gateway,local"
 for arg in "$@"; do
-  if [ "$arg" = "--no-local-model" ]; then EXTRAS="embed,gateway"; fi
+  if [ "$arg" = "--no-local-model" ]; then EXTRAS="embed,onnx,gateway"; fi
 done
 if [[ "$EXTRAS" == *local* ]] && ! .venv/bin/python -c "import llama_cpp" >/dev/null 2>&1; then
   echo "== setting up: compiling llama.cpp for the local model (about 6-8 minutes on 2 cores, first run only)"

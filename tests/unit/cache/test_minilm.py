@@ -29,9 +29,12 @@ REFERENCE_COS = np.array(
 REFERENCE_FIRST_DIMS = [[-0.09239, 0.0538, 0.04621, 0.02938], [-0.01478, 0.04772, -0.01467, -0.00596]]
 
 
-@pytest.fixture(scope="module")
-def emb():
-    return MiniLMEmbedder()
+@pytest.fixture(scope="module", params=["numpy", "onnx"])
+def emb(request):
+    e = MiniLMEmbedder(backend=request.param)
+    e.embed_batch(["load"])
+    assert e.backend == request.param
+    return e
 
 
 def test_matches_the_reference_implementation(emb):
@@ -53,3 +56,54 @@ def test_empty_input_and_long_text(emb):
     v = emb.embed_batch(["", "word " * 5000])
     assert np.isfinite(v).all()
     assert emb.count_tokens(["word " * 5000]) == [256]  # truncated to the model's window
+
+
+def test_backends_agree_on_a_batch_of_uneven_lengths():
+    texts = [*TEXTS, "a", "why " * 120, "Wie bekomme ich mein Geld zurück? 🙂", "\u0000\u202e control"]
+    a = MiniLMEmbedder(backend="numpy").embed_batch(texts)
+    b = MiniLMEmbedder(backend="onnx", threads=2).embed_batch(texts)
+    np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_auto_picks_onnx_when_installed_and_numpy_otherwise(monkeypatch):
+    from truecost.cache import minilm_onnx
+
+    assert MiniLMEmbedder().backend == "onnx"
+    monkeypatch.setattr(minilm_onnx, "available", lambda: False)
+    e = MiniLMEmbedder()
+    assert e.backend == "numpy"
+    e.embed_batch(["x"])
+    assert e.backend == "numpy"
+
+
+def test_auto_falls_back_to_numpy_when_onnx_runtime_fails(monkeypatch, caplog):
+    from truecost.cache import minilm_onnx
+
+    def broken(*a, **k):
+        raise RuntimeError("no session")
+
+    monkeypatch.setattr(minilm_onnx, "OrtEncoder", broken)
+    e = MiniLMEmbedder()
+    v = e.embed_batch(TEXTS)
+    assert e.backend == "numpy"
+    np.testing.assert_allclose(v @ v.T, REFERENCE_COS, atol=2e-4)
+    assert "NumPy pass" in caplog.text and "no session" not in caplog.text
+    with pytest.raises(RuntimeError):  # asked for onnx by name: no silent fallback
+        MiniLMEmbedder(backend="onnx").embed_batch(["x"])
+
+
+def test_onnx_backend_without_onnxruntime_names_the_extra(monkeypatch):
+    import sys
+
+    from truecost.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MissingExtraError, match="truecost\\[onnx\\]"):
+        MiniLMEmbedder(backend="onnx").embed_batch(["x"])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        MiniLMEmbedder(backend="cuda")
+    with pytest.raises(ValueError):
+        MiniLMEmbedder(threads=0)
