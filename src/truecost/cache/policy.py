@@ -28,6 +28,10 @@ that ratio scales the budget (tighter when the model under-predicts errors or ha
 samples; at most ``max_boost`` x looser when many samples show it over-predicts).
 Client reports on served hits (``report``) are one-sided, so they are not training samples:
 they count against the reported class's served hits, and cap that class's P(correct).
+Memory is bounded for a gateway that runs for weeks: the model is refitted on the last
+``max_samples`` verifications (a sliding window, so a refit costs the same on day 30 as on day 1
+and the model follows drifting traffic), and per-class records live in a ``ClassBook`` of at most
+``max_classes`` classes (``truecost.cache.policy_state``).
 This is our own construction after the idea of vCache (Schroeder
 et al., ICLR 2026: per-neighbourhood thresholds learned online under an error bound).
 """
@@ -41,6 +45,8 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 import numpy as np
+
+from truecost.cache.policy_state import ClassBook, Logistic, best_member, class_order, pair_features
 
 
 @dataclass(slots=True)
@@ -78,34 +84,6 @@ class Policy(Protocol):
     def add_member(self, class_id: int, vector: np.ndarray) -> None: ...
 
 
-class _ClassBook:
-    """Class centroids (running sums) and sizes."""
-
-    def __init__(self) -> None:
-        self.sums: dict[int, np.ndarray] = {}
-        self.sizes: dict[int, int] = {}
-
-    def add(self, class_id: int, vector: np.ndarray) -> None:
-        if class_id in self.sums:
-            self.sums[class_id] += vector
-        else:
-            self.sums[class_id] = vector.astype(np.float32).copy()
-        self.sizes[class_id] = self.sizes.get(class_id, 0) + 1
-
-    def centroid_sims(self, classes: Sequence[int], vector: np.ndarray) -> np.ndarray:
-        mat = np.stack([self.sums[c] for c in classes])
-        mat /= np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-12)
-        return mat @ vector
-
-
-def _class_order(candidates: Sequence[Candidate]) -> list[tuple[int, int]]:
-    """Distinct classes of the candidates with their best entry, most similar first."""
-    seen: dict[int, int] = {}
-    for c in candidates:
-        seen.setdefault(c.class_id, c.entry_id)
-    return list(seen.items())
-
-
 class FixedThreshold:
     learns = False
 
@@ -115,7 +93,6 @@ class FixedThreshold:
         self.threshold = threshold
         self.checks = checks
         self.name = f"fixed(cos>={threshold:.3f})"
-        self.classes = _ClassBook()
 
     def decide(self, vector: np.ndarray, candidates: Sequence[Candidate]) -> Decision:
         if not candidates:
@@ -135,7 +112,7 @@ class FixedThreshold:
             top.similarity,
             f"similarity {top.similarity:.3f} < {self.threshold}",
             predicted_class=top.class_id,
-            check_classes=_class_order(candidates)[: self.checks],
+            check_classes=[(c, e) for c, e, _ in class_order(candidates)][: self.checks],
         )
 
     def learn(self, decision: Decision, first_check_correct: bool | float | None) -> None:
@@ -171,59 +148,6 @@ class CalibratedThreshold(FixedThreshold):
         return policy
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
-
-
-class _Logistic:
-    def __init__(self, dims: int, l2: float = 1e-2) -> None:
-        self.w = np.zeros(dims + 1)
-        self.l2 = l2
-
-    def fit(self, x: np.ndarray, y: np.ndarray, iters: int = 25) -> None:
-        xb = np.hstack([x, np.ones((len(x), 1))])
-        w = self.w.copy()
-        eye = self.l2 * np.eye(len(w))
-        for _ in range(iters):
-            p = _sigmoid(xb @ w)
-            grad = xb.T @ (p - y) + self.l2 * w
-            hess = (xb * (p * (1 - p))[:, None]).T @ xb + eye
-            step = np.linalg.solve(hess, grad)
-            w -= step
-            if np.abs(step).max() < 1e-6:
-                break
-        self.w = w
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return _sigmoid(np.atleast_2d(x) @ self.w[:-1] + self.w[-1])
-
-
-def _pair_logit(p: float | None) -> float:
-    """A verifier's P(same) on a log-odds scale / 5 (0 when no verifier scored the pair)."""
-    if p is None:
-        return 0.0
-    p = min(max(p, 1e-4), 1 - 1e-4)
-    return math.log(p / (1 - p)) / 5.0
-
-
-def _best_member(candidates: Sequence[Candidate], class_id: int) -> int:
-    """The member of ``class_id`` to serve: the verifiers' most likely match, else the most similar."""
-    members = [c for c in candidates if c.class_id == class_id]
-    if any(c.pair_p is not None for c in members):
-        return max(members, key=lambda c: (c.pair_p or 0.0, c.similarity)).entry_id
-    return members[0].entry_id
-
-
-def _pair_features(top: Sequence[Candidate], c1: int) -> list[float]:
-    """The verifiers' view: best P(same) within the chosen class, its mean, and the margin over other classes."""
-    mine = [c.pair_p for c in top if c.class_id == c1 and c.pair_p is not None]
-    rest = [c.pair_p for c in top if c.class_id != c1 and c.pair_p is not None]
-    if not mine:
-        return [0.0, 0.0, 0.0]
-    best = _pair_logit(max(mine))
-    return [best, float(np.mean([_pair_logit(p) for p in mine])), best - (_pair_logit(max(rest)) if rest else -2.0)]
-
-
 class OnlineErrorBounded:
     """Learns per-neighbourhood thresholds online and keeps false hits / lookups <= target_error."""
 
@@ -246,26 +170,30 @@ class OnlineErrorBounded:
         explore_min: float | None = None,
         ucb_z: float = 0.5,
         seed: int = 0,
+        max_samples: int = 20_000,
+        max_classes: int = 100_000,
     ) -> None:
         if not 0 < target_error < 1:
             raise ValueError("target_error must be in (0, 1)")
+        if max_samples < min_observations:
+            raise ValueError("max_samples must be at least min_observations")
         self.target_error, self.safety, self.explore, self.checks, self.k = target_error, safety, explore, checks, k
         self.window, self.refit_every, self.min_observations, self.floor = window, refit_every, min_observations, floor
         self.ucb_z = ucb_z
         self.max_boost = max_boost  # how far the budget may grow when verified hits err less than predicted
         self.explore_min = explore if explore_min is None else explore_min
         self.name = f"online-error-bounded(target={target_error})"
-        self.classes = _ClassBook()
-        self._stats: dict[int, list[float]] = {}  # class -> [verified correct, verified total, sum of correct sims]
-        # class -> [opportunities, errors, reported wrong, reported right]: its served hits and (once a hit of it
-        # was reported wrong) its later verifications, and how many of them were wrong
-        self._served: dict[int, list[float]] = {}
-        self._x: list[np.ndarray] = []
-        self._y: list[float] = []
+        # per-class records (centroids, verifications, served hits), at most max_classes of them
+        self.classes = ClassBook(max_classes)
+        # the training samples: the last max_samples verifications (a refit's cost and memory stay flat)
+        self._x: deque[np.ndarray] = deque(maxlen=max_samples)
+        self._y: deque[float] = deque(maxlen=max_samples)
+        self.observations = 0  # every verification learnt from, ever
         self._recent: deque[np.ndarray] = deque(maxlen=window)
-        self._explored: list[tuple[float, float]] = []  # (P(correct), label in [0, 1])
+        self._explored = [0, 0.0]  # would-be hits served as misses and verified: count, sum of their errors
+        self._reports = [0, 0]  # client reports on served hits: wrong, right
         self._near: deque[tuple[float, float]] = deque(maxlen=window)
-        self._model: _Logistic | None = None
+        self._model: Logistic | None = None
         self.tau = 1.01
         self._rng = random.Random(seed)
 
@@ -280,13 +208,14 @@ class OnlineErrorBounded:
         support = sum(1 for c in top if c.class_id == c1)
         weights = np.exp((sims - s1) / 0.02)
         vote = float(sum(w for w, c in zip(weights, top) if c.class_id == c1) / weights.sum())
-        order = _class_order(top)
+        ordered = class_order(top)
+        order = [(c, e) for c, e, _ in ordered]
         classes = [c for c, _ in order]
-        csims = self.classes.centroid_sims(classes, vector)
+        csims = self.classes.centroid_sims(classes, vector, [s for _, _, s in ordered])
         others = [s for c, s in zip(classes, csims) if c != c1]
         cs1 = float(csims[classes.index(c1)])
         cs2 = max(others) if others else cs1 - 0.1
-        ok, tot, sim_sum = self._stats.get(c1, (0.0, 0.0, 0.0))
+        ok, tot, sim_sum = self.classes.stats.get(c1, (0.0, 0.0, 0.0))
         rel = s1 - sim_sum / ok if ok else 0.0
         x = np.array(
             [
@@ -300,7 +229,7 @@ class OnlineErrorBounded:
                 cs1,
                 cs1 - cs2,
                 math.log1p(self.classes.sizes.get(c1, 1)),
-                *_pair_features(top, c1),
+                *pair_features(top, c1),
             ]
         )
         by_centroid = [order[i] for i in np.argsort(-csims)]
@@ -312,15 +241,18 @@ class OnlineErrorBounded:
         if not candidates:
             return Decision(False, None, 0.0, "no candidates")
         x, c1, checks = self._features(vector, candidates)
+        if c1 in self.classes.sizes:
+            self.classes.touch(c1)  # a class still asked about is not the one to forget
         self._recent.append(x)
         p = float(self._model.predict(x)[0]) if self._model is not None else 0.0
         p = min(p, self._served_accuracy(c1))
-        best = _best_member(candidates[: self.k], c1)
+        best = best_member(candidates[: self.k], c1)
         if p >= self.tau:
             # Exploration decays as verified would-be hits accumulate (~1/sqrt(n)), never below explore_min.
-            eps = max(self.explore_min, self.explore * min(1.0, math.sqrt(100.0 / (len(self._explored) + 1))))
+            eps = max(self.explore_min, self.explore * min(1.0, math.sqrt(100.0 / (self._explored[0] + 1))))
             if self._rng.random() >= eps:
-                self._served.setdefault(c1, [0, 0, 0, 0])[0] += 1
+                self.classes.touch(c1)
+                self.classes.served.setdefault(c1, [0, 0, 0, 0])[0] += 1
                 return Decision(True, best, p, f"P(correct) {p:.3f} >= {self.tau:.3f}", c1, [], x)
             return Decision(
                 False,
@@ -344,20 +276,23 @@ class OnlineErrorBounded:
         c1 = decision.predicted_class if decision.predicted_class is not None else -1
         self._x.append(x)
         self._y.append(y)
-        st = self._stats.setdefault(c1, [0.0, 0.0, 0.0])
+        self.observations += 1
+        self.classes.touch(c1)
+        st = self.classes.stats.setdefault(c1, [0.0, 0.0, 0.0])
         st[1] += 1
         st[0] += y
         st[2] += y * float(x[0])
-        served = self._served.get(c1)
+        served = self.classes.served.get(c1)
         if served is not None and served[2]:  # a reported class recovers as verifications find it right again
             served[0] += 1
             served[1] += 1 - y
         if decision.explored:
-            self._explored.append((decision.score, y))
+            self._explored[0] += 1
+            self._explored[1] += 1 - y
         if decision.score >= self.floor:  # verified lookups near or above the threshold: calibration data
             self._near.append((decision.score, y))
-        n = len(self._y)
-        if n >= self.min_observations and n % self.refit_every == 0 and 0 < sum(self._y) < n:
+        n = self.observations
+        if n >= self.min_observations and n % self.refit_every == 0 and 0 < sum(self._y) < len(self._y):
             self._refit()
 
     def report(self, decision: Decision, correct: bool) -> None:
@@ -372,11 +307,15 @@ class OnlineErrorBounded:
         """
         if decision.predicted_class is None or not decision.hit:
             return
-        served = self._served.setdefault(decision.predicted_class, [1, 0, 0, 0])
+        c = decision.predicted_class
+        self.classes.touch(c)
+        served = self.classes.served.setdefault(c, [1, 0, 0, 0])
         served[0] = max(served[0], served[2] + served[3] + 1)  # a reported hit was served, whatever we counted
         served[3 if correct else 2] += 1
+        self._reports[0 if not correct else 1] += 1
         if not correct:
             served[1] += 1
+            self.classes.mark_reported(c)
 
     def _served_accuracy(self, class_id: int) -> float:
         """The share of this class's answers that were right, once a client reported one wrong (1.0 before).
@@ -385,13 +324,13 @@ class OnlineErrorBounded:
         verifications (misses checked against it): a class stopped by reports is answered again once
         enough verifications find it right, and a single report weighs little on a class that served many.
         """
-        served = self._served.get(class_id)
+        served = self.classes.served.get(class_id)
         if served is None or not served[2]:
             return 1.0
         return (served[0] - served[1] + 1) / (served[0] + 2)
 
     def _refit(self) -> None:
-        model = _Logistic(self.n_features)
+        model = Logistic(self.n_features)
         model.fit(np.array(self._x), np.array(self._y))
         self._model = model
         budget = self.target_error * self.safety
@@ -412,12 +351,14 @@ class OnlineErrorBounded:
     def state(self) -> dict:
         return {
             "tau": self.tau,
-            "observations": len(self._y),
-            "explored": len(self._explored),
-            "explored_errors": round(sum(1 - ok for _, ok in self._explored), 2),
+            "observations": self.observations,
+            "training_samples": len(self._y),
+            "explored": self._explored[0],
+            "explored_errors": round(self._explored[1], 2),
             "classes": len(self.classes.sizes),
-            "reported_wrong": int(sum(v[2] for v in self._served.values())),
-            "reported_right": int(sum(v[3] for v in self._served.values())),
+            "classes_forgotten": self.classes.forgotten,
+            "reported_wrong": self._reports[0],
+            "reported_right": self._reports[1],
         }
 
 
@@ -446,7 +387,6 @@ class VerifierOnly:
             raise ValueError("target_error must be in (0, 1)")
         self.target_error, self.safety, self.floor, self.min_lookups = target_error, safety, floor, min_lookups
         self.name = f"verifier-only(target={target_error})"
-        self.classes = _ClassBook()
         self._recent: deque[float] = deque(maxlen=window)
         self.tau = 1.01
 

@@ -2,12 +2,13 @@
 
 import numpy as np
 
-from truecost.cache.policy import Candidate, OnlineErrorBounded, _Logistic
+from truecost.cache.policy import Candidate, OnlineErrorBounded
+from truecost.cache.policy_state import Logistic
 
 
 def _policy():
     pol = OnlineErrorBounded(0.05, explore=0.0)
-    pol._model = _Logistic(pol.n_features)  # untrained: P(correct) 0.5 everywhere
+    pol._model = Logistic(pol.n_features)  # untrained: P(correct) 0.5 everywhere
     pol.tau = 0.5
     return pol
 
@@ -23,10 +24,10 @@ def test_wrong_reports_stop_the_reported_class_and_only_it():
     pol = _policy()
     hits = [_lookup(pol, 1) for _ in range(10)] + [_lookup(pol, 2) for _ in range(10)]
     assert all(d.hit for d in hits)
-    tau, samples = pol.tau, len(pol._y)
+    tau, samples = pol.tau, pol.state()["training_samples"]
     for d in hits[:6]:  # six of class 1's ten hits reported wrong
         pol.report(d, correct=False)
-    assert pol.tau == tau and len(pol._y) == samples  # no global move, no one-sided training sample
+    assert pol.tau == tau and pol.state()["training_samples"] == samples  # no global move, no one-sided training sample
     again = _lookup(pol, 1)
     assert not again.hit and again.score == (10 - 6 + 1) / (10 + 2)  # capped by the class's served record
     assert _lookup(pol, 2).hit
@@ -66,4 +67,4 @@ def test_a_stopped_class_is_answered_again_when_verifications_find_it_right():
         miss = _lookup(pol, 6)
         pol.learn(miss, True)
     assert pol._served_accuracy(6) > 0.5 and _lookup(pol, 6).hit
-    assert len(pol._y) == 20 and pol.state()["reported_wrong"] == 6
+    assert pol.state()["training_samples"] == 20 and pol.state()["reported_wrong"] == 6
