@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 from truecost.gateway import anthropic_api
 from truecost.gateway.admin import _FailureGate, admin_routes
 from truecost.gateway.admission import own_attribution
-from truecost.gateway.config import GatewayConfig
+from truecost.gateway.config import ATTRIBUTION_HEADER_FIELDS, GatewayConfig
 from truecost.gateway.errors import GatewayError
 from truecost.gateway.exchange import Result
 from truecost.gateway.feedback import FeedbackDesk
@@ -31,8 +31,9 @@ from truecost.gateway.keys import KeyRecord, KeyStore, actor_for
 from truecost.gateway.openapi import openapi_spec
 from truecost.gateway.pipeline import Pipeline
 from truecost.gateway.validation import read_json_body, validate_messages
+from truecost.integrations.otlp_config import IngestGrant
 from truecost.integrations.otlp_receiver import otlp_routes
-from truecost.types import Attribution
+from truecost.types import ATTRIBUTION_FIELDS, Attribution
 
 log = logging.getLogger("truecost.gateway")
 
@@ -278,13 +279,22 @@ class GatewayRoutes:
             )
         return PlainTextResponse(self.pipeline.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    def authorize_ingest(self, request: Request) -> Attribution | None:
-        """OTLP spans are attributed like requests: the key's fields are pinned, the spans may add the rest."""
+    def authorize_ingest(self, request: Request) -> IngestGrant | None:
+        """OTLP spans are attributed like requests: the key's cost center, team, tenant and environment stand
+        (a span may state one only when the key allows that header), spans may add feature, user and tags;
+        repeats are found per key. Development mode (no keys): spans state everything."""
         try:
             key = self.authenticate(request)
         except GatewayError:
             return None  # the route answers 401
-        return own_attribution(key) or Attribution()
+        if key is None:
+            return IngestGrant(Attribution())
+        locked = set(ATTRIBUTION_HEADER_FIELDS) - set(key.allow_attribution_headers)
+        return IngestGrant(
+            own_attribution(key) or Attribution(),
+            frozenset(f for f in ATTRIBUTION_FIELDS if f not in locked),
+            principal=key.name,
+        )
 
     def on_admin(self, action: str, target: str | None, outcome: str) -> None:
         self.pipeline.metrics.inc("truecost_admin_actions_total", action=action, outcome=outcome.split(":")[0])

@@ -36,7 +36,7 @@ from typing import Any, Mapping
 from truecost.errors import ConfigError
 from truecost.integrations.otlp_decode import SPAN_KINDS, SpanRecord
 from truecost.ledger.events import STEP_KINDS
-from truecost.types import ATTRIBUTION_FIELDS
+from truecost.types import ATTRIBUTION_FIELDS, EMPTY_ATTRIBUTION, Attribution
 
 DEFAULT_ATTRIBUTION: dict[str, tuple[str, ...]] = {
     "cost_center": ("truecost.attribution.cost_center", "cost_center", "cost.center"),
@@ -52,6 +52,57 @@ UNMATCHED = ("unpriced", "compute", "skip")
 _STATUS = {"unset": 0, "ok": 1, "error": 2}
 _STATUS_NAMES = {v: k for k, v in _STATUS.items()}
 _SPECIAL = ("name", "kind", "scope", "status")
+
+
+@dataclass(frozen=True)
+class IngestGrant:
+    """Who sent an export, and what its spans may say about who pays.
+
+    ``attribution``: the sender's own fields (an ingest key's). ``span_fields``: the attribution fields a
+    span or resource attribute may state (it wins over the sender's value); every other field is the
+    sender's, even when the sender has none. ``None``: the fields ``attribution`` leaves unset.
+    ``principal``: the sender; repeated spans are found, and a trace's attribution kept, per principal,
+    so one sender cannot drop or steer another's spans by reusing their trace and span ids.
+    """
+
+    attribution: Attribution = EMPTY_ATTRIBUTION
+    span_fields: frozenset[str] | None = None
+    principal: str = ""
+
+    @classmethod
+    def of(cls, pinned: "Attribution | IngestGrant | None") -> "IngestGrant | None":
+        return pinned if pinned is None or isinstance(pinned, IngestGrant) else cls(pinned)
+
+    def may_set(self, field_name: str) -> bool:
+        if self.span_fields is None:
+            return getattr(self.attribution, field_name) is None
+        return field_name in self.span_fields
+
+    def resolve(self, claimed: Attribution) -> Attribution:
+        """The attribution of a trace whose spans claim ``claimed``."""
+        mine = self.attribution
+        values = {}
+        for f in ATTRIBUTION_FIELDS:
+            theirs = getattr(claimed, f)
+            values[f] = theirs if theirs is not None and self.may_set(f) else getattr(mine, f)
+        return Attribution(**values, tags=tuple({**dict(claimed.tags), **dict(mine.tags)}.items()))
+
+    def as_dict(self) -> dict[str, Any]:
+        fields_ = sorted(self.span_fields) if self.span_fields is not None else None
+        return {"pinned": self.attribution.as_dict(), "span_fields": fields_, "principal": self.principal}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "IngestGrant | None":
+        if not d.get("pinned") and not d.get("principal") and d.get("span_fields") is None:
+            return None
+        p = dict(d.get("pinned") or {})
+        tags = p.pop("tags", {}) or {}
+        fields_ = d.get("span_fields")
+        return cls(
+            Attribution(**p, tags=tuple(tags.items())),
+            frozenset(fields_) if fields_ is not None else None,
+            str(d.get("principal") or ""),
+        )
 
 
 _GLOB = re.compile(r"[*?\[]")

@@ -18,6 +18,8 @@ SPAN_KINDS = ("unspecified", "internal", "server", "client", "producer", "consum
 _KIND_NAMES = {f"SPAN_KIND_{k.upper()}": i for i, k in enumerate(SPAN_KINDS)}
 _STATUS_NAMES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
 MAX_DECODED_BYTES = 64 * 1024 * 1024
+_HEX = frozenset("0123456789abcdef")
+_MAX_DIGITS = 100  # far beyond int64; a time out of range is the span's problem(), not the payload's
 
 
 class OTLPPayloadError(ValueError):
@@ -73,10 +75,13 @@ class SpanRecord:
 
     def problem(self) -> str | None:
         """Why this span cannot be a step (None when it can)."""
-        if len(self.trace_id) != 32 or self.trace_id == "0" * 32:
+        if len(self.trace_id) != 32 or self.trace_id == "0" * 32 or not _HEX.issuperset(self.trace_id):
             return "invalid trace id"
-        if len(self.span_id) != 16 or self.span_id == "0" * 16:
+        if len(self.span_id) != 16 or self.span_id == "0" * 16 or not _HEX.issuperset(self.span_id):
             return "invalid span id"
+        parent = self.parent_span_id
+        if parent is not None and (len(parent) != 16 or not _HEX.issuperset(parent)):
+            return "invalid parent span id"
         if self.start_ns <= 0:
             return "no start time"
         if self.end_ns >= 1 << 63:
@@ -211,9 +216,10 @@ def _int(v: Any, path: list, default: int = 0) -> int:
         raise _where(path, "must be an integer")
     if isinstance(v, int):
         return v
-    if isinstance(v, str) and v.lstrip("-").isdigit():
+    if isinstance(v, str) and len(v) <= _MAX_DIGITS and v.isascii() and v.removeprefix("-").isdigit():
         return int(v)
-    raise _where(path, f"must be an integer, got {v!r}")
+    shown = repr(v) if len(v if isinstance(v, str) else repr(v)) <= 40 else repr(v)[:40] + "..."
+    raise _where(path, f"must be an integer, got {shown}")
 
 
 def _json_value(v: Any, path: list) -> Any:
@@ -265,7 +271,7 @@ def _hex(v: Any, path: list) -> str:
 
 
 def _kind(v: Any, path: list) -> int:
-    if isinstance(v, str) and not v.isdigit():
+    if isinstance(v, str) and not (v.isascii() and v.isdigit()):
         if v not in _KIND_NAMES:
             raise _where(path, f"unknown span kind {v!r}")
         return _KIND_NAMES[v]
@@ -287,7 +293,8 @@ def _json_spans(doc: dict) -> Iterator[SpanRecord]:
                 s = _obj(s, r)
                 status = _obj(s.get("status") or {}, r + [".status"])
                 code = status.get("code", 0)
-                code = _STATUS_NAMES.get(code, 0) if isinstance(code, str) and not code.isdigit() else _int(code, r)
+                named = isinstance(code, str) and not (code.isascii() and code.isdigit())
+                code = _STATUS_NAMES.get(code, 0) if named else _int(code, r)
                 name = s.get("name", "")
                 if not isinstance(name, str):
                     raise _where(r + [".name"], "must be a string")
@@ -310,8 +317,13 @@ def _json_spans(doc: dict) -> Iterator[SpanRecord]:
 def decode_json(body: bytes) -> list[SpanRecord]:
     try:
         doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OTLPPayloadError(f"body is not JSON ({exc})") from None
+    except RecursionError:
+        raise OTLPPayloadError("body is nested too deeply") from None
+    except ValueError as exc:  # not JSON, not UTF-8, or a number with thousands of digits
+        raise OTLPPayloadError(f"body is not JSON ({str(exc)[:200]})") from None
     if not isinstance(doc, dict):
         raise OTLPPayloadError("body must be a JSON object with a resourceSpans list")
-    return list(_json_spans(doc))
+    try:
+        return list(_json_spans(doc))
+    except RecursionError:
+        raise OTLPPayloadError("an attribute value is nested too deeply") from None

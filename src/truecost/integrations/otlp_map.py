@@ -13,6 +13,7 @@ span twice: the receiver skips repeats it has seen, and the ledger's key refuses
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -20,7 +21,7 @@ from decimal import Decimal
 from typing import Any, Mapping
 
 from truecost.integrations.genai import UsageError, genai_kind, model_of, price_name, provider_of, usage_of
-from truecost.integrations.otlp_config import ASSOCIATION_PREFIX, OTLPConfig, Rule
+from truecost.integrations.otlp_config import ASSOCIATION_PREFIX, IngestGrant, OTLPConfig, Rule
 from truecost.integrations.otlp_decode import SpanRecord
 from truecost.ledger.events import STEP_KINDS, CostEvent
 from truecost.pricing.cost import price_quantity, price_tokens, tidy
@@ -76,6 +77,25 @@ def _unpriced(reason: str, service: str | None = None, **details: Any) -> _Charg
     return _Charge(None, service, None, ZERO, "", PricedCost(cost=None, unknown_reason=reason), details)
 
 
+class _IdTags:
+    """The 8 characters between an event id's start time and span id: the trace id's first 8, or, for a
+    named sender, a digest of sender and trace (two senders' spans with the same ids are two events)."""
+
+    __slots__ = ("principal", "memo")
+
+    def __init__(self, principal: str) -> None:
+        self.principal = principal
+        self.memo: dict[str, str] = {}
+
+    def __call__(self, trace_id: str) -> str:
+        if not self.principal:
+            return trace_id[:8]
+        tag = self.memo.get(trace_id)
+        if tag is None:
+            tag = self.memo[trace_id] = hashlib.sha256(f"{self.principal}\0{trace_id}".encode()).hexdigest()[:8]
+        return tag
+
+
 class SpanMapper:
     """Maps decoded spans to CostEvents with a tracker's catalog (thread-safe)."""
 
@@ -85,7 +105,7 @@ class SpanMapper:
         self._user_rules = self.config.rules
         self._default_rules = self.config.all_rules()[len(self._user_rules) :]
         self._lock = threading.Lock()
-        self._trace_attr: dict[str, tuple] = {}  # trace id -> attribution values seen in earlier batches
+        self._trace_attr: dict[tuple, tuple] = {}  # (principal, trace id) -> values seen in earlier batches
         self._attr_memo: dict[tuple, Attribution] = {}
         self._price_text: dict[Decimal, str] = {}
         self._names: dict[tuple, tuple] = {}
@@ -123,8 +143,10 @@ class SpanMapper:
             return list(vals)
         return self._lookup(span.attrs, span.resource, True)
 
-    def _attributions(self, spans: list[SpanRecord], pinned: Attribution | None) -> dict[str, Attribution]:
-        """One attribution per trace: the first value each field is given by any span of the trace."""
+    def _attributions(self, spans: list[SpanRecord], grant: IngestGrant | None) -> dict[str, Attribution]:
+        """One attribution per trace: the first value each field is given by any span of the trace (that the
+        same sender sent), then the sender's grant decides which of those values stand."""
+        principal = grant.principal if grant is not None else ""
         merged: dict[str, list] = {}
         by_resource: dict = {}
         for s in spans:
@@ -132,7 +154,7 @@ class SpanMapper:
             have = merged.get(s.trace_id)
             if have is None:
                 with self._lock:
-                    earlier = self._trace_attr.get(s.trace_id)
+                    earlier = self._trace_attr.get((principal, s.trace_id))
                 merged[s.trace_id] = list(earlier) if earlier else vals
                 have = merged[s.trace_id]
                 if not earlier:
@@ -146,9 +168,9 @@ class SpanMapper:
             if len(self._trace_attr) > _MEMO_MAX:
                 self._trace_attr.clear()
             for trace, vals in merged.items():
-                self._trace_attr[trace] = tuple(vals)
+                self._trace_attr[(principal, trace)] = tuple(vals)
         for trace, vals in merged.items():
-            key = (tuple(vals), pinned)
+            key = (tuple(vals), grant)
             attribution = self._attr_memo.get(key)
             if attribution is None:
                 try:
@@ -157,8 +179,8 @@ class SpanMapper:
                     attribution = Attribution(**fields, tags=tags)
                 except ValueError:  # an attribute too long or not text: keep the trace, drop the bad values
                     attribution = Attribution()
-                if pinned is not None:
-                    attribution = attribution.merged(**{f: getattr(pinned, f) for f in _FIELDS}, tags=dict(pinned.tags))
+                if grant is not None:
+                    attribution = grant.resolve(attribution)
                 if len(self._attr_memo) > _MEMO_MAX:
                     self._attr_memo.clear()
                 self._attr_memo[key] = attribution
@@ -167,10 +189,13 @@ class SpanMapper:
 
     # -- mapping ------------------------------------------------------------------------
     def map(
-        self, spans: list[SpanRecord], pinned: Attribution | None = None, stats: MapStats | None = None
+        self, spans: list[SpanRecord], pinned: Attribution | IngestGrant | None = None, stats: MapStats | None = None
     ) -> list[CostEvent]:
+        """``pinned``: the sender's IngestGrant (an Attribution: its set fields pinned, spans state the rest)."""
         stats = stats if stats is not None else MapStats()
-        attributions = self._attributions(spans, pinned)
+        grant = IngestGrant.of(pinned)
+        attributions = self._attributions(spans, grant)
+        id_tags = _IdTags(grant.principal if grant is not None else "")
         events: list[CostEvent] = []
         for s in spans:
             step, charge = self._classify(s)
@@ -180,7 +205,7 @@ class SpanMapper:
             ts = EPOCH + timedelta(microseconds=s.start_ns // 1000)
             if charge is None:
                 charge = self._price(step, s, ts)
-            events.append(self._event(s, step, charge, ts, attributions[s.trace_id]))
+            events.append(self._event(s, step, charge, ts, attributions[s.trace_id], id_tags(s.trace_id)))
             if charge.priced.cost is None:
                 stats.unpriced += 1
                 stats.reasons[charge.priced.unknown_reason or "unknown"] += 1
@@ -382,7 +407,9 @@ class SpanMapper:
             {"priced_as": "wall-clock time on one vCPU"},
         )
 
-    def _event(self, s: SpanRecord, step: Any, c: _Charge, ts: datetime, attribution: Attribution) -> CostEvent:
+    def _event(
+        self, s: SpanRecord, step: Any, c: _Charge, ts: datetime, attribution: Attribution, id_tag: str
+    ) -> CostEvent:
         kind = step.step if isinstance(step, Rule) else step
         details = c.details
         priced = c.priced
@@ -407,7 +434,7 @@ class SpanMapper:
         if isinstance(step, Rule) and step.label:
             details["rule"] = step.label
         return CostEvent(
-            id=f"{s.start_ns:016x}{s.trace_id[:8]}{s.span_id}",
+            id=f"{s.start_ns:016x}{id_tag}{s.span_id}",
             request_id=s.trace_id,
             ts=ts,
             step=kind,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from truecost.errors import LedgerError, MissingExtraError
-from truecost.integrations.otlp_config import OTLPConfig
+from truecost.integrations.otlp_config import IngestGrant, OTLPConfig
 from truecost.integrations.otlp_decode import JSON, PROTOBUF, OTLPPayloadError, decode, decompress
 from truecost.integrations.otlp_map import MapStats, SpanMapper
 from truecost.types import Attribution
@@ -32,7 +32,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 INLINE_BYTES = 32 * 1024  # bigger payloads are decoded off the event loop
 _INVALID_ARGUMENT, _UNAUTHENTICATED, _UNAVAILABLE = 3, 16, 14
 
-Authorize = Callable[[Any], "Attribution | None | Awaitable[Attribution | None]"]
+Authorize = Callable[[Any], "Attribution | IngestGrant | None | Awaitable[Attribution | IngestGrant | None]"]
 
 
 @dataclass(slots=True)
@@ -63,12 +63,10 @@ class PayloadJournal:
     def leftovers(self) -> list[Path]:
         return sorted(self.folder.glob("otlp-*.bin"))
 
-    def write(self, body: bytes, content_type: str | None, encoding: str | None, pinned: Attribution | None) -> Path:
-        header = {
-            "content_type": content_type,
-            "content_encoding": encoding,
-            "pinned": pinned.as_dict() if pinned is not None else None,
-        }
+    def write(self, body: bytes, content_type: str | None, encoding: str | None, grant: IngestGrant | None) -> Path:
+        header = {"content_type": content_type, "content_encoding": encoding, "pinned": None}
+        if grant is not None:
+            header.update(grant.as_dict())
         path = self.folder / f"otlp-{time.time_ns():020d}-{os.getpid()}-{threading.get_ident()}.bin"
         with open(path, "wb") as fh:
             fh.write(json.dumps(header).encode() + b"\n" + body)
@@ -78,16 +76,11 @@ class PayloadJournal:
         return path
 
     @staticmethod
-    def read(path: Path) -> tuple[bytes, str | None, str | None, Attribution | None]:
+    def read(path: Path) -> tuple[bytes, str | None, str | None, IngestGrant | None]:
         raw = path.read_bytes()
         head, _, body = raw.partition(b"\n")
         h = json.loads(head)
-        pinned = None
-        if h.get("pinned"):
-            p = dict(h["pinned"])
-            tags = p.pop("tags", {}) or {}
-            pinned = Attribution(**p, tags=tuple(tags.items()))
-        return body, h.get("content_type"), h.get("content_encoding"), pinned
+        return body, h.get("content_type"), h.get("content_encoding"), IngestGrant.from_dict(h)
 
     def handed_on(self, path: Path, marks: tuple[int, ...]) -> None:
         """The payload's events are with the writers; ``marks``: each writer's submitted count to wait for
@@ -145,18 +138,21 @@ class OTLPReceiver:
         body: bytes,
         content_type: str | None,
         content_encoding: str | None = None,
-        pinned: Attribution | None = None,
+        pinned: Attribution | IngestGrant | None = None,
         *,
         journal: bool = True,
     ) -> ExportResult:
-        """One export request. Raises OTLPPayloadError (nothing stored) or LedgerError (writer closed)."""
+        """One export request from the sender ``pinned`` describes (an Attribution: its set fields are
+        pinned). Raises OTLPPayloadError (nothing stored) or LedgerError (writer closed)."""
+        grant = IngestGrant.of(pinned)
+        sender = grant.principal + "\0" if grant is not None else ""
         try:
             spans = decode(decompress(body, content_encoding), content_type)
         except OTLPPayloadError:
             with self._lock:
                 self.bad_payloads += 1
             raise
-        entry = self.journal.write(body, content_type, content_encoding, pinned) if journal and self.journal else None
+        entry = self.journal.write(body, content_type, content_encoding, grant) if journal and self.journal else None
         batch = MapStats()
         batch.spans = len(spans)
         problems: dict[str, int] = {}
@@ -168,7 +164,7 @@ class OTLPReceiver:
                 if problem is not None:
                     problems[problem] = problems.get(problem, 0) + 1
                     continue
-                key = s.trace_id + s.span_id
+                key = sender + s.trace_id + s.span_id
                 if key in seen:
                     batch.duplicates += 1
                     continue
@@ -177,7 +173,7 @@ class OTLPReceiver:
                 fresh.append(s)
         batch.rejected = sum(problems.values())
         try:
-            events = self.mapper.map(fresh, pinned, batch)
+            events = self.mapper.map(fresh, grant, batch)
             self._emit(events)
         except BaseException:
             with self._lock:
@@ -287,7 +283,7 @@ async def _read_body(request: Any, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-async def _authorized(authorize: Authorize | None, request: Any) -> tuple[bool, Attribution | None]:
+async def _authorized(authorize: Authorize | None, request: Any) -> tuple[bool, Attribution | IngestGrant | None]:
     if authorize is None:
         return True, None
     result = authorize(request)
@@ -344,8 +340,9 @@ def otlp_routes(
     receiver: OTLPReceiver | None = None,
     journal_dir: str | Path | None = None,
 ) -> list:
-    """``[Route(path, POST)]`` for a Starlette app. ``authorize(request)`` returns the Attribution to
-    pin (fields the sender cannot override), or None to refuse with 401; omit it for no check.
+    """``[Route(path, POST)]`` for a Starlette app. ``authorize(request)`` returns the sender's IngestGrant
+    (which attribution fields spans may state, and who sent them) or an Attribution to pin (fields the
+    sender cannot override), or None to refuse with 401; omit it for no check.
     ``journal_dir``: keep each payload on disk until stored (not needed when the tracker's
     BatchWriter has its own write-ahead log, as the gateway's does)."""
     from starlette.routing import Route
