@@ -145,14 +145,16 @@ def test_sqlite_ledger_from_before_sources_opens_backfills_and_keeps_working(tmp
     path = tmp_path / "old.db"
     _old_ledger(path)
     s = SQLiteLedgerStore(path)
-    assert s.migrations()[-1] == "004_source"
+    assert s.migrations()[-2:] == ["004_source", "005_request_rollup"]
     assert {e.id: e.source for e in s.query()} == {"o1": "litellm", "o2": "unknown", "o3": "unknown", "o4": "otlp"}
     assert s.query(LedgerFilter(request_id="rb"))[0].details == {
         "source": "Not A Source!"
     }  # details are left as they were
     s.append([ev("n1", "rd", cost="0.125", source="gateway"), ev("n2", "ra", cost="0.25", source="litellm")])
     hourly = {r.keys[0]: (r.cost, r.events, r.unknown) for r in s.aggregate(["source"], count_requests=False)}  # rollup
-    scanned = {r.keys[0]: (r.cost, r.events, r.unknown, r.request_count) for r in s.aggregate(["source"])}  # events
+    scanned = {  # with request counts: the request rollup, back-filled from the events
+        r.keys[0]: (r.cost, r.events, r.unknown, r.request_count) for r in s.aggregate(["source"])
+    }
     assert (
         hourly
         == {k: v[:3] for k, v in scanned.items()}
@@ -174,7 +176,8 @@ def test_postgres_ledger_from_before_sources_is_backfilled(postgres_server):
     import psycopg
 
     from tests.support.servers import fresh_name
-    from truecost.ledger.postgres import MIGRATIONS, PostgresLedgerStore
+    from truecost.ledger.postgres import PostgresLedgerStore
+    from truecost.ledger.postgres_schema import MIGRATIONS
 
     schema = fresh_name()
     with psycopg.connect(postgres_server.uri, autocommit=True) as con:  # a schema an older truecost made
@@ -193,7 +196,7 @@ def test_postgres_ledger_from_before_sources_is_backfilled(postgres_server):
                 (i, rid, T0, None if e10 is None else Decimal(e10) / 10**10, json.dumps(details)),
             )
     s = PostgresLedgerStore(postgres_server.uri, schema=schema)
-    assert s.migrations() == ["001_cost_events", "002_indexes", "003_source"]
+    assert s.migrations() == ["001_cost_events", "002_indexes", "003_source", "004_request_rollup"]
     assert {e.id: e.source for e in s.query()} == {"o1": "litellm", "o2": "unknown", "o3": "unknown", "o4": "otlp"}
     s.append([ev("n1", "rd", cost="0.125", source="gateway")])
     assert {r.keys[0]: r.events for r in s.aggregate(["source"])} == {

@@ -169,7 +169,13 @@ def test_sqlite_migrations_are_named_and_applied_once(tmp_path):
     s1.append([ev(1)])
     s1.close()
     s2 = SQLiteLedgerStore(tmp_path / "l.db")
-    assert s2.migrations() == ["001_cost_events", "002_indexes", "003_hourly_rollup", "004_source"]
+    assert s2.migrations() == [
+        "001_cost_events",
+        "002_indexes",
+        "003_hourly_rollup",
+        "004_source",
+        "005_request_rollup",
+    ]
     assert s2.aggregate([])[0].events == 1
 
 
@@ -265,11 +271,11 @@ def test_sqlite_rollup_is_backfilled_for_an_older_ledger(tmp_path):
     s = SQLiteLedgerStore(path)
     s.append(_random_events(50, 2))
     s.close()
-    con = sqlite3.connect(path)  # turn it into a ledger written before migration 003 (and 004)
+    con = sqlite3.connect(path)  # turn it into a ledger written before migration 003 (and those after it)
     con.executescript(
-        "DROP TABLE rollup_hourly; DROP INDEX ix_cost_events_request_cost; "
+        "DROP TABLE rollup_hourly; DROP TABLE request_rollup; DROP INDEX ix_cost_events_request_cost; "
         "ALTER TABLE cost_events DROP COLUMN source; "
-        "DELETE FROM _migrations WHERE name IN ('003_hourly_rollup', '004_source');"
+        "DELETE FROM _migrations WHERE name IN ('003_hourly_rollup', '004_source', '005_request_rollup');"
     )
     con.close()
     new = SQLiteLedgerStore(path)
@@ -333,7 +339,7 @@ def test_postgres_migrations_are_named_and_applied_once(postgres_server):
     s1.append([ev(1)])
     s1.close()
     s2 = PostgresLedgerStore(postgres_server.uri, schema=schema)
-    assert s2.migrations() == ["001_cost_events", "002_indexes", "003_source"]
+    assert s2.migrations() == ["001_cost_events", "002_indexes", "003_source", "004_request_rollup"]
     assert s2.aggregate([])[0].events == 1
     s2.close()
 

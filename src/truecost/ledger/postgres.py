@@ -18,7 +18,9 @@ from typing import Any, Callable, Sequence, TypeVar
 
 
 from truecost.errors import LedgerError
-from truecost.ledger.events import SOURCE_NAME_SQL, CostEvent
+from truecost.ledger import request_rollup
+from truecost.ledger.events import CostEvent
+from truecost.ledger.postgres_schema import MIGRATIONS
 from truecost.ledger.store import AggregateRow, LedgerFilter, check_group_by
 from truecost.types import ATTRIBUTION_FIELDS, Attribution
 
@@ -53,44 +55,33 @@ _COLUMNS = (
     "details",
     "source",
 )
-MIGRATIONS: list[tuple[str, str]] = [
-    (
-        "001_cost_events",
-        """
-        CREATE TABLE cost_events (
-            id TEXT PRIMARY KEY, request_id TEXT, ts TIMESTAMPTZ NOT NULL, step TEXT NOT NULL,
-            provider TEXT, service TEXT, region TEXT, quantity NUMERIC NOT NULL, unit TEXT NOT NULL,
-            unit_price NUMERIC, cost NUMERIC, currency TEXT NOT NULL,
-            cost_center TEXT, team TEXT, feature TEXT, tenant TEXT, environment TEXT, user_id TEXT,
-            tags JSONB NOT NULL DEFAULT '{}', trace_id TEXT, span_id TEXT, parent_span_id TEXT, name TEXT,
-            latency_ms DOUBLE PRECISION, outcome TEXT NOT NULL, avoided NUMERIC, details JSONB NOT NULL DEFAULT '{}'
-        )
-    """,
-    ),
-    (
-        "002_indexes",
-        """
-        CREATE INDEX ix_cost_events_request ON cost_events (request_id, cost);
-        CREATE INDEX ix_cost_events_ts ON cost_events (ts)
-    """,
-    ),
-    # Where each event was recorded. Rows written before this read "unknown", except those whose
-    # details name a source (the integrations put it there): that is back-filled.
-    (
-        "003_source",
-        f"""
-        ALTER TABLE cost_events ADD COLUMN source TEXT NOT NULL DEFAULT 'unknown';
-        UPDATE cost_events SET source = details->>'source'
-            WHERE jsonb_typeof(details->'source') = 'string' AND details->>'source' ~ '{SOURCE_NAME_SQL}'
-    """,
-    ),
-]
 _BUCKETS = {
     "hour": "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:00')",
     "day": "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
     "month": "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM')",
 }
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_HOUR = "to_timestamp(hour * 3600) AT TIME ZONE 'UTC'"
+_REQUESTS = request_rollup.Dialect(
+    mark="%s",
+    cost="cost",
+    avoided="avoided",
+    money=lambda v: Decimal(0) if v is None else Decimal(v),
+    buckets={
+        "hour": f"to_char({_HOUR}, 'YYYY-MM-DD\"T\"HH24:00')",
+        "day": f"to_char({_HOUR}, 'YYYY-MM-DD')",
+        "month": f"to_char({_HOUR}, 'YYYY-MM')",
+    },
+    collate=' COLLATE "C"',
+)
+_UPSERT_REQUESTS = f"""INSERT INTO request_rollup VALUES ({", ".join(["%s"] * 11)})
+    ON CONFLICT ({", ".join(request_rollup.KEY_COLUMNS)}) DO UPDATE SET cost = request_rollup.cost + excluded.cost,
+    avoided = request_rollup.avoided + excluded.avoided, events = request_rollup.events + excluded.events,
+    unknown = request_rollup.unknown + excluded.unknown"""
+
+
+def _fetch(c: Any) -> request_rollup.Fetch:
+    return lambda sql, params: c.execute(sql, params).fetchall()
 
 
 def _row(e: CostEvent) -> tuple[Any, ...]:
@@ -273,11 +264,20 @@ class PostgresLedgerStore:
 
         rows = [_row(e) for e in events]
         sql = f"INSERT INTO cost_events ({','.join(_COLUMNS)}) VALUES ({','.join(['%s'] * len(_COLUMNS))})"
+        per_request = [  # in key order, so replicas adding to the same rows lock them in one order
+            (*r[:7], Decimal(r[7]), Decimal(r[8]), *r[9:])
+            for r in request_rollup.rollup_rows(
+                (e.request_id, request_rollup.hour_of(e.ts), e.source, e.attribution.cost_center)
+                + (e.attribution.feature, e.attribution.tenant, e.cost, e.avoided_cost)
+                for e in events
+            )
+        ]
 
         def insert(c: Any) -> None:
             try:
                 with c.transaction(), c.cursor() as cur:
                     cur.executemany(sql, rows)
+                    cur.executemany(_UPSERT_REQUESTS, per_request)
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:
@@ -299,6 +299,8 @@ class PostgresLedgerStore:
         self, group_by: Sequence[str], filter: LedgerFilter = LedgerFilter(), count_requests: bool = True
     ) -> list[AggregateRow]:
         check_group_by(group_by)
+        if count_requests and request_rollup.answers(filter, group_by):
+            return self._run(lambda c: request_rollup.aggregate(_fetch(c), _REQUESTS, group_by, filter))
         cols = [_BUCKETS.get(g, "user_id" if g == "user" else g) for g in group_by]
         where, params = _where(filter)
         requests = "COUNT(DISTINCT request_id)" if count_requests else "NULL"
@@ -325,7 +327,9 @@ class PostgresLedgerStore:
 
     def request_stats(self, filter: LedgerFilter = LedgerFilter(), top: int = 10) -> tuple[list[AggregateRow], int]:
         """The ``top`` most expensive requests (keys: request id, its sources) and the number of requests
-        with an unknown price."""
+        with an unknown price: from the request rollup when it answers ``filter``, else from the events."""
+        if request_rollup.answers(filter):
+            return self._run(lambda c: request_rollup.request_stats(_fetch(c), _REQUESTS, filter, top))
         where, params = _where(filter)
         extra = " AND " if where else " WHERE "
 
@@ -333,7 +337,7 @@ class PostgresLedgerStore:
             rows = c.execute(
                 f"SELECT request_id, COALESCE(SUM(cost), 0) s, SUM(avoided), COUNT(*), "
                 f"COUNT(*) FILTER (WHERE cost IS NULL) FROM cost_events{where}{extra}request_id IS NOT NULL "
-                f"GROUP BY request_id ORDER BY s DESC LIMIT {int(top)}",
+                f'GROUP BY request_id ORDER BY s DESC, request_id COLLATE "C" LIMIT {int(top)}',
                 params,
             ).fetchall()
             unknown = c.execute(
@@ -370,10 +374,13 @@ class PostgresLedgerStore:
         self, field: str, values: Sequence[Any], filter: LedgerFilter = LedgerFilter()
     ) -> tuple[AggregateRow, dict[Any, int]]:
         """Totals with the distinct request count, and the distinct requests of each of ``values`` of ``field``
-        (a request with events under two values counts under both), in one scan."""
+        (a request with events under two values counts under both): from the request rollup when it answers,
+        else in one scan of the events."""
         check_group_by([field])
         if field in _BUCKETS:
             raise ValueError(f"{field!r} is a time bucket, not a column")
+        if field in request_rollup.FIELDS and request_rollup.answers(filter):
+            return self._run(lambda c: request_rollup.requests_by(_fetch(c), _REQUESTS, field, values, filter))
         col = "user_id" if field == "user" else field
         where, params = _where(filter)
         per = "".join(f", COUNT(DISTINCT request_id) FILTER (WHERE {col} IS NOT DISTINCT FROM %s)" for _ in values)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from truecost.errors import LedgerError
+from truecost.ledger import request_rollup
 from truecost.ledger.events import CostEvent
 from truecost.ledger.sqlite_schema import MIGRATIONS, statements
 from truecost.ledger.store import AggregateRow, LedgerFilter, check_group_by
@@ -66,6 +67,12 @@ HOUR_US = 3_600_000_000
 _UPSERT_ROLLUP = """INSERT INTO rollup_hourly VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT DO UPDATE SET cost_e10 = cost_e10 + excluded.cost_e10, avoided_e10 = avoided_e10 + excluded.avoided_e10,
     events = events + excluded.events, unknown = unknown + excluded.unknown"""
+_UPSERT_REQUESTS = """INSERT INTO request_rollup VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT DO UPDATE SET cost_e10 = cost_e10 + excluded.cost_e10, avoided_e10 = avoided_e10 + excluded.avoided_e10,
+    events = events + excluded.events, unknown = unknown + excluded.unknown"""
+_REQUESTS = request_rollup.Dialect(
+    mark="?", cost="cost_e10", avoided="avoided_e10", money=lambda v: Decimal(v or 0) / SCALE, buckets=_ROLLUP_BUCKETS
+)
 
 _BUCKETS = {
     "hour": "strftime('%Y-%m-%dT%H:00', ts_us / 1000000, 'unixepoch')",
@@ -259,11 +266,15 @@ class SQLiteLedgerStore:
             acc[1] += r[27] or 0
             acc[2] += 1
             acc[3] += r[11] is None
+        per_request = request_rollup.rollup_rows(
+            (r[1], r[2] // HOUR_US, r[29], r[13], r[15], r[16], r[11], r[27]) for r in rows
+        )
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.executemany(self._insert, rows)
                 self._conn.executemany(_UPSERT_ROLLUP, [(*k, *v) for k, v in rollup.items()])
+                self._conn.executemany(_UPSERT_REQUESTS, per_request)
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._conn.in_transaction:
@@ -288,6 +299,9 @@ class SQLiteLedgerStore:
         check_group_by(group_by)
         if _rollup_answers(group_by, filter, count_requests):
             return self._aggregate_rollup(group_by, filter)
+        if count_requests and request_rollup.answers(filter, group_by):
+            with self._lock:
+                return request_rollup.aggregate(self._fetch, _REQUESTS, group_by, filter)
         cols = [_BUCKETS.get(g, "user_id" if g == "user" else g) for g in group_by]
         where, params = _where(filter)
         requests = "COUNT(DISTINCT request_id)" if count_requests else "NULL"
@@ -352,15 +366,22 @@ class SQLiteLedgerStore:
         ]
         return sorted(out, key=lambda x: -x.cost)
 
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        return self._conn.execute(sql, params).fetchall()
+
     def request_stats(self, filter: LedgerFilter = LedgerFilter(), top: int = 10) -> tuple[list[AggregateRow], int]:
         """The ``top`` most expensive requests (keys: request id, its sources) and the number of requests
-        with an unknown price."""
+        with an unknown price: from the request rollup when it answers ``filter``, else from the events."""
+        if request_rollup.answers(filter):
+            with self._lock:
+                return request_rollup.request_stats(self._fetch, _REQUESTS, filter, top)
         where, params = _where(filter)
         extra = " AND " if where else " WHERE "
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT request_id, SUM(cost_e10) s, SUM(avoided_e10), COUNT(*), SUM(cost_e10 IS NULL) FROM cost_events"
-                f"{where}{extra}request_id IS NOT NULL GROUP BY request_id ORDER BY s DESC LIMIT {int(top)}",
+                f"SELECT request_id, IFNULL(SUM(cost_e10), 0) s, SUM(avoided_e10), COUNT(*), SUM(cost_e10 IS NULL) "
+                f"FROM cost_events{where}{extra}request_id IS NOT NULL GROUP BY request_id ORDER BY s DESC, request_id "
+                f"LIMIT {int(top)}",
                 params,
             ).fetchall()
             unknown = self._conn.execute(
@@ -394,8 +415,12 @@ class SQLiteLedgerStore:
         self, field: str, values: Sequence[Any], filter: LedgerFilter = LedgerFilter()
     ) -> tuple[AggregateRow, dict[Any, int]]:
         """Totals with the distinct request count, and the distinct requests of each of ``values`` of ``field``
-        (a request with events under two values counts under both), in one scan: no sort, as a GROUP BY needs."""
+        (a request with events under two values counts under both): from the request rollup when it answers,
+        else in one scan of the events (no sort, as a GROUP BY needs)."""
         col = _column(field)
+        if field in request_rollup.FIELDS and request_rollup.answers(filter):
+            with self._lock:
+                return request_rollup.requests_by(self._fetch, _REQUESTS, field, values, filter)
         where, params = _where(filter)
         per = "".join(f", COUNT(DISTINCT request_id) FILTER (WHERE {col} IS ?)" for _ in values)
         sql = (

@@ -101,8 +101,8 @@ class LedgerStore(Protocol):
         ``count_requests`` is False, which is cheaper on large ledgers) distinct request counts."""
 
     def request_stats(self, filter: LedgerFilter = LedgerFilter(), top: int = 10) -> tuple[list[AggregateRow], int]:
-        """The ``top`` most expensive requests (keys: request id, its sorted sources) and the number of
-        requests with an unknown price (``request_stats_of`` is the reference answer)."""
+        """The ``top`` most expensive requests (keys: request id, its sorted sources; equal costs in request id
+        order) and the number of requests with an unknown price (``request_stats_of`` is the reference answer)."""
 
     def requests_by(
         self, field: str, values: Sequence[Any], filter: LedgerFilter = LedgerFilter()
@@ -193,8 +193,8 @@ def request_stats_of(store: LedgerStore, flt: LedgerFilter, top: int) -> tuple[l
         acc.avoided_cost += r.avoided_cost
         acc.events += r.events
         acc.unknown += r.unknown
-    rows = per_request.values()
-    return sorted(rows, key=lambda r: -r.cost)[:top], sum(1 for r in rows if r.unknown)
+    rows = per_request.values()  # equal costs: the request id decides (as a string, by code point)
+    return sorted(rows, key=lambda r: (-r.cost, r.keys[0]))[:top], sum(1 for r in rows if r.unknown)
 
 
 def requests_by_of(
