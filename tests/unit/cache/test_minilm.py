@@ -107,3 +107,18 @@ def test_bad_arguments():
         MiniLMEmbedder(backend="cuda")
     with pytest.raises(ValueError):
         MiniLMEmbedder(threads=0)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "onnx"])
+def test_a_batch_of_long_texts_is_split_by_padded_tokens(backend, monkeypatch):
+    from truecost.cache import embedders
+
+    e = MiniLMEmbedder(backend=backend)
+    passes: list[tuple[int, int]] = []
+    forward = e._forward
+    monkeypatch.setattr(e, "_forward", lambda ids: passes.append((len(ids), max(map(len, ids)))) or forward(ids))
+    texts = ["word " * 300] * 40 + ["short one"] * 10
+    v = e.embed_batch(texts)
+    assert all(b * length <= embedders.MAX_BATCH_TOKENS for b, length in passes)
+    assert sum(b for b, _ in passes) == 50 and np.isfinite(v).all()
+    np.testing.assert_allclose(v[0], e.embed_batch(["word " * 300])[0], atol=2e-6)
