@@ -18,7 +18,7 @@ counting: prompt tokens include cache reads and writes), streaming included: Lit
 stream once, when it completes, with its assembled usage. Attribution comes from LiteLLM's
 metadata: the key's team (alias, else id), the key alias and the user as tags and ``user``,
 request tags, and ``cost_center`` / ``feature`` / ``tenant`` (or a ``truecost`` block) from the
-request metadata. LiteLLM's own cost is kept beside ours in ``details["litellm_cost"]``.
+request metadata -- never the team: the logger's own ``team=``, else the key's, stands. LiteLLM's own cost is kept beside ours in ``details["litellm_cost"]``.
 """
 
 from __future__ import annotations
@@ -100,8 +100,9 @@ def attribution_of(kwargs: dict, defaults: dict) -> dict[str, Any]:
         tags.update(truecost.pop("tags", {}))
         out.update(truecost)
     team = smeta.get("user_api_key_team_alias") or smeta.get("user_api_key_team_id") or meta.get("user_api_key_team_id")
+    team = defaults.get("team") or team  # the operator's, else the proxy key's: request metadata cannot replace it
     if team:
-        out.setdefault("team", str(team))
+        out["team"] = str(team)
     user = (
         smeta.get("user_api_key_end_user_id")
         or slo.get("end_user")
