@@ -141,3 +141,22 @@ def test_ids_that_are_not_hex_are_rejected_not_stored(gw):
     assert r.status_code == 200 and r.json()["partialSuccess"]["rejectedSpans"] == "3", r.text
     assert len(_rows_of(gw, trace)) == 1
     assert gw.rows("trace_id LIKE '%script%' OR span_id LIKE '%/%' OR trace_id LIKE '%é%'") == []
+
+
+def test_client_text_is_cut_short_in_reasons_services_and_the_receivers_memory(gw):
+    # a span's name and attributes reach the unknown-cost reason, the service column and the receiver's
+    # per-reason counters: a few MB each would be kept per event and held in memory for ever
+    trace, big = _trace(), "N" * 2_000_000
+    spans = [
+        json_span({}, trace=trace, name=big),
+        json_span({"gen_ai.system": "openai", "gen_ai.request.model": "M" * 500_000}, trace=trace),
+        json_span({"truecost.step": "generate", "truecost.cost_usd": "x" * 500_000, "truecost.service": "S" * 500_000}),
+    ]
+    spans[2]["traceId"] = trace
+    assert _post(gw, "plain", json_body(spans)).status_code == 200
+    rows = _rows_of(gw, trace, at_least=3)
+    assert len(rows) == 3
+    for row in rows:
+        assert len(json.dumps(row["details"])) < 4_000, str(row["details"])[:300]
+        assert row["service"] is None or len(row["service"]) <= 512
+        assert len(row["name"] or "") <= 1024

@@ -33,6 +33,11 @@ SOURCE = "otlp"
 _FIELDS = ("cost_center", "team", "feature", "tenant", "environment", "user")
 _REPORTED_COST_KEYS = ("gen_ai.usage.cost", "llm.cost.total", "truecost.cost_usd")
 _MEMO_MAX = 50_000
+_TEXT_MAX = 500  # client text (span names, attribute values) kept in a reason, a service or a detail
+
+
+def _cut(text: Any, limit: int = _TEXT_MAX) -> Any:
+    return text[:limit] + "..." if isinstance(text, str) and len(text) > limit else text
 
 
 class MapStats:
@@ -208,7 +213,7 @@ class SpanMapper:
             events.append(self._event(s, step, charge, ts, attributions[s.trace_id], id_tags(s.trace_id)))
             if charge.priced.cost is None:
                 stats.unpriced += 1
-                stats.reasons[charge.priced.unknown_reason or "unknown"] += 1
+                stats.reasons[_cut(charge.priced.unknown_reason or "unknown")] += 1
             else:
                 stats.priced += 1
         return events
@@ -293,7 +298,7 @@ class SpanMapper:
             details["price_attributes"] = dict(usage.attributes)
         for cost_key in _REPORTED_COST_KEYS:
             if cost_key in a:
-                details["reported_cost"] = str(a[cost_key])
+                details["reported_cost"] = _cut(str(a[cost_key]), 64)
                 break
         t = usage.tokens
         return _Charge(
@@ -414,7 +419,7 @@ class SpanMapper:
         details = c.details
         priced = c.priced
         if priced.unknown_reason:
-            details["unknown_reason"] = priced.unknown_reason
+            details["unknown_reason"] = _cut(priced.unknown_reason)
         lines = priced.lines
         if len(lines) > 1:  # per-class prices; with details["tokens"] they give each line's cost
             text = self._price_text
@@ -440,7 +445,7 @@ class SpanMapper:
             step=kind,
             name=s.name[:1024],
             provider=c.provider,
-            service=c.service,
+            service=_cut(c.service),
             region=c.region,
             quantity=c.quantity,
             unit=c.unit,
