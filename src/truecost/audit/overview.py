@@ -94,7 +94,14 @@ def served_mix(store: LedgerStore, flt: LedgerFilter, gens: Sequence[AggregateRo
 
 
 def _request_row(r: AggregateRow) -> dict[str, Any]:
-    return {"request_id": r.keys[0], "cost_usd": r.cost, "events": r.events, "sources": list(r.keys[1])}
+    # "unknown": steps with no price; their cost is not in cost_usd (a request of only those is unknown, not $0)
+    return {
+        "request_id": r.keys[0],
+        "cost_usd": r.cost,
+        "events": r.events,
+        "sources": list(r.keys[1]),
+        "unknown": r.unknown,
+    }
 
 
 def expensive_requests(store: LedgerStore, flt: LedgerFilter, top: int) -> list[dict[str, Any]]:

@@ -36,6 +36,14 @@ def nav(base: str, on: str, who: Principal | None = None) -> str:
     )
 
 
+def _cost_cell(cost: Any, unknown: int) -> str:
+    """A known cost, and how many steps had no price: '$0.42', '$0.42 + 2 unpriced', 'unknown (3 unpriced)'."""
+    if not unknown:
+        return _usd(cost)
+    flag = f"<span class='unknown'>{unknown:,} unpriced</span>"
+    return f"unknown ({flag})" if not cost else f"{_usd(cost)} + {flag}"
+
+
 def _requests_table(base: str, rows: Sequence[dict[str, Any]], params: dict[str, str]) -> str:
     qs = urlencode({k: v for k, v in params.items() if v})
     head = "<th>request</th><th>source</th><th class='n'>cost</th><th class='n'>steps</th>"
@@ -45,7 +53,8 @@ def _requests_table(base: str, rows: Sequence[dict[str, Any]], params: dict[str,
             + "".join(
                 f'<tr><td><a href="{base}/request/{escape(quote(x["request_id"], safe=""))}{"?" + escape(qs) if qs else ""}">'
                 f'{escape(x["request_id"])}</a></td><td class="source">{escape(", ".join(x["sources"]))}</td>'
-                f'<td class="n">{_usd(x["cost_usd"])}</td><td class="n">{x["events"]}</td></tr>'
+                f'<td class="n" data-unpriced="{x["unknown"]}">{_cost_cell(x["cost_usd"], x["unknown"])}</td>'
+                f'<td class="n">{x["events"]}</td></tr>'
                 for x in rows
             )
             + "</tbody></table>"
@@ -61,8 +70,9 @@ def _by_source(rows: Sequence[dict[str, Any]]) -> str:
         return "<p class='note'>no events in this period</p>"
     body = "".join(
         f'<tr data-source="{escape(x["key"])}" data-requests="{x["requests"]}" data-events="{x["events"]}" '
-        f'data-cost-usd="{x["cost_usd"]}"><td>{escape(x["key"])}</td><td class="n">{x["requests"]:,}</td>'
-        f'<td class="n">{x["events"]:,}</td><td class="n">{_usd(x["cost_usd"])}</td>'
+        f'data-cost-usd="{x["cost_usd"]}" data-unpriced="{x["unknown"]}"><td>{escape(x["key"])}</td>'
+        f'<td class="n">{x["requests"]:,}</td><td class="n">{x["events"]:,}</td>'
+        f'<td class="n">{_cost_cell(x["cost_usd"], x["unknown"])}</td>'
         f'<td class="n">{charts.pct(x["share"]) if x["share"] is not None else "n/a"}</td></tr>'
         for x in rows
     )

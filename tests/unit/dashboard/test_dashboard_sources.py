@@ -68,7 +68,7 @@ def _by_source(html):
     return {
         m[0]: (int(m[1]), int(m[2]), Decimal(m[3]))
         for m in re.findall(
-            r'<tr data-source="([^"]+)" data-requests="(\d+)" data-events="(\d+)" data-cost-usd="([^"]+)">', table
+            r'<tr data-source="([^"]+)" data-requests="(\d+)" data-events="(\d+)" data-cost-usd="([^"]+)"', table
         )
     }
 
@@ -114,3 +114,35 @@ def test_overview_data_has_requests_and_cost_per_source(store):
     assert {r["key"]: (r["requests"], r["cost_usd"]) for r in data["by_source"]}["gateway"] == (2, Decimal("2.0"))
     assert set(data["spend_over_time"]["series"]) == {"gateway", "sdk", "langchain", "otlp", "litellm", "llamaindex"}
     assert {r["request_id"]: r["sources"] for r in data["expensive_requests"]}["rq-1"] == ["gateway", "sdk"]
+
+
+def test_unpriced_steps_show_as_unknown_never_as_zero(store):
+    """rq-5's only step has no price: the tables say unknown, with how many steps, not $0.00."""
+    store.append(
+        [
+            CostEvent(
+                id="e-extra",
+                request_id="rq-3",
+                ts=T,
+                step="validate",
+                service="judge-x",
+                cost=None,
+                source="langchain",
+                attribution=Attribution(tenant="acme", cost_center="cx"),
+            )
+        ]
+    )
+    overview_html, listing = _get(store, "/ui/", "/ui/requests")
+    cells = dict(
+        re.findall(
+            r'>(rq-\d)</a></td><td class="source">[^<]*</td><td class="n" data-unpriced="\d+">(.*?)</td>', listing
+        )
+    )
+    assert cells["rq-5"] == "unknown (<span class='unknown'>1 unpriced</span>)"
+    assert cells["rq-3"] == "$2.00 + <span class='unknown'>1 unpriced</span>"
+    assert cells["rq-2"] == "$0.50"
+    by_source = overview_html[overview_html.index("<table id='by-source'>") :]
+    row = re.search(r'<tr data-source="litellm"[^>]*data-unpriced="(\d+)">(.*?)</tr>', by_source)
+    assert row and row.group(1) == "1" and "unknown (" in row.group(2) and "$0.00" not in row.group(2)
+    data = overview(store, now=T)
+    assert {r["request_id"]: r["unknown"] for r in data["expensive_requests"]}["rq-5"] == 1
