@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 
-from tests.security.harness import http
-from tests.security.sec_config import key
+import pytest
+
+from tests.security.harness import Gateway, http
+from tests.security.sec_config import UPSTREAM_KEY, key, main_config
 from tests.unit.integrations.spans import json_body, json_span
 
 GENAI = {
@@ -160,3 +163,35 @@ def test_client_text_is_cut_short_in_reasons_services_and_the_receivers_memory(g
         assert len(json.dumps(row["details"])) < 4_000, str(row["details"])[:300]
         assert row["service"] is None or len(row["service"]) <= 512
         assert len(row["name"] or "") <= 1024
+
+
+@pytest.fixture(scope="module")
+def tight_gw(tmp_path_factory, upstream, refused_port, shared_upstream):
+    """A gateway whose keys may each export 5 spans a minute to /v1/traces."""
+    tmp = tmp_path_factory.mktemp("ingest-limited")
+    config = main_config(tmp, upstream.url, refused_port, shared_upstream.url)
+    config["limits"]["ingest_spans_per_minute"] = 5
+    g = Gateway(tmp, config, env={"TC_UPSTREAM_KEY": UPSTREAM_KEY}, name="ingest-limited")
+    try:
+        g.start()
+        yield g
+    finally:
+        g.stop()
+
+
+def test_a_key_flooding_traces_is_held_to_its_spans_per_minute_and_nothing_over_it_is_written(tight_gw):
+    trace = _trace()
+    first = json_body([json_span(GENAI, trace=trace) for _ in range(3)])
+    assert _post(tight_gw, "plain", first).status_code == 200
+    rows = _rows_of(tight_gw, trace, at_least=3)
+    flood = json_body([json_span(GENAI, trace=trace) for _ in range(3)])  # 3 more: over the 5 a minute
+    r = _post(tight_gw, "plain", flood)
+    assert r.status_code == 429, r.text
+    assert 1 <= int(r.headers["retry-after"]) <= 60  # exporters wait and retry (OTLP/HTTP's 429 contract)
+    assert r.json()["code"] == 8 and "5 spans per minute" in r.json()["message"]
+    time.sleep(0.5)
+    assert len(tight_gw.rows("trace_id = ? AND source = 'otlp'", (trace,))) == len(rows) == 3  # nothing written
+    # another key has its own allowance; one export bigger than a minute's allowance is a 400, never retried
+    assert _post(tight_gw, "other", json_body([json_span(GENAI, trace=_trace())])).status_code == 200
+    big = _post(tight_gw, "noscope", json_body([json_span(GENAI, trace=_trace()) for _ in range(6)]))
+    assert big.status_code == 400 and "export smaller batches" in big.json()["message"]

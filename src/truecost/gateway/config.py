@@ -248,6 +248,7 @@ def _parse_limits(doc: dict, source: str) -> LimitsConfig:
         "max_header_bytes": int,
         "header_timeout": float,
         "max_n": int,
+        "ingest_spans_per_minute": int,
     }
     return LimitsConfig(**{k: _positive(v, f"{source}: limits.{k}", kinds[k]) for k, v in merged.items()})
 

@@ -184,6 +184,9 @@ class LimitsConfig:
     max_header_bytes: int = 16_384
     header_timeout: float = 10.0
     max_n: int = 16
+    # spans a key may export to POST /v1/traces per minute (per replica): each span becomes a ledger row, so a
+    # key that floods cannot fill the disk faster than this (over it: 429 with retry-after, which exporters honour)
+    ingest_spans_per_minute: int = 120_000
 
 
 @dataclass

@@ -31,7 +31,8 @@ from truecost.gateway.keys import KeyRecord, KeyStore, actor_for
 from truecost.gateway.openapi import openapi_spec
 from truecost.gateway.pipeline import Pipeline
 from truecost.gateway.validation import read_json_body, validate_messages
-from truecost.integrations.otlp_config import IngestGrant
+from truecost.gateway.ratelimit import RateLimited, RateLimiter
+from truecost.integrations.otlp_config import IngestGrant, IngestLimited
 from truecost.integrations.otlp_receiver import otlp_routes
 from truecost.types import ATTRIBUTION_FIELDS, Attribution
 
@@ -136,6 +137,7 @@ class GatewayRoutes:
         self.authenticate = Authenticator(keys)
         self.feedback = FeedbackDesk(pipeline, keys.record_audit)
         self.refused_admin = _FailureGate()  # audit rows for wrong admin keys, every admin route: 30 a minute
+        self.ingest_limiter = RateLimiter()  # spans per minute per key into POST /v1/traces
 
     def routes(self) -> list[BaseRoute]:
         config = self.config
@@ -287,14 +289,31 @@ class GatewayRoutes:
             key = self.authenticate(request)
         except GatewayError:
             return None  # the route answers 401
+        admit = self._ingest_admit(key.name if key is not None else "")
         if key is None:
-            return IngestGrant(Attribution())
+            return IngestGrant(Attribution(), admit=admit)
         locked = set(ATTRIBUTION_HEADER_FIELDS) - set(key.allow_attribution_headers)
         return IngestGrant(
             own_attribution(key) or Attribution(),
             frozenset(f for f in ATTRIBUTION_FIELDS if f not in locked),
             principal=key.name,
+            admit=admit,
         )
+
+    def _ingest_admit(self, sender: str) -> Callable[[int], None]:
+        """The sender's spans-per-minute allowance (``limits.ingest_spans_per_minute``, per replica)."""
+        limit = self.config.limits.ingest_spans_per_minute
+
+        def admit(spans: int) -> None:
+            try:
+                self.ingest_limiter.check("\0ingest\0" + sender, None, limit, spans)
+            except RateLimited as exc:
+                self.pipeline.metrics.inc("truecost_rate_limited_total", limit="ingest_spans")
+                raise IngestLimited(
+                    f"ingest limit of {limit:,} spans per minute reached for this key", exc.retry_after
+                ) from None
+
+        return admit
 
     def on_admin(self, action: str, target: str | None, outcome: str) -> None:
         self.pipeline.metrics.inc("truecost_admin_actions_total", action=action, outcome=outcome.split(":")[0])

@@ -31,7 +31,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from truecost.errors import ConfigError
 from truecost.integrations.otlp_decode import SPAN_KINDS, SpanRecord
@@ -54,6 +54,14 @@ _STATUS_NAMES = {v: k for k, v in _STATUS.items()}
 _SPECIAL = ("name", "kind", "scope", "status")
 
 
+class IngestLimited(Exception):
+    """An export the sender may not write now: 429, retry after ``retry_after`` seconds (None: never, too big)."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True)
 class IngestGrant:
     """Who sent an export, and what its spans may say about who pays.
@@ -68,6 +76,9 @@ class IngestGrant:
     attribution: Attribution = EMPTY_ATTRIBUTION
     span_fields: frozenset[str] | None = None
     principal: str = ""
+    # admit(spans): raises IngestLimited when the sender may not write that many spans now (None: no limit).
+    # Asked once per export, after decoding and before anything is journaled or written; replays skip it.
+    admit: Callable[[int], None] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, pinned: "Attribution | IngestGrant | None") -> "IngestGrant | None":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import math
 import os
 import threading
 import time
@@ -23,14 +24,14 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from truecost.errors import LedgerError, MissingExtraError
-from truecost.integrations.otlp_config import IngestGrant, OTLPConfig
+from truecost.integrations.otlp_config import IngestGrant, IngestLimited, OTLPConfig
 from truecost.integrations.otlp_decode import JSON, PROTOBUF, OTLPPayloadError, decode, decompress
 from truecost.integrations.otlp_map import MapStats, SpanMapper
 from truecost.types import Attribution
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 INLINE_BYTES = 32 * 1024  # bigger payloads are decoded off the event loop
-_INVALID_ARGUMENT, _UNAUTHENTICATED, _UNAVAILABLE = 3, 16, 14
+_INVALID_ARGUMENT, _UNAUTHENTICATED, _UNAVAILABLE, _RESOURCE_EXHAUSTED = 3, 16, 14, 8
 
 Authorize = Callable[[Any], "Attribution | IngestGrant | None | Awaitable[Attribution | IngestGrant | None]"]
 
@@ -152,6 +153,8 @@ class OTLPReceiver:
             with self._lock:
                 self.bad_payloads += 1
             raise
+        if journal and grant is not None and grant.admit is not None:
+            grant.admit(len(spans))  # IngestLimited: nothing journaled, nothing written
         entry = self.journal.write(body, content_type, content_encoding, grant) if journal and self.journal else None
         batch = MapStats()
         batch.spans = len(spans)
@@ -302,8 +305,9 @@ def make_endpoint(
         as_json = ctype.split(";", 1)[0].strip().lower() == JSON
         media = JSON if as_json else PROTOBUF
 
-        def answer(status: int, code: int, message: str) -> Any:
-            headers = {"www-authenticate": "Bearer"} if status == 401 else None
+        def answer(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> Any:
+            if status == 401:
+                headers = {"www-authenticate": "Bearer"}
             return Response(status_body(code, message, as_json), status_code=status, media_type=media, headers=headers)
 
         ok, pinned = await _authorized(authorize, request)
@@ -320,6 +324,11 @@ def make_endpoint(
                 result = receiver.ingest(body, ctype, encoding, pinned or None)
         except OTLPPayloadError as exc:
             return answer(exc.status, _INVALID_ARGUMENT, str(exc))
+        except IngestLimited as exc:
+            if exc.retry_after is None:  # more spans in one export than a minute allows: retrying cannot help
+                return answer(400, _INVALID_ARGUMENT, f"{exc}; export smaller batches")
+            wait = str(max(1, math.ceil(exc.retry_after)))
+            return answer(429, _RESOURCE_EXHAUSTED, str(exc), {"retry-after": wait})
         except MissingExtraError as exc:
             return answer(415, _INVALID_ARGUMENT, f"{exc}; or send {JSON}")
         except LedgerError as exc:
