@@ -241,7 +241,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-pairs", type=int, default=24000)
     ap.add_argument("--test-pairs", type=int, default=6000)
-    ap.add_argument("--embedders", default="minilm,static")
+    ap.add_argument("--embedders", default="minilm,static,static-tuned")
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--out", default=str(ARTIFACT_DIR))
     ap.add_argument("--cache-dir", default="~/.cache/truecost/verifier-train")
