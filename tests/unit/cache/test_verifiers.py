@@ -109,7 +109,7 @@ def test_online_policy_serves_the_member_the_verifiers_prefer():
     pol.add_member(7, np.ones(4, np.float32))
     d = pol.decide(np.ones(4, np.float32) / 2, [Candidate(1, 0.9, 7, 0.2), Candidate(2, 0.88, 7, 0.95)])
     assert d.check_classes[0] == (7, 1) and d.predicted_class == 7
-    from truecost.cache.policy import _best_member
+    from truecost.cache.policy_state import best_member as _best_member
 
     assert _best_member([Candidate(1, 0.9, 7, 0.2), Candidate(2, 0.88, 7, 0.95)], 7) == 2
     assert _best_member([Candidate(1, 0.9, 7), Candidate(2, 0.88, 7)], 7) == 1
@@ -154,7 +154,7 @@ def test_feedback_on_a_served_hit_reaches_the_policy_and_scores_the_verifiers():
     scripted = Scripted(lambda q, o: 0.9)
     pol = Recording(0.05)
     pol.tau = 0.5  # an untrained model says P(correct) 0.5 for anything: a hit
-    from truecost.cache.policy import _Logistic
+    from truecost.cache.policy_state import Logistic as _Logistic
 
     pol._model = _Logistic(pol.n_features)
     pol.explore = pol.explore_min = 0.0
