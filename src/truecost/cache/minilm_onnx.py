@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from truecost.errors import MissingExtraError
+from truecost.errors import MissingExtraError, TruecostError
 
 ONNX_HINT = "pip install 'truecost[onnx]' (onnxruntime and onnx)"
 
@@ -28,6 +28,30 @@ def available() -> bool:
     import importlib.util
 
     return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
+def import_clash() -> str | None:
+    """Why importing onnxruntime now would crash this process, or None.
+
+    usearch 2.26.2 and later, once imported, make a later ``import onnxruntime`` (1.23 and later) die
+    of a segmentation fault inside libstdc++ (the other order is fine). The ``ann`` extra pins usearch
+    below 2.26.2; this catches an environment that has a newer one.
+    """
+    import sys
+    from importlib import metadata
+
+    if "onnxruntime" in sys.modules or "usearch" not in sys.modules:
+        return None
+    try:
+        version = tuple(int(p) for p in metadata.version("usearch").split(".")[:3])
+    except (metadata.PackageNotFoundError, ValueError):
+        return None
+    if version >= (2, 26, 2):
+        return (
+            f"usearch {'.'.join(map(str, version))} is already imported, and importing onnxruntime after it "
+            "crashes the process; install usearch<2.26.2 (the ann extra's pin) or use backend='numpy'"
+        )
+    return None
 
 
 class _Graph:
@@ -117,6 +141,9 @@ class OrtEncoder:
     def __init__(self, layers: Sequence[tuple], heads: int, dims: int, eps: float, threads: int = 1) -> None:
         if threads < 1:
             raise ValueError("threads must be at least 1")
+        clash = import_clash()
+        if clash is not None:
+            raise TruecostError(f"MiniLM through ONNX Runtime: {clash}")
         try:
             import onnxruntime as ort
         except ImportError:

@@ -122,3 +122,31 @@ def test_a_batch_of_long_texts_is_split_by_padded_tokens(backend, monkeypatch):
     assert all(b * length <= embedders.MAX_BATCH_TOKENS for b, length in passes)
     assert sum(b for b, _ in passes) == 50 and np.isfinite(v).all()
     np.testing.assert_allclose(v[0], e.embed_batch(["word " * 300])[0], atol=2e-6)
+
+
+def test_onnx_is_not_imported_after_a_usearch_that_would_crash_the_process():
+    """usearch >= 2.26.2 imported first makes `import onnxruntime` segfault: checked in a child process."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, types\n"
+        "from importlib import metadata\n"
+        "sys.modules.setdefault('usearch', types.ModuleType('usearch'))\n"
+        "_version = metadata.version\n"
+        "metadata.version = lambda name: '2.26.6' if name == 'usearch' else _version(name)\n"
+        "sys.modules.pop('onnxruntime', None)\n"
+        "from truecost.cache.embedders import MiniLMEmbedder\n"
+        "e = MiniLMEmbedder()\n"
+        "e.embed_batch(['x'])\n"
+        "assert e.backend == 'numpy' and 'onnxruntime' not in sys.modules, e.backend\n"
+        "try:\n"
+        "    MiniLMEmbedder(backend='onnx').embed_batch(['x'])\n"
+        "except Exception as exc:\n"
+        "    assert 'usearch<2.26.2' in str(exc), exc\n"
+        "else:\n"
+        "    raise AssertionError('onnx backend built beside a clashing usearch')\n"
+        "print('held')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "held" in r.stdout, r.stderr[-2000:]
