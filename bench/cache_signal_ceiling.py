@@ -18,6 +18,12 @@ B. a two-stage lookup: candidates from a static table (top k by its cosine), Min
    of MiniLM's own hindsight hits kept (floors fixed, and learned online from MiniLM's own
    decisions on the lookups it saw: the q-quantile of the static cosine of its hits).
 
+C. what labels can reach (the `--feedback label` target): every earlier query's intent known, a
+   vote over the k nearest earlier queries (each weighted exp((cosine - best cosine) / T)) picks
+   an intent; the hit rate at <= 1% false hits of the best threshold on the vote's share, and on
+   share + best cosine, beside the nearest neighbour's cosine alone. With labels for every
+   earlier query (the cache learns them only for its misses) this is generous to the policy.
+
 The queries between lookups are all earlier queries (not only the stored misses): close to the
 cache protocol, simpler. Prints JSON.
 """
@@ -140,6 +146,25 @@ def part_b(labels: np.ndarray, fast: np.ndarray, slow: np.ndarray, k: int, floor
     return out
 
 
+def part_c(labels: np.ndarray, idx: np.ndarray, sims: np.ndarray, temperatures=(0.02, 0.05)) -> dict:
+    out: dict = {"nn_cosine": hindsight(sims[1:, 0], labels[idx[1:, 0]] == labels[1:])}
+    for t in temperatures:
+        share, right = np.zeros(len(labels) - 1), np.zeros(len(labels) - 1, bool)
+        for i in range(1, len(labels)):
+            keep = idx[i] >= 0
+            votes: dict = {}
+            for j, s in zip(idx[i][keep], sims[i][keep]):
+                votes[labels[j]] = votes.get(labels[j], 0.0) + float(np.exp((s - sims[i, 0]) / t))
+            best = max(votes, key=lambda c: votes[c])
+            share[i - 1], right[i - 1] = votes[best] / sum(votes.values()), best == labels[i]
+        out[f"vote_T{t}"] = {
+            "accuracy": round(float(right.mean()), 4),
+            "hits_at_1pct_share": hindsight(share, right),
+            "hits_at_1pct_share_plus_cosine": hindsight(share + sims[1:, 0], right),
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", action="append", required=True, help="JSON lines with text and intent (repeatable)")
@@ -158,8 +183,10 @@ def main() -> None:
         vectors = np.asarray(slow.embed_batch(texts), np.float32)
         fast_vectors = np.asarray(fast.embed_batch(texts), np.float32)
         labels = np.array([q.intent for q in queries])
+        idx, sims = earlier(vectors, args.k)
         out["files"][Path(path).stem] = {
             "A_" + args.embedder: part_a(queries, vectors, verifier, 5),
+            "C_labels_knn_vote": part_c(labels, idx, sims),
             f"B_{args.fast}_then_{args.embedder}": part_b(
                 labels, fast_vectors, vectors, args.k, (0.7, 0.75, 0.8, 0.85), (0.02, 0.05, 0.1)
             ),
