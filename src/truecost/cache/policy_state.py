@@ -8,7 +8,8 @@ however long it runs (the policy's training samples are a sliding window, see ``
   least recently is forgotten whole. A forgotten class that still has live entries is handled as a new
   one: its centroid is its nearest member (``centroid_sims`` falls back to that member's similarity),
   its records start again. Classes a client reported wrong are forgotten only after every unreported
-  one, so a report keeps its effect while anything else can give way.
+  one, so a report keeps its effect while anything else can give way (when every kept class was
+  reported, the oldest report gives way to a new class: the ceiling holds).
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ class ClassBook:
             book.move_to_end(class_id)
             return
         self._recent[class_id] = None
-        while len(self) > self.max_classes:
-            victim_book = self._recent if self._recent else self._reported
+        while len(self) > self.max_classes:  # never the class just touched: its records are about to be written
+            victim_book = self._recent if len(self._recent) > 1 else self._reported
             victim, _ = victim_book.popitem(last=False)
             for table in (self.sums, self.sizes, self.stats, self.served):
                 table.pop(victim, None)

@@ -88,3 +88,19 @@ def test_bad_bounds():
         ClassBook(0)
     with pytest.raises(ValueError):
         OnlineErrorBounded(0.01, max_samples=10, min_observations=50)
+
+
+def test_the_ceiling_holds_when_every_kept_class_was_reported_wrong():
+    # every slot holds a reported class: a new class used to evict itself at once, and its centroid, size,
+    # verification and served records were then written outside the book, never to be forgotten (unbounded)
+    book = ClassBook(max_classes=3)
+    for c in (1, 2, 3):
+        book.add(c, _vec(c))
+        book.mark_reported(c)
+    for c in range(4, 200):
+        book.add(c, _vec(c))
+        book.stats[c] = [1.0, 1.0, 0.9]
+        book.served[c] = [1, 0, 0, 0]
+    assert len(book) == 3
+    assert len(book.sums) <= 3 and len(book.sizes) <= 3 and len(book.stats) <= 3 and len(book.served) <= 3
+    assert 199 in book.sums and book.sizes[199] == 1  # the class in use is the one kept
