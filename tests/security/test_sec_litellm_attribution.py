@@ -66,3 +66,16 @@ def test_the_operators_own_team_still_stands_over_the_keys(ledger):
     )
     (e,) = store.query()
     assert e.attribution.team == "ops"
+
+
+@pytest.mark.parametrize("claim", [{"truecost": {"team": "t-victim"}}, {"truecost": {"team": "t-victim"}, "team": "x"}])
+def test_a_key_without_a_team_cannot_bill_one_through_request_metadata(ledger, claim):
+    # a LiteLLM key that belongs to no team (a personal or service key): its client named the team to bill
+    tracker, store = ledger
+    kw = _proxy_kwargs({**claim, "feature": "f-1"})
+    for name in ("user_api_key_team_alias", "user_api_key_team_id"):
+        del kw["standard_logging_object"]["metadata"][name]
+    record_call(tracker, kw, {"model": "tc-chat", "usage": USAGE}, T, T)
+    (e,) = store.query()
+    assert e.attribution.team is None  # no team: unattributed, not the team the client named
+    assert e.attribution.feature == "f-1"

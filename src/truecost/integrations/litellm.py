@@ -103,6 +103,8 @@ def attribution_of(kwargs: dict, defaults: dict) -> dict[str, Any]:
     team = defaults.get("team") or team  # the operator's, else the proxy key's: request metadata cannot replace it
     if team:
         out["team"] = str(team)
+    else:  # nor name one for a key that has none (a proxy client's metadata would bill a team of its choice)
+        out.pop("team", None)
     user = (
         smeta.get("user_api_key_end_user_id")
         or slo.get("end_user")
