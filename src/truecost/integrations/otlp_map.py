@@ -34,6 +34,7 @@ _FIELDS = ("cost_center", "team", "feature", "tenant", "environment", "user")
 _REPORTED_COST_KEYS = ("gen_ai.usage.cost", "llm.cost.total", "truecost.cost_usd")
 _MEMO_MAX = 50_000
 _TEXT_MAX = 500  # client text (span names, attribute values) kept in a reason, a service or a detail
+_NAME_MAX = 256  # a longer model, provider or service tier names no price (nor becomes a key of any memo)
 
 
 def _cut(text: Any, limit: int = _TEXT_MAX) -> Any:
@@ -273,7 +274,9 @@ class SpanMapper:
         model = model_of(a)
         provider = provider_of(a)
         if model is None:
-            return _unpriced("GenAI span without a model attribute", provider_reported=provider)
+            return _unpriced("GenAI span without a model attribute", provider_reported=_cut(provider, 64))
+        if len(model) > _NAME_MAX or len(provider or "") > _NAME_MAX:
+            return _unpriced(f"a model or provider name longer than {_NAME_MAX} characters", _cut(model, 64))
         key = (provider, model)
         hit = self._names.get(key)
         if hit is None:
@@ -289,6 +292,8 @@ class SpanMapper:
             return _unpriced(f"{model}: {exc}", model)
         if usage is None:
             return _unpriced(f"{model}: {missing}", model)
+        if any(len(v) > _NAME_MAX for v in usage.attributes.values()):
+            return _unpriced(f"{model}: a price attribute (service tier) longer than {_NAME_MAX} characters", model)
         version, why, prov, service = self.tracker.price_version(name, None, ts)
         priced = price_tokens(version, usage, unknown_reason=why)
         details: dict[str, Any] = {"tokens": usage.as_dict()}

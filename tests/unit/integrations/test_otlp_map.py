@@ -1,3 +1,6 @@
+import gc
+import json
+import tracemalloc
 from decimal import Decimal
 
 import pytest
@@ -267,3 +270,34 @@ def test_an_export_file_maps_like_the_receiver(ledger, tmp_path):
     bad.write_text('{"resourceSpans": [{"scopeSpans": [{"spans": [{"kind": "sideways"}]}]}]}')
     with pytest.raises(OTLPPayloadError, match="bad.json: .*unknown span kind"):
         map_export_file(bad, tracker)
+
+
+def test_long_model_provider_and_tier_names_are_neither_kept_in_memory_nor_stored(ledger):
+    # a span's model, provider and service tier were memo keys (the mapper's, the catalog's, the price tables')
+    # and text in details, uncut: a sender with distinct long names grew the process by MBs per span
+    tracker, _ = ledger
+    mapper = SpanMapper(tracker, parse_config(None))
+
+    def spans(i: int) -> list:
+        big = f"{i}-" + "x" * 200_000
+        return [
+            record({**GENAI, "gen_ai.request.model": big}),
+            record({**GENAI, "openai.request.service_tier": big}),
+            record({"gen_ai.operation.name": "chat", "gen_ai.provider.name": big}),
+        ]
+
+    mapper.map(spans(-1))  # the first call's one-off allocations are not what is measured
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for i in range(20):
+            events = mapper.map(spans(i))
+            assert [e.cost for e in events] == [None, None, None]
+            for e in events:
+                assert len(json.dumps(e.details)) < 2_000 and len(e.service or "") <= 512
+        del events
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert retained < 1_000_000  # 60 spans with 200 KB names each: ~20 MB kept before
