@@ -362,3 +362,35 @@ def test_request_stats_and_requests_by_agree_with_the_reference_answer(store):
         ref_head, ref_per = requests_by_of(store, "source", ["gateway", "sdk", "otlp", "absent"], f)
         assert (head.cost, head.request_count) == (ref_head.cost, ref_head.request_count) and per == ref_per
         assert per["absent"] == 0 and 0 < per["sdk"] <= head.request_count
+
+
+def test_sqlite_two_processes_opening_an_older_ledger_at_once_both_open_and_count_once(tmp_path, monkeypatch):
+    # a gateway and a dashboard (or two workers) start on a ledger written before 005: both read the list of
+    # applied migrations, one applies it; the other then ran it again ("table request_rollup already exists")
+    import truecost.ledger.sqlite as sqlite_module
+
+    path = tmp_path / "old.db"
+    s = SQLiteLedgerStore(path)
+    s.append([ev(1, "r1", cost="0.5")])
+    s.close()
+    con = sqlite3.connect(path)
+    con.executescript("DROP TABLE request_rollup; DELETE FROM _migrations WHERE name = '005_request_rollup';")
+    con.close()
+    applied = list(sqlite_module.MIGRATIONS)
+    others: list = []
+
+    class Racing(list):
+        def __iter__(self):
+            for name, sql in applied:
+                if name == "005_request_rollup" and not others:
+                    others.append(None)
+                    others[0] = SQLiteLedgerStore(path)  # the other process opens (and migrates) meanwhile
+                yield name, sql
+
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", Racing(applied))
+    mine = SQLiteLedgerStore(path)
+    for store in (mine, others[0]):
+        assert store.migrations()[-1] == "005_request_rollup"
+        top, _ = store.request_stats()
+        assert [(r.keys[0], r.cost, r.events) for r in top] == [("r1", Decimal("0.5"), 1)]
+        store.close()

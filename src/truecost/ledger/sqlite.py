@@ -241,6 +241,9 @@ class SQLiteLedgerStore:
                 continue
             c.execute("BEGIN IMMEDIATE")
             try:
+                if c.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone():
+                    c.execute("COMMIT")  # another process applied it since we looked
+                    continue
                 for stmt in statements(sql):
                     c.execute(stmt)
                 c.execute("INSERT INTO _migrations VALUES (?, ?)", (name, datetime.now(timezone.utc).isoformat()))
