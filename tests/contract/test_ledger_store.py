@@ -394,3 +394,18 @@ def test_sqlite_two_processes_opening_an_older_ledger_at_once_both_open_and_coun
         top, _ = store.request_stats()
         assert [(r.keys[0], r.cost, r.events) for r in top] == [("r1", Decimal("0.5"), 1)]
         store.close()
+
+
+@pytest.mark.parametrize("amount", ["1e30", "1e999999"])
+def test_sqlite_an_amount_it_cannot_hold_refuses_that_batch_only(tmp_path, amount):
+    # an SDK span's reported cost reaches the ledger as it is (finite, not negative): $1e30 is past what an
+    # INTEGER of 1e-10 USD holds. That batch was refused with a raw OverflowError and its transaction left open,
+    # so the next, innocent batch was refused too ("cannot start a transaction within a transaction")
+    s = SQLiteLedgerStore(tmp_path / "l.db")
+    with pytest.raises(LedgerError, match="nothing from this batch was stored"):
+        s.append([ev(1, "r1", cost="0.5"), ev(2, "r1", cost=amount)])
+    s.append([ev(3, "r2", cost="0.25")])
+    assert [e.id for e in s.query()] == ["e3"]
+    top, _ = s.request_stats()
+    assert [(r.keys[0], r.cost) for r in top] == [("r2", Decimal("0.25"))]
+    s.close()

@@ -258,7 +258,12 @@ class SQLiteLedgerStore:
     def append(self, events: Sequence[CostEvent]) -> None:
         if not events:
             return
-        rows = [_row(e) for e in events]
+        try:
+            rows = [_row(e) for e in events]
+        except ArithmeticError:  # an amount beyond what 1e-10 USD units can express
+            raise LedgerError(
+                f"ledger {self.path}: an amount out of range; nothing from this batch was stored"
+            ) from None
         rollup: dict[tuple[Any, ...], list[int]] = {}
         for r in rows:  # column positions as in _COLUMNS
             key = (r[2] // HOUR_US, r[13] or "", r[15] or "", r[16] or "", r[3], r[5] or "", r[25], r[29])
@@ -279,7 +284,7 @@ class SQLiteLedgerStore:
                 self._conn.executemany(_UPSERT_ROLLUP, [(*k, *v) for k, v in rollup.items()])
                 self._conn.executemany(_UPSERT_REQUESTS, per_request)
                 self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OverflowError) as exc:  # OverflowError: an amount past an INTEGER column
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise LedgerError(
