@@ -34,6 +34,9 @@ _FIELDS = ("cost_center", "team", "feature", "tenant", "environment", "user")
 _REPORTED_COST_KEYS = ("gen_ai.usage.cost", "llm.cost.total", "truecost.cost_usd")
 _MEMO_MAX = 50_000
 _TEXT_MAX = 500  # client text (span names, attribute values) kept in a reason, a service or a detail
+# a step a span prices (its own reported cost, a cost_from attribute, a quantity) above this, or finer than
+# 1e-100 USD, is not believed: unknown with a reason, never an amount no ledger column or sum can hold
+_COST_MAX = Decimal(1_000_000)
 _NAME_MAX = 256  # a longer model, provider or service tier names no price (nor becomes a key of any memo)
 
 
@@ -211,6 +214,10 @@ class SpanMapper:
             ts = EPOCH + timedelta(microseconds=s.start_ns // 1000)
             if charge is None:
                 charge = self._price(step, s, ts)
+            cost = charge.priced.cost
+            if cost is not None and (cost > _COST_MAX or int(cost.as_tuple().exponent) < -100):
+                why = f"a step cost of {_cut(str(cost), 40)} USD is out of range (at most {_COST_MAX:,} USD a step)"
+                charge = _unpriced(why, charge.service)
             events.append(self._event(s, step, charge, ts, attributions[s.trace_id], id_tags(s.trace_id)))
             if charge.priced.cost is None:
                 stats.unpriced += 1

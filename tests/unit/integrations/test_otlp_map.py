@@ -301,3 +301,21 @@ def test_long_model_provider_and_tier_names_are_neither_kept_in_memory_nor_store
     finally:
         tracemalloc.stop()
     assert retained < 1_000_000  # 60 spans with 200 KB names each: ~20 MB kept before
+
+
+@pytest.mark.parametrize("amount", ["1e30", "1e999999", "1e-999999", "2000000"])
+def test_a_cost_a_span_states_out_of_range_is_unknown_not_a_ledger_poison(ledger, amount):
+    # the exporting SDK's truecost.cost_usd and a cost_from rule take the amount from the span: finite and not
+    # negative was all that was checked, so one span could state $1e30 -- past what a ledger column holds, a
+    # batch that could never be stored (and its batch-mates with it), or a total that overflows every sum
+    tracker, _ = ledger
+    config = {"rules": [{"match": {"name": "judge"}, "step": "validate", "cost_from": "app.cost_usd"}]}
+    spans = [
+        record({"truecost.step": "generate", "truecost.cost_usd": amount}),
+        record({"app.cost_usd": amount}, name="judge"),
+        record({"truecost.step": "generate", "truecost.cost_usd": "999999.5"}),
+    ]
+    events, stats = _map(tracker, spans, config)
+    assert [e.cost for e in events] == [None, None, Decimal("999999.5")]
+    assert all("out of range" in e.details["unknown_reason"] for e in events[:2])
+    assert stats.unpriced == 2
