@@ -128,10 +128,12 @@ def _over_time(data: dict[str, Any]) -> str:
 
 def _overview_figures(data: dict[str, Any]) -> list[Figure]:
     c, r = data["cache"], data["routing"]
+    # with unpriced steps the sums are lower bounds: the labels say so (the unknown count is a figure of its own)
+    known = " (priced steps only)" if data["unknown_requests"] else ""
     return [
-        Figure("total_usd", "spend", data["total_usd"], _usd),
+        Figure("total_usd", "spend" + known, data["total_usd"], _usd),
         Figure("requests", "requests", data["requests"], lambda v: f"{v:,}"),
-        Figure("cost_per_request_usd", "cost per request", data["cost_per_request_usd"], _usd),
+        Figure("cost_per_request_usd", "cost per request" + known, data["cost_per_request_usd"], _usd),
         Figure("generation_share", "generation share", data["generation_share"], charts.pct),
         Figure("cache_hit_rate", "cache hit rate", c["hit_rate"], charts.pct),
         Figure("cache_false_hit_bound", "false hits (policy bound)", c["false_hit_bound"], lambda v: f"≤ {v:,.1f}"),

@@ -146,3 +146,15 @@ def test_unpriced_steps_show_as_unknown_never_as_zero(store):
     assert row and row.group(1) == "1" and "unknown (" in row.group(2) and "$0.00" not in row.group(2)
     data = overview(store, now=T)
     assert {r["request_id"]: r["unknown"] for r in data["expensive_requests"]}["rq-5"] == 1
+    # the headline sums leave the unpriced steps out, and say so
+    assert re.search(
+        r'data-key="total_usd" data-value="[^"]+">[^<]*</div><div class="k">spend \(priced steps only\)', overview_html
+    )
+    assert "cost per request (priced steps only)" in overview_html
+
+
+def test_headline_figures_carry_no_caveat_when_every_step_is_priced(tmp_path):
+    s = MemoryLedgerStore()
+    s.append([CostEvent(id="p1", request_id="rq-p", ts=T, step="generate", service="m", cost=Decimal("0.5"))])
+    (html,) = _get(s, "/ui/")
+    assert "priced steps only" not in html and '<div class="k">spend</div>' in html
