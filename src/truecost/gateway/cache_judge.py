@@ -29,7 +29,7 @@ from decimal import Decimal
 from typing import Any, Iterator, Sequence
 
 from truecost.cache.judge import LLMJudge, parse_verdict
-from truecost.cache.verifier import Budgeted, PairView, Verdict
+from truecost.cache.verifier import Budgeted, PairView, Verdict, answer_text
 from truecost.errors import UpstreamError
 from truecost.errors import ConfigError
 from truecost.gateway.config import Candidate, GatewayConfig, JudgeConfig
@@ -167,20 +167,13 @@ class GatewayJudge:
         self.meter.charge(ex, step, cand, answer.usage, answer.native_usage, answer.body)
         if cand.self_hosted:
             self.tracker.charge_compute(step, (time.perf_counter() - t0) * 1000)
-        text = _text(answer.body)
+        text = answer_text(answer.body)
         verdict = parse_verdict(text)
         outcome = "unclear" if verdict is None else "yes" if verdict else "no"
         step.annotate(judge_outcome=outcome)
         ex.finish(step)
         self.metrics.inc(METRIC, outcome=outcome)
         return text, answer.usage, cand.model
-
-
-def _text(body: Any) -> str:
-    try:
-        return str(body["choices"][0]["message"]["content"] or "")
-    except (KeyError, IndexError, TypeError):
-        return ""
 
 
 class CountedBudget:
