@@ -45,6 +45,20 @@ KEYS = {
 UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
 
 
+def completion_reply(reply_id: str, model: str, content: str, usage: dict) -> JSONResponse:
+    """An OpenAI chat completion with one assistant message (the test upstreams' answer)."""
+    message = {"role": "assistant", "content": content}
+    return JSONResponse(
+        {
+            "id": reply_id,
+            "object": "chat.completion",
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": usage,
+        }
+    )
+
+
 def _intent_upstream() -> Starlette:
     """An OpenAI-compatible upstream whose answer is the intent's: the cache's answer check is then meaningful."""
     calls = {"n": 0}
@@ -54,16 +68,7 @@ def _intent_upstream() -> Starlette:
         calls["n"] += 1
         text = body["messages"][-1]["content"]
         intent = next((i for i, cores in INTENTS.items() if any(c in text for c in cores)), "other")
-        message = {"role": "assistant", "content": f"The answer about {intent}."}
-        return JSONResponse(
-            {
-                "id": f"cmpl-{calls['n']}",
-                "object": "chat.completion",
-                "model": body["model"],
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                "usage": USAGE,
-            }
-        )
+        return completion_reply(f"cmpl-{calls['n']}", body["model"], f"The answer about {intent}.", USAGE)
 
     app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
     app.state.calls = calls

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tests.e2e.test_gateway_feedback import INTENTS, PRE, SUF, _intent_upstream
+from tests.e2e.test_gateway_feedback import INTENTS, PRE, SUF, _intent_upstream, completion_reply
 from tests.support.mock_upstream import ServerThread
 from truecost.gateway.app import build
 from truecost.gateway.config import hash_key, parse_config
@@ -58,16 +58,7 @@ def _judge_upstream() -> Starlette:
         reply = {"rule": "Yes." if a == b else "No.", "liar": "No." if a == b else "Yes."}.get(
             mode, f"Not sure ({SECRET})"
         )
-        message = {"role": "assistant", "content": reply}
-        return JSONResponse(
-            {
-                "id": f"judge-{state['calls']}",
-                "object": "chat.completion",
-                "model": body["model"],
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                "usage": JUDGE_USAGE,
-            }
-        )
+        return completion_reply(f"judge-{state['calls']}", body["model"], reply, JUDGE_USAGE)
 
     app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
     app.state.judge = state

@@ -9,6 +9,19 @@ from truecost.cli.bench import load_bench_module
 from truecost.cli.main import cli
 
 
+def _card_intents(path, prefixes):
+    """Two intents (activate, cancel a card), 15 texts each, each text twice, once per prefix."""
+    path.write_text(
+        "".join(
+            json.dumps({"text": f"{p}how do I {v} my card {i % 15}", "intent": v}) + "\n"
+            for i in range(30)
+            for v in ("activate", "cancel")
+            for p in prefixes
+        )
+    )
+    return path
+
+
 def test_bench_cache_reports_bad_input_clearly(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -23,14 +36,7 @@ def test_bench_cache_reports_bad_input_clearly(tmp_path):
 
 
 def test_bench_cache_reports_every_feedback_mode_beside_the_hindsight_baseline(tmp_path):
-    ok = tmp_path / "ok.jsonl"
-    ok.write_text(
-        "".join(
-            json.dumps({"text": f"how do I {v} my card {i % 15}", "intent": v}) + "\n"
-            for i in range(30)
-            for v in ("activate", "cancel")
-        )
-    )  # every text twice
+    ok = _card_intents(tmp_path / "ok.jsonl", prefixes=("",))  # every text twice
     r = CliRunner().invoke(cli, ["bench", "cache", "--data", str(ok), "--embedder", "static", "--no-peers", "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
@@ -97,15 +103,7 @@ def test_bench_cache_measures_a_judge_when_one_is_given(tmp_path):
         reply = "Yes" if len(verbs) == 2 and verbs[0] == verbs[1] else "No"
         return JSONResponse({"choices": [{"message": {"role": "assistant", "content": reply}}], "usage": {}})
 
-    data = tmp_path / "ok.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"text": f"{p}how do I {v} my card {i % 15}", "intent": v}) + "\n"
-            for i in range(30)
-            for v in ("activate", "cancel")
-            for p in ("", "please, ")
-        )
-    )
+    data = _card_intents(tmp_path / "ok.jsonl", prefixes=("", "please, "))
     args = ["bench", "cache", "--data", str(data), "--embedder", "static", "--no-peers", "--no-compare-embedders"]
     r = CliRunner().invoke(cli, [*args, "--feedback", "judge", "--judge-url", "http://127.0.0.1:9/v1"])
     assert r.exit_code == 2 and "go together" in r.output
