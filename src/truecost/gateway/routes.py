@@ -306,11 +306,11 @@ class GatewayRoutes:
 
         def admit(spans: int) -> None:
             try:
-                self.ingest_limiter.check("\0ingest\0" + sender, None, limit, spans)
+                self.ingest_limiter.check(sender, None, limit, spans)
             except RateLimited as exc:
                 self.pipeline.metrics.inc("truecost_rate_limited_total", limit="ingest_spans")
                 raise IngestLimited(
-                    f"ingest limit of {limit:,} spans per minute reached for this key", exc.retry_after
+                    f"ingest limit of {limit:,} spans per minute reached for this key", exc.retry_after_header
                 ) from None
 
         return admit

@@ -55,9 +55,10 @@ _SPECIAL = ("name", "kind", "scope", "status")
 
 
 class IngestLimited(Exception):
-    """An export the sender may not write now: 429, retry after ``retry_after`` seconds (None: never, too big)."""
+    """An export the sender may not write now: 429 with ``retry_after`` (whole seconds, the header's value);
+    None: never (more spans than the allowance holds), a 400."""
 
-    def __init__(self, message: str, retry_after: float | None) -> None:
+    def __init__(self, message: str, retry_after: str | None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 

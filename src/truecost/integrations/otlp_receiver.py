@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import math
 import os
 import threading
 import time
@@ -327,8 +326,7 @@ def make_endpoint(
         except IngestLimited as exc:
             if exc.retry_after is None:  # more spans in one export than a minute allows: retrying cannot help
                 return answer(400, _INVALID_ARGUMENT, f"{exc}; export smaller batches")
-            wait = str(max(1, math.ceil(exc.retry_after)))
-            return answer(429, _RESOURCE_EXHAUSTED, str(exc), {"retry-after": wait})
+            return answer(429, _RESOURCE_EXHAUSTED, str(exc), {"retry-after": exc.retry_after})
         except MissingExtraError as exc:
             return answer(415, _INVALID_ARGUMENT, f"{exc}; or send {JSON}")
         except LedgerError as exc:
