@@ -180,18 +180,15 @@ class MiniLMEmbedder:
             return out
         encs = self.tokenizer.encode_batch(texts)
         order = sorted(range(len(texts)), key=lambda i: len(encs[i].ids))  # batch by length: less padding
-        start = 0
-        while start < len(order):
-            # at most batch_size texts and MAX_BATCH_TOKENS padded tokens a pass: long texts in a big batch would
-            # otherwise need GBs for attention scores (and ONNX Runtime's arena keeps what it once grew to)
-            end = start + 1
-            while end < len(order) and end - start < self.batch_size:
-                if (end - start + 1) * len(encs[order[end]].ids) > MAX_BATCH_TOKENS:
-                    break
-                end += 1
-            idx = order[start:end]
-            out[idx] = self._forward([encs[i].ids for i in idx])
-            start = end
+        # at most batch_size texts and MAX_BATCH_TOKENS padded tokens a pass: long texts in a big batch would
+        # otherwise need GBs for attention scores (and ONNX Runtime's arena keeps what it once grew to)
+        batch: list[int] = []
+        for i in order:  # shortest first, so text i sets the padded length if it joins
+            if batch and (len(batch) == self.batch_size or (len(batch) + 1) * len(encs[i].ids) > MAX_BATCH_TOKENS):
+                out[batch] = self._forward([encs[j].ids for j in batch])
+                batch = []
+            batch.append(i)
+        out[batch] = self._forward([encs[j].ids for j in batch])
         return out
 
     def _forward(self, ids_list: list[list[int]]) -> np.ndarray:
