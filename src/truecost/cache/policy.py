@@ -112,7 +112,7 @@ class FixedThreshold:
             top.similarity,
             f"similarity {top.similarity:.3f} < {self.threshold}",
             predicted_class=top.class_id,
-            check_classes=[(c, e) for c, e, _ in class_order(candidates)][: self.checks],
+            check_classes=class_order(candidates)[: self.checks],
         )
 
     def learn(self, decision: Decision, first_check_correct: bool | float | None) -> None:
@@ -208,10 +208,9 @@ class OnlineErrorBounded:
         support = sum(1 for c in top if c.class_id == c1)
         weights = np.exp((sims - s1) / 0.02)
         vote = float(sum(w for w, c in zip(weights, top) if c.class_id == c1) / weights.sum())
-        ordered = class_order(top)
-        order = [(c, e) for c, e, _ in ordered]
+        order = class_order(top)
         classes = [c for c, _ in order]
-        csims = self.classes.centroid_sims(classes, vector, [s for _, _, s in ordered])
+        csims = self.classes.centroid_sims(classes, vector, top)
         others = [s for c, s in zip(classes, csims) if c != c1]
         cs1 = float(csims[classes.index(c1)])
         cs2 = max(others) if others else cs1 - 0.1

@@ -78,9 +78,12 @@ class ClassBook:
             self.sums[class_id] = vector.astype(np.float32).copy()
         self.sizes[class_id] = self.sizes.get(class_id, 0) + 1
 
-    def centroid_sims(self, classes: Sequence[int], vector: np.ndarray, fallback: Sequence[float]) -> np.ndarray:
-        """Cosine of ``vector`` to each class's centroid; ``fallback[i]`` (its nearest member's) for a class not kept."""
-        out = np.array(fallback, dtype=np.float64)
+    def centroid_sims(self, classes: Sequence[int], vector: np.ndarray, candidates: Sequence[_Scored]) -> np.ndarray:
+        """Cosine of ``vector`` to each class's centroid; for a class not kept, its nearest candidate's similarity."""
+        nearest: dict[int, float] = {}
+        for c in candidates:  # most similar first
+            nearest.setdefault(c.class_id, c.similarity)
+        out = np.array([nearest[c] for c in classes], dtype=np.float64)
         known = [i for i, c in enumerate(classes) if c in self.sums]
         if known:
             mat = np.stack([self.sums[classes[i]] for i in known])
@@ -144,9 +147,9 @@ def pair_features(top: Sequence[_Scored], c1: int) -> list[float]:
     return [best, float(np.mean([pair_logit(p) for p in mine])), best - (pair_logit(max(rest)) if rest else -2.0)]
 
 
-def class_order(candidates: Sequence[_Scored]) -> list[tuple[int, int, float]]:
-    """Distinct classes of the candidates with their best entry and its similarity, most similar first."""
-    seen: dict[int, tuple[int, int, float]] = {}
+def class_order(candidates: Sequence[_Scored]) -> list[tuple[int, int]]:
+    """Distinct classes of the candidates with their best entry, most similar first."""
+    seen: dict[int, int] = {}
     for c in candidates:
-        seen.setdefault(c.class_id, (c.class_id, c.entry_id, c.similarity))
-    return list(seen.values())
+        seen.setdefault(c.class_id, c.entry_id)
+    return list(seen.items())

@@ -59,7 +59,7 @@ def test_a_reported_class_outlives_unreported_ones():
 def test_a_forgotten_class_with_live_entries_is_scored_from_its_nearest_member():
     book = ClassBook(max_classes=2)
     book.add(1, _vec(1))
-    sims = book.centroid_sims([1, 99], _vec(1), [0.8, 0.42])
+    sims = book.centroid_sims([1, 99], _vec(1), [Candidate(10, 0.8, 1), Candidate(20, 0.42, 99)])
     assert sims[0] == pytest.approx(1.0) and sims[1] == pytest.approx(0.42)
     pol = OnlineErrorBounded(0.05, max_classes=2)
     pol._model = Logistic(pol.n_features)
