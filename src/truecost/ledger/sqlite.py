@@ -63,7 +63,8 @@ _ROLLUP_BUCKETS = {
     "day": "strftime('%Y-%m-%d', hour * 3600, 'unixepoch')",
     "month": "strftime('%Y-%m', hour * 3600, 'unixepoch')",
 }
-HOUR_US = 3_600_000_000
+HOUR_US = request_rollup.HOUR_US
+_us = request_rollup.epoch_us  # microseconds since the epoch: the ts_us column
 _UPSERT_ROLLUP = """INSERT INTO rollup_hourly VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT DO UPDATE SET cost_e10 = cost_e10 + excluded.cost_e10, avoided_e10 = avoided_e10 + excluded.avoided_e10,
     events = events + excluded.events, unknown = unknown + excluded.unknown"""
@@ -83,11 +84,6 @@ _BUCKETS = {
 
 def _e10(amount: Decimal | None) -> int | None:
     return None if amount is None else int((amount * SCALE).to_integral_value(ROUND_HALF_EVEN))
-
-
-def _us(ts: datetime) -> int:
-    delta = ts - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _text(d: Decimal | None) -> str | None:
